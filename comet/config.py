@@ -1,0 +1,318 @@
+"""Model shapes, parallelism and hardware profiles: frozen dataclasses with registries by name.
+
+Units: time in microseconds (_us), sizes in bytes (_bytes), bandwidth in GB/s (_gbps, 1e9 bytes/s),
+compute in TFLOP/s (_tflops).
+
+    >>> m = ModelConfig.from_name("mixtral-8x7b")
+    >>> (m.hidden_N, m.ffn_K, m.experts_E, m.topk)
+    (4096, 14336, 8, 2)
+    >>> ParallelConfig(ep=4, tp=2).world_size
+    8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACTIVATIONS = ("gelu", "swiglu")
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+
+
+def _unknown(kind: str, name: str, known) -> ValueError:
+    return ValueError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")
+
+
+# --------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes of one MoE layer (and how many such layers the model has).
+
+    hidden_N: embedding size N; ffn_K: expert FFN size K; experts_E: E; topk: experts per token.
+    activation: "gelu" (one up-projection) or "swiglu" (gate and up projections, 2K columns in layer0).
+    """
+
+    name: str
+    hidden_N: int
+    ffn_K: int
+    experts_E: int
+    topk: int
+    layers: int
+    activation: str = "gelu"
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        for f in ("hidden_N", "ffn_K", "experts_E", "topk", "layers"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)}")
+        if self.topk > self.experts_E:
+            raise ValueError(
+                f"{self.name}: topk={self.topk} > experts_E={self.experts_E}: a token cannot pick more "
+                f"distinct experts than exist; lower topk or raise the expert count"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} not supported; use one of {ACTIVATIONS}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype {self.dtype!r} not supported; use one of {tuple(DTYPE_BYTES)}")
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def layer0_cols(self) -> int:
+        """Columns of the layer0 weight: K for gelu, 2K (gate | up) for swiglu."""
+        return 2 * self.ffn_K if self.activation == "swiglu" else self.ffn_K
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> ModelConfig:
+        """A registered model, with optional field overrides (e.g. topk=4, experts_E=16)."""
+        if name not in MODELS:
+            raise _unknown("model", name, MODELS)
+        return dataclasses.replace(MODELS[name], **overrides) if overrides else MODELS[name]
+
+
+# Shapes from PAPER.md's table (the Comet paper's evaluation). The paper runs every model with gelu
+# (its scripts' default); the Hugging Face checkpoints use swiglu, so `activation="swiglu"` is an override.
+# deepseek-v3: config.json of deepseek-ai/DeepSeek-V3 (hidden 7168, moe_intermediate 2048, 256 routed
+# experts, 8 per token, 58 MoE layers of 61); shared experts are not modelled.
+MODELS: dict[str, ModelConfig] = {
+    m.name: m
+    for m in (
+        ModelConfig("mixtral-8x7b", hidden_N=4096, ffn_K=14336, experts_E=8, topk=2, layers=32),
+        ModelConfig("qwen2-moe-2.7b", hidden_N=2048, ffn_K=1408, experts_E=64, topk=4, layers=24),
+        ModelConfig("phi-3.5-moe", hidden_N=4096, ffn_K=6400, experts_E=16, topk=2, layers=32),
+        ModelConfig("deepseek-v3", hidden_N=7168, ffn_K=2048, experts_E=256, topk=8, layers=58,
+                    activation="swiglu"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------- parallelism
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Expert parallel degree ep and tensor parallel degree tp; world_size = ep * tp.
+
+    Rank r has ep_rank = r // tp and tp_rank = r % tp (TP groups are contiguous ranks, as in Megatron).
+    """
+
+    ep: int = 1
+    tp: int = 1
+    ranks_per_node: int = 8
+
+    def __post_init__(self):
+        for f in ("ep", "tp", "ranks_per_node"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+    @property
+    def world_size(self) -> int:
+        return self.ep * self.tp
+
+    @property
+    def nodes(self) -> int:
+        return math.ceil(self.world_size / self.ranks_per_node)
+
+    def ep_rank(self, rank: int) -> int:
+        return rank // self.tp
+
+    def tp_rank(self, rank: int) -> int:
+        return rank % self.tp
+
+    def node(self, rank: int) -> int:
+        return rank // self.ranks_per_node
+
+    def validate(self, model: ModelConfig, world_size: int | None = None) -> None:
+        """Raise ValueError, saying what to change, if this parallelism cannot run `model`."""
+        if model.experts_E % self.ep:
+            raise ValueError(
+                f"{model.name}: experts_E={model.experts_E} is not divisible by ep={self.ep}; "
+                f"choose ep among the divisors of {model.experts_E}"
+            )
+        if model.ffn_K % self.tp:
+            raise ValueError(
+                f"{model.name}: ffn_K={model.ffn_K} is not divisible by tp={self.tp}; "
+                f"choose tp among the divisors of {model.ffn_K}"
+            )
+        if world_size is not None and world_size != self.world_size:
+            raise ValueError(
+                f"world size mismatch: the process group has {world_size} ranks but ep*tp = "
+                f"{self.ep}*{self.tp} = {self.world_size}; launch {self.world_size} ranks or change ep/tp"
+            )
+
+
+# ------------------------------------------------------------------------------------------- hardware
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One GPU model and its interconnect, as the simulator and planner see it.
+
+    GEMM tile time = 2*BM*BN*K / (peak_tflops/sms * efficiency(BM, BN, K)), where
+    efficiency = gemm_efficiency * (BM*BN / (BM*BN + tile_area_half)) * (K / (K + gemm_k_half)):
+    a large, deep tile runs near `gemm_efficiency` of peak; small tiles and short K loops pay their
+    prologue/epilogue. `sources` names, for every figure, where it comes from.
+    """
+
+    name: str
+    sms: int
+    peak_tflops: float  # dense bf16 tensor-core peak, whole GPU
+    gemm_efficiency: float  # best fraction of peak a large GEMM reaches
+    gemm_k_half: float  # K at which the K-loop ramp halves efficiency
+    tile_area_half: float  # BM*BN at which the tile-shape factor halves efficiency
+    hbm_gbps: float  # achievable device-memory bandwidth (read + write)
+    link: str  # "nvlink" (through NVSwitch, non-blocking) or "pcie"
+    link_gbps: float  # per direction, per GPU, achievable
+    link_latency_us: float
+    per_block_link_gbps: float  # what one communication block (one SM) can drive over the link
+    nic_gbps: float  # per GPU, per direction, for traffic between nodes
+    nic_latency_us: float
+    ranks_per_node: int
+    launch_overhead_us: float  # one kernel launch as a framework pays it
+    collective_overhead_us: float  # fixed cost of one NCCL collective (sync + protocol)
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self):
+        numeric = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "link", "sources")]
+        for f in numeric:
+            if getattr(self, f) <= 0:
+                raise ValueError(f"hardware {self.name}: {f} must be > 0, got {getattr(self, f)}")
+        missing = [f for f in numeric if f not in self.sources]
+        if missing:
+            raise ValueError(f"hardware {self.name}: no source given for {missing}")
+        if self.link not in ("nvlink", "pcie"):
+            raise ValueError(f"hardware {self.name}: link must be 'nvlink' or 'pcie', got {self.link!r}")
+
+    @property
+    def per_sm_tflops(self) -> float:
+        return self.peak_tflops / self.sms
+
+    def gemm_efficiency_of(self, bm: int, bn: int, k: int) -> float:
+        area = bm * bn
+        return self.gemm_efficiency * (area / (area + self.tile_area_half)) * (k / (k + self.gemm_k_half))
+
+    def tile_time_us(self, bm: int, bn: int, k: int) -> float:
+        """Time one SM takes for a BM x BN output tile over a K-long reduction (microseconds)."""
+        flops = 2.0 * bm * bn * k
+        return flops / (self.per_sm_tflops * 1e6 * self.gemm_efficiency_of(bm, bn, k))
+
+    def link_time_us(self, nbytes: float, gbps: float | None = None) -> float:
+        return nbytes / ((gbps or self.link_gbps) * 1e3)
+
+    def replace(self, **changes) -> HardwareProfile:
+        """A copy with some figures changed (for what-if sweeps); changed figures are marked as such."""
+        sources = dict(self.sources)
+        for k in changes:
+            if k in sources:
+                sources[k] = "what-if override"
+        return dataclasses.replace(self, sources=sources, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> HardwareProfile:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_name(cls, name: str) -> HardwareProfile:
+        """A registered profile by name, or a JSON profile file (e.g. one `comet.calibrate` wrote)."""
+        if name in HARDWARE:
+            return HARDWARE[name]
+        if name.endswith(".json") and Path(name).exists():
+            return cls.from_json(name)
+        raise _unknown("hardware", name, HARDWARE)
+
+
+_DS_H100 = "NVIDIA H100 datasheet (SXM5): 132 SMs, 989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 900 GB/s"
+_ASSUMED_EFF = "assumption (typical Hopper CUTLASS GEMM curve); to be replaced by comet.calibrate (issue 8)"
+_ASSUMED_BLOCK = ("assumption: one SM's load/store stream over NVLink; set so ~25 blocks saturate the link, "
+                  "near Comet's default of 28 communication blocks (PAPER.md)")
+_ASSUMED_FW = "assumption: typical PyTorch launch (~5 us); NCCL fixed cost measured ~50-60 us (shared/GPU.md)"
+_COMMON_SOURCES = {
+    "gemm_k_half": _ASSUMED_EFF,
+    "tile_area_half": _ASSUMED_EFF,
+    "link_latency_us": "assumption: ~2 us one-way NVLink load/store + flag latency",
+    "nic_gbps": "ConnectX-7 400 Gb/s InfiniBand per GPU = 50 GB/s, ~45 achievable (assumption)",
+    "nic_latency_us": "assumption: ~5 us GPU-initiated RDMA put",
+    "ranks_per_node": "8 GPUs per HGX node",
+    "launch_overhead_us": _ASSUMED_FW,
+    "collective_overhead_us": _ASSUMED_FW,
+}
+
+HARDWARE: dict[str, HardwareProfile] = {
+    p.name: p
+    for p in (
+        HardwareProfile(
+            name="h800", sms=132, peak_tflops=989.0, gemm_efficiency=0.78, gemm_k_half=256.0,
+            tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=160.0, link_latency_us=2.0,
+            per_block_link_gbps=7.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
+            launch_overhead_us=5.0, collective_overhead_us=25.0,
+            sources={
+                **_COMMON_SOURCES,
+                "sms": "H800 SXM = H100 SXM die: 132 SMs",
+                "peak_tflops": "H800 SXM datasheet: 989 TFLOP/s dense bf16 (same core as H100 SXM)",
+                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (GPU.md)",
+                "hbm_gbps": "H800 datasheet 3.35 TB/s; ~90% achievable (assumption)",
+                "link_gbps": "H800 NVLink 400 GB/s bidirectional = 200 per direction; ~80% achievable "
+                             "(assumption; DeepEP reports ~153-158 GB/s per GPU on H800, PAPER.md)",
+                "per_block_link_gbps": _ASSUMED_BLOCK,
+                "collective_overhead_us": "assumption: NCCL all-to-all fixed cost on H800 (~25 us)",
+            },
+        ),
+        HardwareProfile(
+            name="h100", sms=132, peak_tflops=989.0, gemm_efficiency=0.78, gemm_k_half=256.0,
+            tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=360.0, link_latency_us=2.0,
+            per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
+            launch_overhead_us=5.0, collective_overhead_us=25.0,
+            sources={
+                **_COMMON_SOURCES,
+                "sms": _DS_H100, "peak_tflops": _DS_H100,
+                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (GPU.md)",
+                "hbm_gbps": "H100 SXM datasheet 3.35 TB/s; ~90% achievable (assumption)",
+                "link_gbps": "H100 NVLink4 900 GB/s bidirectional = 450 per direction; ~80% achievable "
+                             "(assumption)",
+                "per_block_link_gbps": _ASSUMED_BLOCK,
+                "collective_overhead_us": "assumption: NCCL all-to-all fixed cost (~25 us)",
+            },
+        ),
+        HardwareProfile(
+            name="h200", sms=132, peak_tflops=989.0, gemm_efficiency=0.80, gemm_k_half=256.0,
+            tile_area_half=2048.0, hbm_gbps=4300.0, link="nvlink", link_gbps=320.0, link_latency_us=2.0,
+            per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
+            launch_overhead_us=5.0, collective_overhead_us=55.0,
+            sources={
+                **_COMMON_SOURCES,
+                "sms": "measured: torch reports 132 multiprocessors on H200 (device KINDS.md)",
+                "peak_tflops": "H200 SXM datasheet: 989 TFLOP/s dense bf16",
+                "gemm_efficiency": "measured: 8192^3 bf16 matmul 740-790 TFLOP/s on H200 (shared/GPU.md)",
+                "hbm_gbps": "measured: device-to-device copy ~4.3 TB/s on H200 (device KINDS.md)",
+                "link_gbps": "measured: Triton kernel peer load 311 GB/s, store 334 GB/s (shared/GPU.md)",
+                "per_block_link_gbps": _ASSUMED_BLOCK,
+                "collective_overhead_us": "measured: NCCL all_to_all_single fixed cost ~50-60 us on "
+                                          "4 x H200 (shared/GPU.md)",
+                "ranks_per_node": "lent machines have up to 8 H200 in one node",
+            },
+        ),
+        HardwareProfile(
+            name="l20", sms=92, peak_tflops=119.5, gemm_efficiency=0.75, gemm_k_half=256.0,
+            tile_area_half=2048.0, hbm_gbps=780.0, link="pcie", link_gbps=25.0, link_latency_us=5.0,
+            per_block_link_gbps=2.0, nic_gbps=25.0, nic_latency_us=10.0, ranks_per_node=8,
+            launch_overhead_us=5.0, collective_overhead_us=40.0,
+            sources={
+                **_COMMON_SOURCES,
+                "sms": "NVIDIA L20 (AD102): 92 SMs",
+                "peak_tflops": "NVIDIA L20 datasheet: 119.5 TFLOP/s dense fp16/bf16 tensor",
+                "gemm_efficiency": "assumption: ~75% of peak on Ada",
+                "hbm_gbps": "L20 datasheet 864 GB/s GDDR6; ~90% achievable (assumption)",
+                "link_gbps": "PAPER.md: 8 x L20 on PCIe, ~25 GB/s",
+                "link_latency_us": "assumption: PCIe peer write + flag ~5 us",
+                "per_block_link_gbps": "assumption: ~12 blocks saturate PCIe",
+                "nic_gbps": "assumption: 200 Gb/s NIC on PCIe hosts",
+                "nic_latency_us": "assumption",
+                "collective_overhead_us": "assumption: NCCL over PCIe fixed cost ~40 us",
+            },
+        ),
+    )
+}

@@ -1,0 +1,170 @@
+"""Routing: which token goes to which experts, with what weight.
+
+Shape legend: M tokens, E experts, K topk slots (here K is the top-k axis, not the FFN size).
+
+A real top-k gate (`topk_gate`) and seeded synthetic generators (`balanced`, `uniform`, `imbalanced`)
+all return a `Routing`. Synthetic routings are exact: `imbalanced(std=s)` gives expert load shares whose
+standard deviation is s up to rounding to whole tokens (PAPER.md Fig. 14 sweeps s from 0 to 0.05).
+
+    >>> r = balanced(M=16, E=4, topk=2, seed=0)
+    >>> r.tokens_per_expert_E.tolist()
+    [8, 8, 8, 8]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROUTINGS = ("balanced", "uniform", "imbalanced")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """topk_ids_MK: int64 expert of each (token, slot), distinct within a token.
+    topk_weights_MK: float32 gate weights, each row sums to 1."""
+
+    topk_ids_MK: torch.Tensor
+    topk_weights_MK: torch.Tensor
+    num_experts: int
+
+    def __post_init__(self):
+        ids, w = self.topk_ids_MK, self.topk_weights_MK
+        if ids.dim() != 2 or ids.shape != w.shape:
+            raise ValueError(f"topk_ids_MK {tuple(ids.shape)} and topk_weights_MK {tuple(w.shape)} "
+                             f"must both be 2-D (M, topk) of one shape")
+        if ids.dtype != torch.int64:
+            raise ValueError(f"topk_ids_MK must be int64, got {ids.dtype}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.topk_ids_MK.shape[0]
+
+    @property
+    def topk(self) -> int:
+        return self.topk_ids_MK.shape[1]
+
+    @property
+    def tokens_per_expert_E(self) -> torch.Tensor:
+        """int64 (E,): how many (token, slot) pairs each expert receives. No host sync on GPU."""
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=self.topk_ids_MK.device)
+        return counts.scatter_add_(0, self.topk_ids_MK.reshape(-1), torch.ones_like(self.topk_ids_MK).reshape(-1))
+
+    def load_share_std(self) -> float:
+        """Standard deviation of the experts' share of all assignments (0 for perfectly balanced)."""
+        share = self.tokens_per_expert_E.double() / self.topk_ids_MK.numel()
+        return float(share.std(unbiased=False))
+
+    def to(self, device) -> Routing:
+        return Routing(self.topk_ids_MK.to(device), self.topk_weights_MK.to(device), self.num_experts)
+
+    def check(self) -> None:
+        """Validate contents (costs a host sync): ids in range and distinct per token, weights sum to 1."""
+        ids = self.topk_ids_MK
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_experts):
+            raise ValueError(f"expert ids must lie in [0, {self.num_experts}); got [{int(ids.min())}, "
+                             f"{int(ids.max())}]")
+        s = ids.sort(dim=1).values
+        if s.shape[1] > 1 and bool((s[:, 1:] == s[:, :-1]).any()):
+            raise ValueError("a token picks the same expert twice; experts must be distinct within a token")
+
+
+def _check_sizes(M: int, E: int, topk: int) -> None:
+    if M < 1 or E < 1 or topk < 1:
+        raise ValueError(f"M, E and topk must be >= 1, got M={M}, E={E}, topk={topk}")
+    if topk > E:
+        raise ValueError(f"topk={topk} > E={E}: each token needs topk distinct experts; lower topk")
+
+
+def _random_weights(M: int, topk: int, gen: torch.Generator) -> torch.Tensor:
+    # Softmax of random logits over the chosen experts, as a gate would give, sorted descending.
+    w = torch.softmax(torch.randn(M, topk, generator=gen), dim=-1)
+    return w.sort(dim=-1, descending=True).values.float()
+
+
+def topk_gate(logits_ME: torch.Tensor, topk: int) -> Routing:
+    """A real gate: softmax over router logits, top-k, weights renormalised to sum to 1."""
+    E = logits_ME.shape[-1]
+    _check_sizes(max(logits_ME.shape[0], 1), E, topk)
+    probs = torch.softmax(logits_ME.float(), dim=-1)
+    w, ids = probs.topk(topk, dim=-1)
+    return Routing(ids.long(), (w / w.sum(dim=-1, keepdim=True)).float(), E)
+
+
+def _from_counts(counts_E: torch.Tensor, M: int, topk: int, gen: torch.Generator) -> Routing:
+    # Lay the expert ids, expert by expert, into slots s = 0..M*topk-1 with slot s -> token s % M.
+    # An expert's run is contiguous and no longer than M, so it never hits a token twice.
+    E = counts_E.numel()
+    ids_flat = torch.repeat_interleave(torch.arange(E), counts_E)
+    ids_MK = ids_flat.reshape(topk, M).T.contiguous()
+    ids_MK = ids_MK[torch.randperm(M, generator=gen)]  # tokens of every owner rank see every expert
+    return Routing(ids_MK, _random_weights(M, topk, gen), E)
+
+
+def balanced(M: int, E: int, topk: int, seed: int = 0) -> Routing:
+    """Every expert gets M*topk/E assignments (+-1), tokens shuffled."""
+    return imbalanced(M, E, topk, std=0.0, seed=seed)
+
+
+def imbalanced(M: int, E: int, topk: int, std: float, seed: int = 0) -> Routing:
+    """Expert load shares with standard deviation `std` (0 = balanced), exact up to whole tokens.
+
+    Shares are 1/E + std * z with z a seeded standardised normal vector; an expert holds at most
+    M assignments (each token picks it at most once), so very large std is capped there.
+    """
+    _check_sizes(M, E, topk)
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    gen = torch.Generator().manual_seed(seed)
+    total = M * topk
+    if std > 0 and E > 1:
+        z = torch.randn(E, generator=gen, dtype=torch.float64)
+        z = (z - z.mean()) / z.std(unbiased=False)
+        share = (1.0 / E + std * z).clamp(min=0.0)
+        share = share / share.sum()
+    else:
+        share = torch.full((E,), 1.0 / E, dtype=torch.float64)
+    counts = _round_to_total(share * total, total, cap=M)
+    return _from_counts(counts, M, topk, gen)
+
+
+def _round_to_total(x: torch.Tensor, total: int, cap: int) -> torch.Tensor:
+    """Integer counts near x, each <= cap, summing to total (total <= cap * len(x)).
+
+    Shares above the cap are cut and their excess spread over the others in proportion (water-filling),
+    then the remaining units go to the largest fractional parts."""
+    x = x.double().clone()
+    for _ in range(len(x)):  # each pass caps at least one more expert, or stops
+        over = x > cap
+        excess = float((x[over] - cap).sum())
+        x[over] = float(cap)
+        room = x < cap
+        if excess <= 1e-9 or not bool(room.any()):
+            break
+        x[room] += excess * x[room] / x[room].sum() if float(x[room].sum()) > 0 else excess / int(room.sum())
+    counts = x.floor().long().clamp(max=cap)
+    short = total - int(counts.sum())
+    frac = torch.where(counts < cap, x - counts, torch.full_like(x, -1.0))
+    counts[torch.argsort(-frac, stable=True)[:short]] += 1
+    return counts
+
+
+def uniform(M: int, E: int, topk: int, seed: int = 0) -> Routing:
+    """Each token picks topk distinct experts uniformly at random."""
+    _check_sizes(M, E, topk)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.rand(M, E, generator=gen).argsort(dim=-1)[:, :topk]
+    return Routing(ids.long().contiguous(), _random_weights(M, topk, gen), E)
+
+
+def make_routing(kind: str, M: int, E: int, topk: int, seed: int = 0, std: float = 0.032) -> Routing:
+    """A routing by name: "balanced", "uniform", or "imbalanced" (with `std`, default 0.032: PAPER.md's
+    production figure)."""
+    if kind == "balanced":
+        return balanced(M, E, topk, seed)
+    if kind == "uniform":
+        return uniform(M, E, topk, seed)
+    if kind == "imbalanced":
+        return imbalanced(M, E, topk, std, seed)
+    raise ValueError(f"unknown routing {kind!r}; known routings: {', '.join(ROUTINGS)}")
