@@ -280,23 +280,31 @@ def _chunks(group_U: torch.Tensor, n_valid: torch.Tensor, groups: int, rows: int
     return torch.where(ok, g, neg), torch.where(ok, start, neg), torch.where(ok, end, neg), n_chunks, per_group
 
 
-def _tile_table(rb_order_B, rb_expert_B, rb_start_B, rb_end_B, n_rb, col_blocks: int, group_m: int):
-    """Expand ordered row blocks into tiles, swizzled: groups of group_m row blocks, every column block
-    of a group before the next group."""
+def _tile_table(rb_order_B, rb_class_B, rb_expert_B, rb_start_B, rb_end_B, n_rb, col_blocks: int,
+                group_m: int, num_classes: int):
+    """Expand ordered row blocks into tiles, swizzled: groups of <= group_m consecutive row blocks, every
+    column block of a group before the next group. Groups never straddle two readiness classes (the
+    class of a block: the arrival position it waits for), so a tile never precedes a tile of an
+    earlier class. Padding blocks (past n_rb) form the last class."""
     dev = rb_order_B.device
     B = rb_order_B.numel()
-    t = torch.arange(B * col_blocks, device=dev)
-    per_group = group_m * col_blocks
-    g = t // per_group
-    local = t - g * per_group
-    gsz = (n_rb - g * group_m).clamp(min=1, max=group_m)
-    col = local // gsz
-    member = local % gsz
-    ok = t < n_rb * col_blocks
-    rb = rb_order_B[(g * group_m + member).clamp(max=B - 1)]
-    neg = torch.full_like(t, -1)
-    return (torch.where(ok, rb_expert_B[rb], neg), torch.where(ok, rb_start_B[rb], neg),
-            torch.where(ok, rb_end_B[rb], neg), torch.where(ok, col, neg), rb, ok)
+    i = torch.arange(B, device=dev)
+    cls = torch.where(i < n_rb, rb_class_B[rb_order_B], num_classes)  # sorted, so classes are contiguous
+    counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=dev).scatter_add_(0, cls, torch.ones_like(cls))
+    class_start = (torch.cumsum(counts, 0) - counts)[cls]
+    member = (i - class_start) % group_m
+    group_start = i - member
+    gsz = torch.minimum(class_start + counts[cls] - group_start, torch.full_like(i, group_m))
+    col = torch.arange(col_blocks, device=dev)
+    pos_BC = group_start[:, None] * col_blocks + col[None, :] * gsz[:, None] + member[:, None]
+    T = B * col_blocks
+    pos = pos_BC.reshape(-1)
+    rb_T = torch.empty(T, dtype=torch.int64, device=dev).scatter_(0, pos, rb_order_B.repeat_interleave(col_blocks))
+    col_T = torch.empty(T, dtype=torch.int64, device=dev).scatter_(0, pos, col.repeat(B))
+    ok = torch.arange(T, device=dev) < n_rb * col_blocks
+    neg = torch.full_like(rb_T, -1)
+    return (torch.where(ok, rb_expert_B[rb_T], neg), torch.where(ok, rb_start_B[rb_T], neg),
+            torch.where(ok, rb_end_B[rb_T], neg), torch.where(ok, col_T, neg), rb_T, ok)
 
 
 # ------------------------------------------------------------------------------------------ planner
@@ -363,8 +371,9 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
     rb_key = torch.where(rb_ok, rb_key, torch.iinfo(i64).max - B_max + b)
     rb_order = torch.argsort(rb_key)
     C0 = math.ceil((model.ffn_K // par.tp) / pol.block_n0)
-    l0_e, l0_s, l0_end, l0_col, l0_rb, l0_ok = _tile_table(rb_order, rb_e, rb_start, rb_end, n_rb, C0,
-                                                          pol.group_m)
+    rb_class = torch.zeros_like(rb_max_pos) if pol.order == "expert-major" else rb_max_pos.clamp(min=0)
+    l0_e, l0_s, l0_end, l0_col, l0_rb, l0_ok = _tile_table(rb_order, rb_class, rb_e, rb_start, rb_end, n_rb, C0,
+                                                          pol.group_m, W)
     l0_mask = torch.where(l0_ok, rb_mask[l0_rb], torch.zeros_like(l0_rb))
 
     # --- layer1 tiles: column-block-major, blocks expert-major within a column
@@ -411,7 +420,8 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
     entry = torch.where(row_ok, entry, S_max)
     n_send = first.sum()
     ar = torch.arange(R_max, device=dev)
-    s_start = torch.full((S_max + 1,), R_max, dtype=i64, device=dev).scatter_reduce(0, entry, ar, "amin")[:S_max]
+    s_start = torch.full((S_max + 1,), R_max, dtype=i64, device=dev)
+    s_start = s_start.scatter_reduce(0, entry, ar, "amin")[:S_max]
     s_end = torch.full((S_max + 1,), -1, dtype=i64, device=dev).scatter_reduce(0, entry, ar + 1, "amax")[:S_max]
     s_ok = torch.arange(S_max, device=dev) < n_send
     neg_S = torch.full((S_max,), -1, dtype=i64, device=dev)
@@ -433,7 +443,8 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
         expert_offsets_E1=offsets, num_rows=num_rows,
         l0_tile_expert_T=l0_e, l0_tile_row_start_T=l0_s, l0_tile_row_end_T=l0_end, l0_tile_col_T=l0_col,
         l0_tile_src_mask_T=l0_mask, num_l0_tiles=n_rb * C0,
-        recv_token_U=recv_token, num_recv=n_recv, l0_chunk_src_C=l0_chunk_src, l0_chunk_start_C=c_start, l0_chunk_end_C=c_end,
+        recv_token_U=recv_token, num_recv=n_recv,
+        l0_chunk_src_C=l0_chunk_src, l0_chunk_start_C=c_start, l0_chunk_end_C=c_end,
         num_l0_chunks=n_c0, l0_chunks_per_src_W=chunks_per_src,
         l1_tile_expert_T=l1_e, l1_tile_row_start_T=l1_s, l1_tile_row_end_T=l1_end, l1_tile_col_T=l1_col,
         num_l1_tiles=n_rb * C1, l1_tiles_per_col=n_rb,
@@ -519,7 +530,7 @@ def _format_summary(s: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from comet.config import MODELS, HARDWARE
+    from comet.config import HARDWARE, MODELS
     from comet.routing import ROUTINGS
 
     ap = argparse.ArgumentParser(prog="python -m comet.plan", description="Build and summarise a Plan.")

@@ -1,0 +1,19 @@
+"""Markers: `gpu` tests need CUDA, `multigpu` tests need a torchrun world of several GPUs; both skip
+cleanly elsewhere, so the CPU suite never needs a GPU."""
+
+import os
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_multi = pytest.mark.skip(reason="needs several CUDA GPUs under torchrun (WORLD_SIZE > 1)")
+    for item in items:
+        if "multigpu" in item.keywords and not (has_cuda and world > 1):
+            item.add_marker(skip_multi)
+        elif "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
