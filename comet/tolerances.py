@@ -46,7 +46,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(rel_norm=1e-5, atol_rms=1e-4, rtol=1e-4),
     "tf32": Tolerance(rel_norm=5e-3, atol_rms=2e-2, rtol=2e-2),
     "float16": Tolerance(rel_norm=5e-3, atol_rms=2e-2, rtol=2e-2),
-    "bfloat16": Tolerance(rel_norm=2e-2, atol_rms=8e-2, rtol=5e-2),
+    "bfloat16": Tolerance(rel_norm=2e-2, atol_rms=1e-1, rtol=5e-2),
 }
 
 
