@@ -1,0 +1,334 @@
+"""Persistent grouped GEMM over a Plan's tile table (one GPU): the compute half of the fused MoE kernels.
+
+Shape legend (tensor-name suffixes, as in comet/plan.py): M tokens, N hidden size, K expert FFN size
+(K' = K for gelu, 2K for swiglu: [..., :K] gate, [..., K:] up), E local experts, R rows of the rank's
+shared tensor (expert-major, the Plan's order), T tiles.
+
+    layer0:  out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[e(r)])      (rows gathered by token id)
+    layer1:  out_RN[r] = h_RK[r] @ w1_EKN[e(r)]                        (rows in shared-row order)
+
+Inside the kernel the GEMM is written generically: `k` is the reduction index (N for layer0, K for
+layer1) and `n` the output column (K for layer0, N for layer1): C[r, n] = sum_k A[row(r), k] B[e, k, n].
+
+The kernel is persistent: `num_programs` programs (<= SMs, so SMs can be left to communication blocks)
+walk the tile table t = pid, pid + G, pid + 2G, ... in the Plan's execution order. The tile count is read
+from the Plan's 0-d tensor inside the kernel, so launching never syncs with the host. A tile covers rows
+[row_start, row_end) of one local expert (ragged: rows past row_end are masked) and one BLOCK_N column
+block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1), autotuning picks
+BLOCK_K, num_warps and num_stages. Accumulation is fp32; the layer0 epilogue applies the activation
+(swiglu: two accumulators, gate and up columns of the same output block, in one program).
+
+    >>> import torch
+    >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+    >>> from comet.plan import Policy, make_plan
+    >>> from comet.routing import balanced
+    >>> model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=2, topk=1, layers=1)
+    >>> plan = make_plan(balanced(M=16, E=2, topk=1), model, ParallelConfig(ep=1),
+    ...                  HardwareProfile.from_name("h200"), Policy(block_m=16, block_n0=16, block_n1=16))
+    >>> x_MN, w0_ENK = torch.randn(16, 32), torch.randn(2, 32, 32)
+    >>> grouped_gemm_layer0(plan, 0, x_MN, w0_ENK, config=SMALL_CONFIG).shape  # doctest: +SKIP
+    torch.Size([16, 32])
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATIONS = {"none": 0, "gelu": 1, "swiglu": 2}
+# A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
+SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
+_SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
+_sm_count_cache: dict[int, int] = {}
+
+
+# ------------------------------------------------------------------------------------ autotune configs
+def _configs():
+    # Hopper bf16: BLOCK_K 64 with 3-4 stages and 8 warps is the usual sweet spot for 128x128 / 128x256
+    # tiles; BLOCK_K 128 trades stages for fewer loop trips; 4 warps only for small tiles (pruned below).
+    return [
+        triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 4), (128, 4, 3))
+    ]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop configs whose pipeline buffers exceed shared memory or whose fp32 accumulators would need
+    more than ~128 registers per thread (they spill); always keep at least one."""
+    meta = {**named_args, **kwargs}
+    bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
+    n_b = 2 if meta["ACTIVATION"] == ACTIVATIONS["swiglu"] else 1
+    elem = meta["a_ptr"].element_size()
+    kept = []
+    for c in configs:
+        bk, w, s = c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+        smem = s * (bm * bk + n_b * bk * bn) * elem
+        acc_regs = n_b * bm * bn // (32 * w)
+        if smem <= _SMEM_BYTES and acc_regs <= 128 and bk <= max(16, triton.next_power_of_2(meta["D_IN"])):
+            kept.append(c)
+    if not kept:  # tiny or huge tiles: the config with the least shared memory
+        kept = [min(configs, key=lambda c: c.num_stages * c.kwargs["BLOCK_K"])]
+    return kept
+
+
+# ------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def _grouped_gemm_kernel(
+    # pointers
+    a_ptr, a_row_ptr, b_ptr, c_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
+    # sizes
+    max_tiles, D_IN, D_OUT, up_col,
+    # strides
+    stride_am, stride_ak, stride_be, stride_bk, stride_bn, stride_cm, stride_cn,
+    # meta
+    GATHER: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    # --- the tile count lives on the device (0-d tensor of the Plan); clamp it to the table's length
+    num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
+    k_steps = tl.cdiv(D_IN, BLOCK_K)
+    arange_m = tl.arange(0, BLOCK_M)
+    arange_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN):
+        # --- the tile: local expert, rows [row_start, row_end) of the shared tensor, output column block
+        expert = tl.load(tile_expert_ptr + t)
+        row_start = tl.load(tile_row_start_ptr + t)
+        row_end = tl.load(tile_row_end_ptr + t)
+        col = tl.load(tile_col_ptr + t)
+        offs_m = row_start + arange_m
+        mask_m = offs_m < row_end
+
+        # --- which A row each tile row reads. Rows past row_end read a valid row (token 0, or the tile's
+        # first row) so the K loop needs no row mask; their results are never stored.
+        if GATHER:
+            a_rows = tl.load(a_row_ptr + offs_m, mask=mask_m, other=0)
+        else:
+            a_rows = tl.where(mask_m, offs_m, row_start)
+        # (issue 5: a tile waits here for the arrival flags of the source ranks of its rows.)
+
+        offs_n = col * BLOCK_N + arange_n
+        offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
+        a_ptrs = a_ptr + (a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak)
+        b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if ACTIVATION == 2:
+            b_up_ptrs = b_ptrs + up_col * stride_bn
+            acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+        # --- K loop: fp32 accumulation; only the reduction tail is masked
+        for ks in range(k_steps):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                mask_k = offs_k < D_IN - ks * BLOCK_K
+                a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
+            acc = tl.dot(a, b, acc)
+            if ACTIVATION == 2:
+                if EVEN_K:
+                    b_up = tl.load(b_up_ptrs)
+                else:
+                    b_up = tl.load(b_up_ptrs, mask=mask_k[:, None], other=0.0)
+                acc_up = tl.dot(a, b_up, acc_up)
+                b_up_ptrs += BLOCK_K * stride_bk
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+
+        # --- epilogue: activation in fp32, then one masked store in the shared-row layout
+        if ACTIVATION == 1:  # exact (erf) gelu
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        elif ACTIVATION == 2:  # swiglu: silu(gate) * up
+            acc = acc * tl.sigmoid(acc) * acc_up
+        c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn)
+        mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+
+
+_kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["BLOCK_K"] == 0})(
+    _grouped_gemm_kernel)
+_kernel_tuned = triton.autotune(
+    configs=_configs(),
+    key=["D_IN", "D_OUT", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_kernel_fixed)
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); 4 on the CPU (interpreter)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _sm_count_cache:
+        _sm_count_cache[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _sm_count_cache[idx]
+
+
+def _check_tiles(tiles: dict[str, torch.Tensor], n_experts: int, n_rows_out: int, col_blocks: int) -> None:
+    """Content check of a tile table against the operand sizes (host sync)."""
+    n = int(tiles["num"])
+    T = tiles["expert"].numel()
+    if not 0 <= n <= T:
+        raise ValueError(f"tile count {n} outside [0, {T}] (the table's length)")
+    e, s, end, c = (tiles[k][:n].cpu() for k in ("expert", "row_start", "row_end", "col"))
+    checks = (
+        ("expert", e, (e < 0) | (e >= n_experts), f"local experts are 0..{n_experts - 1} (the weight's dim 0)"),
+        ("row_start", s, (s < 0) | (s > end), "row ranges must satisfy 0 <= row_start <= row_end"),
+        ("row_end", end, end > n_rows_out, f"row_end must be <= {n_rows_out} (rows of the output)"),
+        ("col", c, (c < 0) | (c >= col_blocks), f"column blocks are 0..{col_blocks - 1} for this BLOCK_N"),
+    )
+    for name, v, bad, what in checks:
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"tile {i}: {name}={int(v[i])} out of bounds; {what}")
+
+
+def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, block_n: int,
+                 a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
+                 activation: str = "none", out=None, num_programs: int | None = None,
+                 config: dict | None = None, flatten: bool = False, validate: bool = False) -> torch.Tensor:
+    """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
+
+    a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
+    D_OUT' = D_OUT (2 * D_OUT for swiglu, gate then up). tiles: int64 tensors "expert", "row_start",
+    "row_end", "col" (length T) and "num" (0-d valid count), all on a's device. Returns out, (n_rows_out,
+    D_OUT) in a's dtype; rows that no tile covers are left as they were (uninitialised if allocated here).
+    n_rows_out defaults to len(a_rows_R) (gather) or a.shape[0]. block_m / block_n must be the tile grid
+    the table was built with. config: {"BLOCK_K", "num_warps", "num_stages"} to skip autotuning.
+    num_programs: persistent programs (default: SMs, at most T). validate: check the table's contents
+    (one host sync); shapes, dtypes, devices and contiguity are always checked.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
+    if a.dim() != 2 or b_EIO.dim() != 3:
+        raise ValueError(f"a must be 2-D (rows, D_IN) and b 3-D (E, D_IN, D_OUT'); got {tuple(a.shape)} and "
+                         f"{tuple(b_EIO.shape)}")
+    E, D_IN, D_OUT_B = b_EIO.shape
+    if a.shape[1] != D_IN:
+        raise ValueError(f"reduction sizes differ: a has {a.shape[1]} columns, b has {D_IN} rows per expert")
+    if a.dtype != b_EIO.dtype or a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"a and b must share one dtype among float16/bfloat16/float32; got {a.dtype}, "
+                         f"{b_EIO.dtype}")
+    if not (a.is_contiguous() and b_EIO.is_contiguous()):
+        raise ValueError("a and b must be contiguous (row-major); call .contiguous() first")
+    if activation == "swiglu":
+        if D_OUT_B % 2:
+            raise ValueError(f"swiglu needs an even number of weight columns (gate | up), got {D_OUT_B}")
+        D_OUT = D_OUT_B // 2
+    else:
+        D_OUT = D_OUT_B
+    dev = a.device
+    names = ("expert", "row_start", "row_end", "col")
+    missing = [k for k in (*names, "num") if k not in tiles]
+    if missing:
+        raise ValueError(f"tile table lacks {missing}")
+    T = tiles["expert"].numel()
+    for k in names:
+        v = tiles[k]
+        if v.dim() != 1 or v.numel() != T or v.dtype != torch.int64 or v.device != dev or not v.is_contiguous():
+            raise ValueError(f"tile table '{k}' must be a contiguous 1-D int64 tensor of length {T} on {dev}; "
+                             f"got shape {tuple(v.shape)}, {v.dtype} on {v.device}")
+    if tiles["num"].dim() != 0 or tiles["num"].dtype != torch.int64 or tiles["num"].device != dev:
+        raise ValueError(f"tile count 'num' must be a 0-d int64 tensor on {dev}")
+    if a_rows_R is not None:
+        if a_rows_R.dim() != 1 or a_rows_R.dtype != torch.int64 or a_rows_R.device != dev \
+                or not a_rows_R.is_contiguous():
+            raise ValueError(f"a_rows_R must be a contiguous 1-D int64 tensor on {dev}")
+        n_rows_out = a_rows_R.numel() if n_rows_out is None else n_rows_out
+        if n_rows_out > a_rows_R.numel():
+            raise ValueError(f"n_rows_out={n_rows_out} > len(a_rows_R)={a_rows_R.numel()}: every output row "
+                             f"needs a row index")
+    else:
+        n_rows_out = a.shape[0] if n_rows_out is None else n_rows_out
+        if n_rows_out > a.shape[0]:
+            raise ValueError(f"n_rows_out={n_rows_out} > rows of a ({a.shape[0]}) without a gather index")
+    for name, blk in (("block_m", block_m), ("block_n", block_n)):
+        if blk < 16 or blk & (blk - 1):
+            raise ValueError(f"{name}={blk}: the kernel needs a power of two >= 16 (tl.dot); build the Plan "
+                             f"with such a Policy")
+    if out is None:
+        out = torch.empty(n_rows_out, D_OUT, device=dev, dtype=a.dtype)
+    elif out.shape != (n_rows_out, D_OUT) or out.dtype != a.dtype or out.device != dev or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({n_rows_out}, {D_OUT}) {a.dtype} tensor on {dev}; got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    if validate:
+        _check_tiles(tiles, E, n_rows_out, triton.cdiv(D_OUT, block_n))
+        if a_rows_R is not None and int(tiles["num"]) > 0:
+            rows = a_rows_R[:n_rows_out]
+            used = rows[rows >= 0]
+            if used.numel() and int(used.max()) >= a.shape[0]:
+                raise ValueError(f"a_rows_R holds row {int(used.max())} but a has {a.shape[0]} rows")
+    if num_programs is None:
+        num_programs = sm_count(dev)
+    if num_programs < 1:
+        raise ValueError(f"num_programs must be >= 1, got {num_programs}")
+    grid = (max(1, min(num_programs, T)),)
+    if T == 0:
+        return out
+    args = (a, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, out,
+            tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
+            T, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
+            a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
+            out.stride(0), out.stride(1))
+    meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
+                BLOCK_N=block_n, FLATTEN=flatten)
+    if config is None:
+        _kernel_tuned[grid](*args, **meta)
+    else:
+        _kernel_fixed[grid](*args, **meta, BLOCK_K=config["BLOCK_K"], num_warps=config["num_warps"],
+                            num_stages=config["num_stages"])
+    return out
+
+
+def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:
+    p = f"{layer}_tile_"
+    return {"expert": getattr(rank_plan, p + "expert_T"), "row_start": getattr(rank_plan, p + "row_start_T"),
+            "row_end": getattr(rank_plan, p + "row_end_T"), "col": getattr(rank_plan, p + "col_T"),
+            "num": getattr(rank_plan, f"num_{layer}_tiles")}
+
+
+def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activation: str | None = None,
+                        **kwargs) -> torch.Tensor:
+    """Layer0 of `rank`: out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[expert(r)]) over the Plan's l0 tiles.
+
+    x_MN: (M, N) token rows indexed by global token id (the receive buffer). w0_ENK: (E_local, N, K'),
+    K' = K/TP (gelu) or 2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major
+    shared-row order; rows past the plan's num_rows are not written. activation defaults to the model's.
+    Other keywords go to `grouped_gemm` (num_programs, config, flatten, validate).
+    """
+    rp = plan.rank(rank)
+    act = activation or plan.model.activation
+    k_cols = plan.ffn_local * (2 if act == "swiglu" else 1)
+    if w0_ENK.dim() != 3 or w0_ENK.shape != (plan.experts_per_rank, plan.model.hidden_N, k_cols):
+        raise ValueError(f"w0_ENK must be (E_local={plan.experts_per_rank}, N={plan.model.hidden_N}, "
+                         f"K'={k_cols}) for {act}; got {tuple(w0_ENK.shape)}")
+    if x_MN.dim() != 2 or x_MN.shape != (plan.num_tokens, plan.model.hidden_N):
+        raise ValueError(f"x_MN must be (M={plan.num_tokens}, N={plan.model.hidden_N}); got {tuple(x_MN.shape)}")
+    return grouped_gemm(x_MN, w0_ENK, _tiles(rp, "l0"), block_m=plan.policy.block_m, block_n=plan.policy.block_n0,
+                        a_rows_R=rp.row_token_R, activation=act, out=out_RK, **kwargs)
+
+
+def grouped_gemm_layer1(plan, rank: int, h_RK, w1_EKN, *, out_RN=None, **kwargs) -> torch.Tensor:
+    """Layer1 of `rank`: out_RN[r] = h_RK[r] @ w1_EKN[expert(r)] over the Plan's l1 tiles (column-block-major).
+
+    h_RK: (R_max, K/TP) activation in shared-row order (layer0's output). w1_EKN: (E_local, K/TP, N).
+    Returns (R_max, N) in h's dtype; rows past num_rows are not written. Keywords as `grouped_gemm`.
+    """
+    rp = plan.rank(rank)
+    R_max = rp.row_token_R.numel()
+    if w1_EKN.dim() != 3 or w1_EKN.shape != (plan.experts_per_rank, plan.ffn_local, plan.model.hidden_N):
+        raise ValueError(f"w1_EKN must be (E_local={plan.experts_per_rank}, K={plan.ffn_local}, "
+                         f"N={plan.model.hidden_N}); got {tuple(w1_EKN.shape)}")
+    if h_RK.dim() != 2 or h_RK.shape != (R_max, plan.ffn_local):
+        raise ValueError(f"h_RK must be (R_max={R_max}, K={plan.ffn_local}); got {tuple(h_RK.shape)}")
+    return grouped_gemm(h_RK, w1_EKN, _tiles(rp, "l1"), block_m=plan.policy.block_m,
+                        block_n=plan.policy.block_n1, out=out_RN, **kwargs)

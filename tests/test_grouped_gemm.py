@@ -1,0 +1,207 @@
+"""The persistent grouped GEMM (kernels/grouped_gemm.py) against the slow per-expert reference.
+
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the kernels
+are imported) in float32/float16 on small shapes: ragged experts, an expert with zero rows, a rank with no
+rows, tile sizes that divide none of the sizes. The same logic tests run on the GPU when there is one;
+`gpu` tests add bf16, Hopper-sized tiles, autotuning and the flattened tile loop.
+Tolerances come from comet.tolerances (one table); failures print max and mean errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
+from comet.plan import ORDERS, Policy, make_plan  # noqa: E402
+from comet.routing import Routing, imbalanced  # noqa: E402
+from comet.tolerances import assert_close  # noqa: E402
+from kernels._testing import reference_layer0, reference_layer1  # noqa: E402
+from kernels.grouped_gemm import (  # noqa: E402
+    SMALL_CONFIG,
+    grouped_gemm,
+    grouped_gemm_layer0,
+    grouped_gemm_layer1,
+)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+HW = HardwareProfile.from_name("h200")
+SMALL_POLICY = Policy(block_m=16, block_n0=16, block_n1=16)  # divides none of N=40, K=24
+
+
+def _tol_key(dtype: torch.dtype):
+    # float32 tl.dot runs on tf32 tensor cores on the GPU; the interpreter computes it in float32.
+    return "tf32" if dtype == torch.float32 and DEVICE == "cuda" else dtype
+
+
+def _small_model(activation="gelu", **over) -> ModelConfig:
+    return ModelConfig("small", hidden_N=over.get("N", 40), ffn_K=over.get("K", 24), experts_E=over.get("E", 4),
+                       topk=over.get("topk", 2), layers=1, activation=activation)
+
+
+def _weights(plan, activation, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    E, N, K = plan.experts_per_rank, plan.model.hidden_N, plan.ffn_local
+    k0 = 2 * K if activation == "swiglu" else K
+    w0 = (torch.randn(E, N, k0, generator=g) / N ** 0.5).to(DEVICE, dtype)
+    w1 = (torch.randn(E, K, N, generator=g) / K ** 0.5).to(DEVICE, dtype)
+    return w0, w1
+
+
+def _tokens(M, N, dtype, seed=1):
+    return torch.randn(M, N, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+
+
+def _check_layers(plan, rank, dtype, activation=None, **kw):
+    """Run layer0 then layer1 on poisoned outputs; compare valid rows with the reference, and check that
+    rows past num_rows were left alone."""
+    act = activation or plan.model.activation
+    w0, w1 = _weights(plan, act, dtype)
+    x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
+    rp = plan.rank(rank)
+    R_max, R = rp.row_token_R.numel(), int(rp.num_rows)
+    h = torch.full((R_max, plan.ffn_local), float("nan"), device=DEVICE, dtype=dtype)
+    out = grouped_gemm_layer0(plan, rank, x, w0, out_RK=h, activation=act, validate=True, **kw)
+    assert out.data_ptr() == h.data_ptr()
+    assert_close(h[:R], reference_layer0(plan, rank, x, w0, act), _tol_key(dtype), f"layer0 {act} rank {rank}")
+    assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
+    y = torch.full((R_max, plan.model.hidden_N), float("nan"), device=DEVICE, dtype=dtype)
+    h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
+    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, validate=True, **kw)
+    assert_close(y[:R], reference_layer1(plan, rank, h_in, w1), _tol_key(dtype), f"layer1 rank {rank}")
+    assert bool(y[R:].isnan().all()), "layer1 wrote rows past num_rows"
+    return h, y
+
+
+# ------------------------------------------------------------------------------- logic (CPU or GPU)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_ragged_experts_match_reference(dtype, activation):
+    model = _small_model(activation)
+    routing = imbalanced(M=50, E=4, topk=2, std=0.1, seed=3)
+    plan = make_plan(routing, model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    counts = routing.tokens_per_expert_E.tolist()
+    assert len(set(counts)) > 1, f"routing should be ragged, got {counts}"
+    for rank in (0, 1):
+        _check_layers(plan, rank, dtype, config=SMALL_CONFIG)
+
+
+def test_expert_with_zero_rows_and_rank_with_none():
+    # tokens pick experts {0, 2} or {2, 3}: rank 0 (experts 0, 1) has an empty expert 1; with E=6, ep=3,
+    # rank 2 (experts 4, 5) receives nothing and must launch cleanly and write nothing.
+    M = 30
+    ids = torch.tensor([[0, 2] if t % 3 else [2, 3] for t in range(M)])
+    w = torch.full((M, 2), 0.5)
+    model = _small_model(E=6)
+    plan = make_plan(Routing(ids, w, 6), model, ParallelConfig(ep=3), HW, SMALL_POLICY)
+    assert plan.rank(0).expert_offsets_E1.tolist()[1:] == [20, 20]
+    assert int(plan.rank(2).num_rows) == 0 and int(plan.rank(2).num_l0_tiles) == 0
+    for rank in (0, 1, 2):
+        _check_layers(plan, rank, torch.float32, config=SMALL_CONFIG)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("num_programs", [1, 3, 1000])
+def test_tile_orders_and_program_counts(order, num_programs):
+    model = _small_model()
+    routing = imbalanced(M=40, E=4, topk=2, std=0.05, seed=7)
+    plan = make_plan(routing, model, ParallelConfig(ep=4), HW, SMALL_POLICY.replace(order=order, group_m=2))
+    _check_layers(plan, 3, torch.float32, config=SMALL_CONFIG, num_programs=num_programs)
+
+
+@pytest.mark.parametrize("policy", [Policy(block_m=32, block_n0=16, block_n1=32), Policy(block_m=16, block_n0=32,
+                                                                                          block_n1=16)])
+def test_tp_shard_and_other_tiles(policy):
+    # TP=2: each rank computes a K/TP = 24 column slice of layer0 and a partial layer1
+    model = _small_model(K=48, E=2, topk=1)
+    routing = imbalanced(M=45, E=2, topk=1, std=0.1, seed=11)
+    plan = make_plan(routing, model, ParallelConfig(ep=1, tp=2), HW, policy)
+    assert plan.ffn_local == 24
+    _check_layers(plan, 1, torch.float16, config={"BLOCK_K": 32, "num_warps": 4, "num_stages": 1})
+
+
+def test_errors_are_clear():
+    model = _small_model()
+    plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, w1 = _weights(plan, "gelu", torch.float32)
+    x = _tokens(20, 40, torch.float32)
+    with pytest.raises(ValueError, match="w0_ENK must be"):
+        grouped_gemm_layer0(plan, 0, x, w0[:, :, :20], config=SMALL_CONFIG)
+    with pytest.raises(ValueError, match="share one dtype"):
+        grouped_gemm_layer0(plan, 0, x.half(), w0, config=SMALL_CONFIG)
+    with pytest.raises(ValueError, match="contiguous"):
+        grouped_gemm_layer0(plan, 0, x, w0.transpose(1, 2).contiguous().transpose(1, 2), config=SMALL_CONFIG)
+    with pytest.raises(ValueError, match="x_MN must be"):
+        grouped_gemm_layer0(plan, 0, x[:10], w0, config=SMALL_CONFIG)
+    bad_plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW,
+                         Policy(block_m=24, block_n0=16, block_n1=16))
+    with pytest.raises(ValueError, match="power of two"):
+        grouped_gemm_layer0(bad_plan, 0, x, w0, config=SMALL_CONFIG)
+    # tile-table bounds (validate=True): an expert past the weight's experts, a column block past D_OUT
+    rp = plan.rank(0)
+    tiles = {"expert": rp.l0_tile_expert_T.clone(), "row_start": rp.l0_tile_row_start_T,
+             "row_end": rp.l0_tile_row_end_T, "col": rp.l0_tile_col_T, "num": rp.num_l0_tiles}
+    tiles["expert"][0] = 5
+    with pytest.raises(ValueError, match="tile 0: expert=5 out of bounds"):
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, a_rows_R=rp.row_token_R, config=SMALL_CONFIG,
+                     validate=True)
+    tiles["expert"] = rp.l0_tile_expert_T
+    with pytest.raises(ValueError, match="col=1 out of bounds"):  # a table built for block_n=16, run with 32
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=32, a_rows_R=rp.row_token_R, config=SMALL_CONFIG,
+                     validate=True)
+    with pytest.raises(ValueError, match="1-D int64"):
+        grouped_gemm(x, w0, {**tiles, "col": tiles["col"].int()}, block_m=16, block_n=16,
+                     a_rows_R=rp.row_token_R, config=SMALL_CONFIG)
+    with pytest.raises(ValueError, match="activation"):
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, activation="relu")
+
+
+# ------------------------------------------------------------------------------------- GPU (bf16)
+def _gpu_plan(activation, M=700, block_n0=128, order="comet"):
+    model = ModelConfig("mid", hidden_N=512, ffn_K=320, experts_E=8, topk=2, layers=1, activation=activation)
+    routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
+    return make_plan(routing, model, ParallelConfig(ep=2), HW,
+                     Policy(block_m=128, block_n0=block_n0, block_n1=128, order=order), ranks=[0, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation,block_n0", [("gelu", 128), ("gelu", 256), ("swiglu", 64), ("swiglu", 128)])
+@pytest.mark.parametrize("tuned", [False, True])
+def test_gpu_bf16(activation, block_n0, tuned):
+    plan = _gpu_plan(activation, block_n0=block_n0)
+    cfg = None if tuned else {"BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+    for rank in (0, 1):
+        _check_layers(plan, rank, torch.bfloat16, config=cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flatten", [False, True])
+def test_gpu_program_counts_and_flatten(flatten):
+    plan = _gpu_plan("gelu", M=1500, order="expert-major")
+    for num_programs in (1, 17, 132):
+        _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten,
+                      config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
+
+
+@pytest.mark.gpu
+def test_gpu_chain_matches_comet_reference():
+    """layer0 then layer1 on one rank equals comet.reference.expert_ffn on each expert's rows."""
+    ref = pytest.importorskip("comet.reference")
+    plan = _gpu_plan("swiglu", block_n0=64)
+    w0, w1 = _weights(plan, "swiglu", torch.bfloat16)
+    x = _tokens(plan.num_tokens, 512, torch.bfloat16)
+    rp = plan.rank(1)
+    h = grouped_gemm_layer0(plan, 1, x, w0)
+    y = grouped_gemm_layer1(plan, 1, h, w1)
+    off = rp.expert_offsets_E1.tolist()
+    for e in range(plan.experts_per_rank):
+        s, end = off[e], off[e + 1]
+        tok = rp.row_token_R[s:end]
+        expected = ref.expert_ffn(x[tok].double(), w0[e].double(), w1[e].double(), "swiglu")
+        assert_close(y[s:end], expected, torch.bfloat16, f"expert {e} ffn")
