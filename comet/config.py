@@ -202,7 +202,7 @@ class HardwareProfile:
 
     def replace(self, **changes) -> HardwareProfile:
         """A copy with some figures changed (for what-if sweeps); changed figures are marked as such."""
-        sources = dict(self.sources)
+        sources = dict(changes.pop("sources", self.sources))
         for k in changes:
             if k in sources:
                 sources[k] = "what-if override"

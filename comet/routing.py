@@ -36,6 +36,10 @@ class Routing:
                              f"must both be 2-D (M, topk) of one shape")
         if ids.dtype != torch.int64:
             raise ValueError(f"topk_ids_MK must be int64, got {ids.dtype}")
+        if not w.is_floating_point():
+            raise ValueError(f"topk_weights_MK must be floating point, got {w.dtype}")
+        if ids.device != w.device:
+            raise ValueError(f"topk_ids_MK is on {ids.device} but topk_weights_MK on {w.device}; put both on one")
 
     @property
     def num_tokens(self) -> int:
@@ -68,6 +72,10 @@ class Routing:
         s = ids.sort(dim=1).values
         if s.shape[1] > 1 and bool((s[:, 1:] == s[:, :-1]).any()):
             raise ValueError("a token picks the same expert twice; experts must be distinct within a token")
+        sums = self.topk_weights_MK.double().sum(dim=1)
+        if sums.numel() and float((sums - 1).abs().max()) > 1e-3:
+            raise ValueError(f"gate weights of a token must sum to 1; worst row sums to "
+                             f"{float(sums[(sums - 1).abs().argmax()]):.4f}")
 
 
 def _check_sizes(M: int, E: int, topk: int) -> None:
