@@ -48,9 +48,15 @@ def _configs():
     # Hopper bf16: BLOCK_K 64 with 3-4 stages and 8 warps is the usual sweet spot for 128x128 / 128x256
     # tiles; BLOCK_K 128 trades stages for fewer loop trips; 4 warps only for small tiles (pruned below).
     return [
-        triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 4), (128, 4, 3))
+        triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s, pre_hook=_set_b_block)
+        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 4))
     ]
+
+
+def _set_b_block(nargs):
+    # The B descriptor's box is one (BLOCK_K, BLOCK_N) tile; BLOCK_K is the autotuner's choice.
+    if nargs.get("B_TMA"):
+        nargs["b_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -60,10 +66,12 @@ def _prune_configs(configs, named_args, **kwargs):
     bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
     n_b = 2 if meta["ACTIVATION"] == ACTIVATIONS["swiglu"] else 1
     elem = meta["a_ptr"].element_size()
+    # two resident programs per SM (a grid of up to 2x the SMs) halve each one's shared memory
+    per_sm = 2 if sm_count(meta["a_ptr"].device) < meta["num_programs"] <= 2 * sm_count(meta["a_ptr"].device) else 1
     kept = []
     for c in configs:
         bk, w, s = c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
-        smem = s * (bm * bk + n_b * bk * bn) * elem
+        smem = s * (bm * bk + n_b * bk * bn) * elem * per_sm
         acc_regs = n_b * bm * bn // (32 * w)
         if smem <= _SMEM_BYTES and acc_regs <= 128 and bk <= max(16, triton.next_power_of_2(meta["D_IN"])):
             kept.append(c)
@@ -76,19 +84,19 @@ def _prune_configs(configs, named_args, **kwargs):
 @triton.jit
 def _grouped_gemm_kernel(
     # pointers
-    a_ptr, a_row_ptr, b_ptr, c_ptr,
+    a_ptr, a_row_ptr, b_ptr, b_desc, c_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     # sizes
-    max_tiles, D_IN, D_OUT, up_col,
+    max_tiles, num_programs, D_IN, D_OUT, up_col,
     # strides
     stride_am, stride_ak, stride_be, stride_bk, stride_bn, stride_cm, stride_cn,
     # meta
     GATHER: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    FLATTEN: tl.constexpr,
+    FLATTEN: tl.constexpr, B_TMA: tl.constexpr,
 ):
+    # num_programs: the grid size (an argument, not tl.num_programs, so the autotuner can key on it)
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     # --- the tile count lives on the device (0-d tensor of the Plan); clamp it to the table's length
     num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
     k_steps = tl.cdiv(D_IN, BLOCK_K)
@@ -122,18 +130,29 @@ def _grouped_gemm_kernel(
             b_up_ptrs = b_ptrs + up_col * stride_bn
             acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
+        # B through the copy engine (TMA): row = expert * D_IN + k of the (E * D_IN, D_OUT') view. A tail
+        # step past D_IN reads the next expert's rows (or zeros past the end): A is zero there.
+        b_row = expert.to(tl.int32) * D_IN
+        b_col = (col * BLOCK_N).to(tl.int32)
+
         # --- K loop: fp32 accumulation; only the reduction tail is masked
         for ks in range(k_steps):
             if EVEN_K:
                 a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
             else:
                 mask_k = offs_k < D_IN - ks * BLOCK_K
                 a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
+            if B_TMA:
+                b = b_desc.load([b_row + ks * BLOCK_K, b_col])
+            elif EVEN_K:
+                b = tl.load(b_ptrs)
+            else:
                 b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
             acc = tl.dot(a, b, acc)
             if ACTIVATION == 2:
-                if EVEN_K:
+                if B_TMA:
+                    b_up = b_desc.load([b_row + ks * BLOCK_K, b_col + up_col])
+                elif EVEN_K:
                     b_up = tl.load(b_up_ptrs)
                 else:
                     b_up = tl.load(b_up_ptrs, mask=mask_k[:, None], other=0.0)
@@ -156,7 +175,7 @@ _kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["B
     _grouped_gemm_kernel)
 _kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D_IN", "D_OUT", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER"],
+    key=["D_IN", "D_OUT", "num_programs", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER", "FLATTEN", "B_TMA"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_kernel_fixed)
 
@@ -195,7 +214,8 @@ def _check_tiles(tiles: dict[str, torch.Tensor], n_experts: int, n_rows_out: int
 def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, block_n: int,
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
-                 config: dict | None = None, flatten: bool = False, validate: bool = False) -> torch.Tensor:
+                 config: dict | None = None, flatten: bool = False, b_tma: bool = False,
+                 validate: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -204,7 +224,9 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     D_OUT) in a's dtype; rows that no tile covers are left as they were (uninitialised if allocated here).
     n_rows_out defaults to len(a_rows_R) (gather) or a.shape[0]. block_m / block_n must be the tile grid
     the table was built with. config: {"BLOCK_K", "num_warps", "num_stages"} to skip autotuning.
-    num_programs: persistent programs (default: SMs, at most T). validate: check the table's contents
+    num_programs: persistent programs (default: SMs, at most T). flatten: let Triton flatten the tile and
+    K loops into one software pipeline. b_tma: load B tiles with the copy engine (a tensor descriptor over
+    the (E * D_IN, D_OUT') view; needs D_OUT' * itemsize % 16 == 0). validate: check the table's contents
     (one host sync); shapes, dtypes, devices and contiguity are always checked.
     """
     if activation not in ACTIVATIONS:
@@ -271,16 +293,26 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         num_programs = sm_count(dev)
     if num_programs < 1:
         raise ValueError(f"num_programs must be >= 1, got {num_programs}")
-    grid = (max(1, min(num_programs, T)),)
     if T == 0:
         return out
-    args = (a, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, out,
+    programs = max(1, min(num_programs, T))
+    b_desc = b_EIO
+    if b_tma:
+        if (D_OUT_B * b_EIO.element_size()) % 16 or b_EIO.data_ptr() % 16:
+            raise ValueError(f"b_tma needs 16-byte aligned weight rows: D_OUT'={D_OUT_B} columns of "
+                             f"{b_EIO.element_size()} bytes; use b_tma=False")
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the box
+        b_desc = TensorDescriptor.from_tensor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
+    args = (a, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out,
             tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
-            T, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
+            T, programs, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
             a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
             out.stride(0), out.stride(1))
     meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
-                BLOCK_N=block_n, FLATTEN=flatten)
+                BLOCK_N=block_n, FLATTEN=flatten, B_TMA=b_tma)
+    grid = (programs,)
     if config is None:
         _kernel_tuned[grid](*args, **meta)
     else:
@@ -303,7 +335,7 @@ def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activatio
     x_MN: (M, N) token rows indexed by global token id (the receive buffer). w0_ENK: (E_local, N, K'),
     K' = K/TP (gelu) or 2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major
     shared-row order; rows past the plan's num_rows are not written. activation defaults to the model's.
-    Other keywords go to `grouped_gemm` (num_programs, config, flatten, validate).
+    Other keywords go to `grouped_gemm` (num_programs, config, flatten, b_tma, validate).
     """
     rp = plan.rank(rank)
     act = activation or plan.model.activation

@@ -82,14 +82,15 @@ def _check_layers(plan, rank, dtype, activation=None, **kw):
 # ------------------------------------------------------------------------------- logic (CPU or GPU)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
-def test_ragged_experts_match_reference(dtype, activation):
+@pytest.mark.parametrize("b_tma", [False, True])
+def test_ragged_experts_match_reference(dtype, activation, b_tma):
     model = _small_model(activation)
     routing = imbalanced(M=50, E=4, topk=2, std=0.1, seed=3)
     plan = make_plan(routing, model, ParallelConfig(ep=2), HW, SMALL_POLICY)
     counts = routing.tokens_per_expert_E.tolist()
     assert len(set(counts)) > 1, f"routing should be ragged, got {counts}"
-    for rank in (0, 1):
-        _check_layers(plan, rank, dtype, config=SMALL_CONFIG)
+    for rank in (0, 1):  # b_tma: the reduction tail of an expert reads the next expert's B rows (A is 0)
+        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma)
 
 
 def test_expert_with_zero_rows_and_rank_with_none():
@@ -172,19 +173,27 @@ def _gpu_plan(activation, M=700, block_n0=128, order="comet"):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("activation,block_n0", [("gelu", 128), ("gelu", 256), ("swiglu", 64), ("swiglu", 128)])
-@pytest.mark.parametrize("tuned", [False, True])
-def test_gpu_bf16(activation, block_n0, tuned):
+@pytest.mark.parametrize("b_tma", [False, True])
+def test_gpu_bf16(activation, block_n0, b_tma):
     plan = _gpu_plan(activation, block_n0=block_n0)
-    cfg = None if tuned else {"BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
     for rank in (0, 1):
-        _check_layers(plan, rank, torch.bfloat16, config=cfg)
+        _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+                      b_tma=b_tma)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation,b_tma", [("gelu", False), ("swiglu", True)])
+def test_gpu_bf16_autotuned(activation, b_tma):
+    plan = _gpu_plan(activation, block_n0=128)
+    for rank in (0, 1):
+        _check_layers(plan, rank, torch.bfloat16, b_tma=b_tma)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("flatten", [False, True])
 def test_gpu_program_counts_and_flatten(flatten):
     plan = _gpu_plan("gelu", M=1500, order="expert-major")
-    for num_programs in (1, 17, 132):
+    for num_programs in (1, 17, 132, 264, 10_000):
         _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten,
                       config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
 

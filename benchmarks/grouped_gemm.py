@@ -1,0 +1,269 @@
+"""Benchmark the persistent grouped GEMM (kernels/grouped_gemm.py) on the paper models' expert shapes.
+
+One rank's view at EP=4 (TP=1): rank 0's local experts and the rows routed to them, for several token
+counts M and balanced / imbalanced (std 0.032) routing. For each layer it times, in one process with
+triton.testing.do_bench medians:
+    ours            the Triton kernel over the Plan's tile table (layer0: gathers token rows by id and
+                    fuses the activation; layer1: rows in shared-row order), one run per tile variant;
+    cublas_loop     torch.mm per local expert on pre-gathered rows (GEMM only);
+    grouped_mm      torch._grouped_mm on pre-gathered rows (GEMM only), B column-major (its fast layout)
+                    and row-major (the layout our kernel reads);
+    torch_unfused   what the GEMM stands for in plain PyTorch: index_select + _grouped_mm + activation.
+TFLOP/s count real rows only (2 * rows * D_IN * D_OUT'); the bf16 ceiling is a large torch.matmul measured
+in the same process. Writes a long CSV (one row per case x implementation) and a summary CSV.
+
+    python -m benchmarks.grouped_gemm --check --out results/grouped_gemm
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Policy, make_plan
+from comet.routing import make_routing
+from comet.tolerances import assert_close
+from kernels import grouped_gemm as gg
+from kernels._testing import expert_rows, reference_layer0, reference_layer1
+
+MODELS = ("mixtral-8x7b", "phi-3.5-moe", "qwen2-moe-2.7b")
+TOKENS = (16384, 4096, 8192)
+# name -> (block_m, block_n0, block_n1, group_m, kernel options); suffix t: B through TMA, f: flattened
+# tile loop, p2: two programs per SM
+VARIANTS = {
+    "128x128": (128, 128, 128, 8, {}),
+    "128x128t": (128, 128, 128, 8, {"b_tma": True}),
+    "128x128p2": (128, 128, 128, 8, {"programs_per_sm": 2}),
+    "128x256": (128, 256, 256, 8, {}),
+    "128x256t": (128, 256, 256, 8, {"b_tma": True}),
+    "128x256f": (128, 256, 256, 8, {"flatten": True}),
+    "64x128": (64, 128, 128, 8, {}),
+}
+DEVICE = "cuda"  # a smoke test may point this at the CPU (interpreter)
+FIELDS = ["gpu", "model", "tokens_M", "routing", "layer", "activation", "rows", "experts_local", "d_in", "d_out",
+          "impl", "variant", "config", "time_us", "tflops", "frac_ceiling", "rel_err", "check"]
+
+
+def _bench_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def _ceiling_tflops(dtype) -> float:
+    a = torch.randn(8192, 4096, device=DEVICE, dtype=dtype)
+    b = torch.randn(4096, 14336, device=DEVICE, dtype=dtype)
+    us = _bench_us(lambda: a @ b)
+    return 2 * 8192 * 4096 * 14336 / us / 1e6
+
+
+def _device_line() -> str:
+    p = torch.cuda.get_device_properties(0)
+    return (f"{p.name} x{torch.cuda.device_count()} ({p.multi_processor_count} SMs), torch {torch.__version__}, "
+            f"triton {triton.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
+
+
+def _best_config_str() -> str:
+    c = getattr(gg._kernel_tuned, "best_config", None)
+    if c is None:
+        return ""
+    return f"BK{c.kwargs.get('BLOCK_K')}_w{c.num_warps}_s{c.num_stages}"
+
+
+def _rel_err(actual, expected) -> float:
+    a, e = actual.float(), expected.float()
+    return float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e).clamp(min=1e-30))
+
+
+def _check(actual, expected, what) -> str:
+    try:
+        assert_close(actual, expected, torch.bfloat16, what)
+        return "ok"
+    except AssertionError as exc:
+        print(f"CHECK FAILED: {exc}", flush=True)
+        return "FAIL"
+
+
+def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, variants, ceiling, check: bool,
+             gpu: str, seed: int = 0):
+    dtype = torch.bfloat16
+    par = ParallelConfig(ep=4, tp=1)
+    hw = HardwareProfile.from_name("h200")
+    routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=seed, std=0.032).to(DEVICE)
+    plans = {v: make_plan(routing, model, par, hw, Policy(block_m=bm, block_n0=bn0, block_n1=bn1, group_m=gm),
+                          ranks=[0]) for v, (bm, bn0, bn1, gm, _) in variants.items()}
+    plan0 = next(iter(plans.values()))
+    rp = plan0.rank(0)
+    R, R_max = int(rp.num_rows), rp.row_token_R.numel()
+    E, N, K = plan0.experts_per_rank, model.hidden_N, plan0.ffn_local
+    act = model.activation
+    k0 = 2 * K if act == "swiglu" else K
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(M, N, device=DEVICE, dtype=dtype, generator=g)
+    w0 = (torch.randn(E, N, k0, device=DEVICE, generator=g) / N ** 0.5).to(dtype)
+    w1 = (torch.randn(E, K, N, device=DEVICE, generator=g) / K ** 0.5).to(dtype)
+    h = torch.randn(R_max, K, device=DEVICE, dtype=dtype, generator=g)
+    rows = expert_rows(plan0, 0)
+    offs = torch.tensor([e for _, e in rows], device=DEVICE, dtype=torch.int32)
+    tok = rp.row_token_R[:R]
+    x_sorted = x[tok].contiguous()
+    has_gmm = hasattr(torch, "_grouped_mm")
+    sms = gg.sm_count(x.device)
+    act_fn = {"gelu": F.gelu, "swiglu": lambda t: F.silu(t[:, :K]) * t[:, K:]}[act]
+
+    for layer in ("l0", "l1"):
+        a_sorted, w = (x_sorted, w0) if layer == "l0" else (h[:R], w1)
+        d_in, d_out = w.shape[1], w.shape[2]
+        flops = 2.0 * R * d_in * d_out
+        base = dict(gpu=gpu, model=model.name, tokens_M=M, routing=routing_kind, layer=layer,
+                    activation=act if layer == "l0" else "none", rows=R, experts_local=E, d_in=d_in, d_out=d_out)
+
+        def emit(impl, us, variant="", config="", rel_err="", chk="", base=base, flops=flops):
+            tf = flops / us / 1e6
+            writer.writerow({**base, "impl": impl, "variant": variant, "config": config, "time_us": f"{us:.2f}",
+                             "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}", "rel_err": rel_err,
+                             "check": chk})
+            return tf
+
+        res = {}
+        out_b = torch.empty(R, d_out, device=DEVICE, dtype=dtype)
+
+        def loop(a_sorted=a_sorted, w=w, out_b=out_b):
+            for e, (s, end) in enumerate(rows):
+                if end > s:
+                    torch.mm(a_sorted[s:end], w[e], out=out_b[s:end])
+        res["cublas_loop"] = emit("cublas_loop", _bench_us(loop))
+        if has_gmm:
+            w_col = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major per expert
+            for impl, ww in (("grouped_mm_colmajor", w_col), ("grouped_mm_rowmajor", w)):
+                try:
+                    res[impl] = emit(impl, _bench_us(lambda ww=ww, a=a_sorted: torch._grouped_mm(a, ww, offs=offs)))
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    print(f"{impl} failed: {type(exc).__name__}: {exc}", flush=True)
+            best_w = w_col if res.get("grouped_mm_colmajor", 0) >= res.get("grouped_mm_rowmajor", 0) else w
+            try:
+                if layer == "l0":
+                    fn = lambda ww=best_w: act_fn(torch._grouped_mm(x.index_select(0, tok), ww, offs=offs))
+                else:
+                    fn = lambda ww=best_w: torch._grouped_mm(h[:R], ww, offs=offs)
+                res["torch_unfused"] = emit("torch_unfused", _bench_us(fn))
+            except Exception as exc:  # noqa: BLE001
+                print(f"torch_unfused failed: {type(exc).__name__}: {exc}", flush=True)
+        # (activation's output columns for the FLOP count of ours: swiglu computes 2K columns from K outputs)
+        expected = None
+        if check:
+            expected = (reference_layer0(plan0, 0, x, w0, act, dtype=torch.float32) if layer == "l0"
+                        else reference_layer1(plan0, 0, h, w1, dtype=torch.float32))
+        for v, plan in plans.items():
+            opts = dict(variants[v][4])
+            opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
+            if layer == "l0":
+                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x, w0, **opts)
+            else:
+                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer1(plan, 0, h, w1, **opts)
+            try:
+                out = fn()
+                torch.cuda.synchronize()
+                cfg = _best_config_str()
+                rel, chk = "", ""
+                if check:
+                    rel = f"{_rel_err(out[:R], expected):.2e}"
+                    chk = _check(out[:R], expected, f"{model.name} M={M} {routing_kind} {layer} {v}")
+                res[f"ours_{v}"] = emit("ours", _bench_us(fn), v, cfg, rel, chk)
+            except Exception as exc:  # noqa: BLE001 - one failing variant must not end the run
+                print(f"ours {v} failed: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
+        ours = {k: t for k, t in res.items() if k.startswith("ours_")}
+        gemm_base = {k: res[k] for k in ("cublas_loop", "grouped_mm_colmajor", "grouped_mm_rowmajor") if k in res}
+        if ours and gemm_base:
+            gmm = max(res.get("grouped_mm_colmajor", 0), res.get("grouped_mm_rowmajor", 0))
+            bo, bb = max(ours, key=ours.get), max(gemm_base, key=gemm_base.get)
+            summary.append({"model": model.name, "tokens_M": M, "routing": routing_kind, "layer": layer, "rows": R,
+                            "experts_local": E, "d_in": d_in, "d_out": d_out,
+                            "ours_tflops": f"{ours[bo]:.1f}", "ours_variant": bo[5:],
+                            "cublas_loop_tflops": f"{res.get('cublas_loop', 0):.1f}",
+                            "grouped_mm_tflops": f"{gmm:.1f}",
+                            "torch_unfused_tflops": f"{res.get('torch_unfused', 0):.1f}",
+                            "best_baseline": bb, "ratio_vs_best": f"{ours[bo] / gemm_base[bb]:.3f}",
+                            "ours_frac_ceiling": f"{ours[bo] / ceiling:.3f}"})
+            s = summary[-1]
+            print(f"{model.name:15s} M={M:6d} {routing_kind:10s} {layer} rows={R:6d} ours {s['ours_tflops']:>6s} "
+                  f"({s['ours_variant']}) loop {s['cublas_loop_tflops']:>6s} gmm {s['grouped_mm_tflops']:>6s} "
+                  f"unfused {s['torch_unfused_tflops']:>6s} ratio {s['ratio_vs_best']} "
+                  f"ceil {s['ours_frac_ceiling']}", flush=True)
+
+
+def _dump_compiled(out_dir: Path) -> None:
+    """Registers and spills of every compiled variant of the kernel (best effort: internal API)."""
+    lines = []
+    try:
+        for caches in gg._grouped_gemm_kernel.device_caches.values():
+            for key, k in caches[0].items():
+                md = k.metadata
+                lines.append(f"regs={k.n_regs} spills={k.n_spills} warps={md.num_warps} stages={md.num_stages} "
+                             f"shared={md.shared} key={str(key)[:400]}")
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"could not read compiled kernels: {type(exc).__name__}: {exc}")
+    (out_dir / "compiled.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:40]), flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.grouped_gemm", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/grouped_gemm", help="folder for the CSV files")
+    ap.add_argument("--check", action="store_true", help="compare every output with the fp32 reference")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts M of the whole EP group")
+    ap.add_argument("--routings", default="balanced,imbalanced")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"tile variants among {', '.join(VARIANTS)}")
+    ap.add_argument("--swiglu", action="store_true", help="also time Mixtral's layer0 with swiglu (M=16384)")
+    ap.add_argument("--tag", default="h200")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    gpu = torch.cuda.get_device_name(0)
+    print(_device_line(), flush=True)
+    t0 = time.time()
+    ceiling = _ceiling_tflops(torch.bfloat16)
+    print(f"bf16 ceiling: torch.matmul 8192x4096x14336 = {ceiling:.1f} TFLOP/s", flush=True)
+    variants = {v: VARIANTS[v] for v in a.variants.split(",")}
+    summary = []
+    long_path = out_dir / f"{a.tag}_{date}.csv"
+    with open(long_path, "w", newline="") as f:
+        f.write(f"# {_device_line()}\n# bf16 ceiling (torch.matmul 8192x4096x14336): {ceiling:.1f} TFLOP/s\n")
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for M in map(int, a.tokens.split(",")):
+            for name in a.models.split(","):
+                for rk in a.routings.split(","):
+                    run_case(writer, summary, ModelConfig.from_name(name), M, rk, variants, ceiling, a.check, gpu)
+                    f.flush()
+        if a.swiglu:
+            sw = {"128x64": (128, 64, 128, 8, {}), "128x128": (128, 128, 128, 8, {}),
+                  "128x128t": (128, 128, 128, 8, {"b_tma": True})}
+            run_case(writer, summary, ModelConfig.from_name("mixtral-8x7b", activation="swiglu"), 16384, "balanced",
+                     sw, ceiling, a.check, gpu)
+    with open(out_dir / f"{a.tag}_{date}_summary.csv", "w", newline="") as f:
+        if summary:
+            w = csv.DictWriter(f, fieldnames=list(summary[0]))
+            w.writeheader()
+            w.writerows(summary)
+    _dump_compiled(out_dir)
+    print(f"wrote {long_path} and the summary in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
