@@ -54,7 +54,9 @@ def _configs():
 
 
 def _set_b_block(nargs):
-    # The B descriptor's box is one (BLOCK_K, BLOCK_N) tile; BLOCK_K is the autotuner's choice.
+    # Descriptor boxes are one tile: A (BLOCK_M, BLOCK_K), B (BLOCK_K, BLOCK_N); BLOCK_K is the autotuner's.
+    if nargs.get("A_TMA"):
+        nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
     if nargs.get("B_TMA"):
         nargs["b_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
 
@@ -84,7 +86,7 @@ def _prune_configs(configs, named_args, **kwargs):
 @triton.jit
 def _grouped_gemm_kernel(
     # pointers
-    a_ptr, a_row_ptr, b_ptr, b_desc, c_ptr,
+    a_ptr, a_desc, a_row_ptr, b_ptr, b_desc, c_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     # sizes
     max_tiles, num_programs, D_IN, D_OUT, up_col,
@@ -93,7 +95,7 @@ def _grouped_gemm_kernel(
     # meta
     GATHER: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    FLATTEN: tl.constexpr, B_TMA: tl.constexpr,
+    FLATTEN: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     # num_programs: the grid size (an argument, not tl.num_programs, so the autotuner can key on it)
     pid = tl.program_id(0)
@@ -122,7 +124,10 @@ def _grouped_gemm_kernel(
         # (issue 5: a tile waits here for the arrival flags of the source ranks of its rows.)
 
         offs_n = col * BLOCK_N + arange_n
+        # Columns past D_OUT read column 0 instead; the hints keep B loads vectorised (16-byte groups are
+        # wholly in or out of range when D_OUT is a multiple of 8, the only case Triton vectorises).
         offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
+        offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
         a_ptrs = a_ptr + (a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak)
         b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -135,9 +140,15 @@ def _grouped_gemm_kernel(
         b_row = expert.to(tl.int32) * D_IN
         b_col = (col * BLOCK_N).to(tl.int32)
 
+        # A through the copy engine (no gather): rows [row_start, row_start + BLOCK_M) of a; rows past the
+        # tile's end belong to the next tile and are never stored; columns past D_IN are zero-filled.
+        a_row0 = row_start.to(tl.int32)
+
         # --- K loop: fp32 accumulation; only the reduction tail is masked
-        for ks in range(k_steps):
-            if EVEN_K:
+        for ks in tl.range(k_steps, warp_specialize=WARP_SPEC):
+            if A_TMA:
+                a = a_desc.load([a_row0, ks * BLOCK_K])
+            elif EVEN_K:
                 a = tl.load(a_ptrs)
             else:
                 mask_k = offs_k < D_IN - ks * BLOCK_K
@@ -175,7 +186,8 @@ _kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["B
     _grouped_gemm_kernel)
 _kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D_IN", "D_OUT", "num_programs", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER", "FLATTEN", "B_TMA"],
+    key=["D_IN", "D_OUT", "num_programs", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER", "FLATTEN", "A_TMA", "B_TMA",
+         "WARP_SPEC"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_kernel_fixed)
 
@@ -214,8 +226,8 @@ def _check_tiles(tiles: dict[str, torch.Tensor], n_experts: int, n_rows_out: int
 def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, block_n: int,
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
-                 config: dict | None = None, flatten: bool = False, b_tma: bool = False,
-                 validate: bool = False) -> torch.Tensor:
+                 config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
+                 warp_specialize: bool = False, validate: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -225,9 +237,11 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     n_rows_out defaults to len(a_rows_R) (gather) or a.shape[0]. block_m / block_n must be the tile grid
     the table was built with. config: {"BLOCK_K", "num_warps", "num_stages"} to skip autotuning.
     num_programs: persistent programs (default: SMs, at most T). flatten: let Triton flatten the tile and
-    K loops into one software pipeline. b_tma: load B tiles with the copy engine (a tensor descriptor over
-    the (E * D_IN, D_OUT') view; needs D_OUT' * itemsize % 16 == 0). validate: check the table's contents
-    (one host sync); shapes, dtypes, devices and contiguity are always checked.
+    K loops into one software pipeline. a_tma / b_tma: load A / B tiles with the copy engine (tensor
+    descriptors over a and the (E * D_IN, D_OUT') view of b; rows must be 16-byte aligned; a_tma only
+    without a gather). warp_specialize: Triton's automatic warp specialisation of the K loop.
+    validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
+    always checked.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
@@ -296,22 +310,27 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     if T == 0:
         return out
     programs = max(1, min(num_programs, T))
-    b_desc = b_EIO
+    a_desc, b_desc = a, b_EIO
+    bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the boxes
+    if a_tma:
+        if a_rows_R is not None:
+            raise ValueError("a_tma needs A rows in place (layer1); a gathered A (layer0) cannot use TMA")
+        if (D_IN * a.element_size()) % 16 or a.data_ptr() % 16:
+            raise ValueError(f"a_tma needs 16-byte aligned rows: D_IN={D_IN} columns of {a.element_size()} "
+                             f"bytes; use a_tma=False")
+        a_desc = _descriptor(a, [block_m, bk])
     if b_tma:
         if (D_OUT_B * b_EIO.element_size()) % 16 or b_EIO.data_ptr() % 16:
             raise ValueError(f"b_tma needs 16-byte aligned weight rows: D_OUT'={D_OUT_B} columns of "
                              f"{b_EIO.element_size()} bytes; use b_tma=False")
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the box
-        b_desc = TensorDescriptor.from_tensor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
-    args = (a, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out,
+        b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
+    args = (a, a_desc, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out,
             tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
             T, programs, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
             a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
             out.stride(0), out.stride(1))
     meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
-                BLOCK_N=block_n, FLATTEN=flatten, B_TMA=b_tma)
+                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma, WARP_SPEC=warp_specialize)
     grid = (programs,)
     if config is None:
         _kernel_tuned[grid](*args, **meta)
@@ -319,6 +338,12 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         _kernel_fixed[grid](*args, **meta, BLOCK_K=config["BLOCK_K"], num_warps=config["num_warps"],
                             num_stages=config["num_stages"])
     return out
+
+
+def _descriptor(t, block_shape):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(t, block_shape)
 
 
 def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:
@@ -335,7 +360,7 @@ def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activatio
     x_MN: (M, N) token rows indexed by global token id (the receive buffer). w0_ENK: (E_local, N, K'),
     K' = K/TP (gelu) or 2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major
     shared-row order; rows past the plan's num_rows are not written. activation defaults to the model's.
-    Other keywords go to `grouped_gemm` (num_programs, config, flatten, b_tma, validate).
+    Other keywords go to `grouped_gemm` (num_programs, config, flatten, b_tma, warp_specialize, validate).
     """
     rp = plan.rank(rank)
     act = activation or plan.model.activation

@@ -58,9 +58,9 @@ def _tokens(M, N, dtype, seed=1):
     return torch.randn(M, N, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
 
 
-def _check_layers(plan, rank, dtype, activation=None, **kw):
-    """Run layer0 then layer1 on poisoned outputs; compare valid rows with the reference, and check that
-    rows past num_rows were left alone."""
+def _check_layers(plan, rank, dtype, activation=None, a_tma=False, **kw):
+    """Run layer0 then layer1 (a_tma: A through TMA, layer1 only) on poisoned outputs; compare valid rows
+    with the reference, and check that rows past num_rows were left alone."""
     act = activation or plan.model.activation
     w0, w1 = _weights(plan, act, dtype)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
@@ -73,7 +73,7 @@ def _check_layers(plan, rank, dtype, activation=None, **kw):
     assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
     y = torch.full((R_max, plan.model.hidden_N), float("nan"), device=DEVICE, dtype=dtype)
     h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
-    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, validate=True, **kw)
+    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, validate=True, a_tma=a_tma, **kw)
     assert_close(y[:R], reference_layer1(plan, rank, h_in, w1), _tol_key(dtype), f"layer1 rank {rank}")
     assert bool(y[R:].isnan().all()), "layer1 wrote rows past num_rows"
     return h, y
@@ -90,7 +90,7 @@ def test_ragged_experts_match_reference(dtype, activation, b_tma):
     counts = routing.tokens_per_expert_E.tolist()
     assert len(set(counts)) > 1, f"routing should be ragged, got {counts}"
     for rank in (0, 1):  # b_tma: the reduction tail of an expert reads the next expert's B rows (A is 0)
-        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma)
+        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma, a_tma=b_tma)
 
 
 def test_expert_with_zero_rows_and_rank_with_none():
@@ -159,6 +159,8 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="1-D int64"):
         grouped_gemm(x, w0, {**tiles, "col": tiles["col"].int()}, block_m=16, block_n=16,
                      a_rows_R=rp.row_token_R, config=SMALL_CONFIG)
+    with pytest.raises(ValueError, match="a gathered A"):
+        grouped_gemm_layer0(plan, 0, x, w0, config=SMALL_CONFIG, a_tma=True)
     with pytest.raises(ValueError, match="activation"):
         grouped_gemm(x, w0, tiles, block_m=16, block_n=16, activation="relu")
 
@@ -178,7 +180,7 @@ def test_gpu_bf16(activation, block_n0, b_tma):
     plan = _gpu_plan(activation, block_n0=block_n0)
     for rank in (0, 1):
         _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                      b_tma=b_tma)
+                      b_tma=b_tma, a_tma=b_tma)
 
 
 @pytest.mark.gpu
@@ -190,12 +192,20 @@ def test_gpu_bf16_autotuned(activation, b_tma):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_gpu_warp_specialized(activation):
+    plan = _gpu_plan(activation, block_n0=128 if activation == "gelu" else 64)
+    _check_layers(plan, 0, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+                  b_tma=True, a_tma=True, warp_specialize=True)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("flatten", [False, True])
 def test_gpu_program_counts_and_flatten(flatten):
     plan = _gpu_plan("gelu", M=1500, order="expert-major")
     for num_programs in (1, 17, 132, 264, 10_000):
-        _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten,
-                      config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
+        _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten, b_tma=flatten,
+                      a_tma=flatten, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
 
 
 @pytest.mark.gpu
