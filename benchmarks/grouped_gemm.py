@@ -10,7 +10,9 @@ triton.testing.do_bench medians:
                     and row-major (the layout our kernel reads);
     torch_unfused   what the GEMM stands for in plain PyTorch: index_select + _grouped_mm + activation.
 TFLOP/s count real rows only (2 * rows * D_IN * D_OUT'); the bf16 ceiling is a large torch.matmul measured
-in the same process. Writes a long CSV (one row per case x implementation) and a summary CSV.
+in the same process. Primary times are device times (calls replayed from a CUDA graph, for every
+implementation alike); eager times (do_bench, launch and Python overhead included) are kept beside them.
+Writes a long CSV (one row per case x implementation) and a summary CSV.
 
     python -m benchmarks.grouped_gemm --check --out results/grouped_gemm
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.plan import Policy, make_plan
@@ -45,21 +47,37 @@ _T = {"b_tma": True, "a_tma_l1": True}
 VARIANTS = {
     "128x256": (128, 256, 256, 8, {}),
     "128x256t": (128, 256, 256, 8, _T),
-    "128x256tf": (128, 256, 256, 8, {**_T, "flatten": True}),
-    "128x256tw": (128, 256, 256, 8, {**_T, "warp_specialize": True}),
-    "128x128": (128, 128, 128, 8, {}),
+    "128x256tW": (128, 256, 256, 8, {**_T, "warp_specialize": "tile_loop"}),
     "128x128t": (128, 128, 128, 8, _T),
-    "128x128tf": (128, 128, 128, 8, {**_T, "flatten": True}),
+    "128x128p2": (128, 128, 128, 8, {"programs_per_sm": 2}),
+    "128x128tp2": (128, 128, 128, 8, {**_T, "programs_per_sm": 2}),
 }
 DEVICE = "cuda"  # a smoke test may point this at the CPU (interpreter)
 FIELDS = ["gpu", "model", "tokens_M", "routing", "layer", "activation", "rows", "experts_local", "d_in", "d_out",
-          "impl", "variant", "config", "time_us", "tflops", "frac_ceiling", "rel_err", "check"]
+          "impl", "variant", "config", "time_us", "tflops", "frac_ceiling", "eager_time_us", "eager_tflops",
+          "rel_err", "check"]
 
 
 def _bench_us(fn) -> float:
+    """Median eager time: do_bench's CUDA events around each call (launch and Python overhead included when
+    the host is slower than the GPU; L2 flushed between calls)."""
     fn()
     torch.cuda.synchronize()
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def _bench_graph_us(fn) -> float:
+    """Median device time: the calls captured in a CUDA graph and replayed (no launch overhead)."""
+    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+
+
+def _bench_both(fn) -> tuple[float, float]:
+    eager = _bench_us(fn)
+    try:
+        return _bench_graph_us(fn), eager
+    except Exception as exc:  # noqa: BLE001 - a capture failure is reported, the eager time kept
+        print(f"graph capture failed ({type(exc).__name__}: {str(exc)[:200]}); device time = eager", flush=True)
+        return eager, eager
 
 
 def _ceiling_tflops(dtype, warm_s: float = 0.0) -> float:
@@ -137,26 +155,31 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
         base = dict(gpu=gpu, model=model.name, tokens_M=M, routing=routing_kind, layer=layer,
                     activation=act if layer == "l0" else "none", rows=R, experts_local=E, d_in=d_in, d_out=d_out)
 
-        def emit(impl, us, variant="", config="", rel_err="", chk="", base=base, flops=flops):
+        res, res_eager = {}, {}
+
+        def emit(impl, times, variant="", config="", rel_err="", chk="", base=base, flops=flops,
+                 res_eager=res_eager):
+            us, eager_us = times
+            res_eager[impl if impl != "ours" else f"ours_{variant}"] = flops / eager_us / 1e6
             tf = flops / us / 1e6
             writer.writerow({**base, "impl": impl, "variant": variant, "config": config, "time_us": f"{us:.2f}",
-                             "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}", "rel_err": rel_err,
-                             "check": chk})
+                             "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}",
+                             "eager_time_us": f"{eager_us:.2f}", "eager_tflops": f"{flops / eager_us / 1e6:.1f}",
+                             "rel_err": rel_err, "check": chk})
             return tf
 
-        res = {}
         out_b = torch.empty(R, d_out, device=DEVICE, dtype=dtype)
 
         def loop(a_sorted=a_sorted, w=w, out_b=out_b):
             for e, (s, end) in enumerate(rows):
                 if end > s:
                     torch.mm(a_sorted[s:end], w[e], out=out_b[s:end])
-        res["cublas_loop"] = emit("cublas_loop", _bench_us(loop))
+        res["cublas_loop"] = emit("cublas_loop", _bench_both(loop))
         if has_gmm:
             w_col = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major per expert
             for impl, ww in (("grouped_mm_colmajor", w_col), ("grouped_mm_rowmajor", w)):
                 try:
-                    res[impl] = emit(impl, _bench_us(lambda ww=ww, a=a_sorted: torch._grouped_mm(a, ww, offs=offs)))
+                    res[impl] = emit(impl, _bench_both(lambda ww=ww, a=a_sorted: torch._grouped_mm(a, ww, offs=offs)))
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     print(f"{impl} failed: {type(exc).__name__}: {exc}", flush=True)
             best_w = w_col if res.get("grouped_mm_colmajor", 0) >= res.get("grouped_mm_rowmajor", 0) else w
@@ -165,7 +188,7 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                     fn = lambda ww=best_w: act_fn(torch._grouped_mm(x.index_select(0, tok), ww, offs=offs))
                 else:
                     fn = lambda ww=best_w: torch._grouped_mm(h[:R], ww, offs=offs)
-                res["torch_unfused"] = emit("torch_unfused", _bench_us(fn))
+                res["torch_unfused"] = emit("torch_unfused", _bench_both(fn))
             except Exception as exc:  # noqa: BLE001
                 print(f"torch_unfused failed: {type(exc).__name__}: {exc}", flush=True)
         # (activation's output columns for the FLOP count of ours: swiglu computes 2K columns from K outputs)
@@ -190,7 +213,7 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                 if check:
                     rel = f"{_rel_err(out[:R], expected):.2e}"
                     chk = _check(out[:R], expected, f"{model.name} M={M} {routing_kind} {layer} {v}")
-                res[f"ours_{v}"] = emit("ours", _bench_us(fn), v, cfg, rel, chk)
+                res[f"ours_{v}"] = emit("ours", _bench_both(fn), v, cfg, rel, chk)
             except Exception as exc:  # noqa: BLE001 - one failing variant must not end the run
                 print(f"ours {v} failed: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
         ours = {k: t for k, t in res.items() if k.startswith("ours_")}
@@ -205,7 +228,9 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                             "grouped_mm_tflops": f"{gmm:.1f}",
                             "torch_unfused_tflops": f"{res.get('torch_unfused', 0):.1f}",
                             "best_baseline": bb, "ratio_vs_best": f"{ours[bo] / gemm_base[bb]:.3f}",
-                            "ours_frac_ceiling": f"{ours[bo] / ceiling:.3f}"})
+                            "ours_frac_ceiling": f"{ours[bo] / ceiling:.3f}",
+                            "eager_ours_tflops": f"{max(res_eager[k] for k in ours):.1f}",
+                            "eager_best_baseline_tflops": f"{max(res_eager[k] for k in gemm_base):.1f}"})
             s = summary[-1]
             print(f"{model.name:15s} M={M:6d} {routing_kind:10s} {layer} rows={R:6d} ours {s['ours_tflops']:>6s} "
                   f"({s['ours_variant']}) loop {s['cublas_loop_tflops']:>6s} gmm {s['grouped_mm_tflops']:>6s} "
@@ -263,7 +288,7 @@ def main(argv=None) -> None:
                     f.flush()
         if a.swiglu:
             sw = {"128x64t": (128, 64, 128, 8, _T), "128x128t": (128, 128, 128, 8, _T),
-                  "128x64tf": (128, 64, 128, 8, {**_T, "flatten": True})}
+                  "64x128p2": (64, 128, 128, 8, {**_T, "programs_per_sm": 2})}
             run_case(writer, summary, ModelConfig.from_name("mixtral-8x7b", activation="swiglu"), 16384, "balanced",
                      sw, ceiling, a.check, gpu)
     with open(out_dir / f"{a.tag}_{date}_summary.csv", "w", newline="") as f:

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 ACTIVATIONS = {"none": 0, "gelu": 1, "swiglu": 2}
+WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
 # A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
 SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
@@ -49,7 +50,7 @@ def _configs():
     # tiles; BLOCK_K 128 trades stages for fewer loop trips; 4 warps only for small tiles (pruned below).
     return [
         triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s, pre_hook=_set_b_block)
-        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 4))
+        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 3), (64, 4, 4))
     ]
 
 
@@ -62,8 +63,9 @@ def _set_b_block(nargs):
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop configs whose pipeline buffers exceed shared memory or whose fp32 accumulators would need
-    more than ~128 registers per thread (they spill); always keep at least one."""
+    """Drop configs whose pipeline buffers exceed shared memory, whose fp32 accumulators would need more
+    than ~128 registers per thread (they spill), or, with two programs per SM, whose registers (accumulators
+    + ~96 per thread) would not fit twice in the SM's 64K; always keep at least one."""
     meta = {**named_args, **kwargs}
     bm, bn = meta["BLOCK_M"], meta["BLOCK_N"]
     n_b = 2 if meta["ACTIVATION"] == ACTIVATIONS["swiglu"] else 1
@@ -75,7 +77,8 @@ def _prune_configs(configs, named_args, **kwargs):
         bk, w, s = c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
         smem = s * (bm * bk + n_b * bk * bn) * elem * per_sm
         acc_regs = n_b * bm * bn // (32 * w)
-        if smem <= _SMEM_BYTES and acc_regs <= 128 and bk <= max(16, triton.next_power_of_2(meta["D_IN"])):
+        regs_ok = per_sm == 1 or (acc_regs + 96) * 32 * w * per_sm <= 65536
+        if smem <= _SMEM_BYTES and acc_regs <= 128 and regs_ok and bk <= max(16, triton.next_power_of_2(meta["D_IN"])):
             kept.append(c)
     if not kept:  # tiny or huge tiles: the config with the least shared memory
         kept = [min(configs, key=lambda c: c.num_stages * c.kwargs["BLOCK_K"])]
@@ -106,7 +109,7 @@ def _grouped_gemm_kernel(
     arange_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
 
-    for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN):
+    for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN, warp_specialize=WARP_SPEC == 2):
         # --- the tile: local expert, rows [row_start, row_end) of the shared tensor, output column block
         expert = tl.load(tile_expert_ptr + t)
         row_start = tl.load(tile_row_start_ptr + t)
@@ -145,7 +148,7 @@ def _grouped_gemm_kernel(
         a_row0 = row_start.to(tl.int32)
 
         # --- K loop: fp32 accumulation; only the reduction tail is masked
-        for ks in tl.range(k_steps, warp_specialize=WARP_SPEC):
+        for ks in tl.range(k_steps, warp_specialize=WARP_SPEC == 1):
             if A_TMA:
                 a = a_desc.load([a_row0, ks * BLOCK_K])
             elif EVEN_K:
@@ -227,7 +230,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
-                 warp_specialize: bool = False, validate: bool = False) -> torch.Tensor:
+                 warp_specialize: str = "none", validate: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -239,12 +242,15 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     num_programs: persistent programs (default: SMs, at most T). flatten: let Triton flatten the tile and
     K loops into one software pipeline. a_tma / b_tma: load A / B tiles with the copy engine (tensor
     descriptors over a and the (E * D_IN, D_OUT') view of b; rows must be 16-byte aligned; a_tma only
-    without a gather). warp_specialize: Triton's automatic warp specialisation of the K loop.
+    without a gather). warp_specialize: Triton's automatic warp specialisation of the "k_loop" or the
+    "tile_loop" (or "none").
     validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
     always checked.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
+    if warp_specialize not in WARP_SPECIALIZE:
+        raise ValueError(f"warp_specialize {warp_specialize!r}: use one of {tuple(WARP_SPECIALIZE)}")
     if a.dim() != 2 or b_EIO.dim() != 3:
         raise ValueError(f"a must be 2-D (rows, D_IN) and b 3-D (E, D_IN, D_OUT'); got {tuple(a.shape)} and "
                          f"{tuple(b_EIO.shape)}")
@@ -330,7 +336,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
             out.stride(0), out.stride(1))
     meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
-                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma, WARP_SPEC=warp_specialize)
+                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma,
+                WARP_SPEC=WARP_SPECIALIZE[warp_specialize])
     grid = (programs,)
     if config is None:
         _kernel_tuned[grid](*args, **meta)

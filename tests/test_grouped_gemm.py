@@ -192,11 +192,11 @@ def test_gpu_bf16_autotuned(activation, b_tma):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
-def test_gpu_warp_specialized(activation):
+@pytest.mark.parametrize("activation,where", [("gelu", "k_loop"), ("swiglu", "k_loop"), ("gelu", "tile_loop")])
+def test_gpu_warp_specialized(activation, where):
     plan = _gpu_plan(activation, block_n0=128 if activation == "gelu" else 64)
     _check_layers(plan, 0, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                  b_tma=True, a_tma=True, warp_specialize=True)
+                  b_tma=True, a_tma=True, warp_specialize=where)
 
 
 @pytest.mark.gpu
