@@ -1,0 +1,328 @@
+"""The `comet` system: the Plan's fused, fine-grained schedule, one SimPy process per thread block.
+
+Per rank, per layer, one persistent kernel of `sms` blocks (PAPER.md mechanism 3):
+
+layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0_comm`:
+  "blocks"      SMs [0, sms - nc_layer0) are compute blocks, the rest communication blocks. Communication
+                block j pulls chunks j, j + nc, ... (the Plan's arrival order): a link latency, then the
+                chunk's rows read at the source's egress and written at this rank's ingress, capped at
+                `per_block_link_gbps`; then flag[source] += 1. When flag[s] reaches the Plan's
+                `l0_chunks_per_src_W[s]`, the flag's event fires.
+  "copy-engine" all SMs compute; a side stream copies each source rank's rows in arrival order, one copy
+                at a time at the copy engine's bandwidth (taking no SM), and fires flag[s] after it.
+  "direct"      all SMs compute; a tile loads its remote rows itself: its time is max(compute, link
+                latency + the transfer of its remote rows at the block's link cap). No flags.
+  A compute block takes the next tile (atomic counter, or round-robin), waits on the flag events of the
+  remote sources in its `l0_tile_src_mask_T` (rows of this rank are in place from the start), then holds
+  its SM for the tile's time.
+
+layer1 (grouped GEMM + top-k reduce + combine):
+  compute blocks (sms - nc_layer1) walk the column-block-major tiles; each finished tile counts towards
+  its column block, whose event fires at the Plan's `l1_tiles_per_col`. Communication block j takes items
+  j, j + nc, ... (item = column block x send chunk, column-block-major), waits for the column block, then
+  reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
+  the owner: over the link at `per_block_link_gbps` (reads and the remote store overlap: the item takes
+  max of the two), or into local memory when this rank owns the tokens. A push lands a link latency
+  after its last byte. When every partial sum for its tokens has landed and its own layer1 kernel is done,
+  the owner runs the final combine (a memory-bound sum over each token's slots).
+
+Every kernel pays `launch_overhead_us` before it starts. The layers follow each other per rank, with no
+barrier across ranks (none is needed: each rank's layer1 reads only its own layer0 output).
+"""
+
+from __future__ import annotations
+
+import math
+
+from comet.plan import Plan
+from sim.engine import SystemSim, block_hbm_bytes_per_us
+from sim.events import TRACK_COPY, TRACK_STREAM, K
+from sim.hardware_model import GBPS, copy_engine_gbps
+from sim.options import SimOptions
+from sim.workload import RankWork, plan_work, tile_us
+
+_K_GEMM0, _K_GEMM1, _K_PULL = K["gemm0"], K["gemm1"], K["pull"]
+_K_SEND, _K_LOCAL, _K_DIRECT = K["reduce_send"], K["reduce_local"], K["gemm0_direct"]
+
+
+class _Rank:
+    """Mutable state of one rank during a simulation (flags, counters, arrivals at this owner)."""
+
+    __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "col_ev", "col_cnt", "l1_next",
+                 "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx")
+
+    def __init__(self, r: int, w: RankWork):
+        self.r, self.w = r, w
+        self.l0_next = 0
+        self.l1_next = 0
+        self.last_arrival = -math.inf
+        self.last_arrival_idx = -1
+
+
+class CometSim(SystemSim):
+    name = "comet"
+
+    def __init__(self, plan: Plan, options: SimOptions, works: list[RankWork] | None = None):
+        super().__init__(plan, options)
+        pol, hw = plan.policy, self.hw
+        self.works = works if works is not None else plan_work(plan)
+        self.mode = pol.layer0_comm
+        self.nc0 = pol.nc_layer0 if self.mode == "blocks" else 0
+        self.nc1 = pol.nc_layer1
+        self.dynamic = options.tile_schedule == "dynamic"
+        self.block_cap_gbps = hw.per_block_link_gbps
+        self.block_hbm = block_hbm_bytes_per_us(plan)
+        self.ce_gbps = copy_engine_gbps(hw, options.copy_engine_gbps)
+        self._check_blocks()
+        padded = options.tile_rows == "padded"
+        env = self.env
+        self.ranks = []
+        for r, w in enumerate(self.works):
+            st = _Rank(r, w)
+            st.dur0 = tile_us(plan, 0, w.l0_tile_rows_T, w.l0_tile_cols_T, padded).tolist()
+            st.dur1 = tile_us(plan, 1, w.l1_tile_rows_T, w.l1_tile_cols_T, padded).tolist()
+            st.flag_ev = [env.event() for _ in range(self.W)]
+            st.flag_cnt = [0] * self.W
+            for s in range(self.W):  # own rows are in place; sources with nothing to send are complete
+                if s == r or (self.mode == "blocks" and w.l0_chunks_per_src_W[s] == 0) or (
+                        self.mode == "copy-engine" and w.recv_bytes_W[s] == 0):
+                    st.flag_ev[s].succeed(-1)
+            ncol = plan.l1_col_blocks
+            st.col_ev = [env.event() for _ in range(ncol)]
+            st.col_cnt = [0] * ncol
+            if w.l1_tiles_per_col == 0:
+                for ev in st.col_ev:
+                    ev.succeed(-1)
+            st.pending_in = 0
+            st.arrived_ev = env.event()
+            self.ranks.append(st)
+        for w in self.works:  # partial sums each owner waits for
+            for d in w.l1_item_dest_I[w.l1_item_dest_I != w.rank].tolist():
+                self.ranks[d].pending_in += 1
+        for st in self.ranks:
+            if st.pending_in == 0:
+                st.arrived_ev.succeed()
+
+    def _check_blocks(self) -> None:
+        sms, pol = self.sms, self.plan.policy
+        if self.do_l1:
+            if self.nc1 < 1 and any(w.l1_item_dest_I.size for w in self.works):
+                raise ValueError(
+                    "comet layer1 needs at least one communication block: its top-k reduction and the sends "
+                    "to the token owners run only on communication blocks, so with Policy.nc_layer1=0 the "
+                    "layer can never finish; set nc_layer1 >= 1 (Comet's default is 28)")
+            if self.nc1 >= sms:
+                raise ValueError(f"Policy.nc_layer1={self.nc1} leaves no compute block of the {sms} SMs; "
+                                 f"use nc_layer1 < {sms}")
+        if self.do_l0 and self.mode == "blocks":
+            if self.nc0 < 1 and any(w.l0_chunk_src_C.size for w in self.works):
+                raise ValueError(
+                    "comet layer0 with layer0_comm='blocks' needs at least one communication block to fetch "
+                    "remote token rows; with Policy.nc_layer0=0 the tiles that need them wait forever; set "
+                    "nc_layer0 >= 1 or use layer0_comm='copy-engine' or 'direct'")
+            if self.nc0 >= sms:
+                raise ValueError(f"Policy.nc_layer0={self.nc0} leaves no compute block of the {sms} SMs; "
+                                 f"use nc_layer0 < {sms}")
+        del pol
+
+    # ------------------------------------------------------------------------------------ rank
+    def rank_process(self, r: int):
+        env, st = self.env, self.ranks[r]
+        cause = -1
+        if self.do_l0:
+            cause = yield from self.launch(r, 0, cause)
+            n_comp = self.sms - self.nc0
+            if self.mode == "direct":
+                procs = [env.process(self._l0_direct_block(st, b, n_comp, cause)) for b in range(n_comp)]
+            else:
+                procs = [env.process(self._l0_compute_block(st, b, n_comp, cause)) for b in range(n_comp)]
+            if self.mode == "blocks":
+                procs += [env.process(self._l0_comm_block(st, j, cause)) for j in range(self.nc0)]
+            elif self.mode == "copy-engine":
+                procs.append(env.process(self._l0_copy_stream(st, cause)))
+            vals = yield env.all_of(procs)
+            cause = self.last_of(vals.values(), cause)
+            self.tile_events += len(st.dur0)
+            if not self.fused_act:
+                cause = yield from self.launch(r, 0, cause)
+                cause = yield from self.memory_kernel(r, "activation", 0, st.w.rows * self.act_row_bytes, cause)
+            self.l0_end[r] = env.now
+        if self.do_l1:
+            cause = yield from self.launch(r, 1, cause)
+            n_comp = self.sms - self.nc1
+            procs = [env.process(self._l1_compute_block(st, b, n_comp, cause)) for b in range(n_comp)]
+            procs += [env.process(self._l1_comm_block(st, j, n_comp + j, cause)) for j in range(self.nc1)]
+            vals = yield env.all_of(procs)
+            cause = self.last_of(vals.values(), cause)
+            self.tile_events += len(st.dur1)
+            if not st.arrived_ev.processed:
+                yield st.arrived_ev
+            if st.last_arrival > env.now:  # the last partial sum is still crossing the link
+                start = env.now
+                yield env.timeout(st.last_arrival - env.now)
+                cause = self.record(r, TRACK_STREAM, K["arrival_wait"], 1, start, env.now,
+                                    cause=st.last_arrival_idx)
+            cause = yield from self.launch(r, 1, cause)
+            w = st.w
+            cause = yield from self.memory_kernel(r, "combine_reduce", 1,
+                                                  w.combine_read_bytes + w.combine_write_bytes, cause)
+        self.end[r] = env.now
+
+    # ------------------------------------------------------------------------------------ layer0
+    def _l0_compute_block(self, st: _Rank, b: int, blocks: int, cause: int):
+        env, rec = self.env, self.records
+        timeout, append = env.timeout, rec.append
+        srcs, dur, flags, r = st.w.l0_tile_srcs, st.dur0, st.flag_ev, st.r
+        n, dynamic = len(dur), self.dynamic
+        t = b
+        while True:
+            if dynamic:
+                t = st.l0_next
+                st.l0_next = t + 1
+            if t >= n:
+                return cause
+            for s in srcs[t]:
+                ev = flags[s]
+                if ev.callbacks is not None:  # not yet processed: the rows are not all here
+                    yield ev
+                    cause = ev.value
+            start = env.now
+            yield timeout(dur[t])
+            idx = len(rec)
+            append((r, b, _K_GEMM0, 0, start, env.now, 0.0, -1, cause))
+            cause = idx
+            if not dynamic:
+                t += blocks
+
+    def _l0_comm_block(self, st: _Rank, j: int, cause: int):
+        env, net, rec = self.env, self.net, self.records
+        w, r = st.w, st.r
+        src, nbytes, per_src = w.l0_chunk_src_C.tolist(), w.l0_chunk_bytes_C.tolist(), w.l0_chunks_per_src_W
+        track = self.sms - self.nc0 + j
+        for i in range(j, len(src), self.nc0):
+            s = src[i]
+            start = env.now
+            yield env.timeout(net.latency_us(s, r))
+            yield net.transfer(s, r, nbytes[i], self.block_cap_gbps)
+            idx = len(rec)
+            rec.append((r, track, _K_PULL, 0, start, env.now, nbytes[i], s, cause))
+            cause = idx
+            st.flag_cnt[s] += 1
+            if st.flag_cnt[s] == per_src[s]:
+                st.flag_ev[s].succeed(idx)
+        return cause
+
+    def _l0_copy_stream(self, st: _Rank, cause: int):
+        env, net, r, W = self.env, self.net, st.r, self.W
+        for p in range(1, W):
+            s = (r + p) % W
+            nbytes = float(st.w.recv_bytes_W[s])
+            if nbytes <= 0:
+                continue
+            start = env.now
+            yield env.timeout(net.latency_us(s, r))
+            yield net.transfer(s, r, nbytes, self.ce_gbps)
+            cause = self.record(r, TRACK_COPY, K["copy"], 0, start, env.now, nbytes, s, cause)
+            st.flag_ev[s].succeed(cause)
+        return cause
+
+    def _l0_direct_block(self, st: _Rank, b: int, blocks: int, cause: int):
+        env, net, rec = self.env, self.net, self.records
+        w, r, dur = st.w, st.r, st.dur0
+        srcs, blk, src_rows = w.l0_tile_srcs, w.l0_tile_block_T.tolist(), w.l0_block_src_rows
+        n, dynamic, row_bytes = len(dur), self.dynamic, self.row_bytes
+        t = b
+        while True:
+            if dynamic:
+                t = st.l0_next
+                st.l0_next = t + 1
+            if t >= n:
+                return cause
+            start = env.now
+            remote = srcs[t]
+            nbytes = 0.0
+            if remote:
+                cap = self.block_cap_gbps / len(remote)
+                evs = []
+                for s in remote:
+                    sb = float(src_rows[blk[t], s]) * row_bytes
+                    nbytes += sb
+                    evs.append(net.transfer(s, r, sb, cap))
+                for ev in evs:
+                    if ev.callbacks is not None:
+                        yield ev
+                lat = max(net.latency_us(s, r) for s in remote)
+                end = max(start + dur[t], env.now + lat)
+            else:
+                end = start + dur[t]
+            if end > env.now:
+                yield env.timeout(end - env.now)
+            idx = len(rec)
+            rec.append((r, b, _K_DIRECT, 0, start, env.now, nbytes, -1, cause))
+            cause = idx
+            if not dynamic:
+                t += blocks
+
+    # ------------------------------------------------------------------------------------ layer1
+    def _l1_compute_block(self, st: _Rank, b: int, blocks: int, cause: int):
+        env, rec = self.env, self.records
+        timeout, append = env.timeout, rec.append
+        dur, col = st.dur1, st.w.l1_tile_col_T.tolist()
+        col_cnt, col_ev, per_col, r = st.col_cnt, st.col_ev, st.w.l1_tiles_per_col, st.r
+        n, dynamic = len(dur), self.dynamic
+        t = b
+        while True:
+            if dynamic:
+                t = st.l1_next
+                st.l1_next = t + 1
+            if t >= n:
+                return cause
+            start = env.now
+            yield timeout(dur[t])
+            idx = len(rec)
+            append((r, b, _K_GEMM1, 1, start, env.now, 0.0, -1, cause))
+            cause = idx
+            c = col[t]
+            col_cnt[c] += 1
+            if col_cnt[c] == per_col:
+                col_ev[c].succeed(idx)
+            if not dynamic:
+                t += blocks
+
+    def _l1_comm_block(self, st: _Rank, j: int, track: int, cause: int):
+        env, net, rec = self.env, self.net, self.records
+        timeout, append = env.timeout, rec.append
+        w, r, owners = st.w, st.r, self.ranks
+        col, dest = w.l1_item_col_I.tolist(), w.l1_item_dest_I.tolist()
+        rd, wr = w.l1_item_read_bytes_I.tolist(), w.l1_item_write_bytes_I.tolist()
+        col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps
+        for i in range(j, len(col), self.nc1):
+            ev = col_ev[col[i]]
+            if ev.callbacks is not None:
+                yield ev
+                cause = ev.value
+            start = env.now
+            d = dest[i]
+            if d == r:
+                yield timeout((rd[i] + wr[i]) / hbm)
+                idx = len(rec)
+                append((r, track, _K_LOCAL, 1, start, env.now, wr[i], r, cause))
+            else:
+                yield net.transfer(r, d, wr[i], cap)
+                arrival = env.now + net.latency_us(r, d)
+                t_read = start + rd[i] / hbm
+                if t_read > env.now:
+                    yield timeout(t_read - env.now)
+                idx = len(rec)
+                append((r, track, _K_SEND, 1, start, env.now, wr[i], d, cause))
+                o = owners[d]
+                if arrival > o.last_arrival:
+                    o.last_arrival, o.last_arrival_idx = arrival, idx
+                o.pending_in -= 1
+                if o.pending_in == 0:
+                    o.arrived_ev.succeed()
+            cause = idx
+        return cause
+
+
+__all__ = ["CometSim", "GBPS"]

@@ -1,0 +1,147 @@
+"""What every simulated system shares: the SimPy environment, the link network, the event list, the
+per-rank milestones, and the whole-GPU steps (a launch gap, a memory-bound kernel, a GEMM kernel whose
+blocks pull tiles from a counter).
+
+A system subclasses `SystemSim`, writes one process per rank (`rank_process`), and `run()` executes it
+and checks that every rank finished: a schedule that cannot make progress raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import simpy
+
+from comet.plan import Plan
+from sim.events import CATEGORY, TRACK_STREAM, K
+from sim.hardware_model import GBPS, LinkNetwork, hbm_us
+from sim.options import SimOptions
+
+
+class SystemSim:
+    """Base of the simulated systems. Milestones per rank (us): `l0_end` (its layer0 work done),
+    `end` (its whole simulated part done). `records` is the shared event list (see sim/events.py)."""
+
+    name = "?"
+
+    def __init__(self, plan: Plan, options: SimOptions):
+        self.plan = plan
+        self.options = options
+        self.hw = plan.hardware
+        self.W = plan.world_size
+        self.sms = self.hw.sms
+        self.env = simpy.Environment()
+        self.net = LinkNetwork(self.env, plan.parallel, self.hw, record_rates=options.record)
+        self.records: list[tuple] = []
+        self.do_l0 = options.layers in ("both", "layer0")
+        self.do_l1 = options.layers in ("both", "layer1")
+        self.l0_end = [math.nan] * self.W
+        self.end = [math.nan] * self.W
+        self.tile_events = 0
+        self.fused_act = options.fused_activation(self.name)
+        model = plan.model
+        self.row_bytes = model.hidden_N * model.dtype_bytes
+        # bytes of one layer0-output row: GEMM output (K/TP, or 2K/TP for swiglu) read, activation written
+        cols0 = model.layer0_cols // plan.parallel.tp
+        self.act_row_bytes = (cols0 + plan.ffn_local) * model.dtype_bytes
+
+    # ------------------------------------------------------------------------------------ driver
+    def rank_process(self, r: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self) -> None:
+        for r in range(self.W):
+            self.env.process(self.rank_process(r))
+        self.env.run()
+        stuck = [r for r in range(self.W) if math.isnan(self.end[r])]
+        if stuck:
+            raise RuntimeError(f"{self.name}: ranks {stuck} never finished (simulated time "
+                               f"{self.env.now:.1f} us, {self.net.in_flight()} transfers in flight): the "
+                               f"schedule cannot make progress; this is a simulator bug, please report it")
+
+    # ------------------------------------------------------------------------------------ helpers
+    def record(self, r, track, kind, layer, start, end, nbytes=0.0, peer=-1, cause=-1) -> int:
+        idx = len(self.records)
+        self.records.append((r, track, kind, layer, start, end, nbytes, peer, cause))
+        return idx
+
+    def launch(self, r: int, layer: int, cause: int):
+        """A kernel-launch gap on rank r's stream; returns (as the generator's value) its record."""
+        start = self.env.now
+        yield self.env.timeout(self.hw.launch_overhead_us)
+        return self.record(r, TRACK_STREAM, K["launch"], layer, start, self.env.now, cause=cause)
+
+    def memory_kernel(self, r: int, kind: str, layer: int, nbytes: float, cause: int):
+        """A memory-bound kernel on all SMs: `nbytes` (read + written) at `hbm_gbps`."""
+        start = self.env.now
+        yield self.env.timeout(hbm_us(nbytes, self.hw))
+        return self.record(r, TRACK_STREAM, K[kind], layer, start, self.env.now, nbytes, cause=cause)
+
+    def last_of(self, procs_values, fallback: int) -> int:
+        """The record (of those the blocks returned) that ends last: the kernel's end, for causes."""
+        best, best_end = fallback, -1.0
+        for idx in procs_values:
+            if idx >= 0 and self.records[idx][5] > best_end:
+                best, best_end = idx, self.records[idx][5]
+        return best
+
+    def gemm_kernel(self, r: int, layer: int, dur_T: list[float], cause: int, blocks: int | None = None):
+        """A GEMM kernel without dependencies: `blocks` (default: all SMs) blocks take the tiles in order
+        (atomic counter, or round-robin with options.tile_schedule="static"). Returns the last record."""
+        blocks = self.sms if blocks is None else blocks
+        counter = [0]
+        kind = K["gemm0" if layer == 0 else "gemm1"]
+        procs = [self.env.process(self._gemm_block(r, b, blocks, layer, kind, dur_T, counter, cause))
+                 for b in range(blocks)]
+        vals = yield self.env.all_of(procs)
+        self.tile_events += len(dur_T)
+        return self.last_of(vals.values(), cause)
+
+    def _gemm_block(self, r, b, blocks, layer, kind, dur_T, counter, cause):
+        env, rec = self.env, self.records
+        timeout, append = env.timeout, rec.append
+        n = len(dur_T)
+        dynamic = self.options.tile_schedule == "dynamic"
+        t = b
+        while True:
+            if dynamic:
+                t = counter[0]
+                counter[0] = t + 1
+            if t >= n:
+                return cause
+            start = env.now
+            yield timeout(dur_T[t])
+            idx = len(rec)
+            append((r, b, kind, layer, start, env.now, 0.0, -1, cause))
+            cause = idx
+            if not dynamic:
+                t += blocks
+
+def grouped_gemm_tiles(plan: Plan, layer: int, rows_E: np.ndarray, padded: bool) -> list[float]:
+    """Tile times of a plain grouped GEMM (expert-major: each expert's row blocks, all column blocks)
+    over `rows_E` rows per local expert; the baselines' GEMM kernels."""
+    from sim.workload import tile_us
+
+    pol = plan.policy
+    bm = pol.block_m
+    bn = pol.block_n0 if layer == 0 else pol.block_n1
+    total = plan.ffn_local if layer == 0 else plan.model.hidden_N
+    ncol = math.ceil(total / bn)
+    rows = []
+    for n in rows_E.tolist():
+        full, rest = divmod(int(n), bm)
+        rows.extend([bm] * full + ([rest] if rest else []))
+    if not rows:
+        return []
+    rows_T = np.repeat(np.asarray(rows, dtype=np.int64), ncol)
+    cols_T = np.tile(np.minimum(bn, total - np.arange(ncol) * bn), len(rows))
+    return tile_us(plan, layer, rows_T, cols_T, padded).tolist()
+
+
+def block_hbm_bytes_per_us(plan: Plan) -> float:
+    """One block's share of device-memory bandwidth (bytes/us): hbm_gbps / SMs."""
+    return plan.hardware.hbm_gbps / plan.hardware.sms * GBPS
+
+
+__all__ = ["SystemSim", "grouped_gemm_tiles", "block_hbm_bytes_per_us", "CATEGORY"]

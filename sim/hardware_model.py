@@ -1,0 +1,294 @@
+"""The hardware as the simulator sees it: links as ports shared fairly, memory bandwidth as shares.
+
+Time is in microseconds everywhere; 1 GB/s = 1e3 bytes/us.
+
+Ports. Every rank r has an NVLink (or PCIe, for `l20`) egress port and ingress port of `link_gbps` each;
+the switch between them is non-blocking, so a transfer s -> d occupies only egress(s) and ingress(d).
+Ranks on different nodes (`ParallelConfig.ranks_per_node`) talk through their NICs instead: nic_out(s)
+and nic_in(d), `nic_gbps` each, with `nic_latency_us`.
+
+Fair sharing (`LinkNetwork`). Transfers in flight form a fluid model: each has a rate cap (what the
+communication block, copy engine or NCCL channel driving it can push; `inf` for none) and the ports
+share their capacity max-min fairly (progressive filling: every unfrozen transfer's rate rises together
+until it meets its cap or one of its ports saturates). Rates are recomputed whenever the set of
+transfers changes, once per distinct simulated time (arrivals at one instant are batched), and every
+transfer finishes exactly when its bytes are through. Everything is deterministic: no randomness, ties
+resolved by transfer id.
+
+Latency is not part of a transfer here: callers add it where the real operation pays it (a pull waits
+for its first bytes, a push lands `latency` after its last byte leaves).
+
+    >>> import simpy
+    >>> from comet.config import HardwareProfile, ParallelConfig
+    >>> env = simpy.Environment()
+    >>> net = LinkNetwork(env, ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
+    >>> a, b = net.transfer(0, 1, 160e3), net.transfer(0, 1, 320e3)  # share egress(0): 80 GB/s each
+    >>> env.run()
+    >>> (a.value, b.value)  # finish times: a at 2 us, then b alone at 160 GB/s
+    (2.0, 3.0)
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+
+import numpy as np
+import simpy
+
+from comet.config import HardwareProfile, ParallelConfig
+
+GBPS = 1e3  # bytes per microsecond in one GB/s
+INF = math.inf
+_REL = 1e-12  # relative slack when comparing fair-share levels
+_DONE_BYTES = 1e-6  # a transfer with fewer bytes left than this is complete (float residue)
+
+PORT_KINDS = ("egress", "ingress", "nic_out", "nic_in")
+
+
+class _Class:
+    """Transfers in flight with the same ports and cap: max-min fairness gives them one rate, so they are
+    kept together. `served` is the bytes each of them has moved since the class was created; a transfer
+    that joined when it was x and carries b bytes is done when it reaches x + b (a heap of targets)."""
+
+    __slots__ = ("key", "pa", "pb", "cap", "n", "rate", "served", "heap")
+
+    def __init__(self, key, pa, pb, cap):
+        self.key, self.pa, self.pb, self.cap = key, pa, pb, cap
+        self.n, self.rate, self.served, self.heap = 0, 0.0, 0.0, []
+
+
+def _class_key(c: _Class) -> tuple:
+    return c.key
+
+
+class LinkNetwork:
+    """Every rank's egress/ingress link ports and NIC ports; transfers share them max-min fairly.
+
+    `transfer(src, dst, nbytes, cap_gbps)` returns a SimPy event that succeeds, with the simulated time,
+    when the last byte is through. Counters, per port (index `kind * W + rank`, kinds in `PORT_KINDS`):
+    `port_bytes` moved, `port_busy_us` time with a transfer in flight. `flows` logs every transfer as
+    [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps (time_us, rates per
+    port in GB/s) at every rate change (for the Chrome trace's counter tracks).
+
+    Speed: transfers with the same (ports, cap) always share one rate, so the fair-share computation
+    runs over these classes (at most 4 W^2 per cap value), in plain Python, and a transfer's progress is
+    its class's served bytes (no per-transfer update). Rates are recomputed once per simulated instant
+    in which transfers start or end, after the processes woken by the ends have started their next ones.
+    """
+
+    def __init__(self, env: simpy.Environment, parallel: ParallelConfig, hw: HardwareProfile,
+                 record_rates: bool = False):
+        self.env = env
+        self.parallel = parallel
+        self.W = W = parallel.world_size
+        self.P = 4 * W
+        self.port_cap = [hw.link_gbps * GBPS] * (2 * W) + [hw.nic_gbps * GBPS] * (2 * W)
+        self.link_latency_us = hw.link_latency_us
+        self.nic_latency_us = hw.nic_latency_us
+        self._node = [parallel.node(r) for r in range(W)]
+        self._classes: dict[tuple, _Class] = {}
+        self._active: list[_Class] = []  # classes with transfers in flight
+        self._port_rate: list[tuple[int, float]] = []  # (port, bytes/us) of ports in use
+        self._new: list[tuple] = []
+        self._t_last = 0.0
+        self._update_pending = False
+        self._version = 0
+        self._n_in_flight = 0
+        self._port_bytes = [0.0] * self.P
+        self._port_busy = [0.0] * self.P
+        self.flows: list[list] = []
+        self.rate_log: list[tuple[float, np.ndarray]] | None = [] if record_rates else None
+        self.updates = 0
+
+    # ------------------------------------------------------------------------------------ topology
+    def same_node(self, src: int, dst: int) -> bool:
+        return self._node[src] == self._node[dst]
+
+    def latency_us(self, src: int, dst: int) -> float:
+        return self.link_latency_us if self._node[src] == self._node[dst] else self.nic_latency_us
+
+    def ports(self, src: int, dst: int) -> tuple[int, int]:
+        W = self.W
+        return (src, W + dst) if self._node[src] == self._node[dst] else (2 * W + src, 3 * W + dst)
+
+    @property
+    def port_bytes(self) -> np.ndarray:
+        return np.array(self._port_bytes)
+
+    @property
+    def port_busy_us(self) -> np.ndarray:
+        return np.array(self._port_busy)
+
+    def in_flight(self) -> int:
+        return self._n_in_flight + len(self._new)
+
+    def port_name(self, p: int) -> tuple[int, str]:
+        return p % self.W, PORT_KINDS[p // self.W]
+
+    # ------------------------------------------------------------------------------------ transfers
+    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF) -> simpy.Event:
+        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`."""
+        env = self.env
+        ev = env.event()
+        fid = len(self.flows)
+        self.flows.append([fid, src, dst, float(nbytes), env.now, math.nan])
+        if nbytes <= 0:
+            self.flows[fid][5] = env.now
+            ev.succeed(env.now)
+            return ev
+        self._new.append((src, dst, float(nbytes), cap_gbps * GBPS, fid, ev))
+        if not self._update_pending:
+            self._update_pending = True
+            env.timeout(0).callbacks.append(self._on_update)
+        return ev
+
+    def _on_update(self, _event) -> None:
+        self._update_pending = False
+        self._update()
+
+    def _on_wake(self, event) -> None:
+        if event.value == self._version:  # stale wake-ups (rates changed since) are ignored
+            self._update()
+
+    def _update(self) -> None:
+        """Advance to now, retire finished transfers, admit new ones, recompute the fair rates."""
+        self.updates += 1
+        env = self.env
+        now = env.now
+        dt = now - self._t_last
+        if dt > 0:
+            for c in self._active:
+                c.served += c.rate * dt
+            pb, busy = self._port_bytes, self._port_busy
+            for p, rate in self._port_rate:
+                pb[p] += rate * dt
+                busy[p] += dt
+            self._t_last = now
+        # retire: each class's heap front first (targets ascending), ties by transfer id
+        retired = []
+        for c in self._active:
+            h, tol = c.heap, _DONE_BYTES + c.rate * 1e-9
+            while h and h[0][0] - c.served <= tol:
+                _, fid, ev = heapq.heappop(h)
+                retired.append((fid, ev))
+            c.n = len(h)
+        if retired:
+            self._n_in_flight -= len(retired)
+            self._active = [c for c in self._active if c.n]
+            retired.sort(key=lambda x: x[0])
+            flows = self.flows
+            for fid, ev in retired:
+                flows[fid][5] = now
+                ev.succeed(now)
+            # the woken processes start their next transfers at this instant: recompute after them
+            if not self._update_pending:
+                self._update_pending = True
+                env.timeout(0).callbacks.append(self._on_update)
+            self._version += 1
+            return
+        if self._new:
+            classes = self._classes
+            for src, dst, nbytes, cap, fid, ev in self._new:
+                pa, pb = self.ports(src, dst)
+                key = (cap, pa, pb)
+                c = classes.get(key)
+                if c is None:
+                    c = classes[key] = _Class(key, pa, pb, cap)
+                if not c.heap:
+                    bisect.insort(self._active, c, key=_class_key)
+                heapq.heappush(c.heap, (c.served + nbytes, fid, ev))
+                c.n = len(c.heap)
+            self._n_in_flight += len(self._new)
+            self._new = []
+        self._fair_rates()
+        if self.rate_log is not None:
+            rates = np.zeros(self.P)
+            for p, rate in self._port_rate:
+                rates[p] = rate / GBPS
+            self.rate_log.append((now, rates))
+        self._version += 1
+        if self._active:
+            dt_next = min((c.heap[0][0] - c.served) / c.rate for c in self._active)
+            env.timeout(max(dt_next, 0.0), value=self._version).callbacks.append(self._on_wake)
+
+    def _fair_rates(self) -> None:
+        """Max-min fair rates (bytes/us) of the active classes under their caps and the port capacities
+        (progressive filling: raise every unfrozen rate together; freeze a class at its cap, or when one
+        of its ports is saturated). `_active` is sorted by (cap, ports), so caps come in order."""
+        act, P, cap_p = self._active, self.P, self.port_cap
+        cnt = [0] * P
+        load = [0.0] * P
+        for c in act:
+            n, a, b = c.n, c.pa, c.pb
+            cnt[a] += n
+            cnt[b] += n
+            x = n * c.cap
+            load[a] += x
+            load[b] += x
+        ports = [p for p in range(P) if cnt[p]]
+        if all(load[p] <= cap_p[p] * (1 + _REL) for p in ports):
+            for c in act:  # no port oversubscribed: every transfer runs at its cap
+                c.rate = c.cap
+            self._port_rate = [(p, load[p]) for p in ports]
+            return
+        left = list(cap_p)
+        live = act
+        while live:
+            level = min(left[p] / cnt[p] for p in ports)
+            bound = level * (1 + _REL)
+            if live[0].cap <= bound:  # freeze every class capped below the lowest port share
+                k = 0
+                while k < len(live) and live[k].cap <= bound:
+                    c = live[k]
+                    c.rate = c.cap
+                    n, a, b = c.n, c.pa, c.pb
+                    x = n * c.cap
+                    left[a] -= x
+                    left[b] -= x
+                    cnt[a] -= n
+                    cnt[b] -= n
+                    k += 1
+                live = live[k:]
+            else:  # freeze every class on a port saturated at this level
+                sat = [False] * P
+                for p in ports:
+                    if left[p] / cnt[p] <= bound:
+                        sat[p] = True
+                keep = []
+                for c in live:
+                    a, b = c.pa, c.pb
+                    if sat[a] or sat[b]:
+                        c.rate = level
+                        n = c.n
+                        x = n * level
+                        left[a] -= x
+                        left[b] -= x
+                        cnt[a] -= n
+                        cnt[b] -= n
+                    else:
+                        keep.append(c)
+                live = keep
+            ports = [p for p in ports if cnt[p]]
+        rate_p = [0.0] * P
+        for c in act:
+            x = c.n * c.rate
+            rate_p[c.pa] += x
+            rate_p[c.pb] += x
+        self._port_rate = [(p, rate_p[p]) for p in range(P) if rate_p[p] > 0]
+
+
+# ---------------------------------------------------------------------------------------- memory
+def hbm_us(nbytes: float, hw: HardwareProfile, sms: int | None = None) -> float:
+    """Time for `sms` SMs (default: all) to stream `nbytes` through device memory: a memory-bound
+    kernel on the whole GPU gets `hbm_gbps`, a group of blocks gets its SMs' share of it."""
+    share = hw.hbm_gbps if sms is None else hw.hbm_gbps * sms / hw.sms
+    return nbytes / (share * GBPS)
+
+
+def copy_engine_gbps(hw: HardwareProfile, override: float | None = None) -> float:
+    """One copy engine's bandwidth: `override`, else min(link_gbps, 112 GB/s measured in shared/GPU.md)."""
+    from sim.options import COPY_ENGINE_MEASURED_GBPS
+
+    return override if override is not None else min(hw.link_gbps, COPY_ENGINE_MEASURED_GBPS)

@@ -1,0 +1,70 @@
+"""What the simulator needs beyond the Plan: the system to run, which layers, and modelling choices.
+
+The Plan's `Policy` holds what the planner and the kernels share (tile order, n_c, tile shapes, chunk
+rows); `SimOptions` holds what only the simulator decides (the baselines' chunk count, the copy-engine
+bandwidth, whether tiles are costed padded or by their real rows). Both are frozen; sweep them with
+`.replace(...)`.
+
+    >>> SimOptions(chunks=2).replace(layers="layer1").layers
+    'layer1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SYSTEMS = ("comet", "sequential", "chunked")
+LAYERS = ("both", "layer0", "layer1")
+TILE_SCHEDULES = ("dynamic", "static")
+TILE_ROWS = ("padded", "actual")
+
+# shared/GPU.md: one copy engine, tensor.copy_ GPU0 -> GPU1, 256 MiB: 112 GB/s (H200, 2026-11-22).
+COPY_ENGINE_MEASURED_GBPS = 112.0
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Modelling choices of one simulation (every time in microseconds, bandwidth in GB/s).
+
+    layers: "both" (the whole MoE layer), "layer0" or "layer1" alone (every rank starts it at t = 0).
+    chunks: C, the token chunks of the `chunked` baseline (`sequential` is the same pipeline with C = 1).
+    tile_schedule: how a persistent kernel's compute blocks get tiles: "dynamic" (an atomic tile counter:
+        the next free block takes the next tile of the Plan's order) or "static" (block b walks tiles
+        b, b + G, b + 2G, ..., as kernels/grouped_gemm.py does).
+    tile_rows: "padded" costs every tile as a full BM-row tile (a GPU tile of BM rows costs about the
+        same when partly empty: the MMA runs on the whole tile), "actual" costs a ragged tile by its rows.
+    fuse_activation: activation in the layer0 GEMM's epilogue (no extra kernel). None: fused for
+        `comet` (one fused kernel), a separate memory-bound kernel for the baselines (Megatron, Tutel).
+    copy_engine_gbps: one copy engine's bandwidth for Policy.layer0_comm == "copy-engine"; None:
+        min(link_gbps, 112), 112 GB/s being shared/GPU.md's measured copy-engine figure.
+    permute: the baselines pay a memory-bound permute kernel that gathers the rows they send into
+        contiguous per-destination buffers (what NCCL's all-to-all needs); the fused kernel reads in place.
+    record: keep the event list (DataFrame, Chrome trace, critical path, hidden-communication fraction).
+    """
+
+    layers: str = "both"
+    chunks: int = 4
+    tile_schedule: str = "dynamic"
+    tile_rows: str = "padded"
+    fuse_activation: bool | None = None
+    copy_engine_gbps: float | None = None
+    permute: bool = True
+    record: bool = True
+
+    def __post_init__(self):
+        for name, value, allowed in (("layers", self.layers, LAYERS),
+                                     ("tile_schedule", self.tile_schedule, TILE_SCHEDULES),
+                                     ("tile_rows", self.tile_rows, TILE_ROWS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.chunks < 1:
+            raise ValueError(f"chunks must be >= 1 (1 = no pipelining), got {self.chunks}")
+        if self.copy_engine_gbps is not None and self.copy_engine_gbps <= 0:
+            raise ValueError(f"copy_engine_gbps must be > 0, got {self.copy_engine_gbps}")
+
+    def replace(self, **changes) -> SimOptions:
+        return dataclasses.replace(self, **changes)
+
+    def fused_activation(self, system: str) -> bool:
+        return (system == "comet") if self.fuse_activation is None else self.fuse_activation

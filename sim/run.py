@@ -1,0 +1,86 @@
+"""Entry points: `make_case` builds a Plan from names, `simulate` runs one system on a Plan.
+
+    >>> from sim.run import make_case, simulate
+    >>> plan = make_case("mixtral-8x7b", ep=2, tokens=512, hw="h800")
+    >>> res = simulate(plan, system="comet")
+    >>> res.latency_us > res.layer0_us > 0
+    True
+    >>> simulate(system="sequential", model="mixtral-8x7b", ep=2, tokens=512).system
+    'sequential'
+
+`with_policy(plan, nc_layer1=8)` changes the Policy fields that do not change the Plan's tables
+(n_c and the layer0 communication mechanism) without re-planning: cheap for n_c sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Plan, Policy, make_plan
+from comet.routing import Routing, make_routing
+from sim.baselines import StagedSim
+from sim.comet_system import CometSim
+from sim.options import SYSTEMS, SimOptions
+from sim.result import SimResult, build_result, config_of
+
+# Policy fields the Plan's tables do not depend on (the simulator reads them at run time).
+RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm")
+
+
+def make_case(model: str | ModelConfig = "mixtral-8x7b", ep: int = 8, tp: int = 1, tokens: int = 16384,
+              hw: str | HardwareProfile = "h800", routing: str | Routing = "balanced", seed: int = 0,
+              std: float = 0.032, topk: int | None = None, experts: int | None = None,
+              policy: Policy | None = None, ranks_per_node: int | None = None) -> Plan:
+    """A Plan from names: a registered model (with optional topk / experts overrides), EP x TP, M tokens,
+    a hardware profile (name or .json) and a routing kind ("balanced", "uniform", "imbalanced" with
+    `std`) or a Routing. ranks_per_node defaults to the hardware profile's."""
+    overrides = {k: v for k, v in (("topk", topk), ("experts_E", experts)) if v is not None}
+    m = model if isinstance(model, ModelConfig) else ModelConfig.from_name(model, **overrides)
+    if isinstance(model, ModelConfig) and overrides:
+        m = dataclasses.replace(m, **overrides)
+    h = hw if isinstance(hw, HardwareProfile) else HardwareProfile.from_name(hw)
+    par = ParallelConfig(ep=ep, tp=tp, ranks_per_node=ranks_per_node or h.ranks_per_node)
+    r = routing if isinstance(routing, Routing) else make_routing(routing, tokens, m.experts_E, m.topk, seed=seed,
+                                                                   std=std)
+    return make_plan(r, m, par, h, policy or Policy())
+
+
+def with_policy(plan: Plan, **changes) -> Plan:
+    """The same Plan with run-time Policy fields changed (nc_layer0, nc_layer1, layer0_comm)."""
+    bad = [k for k in changes if k not in RUNTIME_POLICY_FIELDS]
+    if bad:
+        raise ValueError(f"{bad} change the Plan's tables: build a new plan with make_plan (or make_case); "
+                         f"with_policy only changes {RUNTIME_POLICY_FIELDS}")
+    return dataclasses.replace(plan, policy=plan.policy.replace(**changes))
+
+
+def simulate(plan: Plan | None = None, system: str = "comet", options: SimOptions | None = None,
+             **case) -> SimResult:
+    """Simulate one MoE layer of `plan` (or of `make_case(**case)`) under `system`:
+    "comet" (the fused schedule), "sequential" or "chunked" (the baselines; chunks in options.chunks).
+
+    Raises ValueError for a schedule that cannot run (e.g. comet with Policy.nc_layer1 = 0)."""
+    if plan is None:
+        plan = make_case(**case)
+    elif case:
+        raise TypeError(f"give either a plan or make_case arguments, not both (got {sorted(case)})")
+    options = options or SimOptions()
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; choose one of {', '.join(SYSTEMS)}")
+    t0 = time.perf_counter()
+    sim = CometSim(plan, options) if system == "comet" else StagedSim(plan, options, system)
+    sim.run()
+    return build_result(sim, time.perf_counter() - t0, config_of(plan, options))
+
+
+def simulate_all(plan: Plan, options: SimOptions | None = None, systems=SYSTEMS, progress: bool = False
+                 ) -> dict[str, SimResult]:
+    """Every system on the same Plan (same routing, same hardware)."""
+    it = systems
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(systems, desc="simulating", unit="system", leave=False)
+    return {s: simulate(plan, system=s, options=options) for s in it}
