@@ -1,0 +1,336 @@
+"""Fused layer0 of one rank: dispatch (token rows from their owners) + grouped GEMM (N -> K/TP) + activation.
+
+Shape legend (as comet/plan.py): M tokens, N hidden, K' = K/TP (gelu) or 2K/TP (swiglu: gate | up) weight
+columns, E local experts, R rows of the rank's shared tensor, T tiles, C communication chunks, U received
+token rows, W ranks.
+
+Three variants (`Policy.layer0_comm`), one kernel (`MODE`):
+    "blocks"       (MODE 0) programs [0, nc) are communication programs: chunk i of the Plan (one source
+                   rank, rows recv_token_U[start:end]) belongs to program i % nc, which pulls those rows
+                   from the source's receive buffer (peer pointer) into this rank's receive buffer (same
+                   token-id rows) and then adds 1 to flag[source] (release). Programs [nc, nc + G) run the
+                   Plan's layer0 tiles; a tile first waits until flag[s] == l0_chunks_per_src_W[s] for
+                   every source s in l0_tile_src_mask_T (a bit mask of the ranks owning its rows), then
+                   gathers its A rows from the local receive buffer. The last program to finish resets the
+                   flags to 0, so the next call needs no host-side clearing.
+    "direct"       (MODE 1) no communication programs: each tile gathers its A rows straight from the
+                   owners' receive buffers through the peer-pointer table (row_src_R picks the peer).
+    "copy-engine"  (MODE 2) as the released Comet code: a side stream copies each source rank's whole
+                   shard (the rows it owns, all of them) with `copy_` and then writes flag[s] = epoch;
+                   tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM programs do not
+                   fill the GPU (sms - 8 by default) so that a copy or flag write that needs an SM can run.
+Program order is chosen so that Triton's interpreter, which runs programs one after another in id order,
+completes every producer before its consumers: communication programs have the low ids.
+
+Every program of a launch must be resident at once on the GPU (programs wait on each other): the grid is
+at most the SM count. Waits are bounded (kernels/signals.py); a timeout is recorded in the rank's status
+buffer and raised by `Workspace.check()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.grouped_gemm import ACTIVATIONS, sm_count
+from kernels.signals import finish_program, signal_add, wait_flag
+
+VARIANTS = {"blocks": 0, "direct": 1, "copy-engine": 2}
+# Fixed configs (no autotuning: the kernels have side effects on flags and peers, which an autotuner's
+# repeated trial launches would multiply). GPU: Hopper bf16; SMALL: the interpreter and tiny tests.
+GPU_CONFIG = {"BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "COMM_ROWS": 32, "COMM_COLS": 256}
+SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1, "COMM_ROWS": 16, "COMM_COLS": 16}
+COPY_ENGINE_SM_RESERVE = 8
+
+_WAIT_L0_ARRIVAL = tl.constexpr(1)  # kernels.signals.WAIT_L0_ARRIVAL
+_WAIT_L0_COPY = tl.constexpr(2)  # kernels.signals.WAIT_L0_COPY
+
+
+def default_config(device) -> dict:
+    return dict(GPU_CONFIG if torch.device(device).type == "cuda" else SMALL_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn, b_desc, b_row, b_col, up_col,
+                D_IN, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr,
+                A_CACHE: tl.constexpr):
+    """One output tile: act(sum_k A[rows, k] B[k, cols]) in fp32 (the grouped GEMM's K loop and epilogue).
+
+    a_ptrs (BLOCK_M, BLOCK_K) / b_ptrs (BLOCK_K, BLOCK_N): first K step's pointers (unused with TMA);
+    A_TMA / B_TMA: load through tensor descriptors at (a_row0, k) / (b_row + k, b_col). swiglu
+    (ACTIVATION 2): a second accumulator over the up columns (b_col + up_col). A_CACHE: cache modifier of
+    the A loads (".cg" when A was written by other programs of this launch).
+    """
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ACTIVATION == 2:
+        b_up_ptrs = b_ptrs + up_col * stride_bn
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ks in range(tl.cdiv(D_IN, BLOCK_K)):
+        mask_k = offs_k < D_IN - ks * BLOCK_K
+        if A_TMA:
+            a = a_desc.load([a_row0, ks * BLOCK_K])
+        elif EVEN_K:
+            a = tl.load(a_ptrs, cache_modifier=A_CACHE)
+        else:
+            a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0, cache_modifier=A_CACHE)
+        if B_TMA:
+            b = b_desc.load([b_row + ks * BLOCK_K, b_col])
+        elif EVEN_K:
+            b = tl.load(b_ptrs)
+        else:
+            b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
+        acc = tl.dot(a, b, acc)
+        if ACTIVATION == 2:
+            if B_TMA:
+                b_up = b_desc.load([b_row + ks * BLOCK_K, b_col + up_col])
+            elif EVEN_K:
+                b_up = tl.load(b_up_ptrs)
+            else:
+                b_up = tl.load(b_up_ptrs, mask=mask_k[:, None], other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up)
+            b_up_ptrs += BLOCK_K * stride_bk
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    if ACTIVATION == 1:  # exact (erf) gelu
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    elif ACTIVATION == 2:  # swiglu: silu(gate) * up
+        acc = acc * tl.sigmoid(acc) * acc_up
+    return acc
+
+
+@triton.jit
+def _fused_layer0_kernel(
+    # pointers: this rank's receive buffer, the peer table of receive buffers, weights, output, flags
+    recv_ptr, recv_peers_ptr, b_ptr, b_desc, c_ptr, flags_ptr, status_ptr,
+    row_token_ptr, row_src_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, tile_mask_ptr, num_tiles_ptr,
+    recv_token_ptr, chunk_src_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr, chunks_per_src_ptr,
+    # sizes
+    rank, world, max_tiles, max_chunks, num_comm, num_gemm, D_IN, D_OUT, up_col, epoch, max_spin,
+    arrive_off, copy_off, done_off,
+    # strides
+    stride_rm, stride_be, stride_bk, stride_bn, stride_cm,
+    # meta
+    MODE: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, B_TMA: tl.constexpr,
+    COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    elem = recv_ptr.dtype.element_ty
+    if pid < num_comm:  # num_comm is 0 unless MODE 0
+        # --- communication program: pull whole chunks (one source each) into this rank's buffer
+        num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
+        arange_u = tl.arange(0, COMM_ROWS)
+        arange_c = tl.arange(0, COMM_COLS)
+        for i in range(pid, num_chunks, num_comm):
+            src = tl.load(chunk_src_ptr + i)
+            start = tl.load(chunk_start_ptr + i)
+            end = tl.load(chunk_end_ptr + i)
+            peer = tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem))
+            for u0 in range(start, end, COMM_ROWS):
+                offs_u = u0 + arange_u
+                mask_u = offs_u < end
+                tok = tl.load(recv_token_ptr + offs_u, mask=mask_u, other=0)
+                for c0 in range(0, D_IN, COMM_COLS):
+                    offs_c = c0 + arange_c
+                    mask = mask_u[:, None] & (offs_c < D_IN)[None, :]
+                    off = tok[:, None] * stride_rm + offs_c[None, :]
+                    v = tl.load(peer + off, mask=mask, cache_modifier=".cg")
+                    tl.store(recv_ptr + off, v, mask=mask)
+            signal_add(flags_ptr + arrive_off + src, 1, "gpu")
+    else:
+        # --- GEMM program: the Plan's layer0 tiles t = g, g + G, ...
+        g = pid - num_comm
+        num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
+        arange_m = tl.arange(0, BLOCK_M)
+        arange_n = tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        ready = tl.full((), 1, tl.int64) << rank  # sources known complete; own rows are in place
+        for t in range(g, num_tiles, num_gemm):
+            expert = tl.load(tile_expert_ptr + t)
+            row_start = tl.load(tile_row_start_ptr + t)
+            row_end = tl.load(tile_row_end_ptr + t)
+            col = tl.load(tile_col_ptr + t)
+            offs_m = row_start + arange_m
+            mask_m = offs_m < row_end
+            # rows past row_end read the tile's first row (valid), their results are never stored
+            rows = tl.where(mask_m, offs_m, row_start)
+            tok = tl.load(row_token_ptr + rows)
+
+            # --- the tile waits for the flags of the source ranks its rows come from
+            if MODE != 1:
+                need = tl.load(tile_mask_ptr + t) & ~ready
+                if need != 0:
+                    for s in range(0, world):
+                        if ((need >> s) & 1) != 0:
+                            if MODE == 0:
+                                wait_flag(flags_ptr + arrive_off + s, tl.load(chunks_per_src_ptr + s), max_spin,
+                                          status_ptr, _WAIT_L0_ARRIVAL, s, rank, False, "gpu")
+                            else:
+                                wait_flag(flags_ptr + copy_off + s, epoch, max_spin, status_ptr, _WAIT_L0_COPY,
+                                          s, rank, True, "gpu")
+                    ready = ready | need
+
+            # --- A rows: the local receive buffer (blocks, copy-engine) or the owners' (direct)
+            if MODE == 1:
+                src = tl.load(row_src_ptr + rows)
+                base = tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem))
+                a_ptrs = base[:, None] + (tok[:, None] * stride_rm + offs_k[None, :])
+            else:
+                a_ptrs = recv_ptr + (tok[:, None] * stride_rm + offs_k[None, :])
+
+            offs_n = col * BLOCK_N + arange_n
+            offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
+            offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
+            b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+            acc = tile_matmul(a_ptrs, 1, b_desc, 0, b_ptrs, stride_bk, stride_bn, b_desc,
+                              expert.to(tl.int32) * D_IN, (col * BLOCK_N).to(tl.int32), up_col, D_IN,
+                              ACTIVATION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, False, B_TMA, ".cg")
+            c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :])
+            mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
+            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+
+    # --- blocks: the last program to finish resets the arrival flags for the next call
+    if MODE == 0:
+        if finish_program(flags_ptr + done_off, num_comm + num_gemm):
+            for s in range(0, world):
+                tl.atomic_xchg(flags_ptr + arrive_off + s, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+def _descriptor(t, block_shape):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(t, block_shape)
+
+
+def write_flag(flags_F: torch.Tensor, index: int, value: int) -> None:
+    """flags_F[index] = value on the current stream, without an SM where the driver allows it
+    (cuStreamWriteValue32 through torch's _SymmetricMemory.stream_write_value32; fill_ otherwise)."""
+    if flags_F.is_cuda and not torch.cuda.is_current_stream_capturing():
+        try:
+            from torch._C._distributed_c10d import _SymmetricMemory
+
+            _SymmetricMemory.stream_write_value32(flags_F.view(torch.uint32), index, value)
+            return
+        except (ImportError, AttributeError, RuntimeError, TypeError):
+            pass
+    flags_F[index].fill_(value)
+
+
+def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | None = None,
+                 activation: str | None = None, num_programs: int | None = None, config: dict | None = None,
+                 b_tma: bool | None = None, max_spin: int | None = None, out_RK: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Layer0 of `rank` in workspace `ws`: out_RK[r] = act(x[row_token_R[r]] @ w0_ENK[expert(r)]).
+
+    The token rows must already be in the owners' receive buffers (`ws.buffers(s).recv_MN`, rows indexed by
+    global token id; `kernels.moe.stage_tokens` puts them there) and, on several GPUs, a barrier must have
+    been passed since. w0_ENK: (E_local, N, K') this rank's weight shard, K' = K/TP (gelu) or 2K/TP
+    (swiglu). variant: "blocks" | "direct" | "copy-engine" (default plan.policy.layer0_comm). Returns
+    ws.buffers(rank).h_RK[:R_max] (or out_RK), (R_max, K/TP) in the tokens' dtype; rows past the plan's
+    num_rows are not written. num_programs: GEMM programs (default: SMs - nc for blocks, SMs for direct,
+    SMs - 8 for copy-engine). config: {"BLOCK_K", "num_warps", "num_stages", "COMM_ROWS", "COMM_COLS"}.
+    No host sync; the call is asynchronous on the current stream (copy-engine: plus the rank's side stream).
+    """
+    pol = plan.policy
+    variant = variant or pol.layer0_comm
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown layer0 variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    act = activation or plan.model.activation
+    if act not in ("gelu", "swiglu", "none"):
+        raise ValueError(f"activation {act!r} not supported; use gelu, swiglu or none")
+    ws.check_plan(plan)
+    rp = plan.rank(rank)
+    buf = ws.buffers(rank)
+    recv = buf.recv_MN
+    dev = recv.device
+    N, W = plan.model.hidden_N, plan.world_size
+    k_out = plan.ffn_local
+    k_cols = k_out * (2 if act == "swiglu" else 1)
+    E_loc = plan.experts_per_rank
+    if w0_ENK.shape != (E_loc, N, k_cols) or w0_ENK.dtype != recv.dtype or w0_ENK.device != dev \
+            or not w0_ENK.is_contiguous():
+        raise ValueError(f"w0_ENK must be a contiguous (E_local={E_loc}, N={N}, K'={k_cols}) {recv.dtype} tensor "
+                         f"on {dev} for {act}; got {tuple(w0_ENK.shape)} {w0_ENK.dtype} on {w0_ENK.device}")
+    for name, blk in (("block_m", pol.block_m), ("block_n0", pol.block_n0)):
+        if blk < 16 or blk & (blk - 1):
+            raise ValueError(f"policy {name}={blk}: the kernel needs a power of two >= 16 (tl.dot)")
+    R_max = rp.row_token_R.numel()
+    if out_RK is None:
+        out_RK = buf.h_RK[:R_max]
+    if out_RK.shape != (R_max, k_out) or out_RK.dtype != recv.dtype or not out_RK.is_contiguous():
+        raise ValueError(f"out_RK must be a contiguous ({R_max}, {k_out}) {recv.dtype} tensor")
+    cfg = {**default_config(dev), **(config or {})}
+    sms = sm_count(dev)
+    nc = pol.nc_layer0 if variant == "blocks" else 0
+    if variant == "blocks" and nc < 1:
+        raise ValueError("layer0_comm='blocks' needs nc_layer0 >= 1 communication programs; use a Policy with "
+                         "nc_layer0 >= 1, or layer0_comm='direct' / 'copy-engine'")
+    if num_programs is None:
+        reserve = {"blocks": nc, "direct": 0, "copy-engine": COPY_ENGINE_SM_RESERVE}[variant]
+        num_programs = max(1, sms - reserve)
+    if num_programs < 1:
+        raise ValueError(f"num_programs must be >= 1, got {num_programs}")
+    if dev.type == "cuda" and nc + num_programs > sms:
+        raise ValueError(f"{nc} communication + {num_programs} GEMM programs exceed the {sms} SMs: programs wait "
+                         f"on each other and must all be resident; lower num_programs or nc_layer0")
+    if b_tma is None:
+        b_tma = dev.type == "cuda" and (k_cols * w0_ENK.element_size()) % 16 == 0
+    b_desc = w0_ENK
+    if b_tma:
+        b_desc = _descriptor(w0_ENK.view(E_loc * N, k_cols), [cfg["BLOCK_K"], pol.block_n0])
+    epoch = ws.epoch
+    lay = ws.layout
+    spin = ws.max_spin if max_spin is None else max_spin
+
+    if variant == "copy-engine":
+        _copy_engine_dispatch(ws, plan, rank, epoch)
+
+    args = (recv, buf.recv_ptrs_W, w0_ENK, b_desc, out_RK, buf.flags_F, buf.status,
+            rp.row_token_R, rp.row_src_R,
+            rp.l0_tile_expert_T, rp.l0_tile_row_start_T, rp.l0_tile_row_end_T, rp.l0_tile_col_T,
+            rp.l0_tile_src_mask_T, rp.num_l0_tiles,
+            rp.recv_token_U, rp.l0_chunk_src_C, rp.l0_chunk_start_C, rp.l0_chunk_end_C, rp.num_l0_chunks,
+            rp.l0_chunks_per_src_W,
+            rank, W, rp.l0_tile_expert_T.numel(), rp.l0_chunk_src_C.numel(), nc, num_programs, N, k_out,
+            k_out if act == "swiglu" else 0, epoch, spin,
+            lay.arrive, lay.copy, lay.done_l0,
+            recv.stride(0), w0_ENK.stride(0), w0_ENK.stride(1), w0_ENK.stride(2), out_RK.stride(0))
+    _fused_layer0_kernel[(nc + num_programs,)](
+        *args, MODE=VARIANTS[variant], ACTIVATION=ACTIVATIONS[act], BLOCK_M=pol.block_m, BLOCK_N=pol.block_n0,
+        BLOCK_K=cfg["BLOCK_K"], EVEN_K=N % cfg["BLOCK_K"] == 0, B_TMA=b_tma, COMM_ROWS=cfg["COMM_ROWS"],
+        COMM_COLS=cfg["COMM_COLS"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if variant == "copy-engine" and dev.type == "cuda":
+        torch.cuda.current_stream(dev).wait_stream(ws.side_stream(rank))
+    return out_RK
+
+
+def _copy_engine_dispatch(ws, plan, rank: int, epoch: int) -> None:
+    """Side-stream copies of each source rank's whole shard (arrival order), each followed by its flag."""
+    W, M = plan.world_size, plan.num_tokens
+    buf = ws.buffers(rank)
+    dev = buf.recv_MN.device
+    side = ws.side_stream(rank) if dev.type == "cuda" else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(dev))
+    ctx = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+    with ctx:
+        for pos in range(1, W):
+            s = (rank + pos) % W
+            lo, hi = owned_range(M, W, s)
+            if hi > lo:
+                buf.recv_MN[lo:hi].copy_(ws.peer_recv(rank, s)[lo:hi])
+            write_flag(buf.flags_F, ws.layout.copy + s, epoch)
+
+
+def owned_range(M: int, W: int, s: int) -> tuple[int, int]:
+    """[lo, hi) global token ids owned by rank s (comet.plan.token_owner: owner(t) = t * W // M)."""
+    return (s * M + W - 1) // W, ((s + 1) * M + W - 1) // W

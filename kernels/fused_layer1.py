@@ -1,0 +1,298 @@
+"""Fused layer1 of one rank: grouped GEMM (K/TP -> N) + top-k weighted reduction + combine (remote stores
+into the owners' combine buffers), and the owner's final reduction of its tokens' partial sums.
+
+Shape legend (as comet/plan.py): M tokens, N hidden, K = K/TP rows of the layer1 weight, E local experts,
+R rows of the rank's shared tensor, T tiles, S sends (token, owner), C send chunks, W ranks,
+N1 layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), SL combine slots per token.
+
+Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc programs:
+    programs [0, G)       GEMM: the Plan's column-block-major tiles t = pid, pid + G, ... of
+                          y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
+    programs [G, G + nc)  communication: work item i = (column block i // C, send chunk i % C), in
+                          column-block-major order, belongs to program i % nc. It waits until count[col] ==
+                          l1_tiles_per_col, then for each send of the chunk sums its rows
+                          rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
+                          and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
+                          store through the peer table), then adds the chunk's send count to the owner's
+                          combine flag [this rank, col] (release, system scope).
+GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
+communication programs wait. The last program to finish resets the column counts.
+
+The owner's reduce (`combine_reduce`, a separate small launch after every rank's layer1 was launched):
+program (token block, column block) waits until combine flag [s, col] == expected[s] for every source s
+(expected: the number of the owner's tokens that s sends to, `combine_expected`), then sums slots
+0 .. token_num_slots_M[t] - 1 of each token in slot order (fp32) and stores out[t]. The last program of a
+column block subtracts the expected counts from its flags (back to 0 for the next call).
+
+Determinism: every partial sum is computed by exactly one program in a fixed row order, and the owner sums
+slots in a fixed order, with no floating-point atomics: results are bitwise reproducible run to run for a
+given routing, policy and config, whatever nc_layer1 or the number of GEMM programs (they decide who
+computes, not how). They are not bitwise equal to comet.reference (different summation order).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.fused_layer0 import _descriptor, default_config, tile_matmul
+from kernels.grouped_gemm import sm_count
+from kernels.signals import finish_program, signal_add, wait_flag
+
+_WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
+_WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
+GPU_SEND_BLOCK, SMALL_SEND_BLOCK = 32, 16
+GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
+
+
+# ------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _fused_layer1_kernel(
+    # pointers
+    a_ptr, a_desc, b_ptr, b_desc, y_ptr, comb_ptr, flags_ptr, status_ptr, comb_peers_ptr, sflag_peers_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, tiles_per_col_ptr,
+    send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
+    row_weight_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr,
+    # sizes
+    rank, world, M, max_tiles, max_chunks, num_gemm, num_comm, D_IN, D_OUT, col_blocks, slots, col_max,
+    max_spin, l1_col_off, done_off, comb_flag_off,
+    # strides
+    stride_am, stride_be, stride_bk, stride_bn, stride_ym,
+    # meta
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    arange_n = tl.arange(0, BLOCK_N)
+    if pid < num_gemm:
+        # --- GEMM program: column-block-major tiles into the intermediate y_RN, counted per column block
+        num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
+        arange_m = tl.arange(0, BLOCK_M)
+        offs_k = tl.arange(0, BLOCK_K)
+        for t in range(pid, num_tiles, num_gemm):
+            expert = tl.load(tile_expert_ptr + t)
+            row_start = tl.load(tile_row_start_ptr + t)
+            row_end = tl.load(tile_row_end_ptr + t)
+            col = tl.load(tile_col_ptr + t)
+            offs_m = row_start + arange_m
+            mask_m = offs_m < row_end
+            rows = tl.where(mask_m, offs_m, row_start)
+            a_ptrs = a_ptr + (rows[:, None] * stride_am + offs_k[None, :])
+            offs_n = col * BLOCK_N + arange_n
+            offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
+            offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
+            b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+            acc = tile_matmul(a_ptrs, 1, a_desc, row_start.to(tl.int32), b_ptrs, stride_bk, stride_bn, b_desc,
+                              expert.to(tl.int32) * D_IN, (col * BLOCK_N).to(tl.int32), 0, D_IN,
+                              0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, A_TMA, B_TMA, "")
+            y_ptrs = y_ptr + (offs_m[:, None] * stride_ym + offs_n[None, :])
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_n < D_OUT)[None, :])
+            signal_add(flags_ptr + l1_col_off + col, 1, "gpu")
+    else:
+        # --- communication program: (column block, send chunk) items; top-k reduce, remote store, signal
+        cp = pid - num_gemm
+        num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
+        tiles_per_col = tl.load(tiles_per_col_ptr)
+        arange_s = tl.arange(0, SEND_BLOCK)
+        comb_elem = comb_ptr.dtype.element_ty
+        ready_cols = 0  # column blocks [0, ready_cols) known complete (items come in column order)
+        for i in range(cp, num_chunks * col_blocks, num_comm):
+            col = i // num_chunks
+            ch = i % num_chunks
+            if col >= ready_cols:
+                wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
+                          col, rank, False, "gpu")
+                ready_cols = col + 1
+            start = tl.load(chunk_start_ptr + ch)
+            end = tl.load(chunk_end_ptr + ch)
+            dest = tl.load(send_dest_ptr + start)  # one destination per chunk
+            first_tok = (dest * M + world - 1) // world
+            comb_base = tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem))
+            offs_n = col * BLOCK_N + arange_n
+            mask_n = offs_n < D_OUT
+            for s0 in range(start, end, SEND_BLOCK):
+                offs_s = s0 + arange_s
+                mask_s = offs_s < end
+                r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
+                r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
+                acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                    valid = mask_s & (r0 + j < r1)
+                    row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                    w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                    y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                mask=valid[:, None] & mask_n[None, :], other=0.0, cache_modifier=".cg")
+                    acc += w[:, None] * y.to(tl.float32)
+                tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
+                slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
+                dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
+                tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
+            peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
+
+    # --- the last program to finish resets the column counts for the next call
+    if finish_program(flags_ptr + done_off, num_gemm + num_comm):
+        for c in range(0, col_blocks):
+            tl.atomic_xchg(flags_ptr + l1_col_off + c, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _combine_reduce_kernel(
+    comb_ptr, sflags_ptr, flags_ptr, status_ptr, out_ptr, num_slots_ptr, expected_ptr,
+    rank, world, first_tok, n_own, D_OUT, slots, col_max, max_spin, comb_flag_off, red_done_off,
+    stride_om,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, MAX_SLOTS: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    col = tl.program_id(1)
+    # --- wait for every source's partial sums of this column block
+    for s in range(0, world):
+        e = tl.load(expected_ptr + s)
+        if e > 0:
+            wait_flag(sflags_ptr + comb_flag_off + s * col_max + col, e, max_spin, status_ptr, _WAIT_COMBINE,
+                      s * col_max + col, rank, False, "sys")
+    # --- out[t] = sum of slots 0 .. n_slots(t) - 1, in slot order (fp32)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < n_own
+    offs_n = col * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < D_OUT
+    n_slots = tl.load(num_slots_ptr + first_tok + offs_t, mask=mask_t, other=0)
+    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    for j in tl.static_range(MAX_SLOTS):
+        valid = mask_t & (j < n_slots)
+        v = tl.load(comb_ptr + (offs_t * slots + j)[:, None] * D_OUT + offs_n[None, :],
+                    mask=valid[:, None] & mask_n[None, :], other=0.0, cache_modifier=".cv")
+        acc += v.to(tl.float32)
+    tl.store(out_ptr + offs_t[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=mask_t[:, None] & mask_n[None, :])
+    # --- the column block's last program returns its flags to 0
+    if finish_program(flags_ptr + red_done_off + col, tl.num_programs(0)):
+        for s in range(0, world):
+            e = tl.load(expected_ptr + s)
+            if e != 0:
+                tl.atomic_add(sflags_ptr + comb_flag_off + s * col_max + col, (-e).to(tl.int32), sem="relaxed",
+                              scope="sys")
+        tl.atomic_xchg(flags_ptr + red_done_off + col, 0, sem="relaxed", scope="gpu")
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+def combine_expected(routing_ids_MK: torch.Tensor, model, parallel) -> torch.Tensor:
+    """expected_WW[o, s]: partial sums owner o receives from rank s = o's tokens with an expert in s's EP
+    group (the Plan does not carry it; computed here from the routing, on its device, no host sync)."""
+    M = routing_ids_MK.shape[0]
+    W, E_loc = parallel.world_size, model.experts_E // parallel.ep
+    dev = routing_ids_MK.device
+    need_MG = torch.zeros(M, parallel.ep, dtype=torch.int64, device=dev)
+    need_MG.scatter_(1, routing_ids_MK // E_loc, 1)  # 1 where the token has an expert in EP group g
+    owner_M = torch.arange(M, device=dev) * W // M
+    per_owner_OG = torch.zeros(W, parallel.ep, dtype=torch.int64, device=dev).index_add_(0, owner_M, need_MG)
+    src_group = torch.arange(W, device=dev) // parallel.tp
+    return per_owner_OG[:, src_group].contiguous()
+
+
+def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
+                 num_programs: int | None = None, config: dict | None = None, a_tma: bool | None = None,
+                 b_tma: bool | None = None, max_spin: int | None = None) -> torch.Tensor:
+    """Layer1 of `rank`: GEMM over the Plan's l1 tiles, top-k reduce, partial sums into the owners' combine
+    buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
+
+    w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
+    num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
+    tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
+    """
+    pol = plan.policy
+    if pol.nc_layer1 < 1:
+        raise ValueError(f"nc_layer1={pol.nc_layer1}: the fused layer1 needs at least one communication "
+                         f"program (the top-k reduce and combine run there); use a Policy with nc_layer1 >= 1")
+    ws.check_plan(plan)
+    rp = plan.rank(rank)
+    buf = ws.buffers(rank)
+    dev = buf.recv_MN.device
+    N, K = plan.model.hidden_N, plan.ffn_local
+    E_loc = plan.experts_per_rank
+    R_max = rp.row_token_R.numel()
+    h = buf.h_RK[:R_max] if h_RK is None else h_RK
+    if h.shape != (R_max, K) or h.dtype != ws.dtype or h.device != dev or not h.is_contiguous():
+        raise ValueError(f"h_RK must be a contiguous ({R_max}, {K}) {ws.dtype} tensor on {dev}")
+    if w1_EKN.shape != (E_loc, K, N) or w1_EKN.dtype != ws.dtype or w1_EKN.device != dev \
+            or not w1_EKN.is_contiguous():
+        raise ValueError(f"w1_EKN must be a contiguous (E_local={E_loc}, K={K}, N={N}) {ws.dtype} tensor on {dev}; "
+                         f"got {tuple(w1_EKN.shape)} {w1_EKN.dtype} on {w1_EKN.device}")
+    for name, blk in (("block_m", pol.block_m), ("block_n1", pol.block_n1)):
+        if blk < 16 or blk & (blk - 1):
+            raise ValueError(f"policy {name}={blk}: the kernel needs a power of two >= 16 (tl.dot)")
+    cfg = {**default_config(dev), **(config or {})}
+    sms = sm_count(dev)
+    nc = pol.nc_layer1
+    if num_programs is None:
+        num_programs = max(1, sms - nc)
+    if num_programs < 1:
+        raise ValueError(f"num_programs must be >= 1, got {num_programs}")
+    if dev.type == "cuda" and nc + num_programs > sms:
+        raise ValueError(f"{num_programs} GEMM + {nc} communication programs exceed the {sms} SMs: programs wait "
+                         f"on each other and must all be resident; lower num_programs or nc_layer1")
+    y = buf.y_RN[:R_max]
+    cuda = dev.type == "cuda"
+    if a_tma is None:
+        a_tma = cuda and (K * h.element_size()) % 16 == 0 and h.data_ptr() % 16 == 0
+    if b_tma is None:
+        b_tma = cuda and (N * w1_EKN.element_size()) % 16 == 0
+    a_desc = _descriptor(h, [pol.block_m, cfg["BLOCK_K"]]) if a_tma else h
+    b_desc = _descriptor(w1_EKN.view(E_loc * K, N), [cfg["BLOCK_K"], pol.block_n1]) if b_tma else w1_EKN
+    lay = ws.layout
+    col_blocks = plan.l1_col_blocks
+    topk_local = min(plan.model.topk, E_loc)
+    send_block = cfg.get("SEND_BLOCK", GPU_SEND_BLOCK if cuda else SMALL_SEND_BLOCK)
+    _fused_layer1_kernel[(num_programs + nc,)](
+        h, a_desc, w1_EKN, b_desc, y, buf.combine_MSN, buf.flags_F, buf.status, buf.combine_ptrs_W,
+        buf.sflag_ptrs_W,
+        rp.l1_tile_expert_T, rp.l1_tile_row_start_T, rp.l1_tile_row_end_T, rp.l1_tile_col_T, rp.num_l1_tiles,
+        rp.l1_tiles_per_col,
+        rp.send_token_S, rp.send_dest_S, rp.send_slot_S, rp.send_row_start_S, rp.send_row_end_S,
+        rp.rows_by_send_R, rp.row_weight_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks,
+        rank, plan.world_size, plan.num_tokens, rp.l1_tile_expert_T.numel(), rp.l1_chunk_start_C.numel(),
+        num_programs, nc, K, N, col_blocks, ws.sizes.slots, lay.col_max,
+        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
+        h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
+        BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
+        A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return y
+
+
+def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: torch.Tensor | None = None,
+                   max_spin: int | None = None, block_tokens: int | None = None) -> torch.Tensor:
+    """The owner `rank` sums its tokens' partial sums: out[t] = sum_j combine[t, j] over j < num_slots(t).
+
+    expected_W: int64 (W,) partial sums this owner receives from each rank (combine_expected(...)[rank]).
+    out_MN: (M_own, N) output rows of this rank's tokens (default: a new tensor in the workspace dtype).
+    Waits (bounded) on the combine flags; raise on timeout with ws.check(). No host sync.
+    """
+    ws.check_plan(plan)
+    M, W, N = plan.num_tokens, plan.world_size, plan.model.hidden_N
+    buf = ws.buffers(rank)
+    dev = buf.recv_MN.device
+    lo = (rank * M + W - 1) // W
+    hi = ((rank + 1) * M + W - 1) // W
+    n_own = hi - lo
+    if out_MN is None:
+        out_MN = torch.empty(n_own, N, dtype=ws.dtype, device=dev)
+    if out_MN.shape != (n_own, N) or out_MN.device != dev or out_MN.stride(1) != 1:
+        raise ValueError(f"out_MN must be ({n_own}, N={N}) rows with unit column stride on {dev}; got "
+                         f"{tuple(out_MN.shape)}")
+    if expected_W.shape != (W,) or expected_W.dtype != torch.int64 or expected_W.device != dev:
+        raise ValueError(f"expected_W must be an int64 ({W},) tensor on {dev}")
+    if n_own == 0:
+        return out_MN
+    bt = block_tokens or (GPU_REDUCE_TOKENS if dev.type == "cuda" else SMALL_REDUCE_TOKENS)
+    bn = plan.policy.block_n1
+    lay = ws.layout
+    grid = (triton.cdiv(n_own, bt), plan.l1_col_blocks)
+    _combine_reduce_kernel[grid](
+        buf.combine_MSN, buf.sflags_F, buf.flags_F, buf.status, out_MN, plan.token_num_slots_M, expected_W,
+        rank, W, lo, n_own, N, ws.sizes.slots, lay.col_max, ws.max_spin if max_spin is None else max_spin,
+        lay.combine, lay.red_done, out_MN.stride(0),
+        BLOCK_T=bt, BLOCK_N=bn, MAX_SLOTS=ws.sizes.slots, num_warps=4)
+    return out_MN
