@@ -158,7 +158,7 @@ class SimResult:
                         out.append({"ph": "C", "name": f"{PORT_KINDS[p // W]} GB/s", "pid": p % W, "ts": t,
                                     "args": {"GB/s": round(v, 3)}})
                 prev = rates
-        return {"traceEvents": out, "displayTimeUnit": "ns",
+        return {"traceEvents": out,
                 "otherData": {"system": self.system, **{k: str(v) for k, v in self.config.items()}}}
 
     def write_chrome_trace(self, path: str | Path) -> Path:
@@ -195,7 +195,7 @@ def build_result(sim, wall_s: float, config: dict) -> SimResult:
             c_len = union_length(s[cm], e[cm])
             p_len = union_length(s[cp], e[cp])
             both = union_length(s[cm | cp], e[cm | cp])
-            overlap = c_len + p_len - both
+            overlap = max(0.0, c_len + p_len - both)
             hidden_sum += overlap
             comm_sum += c_len
             exposed += c_len - overlap

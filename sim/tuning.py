@@ -1,0 +1,48 @@
+"""Choosing n_c the way Comet does: try the candidates, keep the fastest (PAPER.md mechanism 4).
+
+Comet profiles pre-compiled variants offline and picks n_c at run time from stored results; here the
+"profiling" is a simulation of the layer alone (layer1 for nc_layer1, layer0 for nc_layer0), which is
+cheap because the Plan's tables do not depend on n_c (`sim.run.with_policy`).
+
+    >>> from sim.run import make_case
+    >>> plan = make_case("mixtral-8x7b", ep=2, tokens=256)
+    >>> best_nc(plan, layer=1, candidates=(4, 16))[0] in (4, 16)
+    True
+"""
+
+from __future__ import annotations
+
+from comet.plan import Plan
+from sim.options import SimOptions
+
+NC_CANDIDATES = (2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64)
+
+
+def best_nc(plan: Plan, layer: int, candidates=NC_CANDIDATES, options: SimOptions | None = None
+            ) -> tuple[int, dict[int, float]]:
+    """(best n_c, {n_c: latency_us}) for `layer` (0 or 1) of the comet system; ties go to fewer blocks."""
+    from sim.run import simulate, with_policy
+
+    opts = (options or SimOptions()).replace(layers=f"layer{layer}", record=False)
+    field = "nc_layer0" if layer == 0 else "nc_layer1"
+    times = {}
+    for nc in sorted(set(candidates)):
+        if not 1 <= nc < plan.hardware.sms:
+            continue
+        times[nc] = simulate(with_policy(plan, **{field: nc}), system="comet", options=opts).latency_us
+    if not times:
+        raise ValueError(f"no usable n_c among {candidates}: n_c must lie in [1, {plan.hardware.sms})")
+    best = min(times, key=lambda n: (times[n], n))
+    return best, times
+
+
+def tune_policy(plan: Plan, candidates=NC_CANDIDATES, options: SimOptions | None = None, layer0: bool = True,
+                layer1: bool = True) -> Plan:
+    """The plan with nc_layer0 (when layer0_comm is "blocks") and nc_layer1 set to their best values."""
+    from sim.run import with_policy
+
+    if layer1:
+        plan = with_policy(plan, nc_layer1=best_nc(plan, 1, candidates, options)[0])
+    if layer0 and plan.policy.layer0_comm == "blocks":
+        plan = with_policy(plan, nc_layer0=best_nc(plan, 0, candidates, options)[0])
+    return plan

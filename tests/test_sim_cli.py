@@ -1,0 +1,71 @@
+"""The command line `python -m sim`: table, --json, --trace, options and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sim.__main__ import main
+
+SMALL = ["--model", "mixtral-8x7b", "--ep", "2", "--tokens", "256", "--no-progress"]
+
+
+def test_table(capsys):
+    assert main(SMALL) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("mixtral-8x7b  M=256  EP=2 TP=1  hw=h800")
+    assert [line.split()[0] for line in out[2:]] == ["comet", "sequential", "chunked"]
+    assert out[2].split()[4] == "1.00x"
+
+
+def test_json(capsys):
+    main(SMALL + ["--json", "--topk", "1", "--experts", "4", "--routing", "imbalanced", "--std", "0.05"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["tokens"] == 256
+    rows = {r["system"]: r for r in data["systems"]}
+    assert set(rows) == {"comet", "sequential", "chunked"}
+    for r in rows.values():
+        for key in ("latency_us", "layer0_us", "layer1_us", "hidden_comm_fraction", "comet_speedup"):
+            assert key in r
+    assert rows["comet"]["comet_speedup"] == 1.0
+
+
+def test_options(capsys):
+    main(SMALL + ["--json", "--systems", "comet", "--nc", "auto", "--nc0", "4", "--tp", "2", "--ep", "1",
+                  "--policy", "order=expert-major,comm_rows=32", "--layers", "layer1", "--tile-schedule", "static",
+                  "--tile-rows", "actual", "--activation-kernel", "separate", "--chunks", "2"])
+    data = json.loads(capsys.readouterr().out)
+    pol = data["config"]["policy"]
+    assert pol["order"] == "expert-major" and pol["comm_rows"] == 32 and pol["nc_layer0"] == 4
+    assert data["config"]["options"]["layers"] == "layer1"
+    assert [r["system"] for r in data["systems"]] == ["comet"]
+
+
+def test_trace_files(tmp_path, capsys):
+    main(SMALL + ["--systems", "comet,sequential", "--trace", str(tmp_path / "run.json")])
+    for s in ("comet", "sequential"):
+        data = json.loads((tmp_path / f"run.{s}.json").read_text())
+        assert any(e["ph"] == "X" for e in data["traceEvents"])
+    main(SMALL + ["--systems", "chunked", "--trace", str(tmp_path / "one.json")])
+    assert (tmp_path / "one.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "order"], "key=value"),
+    (["--policy", "colour=blue"], "unknown field"),
+    (["--systems", "tutel"], "unknown"),
+    (["--nc", "0"], "nc_layer1"),
+])
+def test_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(SMALL + args)
+    assert message in str(e.value)
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "sim", *SMALL, "--systems", "sequential"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "sequential" in out

@@ -1,0 +1,169 @@
+"""Exact traces of hand-checkable cases (sim/testing.py's toy hardware and plan).
+
+Toy figures: tile 1 x 128 x 128 takes TAU = 2*128*128 / (1e6 * 0.25) = 0.131072 us; a 256-byte row
+moves at 500 bytes/us on one communication block (0.512 us) or 1000 bytes/us uncapped (0.256 us);
+memory streams at 1000 bytes/us per SM, 4000 bytes/us for the whole GPU; latency 1 us; launch 1 us;
+collective 3 us.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import simpy
+
+from comet.config import ParallelConfig
+from sim.hardware_model import LinkNetwork
+from sim.run import simulate
+from sim.testing import toy_hardware, toy_plan
+
+TAU = 0.131072
+
+
+def trace(res, rank):
+    ev = res.events
+    ev = ev[ev["rank"] == rank]
+    return [(t, str(k), round(s, 6), round(e, 6)) for t, k, s, e in
+            zip(ev["track"], ev["kind"], ev["start_us"], ev["end_us"], strict=True)]
+
+
+def test_toy_tile_time():
+    assert toy_hardware().tile_time_us(1, 128, 128) == pytest.approx(TAU, abs=1e-12)
+
+
+def test_comet_exact_trace():
+    res = simulate(toy_plan(), system="comet")
+    pull_end = 1 + 1 + 0.512  # launch, link latency, 256 B at the block's 500 B/us
+    l1 = pull_end + TAU + 1  # layer0 ends with the remote tile; layer1's launch
+    red = l1 + TAU  # both layer1 tiles run at once on SMs 0 and 1
+    expected = [
+        ("stream", "launch", 0, 1),
+        ("SM 000", "gemm0", 1, 1 + TAU),  # local row: no wait
+        ("SM 003", "pull", 1, pull_end),  # the one communication block (nc_layer0 = 1)
+        ("SM 001", "gemm0", pull_end, pull_end + TAU),  # waited on flag[1]
+        ("stream", "launch", pull_end + TAU, l1),
+        ("SM 000", "gemm1", l1, red),
+        ("SM 001", "gemm1", l1, red),
+        ("SM 003", "reduce_local", red, red + 0.512),  # (256 read + 256 written) at 1000 B/us
+        ("SM 003", "reduce_send", red + 0.512, red + 1.024),  # 256 B at 500 B/us
+        ("stream", "arrival_wait", red + 1.024, red + 2.024),  # rank 1's push lands 1 us later
+        ("stream", "launch", red + 2.024, red + 3.024),
+        ("stream", "combine_reduce", red + 3.024, red + 3.024 + 0.256),  # 2 slots + 2 rows, 4000 B/us
+    ]
+    expected = [(t, k, round(s, 6), round(e, 6)) for t, k, s, e in expected]
+    assert trace(res, 0) == expected
+    assert trace(res, 1) == expected  # the case is symmetric
+    assert res.latency_us == pytest.approx(red + 3.280)
+    assert res.layer0_us == pytest.approx(pull_end + TAU)
+
+
+def test_sequential_exact_trace():
+    res = simulate(toy_plan(), system="sequential")
+    g0 = 1 + 0.128 + 3 + 0.256 + 1 + 1  # launch, permute 512 B, collective, 256 B uncapped, latency, launch
+    a = g0 + TAU + 1
+    g1 = a + 0.256 + 1
+    r = g1 + TAU + 1
+    c = r + 0.256 + 3
+    expected = [
+        ("stream", "launch", 0, 1),
+        ("stream", "permute", 1, 1.128),
+        ("nccl stream", "collective_fixed", 1.128, 4.128),
+        ("nccl stream", "dispatch", 4.128, 5.384),
+        ("stream", "launch", 5.384, g0),
+        ("SM 000", "gemm0", g0, g0 + TAU),
+        ("SM 001", "gemm0", g0, g0 + TAU),
+        ("stream", "launch", g0 + TAU, a),
+        ("stream", "activation", a, a + 0.256),  # 2 rows x (128 + 128) x 2 B
+        ("stream", "launch", a + 0.256, g1),
+        ("SM 000", "gemm1", g1, g1 + TAU),
+        ("SM 001", "gemm1", g1, g1 + TAU),
+        ("stream", "launch", g1 + TAU, r),
+        ("stream", "topk_reduce", r, r + 0.256),  # 2 rows read + 2 sums written
+        ("nccl stream", "collective_fixed", r + 0.256, c),
+        ("nccl stream", "combine", c, c + 1.256),
+        ("stream", "launch", c + 1.256, c + 2.256),
+        ("stream", "combine_reduce", c + 2.256, c + 2.512),
+    ]
+    expected = [(t, k, round(s, 6), round(e, 6)) for t, k, s, e in expected]
+    assert sorted(trace(res, 0), key=lambda x: (x[2], x[3], x[0])) == sorted(expected, key=lambda x: (x[2], x[3], x[0]))
+    assert res.hidden_comm_fraction == 0.0
+
+
+def test_chunked_with_one_chunk_is_sequential():
+    from sim.options import SimOptions
+
+    a = simulate(toy_plan(), system="sequential")
+    b = simulate(toy_plan(), system="chunked", options=SimOptions(chunks=1))
+    assert trace(a, 0) == trace(b, 0) and a.latency_us == b.latency_us
+
+
+def test_copy_engine_exact():
+    # one copy per source at min(link, 112 GB/s) = 1 GB/s here: 256 B in 0.256 us after 1 us latency
+    res = simulate(toy_plan(layer0_comm="copy-engine"), system="comet")
+    tr = trace(res, 0)
+    assert ("copy engine", "copy", 1.0, 2.256) in tr
+    assert ("SM 001", "gemm0", 2.256, round(2.256 + TAU, 6)) in tr
+
+
+def test_direct_exact():
+    # the remote tile reads its row itself: max(TAU, transfer 0.512 + latency 1)
+    res = simulate(toy_plan(layer0_comm="direct"), system="comet")
+    tr = trace(res, 0)
+    assert ("SM 001", "gemm0_direct", 1.0, 2.512) in tr
+    assert ("SM 000", "gemm0_direct", 1.0, round(1 + TAU, 6)) in tr
+
+
+def test_nic_between_nodes():
+    # one rank per node: the row crosses the NIC (0.25 GB/s, 4 us latency) instead of the link
+    plan = toy_plan()
+    plan = dataclasses.replace(plan, parallel=ParallelConfig(ep=2, ranks_per_node=1))
+    res = simulate(plan, system="comet")
+    assert ("SM 003", "pull", 1.0, 1 + 4 + 256 / 250) in trace(res, 0)
+    assert res.link_bytes[2].sum() == pytest.approx(4 * 256)  # nic_out: 2 rows pulled, 2 sums pushed
+    assert res.link_bytes[3].sum() == pytest.approx(4 * 256)  # nic_in
+    assert res.link_bytes[0].sum() == 0
+
+
+# ------------------------------------------------------------------------------------ link sharing
+def _net(link_gbps=0.1, W=3):
+    env = simpy.Environment()
+    return env, LinkNetwork(env, ParallelConfig(ep=W), toy_hardware(link_gbps=link_gbps))
+
+
+def test_fair_share_one_port():
+    env, net = _net()
+    a = net.transfer(0, 1, 100.0)  # both leave egress(0): 50 B/us each
+    b = net.transfer(0, 2, 300.0)
+    env.run()
+    assert (a.value, b.value) == (2.0, 4.0)  # then b alone at 100 B/us: 200 B more in 2 us
+
+
+def test_max_min_with_cap_and_two_ports():
+    # f1: 0 -> 1 capped at 30 B/us; f2: 0 -> 2; f3: 2 -> 1. Ports of 100 B/us. Max-min: f1 30, f2 70, f3 70.
+    env, net = _net()
+    f1 = net.transfer(0, 1, 300.0, cap_gbps=0.03)
+    f2 = net.transfer(0, 2, 700.0)
+    f3 = net.transfer(2, 1, 1400.0)
+    env.run()
+    assert f1.value == pytest.approx(10.0)
+    assert f2.value == pytest.approx(10.0)
+    assert f3.value == pytest.approx(17.0)  # 700 B by t=10, then alone at 100 B/us
+    assert net.port_bytes[:3].tolist() == pytest.approx([1000.0, 0.0, 1400.0])  # egress 0, 1, 2
+    assert net.port_bytes[3:6].tolist() == pytest.approx([0.0, 1700.0, 700.0])  # ingress 0, 1, 2
+    assert net.port_busy_us[0] == pytest.approx(10.0)
+
+
+def test_late_arrival_reshares():
+    env, net = _net()
+    a = net.transfer(0, 1, 300.0)
+    done = {}
+
+    def later():
+        yield env.timeout(1.0)  # a has 200 B left; then both at 50 B/us
+        done["b"] = yield net.transfer(0, 2, 100.0)
+
+    env.process(later())
+    env.run()
+    assert done["b"] == pytest.approx(3.0)
+    assert a.value == pytest.approx(4.0)  # 100 B left at t=3, alone: 1 us
