@@ -51,8 +51,16 @@ VARIANTS = {
     "128x128t": (128, 128, 128, 8, _T),
     "128x128p2": (128, 128, 128, 8, {"programs_per_sm": 2}),
     "128x128tp2": (128, 128, 128, 8, {**_T, "programs_per_sm": 2}),
+    # layer0 with A already in shared-row order (no gather in the kernel), so A too comes through TMA;
+    # "+g" adds the index_select that sorts the rows (what a dispatch that writes rows in place saves)
+    "128x256tS": (128, 256, 256, 8, {**_T, "sorted_a": "kernel"}),
+    "128x256tS+g": (128, 256, 256, 8, {**_T, "sorted_a": "with_gather"}),
+    "128x256tSf": (128, 256, 256, 8, {**_T, "sorted_a": "kernel", "flatten": True}),
+    "128x128tS": (128, 128, 128, 8, {**_T, "sorted_a": "kernel"}),
 }
+DEFAULT_VARIANTS = ("128x256", "128x256t", "128x256tW", "128x128t", "128x128p2", "128x128tp2")
 DEVICE = "cuda"  # a smoke test may point this at the CPU (interpreter)
+TIMING = "both"  # "both": device (CUDA graph) and eager times; "graph": device times only
 FIELDS = ["gpu", "model", "tokens_M", "routing", "layer", "activation", "rows", "experts_local", "d_in", "d_out",
           "impl", "variant", "config", "time_us", "tflops", "frac_ceiling", "eager_time_us", "eager_tflops",
           "rel_err", "check"]
@@ -72,7 +80,7 @@ def _bench_graph_us(fn) -> float:
 
 
 def _bench_both(fn) -> tuple[float, float]:
-    eager = _bench_us(fn)
+    eager = _bench_us(fn) if TIMING == "both" else float("nan")
     try:
         return _bench_graph_us(fn), eager
     except Exception as exc:  # noqa: BLE001 - a capture failure is reported, the eager time kept
@@ -122,7 +130,7 @@ def _check(actual, expected, what) -> str:
 
 
 def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, variants, ceiling, check: bool,
-             gpu: str, seed: int = 0):
+             gpu: str, seed: int = 0, layers=("l0", "l1")):
     dtype = torch.bfloat16
     par = ParallelConfig(ep=4, tp=1)
     hw = HardwareProfile.from_name("h200")
@@ -148,7 +156,9 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
     sms = gg.sm_count(x.device)
     act_fn = {"gelu": F.gelu, "swiglu": lambda t: F.silu(t[:, :K]) * t[:, K:]}[act]
 
-    for layer in ("l0", "l1"):
+    tok_R = rp.row_token_R.clamp(min=0)  # R_max rows, padding rows read token 0
+    x_RN = x[tok_R].contiguous()
+    for layer in layers:
         a_sorted, w = (x_sorted, w0) if layer == "l0" else (h[:R], w1)
         d_in, d_out = w.shape[1], w.shape[2]
         flops = 2.0 * R * d_in * d_out
@@ -201,7 +211,14 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
             opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
             if opts.pop("a_tma_l1", False) and layer == "l1":
                 opts["a_tma"] = True
-            if layer == "l0":
+            sorted_a = opts.pop("sorted_a", None)
+            if layer == "l0" and sorted_a == "kernel":
+                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                                         a_tma=True, **opts)
+            elif layer == "l0" and sorted_a == "with_gather":
+                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x.index_select(0, tok_R), w0,
+                                                                         rows_sorted=True, a_tma=True, **opts)
+            elif layer == "l0":
                 fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x, w0, **opts)
             else:
                 fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer1(plan, 0, h, w1, **opts)
@@ -260,12 +277,18 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts M of the whole EP group")
     ap.add_argument("--routings", default="balanced,imbalanced")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"tile variants among {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"tile variants among {', '.join(VARIANTS)}")
+    ap.add_argument("--layers", default="l0,l1")
+    ap.add_argument("--timing", default="both", choices=("both", "graph"),
+                    help="both: device (CUDA graph replay) and eager times; graph: device times only")
     ap.add_argument("--swiglu", action="store_true", help="also time Mixtral's layer0 with swiglu (M=16384)")
     ap.add_argument("--tag", default="h200")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
+    global TIMING
+    TIMING = a.timing
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
@@ -284,7 +307,8 @@ def main(argv=None) -> None:
         for M in map(int, a.tokens.split(",")):
             for name in a.models.split(","):
                 for rk in a.routings.split(","):
-                    run_case(writer, summary, ModelConfig.from_name(name), M, rk, variants, ceiling, a.check, gpu)
+                    run_case(writer, summary, ModelConfig.from_name(name), M, rk, variants, ceiling, a.check, gpu,
+                             layers=a.layers.split(","))
                     f.flush()
         if a.swiglu:
             sw = {"128x64t": (128, 64, 128, 8, _T), "128x128t": (128, 128, 128, 8, _T),

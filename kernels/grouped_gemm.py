@@ -361,13 +361,16 @@ def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:
 
 
 def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activation: str | None = None,
-                        **kwargs) -> torch.Tensor:
+                        rows_sorted: bool = False, **kwargs) -> torch.Tensor:
     """Layer0 of `rank`: out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[expert(r)]) over the Plan's l0 tiles.
 
-    x_MN: (M, N) token rows indexed by global token id (the receive buffer). w0_ENK: (E_local, N, K'),
+    x_MN: (M, N) token rows indexed by global token id (the receive buffer), gathered by row_token_R in the
+    kernel. rows_sorted=True: x is instead x_RN (R_max, N), already in shared-row order (e.g. written there
+    by the dispatch): no gather, so A may come through TMA (a_tma=True). w0_ENK: (E_local, N, K'),
     K' = K/TP (gelu) or 2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major
     shared-row order; rows past the plan's num_rows are not written. activation defaults to the model's.
-    Other keywords go to `grouped_gemm` (num_programs, config, flatten, b_tma, warp_specialize, validate).
+    Other keywords go to `grouped_gemm` (num_programs, config, flatten, a_tma, b_tma, warp_specialize,
+    validate).
     """
     rp = plan.rank(rank)
     act = activation or plan.model.activation
@@ -375,10 +378,14 @@ def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activatio
     if w0_ENK.dim() != 3 or w0_ENK.shape != (plan.experts_per_rank, plan.model.hidden_N, k_cols):
         raise ValueError(f"w0_ENK must be (E_local={plan.experts_per_rank}, N={plan.model.hidden_N}, "
                          f"K'={k_cols}) for {act}; got {tuple(w0_ENK.shape)}")
-    if x_MN.dim() != 2 or x_MN.shape != (plan.num_tokens, plan.model.hidden_N):
-        raise ValueError(f"x_MN must be (M={plan.num_tokens}, N={plan.model.hidden_N}); got {tuple(x_MN.shape)}")
+    R_max = rp.row_token_R.numel()
+    rows = R_max if rows_sorted else plan.num_tokens
+    if x_MN.dim() != 2 or x_MN.shape != (rows, plan.model.hidden_N):
+        what = "x_RN (rows_sorted) must be (R_max" if rows_sorted else "x_MN must be (M"
+        raise ValueError(f"{what}={rows}, N={plan.model.hidden_N}); got {tuple(x_MN.shape)}")
     return grouped_gemm(x_MN, w0_ENK, _tiles(rp, "l0"), block_m=plan.policy.block_m, block_n=plan.policy.block_n0,
-                        a_rows_R=rp.row_token_R, activation=act, out=out_RK, **kwargs)
+                        a_rows_R=None if rows_sorted else rp.row_token_R, n_rows_out=R_max, activation=act,
+                        out=out_RK, **kwargs)
 
 
 def grouped_gemm_layer1(plan, rank: int, h_RK, w1_EKN, *, out_RN=None, **kwargs) -> torch.Tensor:

@@ -107,6 +107,23 @@ def test_expert_with_zero_rows_and_rank_with_none():
         _check_layers(plan, rank, torch.float32, config=SMALL_CONFIG)
 
 
+@pytest.mark.parametrize("a_tma", [False, True])
+def test_layer0_rows_sorted(a_tma):
+    # A already in shared-row order (no gather): the same result, and A may come through TMA
+    model = _small_model("swiglu")
+    plan = make_plan(imbalanced(M=50, E=4, topk=2, std=0.1, seed=3), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, _ = _weights(plan, "swiglu", torch.float32)
+    x = _tokens(50, 40, torch.float32)
+    rp = plan.rank(1)
+    x_RN = x[rp.row_token_R.clamp(min=0)]
+    R = int(rp.num_rows)
+    h = grouped_gemm_layer0(plan, 1, x_RN, w0, rows_sorted=True, a_tma=a_tma, b_tma=a_tma, config=SMALL_CONFIG,
+                            validate=True)
+    assert_close(h[:R], reference_layer0(plan, 1, x, w0), _tol_key(torch.float32), "layer0 rows_sorted")
+    with pytest.raises(ValueError, match="rows_sorted"):
+        grouped_gemm_layer0(plan, 1, x, w0, rows_sorted=True, config=SMALL_CONFIG)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("num_programs", [1, 3, 1000])
 def test_tile_orders_and_program_counts(order, num_programs):
