@@ -104,7 +104,7 @@ def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["epoch", "max_spin"])
 def _fused_layer0_kernel(
     # pointers: this rank's receive buffer, the peer table of receive buffers, weights, output, flags
     recv_ptr, recv_peers_ptr, b_ptr, b_desc, c_ptr, flags_ptr, status_ptr,
@@ -287,7 +287,7 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     b_desc = w0_ENK
     if b_tma:
         b_desc = _descriptor(w0_ENK.view(E_loc * N, k_cols), [cfg["BLOCK_K"], pol.block_n0])
-    epoch = ws.epoch
+    epoch = ws.next_copy_epoch(rank) if variant == "copy-engine" else 0
     lay = ws.layout
     spin = ws.max_spin if max_spin is None else max_spin
 

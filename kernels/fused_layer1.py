@@ -47,7 +47,7 @@ GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@triton.jit
+@triton.jit(do_not_specialize=["max_spin"])
 def _fused_layer1_kernel(
     # pointers
     a_ptr, a_desc, b_ptr, b_desc, y_ptr, comb_ptr, flags_ptr, status_ptr, comb_peers_ptr, sflag_peers_ptr,
@@ -138,7 +138,7 @@ def _fused_layer1_kernel(
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_spin"])
 def _combine_reduce_kernel(
     comb_ptr, sflags_ptr, flags_ptr, status_ptr, out_ptr, num_slots_ptr, expected_ptr,
     rank, world, first_tok, n_own, D_OUT, slots, col_max, max_spin, comb_flag_off, red_done_off,

@@ -20,7 +20,8 @@ Sizes come from comet.plan.plan_bounds for the capacity; the combine buffer uses
 tokens' dtype unless asked otherwise). col_max = ceil(N / 16), enough for any block_n1.
 
 Flags need no host-side clearing between calls: count flags are reset by the last program of the launch
-that consumed them, copy-engine flags hold the call's epoch (a host-side counter, so no sync). Buffers are
+that consumed them, copy-engine flags hold a per-rank epoch (a host-side counter advanced at every
+copy-engine launch, so no sync). Buffers are
 poisoned with NaN at creation so that an unwritten row shows up in tests.
 
 `check()` reads every status buffer (one host sync: ~10-50 us plus draining the stream, so call it in debug
@@ -168,6 +169,7 @@ class Workspace:
         self.layout = self.sizes.layout
         self.world_size = parallel.world_size
         self.epoch = 0
+        self._copy_epoch: dict[int, int] = {}
         self._side: dict[int, torch.cuda.Stream] = {}
         self.ranks: tuple[int, ...] = ()
         self._bufs: dict[int, RankBuffers] = {}
@@ -215,6 +217,11 @@ class Workspace:
         self.epoch = self.epoch % (2**31 - 2) + 1
         return self.epoch
 
+    def next_copy_epoch(self, rank: int) -> int:
+        """The value the copy-engine flags of `rank` take at its next layer0 launch (host counter, no sync)."""
+        self._copy_epoch[rank] = self._copy_epoch.get(rank, 0) % (2**31 - 2) + 1
+        return self._copy_epoch[rank]
+
     # ------------------------------------------------------------------------------- health
     def check(self) -> None:
         """Raise FlagTimeoutError if any kernel of any rank here recorded a timed-out wait (host sync)."""
@@ -239,6 +246,7 @@ class Workspace:
             b.sflags_F.zero_()
             b.status.zero_()
         self.epoch = 0
+        self._copy_epoch.clear()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.barrier()

@@ -1,0 +1,487 @@
+"""The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.reference.
+
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the kernels are
+imported) in float32/float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): EP=2, EP=4, TP=2,
+EP=2 x TP=2; gelu and swiglu; the three layer0 variants; tagged rows that name a wrong destination; an
+expert with no tokens; all tokens on one rank's experts; consecutive calls through one workspace with no
+host-side clearing; the capacity error; a peer that never signals ending in a timeout error.
+The interpreter runs programs one after another in id order and ranks' launches one after another, which
+the kernels' program order allows (kernels/fused_layer0.py, fused_layer1.py).
+`gpu` tests (one GPU, emulated world, bf16): paper models scaled down and Mixtral at full size,
+1,000 consecutive calls, no host sync inside a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
+from comet.plan import Policy, make_plan, token_owner  # noqa: E402
+from comet.reference import moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
+from comet.routing import Routing, imbalanced, uniform  # noqa: E402
+from comet.tolerances import assert_close  # noqa: E402
+from kernels.fused_layer0 import fused_layer0, owned_range  # noqa: E402
+from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1  # noqa: E402
+from kernels.moe import moe_forward_fused, stage_tokens  # noqa: E402
+from kernels.signals import FlagTimeoutError  # noqa: E402
+from kernels.workspace import EmulatedWorld, WorkspaceCapacityError  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+HW = HardwareProfile.from_name("h200")
+SMALL = Policy(block_m=16, block_n0=16, block_n1=16, group_m=2, nc_layer0=2, nc_layer1=2, comm_rows=8)
+VARIANTS = ("blocks", "direct", "copy-engine")
+
+
+def _tol(dtype):
+    # float32 tl.dot runs on tf32 tensor cores on the GPU; the interpreter computes it in float32
+    return "tf32" if dtype == torch.float32 and DEVICE == "cuda" else dtype
+
+
+def _model(act="gelu", N=32, K=32, E=4, topk=2) -> ModelConfig:
+    return ModelConfig("tiny", hidden_N=N, ffn_K=K, experts_E=E, topk=topk, layers=1, activation=act)
+
+
+def _world(model, par, cap=64, dtype=torch.float32, **kw) -> EmulatedWorld:
+    return EmulatedWorld(model, par, capacity_tokens=cap, dtype=dtype, device=DEVICE, **kw)
+
+
+def _check_forward(world, model, par, routing, policy, dtype, seed=0, what="", weights=None, x=None, **kw):
+    """One fused forward against comet.reference.moe_forward (float64); returns the fused output."""
+    M = routing.num_tokens
+    w = weights or random_weights(model, seed=seed)
+    x = random_tokens(M, model.hidden_N, seed=seed + 1) if x is None else x
+    out = moe_forward_fused(world, x.to(DEVICE, dtype), routing.to(DEVICE), w.to(dtype, DEVICE), model, par,
+                            policy, checked=True, **kw)
+    ref = moe_forward(x.to(dtype).double(), routing, w.to(dtype).to(torch.float64), model.activation)
+    assert_close(out.cpu(), ref, _tol(dtype), what or f"fused EP={par.ep} TP={par.tp} {policy.layer0_comm}")
+    return out
+
+
+# ------------------------------------------------------------------------------ against the reference
+CASES = [  # (ep, tp, activation, layer0 variant, dtype, dispatch)
+    (2, 1, "gelu", "blocks", torch.float32, "all-to-all"),
+    (2, 1, "swiglu", "direct", torch.float16, "all-to-all"),
+    (4, 1, "gelu", "copy-engine", torch.float32, "all-to-all"),
+    (4, 1, "swiglu", "blocks", torch.float16, "all-gather"),
+    (4, 1, "gelu", "direct", torch.float32, "all-to-all"),
+    (1, 2, "gelu", "direct", torch.float32, "all-to-all"),
+    (1, 2, "swiglu", "copy-engine", torch.float16, "all-to-all"),
+    (2, 2, "gelu", "blocks", torch.float16, "all-to-all"),
+    (2, 2, "swiglu", "blocks", torch.float32, "all-gather"),
+    (2, 2, "swiglu", "copy-engine", torch.float32, "all-to-all"),
+]
+
+
+@pytest.mark.parametrize("ep,tp,act,variant,dtype,dispatch", CASES)
+def test_matches_reference(ep, tp, act, variant, dtype, dispatch):
+    model = _model(act)
+    par = ParallelConfig(ep=ep, tp=tp)
+    routing = imbalanced(M=48, E=4, topk=2, std=0.05, seed=ep * 10 + tp)
+    policy = SMALL.replace(layer0_comm=variant, dispatch=dispatch)
+    _check_forward(_world(model, par, dtype=dtype), model, par, routing, policy, dtype)
+
+
+def test_program_counts_send_blocks_and_tiles():
+    """Other programs counts (1 GEMM program; more than the work), chunks longer than a send block, 32-row
+    tiles, M that no tile size divides."""
+    model = _model("swiglu")
+    par = ParallelConfig(ep=2, tp=1)
+    world = _world(model, par)
+    routing = uniform(M=45, E=4, topk=2, seed=5)
+    for l0, l1, pol in (({"num_programs": 1}, {"num_programs": 1}, SMALL.replace(comm_rows=40)),
+                        ({"num_programs": 3}, {"num_programs": 5}, SMALL.replace(block_m=32, nc_layer1=3)),
+                        ({}, {}, SMALL.replace(nc_layer0=1, nc_layer1=1, block_n1=32))):
+        _check_forward(world, model, par, routing, pol, torch.float32, layer0_kwargs=l0, layer1_kwargs=l1,
+                       what=f"programs {l0} {l1} {pol.block_m}x{pol.block_n1}")
+
+
+# ------------------------------------------------------------------------------------- tagged data
+def _tagged_tokens(M, N, W, dtype):
+    """Row t: [t + 1, owner(t) + 1, 0, ...]: a row that lands wrong says where it came from."""
+    x = torch.zeros(M, N)
+    x[:, 0] = torch.arange(M) + 1
+    x[:, 1] = token_owner(M, W) + 1
+    return x.to(DEVICE, dtype)
+
+
+def dispatch_problems(world, routing, par, variant) -> list[str]:
+    """Every row a rank needs (from the routing, not the plan) whose tags name another token or owner."""
+    M, W = routing.num_tokens, par.world_size
+    E_loc = routing.num_experts // par.ep
+    owner = token_owner(M, W)
+    groups_M = [{int(e) // E_loc for e in row} for row in routing.topk_ids_MK.tolist()]
+    problems = []
+    for r in range(W):
+        recv = world.buffers(r).recv_MN.cpu().float()
+        need = [t for t in range(M) if int(owner[t]) != r and (variant == "copy-engine"  # whole shards
+                                                              or par.ep_rank(r) in groups_M[t])]
+        for t in need:
+            got_t, got_o = recv[t, 0].item() - 1, recv[t, 1].item() - 1
+            if (got_t, got_o) != (t, int(owner[t])):
+                problems.append(f"rank {r}: receive row {t} holds token {got_t:g} from owner {got_o:g}, expected "
+                                f"token {t} from owner {int(owner[t])}")
+    return problems
+
+
+def combine_problems(world, plan, routing, par) -> list[str]:
+    """Each owner's combine slot j of token t must hold t's partial sum from the j-th (EP group, TP rank)."""
+    M, W = plan.num_tokens, plan.world_size
+    E_loc = plan.experts_per_rank
+    problems = []
+    for o in range(W):
+        lo, hi = owned_range(M, W, o)
+        comb = world.buffers(o).combine_MSN.cpu().float()
+        for t in range(lo, hi):
+            groups = sorted({int(e) // E_loc for e in routing.topk_ids_MK[t].tolist()})
+            for j in range(len(groups) * par.tp):
+                want = groups[j // par.tp] * par.tp + j % par.tp
+                v = comb[t - lo, j]
+                if not bool(torch.isfinite(v[:3]).all()) or v[2] == 0:
+                    problems.append(f"owner {o}: slot {j} of token {t} was never written (expected the partial sum "
+                                    f"from rank {want})")
+                    continue
+                got_t, got_r = v[0].item() / v[2].item() - 1, v[1].item() / v[2].item() - 1
+                if (round(got_t), round(got_r)) != (t, want):
+                    problems.append(f"owner {o}: slot {j} of token {t} holds token {got_t:g} from rank {got_r:g}, "
+                                    f"expected token {t} from rank {want}")
+    return problems
+
+
+def _run_tagged_layer1(world, plan, par, dtype):
+    """Layer1 with h rows tagged [token + 1, rank + 1, 1, 0...] and identity weights: the reduced row of
+    (token t, sender q) is [(t + 1) w, (q + 1) w, w, 0...] with w the sum of t's gate weights on q."""
+    K, N = plan.ffn_local, plan.model.hidden_N
+    for q in range(par.world_size):
+        rp = plan.rank(q)
+        h = torch.zeros(rp.row_token_R.numel(), K)
+        h[:, 0] = rp.row_token_R.cpu().float() + 1
+        h[:, 1] = q + 1
+        h[:, 2] = 1
+        w1 = torch.eye(K, N).expand(plan.experts_per_rank, K, N).contiguous()
+        fused_layer1(world, plan, q, w1.to(DEVICE, dtype), h_RK=h.to(DEVICE, dtype))
+
+
+@pytest.mark.parametrize("ep,tp,variant", [(4, 1, "blocks"), (2, 2, "copy-engine"), (2, 1, "direct")])
+def test_tagged_rows_reach_the_planned_destination(ep, tp, variant):
+    model = _model("gelu", K=32)
+    par = ParallelConfig(ep=ep, tp=tp)
+    dtype = torch.float16
+    world = _world(model, par, dtype=dtype)
+    routing = Routing(uniform(M=40, E=4, topk=2, seed=3).topk_ids_MK, torch.full((40, 2), 0.5), 4)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(layer0_comm=variant))
+    x = _tagged_tokens(40, 32, par.world_size, dtype)
+    stage_tokens(world, x, 40)
+    for r in range(par.world_size):
+        fused_layer0(world, plan, r, shard_weights(random_weights(model).to(dtype, DEVICE), par, r).w0_ENK)
+    if variant != "direct":
+        problems = dispatch_problems(world, routing, par, variant)
+        assert not problems, problems[:5]
+    _run_tagged_layer1(world, plan, par, dtype)
+    assert not combine_problems(world, plan, routing, par), combine_problems(world, plan, routing, par)[:5]
+    world.check()
+    world.reset()
+
+
+def test_tagged_checks_name_a_wrong_destination():
+    """Corrupt the plans (a token id in layer0's receive list, a combine slot in layer1): the tagged
+    checks must name the row and the slot that went wrong, with where the data came from."""
+    model = _model("gelu")
+    par = ParallelConfig(ep=2, tp=1)
+    dtype = torch.float32
+    world = _world(model, par, dtype=dtype)
+    routing = Routing(uniform(M=32, E=4, topk=2, seed=4).topk_ids_MK, torch.full((32, 2), 0.5), 4)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
+    rp = plan.rank(0)
+    recv = rp.recv_token_U.clone()
+    t_bad, t_wrong = int(recv[0]), int(recv[1])
+    recv[0] = recv[1]  # rank 0 pulls token recv[1] twice and never token recv[0]
+    slot = rp.send_slot_S.clone()
+    s_multi = int((rp.send_dest_S == 1).nonzero()[0])
+    slot[s_multi] = slot[s_multi] + 1  # a partial sum stored one slot too far
+    bad = dataclasses.replace(plan, ranks=(dataclasses.replace(rp, recv_token_U=recv, send_slot_S=slot),
+                                           plan.rank(1)))
+    stage_tokens(world, _tagged_tokens(32, 32, 2, dtype), 32)
+    for r in range(2):
+        fused_layer0(world, bad, r, shard_weights(random_weights(model).to(dtype, DEVICE), par, r).w0_ENK)
+    # the row of t_bad on rank 0 is still the NaN poison: named as never received
+    problems = dispatch_problems(world, routing, par, "blocks")
+    assert any(f"rank 0: receive row {t_bad} holds token nan" in p for p in problems), problems
+    world.buffers(0).recv_MN[t_bad] = torch.tensor([t_wrong + 1.0, 2.0] + [0.0] * 30)
+    assert any(f"receive row {t_bad} holds token {t_wrong} from owner 1, expected token {t_bad}" in p
+               for p in dispatch_problems(world, routing, par, "blocks"))
+    _run_tagged_layer1(world, bad, par, dtype)
+    t = int(rp.send_token_S[s_multi])
+    problems = combine_problems(world, bad, routing, par)
+    assert any("owner 1: slot" in p and f"token {t}" in p for p in problems), problems
+    world.reset()
+
+
+# ------------------------------------------------------------------------------------ routing cases
+def test_expert_without_tokens_and_rank_without_rows():
+    # tokens pick experts {0, 2} or {2, 3}: rank 0 (experts 0, 1) has an idle expert 1; with E=6, EP=3,
+    # rank 2 (experts 4, 5) receives nothing: its launches must run and send nothing
+    M = 30
+    ids = torch.tensor([[0, 2] if t % 3 else [2, 3] for t in range(M)])
+    routing = Routing(ids, torch.full((M, 2), 0.5), 6)
+    model = _model("swiglu", E=6)
+    par = ParallelConfig(ep=3)
+    for variant in VARIANTS:
+        _check_forward(_world(model, par, cap=32), model, par, routing, SMALL.replace(layer0_comm=variant),
+                       torch.float32, what=f"idle expert/rank, {variant}")
+
+
+def test_all_tokens_on_one_ranks_experts():
+    M = 40
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(2, generator=gen) + 2 for _ in range(M)])  # experts 2, 3: rank 1 only
+    routing = Routing(ids, torch.softmax(torch.randn(M, 2, generator=gen), -1), 4)
+    model = _model("gelu")
+    for par in (ParallelConfig(ep=2), ParallelConfig(ep=2, tp=2)):
+        world = _world(model, par, dtype=torch.float16)
+        for variant in VARIANTS:
+            _check_forward(world, model, par, routing, SMALL.replace(layer0_comm=variant), torch.float16,
+                           what=f"one rank's experts EP={par.ep} TP={par.tp} {variant}")
+
+
+def test_consecutive_calls_without_host_clearing():
+    """Changing M and routing, every variant, through one workspace: results match and every count flag is
+    back to 0 after each call (the kernels reset them)."""
+    model = _model("swiglu")
+    par = ParallelConfig(ep=2, tp=2)
+    world = _world(model, par, cap=64, dtype=torch.float16)
+    w = random_weights(model, seed=9)
+    for i, M in enumerate((64, 17, 48, 3, 33, 64)):
+        routing = uniform(M=M, E=4, topk=2, seed=100 + i)
+        policy = SMALL.replace(layer0_comm=VARIANTS[i % 3], nc_layer1=1 + i % 3)
+        _check_forward(world, model, par, routing, policy, torch.float16, seed=i, weights=w, what=f"call {i} M={M}")
+        lay = world.layout
+        for r in range(par.world_size):
+            f, sf = world.buffers(r).flags_F.cpu(), world.buffers(r).sflags_F.cpu()
+            assert f[: lay.copy].eq(0).all() and f[lay.l1_col:].eq(0).all(), f"rank {r} local flags {f.tolist()}"
+            assert sf[: lay.barrier].eq(0).all(), f"rank {r} combine flags not reset: {sf.tolist()}"
+
+
+def test_bitwise_reproducible_across_program_counts():
+    model = _model("gelu")
+    par = ParallelConfig(ep=2, tp=2)
+    world = _world(model, par)
+    routing = imbalanced(M=40, E=4, topk=2, std=0.05, seed=2)
+    a = _check_forward(world, model, par, routing, SMALL, torch.float32)
+    b = _check_forward(world, model, par, routing, SMALL.replace(nc_layer1=3, layer0_comm="direct"), torch.float32,
+                       layer1_kwargs={"num_programs": 1})
+    assert torch.equal(a, b), "fused results changed with nc_layer1 / program counts / layer0 variant"
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_capacity_error_names_tokens_and_bytes():
+    model = _model()
+    par = ParallelConfig(ep=2)
+    world = _world(model, par, cap=16)
+    routing = uniform(M=20, E=4, topk=2, seed=0)
+    with pytest.raises(WorkspaceCapacityError, match=r"M=20 tokens.*capacity 16 tokens.*recv 2560 bytes needed, "
+                                                     r"2048 available.*capacity_tokens >= 20"):
+        _check_forward(world, model, par, routing, SMALL, torch.float32)
+
+
+def test_peer_that_never_signals_times_out_with_the_flag_named():
+    """Rank 1 never runs layer1: owner 0's reduce gives up after max_spin polls and check() names the
+    combine flag of source rank 1; after reset() the workspace works again."""
+    model = _model()
+    par = ParallelConfig(ep=2)
+    world = _world(model, par, max_spin=50)
+    routing = uniform(M=32, E=4, topk=2, seed=1)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
+    w = random_weights(model).to(torch.float32, DEVICE)
+    stage_tokens(world, random_tokens(32, 32).to(DEVICE), 32)
+    shards = [shard_weights(w, par, r) for r in range(2)]
+    for r in range(2):
+        fused_layer0(world, plan, r, shards[r].w0_ENK)
+    fused_layer1(world, plan, 0, shards[0].w1_EKN)  # rank 1's layer1 is never launched
+    expected = combine_expected(routing.topk_ids_MK.to(DEVICE), model, par)
+    combine_reduce(world, plan, 0, expected[0])
+    with pytest.raises(FlagTimeoutError, match=r"rank 0: timed out waiting on combine flag\[source rank 1, column "
+                                               r"block 0\].*saw 0, expected \d+ .*after 50 spins"):
+        world.check()
+    world.reset()
+    _check_forward(world, model, par, routing, SMALL, torch.float32, what="after reset")
+
+
+def test_copy_engine_flag_never_written_times_out(monkeypatch):
+    import kernels.fused_layer0 as l0
+
+    model = _model()
+    par = ParallelConfig(ep=2)
+    world = _world(model, par, max_spin=20)
+    real = l0.write_flag
+    monkeypatch.setattr(l0, "write_flag", lambda flags, index, value: None if index == world.layout.copy + 1
+                        else real(flags, index, value))
+    routing = uniform(M=32, E=4, topk=2, seed=1)
+    with pytest.raises(FlagTimeoutError, match=r"rank 0: timed out waiting on layer0 copy-engine flag\[1\]"):
+        _check_forward(world, model, par, routing, SMALL.replace(layer0_comm="copy-engine"), torch.float32)
+
+
+def test_argument_errors():
+    model = _model()
+    par = ParallelConfig(ep=2)
+    world = _world(model, par)
+    routing = uniform(M=32, E=4, topk=2, seed=1)
+    with pytest.raises(ValueError, match="nc_layer1=0"):
+        _check_forward(world, model, par, routing, SMALL.replace(nc_layer1=0), torch.float32)
+    world.reset()
+    with pytest.raises(ValueError, match="nc_layer0 >= 1"):
+        _check_forward(world, model, par, routing, SMALL.replace(nc_layer0=0), torch.float32)
+    world.reset()
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
+    with pytest.raises(ValueError, match="w0_ENK must be"):
+        fused_layer0(world, plan, 0, torch.zeros(2, 32, 16, device=DEVICE))
+    with pytest.raises(ValueError, match="differs from the workspace"):
+        fused_layer0(_world(model, ParallelConfig(ep=4)), plan, 0, torch.zeros(2, 32, 32, device=DEVICE))
+    with pytest.raises(ValueError, match="unknown layer0 variant"):
+        fused_layer0(world, plan, 0, torch.zeros(2, 32, 32, device=DEVICE), variant="nvshmem")
+
+
+# ------------------------------------------------------------------------------------- GPU (bf16)
+GPU_POLICY = Policy(block_m=128, block_n0=128, block_n1=128, nc_layer0=16, nc_layer1=28, comm_rows=64)
+
+
+def _gpu_forward(model, par, routing, policy, what, world=None, weights=None, seed=0):
+    world = world or EmulatedWorld(model, par, routing.num_tokens, dtype=torch.bfloat16, device="cuda")
+    w = weights or random_weights(model, seed=seed, device="cuda")
+    x = random_tokens(routing.num_tokens, model.hidden_N, seed=seed + 1, device="cuda")
+    out = moe_forward_fused(world, x.bfloat16(), routing.to("cuda"), w.to(torch.bfloat16), model, par, policy,
+                            checked=True)
+    ref = moe_forward(x.bfloat16().double(), routing.to("cuda"), w.to(torch.bfloat16).to(torch.float64),
+                      model.activation)
+    assert_close(out, ref, torch.bfloat16, what)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ep,tp", [(2, 1), (4, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_bf16_matches_reference(ep, tp, act, variant):
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=2, layers=1, activation=act)
+    par = ParallelConfig(ep=ep, tp=tp)
+    for std in (0.0, 0.05):
+        routing = imbalanced(M=1000, E=8, topk=2, std=std, seed=ep + 3 * tp)
+        _gpu_forward(model, par, routing, GPU_POLICY.replace(layer0_comm=variant, block_n0=64 if act == "swiglu"
+                     else 128), f"EP={ep} TP={tp} {act} {variant} std={std}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,scale,ep", [("mixtral-8x7b", 8, 4), ("qwen2-moe-2.7b", 4, 4), ("phi-3.5-moe", 8, 2)])
+def test_gpu_paper_models_scaled_down(name, scale, ep):
+    base = ModelConfig.from_name(name)
+    model = dataclasses.replace(base, hidden_N=base.hidden_N // scale, ffn_K=base.ffn_K // scale)
+    par = ParallelConfig(ep=ep)
+    routing = imbalanced(M=2048, E=model.experts_E, topk=model.topk, std=0.032, seed=1)
+    for variant in VARIANTS:
+        _gpu_forward(model, par, routing, GPU_POLICY.replace(layer0_comm=variant), f"{name}/{scale} {variant}")
+
+
+@pytest.mark.gpu
+def test_gpu_routing_corner_cases():
+    model = ModelConfig("mid", hidden_N=512, ffn_K=512, experts_E=8, topk=2, layers=1, activation="swiglu")
+    M = 700
+    gen = torch.Generator().manual_seed(0)
+    one_rank = torch.stack([torch.randperm(2, generator=gen) + 6 for _ in range(M)])  # experts 6, 7 only
+    idle = torch.tensor([[0, 2] if t % 3 else [2, 5] for t in range(M)])  # experts 1, 3, 4, 6, 7 idle
+    for ids, what in ((one_rank, "all tokens on rank 3's experts"), (idle, "idle experts")):
+        routing = Routing(ids, torch.softmax(torch.randn(M, 2, generator=gen), -1), 8)
+        for par in (ParallelConfig(ep=4), ParallelConfig(ep=2, tp=2)):
+            for variant in VARIANTS:
+                _gpu_forward(model, par, routing, GPU_POLICY.replace(layer0_comm=variant, block_n0=64),
+                             f"{what} EP={par.ep} TP={par.tp} {variant}")
+
+
+@pytest.mark.gpu
+def test_gpu_mixtral_full_size_ep4():
+    """Mixtral-8x7B at full size (N=4096, K=14336), M=4096, EP=4 emulated: both layers, bf16."""
+    model = ModelConfig.from_name("mixtral-8x7b")
+    par = ParallelConfig(ep=4)
+    routing = imbalanced(M=4096, E=8, topk=2, std=0.032, seed=0).to("cuda")
+    w = random_weights(model, seed=0, dtype=torch.bfloat16, device="cuda")
+    x = random_tokens(4096, 4096, seed=1, dtype=torch.bfloat16, device="cuda")
+    world = EmulatedWorld(model, par, 4096, dtype=torch.bfloat16, device="cuda")
+    ref = moe_forward(x.float(), routing, w.to(torch.float32), "gelu")
+    for variant in VARIANTS:
+        out = moe_forward_fused(world, x, routing, w, model, par, GPU_POLICY.replace(layer0_comm=variant),
+                                checked=True)
+        assert_close(out, ref, torch.bfloat16, f"mixtral full size {variant}")
+
+
+@pytest.mark.gpu
+def test_gpu_1000_calls_changing_routing():
+    """1,000 calls through one world: M and routing change every call, the layer0 variant and nc_layer1
+    rotate; every result matches the reference; no hang (the checked mode raises on a timed-out wait)."""
+    model = ModelConfig("small", hidden_N=256, ffn_K=512, experts_E=8, topk=2, layers=1, activation="swiglu")
+    par = ParallelConfig(ep=2, tp=2)
+    world = EmulatedWorld(model, par, 512, dtype=torch.bfloat16, device="cuda")
+    w = random_weights(model, seed=0, dtype=torch.bfloat16, device="cuda")
+    shards = [shard_weights(w, par, r) for r in range(4)]
+    w64 = w.to(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(1000):
+        M = int(torch.randint(1, 513, (1,), generator=gen))
+        routing = imbalanced(M=M, E=8, topk=2, std=0.05 * (i % 3) / 2, seed=i).to("cuda")
+        x = random_tokens(M, 256, seed=i, dtype=torch.bfloat16, device="cuda")
+        policy = GPU_POLICY.replace(layer0_comm=VARIANTS[i % 3], nc_layer1=(4, 16, 28, 64)[i % 4])
+        out = moe_forward_fused(world, x, routing, shards, model, par, policy, checked=(i % 100 == 99))
+        ref = moe_forward(x.double(), routing, w64, "swiglu")
+        assert_close(out, ref, torch.bfloat16, f"call {i} M={M} {policy.layer0_comm}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_no_host_sync_inside_a_call(variant):
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=2, layers=1)
+    par = ParallelConfig(ep=2, tp=2)
+    world = EmulatedWorld(model, par, 1024, dtype=torch.bfloat16, device="cuda")
+    shards = [shard_weights(random_weights(model, dtype=torch.bfloat16, device="cuda"), par, r) for r in range(4)]
+    policy = GPU_POLICY.replace(layer0_comm=variant)
+    for i in range(3):  # warm-up: compile kernels, create the side streams
+        routing = uniform(M=1000, E=8, topk=2, seed=i).to("cuda")
+        x = random_tokens(1000, 512, seed=i, dtype=torch.bfloat16, device="cuda")
+        moe_forward_fused(world, x, routing, shards, model, par, policy)
+    torch.cuda.synchronize()
+    routing = uniform(M=1000, E=8, topk=2, seed=7).to("cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = moe_forward_fused(world, x, routing, shards, model, par, policy)  # plan building included
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    world.check()
+    assert bool(torch.isfinite(out).all())
+
+
+@pytest.mark.gpu
+def test_gpu_timeout_and_reproducibility():
+    model = ModelConfig("mid", hidden_N=512, ffn_K=512, experts_E=8, topk=2, layers=1)
+    par = ParallelConfig(ep=4)
+    world = EmulatedWorld(model, par, 1024, dtype=torch.bfloat16, device="cuda", max_spin=100_000)
+    routing = uniform(M=1024, E=8, topk=2, seed=3).to("cuda")
+    a = _gpu_forward(model, par, routing, GPU_POLICY, "run a", world=world)
+    b = _gpu_forward(model, par, routing, GPU_POLICY.replace(nc_layer1=8, layer0_comm="direct"), "run b",
+                     world=world)
+    assert torch.equal(a, b), "results differ bitwise between runs with other nc_layer1 / layer0 variants"
+    plan = make_plan(routing, model, par, HW, GPU_POLICY)
+    w = random_weights(model, dtype=torch.bfloat16, device="cuda")
+    stage_tokens(world, random_tokens(1024, 512, dtype=torch.bfloat16, device="cuda"), 1024)
+    for r in range(4):
+        fused_layer0(world, plan, r, shard_weights(w, par, r).w0_ENK)
+    for r in (0, 1, 3):  # rank 2 never signals
+        fused_layer1(world, plan, r, shard_weights(w, par, r).w1_EKN)
+    combine_reduce(world, plan, 0, combine_expected(routing.topk_ids_MK, model, par)[0])
+    with pytest.raises(FlagTimeoutError, match=r"combine flag\[source rank 2"):
+        world.check()
+    world.reset()
+    _gpu_forward(model, par, routing, GPU_POLICY, "after reset", world=world)
