@@ -8,8 +8,10 @@ layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0
                 chunk's rows read at the source's egress and written at this rank's ingress, capped at
                 `per_block_link_gbps`; then flag[source] += 1. When flag[s] reaches the Plan's
                 `l0_chunks_per_src_W[s]`, the flag's event fires.
-  "copy-engine" all SMs compute; a side stream copies each source rank's rows in arrival order, one copy
-                at a time at the copy engine's bandwidth (taking no SM), and fires flag[s] after it.
+  "copy-engine" as the released Comet code and kernels/fused_layer0.py: a side stream copies each source
+                rank's whole shard (every row it owns), in arrival order, one copy at a time at the copy
+                engine's bandwidth (taking no SM), and fires flag[s] after it; the GEMM leaves
+                `SimOptions.copy_engine_reserved_sms` SMs free.
   "direct"      all SMs compute; a tile loads its remote rows itself: its time is max(compute, link
                 latency + the transfer of its remote rows at the block's link cap). No flags.
   A compute block takes the next tile (atomic counter, or round-robin), waits on the flag events of the
@@ -23,8 +25,10 @@ layer1 (grouped GEMM + top-k reduce + combine):
   reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
   the owner: over the link at `per_block_link_gbps` (reads and the remote store overlap: the item takes
   max of the two), or into local memory when this rank owns the tokens. A push lands a link latency
-  after its last byte. When every partial sum for its tokens has landed and its own layer1 kernel is done,
-  the owner runs the final combine (a memory-bound sum over each token's slots).
+  after its last byte.
+combine (kernels/fused_layer1.py's combine_reduce, launched after the rank's layer1 kernel): the owner sums
+  its tokens' partial-sum slots column block by column block, each column block once every partial sum of
+  it has landed (memory-bound, whole GPU).
 
 Every kernel pays `launch_overhead_us` before it starts. The layers follow each other per rank, with no
 barrier across ranks (none is needed: each rank's layer1 reads only its own layer0 output).
@@ -55,8 +59,12 @@ class _Rank:
         self.r, self.w = r, w
         self.l0_next = 0
         self.l1_next = 0
-        self.last_arrival = -math.inf
-        self.last_arrival_idx = -1
+        ncol = w.incoming_items_WN1.shape[1]
+        # per column block of this owner: partial sums still to land, and the last landing (time, record)
+        self.pending_in = w.incoming_items_WN1.sum(0).tolist()
+        self.arrived_ev = [None] * ncol
+        self.last_arrival = [-math.inf] * ncol
+        self.last_arrival_idx = [-1] * ncol
 
 
 class CometSim(SystemSim):
@@ -85,7 +93,7 @@ class CometSim(SystemSim):
             st.flag_cnt = [0] * self.W
             for s in range(self.W):  # own rows are in place; sources with nothing to send are complete
                 if s == r or (self.mode == "blocks" and w.l0_chunks_per_src_W[s] == 0) or (
-                        self.mode == "copy-engine" and w.recv_bytes_W[s] == 0):
+                        self.mode == "copy-engine" and w.shard_bytes_W[s] == 0):
                     st.flag_ev[s].succeed(-1)
             ncol = plan.l1_col_blocks
             st.col_ev = [env.event() for _ in range(ncol)]
@@ -93,15 +101,16 @@ class CometSim(SystemSim):
             if w.l1_tiles_per_col == 0:
                 for ev in st.col_ev:
                     ev.succeed(-1)
-            st.pending_in = 0
-            st.arrived_ev = env.event()
+            st.arrived_ev = [env.event() for _ in range(ncol)]
+            for c in range(ncol):
+                if st.pending_in[c] == 0:
+                    st.arrived_ev[c].succeed()
             self.ranks.append(st)
-        for w in self.works:  # partial sums each owner waits for
-            for d in w.l1_item_dest_I[w.l1_item_dest_I != w.rank].tolist():
-                self.ranks[d].pending_in += 1
-        for st in self.ranks:
-            if st.pending_in == 0:
-                st.arrived_ev.succeed()
+        N, bn = plan.model.hidden_N, pol.block_n1
+        # the owner's combine bytes per column block (slots read + one row written, over the block's width)
+        self.combine_col_bytes = [
+            [(w.combine_read_bytes + w.combine_write_bytes) * min(bn, N - c * bn) / N for c in range(ncol)]
+            for w in self.works]
 
     def _check_blocks(self) -> None:
         sms, pol = self.sms, self.plan.policy
@@ -132,6 +141,8 @@ class CometSim(SystemSim):
         if self.do_l0:
             cause = yield from self.launch(r, 0, cause)
             n_comp = self.sms - self.nc0
+            if self.mode == "copy-engine":
+                n_comp = max(1, self.sms - self.options.copy_engine_reserved_sms)
             if self.mode == "direct":
                 procs = [env.process(self._l0_direct_block(st, b, n_comp, cause)) for b in range(n_comp)]
             else:
@@ -155,17 +166,19 @@ class CometSim(SystemSim):
             vals = yield env.all_of(procs)
             cause = self.last_of(vals.values(), cause)
             self.tile_events += len(st.dur1)
-            if not st.arrived_ev.processed:
-                yield st.arrived_ev
-            if st.last_arrival > env.now:  # the last partial sum is still crossing the link
-                start = env.now
-                yield env.timeout(st.last_arrival - env.now)
-                cause = self.record(r, TRACK_STREAM, K["arrival_wait"], 1, start, env.now,
-                                    cause=st.last_arrival_idx)
             cause = yield from self.launch(r, 1, cause)
-            w = st.w
-            cause = yield from self.memory_kernel(r, "combine_reduce", 1,
-                                                  w.combine_read_bytes + w.combine_write_bytes, cause)
+            for c, nbytes in enumerate(self.combine_col_bytes[r]):
+                ev = st.arrived_ev[c]
+                if ev.callbacks is not None:
+                    yield ev
+                if st.last_arrival[c] > env.now:  # its last partial sum is still crossing the link
+                    start = env.now
+                    yield env.timeout(st.last_arrival[c] - env.now)
+                    cause = self.record(r, TRACK_STREAM, K["arrival_wait"], 1, start, env.now,
+                                        cause=st.last_arrival_idx[c])
+                elif st.last_arrival_idx[c] >= 0 and st.last_arrival[c] > self.records[cause][5]:
+                    cause = st.last_arrival_idx[c]
+                cause = yield from self.memory_kernel(r, "combine_reduce", 1, nbytes, cause)
         self.end[r] = env.now
 
     # ------------------------------------------------------------------------------------ layer0
@@ -216,7 +229,7 @@ class CometSim(SystemSim):
         env, net, r, W = self.env, self.net, st.r, self.W
         for p in range(1, W):
             s = (r + p) % W
-            nbytes = float(st.w.recv_bytes_W[s])
+            nbytes = float(st.w.shard_bytes_W[s])
             if nbytes <= 0:
                 continue
             start = env.now
@@ -315,12 +328,12 @@ class CometSim(SystemSim):
                     yield timeout(t_read - env.now)
                 idx = len(rec)
                 append((r, track, _K_SEND, 1, start, env.now, wr[i], d, cause))
-                o = owners[d]
-                if arrival > o.last_arrival:
-                    o.last_arrival, o.last_arrival_idx = arrival, idx
-                o.pending_in -= 1
-                if o.pending_in == 0:
-                    o.arrived_ev.succeed()
+                o, c = owners[d], col[i]
+                if arrival > o.last_arrival[c]:
+                    o.last_arrival[c], o.last_arrival_idx[c] = arrival, idx
+                o.pending_in[c] -= 1
+                if o.pending_in[c] == 0:
+                    o.arrived_ev[c].succeed()
             cause = idx
         return cause
 

@@ -49,18 +49,30 @@ PORT_KINDS = ("egress", "ingress", "nic_out", "nic_in")
 
 class _Class:
     """Transfers in flight with the same ports and cap: max-min fairness gives them one rate, so they are
-    kept together. `served` is the bytes each of them has moved since the class was created; a transfer
-    that joined when it was x and carries b bytes is done when it reaches x + b (a heap of targets)."""
+    kept together. `served` is the bytes each of them has moved since the class was created (as of
+    `LinkNetwork._t_rate`); a transfer that joined when it was x and carries b bytes is done when it
+    reaches x + b (a heap of targets). `due` is when the heap's front finishes at the current rate."""
 
-    __slots__ = ("key", "pa", "pb", "cap", "n", "rate", "served", "heap")
+    __slots__ = ("key", "pa", "pb", "cap", "n", "rate", "served", "heap", "due", "stamp")
 
     def __init__(self, key, pa, pb, cap):
         self.key, self.pa, self.pb, self.cap = key, pa, pb, cap
-        self.n, self.rate, self.served, self.heap = 0, 0.0, 0.0, []
+        self.n, self.rate, self.served, self.heap, self.due, self.stamp = 0, 0.0, 0.0, [], INF, 0
 
 
 def _class_key(c: _Class) -> tuple:
     return c.key
+
+
+class _Late(simpy.events.Event):
+    """An event processed after every ordinary event of the same instant (priority 2 > NORMAL): the rate
+    recomputation runs once all processes woken at this instant have started their transfers."""
+
+    def __init__(self, env: simpy.Environment, callback):
+        super().__init__(env)
+        self._ok, self._value = True, None
+        self.callbacks.append(callback)
+        env.schedule(self, 2)
 
 
 class LinkNetwork:
@@ -72,10 +84,11 @@ class LinkNetwork:
     [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps (time_us, rates per
     port in GB/s) at every rate change (for the Chrome trace's counter tracks).
 
-    Speed: transfers with the same (ports, cap) always share one rate, so the fair-share computation
-    runs over these classes (at most 4 W^2 per cap value), in plain Python, and a transfer's progress is
-    its class's served bytes (no per-transfer update). Rates are recomputed once per simulated instant
-    in which transfers start or end, after the processes woken by the ends have started their next ones.
+    Speed (the network is most of the comet system's simulation time): transfers with the same (ports,
+    cap) always share one rate, so fair shares are computed over these classes (at most 4 W^2 per cap
+    value) in plain Python, and a transfer's progress is its class's served bytes (no per-transfer
+    update). Per-port transfer counts are kept incrementally. Rates are recomputed at most once per
+    simulated instant, after every process woken at that instant has started its next transfers.
     """
 
     def __init__(self, env: simpy.Environment, parallel: ParallelConfig, hw: HardwareProfile,
@@ -89,11 +102,14 @@ class LinkNetwork:
         self.nic_latency_us = hw.nic_latency_us
         self._node = [parallel.node(r) for r in range(W)]
         self._classes: dict[tuple, _Class] = {}
-        self._active: list[_Class] = []  # classes with transfers in flight
+        self._active: list[_Class] = []  # classes with transfers in flight, sorted by key (cap first)
+        self._at_port: list[list[_Class]] = [[] for _ in range(self.P)]  # active classes touching each port
+        self._n_port = [0] * self.P  # transfers in flight per port
+        self._caps: dict[float, int] = {}  # active classes per cap value
         self._port_rate: list[tuple[int, float]] = []  # (port, bytes/us) of ports in use
         self._new: list[tuple] = []
-        self._t_last = 0.0
-        self._update_pending = False
+        self._t_rate = 0.0  # when rates and served bytes were last brought up to date
+        self._recompute_pending = False
         self._version = 0
         self._n_in_flight = 0
         self._port_bytes = [0.0] * self.P
@@ -101,6 +117,8 @@ class LinkNetwork:
         self.flows: list[list] = []
         self.rate_log: list[tuple[float, np.ndarray]] | None = [] if record_rates else None
         self.updates = 0
+        self._has_empty = False  # some active class has no transfer left (dropped at the next recompute)
+        self._stamp = 0  # frozen marker of the current fair-share computation
 
     # ------------------------------------------------------------------------------------ topology
     def same_node(self, src: int, dst: int) -> bool:
@@ -139,25 +157,51 @@ class LinkNetwork:
             ev.succeed(env.now)
             return ev
         self._new.append((src, dst, float(nbytes), cap_gbps * GBPS, fid, ev))
-        if not self._update_pending:
-            self._update_pending = True
-            env.timeout(0).callbacks.append(self._on_update)
+        self._request_recompute()
         return ev
 
-    def _on_update(self, _event) -> None:
-        self._update_pending = False
-        self._update()
+    def _request_recompute(self) -> None:
+        if not self._recompute_pending:
+            self._recompute_pending = True
+            _Late(self.env, self._recompute)
 
     def _on_wake(self, event) -> None:
-        if event.value == self._version:  # stale wake-ups (rates changed since) are ignored
-            self._update()
+        """A class's front transfer is due: retire every transfer that is through."""
+        if event.value != self._version:  # stale: rates changed since this wake-up was set
+            return
+        self.updates += 1
+        now = self.env.now
+        dt = now - self._t_rate
+        retired = []
+        for c in self._active:
+            if c.due <= now + 1e-9:
+                served = c.served + c.rate * dt
+                h, tol = c.heap, _DONE_BYTES + c.rate * 1e-9
+                while h and h[0][0] - served <= tol:
+                    _, fid, ev = heapq.heappop(h)
+                    retired.append((fid, ev, c))
+        if not retired:  # float residue kept the front just short of done: re-arm the wake-up
+            self._request_recompute()
+            return
+        retired.sort(key=lambda x: x[0])  # deterministic: by transfer id
+        n_port, flows = self._n_port, self.flows
+        self._has_empty = True
+        for fid, ev, c in retired:
+            c.n -= 1
+            n_port[c.pa] -= 1
+            n_port[c.pb] -= 1
+            flows[fid][5] = now
+            ev.succeed(now)
+        self._n_in_flight -= len(retired)
+        self._request_recompute()
 
-    def _update(self) -> None:
-        """Advance to now, retire finished transfers, admit new ones, recompute the fair rates."""
+    def _recompute(self, _event) -> None:
+        """Bring served bytes up to now, drop empty classes, admit new transfers, recompute fair rates."""
+        self._recompute_pending = False
         self.updates += 1
         env = self.env
         now = env.now
-        dt = now - self._t_last
+        dt = now - self._t_rate
         if dt > 0:
             for c in self._active:
                 c.served += c.rate * dt
@@ -165,41 +209,34 @@ class LinkNetwork:
             for p, rate in self._port_rate:
                 pb[p] += rate * dt
                 busy[p] += dt
-            self._t_last = now
-        # retire: each class's heap front first (targets ascending), ties by transfer id
-        retired = []
-        for c in self._active:
-            h, tol = c.heap, _DONE_BYTES + c.rate * 1e-9
-            while h and h[0][0] - c.served <= tol:
-                _, fid, ev = heapq.heappop(h)
-                retired.append((fid, ev))
-            c.n = len(h)
-        if retired:
-            self._n_in_flight -= len(retired)
+        self._t_rate = now
+        if self._has_empty:
+            self._has_empty = False
+            for c in self._active:
+                if c.n == 0:
+                    self._at_port[c.pa].remove(c)
+                    self._at_port[c.pb].remove(c)
+                    self._caps[c.cap] -= 1
+                    if not self._caps[c.cap]:
+                        del self._caps[c.cap]
             self._active = [c for c in self._active if c.n]
-            retired.sort(key=lambda x: x[0])
-            flows = self.flows
-            for fid, ev in retired:
-                flows[fid][5] = now
-                ev.succeed(now)
-            # the woken processes start their next transfers at this instant: recompute after them
-            if not self._update_pending:
-                self._update_pending = True
-                env.timeout(0).callbacks.append(self._on_update)
-            self._version += 1
-            return
         if self._new:
-            classes = self._classes
+            classes, n_port = self._classes, self._n_port
             for src, dst, nbytes, cap, fid, ev in self._new:
                 pa, pb = self.ports(src, dst)
                 key = (cap, pa, pb)
                 c = classes.get(key)
                 if c is None:
                     c = classes[key] = _Class(key, pa, pb, cap)
-                if not c.heap:
+                if c.n == 0:  # (re)activated: empty classes were dropped above
                     bisect.insort(self._active, c, key=_class_key)
+                    self._at_port[pa].append(c)
+                    self._at_port[pb].append(c)
+                    self._caps[cap] = self._caps.get(cap, 0) + 1
                 heapq.heappush(c.heap, (c.served + nbytes, fid, ev))
-                c.n = len(c.heap)
+                c.n += 1
+                n_port[pa] += 1
+                n_port[pb] += 1
             self._n_in_flight += len(self._new)
             self._new = []
         self._fair_rates()
@@ -210,31 +247,77 @@ class LinkNetwork:
             self.rate_log.append((now, rates))
         self._version += 1
         if self._active:
-            dt_next = min((c.heap[0][0] - c.served) / c.rate for c in self._active)
-            env.timeout(max(dt_next, 0.0), value=self._version).callbacks.append(self._on_wake)
+            first = INF
+            for c in self._active:
+                c.due = now + (c.heap[0][0] - c.served) / c.rate
+                if c.due < first:
+                    first = c.due
+            env.timeout(max(first - now, 0.0), value=self._version).callbacks.append(self._on_wake)
 
     def _fair_rates(self) -> None:
         """Max-min fair rates (bytes/us) of the active classes under their caps and the port capacities
         (progressive filling: raise every unfrozen rate together; freeze a class at its cap, or when one
-        of its ports is saturated). `_active` is sorted by (cap, ports), so caps come in order."""
-        act, P, cap_p = self._active, self.P, self.port_cap
-        cnt = [0] * P
-        load = [0.0] * P
-        for c in act:
-            n, a, b = c.n, c.pa, c.pb
-            cnt[a] += n
-            cnt[b] += n
-            x = n * c.cap
-            load[a] += x
-            load[b] += x
-        ports = [p for p in range(P) if cnt[p]]
-        if all(load[p] <= cap_p[p] * (1 + _REL) for p in ports):
-            for c in act:  # no port oversubscribed: every transfer runs at its cap
-                c.rate = c.cap
-            self._port_rate = [(p, load[p]) for p in ports]
+        of its ports is saturated)."""
+        act, cap_p, n_port = self._active, self.port_cap, self._n_port
+        if not act:
+            self._port_rate = []
             return
-        left = list(cap_p)
-        live = act
+        ports = [p for p in range(self.P) if n_port[p]]
+        if len(self._caps) == 1:
+            cap = act[0].cap
+            if all(n_port[p] * cap <= cap_p[p] * (1 + _REL) for p in ports):
+                for c in act:  # no port oversubscribed: every transfer runs at its cap
+                    c.rate = cap
+                self._port_rate = [(p, n_port[p] * cap) for p in ports]
+                return
+            self._fill_one_cap(cap, ports)
+        else:
+            self._fill_general(ports)
+        rate_p = [0.0] * self.P
+        for c in act:
+            x = c.n * c.rate
+            rate_p[c.pa] += x
+            rate_p[c.pb] += x
+        self._port_rate = [(p, rate_p[p]) for p in ports]
+
+    def _fill_one_cap(self, cap: float, ports: list[int]) -> None:
+        """Progressive filling when every class has the same cap: freeze the classes of the port(s) with
+        the lowest share, update their other ports, repeat until the lowest share reaches the cap."""
+        left = list(self.port_cap)
+        cnt = list(self._n_port)
+        at_port = self._at_port
+        self._stamp += 1
+        stamp = self._stamp
+        while ports:
+            level = INF
+            for p in ports:
+                x = left[p] / cnt[p]
+                if x < level:
+                    level = x
+            bound = level * (1 + _REL)
+            if cap <= bound:
+                break
+            for p in [p for p in ports if left[p] / cnt[p] <= bound]:
+                for c in at_port[p]:
+                    if c.stamp == stamp:
+                        continue
+                    c.stamp = stamp
+                    c.rate = level
+                    n, x = c.n, c.n * level
+                    left[c.pa] -= x
+                    left[c.pb] -= x
+                    cnt[c.pa] -= n
+                    cnt[c.pb] -= n
+            ports = [p for p in ports if cnt[p] > 0]
+        for c in self._active:
+            if c.stamp != stamp:
+                c.rate = cap
+
+    def _fill_general(self, ports: list[int]) -> None:
+        """Progressive filling with mixed caps (classes sorted by cap: caps come in order)."""
+        left = list(self.port_cap)
+        cnt = list(self._n_port)
+        live = self._active
         while live:
             level = min(left[p] / cnt[p] for p in ports)
             bound = level * (1 + _REL)
@@ -243,40 +326,28 @@ class LinkNetwork:
                 while k < len(live) and live[k].cap <= bound:
                     c = live[k]
                     c.rate = c.cap
-                    n, a, b = c.n, c.pa, c.pb
-                    x = n * c.cap
-                    left[a] -= x
-                    left[b] -= x
-                    cnt[a] -= n
-                    cnt[b] -= n
+                    n, x = c.n, c.n * c.cap
+                    left[c.pa] -= x
+                    left[c.pb] -= x
+                    cnt[c.pa] -= n
+                    cnt[c.pb] -= n
                     k += 1
                 live = live[k:]
             else:  # freeze every class on a port saturated at this level
-                sat = [False] * P
-                for p in ports:
-                    if left[p] / cnt[p] <= bound:
-                        sat[p] = True
+                sat = {p for p in ports if left[p] / cnt[p] <= bound}
                 keep = []
                 for c in live:
-                    a, b = c.pa, c.pb
-                    if sat[a] or sat[b]:
+                    if c.pa in sat or c.pb in sat:
                         c.rate = level
-                        n = c.n
-                        x = n * level
-                        left[a] -= x
-                        left[b] -= x
-                        cnt[a] -= n
-                        cnt[b] -= n
+                        n, x = c.n, c.n * level
+                        left[c.pa] -= x
+                        left[c.pb] -= x
+                        cnt[c.pa] -= n
+                        cnt[c.pb] -= n
                     else:
                         keep.append(c)
                 live = keep
-            ports = [p for p in ports if cnt[p]]
-        rate_p = [0.0] * P
-        for c in act:
-            x = c.n * c.rate
-            rate_p[c.pa] += x
-            rate_p[c.pb] += x
-        self._port_rate = [(p, rate_p[p]) for p in range(P) if rate_p[p] > 0]
+            ports = [p for p in ports if cnt[p] > 0]
 
 
 # ---------------------------------------------------------------------------------------- memory

@@ -40,6 +40,7 @@ class RankWork:
     l0_chunk_bytes_C: np.ndarray  # float64
     l0_chunks_per_src_W: np.ndarray  # int64
     recv_bytes_W: np.ndarray  # float64 bytes this rank receives from each source in layer0
+    shard_bytes_W: np.ndarray  # float64 bytes each rank owns (its whole shard: what a copy engine copies)
     # --- layer1
     l1_tile_col_T: np.ndarray  # int64 column block of N
     l1_tile_rows_T: np.ndarray
@@ -55,6 +56,7 @@ class RankWork:
     # --- the owner's final combine over slots
     combine_read_bytes: float
     combine_write_bytes: float
+    incoming_items_WN1: np.ndarray  # int64 (W, N1), filled by plan_work: items other ranks push here
 
 
 def _tile_cols(col_T: np.ndarray, bn: int, total: int) -> np.ndarray:
@@ -128,6 +130,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
         l0_chunk_bytes_C=c_bytes,
         l0_chunks_per_src_W=t["l0_chunks_per_src_W"],
         recv_bytes_W=recv_bytes,
+        shard_bytes_W=np.bincount(owner, minlength=W).astype(np.float64) * row_bytes,
         l1_tile_col_T=t["l1_tile_col_T"],
         l1_tile_rows_T=t["l1_tile_row_end_T"] - t["l1_tile_row_start_T"],
         l1_tile_cols_T=_tile_cols(t["l1_tile_col_T"], bn1, N),
@@ -141,6 +144,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
         sends=int(send_dest.size),
         combine_read_bytes=float(slots.sum()) * row_bytes,
         combine_write_bytes=float(n_own) * row_bytes,
+        incoming_items_WN1=np.zeros((W, C1), dtype=np.int64),
     )
 
 
@@ -150,7 +154,12 @@ def plan_work(plan: Plan) -> list[RankWork]:
     if have != list(range(plan.world_size)):
         raise ValueError(f"the simulator needs every rank's plan; this plan holds ranks {have} of "
                          f"{plan.world_size}: build it with make_plan(..., ranks=None)")
-    return [rank_work(plan, r) for r in range(plan.world_size)]
+    works = [rank_work(plan, r) for r in range(plan.world_size)]
+    for w in works:
+        remote = w.l1_item_dest_I != w.rank
+        for d, c in zip(w.l1_item_dest_I[remote].tolist(), w.l1_item_col_I[remote].tolist(), strict=True):
+            works[d].incoming_items_WN1[w.rank, c] += 1
+    return works
 
 
 # ------------------------------------------------------------------------------------ tile costs

@@ -15,6 +15,7 @@ import simpy
 
 from comet.config import ParallelConfig
 from sim.hardware_model import LinkNetwork
+from sim.options import SimOptions
 from sim.run import simulate
 from sim.testing import toy_hardware, toy_plan
 
@@ -47,15 +48,24 @@ def test_comet_exact_trace():
         ("SM 001", "gemm1", l1, red),
         ("SM 003", "reduce_local", red, red + 0.512),  # (256 read + 256 written) at 1000 B/us
         ("SM 003", "reduce_send", red + 0.512, red + 1.024),  # 256 B at 500 B/us
-        ("stream", "arrival_wait", red + 1.024, red + 2.024),  # rank 1's push lands 1 us later
-        ("stream", "launch", red + 2.024, red + 3.024),
-        ("stream", "combine_reduce", red + 3.024, red + 3.024 + 0.256),  # 2 slots + 2 rows, 4000 B/us
+        ("stream", "launch", red + 1.024, red + 2.024),  # the combine launch; rank 1's push lands meanwhile
+        ("stream", "combine_reduce", red + 2.024, red + 2.024 + 0.256),  # 2 slots + 2 rows, 4000 B/us
     ]
     expected = [(t, k, round(s, 6), round(e, 6)) for t, k, s, e in expected]
     assert trace(res, 0) == expected
     assert trace(res, 1) == expected  # the case is symmetric
-    assert res.latency_us == pytest.approx(red + 3.280)
+    assert res.latency_us == pytest.approx(red + 2.280)
     assert res.layer0_us == pytest.approx(pull_end + TAU)
+
+
+def test_comet_combine_waits_for_the_last_push():
+    # a slower link latency (3 us) outlasts the combine's launch (1 us): the owner waits 2 us
+    res = simulate(toy_plan(toy_hardware(link_latency_us=3.0)), system="comet")
+    tr = trace(res, 0)
+    kinds = [k for _, k, _, _ in tr]
+    assert kinds[-3:] == ["launch", "arrival_wait", "combine_reduce"]
+    (_, _, s0, e0), (_, _, s1, e1) = tr[-3], tr[-2]
+    assert e0 == s1 and e1 - s1 == pytest.approx(2.0)
 
 
 def test_sequential_exact_trace():
@@ -91,19 +101,22 @@ def test_sequential_exact_trace():
 
 
 def test_chunked_with_one_chunk_is_sequential():
-    from sim.options import SimOptions
-
     a = simulate(toy_plan(), system="sequential")
     b = simulate(toy_plan(), system="chunked", options=SimOptions(chunks=1))
     assert trace(a, 0) == trace(b, 0) and a.latency_us == b.latency_us
 
 
 def test_copy_engine_exact():
-    # one copy per source at min(link, 112 GB/s) = 1 GB/s here: 256 B in 0.256 us after 1 us latency
-    res = simulate(toy_plan(layer0_comm="copy-engine"), system="comet")
+    # one copy of the source's whole shard (2 rows, 512 B) at min(link, 112 GB/s) = 1 GB/s: 0.512 us after
+    # 1 us latency; no SM reserved here, so the waiting tile runs on SM 1
+    opts = SimOptions(copy_engine_reserved_sms=0)
+    res = simulate(toy_plan(layer0_comm="copy-engine"), system="comet", options=opts)
     tr = trace(res, 0)
-    assert ("copy engine", "copy", 1.0, 2.256) in tr
-    assert ("SM 001", "gemm0", 2.256, round(2.256 + TAU, 6)) in tr
+    assert ("copy engine", "copy", 1.0, 2.512) in tr
+    assert ("SM 001", "gemm0", 2.512, round(2.512 + TAU, 6)) in tr
+    # with the kernels' 8 reserved SMs (of 4 here), one compute block is left: both tiles on SM 0
+    tr = trace(simulate(toy_plan(layer0_comm="copy-engine"), system="comet"), 0)
+    assert [(t, k) for t, k, _, _ in tr if k == "gemm0"] == [("SM 000", "gemm0")] * 2
 
 
 def test_direct_exact():
