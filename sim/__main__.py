@@ -129,12 +129,13 @@ def main(argv=None) -> int:
         plan = make_case(a.model, ep=a.ep, tp=a.tp, tokens=a.tokens, hw=a.hw, routing=a.routing, seed=a.seed,
                          std=a.std, topk=a.topk, experts=a.experts, policy=Policy(**pol),
                          ranks_per_node=a.ranks_per_node)
+        progress = not a.no_progress and sys.stderr.isatty()
         if a.nc == "auto":
-            plan = with_policy(plan, nc_layer1=best_nc(plan, 1, NC_CANDIDATES, options)[0])
+            plan = with_policy(plan, nc_layer1=best_nc(plan, 1, NC_CANDIDATES, options, progress)[0])
         if a.nc0 == "auto" and plan.policy.layer0_comm == "blocks":
-            plan = with_policy(plan, nc_layer0=best_nc(plan, 0, NC_CANDIDATES, options)[0])
+            plan = with_policy(plan, nc_layer0=best_nc(plan, 0, NC_CANDIDATES, options, progress)[0])
         it = systems
-        if not a.no_progress and not a.json and sys.stderr.isatty():
+        if progress:
             from tqdm import tqdm
 
             it = tqdm(systems, desc="simulating", unit="system", leave=False)

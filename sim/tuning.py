@@ -18,15 +18,21 @@ from sim.options import SimOptions
 NC_CANDIDATES = (2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64)
 
 
-def best_nc(plan: Plan, layer: int, candidates=NC_CANDIDATES, options: SimOptions | None = None
-            ) -> tuple[int, dict[int, float]]:
-    """(best n_c, {n_c: latency_us}) for `layer` (0 or 1) of the comet system; ties go to fewer blocks."""
+def best_nc(plan: Plan, layer: int, candidates=NC_CANDIDATES, options: SimOptions | None = None,
+            progress: bool = False) -> tuple[int, dict[int, float]]:
+    """(best n_c, {n_c: latency_us}) for `layer` (0 or 1) of the comet system; ties go to fewer blocks.
+    progress: show a tqdm bar (a sweep at large M takes seconds)."""
     from sim.run import simulate, with_policy
 
     opts = (options or SimOptions()).replace(layers=f"layer{layer}", record=False)
     field = "nc_layer0" if layer == 0 else "nc_layer1"
     times = {}
-    for nc in sorted(set(candidates)):
+    ncs = sorted(set(candidates))
+    if progress:
+        from tqdm import tqdm
+
+        ncs = tqdm(ncs, desc=f"n_c sweep, layer{layer}", unit="n_c", leave=False)
+    for nc in ncs:
         if not 1 <= nc < plan.hardware.sms:
             continue
         times[nc] = simulate(with_policy(plan, **{field: nc}), system="comet", options=opts).latency_us

@@ -64,7 +64,7 @@ def test_comet_combine_waits_for_the_last_push():
     tr = trace(res, 0)
     kinds = [k for _, k, _, _ in tr]
     assert kinds[-3:] == ["launch", "arrival_wait", "combine_reduce"]
-    (_, _, s0, e0), (_, _, s1, e1) = tr[-3], tr[-2]
+    (_, _, _, e0), (_, _, s1, e1) = tr[-3], tr[-2]
     assert e0 == s1 and e1 - s1 == pytest.approx(2.0)
 
 

@@ -52,3 +52,18 @@ def test_hidden_comm_ordering_fig11():
     h = {s: simulate(plan, system=s).hidden_comm_fraction for s in SYSTEMS}
     assert h["sequential"] == 0.0
     assert h["comet"] > 0.5 and h["chunked"] > 0.3, h
+
+
+def _gemm0_busy_us(res, rank=0):
+    from sim.result import union_length
+
+    ev = res.events
+    ev = ev[(ev["rank"] == rank) & (ev["kind"] == "gemm0")]
+    return union_length(ev["start_us"].to_numpy(), ev["end_us"].to_numpy())
+
+
+def test_smaller_chunks_make_the_gemm_less_efficient():
+    # the same tiles' work split over more chunks runs in more, emptier waves (not a formula: it emerges)
+    plan = make_case("mixtral-8x7b", ep=8, tokens=4096, hw="h800")
+    busy = [_gemm0_busy_us(simulate(plan, system="chunked", options=SimOptions(chunks=c))) for c in (1, 2, 8)]
+    assert busy[0] < busy[1] < busy[2], busy
