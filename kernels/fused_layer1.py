@@ -96,14 +96,14 @@ def _fused_layer1_kernel(
         tiles_per_col = tl.load(tiles_per_col_ptr)
         arange_s = tl.arange(0, SEND_BLOCK)
         comb_elem = comb_ptr.dtype.element_ty
-        ready_cols = 0  # column blocks [0, ready_cols) known complete (items come in column order)
+        ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
         for i in range(cp, num_chunks * col_blocks, num_comm):
             col = i // num_chunks
             ch = i % num_chunks
             if col >= ready_cols:
                 wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
                           col, rank, False, "gpu")
-                ready_cols = col + 1
+                ready_cols = (col + 1).to(tl.int64)
             start = tl.load(chunk_start_ptr + ch)
             end = tl.load(chunk_end_ptr + ch)
             dest = tl.load(send_dest_ptr + start)  # one destination per chunk

@@ -24,7 +24,7 @@ if not torch.cuda.is_available():  # the kernels must be decorated in interprete
 
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
 from comet.plan import Policy, make_plan, token_owner  # noqa: E402
-from comet.reference import moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
+from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
 from comet.routing import Routing, imbalanced, uniform  # noqa: E402
 from comet.tolerances import assert_close  # noqa: E402
 from kernels.fused_layer0 import fused_layer0, owned_range  # noqa: E402
@@ -349,6 +349,15 @@ def test_argument_errors():
 
 
 # ------------------------------------------------------------------------------------- GPU (bf16)
+def _gpu_weights(model, seed=0) -> ExpertWeights:
+    """bf16 Gaussian weights drawn on the GPU (full-size models take tens of seconds on the CPU)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    E, N, K = model.experts_E, model.hidden_N, model.ffn_K
+    w0 = torch.randn(E, N, model.layer0_cols, device="cuda", generator=g) / N ** 0.5
+    w1 = torch.randn(E, K, N, device="cuda", generator=g) / K ** 0.5
+    return ExpertWeights(w0.bfloat16(), w1.bfloat16())
+
+
 GPU_POLICY = Policy(block_m=128, block_n0=128, block_n1=128, nc_layer0=16, nc_layer1=28, comm_rows=64)
 
 
@@ -409,7 +418,7 @@ def test_gpu_mixtral_full_size_ep4():
     model = ModelConfig.from_name("mixtral-8x7b")
     par = ParallelConfig(ep=4)
     routing = imbalanced(M=4096, E=8, topk=2, std=0.032, seed=0).to("cuda")
-    w = random_weights(model, seed=0, dtype=torch.bfloat16, device="cuda")
+    w = _gpu_weights(model)
     x = random_tokens(4096, 4096, seed=1, dtype=torch.bfloat16, device="cuda")
     world = EmulatedWorld(model, par, 4096, dtype=torch.bfloat16, device="cuda")
     ref = moe_forward(x.float(), routing, w.to(torch.float32), "gelu")

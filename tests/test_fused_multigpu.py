@@ -25,7 +25,7 @@ for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
 
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
 from comet.plan import Policy, make_plan, token_owner  # noqa: E402
-from comet.reference import moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
+from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
 from comet.routing import Routing, imbalanced, uniform  # noqa: E402
 from comet.tolerances import assert_close  # noqa: E402
 
@@ -66,12 +66,21 @@ def _own_rows(M, W, r):
     return slice(lo, hi)
 
 
+def _gpu_weights(model, seed=0) -> ExpertWeights:
+    """bf16 Gaussian weights drawn on the GPU from a seed: the same on every rank."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    E, N, K = model.experts_E, model.hidden_N, model.ffn_K
+    w0 = torch.randn(E, N, model.layer0_cols, device="cuda", generator=g) / N ** 0.5
+    w1 = torch.randn(E, K, N, device="cuda", generator=g) / K ** 0.5
+    return ExpertWeights(w0.bfloat16(), w1.bfloat16())
+
+
 def _check(ws, model, par, routing, policy, what, seed=0, checked=True):
     from kernels.moe import moe_forward_fused
 
     rank, W = ws.rank, par.world_size
     M = routing.num_tokens
-    w = random_weights(model, seed=seed, dtype=torch.bfloat16, device="cuda")
+    w = _gpu_weights(model, seed)
     x = random_tokens(M, model.hidden_N, seed=seed + 1, dtype=torch.bfloat16, device="cuda")
     out = moe_forward_fused(ws, x, routing.to("cuda"), w, model, par, policy, checked=checked)
     ref = moe_forward(x.double(), routing.to("cuda"), w.to(torch.float64), model.activation)
@@ -242,3 +251,33 @@ def test_bitwise_reproducible(dist_world):
     a = _check(ws, model, par, routing, POLICY, "run a")
     b = _check(ws, model, par, routing, POLICY.replace(nc_layer1=8, layer0_comm="direct"), "run b")
     assert torch.equal(a, b)
+
+
+def _smoke_one_rank() -> None:
+    """`torchrun --nproc-per-node=1 tests/test_fused_multigpu.py`: the SymmetricWorkspace code path
+    (allocation, rendezvous, peer tables, device barrier) on a one-rank group, EP=1, every variant."""
+    import torch.distributed as dist
+
+    from kernels.moe import moe_forward_fused
+    from kernels.symm import SymmetricWorkspace
+
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=4, topk=2, layers=1, activation="swiglu")
+    par = ParallelConfig(ep=dist.get_world_size())
+    ws = SymmetricWorkspace(model, par, 1024, dtype=torch.bfloat16)
+    w = _gpu_weights(model)
+    for i, variant in enumerate(VARIANTS * 2):
+        routing = imbalanced(M=1000 - i, E=4, topk=2, std=0.05, seed=i).to("cuda")
+        x = random_tokens(1000 - i, 512, seed=i, dtype=torch.bfloat16, device="cuda")
+        out = moe_forward_fused(ws, x, routing, w, model, par, POLICY.replace(layer0_comm=variant, block_n0=64),
+                                checked=True)
+        ref = moe_forward(x.double(), routing, w.to(torch.float64), "swiglu")[_own_rows(1000 - i, par.world_size,
+                                                                                     ws.rank)]
+        assert_close(out, ref, torch.bfloat16, f"one-rank symmetric workspace, {variant}")
+        print(f"rank {ws.rank}: symmetric workspace {variant} ok", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _smoke_one_rank()

@@ -1,0 +1,276 @@
+"""Benchmark the fused layer0 / layer1 kernels of one rank in an emulated world on ONE GPU.
+
+Single-GPU emulation: W = EP ranks live on one GPU (kernels.workspace.EmulatedWorld); "peer" buffers are
+other tensors of the same GPU, so dispatch and combine traffic is local HBM traffic, not NVLink. The
+numbers say what the fusion costs or saves on the compute side (and how layer1 time moves with n_c when
+communication is nearly free); they are NOT the multi-GPU measurements the issue asks for.
+
+Per case (model, M, EP; balanced routing; bf16) and for rank 0:
+  layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one kernel
+          fused_direct          GEMM tiles load remote rows through peer pointers
+          fused_copy_engine     side-stream copy_ of whole source shards + flags, GEMM waits (eager only)
+          sequential            index_copy of the rows from each source, then the grouped GEMM
+                                (kernels/grouped_gemm.py, B through TMA)
+          gemm_alone            the grouped GEMM on rows already in place
+  layer1  fused[nc1]            GEMM + top-k reduce + stores into the owners' combine buffers, one kernel,
+                                nc1 in {4, 8, 16, 28, 32, 48, 64} communication programs
+          sequential            the grouped GEMM, then a torch top-k reduce (index_add in fp32) and
+                                index_copy into each owner's combine buffer
+          gemm_alone            the grouped GEMM alone
+          owner_reduce          rank 0's final reduction of its tokens' slots (single-shot events, median)
+Times: median of CUDA-graph replays (`graph`, device time) and of eager calls (`eager`, triton do_bench,
+L2 flushed between calls); copy-engine only eager (its flag values change every call, which a graph
+replay would freeze). TFLOP/s count real rows; the ceiling is a bf16 torch.matmul measured here.
+
+    python -m benchmarks.fused_layers --out results/fused_layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench, do_bench_cudagraph
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Policy, make_plan
+from comet.reference import ExpertWeights, shard_weights
+from comet.routing import make_routing
+from kernels import grouped_gemm as gg
+from kernels.fused_layer0 import fused_layer0, owned_range
+from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+from kernels.moe import stage_tokens
+from kernels.workspace import EmulatedWorld
+
+CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 8192, 4),
+         ("qwen2-moe-2.7b", 8192, 4))
+NC1 = (4, 8, 16, 28, 32, 48, 64)
+NC0 = (8, 16, 32)
+FIELDS = ["gpu", "model", "tokens_M", "ep", "rank", "layer", "activation", "rows", "impl", "nc", "block",
+          "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
+HW = HardwareProfile.from_name("h200")
+
+
+def _graph_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+
+
+def _eager_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def _ceiling_tflops() -> float:
+    a = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(4096, 14336, device="cuda", dtype=torch.bfloat16)
+    us = _eager_us(lambda: a @ b)
+    return 2 * 8192 * 4096 * 14336 / us / 1e6
+
+
+def _device_line() -> str:
+    p = torch.cuda.get_device_properties(0)
+    return (f"{p.name} x1 ({p.multi_processor_count} SMs), torch {torch.__version__}, "
+            f"triton {__import__('triton').__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
+
+
+def _rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp(min=1e-30))
+
+
+def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
+    """Gaussian weights drawn on the GPU (full-size models: drawing on the CPU takes tens of seconds)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    E, N, K = model.experts_E, model.hidden_N, model.ffn_K
+    k0 = model.layer0_cols
+    w0 = (torch.randn(E, N, k0, device="cuda", generator=g) / math.sqrt(N)).bfloat16()
+    w1 = (torch.randn(E, K, N, device="cuda", generator=g) / math.sqrt(K)).bfloat16()
+    return ExpertWeights(w0, w1)
+
+
+def run_case(writer, name: str, M: int, ep: int, ceiling: float, log) -> None:
+    model = ModelConfig.from_name(name)
+    par = ParallelConfig(ep=ep)
+    W, N = par.world_size, model.hidden_N
+    act = model.activation
+    routing = make_routing("balanced", M, model.experts_E, model.topk, seed=0).to("cuda")
+    policy = Policy(block_m=128, block_n0=256 if act == "gelu" else 128, block_n1=128, nc_layer0=16, nc_layer1=28,
+                    comm_rows=64)
+    plan = make_plan(routing, model, par, HW, policy)
+    world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda")
+    w = _weights(model, 0)
+    shards = [shard_weights(w, par, r) for r in range(W)]
+    x = (torch.randn(M, N, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))).bfloat16()
+    stage_tokens(world, x, M)
+    r0 = 0
+    rp = plan.rank(r0)
+    t = rp.trimmed()
+    R = int(rp.num_rows)
+    owner = plan.token_owner_M.cpu()
+    gpu = torch.cuda.get_device_name(0)
+    base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "rank": r0, "activation": act, "rows": R}
+
+    def emit(layer, impl, us, timing, flops, moved=0, nc="", block="", err="", note=""):
+        tf = flops / us / 1e6 if us > 0 else 0.0
+        writer.writerow({**base, "layer": layer, "impl": impl, "nc": nc, "block": block, "time_us": f"{us:.2f}",
+                         "timing": timing, "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}",
+                         "moved_bytes": moved, "rel_err": err, "note": note})
+        log(f"{name:15s} M={M:6d} {layer} {impl:18s} nc={nc!s:>3s} {timing:5s} {us:9.1f} us {tf:6.1f} TFLOP/s")
+
+    # ---------------------------------------------------------------------------- layer0
+    w0, w1 = shards[r0].w0_ENK, shards[r0].w1_EKN
+    flops0 = 2 * R * N * model.layer0_cols // par.tp
+    recv0 = world.buffers(r0).recv_MN
+    need = t["recv_token_U"]
+    by_src = [(s, need[owner[need] == s].cuda()) for s in range(W) if s != r0]
+    by_src = [(s, idx) for s, idx in by_src if idx.numel()]
+    moved_blocks = int(need.numel()) * N * 2
+    moved_ce = sum(owned_range(M, W, s)[1] - owned_range(M, W, s)[0] for s in range(W) if s != r0) * N * 2
+    h_ref = torch.empty(rp.row_token_R.numel(), plan.ffn_local, device="cuda", dtype=torch.bfloat16)
+
+    def gemm0():
+        gg.grouped_gemm_layer0(plan, r0, recv0, w0, out_RK=h_ref, b_tma=True)
+
+    def seq0():
+        for s, idx in by_src:
+            recv0.index_copy_(0, idx, world.buffers(s).recv_MN.index_select(0, idx))
+        gemm0()
+
+    for impl, fn, moved in (("gemm_alone", gemm0, 0), ("sequential", seq0, moved_blocks)):
+        emit("l0", impl, _graph_us(fn), "graph", flops0, moved, block=f"128x{policy.block_n0}")
+        emit("l0", impl, _eager_us(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
+    href = h_ref[:R].clone()
+    for nc in NC0:
+        p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
+        fn = lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks")
+        fn()
+        err = _rel_err(world.buffers(r0).h_RK[:R], href)
+        emit("l0", "fused_blocks", _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}")
+        emit("l0", "fused_blocks", _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}")
+    fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
+    fn()
+    err = _rel_err(world.buffers(r0).h_RK[:R], href)
+    emit("l0", "fused_direct", _graph_us(fn), "graph", flops0, moved_blocks, err=f"{err:.2e}")
+    emit("l0", "fused_direct", _eager_us(fn), "eager", flops0, moved_blocks, err=f"{err:.2e}")
+    fn = lambda: fused_layer0(world, plan, r0, w0, variant="copy-engine")
+    fn()
+    err = _rel_err(world.buffers(r0).h_RK[:R], href)
+    emit("l0", "fused_copy_engine", _eager_us(fn), "eager", flops0, moved_ce, err=f"{err:.2e}",
+         note="whole source shards")
+    world.check()
+
+    # ---------------------------------------------------------------------------- layer1
+    for r in range(W):  # every rank's layer0 output, so every rank's layer1 has real inputs
+        fused_layer0(world, plan, r, shards[r].w0_ENK, variant="direct")
+    h0 = world.buffers(r0).h_RK[: rp.row_token_R.numel()]
+    flops1 = 2 * R * plan.ffn_local * N
+    y_ref = torch.empty(rp.row_token_R.numel(), N, device="cuda", dtype=torch.bfloat16)
+    n_send = int(rp.num_sends)
+    rows_by_send = t["rows_by_send_R"].cuda()
+    send_of_row = torch.repeat_interleave(torch.arange(n_send), (t["send_row_end_S"] - t["send_row_start_S"])).cuda()
+    wts = rp.row_weight_R[rows_by_send]
+    slots = world.sizes.slots
+    dests = []
+    for d in range(W):
+        sel = (t["send_dest_S"] == d).nonzero().flatten()
+        if sel.numel():
+            lo = owned_range(M, W, d)[0]
+            dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
+            dests.append((world.buffers(d).combine_MSN.view(-1, N), sel.cuda(), dst.cuda()))
+    moved1 = sum(int(s.numel()) for _, s, _ in dests) * N * 2
+
+    def gemm1():
+        gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y_ref, b_tma=True, a_tma=True)
+
+    def seq1():
+        gemm1()
+        part = torch.zeros(n_send, N, device="cuda", dtype=torch.float32)
+        part.index_add_(0, send_of_row, y_ref[rows_by_send].float() * wts[:, None])
+        for comb, sel, dst in dests:
+            comb.index_copy_(0, dst, part[sel].bfloat16())
+
+    for impl, fn, moved in (("gemm_alone", gemm1, 0), ("sequential", seq1, moved1)):
+        emit("l1", impl, _graph_us(fn), "graph", flops1, moved, block="128x128")
+        emit("l1", impl, _eager_us(fn), "eager", flops1, moved, block="128x128")
+    yref = y_ref[:R].clone()
+    for nc in NC1:
+        p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
+        fn = lambda p=p: fused_layer1(world, p, r0, w1)
+        fn()
+        err = _rel_err(world.buffers(r0).y_RN[:R], yref)
+        emit("l1", "fused", _graph_us(fn), "graph", flops1, moved1, nc, block="128x128", err=f"{err:.2e}")
+        emit("l1", "fused", _eager_us(fn), "eager", flops1, moved1, nc, block="128x128", err=f"{err:.2e}")
+    world.reset()
+
+    # --- owner's reduce: every rank's layer1 once, then rank 0's reduce timed once per round
+    expected = combine_expected(routing.topk_ids_MK, model, par)
+    times = []
+    for _ in range(7):
+        for r in range(W):
+            fused_layer1(world, plan, r, shards[r].w1_EKN)
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        combine_reduce(world, plan, r0, expected[r0])
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    world.check()
+    n_own = owned_range(M, W, r0)[1] - owned_range(M, W, r0)[0]
+    emit("l1", "owner_reduce", sorted(times)[len(times) // 2], "event", 0, n_own * slots * N * 2,
+         note="single-shot events, median of 7")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fused_layers", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/fused_layers", help="output folder")
+    default_cases = ",".join(f"{m}:{n}:{e}" for m, n, e in CASES)
+    ap.add_argument("--cases", default=None, help=f"comma list model:M:ep (default: {default_cases})")
+    ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
+    a = ap.parse_args(argv)
+    cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
+                                           for c in a.cases.split(",")]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = a.tag or f"h200_{datetime.date.today().isoformat()}"
+    t0 = time.time()
+    dev = _device_line()
+    ceiling = _ceiling_tflops()
+    lines = [dev, f"bf16 ceiling (torch.matmul 8192x4096x14336): {ceiling:.1f} TFLOP/s",
+             "single-GPU emulated world: peer traffic is local HBM, not NVLink"]
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    for line in lines:
+        print(line, flush=True)
+    path = out / f"{stem}.csv"
+    with path.open("w", newline="") as f:
+        f.write(f"# {dev}\n# bf16 ceiling: {ceiling:.1f} TFLOP/s\n# single-GPU emulated world (peer traffic is "
+                f"local HBM); command: python -m benchmarks.fused_layers {' '.join(sys.argv[1:])}\n")
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for name, M, ep in cases:
+            try:
+                run_case(writer, name, M, ep, ceiling, log)
+            except Exception as e:  # keep the other cases' rows; the log says what failed
+                log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
+            f.flush()
+            torch.cuda.empty_cache()
+    log(f"wrote {path} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
