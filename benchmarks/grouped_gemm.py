@@ -209,8 +209,10 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
         for v, plan in plans.items():
             opts = dict(variants[v][4])
             opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
-            if opts.pop("a_tma_l1", False) and layer == "l1":
-                opts["a_tma"] = True
+            a_tma_l1 = opts.pop("a_tma_l1", False)
+            opts.setdefault("b_tma", False)  # the layer wrappers' default is TMA where possible: be explicit
+            if layer == "l1":
+                opts["a_tma"] = a_tma_l1
             sorted_a = opts.pop("sorted_a", None)
             if layer == "l0" and sorted_a == "kernel":
                 fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
