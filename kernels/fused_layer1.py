@@ -121,9 +121,11 @@ def _fused_layer1_kernel(
                     valid = mask_s & (r0 + j < r1)
                     row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
                     w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                    # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                    # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple of 16
                     y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                mask=valid[:, None] & mask_n[None, :], other=0.0, cache_modifier=".cg")
-                    acc += w[:, None] * y.to(tl.float32)
+                                mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                    acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
                 tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
                 slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
                 dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]

@@ -164,6 +164,8 @@ class Workspace:
         self.dtype = dtype
         self.combine_dtype = combine_dtype or dtype
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # so that "cuda" == x.device ("cuda:0")
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_spin = max_spin
         self.sizes = workspace_sizes(capacity_tokens, model, parallel)
         self.layout = self.sizes.layout
