@@ -20,7 +20,7 @@ Shape legend: M tokens of the whole group, N hidden, E experts, W ranks; weights
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -47,11 +47,17 @@ def stage_tokens(ws, x_MN: torch.Tensor, M: int) -> None:
         ws.buffers(r).recv_MN[lo:hi].copy_(rows)
 
 
-def rank_shards(weights: ExpertWeights | Sequence[ExpertWeights], model: ModelConfig, parallel: ParallelConfig,
-                ranks: Sequence[int]) -> dict[int, ExpertWeights]:
-    """Each rank's weight shard: from all E experts (sharded with comet.reference.shard_weights, copies) or
-    from a sequence holding one shard per rank (index = rank), or this rank's shard on a one-rank process."""
+def rank_shards(weights: ExpertWeights | Sequence[ExpertWeights] | Mapping[int, ExpertWeights], model: ModelConfig,
+                parallel: ParallelConfig, ranks: Sequence[int]) -> dict[int, ExpertWeights]:
+    """Each rank's weight shard: from all E experts (sharded with comet.reference.shard_weights, copies), from
+    a sequence holding one shard per rank (index = rank), from a mapping rank -> shard holding at least `ranks`,
+    or this rank's shard on a one-rank process."""
     E_loc, K_loc = model.experts_E // parallel.ep, model.ffn_K // parallel.tp
+    if isinstance(weights, Mapping):
+        missing = [r for r in ranks if r not in weights]
+        if missing:
+            raise ValueError(f"the weight mapping has no shard for ranks {missing}")
+        weights = [weights.get(r) for r in range(parallel.world_size)]
     if isinstance(weights, ExpertWeights):
         if (weights.num_experts, weights.ffn_K) == (model.experts_E, model.ffn_K):
             return {r: shard_weights(weights, parallel, r) for r in ranks}
@@ -75,7 +81,7 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
                       parallel: ParallelConfig, policy: Policy | None = None, *,
                       hardware: HardwareProfile | None = None, checked: bool = False,
                       out_MN: torch.Tensor | None = None, layer0_kwargs: dict | None = None,
-                      layer1_kwargs: dict | None = None, return_plan: bool = False):
+                      layer1_kwargs: dict | None = None, return_plan: bool = False, plan: Plan | None = None):
     """One MoE layer through the fused kernels.
 
     ws: EmulatedWorld (all W ranks in this process) or SymmetricWorkspace (this process's rank).
@@ -85,6 +91,8 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     policy: tiles, n_c, layer0 variant (Policy.layer0_comm) and dispatch form.
     Returns out_MN: (M, N) for an emulated world; this rank's (M_own, N) rows on a process group.
     checked: call ws.check() after the layer (one host sync) so a timed-out wait raises here.
+    plan: a Plan already built from this routing for this workspace's ranks (skips make_plan; e.g. to time the
+    kernels alone); it must have been made with `policy`.
     """
     policy = policy or Policy()
     if x_MN.dtype != ws.dtype or x_MN.device != ws.device:
@@ -97,8 +105,12 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     M, W = routing.num_tokens, parallel.world_size
     ws.begin_call(M)
     routing = routing.to(x_MN.device)
-    plan = make_plan(routing, model, parallel, hardware or HardwareProfile.from_name("h200"), policy,
-                     ranks=list(ws.ranks))
+    if plan is None:
+        plan = make_plan(routing, model, parallel, hardware or HardwareProfile.from_name("h200"), policy,
+                         ranks=list(ws.ranks))
+    elif plan.num_tokens != M or plan.policy != policy or {p.rank for p in plan.ranks} < set(ws.ranks):
+        raise ValueError(f"the given plan (M={plan.num_tokens}, ranks {[p.rank for p in plan.ranks]}) was not "
+                         f"built for this call (M={M}, ranks {list(ws.ranks)}, this policy)")
     shards = rank_shards(weights, model, parallel, ws.ranks)
     for r, s in shards.items():
         if s.dtype != ws.dtype or s.device != ws.device:

@@ -34,8 +34,13 @@ NVLS_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "N
 _ALIGN = 512
 
 
-@triton.jit(do_not_specialize=["value", "max_spin"])
-def _barrier_kernel(sflag_peers_ptr, sflags_ptr, status_ptr, rank, world, value, barrier_off, max_spin):
+@triton.jit(do_not_specialize=["max_spin"])
+def _barrier_kernel(sflag_peers_ptr, sflags_ptr, status_ptr, count_ptr, rank, world, barrier_off, max_spin):
+    # --- this barrier's value: a per-rank counter in device memory (no host counter: CUDA-graph replays
+    # advance it too); every rank passes the same barriers, so the counters agree
+    value = tl.load(count_ptr) + 1
+    tl.debug_barrier()
+    tl.store(count_ptr, value)
     # --- announce: my slot on every peer reaches `value` (release: my earlier writes are visible first)
     for p in range(0, world):
         peer = tl.load(sflag_peers_ptr + p).to(tl.pointer_type(tl.int32))
@@ -105,7 +110,7 @@ class SymmetricWorkspace(Workspace):
             y_RN=torch.full((sz.rows, sz.hidden), float("nan"), dtype=dtype, device=device),
             recv_ptrs_W=table(self._off_recv), combine_ptrs_W=table(self._off_comb),
             sflag_ptrs_W=table(self._off_flags))
-        self._barrier_value = 0
+        self._barrier_count = torch.zeros(1, dtype=torch.int32, device=device)  # see _barrier_kernel
         torch.cuda.synchronize(device)
         dist.barrier(group=self.group)
 
@@ -118,11 +123,11 @@ class SymmetricWorkspace(Workspace):
         return self._hdl.get_buffer(peer, (sz.recv_rows, sz.hidden), self.dtype, 0)
 
     def barrier(self) -> None:
-        """Device-side barrier over the group on the current stream (no host sync); bounded like every wait."""
-        self._barrier_value = self._barrier_value % (2**31 - 2) + 1
+        """Device-side barrier over the group on the current stream (no host sync); bounded like every wait.
+        Its value lives in device memory, so the barrier also works inside a captured CUDA graph."""
         b = self._bufs[self.rank]
-        _barrier_kernel[(1,)](b.sflag_ptrs_W, b.sflags_F, b.status, self.rank, self.world_size,
-                              self._barrier_value, self.layout.barrier, self.max_spin, num_warps=1)
+        _barrier_kernel[(1,)](b.sflag_ptrs_W, b.sflags_F, b.status, self._barrier_count, self.rank,
+                              self.world_size, self.layout.barrier, self.max_spin, num_warps=1)
 
     def reset(self) -> None:
         """Collective: zero flags and status on every rank (host syncs and a process-group barrier)."""
@@ -136,6 +141,6 @@ class SymmetricWorkspace(Workspace):
         b.status.zero_()
         self.epoch = 0
         self._copy_epoch.clear()
-        self._barrier_value = 0
+        self._barrier_count.zero_()
         torch.cuda.synchronize(self.device)
         dist.barrier(group=self.group)
