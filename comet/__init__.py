@@ -1,0 +1,12 @@
+"""comet-moe: configs, routing, the planner and the MoE layer. Importing the package loads nothing heavy;
+`comet.CometMoE` (comet/layer.py: torch, Triton kernels) is imported on first use."""
+
+__all__ = ["CometMoE"]
+
+
+def __getattr__(name):
+    if name == "CometMoE":
+        from comet.layer import CometMoE
+
+        return CometMoE
+    raise AttributeError(f"module 'comet' has no attribute {name!r}")

@@ -1,0 +1,414 @@
+"""`CometMoE`: one MoE layer as a torch.nn.Module: router gate, fused layer0 (dispatch + grouped GEMM +
+activation) and fused layer1 (grouped GEMM + top-k reduce + combine), over a process group (EP, TP or EP x TP,
+one GPU per process) or an emulated world (all W ranks in this process: one GPU, or the CPU under Triton's
+interpreter). The baselines of comet/baselines.py run in the same module: system="sequential" | "chunked".
+
+Shape legend: M tokens of the group, m tokens of one rank (M = W m on a process group), N hidden, K expert FFN
+size (K' = K for gelu, 2K for swiglu: [gate | up]), E experts, W = EP x TP ranks, Q ranks run by this process
+(W in an emulated world, 1 on a process group), K_s the shared expert's FFN size.
+
+Tokens. In an emulated world forward takes all M tokens (..., N) and returns all M outputs. On a process group
+every rank passes its own m tokens (the same m on every rank) and gets their outputs; rank s's tokens are the
+group's tokens [s m, (s + 1) m): tokens are sharded over all W = EP x TP ranks, as in the released Comet code
+(the TP ranks of an expert group do not hold copies of the same tokens).
+
+Parameters (requires_grad False: the kernels are forward-only):
+    gate_weight         (E, N)                router, the same on every rank
+    w0                  (Q, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.reference layout)
+    w1                  (Q, E/EP, K/TP, N)    layer1 shard
+    shared_w0 / _w1     (N, 2 K_s) / (K_s, N) optional dense shared expert ([gate | up], swiglu), Qwen2-MoE style:
+    shared_gate_weight  (1, N)                out += sigmoid(x @ shared_gate_weight.T) * shared_expert(x); each rank
+                                              runs it on its own tokens with the whole (replicated) weights
+Routers: "softmax" (softmax over the logits in float32, top-k, weights renormalised to sum 1 when
+normalize_topk, as comet.routing.topk_gate; Mixtral renormalises, Qwen2-MoE by default not) and "sparsemixer"
+(Phi-3.5-MoE's top-2 router in its inference form, `sparsemixer_gate`). Logits are x @ gate_weight.T in x's
+dtype, as Hugging Face's blocks compute them.
+
+Workspace. Created once (or passed in and shared by every layer of a model) for `capacity_tokens` tokens of
+the whole group; a call with more tokens raises kernels.workspace.WorkspaceCapacityError naming the bytes
+needed and available. It does not grow: on a process group the workspace is a collective symmetric allocation
+that every rank would have to redo together, and a captured CUDA graph keeps its addresses.
+
+Per call (system "comet"): gate -> routing (on a process group: the routing of every rank's tokens, one
+all-gather) -> Plan built on the device (comet.plan.make_plan; no host sync) -> kernels.moe.moe_forward_fused.
+The baselines need one host sync per call (their split sizes, comet.baselines.prepare).
+
+Autograd: the Triton kernels have no backward. Under torch.no_grad() / torch.inference_mode() (or with no
+input or parameter requiring grad) forward works; with grad enabled and an input or parameter requiring grad
+it raises a RuntimeError saying so, before any work.
+
+torch.compile: the expert part is the custom op `comet::moe_experts` (torch.library.custom_op, with a fake
+implementation: the output is shaped like x); the router and the shared expert are ordinary torch code that
+torch.compile traces around it.
+
+CUDA graphs: system "comet" can be captured (warm up with one eager call first: Triton compiles on the first
+launch; the capture fixes the token count). The plan is built by torch ops in the graph's pool, the kernels
+reset their count flags themselves, and the process-group barrier keeps its value in device memory. Not
+capturable, with a clear error: layer0_comm="copy-engine" (its flags take a host-side epoch per launch, which a
+replay would freeze, so a replayed tile could read rows before they arrive) and the baselines through this
+module (their host sync); comet.baselines.BaselineRunner.forward with prepared metadata can be captured.
+
+    >>> import os, torch
+    >>> from comet.config import ModelConfig
+    >>> m = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
+    >>> layer = CometMoE(m, ParallelConfig(ep=2), capacity_tokens=64, dtype=torch.float32, device="cpu")
+    >>> tuple(layer.w0.shape), tuple(layer.w1.shape)
+    ((2, 2, 32, 32), (2, 2, 32, 32))
+    >>> with torch.no_grad():  # doctest: +SKIP
+    ...     y = layer(torch.randn(40, 32))
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Policy
+from comet.reference import ExpertWeights, shard_weights
+from comet.routing import Routing
+
+ROUTERS = ("softmax", "sparsemixer")
+SYSTEMS = ("comet", "sequential", "chunked")
+# Tiles and n_c for tiny shapes on the CPU (Triton's interpreter): 16-wide tiles, 2 communication programs.
+CPU_POLICY = Policy(block_m=16, block_n0=16, block_n1=16, group_m=2, nc_layer0=2, nc_layer1=2, comm_rows=8)
+
+_LAYERS: dict[int, weakref.ref] = {}
+_HANDLES = itertools.count()
+
+__all__ = ["CometMoE", "ROUTERS", "SYSTEMS", "CPU_POLICY", "softmax_topk_gate", "sparsemixer_gate", "moe_experts"]
+
+
+# --------------------------------------------------------------------------------------------------- routers
+def softmax_topk_gate(logits_ME: torch.Tensor, topk: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(topk_ids_MK int64, topk_weights_MK float32): softmax over the logits in float32, the top-k experts,
+    weights renormalised to sum 1 if `normalize` (comet.routing.topk_gate when normalize)."""
+    E = logits_ME.shape[-1]
+    if not 1 <= topk <= E:
+        raise ValueError(f"topk={topk} must lie in [1, E={E}]")
+    probs = torch.softmax(logits_ME.float(), dim=-1)
+    w, ids = probs.topk(topk, dim=-1)
+    if normalize:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return ids, w
+
+
+def sparsemixer_gate(logits_ME: torch.Tensor, jitter_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phi-3.5-MoE's top-2 router ("sparsemixer"), inference form, in float32.
+
+    For each of the two picks: the best remaining expert e* (score s*); experts whose score is further than
+    2 jitter_eps below s*, relative to max(|score|, s*), are masked out; the weight is e*'s softmax probability
+    among the unmasked remaining experts. The second pick excludes the first. Weights do not sum to 1.
+    Returns (topk_ids_MK int64 (M, 2), topk_weights_MK float32 (M, 2)).
+    """
+    if logits_ME.shape[-1] < 2:
+        raise ValueError("sparsemixer picks two distinct experts: it needs E >= 2")
+    scores = logits_ME.float()
+
+    def pick(masked):
+        best, idx = masked.max(dim=-1, keepdim=True)
+        far = (best - scores) / scores.abs().clamp(min=best) > 2 * jitter_eps
+        probs = masked.masked_fill(far, float("-inf")).softmax(dim=-1)
+        return idx, probs.gather(-1, idx)
+
+    i1, w1 = pick(scores)
+    i2, w2 = pick(scores.scatter(-1, i1, float("-inf")))
+    return torch.cat([i1, i2], dim=-1), torch.cat([w1, w2], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------ custom op
+@torch.library.custom_op("comet::moe_experts", mutates_args=())
+def moe_experts(x_MN: torch.Tensor, topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, w0: torch.Tensor,
+                w1: torch.Tensor, handle: int) -> torch.Tensor:
+    """The expert part of CometMoE `handle` (dispatch, both expert GEMMs, top-k reduce, combine) for this
+    process's tokens x_MN with their routing; w0 / w1 are that layer's expert parameters. Opaque to
+    torch.compile; the layer's workspace is state outside the op's arguments."""
+    ref = _LAYERS.get(handle)
+    layer = ref() if ref is not None else None
+    if layer is None:
+        raise RuntimeError(f"comet::moe_experts: no live CometMoE has handle {handle}")
+    return layer._experts(x_MN, topk_ids_MK, topk_weights_MK, w0, w1)
+
+
+@moe_experts.register_fake
+def _moe_experts_fake(x_MN, topk_ids_MK, topk_weights_MK, w0, w1, handle):
+    return torch.empty_like(x_MN)
+
+
+# ---------------------------------------------------------------------------------------------------- layer
+class CometMoE(nn.Module):
+    """One MoE layer; see the module docstring for shapes, ownership, routers, workspace, graphs and compile.
+
+    model: shapes and activation; parallel: EP x TP (default EP = TP = 1); world: "emulated" (all ranks here),
+    "process-group" (torch.distributed's default group) or a ProcessGroup; capacity_tokens: the most tokens of
+    the whole group per call; dtype: parameters and tokens (default the model's); device: default CUDA if
+    available (on a group: the current CUDA device), else the CPU; system: "comet" | "sequential" | "chunked"
+    (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
+    CPU_POLICY on the CPU); chunks: C of the chunked baseline; router / normalize_topk / router_jitter_eps:
+    see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
+    share; hardware: the profile the planner records.
+    """
+
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig | None = None, *, world="emulated",
+                 capacity_tokens: int, dtype: torch.dtype | None = None, device=None, system: str = "comet",
+                 policy: Policy | None = None, chunks: int = 4, router: str = "softmax", normalize_topk: bool = True,
+                 router_jitter_eps: float = 0.01, shared_ffn_K: int | None = None, workspace=None,
+                 hardware: str | HardwareProfile = "h200", max_spin: int | None = None):
+        super().__init__()
+        parallel = parallel or ParallelConfig()
+        parallel.validate(model)
+        if router not in ROUTERS:
+            raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+        if router == "sparsemixer" and model.topk != 2:
+            raise ValueError(f"the sparsemixer router picks exactly 2 experts; {model.name} has topk={model.topk}")
+        if capacity_tokens < 1:
+            raise ValueError(f"capacity_tokens must be >= 1, got {capacity_tokens}")
+        if shared_ffn_K is not None and shared_ffn_K < 1:
+            raise ValueError(f"shared_ffn_K must be >= 1 or None, got {shared_ffn_K}")
+        self.model, self.parallel = model, parallel
+        self.dtype = dtype or getattr(torch, model.dtype)
+        self.router, self.normalize_topk, self.router_jitter_eps = router, normalize_topk, router_jitter_eps
+        self.capacity_tokens = capacity_tokens
+        self.hardware = hardware if isinstance(hardware, HardwareProfile) else HardwareProfile.from_name(hardware)
+        self.system, self.chunks = system, chunks
+        self._check_system()
+
+        # --- the world: which ranks run here, their collectives, the fused kernels' workspace
+        from comet.baselines import BaselineRunner, DistCollectives, EmulatedCollectives
+
+        self.emulated = isinstance(world, str) and world == "emulated"
+        if self.emulated:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self._coll = EmulatedCollectives(parallel.world_size, self.device)
+        else:
+            if isinstance(world, str) and world != "process-group":
+                raise ValueError(f"world must be 'emulated', 'process-group' or a ProcessGroup, got {world!r}")
+            self._coll = DistCollectives(None if isinstance(world, str) else world)
+            parallel.validate(model, self._coll.world_size)
+            default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            self.device = torch.device(device or default)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.ranks = self._coll.ranks
+        self.policy = policy or (Policy() if self.device.type == "cuda" else CPU_POLICY)
+        self._runner = BaselineRunner(self._coll, model, parallel)
+        self.workspace = self._make_workspace(workspace, max_spin)
+
+        # --- parameters
+        Q, E_loc, K_loc, N = len(self.ranks), model.experts_E // parallel.ep, model.ffn_K // parallel.tp, model.hidden_N
+        k0 = model.layer0_cols // parallel.tp
+
+        def param(*shape):
+            return nn.Parameter(torch.empty(*shape, dtype=self.dtype, device=self.device), requires_grad=False)
+
+        self.gate_weight = param(model.experts_E, N)
+        self.w0 = param(Q, E_loc, N, k0)
+        self.w1 = param(Q, E_loc, K_loc, N)
+        self.shared_ffn_K = shared_ffn_K
+        if shared_ffn_K is not None:
+            self.shared_w0 = param(N, 2 * shared_ffn_K)
+            self.shared_w1 = param(shared_ffn_K, N)
+            self.shared_gate_weight = param(1, N)
+        self.reset_parameters()
+        self._handle = next(_HANDLES)
+        _LAYERS[self._handle] = weakref.ref(self)
+        weakref.finalize(self, _LAYERS.pop, self._handle, None)
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _check_system(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}; choose one of {', '.join(SYSTEMS)}")
+        if self.chunks < 1:
+            raise ValueError(f"chunks must be >= 1, got {self.chunks}")
+
+    def _make_workspace(self, workspace, max_spin):
+        """The fused kernels' workspace: given, or created here (not on a CPU process group: the fused
+        kernels need CUDA and symmetric memory there; the baselines run without one)."""
+        from kernels.workspace import DEFAULT_MAX_SPIN, EmulatedWorld
+
+        spin = max_spin or DEFAULT_MAX_SPIN
+        if workspace is not None:
+            m, p = workspace.model, workspace.parallel
+            if (m.hidden_N, m.ffn_K, m.experts_E, m.topk) != (self.model.hidden_N, self.model.ffn_K,
+                                                              self.model.experts_E, self.model.topk) \
+                    or (p.ep, p.tp) != (self.parallel.ep, self.parallel.tp):
+                raise ValueError(f"the given workspace was made for {m.name} EP={p.ep} TP={p.tp}, not for "
+                                 f"{self.model.name} EP={self.parallel.ep} TP={self.parallel.tp}")
+            if workspace.dtype != self.dtype or workspace.device != self.device:
+                raise ValueError(f"the given workspace holds {workspace.dtype} on {workspace.device}; this layer "
+                                 f"runs {self.dtype} on {self.device}")
+            if tuple(workspace.ranks) != tuple(self.ranks):
+                raise ValueError(f"the given workspace runs ranks {list(workspace.ranks)}, this layer "
+                                 f"{list(self.ranks)}")
+            self.capacity_tokens = min(self.capacity_tokens, workspace.capacity_tokens)
+            return workspace
+        if self.emulated:
+            return EmulatedWorld(self.model, self.parallel, self.capacity_tokens, dtype=self.dtype, device=self.device,
+                                 max_spin=spin)
+        if self.device.type != "cuda":
+            if self.system == "comet":
+                raise ValueError("system 'comet' on a process group needs CUDA GPUs (symmetric memory); on the CPU "
+                                 "use world='emulated', or system 'sequential' / 'chunked'")
+            return None
+        from kernels.symm import SymmetricWorkspace
+
+        return SymmetricWorkspace(self.model, self.parallel, self.capacity_tokens, dtype=self.dtype,
+                                  group=self._coll.group, device=self.device, max_spin=spin)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Seeded Gaussian weights, scaled 1/sqrt(fan_in). Expert e's full matrices are drawn from seed
+        (seed, e) and then cut to this process's shards, so every sharding holds the same layer."""
+        dev = self.device
+        gen = torch.Generator(device=dev)
+        N, K = self.model.hidden_N, self.model.ffn_K
+        gen.manual_seed(seed)
+        self.gate_weight.copy_(torch.randn(self.gate_weight.shape, generator=gen, device=dev) / math.sqrt(N))
+        for i, r in enumerate(self.ranks):
+            for j, e in enumerate(self._local_experts(r)):
+                gen.manual_seed(seed * 1_000_003 + 1 + e)
+                w0 = torch.randn(1, N, self.model.layer0_cols, generator=gen, device=dev) / math.sqrt(N)
+                full = ExpertWeights(w0, torch.randn(1, K, N, generator=gen, device=dev) / math.sqrt(K))
+                one = shard_weights(full, ParallelConfig(ep=1, tp=self.parallel.tp), self.parallel.tp_rank(r))
+                self.w0[i, j].copy_(one.w0_ENK[0])
+                self.w1[i, j].copy_(one.w1_EKN[0])
+        if self.shared_ffn_K is not None:
+            gen.manual_seed(seed + 7)
+            for p, fan_in in ((self.shared_w0, N), (self.shared_w1, self.shared_ffn_K), (self.shared_gate_weight, N)):
+                p.copy_(torch.randn(p.shape, generator=gen, device=dev) / math.sqrt(fan_in))
+
+    def _local_experts(self, rank: int) -> range:
+        e_loc = self.model.experts_E // self.parallel.ep
+        return range(self.parallel.ep_rank(rank) * e_loc, (self.parallel.ep_rank(rank) + 1) * e_loc)
+
+    @torch.no_grad()
+    def load_experts(self, weights: ExpertWeights | Mapping[int, ExpertWeights], gate_weight_EN: torch.Tensor,
+                     shared: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Copy weights in: `weights` holds all E experts (comet.reference layout; each rank here keeps its
+        shard) or maps each rank run here to its shard; gate_weight_EN (E, N); shared: {"w0": (N, 2 K_s),
+        "w1": (K_s, N), "gate_weight": (1, N)} when the layer has a shared expert."""
+        if isinstance(weights, ExpertWeights):
+            if (weights.num_experts, weights.hidden_N, weights.ffn_K, weights.activation) != (
+                    self.model.experts_E, self.model.hidden_N, self.model.ffn_K, self.model.activation):
+                raise ValueError(f"weights hold E={weights.num_experts}, N={weights.hidden_N}, K={weights.ffn_K} "
+                                 f"({weights.activation}); {self.model.name} has E={self.model.experts_E}, "
+                                 f"N={self.model.hidden_N}, K={self.model.ffn_K} ({self.model.activation})")
+            weights = {r: shard_weights(weights, self.parallel, r) for r in self.ranks}
+        for i, r in enumerate(self.ranks):
+            if r not in weights:
+                raise ValueError(f"no weight shard for rank {r}")
+            s = weights[r]
+            if s.w0_ENK.shape != self.w0.shape[1:] or s.w1_EKN.shape != self.w1.shape[1:]:
+                raise ValueError(f"rank {r}'s shard has w0 {tuple(s.w0_ENK.shape)}, w1 {tuple(s.w1_EKN.shape)}; "
+                                 f"expected {tuple(self.w0.shape[1:])} and {tuple(self.w1.shape[1:])}")
+            self.w0[i].copy_(s.w0_ENK)
+            self.w1[i].copy_(s.w1_EKN)
+        if tuple(gate_weight_EN.shape) != tuple(self.gate_weight.shape):
+            raise ValueError(f"gate_weight_EN must be {tuple(self.gate_weight.shape)}, got "
+                             f"{tuple(gate_weight_EN.shape)}")
+        self.gate_weight.copy_(gate_weight_EN)
+        if (shared is None) != (self.shared_ffn_K is None):
+            raise ValueError("give `shared` weights exactly when the layer was built with shared_ffn_K")
+        if shared is not None:
+            for name in ("w0", "w1", "gate_weight"):
+                p = getattr(self, f"shared_{name}")
+                if name not in shared or tuple(shared[name].shape) != tuple(p.shape):
+                    got = tuple(shared[name].shape) if name in shared else "missing"
+                    raise ValueError(f"shared['{name}'] must be {tuple(p.shape)}, got {got}")
+                p.copy_(shared[name])
+
+    def rank_shards(self) -> dict[int, ExpertWeights]:
+        """rank -> its shard (views of w0 / w1) for the ranks run here."""
+        return {r: ExpertWeights(self.w0[i], self.w1[i]) for i, r in enumerate(self.ranks)}
+
+    def check(self) -> None:
+        """Raise kernels.signals.FlagTimeoutError if a fused kernel's wait timed out (one host sync)."""
+        if self.workspace is not None:
+            self.workspace.check()
+
+    def extra_repr(self) -> str:
+        where = "emulated" if self.emulated else f"rank {self.ranks[0]}"
+        return (f"{self.model.name}: N={self.model.hidden_N} K={self.model.ffn_K} E={self.model.experts_E} "
+                f"topk={self.model.topk} {self.model.activation}; EP={self.parallel.ep} TP={self.parallel.tp} "
+                f"({where}); system={self.system}; router={self.router}; capacity {self.capacity_tokens} tokens")
+
+    # --------------------------------------------------------------------------------------------- forward
+    def route(self, x_MN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(topk_ids_MK int64, topk_weights_MK float32) of tokens x_MN with this layer's router."""
+        logits_ME = F.linear(x_MN, self.gate_weight)
+        if self.router == "sparsemixer":
+            return sparsemixer_gate(logits_ME, self.router_jitter_eps)
+        return softmax_topk_gate(logits_ME, self.model.topk, self.normalize_topk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., N) tokens in the layer's dtype and device (all M in an emulated world, this rank's m on a
+        process group). Returns the layer's output, same shape and dtype. No host sync with system "comet"."""
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            raise RuntimeError("CometMoE is forward-only (its Triton kernels have no backward): call it under "
+                               "torch.no_grad() or torch.inference_mode(), with inputs and parameters that do not "
+                               "require grad")
+        N = self.model.hidden_N
+        if x.dim() < 1 or x.shape[-1] != N:
+            raise ValueError(f"x must have hidden size N={N} in its last dimension, got shape {tuple(x.shape)}")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise ValueError(f"x is {x.dtype} on {x.device}; this layer runs {self.dtype} on {self.device}")
+        x_MN = x.reshape(-1, N).contiguous()
+        if x_MN.shape[0] == 0:
+            raise ValueError("x holds no tokens")
+        ids_MK, w_MK = self.route(x_MN)
+        out_MN = moe_experts(x_MN, ids_MK, w_MK, self.w0, self.w1, self._handle)
+        if self.shared_ffn_K is not None:
+            h = x_MN @ self.shared_w0
+            h = F.silu(h[:, :self.shared_ffn_K]) * h[:, self.shared_ffn_K:]
+            out_MN = out_MN + torch.sigmoid(F.linear(x_MN, self.shared_gate_weight)) * (h @ self.shared_w1)
+        return out_MN.reshape(x.shape)
+
+    def _experts(self, x_MN, ids_MK, w_MK, w0, w1) -> torch.Tensor:
+        """The body of comet::moe_experts (see the module docstring for what runs per system)."""
+        from comet.baselines import prepare
+        from kernels.moe import moe_forward_fused
+        from kernels.workspace import WorkspaceCapacityError
+
+        self._check_system()
+        if not self.emulated:  # every rank's routing: the plan of any rank depends on all tokens
+            ids_MK, w_MK = self._coll.gather_rows(ids_MK), self._coll.gather_rows(w_MK.float())
+        M = ids_MK.shape[0]
+        if M > self.capacity_tokens:
+            if self.workspace is not None:
+                self.workspace.check_capacity(M)
+            raise WorkspaceCapacityError(f"a call of M={M} tokens exceeds this layer's capacity of "
+                                         f"{self.capacity_tokens} tokens; build it with capacity_tokens >= {M}")
+        routing = Routing(ids_MK, w_MK.float(), self.model.experts_E)
+        shards = {r: ExpertWeights(w0[i], w1[i]) for i, r in enumerate(self.ranks)}
+        capturing = x_MN.is_cuda and torch.cuda.is_current_stream_capturing()
+        if self.system == "comet":
+            if self.workspace is None:
+                raise RuntimeError("system 'comet' needs the fused kernels' workspace (CUDA); this layer has none")
+            if capturing and self.policy.layer0_comm == "copy-engine":
+                raise RuntimeError("layer0_comm='copy-engine' cannot be captured in a CUDA graph: its flags take a "
+                                   "host-side epoch per launch, which a replay would freeze; use 'blocks' or 'direct'")
+            return moe_forward_fused(self.workspace, x_MN, routing, shards, self.model, self.parallel, self.policy,
+                                     hardware=self.hardware)
+        if capturing:
+            raise RuntimeError(f"system {self.system!r} needs one host sync per call (its split sizes) and cannot be "
+                               f"captured in a CUDA graph through CometMoE; capture comet.baselines.BaselineRunner."
+                               f"forward with metadata from comet.baselines.prepare instead")
+        chunks = self.chunks if self.system == "chunked" else 1
+        metas = prepare(routing, self.model, self.parallel, self.ranks, chunks=chunks, form=self.policy.dispatch,
+                        policy=self.policy, hardware=self.hardware)
+        return self._runner.forward(metas, x_MN, shards, overlap=self.system == "chunked")
+
+    # ------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str, **kwargs) -> CometMoE:
+        """A layer from a Hugging Face Mixtral / Phi-3.5-MoE / Qwen2-MoE MoE block's state dict; see
+        comet.hf.moe_from_hf_state_dict for the arguments."""
+        from comet.hf import moe_from_hf_state_dict
+
+        return moe_from_hf_state_dict(state_dict, arch, **kwargs)
