@@ -97,7 +97,7 @@ class HFBlockShapes:
 
 
 def hf_block_shapes(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: str = "") -> HFBlockShapes:
-    """Read E, N, K (and K_s) from the router and the first expert's (or the fused) gate projection."""
+    """Read E, N, K (and K_s) from the router and the first present expert's (or the fused) gate projection."""
     a = _arch(arch)
     E, N = _get(state_dict, prefix + "gate.weight", f"the {a.name} router").shape
     fused = prefix + "experts.gate_up_proj" in state_dict
@@ -107,9 +107,10 @@ def hf_block_shapes(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: s
             raise ValueError(f"{prefix + 'experts.gate_up_proj'!r} has shape {tuple(gu.shape)}, expected "
                              f"(E={E}, 2K, N={N}) (gate rows, then up rows)")
         K = gu.shape[1] // 2
-    else:
-        key = f"{prefix}experts.0.{a.gate}.weight"
-        K = _get(state_dict, key, f"{a.name} expert 0's gate projection").shape[0]
+    else:  # the first expert present (a rank's partial state dict may start at any expert)
+        keys = [f"{prefix}experts.{e}.{a.gate}.weight" for e in range(E)]
+        key = next((k for k in keys if k in state_dict), keys[0])
+        K = _get(state_dict, key, f"{a.name} expert 0's gate projection, or any expert's").shape[0]
     shared = None
     if a.shared_expert and prefix + "shared_expert.gate_proj.weight" in state_dict:
         shared = state_dict[prefix + "shared_expert.gate_proj.weight"].shape[0]
