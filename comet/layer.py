@@ -153,6 +153,10 @@ class CometMoE(nn.Module):
     CPU_POLICY on the CPU); chunks: C of the chunked baseline; router / normalize_topk / router_jitter_eps:
     see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
     share; hardware: the profile the planner records.
+
+    Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
+    process group), collectives and runner (comet.baselines' EmulatedCollectives / DistCollectives and
+    BaselineRunner, for timing the baselines' stages), policy, system, chunks.
     """
 
     def __init__(self, model: ModelConfig, parallel: ParallelConfig | None = None, *, world="emulated",
@@ -185,19 +189,19 @@ class CometMoE(nn.Module):
         self.emulated = isinstance(world, str) and world == "emulated"
         if self.emulated:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self._coll = EmulatedCollectives(parallel.world_size, self.device)
+            self.collectives = EmulatedCollectives(parallel.world_size, self.device)
         else:
             if isinstance(world, str) and world != "process-group":
                 raise ValueError(f"world must be 'emulated', 'process-group' or a ProcessGroup, got {world!r}")
-            self._coll = DistCollectives(None if isinstance(world, str) else world)
-            parallel.validate(model, self._coll.world_size)
+            self.collectives = DistCollectives(None if isinstance(world, str) else world)
+            parallel.validate(model, self.collectives.world_size)
             default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
             self.device = torch.device(device or default)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.ranks = self._coll.ranks
+        self.ranks = self.collectives.ranks
         self.policy = policy or (Policy() if self.device.type == "cuda" else CPU_POLICY)
-        self._runner = BaselineRunner(self._coll, model, parallel)
+        self.runner = BaselineRunner(self.collectives, model, parallel)
         self.workspace = self._make_workspace(workspace, max_spin)
 
         # --- parameters
@@ -259,7 +263,7 @@ class CometMoE(nn.Module):
         from kernels.symm import SymmetricWorkspace
 
         return SymmetricWorkspace(self.model, self.parallel, self.capacity_tokens, dtype=self.dtype,
-                                  group=self._coll.group, device=self.device, max_spin=spin)
+                                  group=self.collectives.group, device=self.device, max_spin=spin)
 
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:
@@ -377,7 +381,7 @@ class CometMoE(nn.Module):
 
         self._check_system()
         if not self.emulated:  # every rank's routing: the plan of any rank depends on all tokens
-            ids_MK, w_MK = self._coll.gather_rows(ids_MK), self._coll.gather_rows(w_MK.float())
+            ids_MK, w_MK = self.collectives.gather_rows(ids_MK), self.collectives.gather_rows(w_MK.float())
         M = ids_MK.shape[0]
         if M > self.capacity_tokens:
             if self.workspace is not None:
@@ -402,7 +406,7 @@ class CometMoE(nn.Module):
         chunks = self.chunks if self.system == "chunked" else 1
         metas = prepare(routing, self.model, self.parallel, self.ranks, chunks=chunks, form=self.policy.dispatch,
                         policy=self.policy, hardware=self.hardware)
-        return self._runner.forward(metas, x_MN, shards, overlap=self.system == "chunked")
+        return self.runner.forward(metas, x_MN, shards, overlap=self.system == "chunked")
 
     # ------------------------------------------------------------------------------------- constructors
     @classmethod
