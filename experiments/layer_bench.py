@@ -179,14 +179,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
-    """All measurements of one (model, EP x TP, M, routing) on an existing layer (weights and workspace)."""
+    """All measurements of one (model, EP x TP, M, routing) on an existing CometMoE (its weights, workspace,
+    collectives). timer(name, fn) -> microseconds; a: the parsed arguments."""
     from comet.baselines import prepare
     from kernels.moe import moe_forward_fused
 
-    W = par.world_size
-    routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=a.seed, std=a.std).to("cuda")
-    g = torch.Generator(device="cuda").manual_seed(a.seed + 1)
-    x_all = torch.randn(M, model.hidden_N, device="cuda", generator=g).to(torch.bfloat16)
+    W, dev = par.world_size, layer.device
+    routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=a.seed, std=a.std).to(dev)
+    g = torch.Generator(device=dev).manual_seed(a.seed + 1)
+    x_all = torch.randn(M, model.hidden_N, device=dev, generator=g).to(layer.dtype)
     x = x_all if layer.emulated else x_all[slice(*owned(M, W, layer.ranks[0]))].contiguous()
     shards = layer.rank_shards()
     ws, runner, ranks = layer.workspace, layer.runner, layer.ranks
@@ -229,7 +230,7 @@ def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
     recv = runner.dispatch(meta, x_own)
     partial = runner.compute(meta, recv, shards)
     gemm_us = timer("gemm_only", lambda: runner.compute(meta, recv, shards, reduce=False))
-    out_comm = {r: torch.empty(owned(M, W, r)[1] - owned(M, W, r)[0], model.hidden_N, dtype=x.dtype, device="cuda")
+    out_comm = {r: torch.empty(owned(M, W, r)[1] - owned(M, W, r)[0], model.hidden_N, dtype=x.dtype, device=dev)
                 for r in ranks}
 
     def comm_only():

@@ -441,3 +441,42 @@ def test_gpu_one_rank_process_group():
         layer.check()
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------ experiments.layer_bench
+def test_layer_bench_config_and_summary():
+    """The benchmark's per-configuration logic with a stand-in timer (each measurement runs once and counts
+    as 1 us): every system runs, their outputs agree with comet's, the row and the summary are complete."""
+    from comet.baselines import owned_range
+    from experiments import layer_bench
+
+    a = layer_bench.parse_args(["--emulated", "--chunks", "2", "3", "--nc1", "2", "3", "--runs", "1"])
+    calls = []
+
+    def timer(name, fn):
+        fn()
+        calls.append(name)
+        return 1.0 + len(calls) % 3
+
+    model = _model("swiglu")
+    par = ParallelConfig(ep=2, tp=2)
+    layer = CometMoE(model, par, capacity_tokens=64, dtype=torch.float32, device=DEVICE, policy=CPU_POLICY)
+    row = layer_bench.run_config(layer, model, par, 48, "imbalanced", a, timer, owned_range)
+    assert calls == ["comet nc=2", "comet nc=3", "comet+plan", "plan", "sequential", "chunked C=2", "chunked C=3",
+                     "gemm_only", "comm_only"]
+    assert float(row["max_rel_diff_vs_comet"]) < 1e-5 and row["chunked_best_C"] in (2, 3)
+    assert float(row["floor_us"]) == max(float(row["gemm_only_us"]), float(row["comm_only_us"]))
+    row.update(gpu="cpu", world_size=4, emulated=True, note="")
+    assert set(row) == set(layer_bench.COLUMNS)
+    text = layer_bench.summary([row], "cpu", "test")
+    assert "geometric mean speedup" in text and "comet / floor" in text
+
+
+def test_layer_bench_fails_fast_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from experiments import layer_bench
+
+    with pytest.raises(SystemExit) as e:
+        layer_bench.main(["--emulated", "--quick"])
+    assert e.value.code == 2 and "needs CUDA GPUs" in capsys.readouterr().err
