@@ -12,6 +12,7 @@ SymmetricWorkspace, DistCollectives) with graph capture.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -420,27 +421,33 @@ def test_gpu_one_rank_process_group():
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                             device_id=torch.device("cuda", torch.cuda.current_device()))
     try:
-        model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=4, topk=2, layers=1, activation="swiglu")
-        layer, w = _gpu_layer(model, ParallelConfig(), cap=1024, world="process-group", chunks=3)
-        x = random_tokens(1000, 512, seed=5, dtype=torch.bfloat16, device="cuda")
-        ref = _gpu_reference(layer, w, x)
-        for system in SYSTEMS:
-            for form in ("all-to-all", "all-gather"):
-                layer.system, layer.policy = system, layer.policy.replace(dispatch=form)
-                with torch.no_grad():
-                    assert_close(layer(x), ref, torch.bfloat16, f"one-rank group {system} {form}")
-        layer.system = "comet"
-        with torch.no_grad():
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                y = layer(x)
-            for i in range(3):
-                x.copy_(random_tokens(1000, 512, seed=50 + i))
-                g.replay()
-                assert_close(y, _gpu_reference(layer, w, x), torch.bfloat16, f"one-rank group graph replay {i}")
-        layer.check()
+        _one_rank_group_checks()
     finally:
+        torch.cuda.synchronize()
+        gc.collect()  # the layer's symmetric memory goes before its group
         dist.destroy_process_group()
+
+
+def _one_rank_group_checks():
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=4, topk=2, layers=1, activation="swiglu")
+    layer, w = _gpu_layer(model, ParallelConfig(), cap=1024, world="process-group", chunks=3)
+    x = random_tokens(1000, 512, seed=5, dtype=torch.bfloat16, device="cuda")
+    ref = _gpu_reference(layer, w, x)
+    for system in SYSTEMS:
+        for form in ("all-to-all", "all-gather"):
+            layer.system, layer.policy = system, layer.policy.replace(dispatch=form)
+            with torch.no_grad():
+                assert_close(layer(x), ref, torch.bfloat16, f"one-rank group {system} {form}")
+    layer.system = "comet"
+    with torch.no_grad():
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = layer(x)
+        for i in range(3):
+            x.copy_(random_tokens(1000, 512, seed=50 + i))
+            g.replay()
+            assert_close(y, _gpu_reference(layer, w, x), torch.bfloat16, f"one-rank group graph replay {i}")
+    layer.check()
 
 
 # ------------------------------------------------------------------------------ experiments.layer_bench
