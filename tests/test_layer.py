@@ -332,6 +332,18 @@ def test_gpu_three_systems_bf16(ep, tp, act):
     layer.check()
 
 
+def _capture_and_replay(layer, w, x, replays: int, what: str) -> None:
+    """Capture layer(x) once, then replay on new values of x (new routing each time) against the reference."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layer(x)
+    for i in range(replays):
+        x.copy_(random_tokens(x.shape[0], x.shape[1], seed=100 + i))
+        g.replay()
+        assert_close(y, _gpu_reference(layer, w, x), torch.bfloat16, f"{what} {i}")
+    layer.check()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["blocks", "direct"])
 def test_gpu_cuda_graph_capture_and_replay(variant):
@@ -346,14 +358,7 @@ def test_gpu_cuda_graph_capture_and_replay(variant):
     with torch.no_grad():
         layer(x)  # warm-up: compile the kernels
         torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
-        for i in range(5):
-            x.copy_(random_tokens(1024, 512, seed=100 + i))
-            g.replay()
-            assert_close(y, _gpu_reference(layer, w, x), torch.bfloat16, f"replay {i} ({variant})")
-        layer.check()
+        _capture_and_replay(layer, w, x, 5, f"replay ({variant})")
         for system, policy, match in (("comet", layer.policy.replace(layer0_comm="copy-engine"), "copy-engine"),
                                       ("sequential", layer.policy, "host sync")):
             layer.system, layer.policy = system, policy
@@ -440,14 +445,7 @@ def _one_rank_group_checks():
                 assert_close(layer(x), ref, torch.bfloat16, f"one-rank group {system} {form}")
     layer.system = "comet"
     with torch.no_grad():
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
-        for i in range(3):
-            x.copy_(random_tokens(1000, 512, seed=50 + i))
-            g.replay()
-            assert_close(y, _gpu_reference(layer, w, x), torch.bfloat16, f"one-rank group graph replay {i}")
-    layer.check()
+        _capture_and_replay(layer, w, x, 3, "one-rank group graph replay")
 
 
 # ------------------------------------------------------------------------------ experiments.layer_bench
