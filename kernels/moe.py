@@ -108,7 +108,7 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     if plan is None:
         plan = make_plan(routing, model, parallel, hardware or HardwareProfile.from_name("h200"), policy,
                          ranks=list(ws.ranks))
-    elif plan.num_tokens != M or plan.policy != policy or {p.rank for p in plan.ranks} < set(ws.ranks):
+    elif plan.num_tokens != M or plan.policy != policy or not set(ws.ranks) <= {p.rank for p in plan.ranks}:
         raise ValueError(f"the given plan (M={plan.num_tokens}, ranks {[p.rank for p in plan.ranks]}) was not "
                          f"built for this call (M={M}, ranks {list(ws.ranks)}, this policy)")
     shards = rank_shards(weights, model, parallel, ws.ranks)

@@ -157,6 +157,29 @@ def _owned(M, W, r):
     return owned_range(M, W, r)
 
 
+def test_fused_forward_with_prebuilt_plan():
+    """kernels.moe.moe_forward_fused(plan=...) (how the benchmark times the kernels alone) gives the same bits;
+    a plan for another token count, policy or set of ranks is refused."""
+    from comet.plan import make_plan
+    from kernels.moe import moe_forward_fused
+
+    model = _model("gelu")
+    par = ParallelConfig(ep=2)
+    layer, w = _layer(model, par)
+    routing = uniform(32, 4, 2, seed=2).to(DEVICE)
+    x = random_tokens(32, 32).to(DEVICE)
+    shards = layer.rank_shards()
+    plan = make_plan(routing, model, par, layer.hardware, CPU_POLICY)
+    a = moe_forward_fused(layer.workspace, x, routing, shards, model, par, CPU_POLICY)
+    b = moe_forward_fused(layer.workspace, x, routing, shards, model, par, CPU_POLICY, plan=plan)
+    assert torch.equal(a, b)
+    for bad, pol in ((make_plan(uniform(30, 4, 2).to(DEVICE), model, par, layer.hardware, CPU_POLICY), CPU_POLICY),
+                     (plan, CPU_POLICY.replace(nc_layer1=3)),
+                     (make_plan(routing, model, par, layer.hardware, CPU_POLICY, ranks=[1]), CPU_POLICY)):
+        with pytest.raises(ValueError, match="was not built for this call"):
+            moe_forward_fused(layer.workspace, x, routing, shards, model, par, pol, plan=bad)
+
+
 # ------------------------------------------------------------------------------------------- routers
 def test_softmax_router_is_topk_gate():
     logits = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
