@@ -69,13 +69,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comet.baselines import SYSTEMS, BaselineRunner, DistCollectives, EmulatedCollectives, prepare
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.plan import Policy
 from comet.reference import ExpertWeights, shard_weights
 from comet.routing import Routing
 
 ROUTERS = ("softmax", "sparsemixer")
-SYSTEMS = ("comet", "sequential", "chunked")
 # Tiles and n_c for tiny shapes on the CPU (Triton's interpreter): 16-wide tiles, 2 communication programs.
 CPU_POLICY = Policy(block_m=16, block_n0=16, block_n1=16, group_m=2, nc_layer0=2, nc_layer1=2, comm_rows=8)
 
@@ -184,8 +184,6 @@ class CometMoE(nn.Module):
         self._check_system()
 
         # --- the world: which ranks run here, their collectives, the fused kernels' workspace
-        from comet.baselines import BaselineRunner, DistCollectives, EmulatedCollectives
-
         self.emulated = isinstance(world, str) and world == "emulated"
         if self.emulated:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -375,7 +373,6 @@ class CometMoE(nn.Module):
 
     def _experts(self, x_MN, ids_MK, w_MK, w0, w1) -> torch.Tensor:
         """The body of comet::moe_experts (see the module docstring for what runs per system)."""
-        from comet.baselines import prepare
         from kernels.moe import moe_forward_fused
         from kernels.workspace import WorkspaceCapacityError
 
