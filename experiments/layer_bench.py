@@ -80,11 +80,10 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "results" / "layer_bench"), help="output directory")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke grid: mixtral and qwen2, M=2048, balanced, chunks 2 4, n_c 28, 2x1 when emulated")
+                    help="smoke grid: mixtral, M=2048, balanced, chunks 2 4, n_c 28 (2x1 when emulated)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.models, a.tokens, a.routing, a.chunks, a.nc1 = ["mixtral-8x7b", "qwen2-moe-2.7b"], [2048], ["balanced"], \
-            [2, 4], [28]
+        a.models, a.tokens, a.routing, a.chunks, a.nc1 = ["mixtral-8x7b"], [2048], ["balanced"], [2, 4], [28]
     if a.runs < 1 or a.warmup < 0:
         ap.error("--runs must be >= 1 and --warmup >= 0")
     return a

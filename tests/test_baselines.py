@@ -1,7 +1,7 @@
 """The baselines and CometMoE on a real process group: two CPU processes joined by gloo (torch.distributed), so
 DistCollectives' all-to-all / all-gather / reduce-scatter, the routing all-gather and the per-rank token
-ownership run for real (the GEMMs under Triton's interpreter, float32). Each rank compares its own rows with
-comet.reference. The fused kernels need CUDA symmetric memory; on a group they are tested by
+ownership run for real (the GEMMs under Triton's interpreter, float32, also on a GPU machine). Each rank
+compares its own rows with comet.reference. The fused kernels need CUDA symmetric memory; on a group they are tested by
 tests/test_layer_multigpu.py (torchrun, 2 and 4 GPUs).
 """
 
@@ -33,6 +33,8 @@ CASES = [  # (ep, tp, activation, system, dispatch form, chunks)
 
 
 def _worker(rank: int, port: int) -> None:
+    # CPU tensors even where CUDA exists: Triton's interpreter (the kernels are imported after this line)
+    os.environ["TRITON_INTERPRET"] = "1"
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
