@@ -63,7 +63,7 @@ class SimResult:
     busy: pd.DataFrame  # rank, resource, busy_us, utilization, bytes
     tile_events: int  # GEMM tiles simulated
     wall_s: float  # host time the simulation took
-    config: dict  # model, parallelism, hardware, policy, options (plain values)
+    config: dict  # model, parallelism, hardware (name, SM count), policy, options (plain values)
     link_bytes: np.ndarray = field(repr=False)  # (4, W): bytes through egress, ingress, nic_out, nic_in
     flows: list = field(repr=False, default_factory=list)  # (id, src, dst, bytes, start_us, end_us)
     rate_log: list | None = field(repr=False, default=None)
@@ -230,5 +230,5 @@ def build_result(sim, wall_s: float, config: dict) -> SimResult:
 
 def config_of(plan, options) -> dict:
     return {"model": plan.model.name, "tokens": plan.num_tokens, "ep": plan.parallel.ep, "tp": plan.parallel.tp,
-            "hardware": plan.hardware.name, "policy": dataclasses.asdict(plan.policy),
+            "hardware": plan.hardware.name, "sms": plan.hardware.sms, "policy": dataclasses.asdict(plan.policy),
             "options": dataclasses.asdict(options)}
