@@ -1,0 +1,149 @@
+"""What every experiment script shares: the command line, the run loop with its progress bar, the CSV, and
+the one comparison of systems on a Plan that most figures need.
+
+An experiment module defines
+    NAME      its name (results/<NAME>/, paper_figures/<NAME>.py)
+    COLUMNS   the CSV's columns, in order
+    cases(quick: bool) -> list[dict]        the grid (quick: a few small points, same columns)
+    run_case(case: dict, hw: str, quick: bool) -> list[dict]   the CSV rows of one grid point
+and ends with `main = common.entry_point(__name__)`. `run(module, ...)` runs the grid and returns a
+DataFrame; `main(argv)` writes it to results/<NAME>/<hw>-<backend>_<date>.csv.
+
+Systems compared (sim/): "comet" (the fused schedule; nc_layer1 picked by simulating layer1 alone over a
+few candidates, as Comet picks n_c by offline profiling), "sequential" (Megatron style, no overlap) and
+"chunked" (Tutel / FasterMoE style: C token chunks on two streams; C picked as the fastest of a small sweep).
+Every time is in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from comet.plan import Plan
+from sim.options import SimOptions
+from sim.run import simulate, with_policy
+from sim.tuning import best_nc
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+BACKENDS = ("sim", "gpu")
+
+# The baselines' and Comet's tuning knobs: each system gets the fastest of a small sweep.
+CHUNK_SWEEP = (2, 4, 8)  # C of the chunked baseline (C = 1 is `sequential`)
+NC_SWEEP = (8, 16, 28)  # Comet's layer1 communication blocks (28: the released code's default)
+QUICK_CHUNK_SWEEP = (2, 4)
+QUICK_NC_SWEEP = (16, 28)
+
+# Columns of a system-comparison row (after the experiment's own case columns).
+SYSTEM_COLUMNS = ["system", "latency_us", "layer0_us", "layer1_us", "hidden_comm_fraction", "exposed_comm_us",
+                  "chunks", "nc_layer1", "comet_speedup", "sim_wall_s"]
+_OPTIONS = SimOptions(record=False)
+
+
+# ------------------------------------------------------------------------------------------ systems
+def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None = None) -> list[dict]:
+    """One row per system (comet, sequential, chunked) on `plan`: columns SYSTEM_COLUMNS.
+
+    comet: nc_layer1 from sim.tuning.best_nc over NC_SWEEP (layer1 alone), nc_layer0 as the Policy says.
+    chunked: the fastest C of CHUNK_SWEEP; `chunks` records it. comet_speedup = latency / comet's latency
+    (how much faster Comet is; 1 for comet itself)."""
+    opts = (options or _OPTIONS).replace(record=False)
+    ncs = QUICK_NC_SWEEP if quick else NC_SWEEP
+    nc = best_nc(plan, 1, ncs, opts)[0] if len(ncs) > 1 else ncs[0]
+    comet = simulate(with_policy(plan, nc_layer1=nc), "comet", opts)
+    seq = simulate(plan, "sequential", opts)
+    chunked = {c: simulate(plan, "chunked", opts.replace(chunks=c)) for c in (QUICK_CHUNK_SWEEP if quick
+                                                                              else CHUNK_SWEEP)}
+    best_c = min(chunked, key=lambda c: (chunked[c].latency_us, c))
+    rows = []
+    for res, chunks, nc_ in ((comet, math.nan, nc), (seq, 1, math.nan), (chunked[best_c], best_c, math.nan)):
+        rows.append({"system": res.system, "latency_us": res.latency_us, "layer0_us": res.layer0_us,
+                     "layer1_us": res.layer1_us, "hidden_comm_fraction": res.hidden_comm_fraction,
+                     "exposed_comm_us": res.exposed_comm_us, "chunks": chunks, "nc_layer1": nc_,
+                     "comet_speedup": res.latency_us / comet.latency_us, "sim_wall_s": res.wall_s})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ backends
+def gpu_backend(name: str) -> None:
+    """`--backend gpu`: not available yet. Exits at once (status 1), saying why and what it needs."""
+    raise SystemExit(
+        f"error: python -m experiments.{name} --backend gpu is not available yet. It needs (1) the GPU layer "
+        f"benchmark of issue 6 (the fused kernels behind one layer call, under torchrun; being written) and "
+        f"(2) 8 GPUs of one node: multi-GPU machines are not lent in this session. Nothing was run and no "
+        f"GPU numbers were written; use --backend sim (the default) for the simulator on this CPU.")
+
+
+# ------------------------------------------------------------------------------------------ running
+def run(module, quick: bool = False, hw: str = "h800", bar=None) -> pd.DataFrame:
+    """Every case of `module`'s grid on the simulator, as a DataFrame with module.COLUMNS.
+    `bar`: a tqdm bar to advance once per case (None: a bar of its own)."""
+    cases = module.cases(quick)
+    own = bar is None
+    if own:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc=module.NAME, unit="case", file=sys.stderr)
+    rows = []
+    for case in cases:
+        bar.set_postfix_str(_label(case), refresh=False)
+        rows.extend(module.run_case(case, hw, quick))
+        bar.update(1)
+    if own:
+        bar.close()
+    df = pd.DataFrame(rows)
+    missing = [c for c in module.COLUMNS if c not in df.columns]
+    if missing:
+        raise RuntimeError(f"{module.NAME}: rows lack columns {missing}")
+    return df[module.COLUMNS]
+
+
+def _label(case: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in case.items() if k != "model")[:60]
+
+
+def csv_path(name: str, hw: str = "h800", backend: str = "sim", date: str | None = None) -> Path:
+    """results/<name>/<hw>-<backend>_<date>.csv (date: today, ISO)."""
+    date = date or datetime.date.today().isoformat()
+    return RESULTS / name / f"{Path(hw).stem}-{backend}_{date}.csv"
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def parser(module) -> argparse.ArgumentParser:
+    doc = (module.__doc__ or module.NAME).strip()
+    ap = argparse.ArgumentParser(prog=f"python -m experiments.{module.NAME}", description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--backend", choices=BACKENDS, default="sim",
+                    help="sim: the tile-level simulator on this CPU; gpu: real kernels under torchrun (not yet)")
+    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"),
+                    help="hardware profile for --backend sim (a registered name or a .json file)")
+    ap.add_argument("--quick", action="store_true", help="a few small points (for tests and a first look)")
+    ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv)")
+    ap.add_argument("--date", help="date in the default file name (default: today, ISO)")
+    return ap
+
+
+def main(module, argv=None) -> Path:
+    a = parser(module).parse_args(argv)
+    if a.backend == "gpu":
+        gpu_backend(module.NAME)
+    df = run(module, quick=a.quick, hw=a.hw)
+    path = write_csv(df, a.out or csv_path(module.NAME, a.hw, a.backend, a.date))
+    print(f"wrote {path} ({len(df)} rows)")
+    return path
+
+
+def entry_point(module_name: str):
+    """`main = entry_point(__name__)` at the end of an experiment module."""
+    return lambda argv=None: main(sys.modules[module_name], argv)

@@ -1,0 +1,55 @@
+"""Fig. 10: one MoE layer's time vs M (EP=8, Mixtral shape), and Comet's speedup over each baseline,
+with the paper's reported 1.28-2.37x range shaded."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from paper_figures import style
+
+NAME = "fig10_tokens"
+
+
+def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "layer_speedup", logx: bool = True):
+    """Two panels: latency per system vs x, and comet_speedup of each baseline vs x (paper band)."""
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for s in style.SYSTEMS:
+        g = df[df["system"] == s].sort_values(x)
+        if g.empty:
+            continue
+        a0.plot(g[x], g["latency_us"], marker=style.MARKERS[s], color=style.COLORS[s], label=style.LABELS[s])
+        if s != "comet":
+            a1.plot(g[x], g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s],
+                    label=f"Comet over {s}")
+            if s == "chunked":
+                for r in g.itertuples():
+                    a1.annotate(f"C={int(r.chunks)}", (getattr(r, x), r.comet_speedup), fontsize=6,
+                                textcoords="offset points", xytext=(2, 4), color=style.COLORS[s])
+    if band:
+        style.speedup_band(a1, paper, band)
+    else:
+        a1.axhline(1.0, color="k", lw=0.8)
+    for a in (a0, a1):
+        a.set_xlabel(xlabel)
+        if logx:
+            a.set_xscale("log", base=2)
+    a0.set_yscale("log")
+    style.plain_log(a0)
+    a0.set_ylabel("MoE layer time (us)")
+    a1.set_ylabel("Comet speedup (baseline time / Comet time)")
+    a0.legend()
+    a1.legend()
+    return fig
+
+
+def draw(df, paper):
+    fig = latency_and_speedup(df, "tokens", "tokens M", paper)
+    fig.suptitle(f"{df['model'].iloc[0]}, EP={df['ep'].iloc[0]}, TP={df['tp'].iloc[0]}: one MoE layer vs M")
+    fig.tight_layout()
+    return fig
+
+
+main = style.entry_point(__name__)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""What every figure script shares: where the CSVs are, the paper's reported values, colours, saving.
+
+Figure scripts only read CSVs (ours under results/, the paper's numbers in paper_figures/paper_values.csv)
+and write PNG + PDF; they never simulate. Each defines NAME (the experiment whose CSV it reads) and
+`draw(df, paper) -> Figure`, and ends with `main = style.entry_point(__name__)`:
+    python -m paper_figures.fig10_tokens [--csv results/fig10_tokens/h800-sim_2026-11-24.csv] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+OUT = Path(__file__).resolve().parent / "out"
+PAPER_VALUES = Path(__file__).resolve().parent / "paper_values.csv"
+
+# Our simulated systems and the paper baselines they stand for (paper_figures/README.md says how well).
+LABELS = {"comet": "Comet (sim)", "sequential": "sequential ~ Megatron (sim)",
+          "chunked": "chunked ~ Tutel/FasterMoE (sim)"}
+COLORS = {"comet": "#d62728", "sequential": "#1f77b4", "chunked": "#2ca02c"}
+MARKERS = {"comet": "o", "sequential": "s", "chunked": "^"}
+SYSTEMS = ("comet", "sequential", "chunked")
+PAPER_COLOR = "0.35"
+PAPER_BAND = {"color": "0.6", "alpha": 0.25, "lw": 0}
+PAPER_MARKER = {"marker": "*", "s": 140, "color": "k", "zorder": 5}
+
+plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
+                     "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def latest_csv(name: str, hw: str = "h800", backend: str = "sim", results: Path = RESULTS) -> Path:
+    """The newest results/<name>/<hw>-<backend>_<date>.csv (ISO dates sort as strings)."""
+    found = sorted((results / name).glob(f"{hw}-{backend}_*.csv"))
+    if not found:
+        raise SystemExit(f"no CSV for {name} under {results / name} (looked for {hw}-{backend}_*.csv); "
+                         f"run `python -m experiments.{name}` first")
+    return found[-1]
+
+
+def paper_values(figure: str | None = None) -> pd.DataFrame:
+    """The paper's reported numbers (PAPER.md): figure, quantity, system, low, high, note."""
+    df = pd.read_csv(PAPER_VALUES)
+    return df if figure is None else df[df["figure"] == figure].reset_index(drop=True)
+
+
+def paper_value(paper: pd.DataFrame, quantity: str, system: str = "all") -> tuple[float, float]:
+    row = paper[(paper["quantity"] == quantity) & (paper["system"] == system)]
+    if row.empty:
+        raise KeyError(f"no paper value {quantity!r} for {system!r}")
+    return float(row["low"].iloc[0]), float(row["high"].iloc[0])
+
+
+def speedup_band(ax, paper: pd.DataFrame, quantity: str = "layer_speedup", label: str | None = None,
+                 horizontal: bool = True) -> None:
+    """Shade the paper's reported speedup range (a line when it is one number) and draw y = 1."""
+    lo, hi = paper_value(paper, quantity)
+    label = label or (f"paper: {lo:.2f}-{hi:.2f}x" if hi > lo else f"paper: {lo:.2f}x")
+    if hi > lo:
+        ax.axhspan(lo, hi, label=label, **PAPER_BAND)
+    else:
+        ax.axhline(lo, color=PAPER_COLOR, ls="--", lw=1.2, label=label)
+    ax.axhline(1.0, color="k", lw=0.8)
+
+
+def hw_of(path: Path) -> str:
+    return Path(path).stem.split("_")[0]
+
+
+def save(fig, name: str, out: Path = OUT) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+    plt.close(fig)
+    return paths
+
+
+def main(module, argv=None) -> list[Path]:
+    ap = argparse.ArgumentParser(prog=f"python -m paper_figures.{module.NAME}",
+                                 description=(module.__doc__ or "").strip().split("\n\n")[0])
+    ap.add_argument("--csv", type=Path, help="CSV to draw (default: the newest results/<experiment>/<hw>-sim_*.csv)")
+    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"), help="profile of the default CSV")
+    ap.add_argument("--out", type=Path, default=OUT, help="directory for <name>.png and <name>.pdf")
+    a = ap.parse_args(argv)
+    path = a.csv or latest_csv(module.NAME, a.hw)
+    fig = module.draw(pd.read_csv(path), paper_values(module.NAME))
+    fig.text(0.995, 0.005, f"ours: {path.name}", ha="right", va="bottom", fontsize=6, color="0.5")
+    paths = save(fig, module.NAME, a.out)
+    print(f"wrote {paths[0]} (+ .pdf) from {path}")
+    return paths
+
+
+def entry_point(module_name: str):
+    """`main = entry_point(__name__)` at the end of a figure module."""
+    return lambda argv=None: main(sys.modules[module_name], argv)
+
+
+def plain_log(ax, axis: str = "y") -> None:
+    """A log axis labelled with plain numbers (200, 400, ...) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
