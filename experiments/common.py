@@ -27,7 +27,7 @@ import pandas as pd
 
 from comet.plan import Plan
 from sim.options import SimOptions
-from sim.run import simulate, with_policy
+from sim.run import make_case, simulate, with_policy
 from sim.tuning import best_nc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,14 +47,15 @@ _OPTIONS = SimOptions(record=False)
 
 
 # ------------------------------------------------------------------------------------------ systems
-def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None = None) -> list[dict]:
+def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None = None,
+                    ncs: tuple[int, ...] | None = None) -> list[dict]:
     """One row per system (comet, sequential, chunked) on `plan`: columns SYSTEM_COLUMNS.
 
-    comet: nc_layer1 from sim.tuning.best_nc over NC_SWEEP (layer1 alone), nc_layer0 as the Policy says.
-    chunked: the fastest C of CHUNK_SWEEP; `chunks` records it. comet_speedup = latency / comet's latency
-    (how much faster Comet is; 1 for comet itself)."""
+    comet: nc_layer1 from sim.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
+    alone; nc_layer0 as the Policy says. chunked: the fastest C of CHUNK_SWEEP; `chunks` records it.
+    comet_speedup = latency / comet's latency (how much faster Comet is; 1 for comet itself)."""
     opts = (options or _OPTIONS).replace(record=False)
-    ncs = QUICK_NC_SWEEP if quick else NC_SWEEP
+    ncs = ncs or (QUICK_NC_SWEEP if quick else NC_SWEEP)
     nc = best_nc(plan, 1, ncs, opts)[0] if len(ncs) > 1 else ncs[0]
     comet = simulate(with_policy(plan, nc_layer1=nc), "comet", opts)
     seq = simulate(plan, "sequential", opts)
@@ -68,6 +69,13 @@ def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None 
                      "exposed_comm_us": res.exposed_comm_us, "chunks": chunks, "nc_layer1": nc_,
                      "comet_speedup": res.latency_us / comet.latency_us, "sim_wall_s": res.wall_s})
     return rows
+
+
+def compare_case(case: dict, hw: str, quick: bool, **overrides) -> list[dict]:
+    """compare_systems on make_case(case's model, ep, tp, tokens; hw; **overrides), each row led by `case`:
+    the `run_case` of an experiment whose grid points are plain cases."""
+    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw, **overrides)
+    return [{**case, **row} for row in compare_systems(plan, quick)]
 
 
 # ------------------------------------------------------------------------------------------ backends

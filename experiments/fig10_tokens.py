@@ -7,7 +7,6 @@ CSV: model, ep, tp, tokens, then one row per system (experiments.common.SYSTEM_C
 from __future__ import annotations
 
 from experiments import common
-from sim.run import make_case
 
 NAME = "fig10_tokens"
 COLUMNS = ["model", "ep", "tp", "tokens", *common.SYSTEM_COLUMNS]
@@ -20,8 +19,7 @@ def cases(quick: bool) -> list[dict]:
 
 
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
-    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw)
-    return [{**case, **row} for row in common.compare_systems(plan, quick)]
+    return common.compare_case(case, hw, quick)
 
 
 main = common.entry_point(__name__)

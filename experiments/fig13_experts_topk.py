@@ -7,7 +7,6 @@ CSV: model, ep, tp, tokens, experts, topk, then one row per system (experiments.
 from __future__ import annotations
 
 from experiments import common
-from sim.run import make_case
 
 NAME = "fig13_experts_topk"
 COLUMNS = ["model", "ep", "tp", "tokens", "experts", "topk", *common.SYSTEM_COLUMNS]
@@ -23,9 +22,7 @@ def cases(quick: bool) -> list[dict]:
 
 
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
-    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw,
-                     experts=case["experts"], topk=case["topk"])
-    return [{**case, **row} for row in common.compare_systems(plan, quick)]
+    return common.compare_case(case, hw, quick, experts=case["experts"], topk=case["topk"])
 
 
 main = common.entry_point(__name__)

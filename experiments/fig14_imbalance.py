@@ -10,7 +10,6 @@ from __future__ import annotations
 from comet.config import ModelConfig
 from comet.routing import make_routing
 from experiments import common
-from sim.run import make_case
 
 NAME = "fig14_imbalance"
 COLUMNS = ["model", "ep", "tp", "tokens", "std_target", "std_actual", *common.SYSTEM_COLUMNS]
@@ -27,9 +26,8 @@ def cases(quick: bool) -> list[dict]:
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
     m = ModelConfig.from_name(case["model"])
     routing = make_routing("imbalanced", case["tokens"], m.experts_E, m.topk, seed=SEED, std=case["std_target"])
-    plan = make_case(m, ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw, routing=routing)
     std = routing.load_share_std()
-    return [{**case, "std_actual": std, **row} for row in common.compare_systems(plan, quick)]
+    return [{**row, "std_actual": std} for row in common.compare_case(case, hw, quick, routing=routing)]
 
 
 main = common.entry_point(__name__)

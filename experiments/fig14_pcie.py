@@ -7,7 +7,6 @@ CSV: model, ep, tp, tokens, topk, then one row per system (experiments.common.SY
 from __future__ import annotations
 
 from experiments import common
-from sim.run import make_case
 
 NAME = "fig14_pcie"
 DEFAULT_HW = "l20"
@@ -22,8 +21,7 @@ def cases(quick: bool) -> list[dict]:
 
 
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
-    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw, topk=case["topk"])
-    return [{**case, **row} for row in common.compare_systems(plan, quick)]
+    return common.compare_case(case, hw, quick, topk=case["topk"])
 
 
 main = common.entry_point(__name__)

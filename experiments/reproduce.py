@@ -1,11 +1,13 @@
 """Reproduce the paper's evaluation on the simulator: every experiment, then every figure.
 
     python -m experiments.reproduce            # full grids: results/<experiment>/<hw>-sim_<date>.csv,
-                                               # figures in paper_figures/out/ (about 10 minutes, 2 cores)
-    python -m experiments.reproduce --quick    # small grids under out/quick/ (about 1 minute)
+                                               # figures in paper_figures/out/ (4.7 minutes on 2 CPU cores)
+    python -m experiments.reproduce --quick    # small grids under out/quick/ (17 s)
 
 One progress bar counts the grid points of all experiments. At the end it prints each experiment's time
-and its slowest simulation, and writes paper_figures/out/claims.md (the paper's claims beside ours).
+and its slowest simulation, and writes paper_figures/out/claims.md (the paper's claims beside ours); the full
+run into the default results/ also refreshes that table in paper_figures/README.md.
+`--backend gpu` exits at once: the GPU backend needs issue 6's layer benchmark and 8 GPUs.
 """
 
 from __future__ import annotations

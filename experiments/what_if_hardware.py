@@ -7,7 +7,8 @@ Sweeps (`sweep` column; `value` is the swept figure):
              communication block still drives at most per_block_link_gbps (7 GB/s), so a faster link
              needs more blocks (n_c is tuned per point, from experiments.common.NC_SWEEP).
   sms        SMs per GPU, each as fast as an H800 SM (peak_tflops scales with the count; HBM does not);
-             Mixtral-8x7B, EP=8.
+             Mixtral-8x7B, EP=8. Comet's communication blocks scale with the SMs: nc_layer0 = 16 x SMs / 132
+             and the n_c candidates of layer1 likewise (so 33 SMs try 2, 4, 7 instead of 8, 16, 28).
   nodes      16 GPUs (Qwen2-MoE, EP=16) spread over 1, 2, 4, 8, 16 nodes: traffic between nodes goes
              through each GPU's InfiniBand NIC (nic_gbps 45 GB/s, nic_latency_us 5) instead of NVLink.
   gpus       EP = 8, 16, 32, 64 GPUs at 8 per node (Qwen2-MoE has 64 experts: one per GPU at 64), M fixed.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import pandas as pd
 
 from comet.config import HardwareProfile
-from comet.plan import Plan
+from comet.plan import Plan, Policy
 from experiments import common
 from sim.run import make_case
 
@@ -67,9 +68,15 @@ def hardware(c: dict, hw: str = "h800") -> HardwareProfile:
     return base.replace(**changes) if changes else base
 
 
+def _scaled(nc: int, c: dict, hw: str) -> int:
+    """n_c for the case's SM count: the same share of the SMs as `nc` of the base profile's."""
+    return max(1, round(nc * c["sms"] / HardwareProfile.from_name(hw).sms))
+
+
 def plan_of(c: dict, hw: str = "h800") -> Plan:
+    policy = Policy(nc_layer0=_scaled(Policy.nc_layer0, c, hw), nc_layer1=_scaled(Policy.nc_layer1, c, hw))
     return make_case(c["model"], ep=c["ep"], tp=c["tp"], tokens=c["tokens"], hw=hardware(c, hw),
-                     ranks_per_node=c["ranks_per_node"])
+                     ranks_per_node=c["ranks_per_node"], policy=policy)
 
 
 def cases(quick: bool) -> list[dict]:
@@ -78,7 +85,8 @@ def cases(quick: bool) -> list[dict]:
 
 
 def run_case(c: dict, hw: str, quick: bool) -> list[dict]:
-    return [{**c, **row} for row in common.compare_systems(plan_of(c, hw), quick)]
+    ncs = tuple(sorted({_scaled(n, c, hw) for n in (common.QUICK_NC_SWEEP if quick else common.NC_SWEEP)}))
+    return [{**c, **row} for row in common.compare_systems(plan_of(c, hw), quick, ncs=ncs)]
 
 
 def sweep(name: str, values, tokens: int, hw: str = "h800", quick: bool = True) -> pd.DataFrame:

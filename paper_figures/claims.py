@@ -23,34 +23,38 @@ BASELINES = ("sequential", "chunked")
 
 # Why ours differs from the paper, per claim id (mechanisms, not numbers: the numbers are computed).
 NOTES = {
-    "fig08": "Opposite trend in TP and none in M: in the simulator layer1's communication per GPU does not shrink "
-             "with TP while its GEMM does, so more TP needs more blocks; GEMM and sends both scale with M, so the "
-             "optimum does not move with M (tests/test_sim_paper.py keeps this as a strict xfail).",
-    "fig09_speedup": "Below the paper: our baselines are idealised (NCCL at full link rate, 25 us per collective, no "
-                     "host syncs, padding or extra permutes), so they expose less communication than Megatron/Tutel "
-                     "did; the non-MoE part is a modelled fixed cost, not measured.",
+    "fig08": "Opposite trend in TP and none in M. In the simulator layer1's GEMM work per GPU is the same for every "
+             "TP (M x topk x N x K / W) while the partial sums it sends grow with TP (each GPU holds "
+             "M x topk / EP rows), so more TP needs more blocks; GEMM and sends both scale with M, so the optimum "
+             "does not move with M (tests/test_sim_paper.py keeps the M trend as a strict xfail).",
+    "fig09_speedup": "Below the paper: our baselines are idealised (NCCL-style collectives at the full link rate, "
+                     "25 us fixed cost each, no host syncs, padding or metadata exchange), so they expose less "
+                     "communication than Megatron and Tutel did; the non-MoE part is a modelled fixed cost, not "
+                     "measured.",
     "fig09_cut": "Smaller cuts for the same reason: the idealised baselines are faster than the real ones.",
-    "fig09_comm": "Same order as the paper's 47%: exposed communication of the sequential baseline times the layers, "
-                  "over the modelled forward.",
-    "fig10": "Trend reversed: Comet gains most at large M here. At small M, layer1's GEMM is one wave of 128 x 128 "
-             "tiles, so every column block finishes at once and nothing overlaps, and Comet's n_c SMs cost a wave; "
-             "layer0's first tiles wait for whole 64-row chunks pulled by one 7 GB/s block.",
-    "headline": "Below the paper's 1.96x: the idealised baselines (see Fig. 9) and no launch or sync overheads "
-                "inside Comet's competitors beyond a fixed 5 us per kernel and 25 us per collective.",
+    "fig09_comm": "Same order as the paper: exposed communication of the sequential baseline times the layers, over "
+                  "the modelled forward; highest for Qwen2-MoE (small expert GEMMs) and at high TP.",
+    "fig10": "Trend reversed: Comet gains most at large M here. At small M layer1's GEMM is about one wave of "
+             "128 x 128 tiles, so every column block finishes at once and nothing overlaps, and giving n_c SMs to "
+             "communication costs a second wave; layer0's first tiles wait for a whole 64-row chunk pulled by one "
+             "7 GB/s block (16-row chunks help: notebooks/explore_schedules.ipynb).",
+    "headline": "Below the paper's 1.96x, for the reasons of Fig. 9 (idealised baselines) and Fig. 10 (little to "
+                "overlap at small M); the largest gains are at high TP (Fig. 12).",
     "fig11_comet": "Higher than the paper: the model lets communication blocks stream at their cap without slowing "
                    "the GEMM (no HBM or L2 contention between the two), so nearly everything hides at M=16384.",
-    "fig11_tutel": "Our chunked pipeline hides the same structural share: all but the first dispatch and the last "
-                   "combine (1 - 2/(2C) of the collectives' time); its fastest C is small at this M.",
+    "fig11_tutel": "Our chunked pipeline hides all but the first dispatch and the last combine of its 2C collectives "
+                   "(about 1 - 1/C); the paper's Tutel lies between our C=2 and C=4, and at this M our fastest C is 2.",
     "fig11_fastermoe": "FasterMoE's own schedule is not modelled; the chunked baseline (fastest C) stands for it too.",
     "fig11_megatron": "Agrees by construction: the sequential baseline never overlaps.",
-    "fig12": "Agrees: Comet is fastest at every (EP, TP); the margin grows with TP, as the baselines' TP reduce "
-             "(partial sums of every token) is exposed while Comet streams it.",
-    "fig13": "Within or below the paper's range: flat in E and topk here, since with balanced routing the bytes "
-             "moved grow with topk exactly as the GEMM work does.",
-    "fig14_imb": "Agrees qualitatively: Comet stays ahead at every imbalance; the speedup moves by a few percent "
-                 "with the routing draw (one seed per point), without a trend.",
-    "fig14_pcie": "Lower over the chunked baseline: on PCIe (25 GB/s) communication is large next to the L20's "
-                  "small per-SM throughput only at EP=8, and the chunked pipeline already hides much of it.",
+    "fig12": "Agrees. The margin over the sequential baseline grows with TP: with EP = 8/TP every GPU sends partial "
+             "sums for more rows, which the baseline exposes and Comet streams under its GEMM.",
+    "fig13": "At the low end of the paper's range: with balanced routing the bytes moved and the GEMM work both grow "
+             "with topk, so the ratio barely moves with E or topk, and the idealised baselines keep it low (Fig. 9).",
+    "fig14_imb": "Agrees qualitatively: Comet stays ahead at every imbalance; the speedup moves by a few percent with "
+                 "the routing draw (one seed per point), without a trend.",
+    "fig14_pcie": "Lower: the l20 profile is a non-blocking PCIe fabric at 25 GB/s per GPU, where communication is a "
+                  "minor share of the L20's slow GEMMs, so there is little to hide; real 8-GPU PCIe hosts share "
+                  "switch uplinks and cross CPU sockets, which slows the baselines' collectives.",
     "table3": "Ours is larger by design: besides the M x N receive buffer (= the paper's 2MN bytes) our kernels "
               "keep a combine buffer of partial sums (M/W tokens x slots x N), so layer1 can push instead of pull.",
 }

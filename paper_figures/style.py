@@ -12,11 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -92,6 +89,7 @@ def main(module, argv=None) -> list[Path]:
     ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"), help="profile of the default CSV")
     ap.add_argument("--out", type=Path, default=OUT, help="directory for <name>.png and <name>.pdf")
     a = ap.parse_args(argv)
+    plt.switch_backend("Agg")  # files only (importing this module leaves a notebook's backend alone)
     path = a.csv or latest_csv(module.NAME, a.hw)
     fig = module.draw(pd.read_csv(path), paper_values(module.NAME))
     fig.text(0.995, 0.005, f"ours: {path.name}", ha="right", va="bottom", fontsize=6, color="0.5")
