@@ -25,10 +25,7 @@ def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "laye
                 for r in g.itertuples():
                     a1.annotate(f"C={int(r.chunks)}", (getattr(r, x), r.comet_speedup), fontsize=6,
                                 textcoords="offset points", xytext=(2, 4), color=style.COLORS[s])
-    if band:
-        style.speedup_band(a1, paper, band)
-    else:
-        a1.axhline(1.0, color="k", lw=0.8)
+    style.speedup_band(a1, paper, band)
     for a in (a0, a1):
         a.set_xlabel(xlabel)
         if logx:

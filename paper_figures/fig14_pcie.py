@@ -23,10 +23,7 @@ def bars_and_speedup(df, paper, band: str | None = "layer_speedup"):
         a0.bar(x + (i - 1) * 0.27, g["latency_us"], 0.27, color=style.COLORS[s], label=style.LABELS[s])
         if s != "comet":
             a1.plot(x, g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s], label=f"Comet over {s}")
-    if band:
-        style.speedup_band(a1, paper, band)
-    else:
-        a1.axhline(1.0, color="k", lw=0.8)
+    style.speedup_band(a1, paper, band)
     for a in (a0, a1):
         a.set_xticks(x, labels)
     a0.set_ylabel("MoE layer time (us)")

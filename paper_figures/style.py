@@ -57,20 +57,17 @@ def paper_value(paper: pd.DataFrame, quantity: str, system: str = "all") -> tupl
     return float(row["low"].iloc[0]), float(row["high"].iloc[0])
 
 
-def speedup_band(ax, paper: pd.DataFrame, quantity: str = "layer_speedup", label: str | None = None,
-                 horizontal: bool = True) -> None:
-    """Shade the paper's reported speedup range (a line when it is one number) and draw y = 1."""
-    lo, hi = paper_value(paper, quantity)
-    label = label or (f"paper: {lo:.2f}-{hi:.2f}x" if hi > lo else f"paper: {lo:.2f}x")
-    if hi > lo:
-        ax.axhspan(lo, hi, label=label, **PAPER_BAND)
-    else:
-        ax.axhline(lo, color=PAPER_COLOR, ls="--", lw=1.2, label=label)
+def speedup_band(ax, paper: pd.DataFrame, quantity: str | None = "layer_speedup") -> None:
+    """Draw y = 1 and shade the paper's reported speedup range `quantity` (a dashed line when it is one
+    number; nothing when None: the paper reports no number for the figure)."""
     ax.axhline(1.0, color="k", lw=0.8)
-
-
-def hw_of(path: Path) -> str:
-    return Path(path).stem.split("_")[0]
+    if quantity is None:
+        return
+    lo, hi = paper_value(paper, quantity)
+    if hi > lo:
+        ax.axhspan(lo, hi, label=f"paper: {lo:.2f}-{hi:.2f}x", **PAPER_BAND)
+    else:
+        ax.axhline(lo, color=PAPER_COLOR, ls="--", lw=1.2, label=f"paper: {lo:.2f}x")
 
 
 def save(fig, name: str, out: Path = OUT) -> list[Path]:

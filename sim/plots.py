@@ -51,12 +51,8 @@ def _rank_events(res: SimResult, rank: int) -> pd.DataFrame:
 
 
 def sm_count(res: SimResult) -> int:
-    """SMs of the simulated GPU (the profile's, from the result's config; for older results, the highest SM
-    id of any event plus one)."""
-    if "sms" in res.config:
-        return int(res.config["sms"])
-    ids = res.events["track"].str.extract(_SM, expand=False).dropna().astype(int)
-    return int(ids.max()) + 1 if len(ids) else 0
+    """SMs of the simulated GPU (the hardware profile's, as the result's config records it)."""
+    return int(res.config["sms"])
 
 
 def gantt_rows(res: SimResult, rank: int = 0, sm_group: int = 1) -> pd.DataFrame:
