@@ -201,3 +201,12 @@ def test_experiment_command_line(tmp_path):
     df = pd.read_csv(out)
     assert list(df.columns) == importlib.import_module("experiments.fig12_parallelism").COLUMNS
     assert not math.isnan(df["latency_us"].sum())
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from experiments import fig09_end_to_end
+
+    result = doctest.testmod(fig09_end_to_end)
+    assert result.failed == 0 and result.attempted > 0
