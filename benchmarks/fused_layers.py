@@ -46,7 +46,7 @@ from comet.reference import ExpertWeights, shard_weights
 from comet.routing import make_routing
 from kernels import grouped_gemm as gg
 from kernels.fused_layer0 import fused_layer0, owned_range
-from kernels.fused_layer1 import GPU_SEND_BLOCK, combine_expected, combine_reduce, fused_layer1
+from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
 from kernels.moe import stage_tokens
 from kernels.workspace import EmulatedWorld
 
@@ -54,7 +54,7 @@ CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 
          ("qwen2-moe-2.7b", 8192, 4))
 NC1 = (4, 8, 16, 28, 32, 48, 64)
 NC0 = (8, 16, 32)
-NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --send-blocks are swept
+NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
 FIELDS = ["gpu", "model", "tokens_M", "ep", "rank", "layer", "activation", "rows", "impl", "nc", "block",
           "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
 HW = HardwareProfile.from_name("h200")
@@ -100,7 +100,7 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
     return ExpertWeights(w0, w1)
 
 
-def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, send_blocks=(GPU_SEND_BLOCK,)) -> None:
+def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},)) -> None:
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
@@ -206,12 +206,12 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, send_block
         emit("l1", impl, _eager_us(fn), "eager", flops1, moved, block="128x128")
     yref = y_ref[:R].clone()
     for nc in NC1:
-        for sb in send_blocks if nc in NC1_SEND_SWEEP else (GPU_SEND_BLOCK,):
+        for cfg in l1_configs if nc in NC1_SEND_SWEEP else ({},):
             p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
-            fn = lambda p=p, sb=sb: fused_layer1(world, p, r0, w1, config={"SEND_BLOCK": sb})
+            fn = lambda p=p, cfg=cfg: fused_layer1(world, p, r0, w1, config=cfg)
             fn()
             err = _rel_err(world.buffers(r0).y_RN[:R], yref)
-            note = f"send_block={sb}"
+            note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
             emit("l1", "fused", _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
             emit("l1", "fused", _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
     world.reset()
@@ -241,11 +241,12 @@ def main(argv=None) -> None:
     default_cases = ",".join(f"{m}:{n}:{e}" for m, n, e in CASES)
     ap.add_argument("--cases", default=None, help=f"comma list model:M:ep (default: {default_cases})")
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
-    ap.add_argument("--send-blocks", default=str(GPU_SEND_BLOCK),
-                    help=f"comma list of layer1 SEND_BLOCK values (sends reduced per step), swept at n_c in "
-                         f"{NC1_SEND_SWEEP}")
+    ap.add_argument("--l1-configs", default="",
+                    help=f"layer1 kernel configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a comma "
+                         f"list KEY=INT (e.g. 'SEND_BLOCK=16;SEND_BLOCK=16,GATHER_3D=1'); default: the default")
     a = ap.parse_args(argv)
-    send_blocks = tuple(int(v) for v in a.send_blocks.split(","))
+    l1_configs = [dict((kv.split("=")[0], int(kv.split("=")[1])) for kv in c.split(",")) for c in
+                  a.l1_configs.split(";") if c] or [{}]
     cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
                                            for c in a.cases.split(",")]
     out = Path(a.out)
@@ -271,7 +272,7 @@ def main(argv=None) -> None:
         writer.writeheader()
         for name, M, ep in cases:
             try:
-                run_case(writer, name, M, ep, ceiling, log, send_blocks)
+                run_case(writer, name, M, ep, ceiling, log, l1_configs)
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
             f.flush()

@@ -62,6 +62,7 @@ def _fused_layer1_kernel(
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
+    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
@@ -116,16 +117,27 @@ def _fused_layer1_kernel(
                 mask_s = offs_s < end
                 r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
                 r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
-                acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-                for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                    valid = mask_s & (r0 + j < r1)
-                    row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
-                    w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                    # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                    # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple of 16
-                    y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
-                    acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
+                if GATHER_3D:
+                    # all of a send's rows in one gather: one chain of dependent loads per step, not one per row
+                    offs_j = tl.arange(0, TOPK_P2)
+                    valid2 = mask_s[:, None] & (r0[:, None] + offs_j[None, :] < r1[:, None])
+                    row2 = tl.load(rows_by_send_ptr + r0[:, None] + offs_j[None, :], mask=valid2, other=0)
+                    w2 = tl.load(row_weight_ptr + row2, mask=valid2, other=0.0)
+                    y3 = tl.load(y_ptr + row2[:, :, None] * stride_ym + offs_n[None, None, :],
+                                 mask=mask_n[None, None, :], other=0.0, cache_modifier=".cg")
+                    acc = tl.sum(tl.where(valid2[:, :, None], w2[:, :, None] * y3.to(tl.float32), 0.0), axis=1)
+                else:
+                    acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                    for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                        valid = mask_s & (r0 + j < r1)
+                        row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                        w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                        # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                        # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
+                        # of 16
+                        y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                    mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                        acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
                 tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
                 slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
                 dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
@@ -260,6 +272,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
+        TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
 

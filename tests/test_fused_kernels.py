@@ -89,6 +89,16 @@ def test_matches_reference(ep, tp, act, variant, dtype, dispatch):
     _check_forward(_world(model, par, dtype=dtype), model, par, routing, policy, dtype)
 
 
+@pytest.mark.parametrize("topk,ep", [(3, 2), (2, 1)])
+def test_layer1_one_gather_per_send_matches_reference(topk, ep):
+    # GATHER_3D: a send's rows in one 3-D gather (TOPK_P2 = 4 > 3 local rows pads with masked rows)
+    model = _model("swiglu", E=8, topk=topk)
+    par = ParallelConfig(ep=ep)
+    routing = imbalanced(M=40, E=8, topk=topk, std=0.05, seed=topk)
+    _check_forward(_world(model, par), model, par, routing, SMALL, torch.float32,
+                   layer1_kwargs={"config": {"GATHER_3D": True}}, what=f"GATHER_3D topk={topk} EP={ep}")
+
+
 def test_program_counts_send_blocks_and_tiles():
     """Other programs counts (1 GEMM program; more than the work), chunks longer than a send block, 32-row
     tiles, M that no tile size divides."""
