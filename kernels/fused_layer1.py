@@ -62,7 +62,7 @@ def _fused_layer1_kernel(
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
-    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr,
+    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
@@ -143,7 +143,8 @@ def _fused_layer1_kernel(
                 dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
                 tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
             peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
+                       COMBINE_SCOPE)
 
     # --- the last program to finish resets the column counts for the next call
     if finish_program(flags_ptr + done_off, num_gemm + num_comm):
@@ -213,6 +214,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
 
     w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
+    config: overrides of fused_layer0.default_config, plus SEND_BLOCK (sends per reduce step), GATHER_3D (one
+    gather for all of a send's rows) and COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
     tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
     """
@@ -238,6 +241,9 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         if blk < 16 or blk & (blk - 1):
             raise ValueError(f"policy {name}={blk}: the kernel needs a power of two >= 16 (tl.dot)")
     cfg = {**default_config(dev), **(config or {})}
+    if cfg.get("COMBINE_GPU_SCOPE") and len(ws.ranks) != ws.world_size:
+        raise ValueError("config COMBINE_GPU_SCOPE (gpu-scope combine signals) is only valid when every rank "
+                         "lives on this GPU (EmulatedWorld); peers on other GPUs need system scope")
     sms = sm_count(dev)
     nc = pol.nc_layer1
     if num_programs is None:
@@ -273,6 +279,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
         TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
+        COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
 
