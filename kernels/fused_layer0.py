@@ -132,7 +132,8 @@ def _fused_layer0_kernel(
             src = tl.load(chunk_src_ptr + i)
             start = tl.load(chunk_start_ptr + i)
             end = tl.load(chunk_end_ptr + i)
-            peer = tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem))
+            # peers' buffers are 16-byte aligned (workspace allocations): say so, or the loads go out scalar
+            peer = tl.multiple_of(tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem)), 16)
             for u0 in range(start, end, COMM_ROWS):
                 offs_u = u0 + arange_u
                 mask_u = offs_u < end
@@ -180,7 +181,7 @@ def _fused_layer0_kernel(
             # --- A rows: the local receive buffer (blocks, copy-engine) or the owners' (direct)
             if MODE == 1:
                 src = tl.load(row_src_ptr + rows)
-                base = tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem))
+                base = tl.multiple_of(tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem)), 16)
                 a_ptrs = base[:, None] + (tok[:, None] * stride_rm + offs_k[None, :])
             else:
                 a_ptrs = recv_ptr + (tok[:, None] * stride_rm + offs_k[None, :])

@@ -109,7 +109,8 @@ def _fused_layer1_kernel(
             end = tl.load(chunk_end_ptr + ch)
             dest = tl.load(send_dest_ptr + start)  # one destination per chunk
             first_tok = (dest * M + world - 1) // world
-            comb_base = tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem))
+            # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
+            comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
             offs_n = col * BLOCK_N + arange_n
             mask_n = offs_n < D_OUT
             for s0 in range(start, end, SEND_BLOCK):

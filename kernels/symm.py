@@ -96,6 +96,8 @@ class SymmetricWorkspace(Workspace):
         comb.fill_(float("nan"))
         sflags.zero_()
         ptrs = [int(p) for p in self._hdl.buffer_ptrs]
+        if any(p % _ALIGN for p in ptrs):  # the kernels assume 16-byte aligned peer buffers
+            raise RuntimeError(f"symmetric buffers are not {_ALIGN}-byte aligned: {[hex(p) for p in ptrs]}")
 
         def table(off):
             return torch.tensor([p + off for p in ptrs], dtype=torch.int64, device=device)

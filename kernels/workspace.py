@@ -297,6 +297,8 @@ class EmulatedWorld(Workspace):
         sflags = [torch.zeros(lay.sym_len, dtype=torch.int32, device=dev) for _ in range(W)]
 
         def table(ts):
+            # the kernels tell Triton that peer buffers are 16-byte aligned (vectorised peer loads/stores)
+            assert all(t.data_ptr() % 16 == 0 for t in ts), "peer buffers must be 16-byte aligned"
             return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64, device=dev)
 
         recv_ptrs, comb_ptrs, sflag_ptrs = table(recv), table(comb), table(sflags)
