@@ -66,6 +66,8 @@ def _set_b_block(nargs):
         nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
     if nargs.get("B_TMA"):
         nargs["b_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
+    if nargs.get("C_TMA"):
+        nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -81,7 +83,7 @@ def _prune_configs(configs, named_args, **kwargs):
     kept = []
     for c in configs:
         bk, w, s = c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
-        smem = s * (bm * bk + n_b * bk * bn) * elem * per_sm
+        smem = (s * (bm * bk + n_b * bk * bn) + (bm * bn if meta["C_TMA"] else 0)) * elem * per_sm
         acc_regs = n_b * bm * bn // (32 * w)
         regs_ok = per_sm == 1 or (acc_regs + 96) * 32 * w * per_sm <= 65536
         if smem <= _SMEM_BYTES and acc_regs <= 128 and regs_ok and bk <= max(16, triton.next_power_of_2(meta["D_IN"])):
@@ -95,7 +97,7 @@ def _prune_configs(configs, named_args, **kwargs):
 @triton.jit
 def _grouped_gemm_kernel(
     # pointers
-    a_ptr, a_desc, a_row_ptr, b_ptr, b_desc, c_ptr,
+    a_ptr, a_desc, a_row_ptr, b_ptr, b_desc, c_ptr, c_desc,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     # sizes
     max_tiles, num_programs, D_IN, D_OUT, up_col,
@@ -104,7 +106,7 @@ def _grouped_gemm_kernel(
     # meta
     GATHER: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    FLATTEN: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+    FLATTEN: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr, C_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     # num_programs: the grid size (an argument, not tl.num_programs, so the autotuner can key on it)
     pid = tl.program_id(0)
@@ -188,7 +190,15 @@ def _grouped_gemm_kernel(
             acc = acc * tl.sigmoid(acc) * acc_up
         c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn)
         mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+        if C_TMA:
+            # A whole tile goes out through the copy engine (it clips columns past D_OUT); a tile that ends
+            # inside its block shares rows with the next expert's tile and keeps the masked store.
+            if row_end - row_start == BLOCK_M:
+                c_desc.store([row_start.to(tl.int32), (col * BLOCK_N).to(tl.int32)], acc.to(c_ptr.dtype.element_ty))
+            else:
+                tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+        else:
+            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
 
 
 _kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["BLOCK_K"] == 0})(
@@ -196,7 +206,7 @@ _kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["B
 _kernel_tuned = triton.autotune(
     configs=_configs(),
     key=["D_IN", "D_OUT", "num_programs", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER", "FLATTEN", "A_TMA", "B_TMA",
-         "WARP_SPEC"],
+         "C_TMA", "WARP_SPEC"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_kernel_fixed)
 
@@ -236,7 +246,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
-                 warp_specialize: str = "none", validate: bool = False) -> torch.Tensor:
+                 c_tma: bool = False, warp_specialize: str = "none", validate: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -248,7 +258,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     num_programs: persistent programs (default: SMs, at most T). flatten: let Triton flatten the tile and
     K loops into one software pipeline. a_tma / b_tma: load A / B tiles with the copy engine (tensor
     descriptors over a and the (E * D_IN, D_OUT') view of b; rows must be 16-byte aligned; a_tma only
-    without a gather). warp_specialize: Triton's automatic warp specialisation of the "k_loop" or the
+    without a gather). c_tma: store whole tiles with the copy engine (tiles cut short by their expert's
+    end keep the masked store). warp_specialize: Triton's automatic warp specialisation of the "k_loop" or the
     "tile_loop" (or "none").
     validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
     always checked.
@@ -336,13 +347,19 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             raise ValueError(f"b_tma needs 16-byte aligned weight rows: D_OUT'={D_OUT_B} columns of "
                              f"{b_EIO.element_size()} bytes; use b_tma=False")
         b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
-    args = (a, a_desc, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out,
+    c_desc = out
+    if c_tma:
+        if (D_OUT * out.element_size()) % 16 or out.data_ptr() % 16:
+            raise ValueError(f"c_tma needs 16-byte aligned output rows: D_OUT={D_OUT} columns of "
+                             f"{out.element_size()} bytes; use c_tma=False")
+        c_desc = _descriptor(out, [block_m, block_n])
+    args = (a, a_desc, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out, c_desc,
             tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
             T, programs, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
             a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
             out.stride(0), out.stride(1))
     meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
-                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma,
+                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma, C_TMA=c_tma,
                 WARP_SPEC=WARP_SPECIALIZE[warp_specialize])
     grid = (programs,)
     if config is None:

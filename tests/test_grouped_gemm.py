@@ -89,8 +89,9 @@ def test_ragged_experts_match_reference(dtype, activation, b_tma):
     plan = make_plan(routing, model, ParallelConfig(ep=2), HW, SMALL_POLICY)
     counts = routing.tokens_per_expert_E.tolist()
     assert len(set(counts)) > 1, f"routing should be ragged, got {counts}"
-    for rank in (0, 1):  # b_tma: the reduction tail of an expert reads the next expert's B rows (A is 0)
-        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma, a_tma=b_tma)
+    for rank in (0, 1):  # b_tma: the reduction tail of an expert reads the next expert's B rows (A is 0);
+        # c_tma: whole tiles stored by TMA next to masked stores of the tiles an expert's end cuts short
+        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
 
 
 def test_expert_with_zero_rows_and_rank_with_none():
@@ -197,7 +198,7 @@ def test_gpu_bf16(activation, block_n0, b_tma):
     plan = _gpu_plan(activation, block_n0=block_n0)
     for rank in (0, 1):
         _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                      b_tma=b_tma, a_tma=b_tma)
+                      b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
 
 
 @pytest.mark.gpu
