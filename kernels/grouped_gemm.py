@@ -41,7 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "swiglu": 2}
+from kernels.activations import GELU, NONE, SWIGLU, apply_activation
+
+ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
 # A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
 SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
@@ -184,10 +186,10 @@ def _grouped_gemm_kernel(
             b_ptrs += BLOCK_K * stride_bk
 
         # --- epilogue: activation in fp32, then one masked store in the shared-row layout
-        if ACTIVATION == 1:  # exact (erf) gelu
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        elif ACTIVATION == 2:  # swiglu: silu(gate) * up
-            acc = acc * tl.sigmoid(acc) * acc_up
+        if ACTIVATION == 2:
+            acc = apply_activation(acc, acc_up, ACTIVATION)
+        else:
+            acc = apply_activation(acc, acc, ACTIVATION)
         c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn)
         mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
         if C_TMA:

@@ -1,0 +1,49 @@
+"""The epilogue's gelu (kernels/activations.py) against the exact erf form, elementwise."""
+
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # before triton is imported: run the kernel in the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from kernels.activations import gelu_erf  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, gelu_erf(tl.load(x_ptr + offs, mask=mask)), mask=mask)
+
+
+def _gelu(x):
+    y = torch.empty_like(x)
+    _gelu_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+    return y
+
+
+def test_gelu_erf_matches_exact_gelu():
+    x = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0])])
+    got = _gelu(x.to(DEVICE)).cpu().double()
+    exact = 0.5 * x.double() * (1 + torch.erf(x.double() / math.sqrt(2)))
+    err = (got - exact).abs()
+    # A&S 7.1.26 bounds erf's error by 1.5e-7, so gelu's by 0.5 |x| 1.5e-7; plus ~8 fp32 roundings
+    # (u = 6e-8) in the polynomial, the exp2 and the products, all scaled by 0.5 |x|
+    bound = 0.5 * x.double().abs() * (1.5e-7 + 8 * 6e-8) + 6e-8 * exact.abs() + 1e-30
+    worst = int((err / bound).argmax())
+    assert bool((err <= bound).all()), f"gelu({float(x[worst])}) = {float(got[worst])}, exact {float(exact[worst])}"
+    assert got[x == 0].abs().max() == 0 and float(got[-2]) == 40.0 and abs(float(got[-1])) < 1e-30
+
+
+def test_gelu_erf_keeps_sign_and_monotone_tail():
+    x = torch.linspace(-6, 6, 4097).to(DEVICE, torch.float32)
+    y = _gelu(x).cpu()
+    assert bool((y[x.cpu() > 0] > 0).all()) and bool((y[x.cpu() < 0] <= 0).all())
+    assert bool((y[x.cpu() >= 0].diff() >= 0).all()), "gelu increases for x >= 0"
