@@ -61,6 +61,7 @@ VARIANTS = {
     # it measures what the epilogue's activation costs, its check is expected to fail)
     "128x256tC": (128, 256, 256, 8, {**_T, "c_tma": True}),
     "128x256tSC": (128, 256, 256, 8, {**_T, "c_tma": True, "sorted_a": "kernel"}),
+    "128x128tC": (128, 128, 128, 8, {**_T, "c_tma": True}),
     "128x256t-noact": (128, 256, 256, 8, {**_T, "activation": "none"}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
@@ -306,6 +307,9 @@ def main(argv=None) -> None:
     t0 = time.time()
     ceiling = _ceiling_tflops(torch.bfloat16, warm_s=3.0)
     print(f"bf16 ceiling: torch.matmul 8192x4096x14336 = {ceiling:.1f} TFLOP/s", flush=True)
+    unknown = [v for v in a.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     variants = {v: VARIANTS[v] for v in a.variants.split(",")}
     summary = []
     long_path = out_dir / f"{a.tag}_{date}.csv"
