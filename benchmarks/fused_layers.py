@@ -32,14 +32,15 @@ import csv
 import dataclasses
 import datetime
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench, do_bench_cudagraph
 
+from benchmarks._timing import device_line as _device_line
+from benchmarks._timing import eager_us as _eager_us
+from benchmarks._timing import graph_us as _graph_us
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.plan import Policy, make_plan
 from comet.reference import ExpertWeights, shard_weights
@@ -60,29 +61,11 @@ FIELDS = ["gpu", "model", "tokens_M", "ep", "rank", "layer", "activation", "rows
 HW = HardwareProfile.from_name("h200")
 
 
-def _graph_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
-
-
-def _eager_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
 def _ceiling_tflops() -> float:
     a = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(4096, 14336, device="cuda", dtype=torch.bfloat16)
     us = _eager_us(lambda: a @ b)
     return 2 * 8192 * 4096 * 14336 / us / 1e6
-
-
-def _device_line() -> str:
-    p = torch.cuda.get_device_properties(0)
-    return (f"{p.name} x1 ({p.multi_processor_count} SMs), torch {torch.__version__}, "
-            f"triton {__import__('triton').__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
 
 
 def _rel_err(a, b) -> float:

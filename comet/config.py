@@ -217,12 +217,31 @@ class HardwareProfile:
 
     @classmethod
     def from_name(cls, name: str) -> HardwareProfile:
-        """A registered profile by name, or a JSON profile file (e.g. one `comet.calibrate` wrote)."""
+        """A registered profile by name, a JSON profile file (e.g. one `comet.calibrate` wrote), or the name of
+        a file `profiles/<name>.json` in the current directory or the repository."""
         if name in HARDWARE:
             return HARDWARE[name]
         if name.endswith(".json") and Path(name).exists():
             return cls.from_json(name)
-        raise _unknown("hardware", name, HARDWARE)
+        files = profile_files()
+        if name in files:
+            return cls.from_json(files[name])
+        raise _unknown("hardware", name, [*HARDWARE, *(f"{n} ({p})" for n, p in files.items())])
+
+
+def profile_dirs() -> list[Path]:
+    """Where profile names are looked up: ./profiles, then the repository's profiles/ (next to comet/)."""
+    dirs = [Path.cwd() / "profiles", Path(__file__).resolve().parent.parent / "profiles"]
+    return [d for i, d in enumerate(dirs) if d.resolve() not in [e.resolve() for e in dirs[:i]]]
+
+
+def profile_files() -> dict[str, Path]:
+    """Profile name -> JSON file in `profile_dirs()` (the first directory wins a name found in both)."""
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        for path in sorted(d.glob("*.json")) if d.is_dir() else ():
+            found.setdefault(path.stem, path)
+    return found
 
 
 _DS_H100 = "NVIDIA H100 datasheet (SXM5): 132 SMs, 989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 900 GB/s"

@@ -1,0 +1,38 @@
+"""Timing helpers shared by the benchmarks and `comet.calibrate`: device-time and eager medians, and the
+device line that every results file carries. All times in microseconds; CUDA only."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+
+def graph_us(fn, rep_ms: int = 100) -> float:
+    """Median device time of one call: `rep_ms` worth of calls captured in a CUDA graph and replayed (no launch
+    or Python overhead). The call runs once first (compiles and autotuning happen outside the capture)."""
+    from triton.testing import do_bench_cudagraph
+
+    fn()
+    torch.cuda.synchronize()
+    return do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e3
+
+
+def eager_us(fn) -> float:
+    """Median eager time of one call: CUDA events around each call (launch and Python overhead included when
+    the host is slower than the GPU; L2 flushed between calls)."""
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def device_line(gpus: int = 1) -> str:
+    """'<GPU> x<gpus> (<SMs> SMs), torch ..., triton ..., CUDA ..., python ...' for device 0 (gpus: how many
+    of them the measurement used)."""
+    import triton
+
+    p = torch.cuda.get_device_properties(0)
+    return (f"{p.name} x{gpus} ({p.multi_processor_count} SMs), torch {torch.__version__}, "
+            f"triton {triton.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
