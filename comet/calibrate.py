@@ -535,6 +535,54 @@ def measure_comm_programs(ctx: Context) -> None:
     world.check()
 
 
+def measure_l1_comm_programs(ctx: Context) -> None:
+    """Part d (layer1): the fused layer1 kernel's communication programs alone, in an emulated world on one GPU.
+
+    No GEMM tiles and a column threshold of 0, so every (column block, send chunk) item is ready at once: each
+    program reduces its items' top-k rows of y and stores the partial sums into the owners' combine buffers
+    (local memory here). Rate of one program = partial-sum bytes stored by the busiest program / kernel time,
+    per SEND_BLOCK (sends per reduce step). The simulator caps a layer1 item's store at per_block_link_gbps."""
+    from benchmarks._timing import graph_us
+    from comet.plan import Policy, make_plan
+    from comet.routing import make_routing
+    from kernels.fused_layer1 import fused_layer1
+    from kernels.workspace import EmulatedWorld
+
+    rec = ctx.rec
+    model = ModelConfig("calibrate-comm-l1", hidden_N=4096, ffn_K=256, experts_E=8, topk=2, layers=1)
+    par = ParallelConfig(ep=4)
+    M = 16384 if ctx.quick else 65536
+    routing = make_routing("balanced", M, model.experts_E, model.topk, seed=0).to("cuda")
+    plan = make_plan(routing, model, par, ctx.base, Policy(block_m=128, block_n1=128), ranks=[0])
+    rp = plan.rank(0)
+    idle = dataclasses.replace(rp, num_l1_tiles=torch.zeros_like(rp.num_l1_tiles),
+                               l1_tiles_per_col=torch.zeros_like(rp.l1_tiles_per_col))
+    world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda")
+    world.buffers(0).y_RN.normal_()
+    w1 = torch.zeros(plan.experts_per_rank, plan.ffn_local, model.hidden_N, device="cuda", dtype=torch.bfloat16)
+    t = rp.trimmed()
+    sends_per_chunk = (t["l1_chunk_end_C"] - t["l1_chunk_start_C"]).tolist()
+    col_bytes = plan.policy.block_n1 * 2
+    # item i = (column block i // chunks, chunk i % chunks) belongs to program i % nc
+    item_bytes = [n * col_bytes for _ in range(plan.l1_col_blocks) for n in sends_per_chunk]
+    total = sum(item_bytes)
+    ncs = QUICK_COMM_NCS if ctx.quick else COMM_NCS
+    for send_block in (16, 64):
+        for nc in _bar(ncs, f"d. layer1 comm programs (local), SEND_BLOCK={send_block}", ctx.main_rank):
+            p = dataclasses.replace(plan, policy=plan.policy.replace(nc_layer1=nc), ranks=(idle,))
+            fn = lambda p=p, sb=send_block: fused_layer1(world, p, 0, w1, num_programs=1, config={"SEND_BLOCK": sb})
+            fn()
+            world.check()
+            us = graph_us(fn, rep_ms=40)
+            busiest = max(sum(item_bytes[j::nc]) for j in range(nc))
+            how = dict(nc=nc, send_block=send_block, bytes=total, busiest_program_bytes=busiest,
+                       items=len(item_bytes), sends_per_chunk=plan.policy.comm_rows, topk_local=2,
+                       world="emulated_ep4_one_gpu", memory="local_hbm_not_nvlink")
+            rec.add("l1_comm_program_local_gbps", busiest / us / 1e3, "GB/s", **how)
+            rec.add("l1_comm_programs_local_total_gbps", total / us / 1e3, "GB/s", **how)
+    world.reset()
+
+
 # ---------------------------------------------------------------------------- part e: link kernels
 @triton.jit
 def _peer_copy_kernel(local_ptr, peers_ptr, rank, world, n_peers, elems_per_prog, slot_elems, own_slot_off,
@@ -789,7 +837,8 @@ def main(argv=None) -> int:
         dist.destroy_process_group()
         if rank != 0:  # parts a-d measure one GPU: rank 0's
             return 0
-    steps = {"tiles": measure_tiles, "hbm": measure_hbm, "launch": measure_launch, "comm": measure_comm_programs}
+    steps = {"tiles": measure_tiles, "hbm": measure_hbm, "launch": measure_launch,
+             "comm": lambda c: (measure_comm_programs(c), measure_l1_comm_programs(c))}
     for p, fn in steps.items():
         if p in parts:
             _run_part(p, fn, ctx, reasons, failed)
