@@ -36,6 +36,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from comet.calibrate import parse_params
 from comet.config import HardwareProfile
 from kernels.fused_layer1 import GPU_SEND_BLOCK
 from sim.options import SimOptions
@@ -68,12 +69,14 @@ def local_rates(calibration_csv: str | Path) -> dict[str, tuple[float, float]]:
     for layer, name in (("l0", "comm_program_local_gbps"), ("l1", "l1_comm_program_local_gbps")):
         rows = cal[cal["measurement"] == name]
         totals = cal[cal["measurement"] == name.replace("program_", "programs_").replace("_gbps", "_total_gbps")]
+        params = rows["parameters"].map(parse_params)
         if layer == "l1":
-            rows = rows[rows["parameters"].str.contains(f"send_block={GPU_SEND_BLOCK}")]
+            keep = params.map(lambda p: p.get("send_block") == str(GPU_SEND_BLOCK))
+            rows, params = rows[keep], params[keep]
         if rows.empty or totals.empty:
             raise ValueError(f"{calibration_csv} has no {name} rows: run `python -m comet.calibrate` on one GPU "
                              f"(part comm) to measure them")
-        n_c = rows["parameters"].str.extract(r"nc=(\d+)")[0].astype(int)
+        n_c = params.map(lambda p: int(p["nc"]))
         rates[layer] = (float(rows["value"].astype(float)[n_c == n_c.min()].iloc[0]),
                         float(totals["value"].astype(float).max()))
     return rates

@@ -1,0 +1,83 @@
+"""experiments.validate: measured kernel times against the simulator on the same Plan (CPU only)."""
+
+import pandas as pd
+import pytest
+
+from experiments import validate
+
+FIELDS = ["model", "tokens_M", "ep", "rank", "layer", "impl", "nc", "time_us", "timing", "note"]
+
+
+def _measured(us_by_nc):
+    """A benchmarks.fused_layers-like table for Qwen2 at a small M: layer1 n_c sweep, layer0 blocks, owner reduce."""
+    rows = [("qwen2-moe-2.7b", 1024, 4, 0, "l1", "fused", nc, us, "graph", "default config") for nc, us in us_by_nc]
+    rows += [("qwen2-moe-2.7b", 1024, 4, 0, "l1", "fused", 8, 1.0, "eager", "default config"),  # eager: ignored
+             ("qwen2-moe-2.7b", 1024, 4, 0, "l1", "owner_reduce", None, 10.0, "event",
+              "single-shot events, median of 7"),
+             ("qwen2-moe-2.7b", 1024, 4, 0, "l0", "fused_blocks", 8, 60.0, "graph", None),
+             ("qwen2-moe-2.7b", 1024, 4, 0, "l0", "gemm_alone", None, 30.0, "graph", None)]  # not compared
+    return pd.DataFrame(rows, columns=FIELDS)
+
+
+@pytest.fixture(scope="module")
+def hw_by_layer():
+    from comet.config import HardwareProfile
+
+    hw = HardwareProfile.from_name("h200")
+    return {"l0": validate.emulated_profile(hw, 20.0, 1500.0), "l1": validate.emulated_profile(hw, 3.0, 1500.0)}
+
+
+def test_compare_pairs_each_measured_configuration_with_a_prediction(hw_by_layer):
+    cmp = validate.compare(_measured([(4, 400.0), (16, 150.0), (64, 120.0)]), hw_by_layer, progress=False)
+    assert list(cmp.columns) == validate.COLUMNS
+    assert sorted(zip(cmp.layer, cmp.impl, strict=True)) == [("l0", "fused_blocks")] + [("l1", "fused")] * 3
+    l1 = cmp[cmp.layer == "l1"].set_index("nc")
+    assert l1.loc[4, "measured_us"] == 410.0  # the owner's reduce is added: the simulator's layer1 includes it
+    assert (cmp.predicted_us > 0).all()
+    expect = 100 * (cmp.predicted_us - cmp.measured_us) / cmp.measured_us
+    assert (expect.round(2) - cmp.error_pct).abs().max() < 0.02
+    # the simulated layer1 gets faster with more communication programs when they are the bottleneck
+    assert l1.loc[4, "predicted_us"] > l1.loc[16, "predicted_us"]
+    # deterministic: the same table again gives the same predictions
+    again = validate.compare(_measured([(4, 400.0), (16, 150.0), (64, 120.0)]), hw_by_layer, progress=False)
+    pd.testing.assert_frame_equal(cmp, again)
+
+
+def test_summary_rank_correlation_and_nc_pick():
+    cmp = pd.DataFrame({"model": "m", "tokens_M": 1, "ep": 4, "layer": "l1", "impl": "fused", "nc": [4, 8, 16, 32],
+                        "measured_us": [400.0, 200.0, 150.0, 160.0], "predicted_us": [300.0, 180.0, 140.0, 100.0],
+                        "error_pct": [-25.0, -10.0, -6.67, -37.5]})
+    s = validate.summarize(cmp).set_index("scope")
+    assert s.loc["l1 all", "mape_pct"] == pytest.approx(19.79, abs=0.01)
+    sweep = s.loc["l1 m M=1 n_c sweep"]
+    assert sweep["spearman"] == pytest.approx(0.8)  # ranks 4,3,1,2 vs 4,3,2,1
+    assert (sweep["sim_nc"], sweep["best_nc"]) == (32, 16)
+    assert sweep["pick_cost_pct"] == pytest.approx(100 * (160 / 150 - 1), abs=0.01)
+
+
+def test_local_rates_read_from_a_calibration_table(tmp_path):
+    from comet.calibrate import format_params
+
+    rows = [("comm_program_local_gbps", format_params(nc=1), 21.0),
+            ("comm_program_local_gbps", format_params(nc=8), 19.0),
+            ("comm_programs_local_total_gbps", format_params(nc=8), 900.0),
+            ("l1_comm_program_local_gbps", format_params(nc=1, send_block=64), 9.0),
+            ("l1_comm_program_local_gbps", format_params(nc=1, send_block=16), 4.0),
+            ("l1_comm_programs_local_total_gbps", format_params(nc=32, send_block=16), 120.0)]
+    path = tmp_path / "cal.csv"
+    pd.DataFrame(rows, columns=["measurement", "parameters", "value"]).assign(unit="GB/s").to_csv(path, index=False)
+    assert validate.local_rates(path) == {"l0": (21.0, 900.0), "l1": (4.0, 120.0)}
+    pd.DataFrame(rows[:3], columns=["measurement", "parameters", "value"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="l1_comm_program_local_gbps"):
+        validate.local_rates(path)
+
+
+def test_cli_needs_the_emulated_link_rates(tmp_path):
+    path = tmp_path / "m.csv"
+    _measured([(4, 400.0)]).to_csv(path, index=False)
+    with pytest.raises(SystemExit):
+        validate.main(["--measured", str(path), "--out", str(tmp_path)])
+    validate.main(["--measured", str(path), "--per-program-gbps", "20", "--l1-per-program-gbps", "3",
+                   "--local-gbps", "1500", "--out", str(tmp_path), "--tag", "t"])
+    out = pd.read_csv(tmp_path / "t.csv", comment="#")
+    assert len(out) == 2 and set(out.layer) == {"l0", "l1"}
