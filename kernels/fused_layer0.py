@@ -22,6 +22,9 @@ Three variants (`Policy.layer0_comm`), one kernel (`MODE`):
 Program order is chosen so that Triton's interpreter, which runs programs one after another in id order,
 completes every producer before its consumers: communication programs have the low ids.
 
+INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each chunk and tile
+it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/timeline.py).
+
 Every program of a launch must be resident at once on the GPU (programs wait on each other): the grid is
 at most the SM count. Waits are bounded (kernels/signals.py); a timeout is recorded in the rank's status
 buffer and raised by `Workspace.check()`.
@@ -37,6 +40,16 @@ import triton.language as tl
 
 from kernels.grouped_gemm import ACTIVATIONS, sm_count
 from kernels.signals import finish_program, signal_add, wait_flag
+from kernels.timeline import (
+    REC_GEMM0,
+    REC_GEMM0_DIRECT,
+    REC_PULL,
+    global_timer_ns,
+    require_gpu_kernel,
+    sm_id,
+    tile_remote_rows,
+    trace_write,
+)
 
 VARIANTS = {"blocks": 0, "direct": 1, "copy-engine": 2}
 # Fixed configs (no autotuning: the kernels have side effects on flags and peers, which an autotuner's
@@ -47,6 +60,9 @@ COPY_ENGINE_SM_RESERVE = 8
 
 _WAIT_L0_ARRIVAL = tl.constexpr(1)  # kernels.signals.WAIT_L0_ARRIVAL
 _WAIT_L0_COPY = tl.constexpr(2)  # kernels.signals.WAIT_L0_COPY
+_REC_GEMM0 = tl.constexpr(REC_GEMM0)  # kernels/timeline.py record kinds
+_REC_GEMM0_DIRECT = tl.constexpr(REC_GEMM0_DIRECT)
+_REC_PULL = tl.constexpr(REC_PULL)
 
 
 def default_config(device) -> dict:
@@ -104,7 +120,7 @@ def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn,
     return acc
 
 
-@triton.jit(do_not_specialize=["epoch", "max_spin"])
+@triton.jit(do_not_specialize=["epoch", "max_spin", "trace_slots"])
 def _fused_layer0_kernel(
     # pointers: this rank's receive buffer, the peer table of receive buffers, weights, output, flags
     recv_ptr, recv_peers_ptr, b_ptr, b_desc, c_ptr, flags_ptr, status_ptr,
@@ -114,21 +130,29 @@ def _fused_layer0_kernel(
     # sizes
     rank, world, max_tiles, max_chunks, num_comm, num_gemm, D_IN, D_OUT, up_col, epoch, max_spin,
     arrive_off, copy_off, done_off,
+    # timeline records (kernels/timeline.py; None unless INSTRUMENT)
+    trace_ptr, trace_count_ptr, trace_slots,
     # strides
     stride_rm, stride_be, stride_bk, stride_bn, stride_cm,
     # meta
     MODE: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, B_TMA: tl.constexpr,
-    COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr,
+    COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr, INSTRUMENT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     elem = recv_ptr.dtype.element_ty
+    if INSTRUMENT:
+        sm = sm_id()
     if pid < num_comm:  # num_comm is 0 unless MODE 0
         # --- communication program: pull whole chunks (one source each) into this rank's buffer
+        if INSTRUMENT:
+            n_rec = 0  # this program's items so far: its next record's slot
         num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
         arange_u = tl.arange(0, COMM_ROWS)
         arange_c = tl.arange(0, COMM_COLS)
         for i in range(pid, num_chunks, num_comm):
+            if INSTRUMENT:
+                t_begin = global_timer_ns()
             src = tl.load(chunk_src_ptr + i)
             start = tl.load(chunk_start_ptr + i)
             end = tl.load(chunk_end_ptr + i)
@@ -145,15 +169,26 @@ def _fused_layer0_kernel(
                     v = tl.load(peer + off, mask=mask, cache_modifier=".cg")
                     tl.store(recv_ptr + off, v, mask=mask)
             signal_add(flags_ptr + arrive_off + src, 1, "gpu")
+            if INSTRUMENT:
+                t_end = global_timer_ns()
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_begin, t_end, sm, _REC_PULL, i, src,
+                            end - start, 0)
+                n_rec += 1
+        if INSTRUMENT:
+            tl.store(trace_count_ptr + pid, n_rec)
     else:
         # --- GEMM program: the Plan's layer0 tiles t = g, g + G, ...
         g = pid - num_comm
+        if INSTRUMENT:
+            n_rec = 0
         num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
         arange_m = tl.arange(0, BLOCK_M)
         arange_n = tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
         ready = tl.full((), 1, tl.int64) << rank  # sources known complete; own rows are in place
         for t in range(g, num_tiles, num_gemm):
+            if INSTRUMENT:
+                t_begin = global_timer_ns()
             expert = tl.load(tile_expert_ptr + t)
             row_start = tl.load(tile_row_start_ptr + t)
             row_end = tl.load(tile_row_end_ptr + t)
@@ -177,6 +212,8 @@ def _fused_layer0_kernel(
                                 wait_flag(flags_ptr + copy_off + s, epoch, max_spin, status_ptr, _WAIT_L0_COPY,
                                           s, rank, True, "gpu")
                     ready = ready | need
+            if INSTRUMENT:
+                t_ready = global_timer_ns()
 
             # --- A rows: the local receive buffer (blocks, copy-engine) or the owners' (direct)
             if MODE == 1:
@@ -196,6 +233,15 @@ def _fused_layer0_kernel(
             c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :])
             mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+            if INSTRUMENT:
+                tl.debug_barrier()  # every thread's stores issued: the tile is done
+                t_end = global_timer_ns()
+                # the tile's rows come from the Plan at decoding (fewer values live across the K loop)
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm,
+                            _REC_GEMM0_DIRECT if MODE == 1 else _REC_GEMM0, t, -1, 0, col)
+                n_rec += 1
+        if INSTRUMENT:
+            tl.store(trace_count_ptr + pid, n_rec)
 
     # --- blocks: the last program to finish resets the arrival flags for the next call
     if MODE == 0:
@@ -228,8 +274,8 @@ def write_flag(flags_F: torch.Tensor, index: int, value: int) -> None:
 
 def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | None = None,
                  activation: str | None = None, num_programs: int | None = None, config: dict | None = None,
-                 b_tma: bool | None = None, max_spin: int | None = None, out_RK: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+                 b_tma: bool | None = None, max_spin: int | None = None, out_RK: torch.Tensor | None = None,
+                 timeline=None) -> torch.Tensor:
     """Layer0 of `rank` in workspace `ws`: out_RK[r] = act(x[row_token_R[r]] @ w0_ENK[expert(r)]).
 
     The token rows must already be in the owners' receive buffers (`ws.buffers(s).recv_MN`, rows indexed by
@@ -240,6 +286,8 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     num_rows are not written. num_programs: GEMM programs (default: SMs - nc for blocks, SMs for direct,
     SMs - 8 for copy-engine). config: {"BLOCK_K", "num_warps", "num_stages", "COMM_ROWS", "COMM_COLS"}.
     No host sync; the call is asynchronous on the current stream (copy-engine: plus the rank's side stream).
+    timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every chunk and tile
+    (GPU only; the copy-engine variant's side-stream copies are not kernels and are not recorded).
     """
     pol = plan.policy
     variant = variant or pol.layer0_comm
@@ -292,6 +340,18 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     lay = ws.layout
     spin = ws.max_spin if max_spin is None else max_spin
 
+    trace = (None, None, None)
+    if timeline is not None:
+        require_gpu_kernel(_fused_layer0_kernel, dev)
+        lt = timeline.new_launch(
+            rank=rank, layer=0, variant=variant, num_comm=nc, num_gemm=num_programs, comm_first=True,
+            max_gemm_items=rp.l0_tile_expert_T.numel(), max_comm_items=rp.l0_chunk_src_C.numel(), device=dev,
+            row_bytes=N * recv.element_size(), hidden_N=N, block_n=pol.block_n0, combine_elem_bytes=0,
+            tile_rows=rp.l0_tile_row_end_T - rp.l0_tile_row_start_T,
+            tile_remote_rows=tile_remote_rows(rp.row_src_R, rp.l0_tile_row_start_T, rp.l0_tile_row_end_T, rank)
+            if variant == "direct" else None)
+        trace = (lt.records, lt.counts, lt.slots)
+
     if variant == "copy-engine":
         _copy_engine_dispatch(ws, plan, rank, epoch)
 
@@ -303,12 +363,13 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
             rp.l0_chunks_per_src_W,
             rank, W, rp.l0_tile_expert_T.numel(), rp.l0_chunk_src_C.numel(), nc, num_programs, N, k_out,
             k_out if act == "swiglu" else 0, epoch, spin,
-            lay.arrive, lay.copy, lay.done_l0,
+            lay.arrive, lay.copy, lay.done_l0, *trace,
             recv.stride(0), w0_ENK.stride(0), w0_ENK.stride(1), w0_ENK.stride(2), out_RK.stride(0))
     _fused_layer0_kernel[(nc + num_programs,)](
         *args, MODE=VARIANTS[variant], ACTIVATION=ACTIVATIONS[act], BLOCK_M=pol.block_m, BLOCK_N=pol.block_n0,
         BLOCK_K=cfg["BLOCK_K"], EVEN_K=N % cfg["BLOCK_K"] == 0, B_TMA=b_tma, COMM_ROWS=cfg["COMM_ROWS"],
-        COMM_COLS=cfg["COMM_COLS"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        COMM_COLS=cfg["COMM_COLS"], INSTRUMENT=timeline is not None, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     if variant == "copy-engine" and dev.type == "cuda":
         torch.cuda.current_stream(dev).wait_stream(ws.side_stream(rank))
     return out_RK

@@ -17,6 +17,8 @@ Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc pr
                           combine flag [this rank, col] (release, system scope).
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
+INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
+it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/timeline.py).
 
 The owner's reduce (`combine_reduce`, a separate small launch after every rank's layer1 was launched):
 program (token block, column block) waits until combine flag [s, col] == expected[s] for every source s
@@ -39,15 +41,18 @@ import triton.language as tl
 from kernels.fused_layer0 import _descriptor, default_config, tile_matmul
 from kernels.grouped_gemm import sm_count
 from kernels.signals import finish_program, signal_add, wait_flag
+from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
 
 _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
 _WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
+_REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
+_REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
 GPU_SEND_BLOCK, SMALL_SEND_BLOCK = 16, 16  # 16 on the H200: 3-9% faster than 32 (results/fused_layers)
 GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["max_spin"])
+@triton.jit(do_not_specialize=["max_spin", "trace_slots"])
 def _fused_layer1_kernel(
     # pointers
     a_ptr, a_desc, b_ptr, b_desc, y_ptr, comb_ptr, flags_ptr, status_ptr, comb_peers_ptr, sflag_peers_ptr,
@@ -57,21 +62,29 @@ def _fused_layer1_kernel(
     # sizes
     rank, world, M, max_tiles, max_chunks, num_gemm, num_comm, D_IN, D_OUT, col_blocks, slots, col_max,
     max_spin, l1_col_off, done_off, comb_flag_off,
+    # timeline records (kernels/timeline.py; None unless INSTRUMENT)
+    trace_ptr, trace_count_ptr, trace_slots,
     # strides
     stride_am, stride_be, stride_bk, stride_bn, stride_ym,
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
-    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr,
+    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr, INSTRUMENT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
+    if INSTRUMENT:
+        sm = sm_id()
     if pid < num_gemm:
         # --- GEMM program: column-block-major tiles into the intermediate y_RN, counted per column block
+        if INSTRUMENT:
+            n_rec = 0  # this program's items so far: its next record's slot
         num_tiles = tl.minimum(tl.load(num_tiles_ptr), max_tiles)
         arange_m = tl.arange(0, BLOCK_M)
         offs_k = tl.arange(0, BLOCK_K)
         for t in range(pid, num_tiles, num_gemm):
+            if INSTRUMENT:
+                t_begin = global_timer_ns()
             expert = tl.load(tile_expert_ptr + t)
             row_start = tl.load(tile_row_start_ptr + t)
             row_end = tl.load(tile_row_end_ptr + t)
@@ -90,21 +103,35 @@ def _fused_layer1_kernel(
             y_ptrs = y_ptr + (offs_m[:, None] * stride_ym + offs_n[None, :])
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_n < D_OUT)[None, :])
             signal_add(flags_ptr + l1_col_off + col, 1, "gpu")
+            if INSTRUMENT:
+                t_end = global_timer_ns()
+                # the tile's rows come from the Plan at decoding: keeping row_end live here made ptxas spill
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_begin, t_end, sm, _REC_GEMM1, t, -1, 0,
+                            col)
+                n_rec += 1
+        if INSTRUMENT:
+            tl.store(trace_count_ptr + pid, n_rec)
     else:
         # --- communication program: (column block, send chunk) items; top-k reduce, remote store, signal
         cp = pid - num_gemm
+        if INSTRUMENT:
+            n_rec = 0
         num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
         tiles_per_col = tl.load(tiles_per_col_ptr)
         arange_s = tl.arange(0, SEND_BLOCK)
         comb_elem = comb_ptr.dtype.element_ty
         ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
         for i in range(cp, num_chunks * col_blocks, num_comm):
+            if INSTRUMENT:
+                t_begin = global_timer_ns()
             col = i // num_chunks
             ch = i % num_chunks
             if col >= ready_cols:
                 wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
                           col, rank, False, "gpu")
                 ready_cols = (col + 1).to(tl.int64)
+            if INSTRUMENT:
+                t_ready = global_timer_ns()
             start = tl.load(chunk_start_ptr + ch)
             end = tl.load(chunk_end_ptr + ch)
             dest = tl.load(send_dest_ptr + start)  # one destination per chunk
@@ -146,6 +173,13 @@ def _fused_layer1_kernel(
             peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
             signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
                        COMBINE_SCOPE)
+            if INSTRUMENT:
+                t_end = global_timer_ns()
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
+                            dest, end - start, col)
+                n_rec += 1
+        if INSTRUMENT:
+            tl.store(trace_count_ptr + pid, n_rec)
 
     # --- the last program to finish resets the column counts for the next call
     if finish_program(flags_ptr + done_off, num_gemm + num_comm):
@@ -210,7 +244,7 @@ def combine_expected(routing_ids_MK: torch.Tensor, model, parallel) -> torch.Ten
 
 def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
                  num_programs: int | None = None, config: dict | None = None, a_tma: bool | None = None,
-                 b_tma: bool | None = None, max_spin: int | None = None) -> torch.Tensor:
+                 b_tma: bool | None = None, max_spin: int | None = None, timeline=None) -> torch.Tensor:
     """Layer1 of `rank`: GEMM over the Plan's l1 tiles, top-k reduce, partial sums into the owners' combine
     buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
 
@@ -219,6 +253,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     gather for all of a send's rows) and COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
     tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
+    timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
+    (column block, send chunk) item (GPU only).
     """
     pol = plan.policy
     if pol.nc_layer1 < 1:
@@ -266,6 +302,16 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
     send_block = cfg.get("SEND_BLOCK", GPU_SEND_BLOCK if cuda else SMALL_SEND_BLOCK)
+    trace = (None, None, None)
+    if timeline is not None:
+        require_gpu_kernel(_fused_layer1_kernel, dev)
+        lt = timeline.new_launch(
+            rank=rank, layer=1, variant="blocks", num_comm=nc, num_gemm=num_programs, comm_first=False,
+            max_gemm_items=rp.l1_tile_expert_T.numel(), max_comm_items=rp.l1_chunk_start_C.numel() * col_blocks,
+            device=dev, row_bytes=N * buf.combine_MSN.element_size(), hidden_N=N, block_n=pol.block_n1,
+            combine_elem_bytes=buf.combine_MSN.element_size(),
+            tile_rows=rp.l1_tile_row_end_T - rp.l1_tile_row_start_T)
+        trace = (lt.records, lt.counts, lt.slots)
     _fused_layer1_kernel[(num_programs + nc,)](
         h, a_desc, w1_EKN, b_desc, y, buf.combine_MSN, buf.flags_F, buf.status, buf.combine_ptrs_W,
         buf.sflag_ptrs_W,
@@ -275,12 +321,12 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         rp.rows_by_send_R, rp.row_weight_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks,
         rank, plan.world_size, plan.num_tokens, rp.l1_tile_expert_T.numel(), rp.l1_chunk_start_C.numel(),
         num_programs, nc, K, N, col_blocks, ws.sizes.slots, lay.col_max,
-        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
+        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine, *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
         TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
-        COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys",
+        COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys", INSTRUMENT=timeline is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
 

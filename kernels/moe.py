@@ -81,7 +81,8 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
                       parallel: ParallelConfig, policy: Policy | None = None, *,
                       hardware: HardwareProfile | None = None, checked: bool = False,
                       out_MN: torch.Tensor | None = None, layer0_kwargs: dict | None = None,
-                      layer1_kwargs: dict | None = None, return_plan: bool = False, plan: Plan | None = None):
+                      layer1_kwargs: dict | None = None, return_plan: bool = False, plan: Plan | None = None,
+                      timeline=None):
     """One MoE layer through the fused kernels.
 
     ws: EmulatedWorld (all W ranks in this process) or SymmetricWorkspace (this process's rank).
@@ -93,6 +94,8 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     checked: call ws.check() after the layer (one host sync) so a timed-out wait raises here.
     plan: a Plan already built from this routing for this workspace's ranks (skips make_plan; e.g. to time the
     kernels alone); it must have been made with `policy`.
+    timeline: a kernels.timeline.TimelineRecorder: both layers' kernels run instrumented and record every
+    tile and communication item into it (GPU only; `timeline.events()` decodes them).
     """
     policy = policy or Policy()
     if x_MN.dtype != ws.dtype or x_MN.device != ws.device:
@@ -117,6 +120,8 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
             raise ValueError(f"rank {r}'s weights are {s.dtype} on {s.device}; expected {ws.dtype} on {ws.device}")
     expected_WW = combine_expected(routing.topk_ids_MK, model, parallel)
     l0kw, l1kw = layer0_kwargs or {}, layer1_kwargs or {}
+    if timeline is not None:
+        l0kw, l1kw = {**l0kw, "timeline": timeline}, {**l1kw, "timeline": timeline}
 
     stage_tokens(ws, x_MN, M)
     ws.barrier()  # every owner's rows are in place before any rank pulls them

@@ -6,6 +6,7 @@
     results = {"comet": simulate(plan, system="comet"), "sequential": simulate(plan, system="sequential")}
     fig = timeline(results["comet"], rank=0)   # per-SM Gantt chart above the rank's link rates
     fig = compare(results)                     # the same, side by side, one time axis
+    fig = sim_vs_real(results["comet"], real_events)   # above a real timeline (kernels/timeline.py)
     latency_table(results)                     # one row per result, latency relative to the first
 
 The Gantt chart has one row per SM (or per group of `sm_group` SMs: a row is busy while any of its SMs
@@ -61,9 +62,12 @@ def gantt_rows(res: SimResult, rank: int = 0, sm_group: int = 1) -> pd.DataFrame
     Columns: row, kind, start_us, end_us (and the event's other columns)."""
     if sm_group < 1:
         raise ValueError(f"sm_group must be >= 1, got {sm_group}")
-    ev = _rank_events(res, rank).copy()
+    return _with_rows(_rank_events(res, rank).copy(), sm_count(res), sm_group)
+
+
+def _with_rows(ev: pd.DataFrame, sms: int, sm_group: int) -> pd.DataFrame:
     sm = ev["track"].str.extract(_SM, expand=False)
-    sm_rows = -(-sm_count(res) // sm_group)
+    sm_rows = -(-sms // sm_group)
     stream_row = {name: sm_rows + i for i, name in enumerate(_STREAM_ROWS)}
     ev["row"] = [int(s) // sm_group if isinstance(s, str) else stream_row[t]
                  for s, t in zip(sm.tolist(), ev["track"].tolist(), strict=True)]
@@ -85,18 +89,8 @@ def link_rates(res: SimResult, rank: int = 0) -> pd.DataFrame:
 
 def draw_gantt(ax, res: SimResult, rank: int = 0, sm_group: int = 1) -> None:
     """The per-SM Gantt chart of one rank on `ax` (see the module docstring)."""
-    from matplotlib.collections import PolyCollection
-    from matplotlib.patches import Patch
-
     ev = gantt_rows(res, rank, sm_group)
-    h = 0.8
-    handles = []
-    for kind, g in ev.groupby("kind", observed=True, sort=False):
-        s, e, y = g["start_us"].to_numpy(), g["end_us"].to_numpy(), g["row"].to_numpy(dtype=float)
-        verts = np.stack([np.stack([s, y - h / 2], 1), np.stack([s, y + h / 2], 1),
-                          np.stack([e, y + h / 2], 1), np.stack([e, y - h / 2], 1)], 1)
-        ax.add_collection(PolyCollection(verts, facecolors=KIND_COLORS[kind], edgecolors="none"))
-        handles.append(Patch(color=KIND_COLORS[kind], label=kind))
+    handles = _draw_bars(ax, ev)
     sms = sm_count(res)
     sm_rows = -(-sms // sm_group)
     used = sorted(set(ev["row"][ev["row"] >= sm_rows].tolist()))
@@ -119,6 +113,56 @@ def draw_gantt(ax, res: SimResult, rank: int = 0, sm_group: int = 1) -> None:
     ax.set_ylabel("SM (block id)")
     ax.set_title(f"{res.system}, rank {rank}: {res.latency_us:.0f} us", fontsize=9)
     ax.legend(handles=handles, fontsize=6, ncol=2, loc="lower right", framealpha=0.8)
+
+
+def _draw_bars(ax, ev: pd.DataFrame) -> list:
+    """One bar per event (columns kind, start_us, end_us, row), coloured by kind; returns legend handles."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+
+    h = 0.8
+    handles = []
+    for kind, g in ev.groupby("kind", observed=True, sort=False):
+        s, e, y = g["start_us"].to_numpy(), g["end_us"].to_numpy(), g["row"].to_numpy(dtype=float)
+        verts = np.stack([np.stack([s, y - h / 2], 1), np.stack([s, y + h / 2], 1),
+                          np.stack([e, y + h / 2], 1), np.stack([e, y - h / 2], 1)], 1)
+        ax.add_collection(PolyCollection(verts, facecolors=KIND_COLORS[kind], edgecolors="none"))
+        handles.append(Patch(color=KIND_COLORS[kind], label=kind))
+    return handles
+
+
+def draw_events(ax, events: pd.DataFrame, sms: int, rank: int = 0, sm_group: int = 1, title: str = "") -> None:
+    """The Gantt chart of one rank of an event frame with the simulator's columns (rank, track, kind,
+    start_us, end_us), e.g. the real kernels' timeline (kernels/timeline.py), on `ax`; rows as gantt_rows."""
+    ev = events[events["rank"] == rank]
+    if ev.empty:
+        raise ValueError(f"rank {rank} has no events")
+    ev = _with_rows(ev.copy(), sms, sm_group)
+    handles = _draw_bars(ax, ev)
+    ax.set_yticks([0, -(-sms // sm_group) - 1], ["SM 0" if sm_group == 1 else f"SMs 0-{sm_group - 1}",
+                                                 f"SM {sms - 1}" if sm_group == 1 else f"SMs ..{sms - 1}"],
+                  fontsize=7)
+    ax.set_ylim(max(int(ev["row"].max()), -(-sms // sm_group) - 1) + 0.6, -0.6)
+    ax.set_xlim(0, float(ev["end_us"].max()) * 1.01)
+    ax.set_ylabel("SM (block id)")
+    ax.set_title(title or f"rank {rank}: {float(ev['end_us'].max()):.0f} us", fontsize=9)
+    ax.legend(handles=handles, fontsize=6, ncol=2, loc="lower right", framealpha=0.8)
+
+
+def sim_vs_real(res: SimResult, real: pd.DataFrame, rank: int = 0, sm_group: int = 1, real_title: str = "",
+                figsize=(11, 8)):
+    """Two timelines of one rank, one above the other on one time axis: the simulation (draw_gantt) and an
+    event frame from the real kernels (draw_events; its `track` picks the rows)."""
+    import matplotlib.pyplot as plt
+
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=figsize, sharex=True)
+    draw_gantt(a0, res, rank, sm_group)
+    draw_events(a1, real, sm_count(res), rank, sm_group, real_title)
+    a1.set_xlabel("time (us)")
+    real_end = float(real.loc[real["rank"] == rank, "end_us"].max())
+    a0.set_xlim(0, max(res.latency_us, real_end) * 1.01)
+    fig.tight_layout()
+    return fig
 
 
 def draw_links(ax, res: SimResult, rank: int = 0) -> None:

@@ -126,28 +126,7 @@ class SimResult:
     def chrome_trace(self) -> dict:
         """Chrome trace-event JSON: pid = rank, one thread per SM / stream / copy engine, slices in us,
         counter tracks with each link port's rate (GB/s)."""
-        out = []
-        for r in range(len(self.rank_end_us)):
-            out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"{self.system} rank {r}"}})
-            out.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
-        tids = {}
-        for rec in self._records:
-            r, track = rec[0], rec[1]
-            if (r, track) not in tids:
-                tid = track if track >= 0 else 1000 - track
-                tids[(r, track)] = tid
-                out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid,
-                            "args": {"name": track_name(track)}})
-                out.append({"ph": "M", "name": "thread_sort_index", "pid": r, "tid": tid,
-                            "args": {"sort_index": tid}})
-        for i, (r, track, kind, layer, start, end, nbytes, peer, cause) in enumerate(self._records):
-            args = {"layer": layer, "event": i, "cause": cause}
-            if nbytes:
-                args["bytes"] = nbytes
-            if peer >= 0:
-                args["peer"] = peer
-            out.append({"ph": "X", "name": KINDS[kind][0], "cat": KINDS[kind][1], "pid": r,
-                        "tid": tids[(r, track)], "ts": start, "dur": end - start, "args": args})
+        out = chrome_trace_events(self._records, {r: f"{self.system} rank {r}" for r in range(len(self.rank_end_us))})
         if self.rate_log:
             W = len(self.rank_end_us)
             prev = None
@@ -165,6 +144,36 @@ class SimResult:
         path = Path(path)
         path.write_text(json.dumps(self.chrome_trace()))
         return path
+
+
+def chrome_trace_events(records, process_names: dict[int, str], extra_args: list[dict] | None = None) -> list[dict]:
+    """Chrome trace events of records in sim/events.py's tuple form: a name per process (rank, in
+    `process_names`' order) and per thread (SM / stream / copy engine, as first met), then one complete slice
+    per record (args: layer, event index, cause, bytes and peer where set, plus extra_args[i]). Shared by
+    SimResult and the real kernels' timelines (kernels/timeline.py)."""
+    out = []
+    for r, name in process_names.items():
+        out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": name}})
+        out.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
+    tids = {}
+    for rec in records:
+        r, track = rec[0], rec[1]
+        if (r, track) not in tids:
+            tid = track if track >= 0 else 1000 - track
+            tids[(r, track)] = tid
+            out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": track_name(track)}})
+            out.append({"ph": "M", "name": "thread_sort_index", "pid": r, "tid": tid, "args": {"sort_index": tid}})
+    for i, (r, track, kind, layer, start, end, nbytes, peer, cause) in enumerate(records):
+        args = {"layer": layer, "event": i, "cause": cause}
+        if nbytes:
+            args["bytes"] = nbytes
+        if peer >= 0:
+            args["peer"] = peer
+        if extra_args is not None:
+            args.update(extra_args[i])
+        out.append({"ph": "X", "name": KINDS[kind][0], "cat": KINDS[kind][1], "pid": r, "tid": tids[(r, track)],
+                    "ts": start, "dur": end - start, "args": args})
+    return out
 
 
 def build_result(sim, wall_s: float, config: dict) -> SimResult:
