@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.activations import apply_activation
 from kernels.grouped_gemm import ACTIVATIONS, sm_count
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import (
@@ -113,10 +114,10 @@ def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn,
             b_up_ptrs += BLOCK_K * stride_bk
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
-    if ACTIVATION == 1:  # exact (erf) gelu
-        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-    elif ACTIVATION == 2:  # swiglu: silu(gate) * up
-        acc = acc * tl.sigmoid(acc) * acc_up
+    if ACTIVATION == 2:
+        acc = apply_activation(acc, acc_up, ACTIVATION)
+    else:
+        acc = apply_activation(acc, acc, ACTIVATION)
     return acc
 
 
