@@ -208,6 +208,22 @@ class HardwareProfile:
                 sources[k] = "what-if override"
         return dataclasses.replace(self, sources=sources, **changes)
 
+    def emulated_world(self, per_block_gbps: float | None = None, local_gbps: float | None = None,
+                       latency_us: float = 1.0, sms: int | None = None) -> HardwareProfile:
+        """This GPU with its link replaced by its own memory: how the single-GPU emulated world
+        (kernels.workspace.EmulatedWorld) moves "peer" data. per_block_gbps / local_gbps: one communication
+        block's and all blocks' rate (measured: comet.calibrate part comm); by default hbm_gbps / sms and
+        hbm_gbps / 2 (a moved byte is read and written in one HBM). latency_us: a DRAM round trip and a
+        flag, an assumption. sms: the measured GPU's SM count."""
+        sms = sms or self.sms
+        why = "emulated world: local memory " + ("(comet.calibrate part comm)" if per_block_gbps else
+                                                 "(assumption: HBM shared by the blocks)")
+        return self.replace(name=f"{self.name}-emulated-world", sms=sms,
+                            link_gbps=local_gbps or self.hbm_gbps / 2,
+                            per_block_link_gbps=per_block_gbps or self.hbm_gbps / sms, link_latency_us=latency_us,
+                            sources={**self.sources, "link_gbps": why, "per_block_link_gbps": why,
+                                     "link_latency_us": "emulated world: assumption, a DRAM round trip and a flag"})
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 

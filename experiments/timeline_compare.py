@@ -25,7 +25,7 @@ Two steps, because the GPU machines have no simpy:
 What is compared, honestly: on one GPU the emulated world's "peer" buffers are this GPU's memory, so the
 real layer0 pulls and layer1 sends are local HBM copies, not NVLink transfers; and the ranks' kernels run
 one after another (rank 0's layer0, rank 1's layer0, ..., rank 0's layer1, ...). Therefore
-  - the simulator runs the same Plan on a matching hardware assumption (`emulated_world_hardware`): the
+  - the simulator runs the same Plan on a matching hardware assumption (`HardwareProfile.emulated_world`): the
     "link" is local memory (per direction hbm_gbps / 2, a moved byte is read and written in one HBM; one
     block drives hbm_gbps / SMs, as the simulator's reduce does; 1 us latency: a DRAM round trip and a
     flag), with the kernels' static tile order (SimOptions(tile_schedule="static"));
@@ -75,7 +75,9 @@ def parse_args(argv=None):
                    help="layer0's communication (Policy.layer0_comm)")
     p.add_argument("--routing", default="balanced", choices=("balanced", "uniform", "imbalanced"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hw", default="h200", help="hardware profile the simulator starts from")
+    p.add_argument("--hw", default=None,
+                   help="hardware profile the simulator starts from (default h200; with --sim-only: the GPU "
+                        "step's, or this one, e.g. the calibrated h200_x1)")
     p.add_argument("--rank", type=int, default=0, help="the rank drawn and summarised")
     p.add_argument("--reps", type=int, default=5, help="timed forwards with and without instrumentation")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -86,7 +88,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ the case
 def case_of(a) -> dict:
     return {"model": a.model, "tokens": a.tokens, "ep": a.ep, "tp": 1, "nc_layer1": a.nc, "nc_layer0": a.nc0,
-            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw, "rank": a.rank}
+            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or "h200", "rank": a.rank}
 
 
 def build(case: dict, hardware: HardwareProfile, device="cpu") -> tuple[Plan, object, ModelConfig, ParallelConfig]:
@@ -123,14 +125,6 @@ def routing_sha1(routing) -> str:
                         + routing.topk_weights_MK.cpu().numpy().tobytes()).hexdigest()
 
 
-def emulated_world_hardware(hw: HardwareProfile, sms: int | None = None) -> HardwareProfile:
-    """`hw` with the link replaced by local memory, as peers are in an emulated world on one GPU (see the
-    module docstring); sms: the measured GPU's SM count."""
-    sms = sms or hw.sms
-    return hw.replace(name=f"{hw.name}-emulated-world", sms=sms, link_gbps=hw.hbm_gbps / 2,
-                      per_block_link_gbps=hw.hbm_gbps / sms, link_latency_us=DRAM_LATENCY_US)
-
-
 # ------------------------------------------------------------------------------------------ GPU step
 def gpu_step(a, out: Path) -> dict:
     from comet.reference import ExpertWeights, shard_weights
@@ -140,7 +134,7 @@ def gpu_step(a, out: Path) -> dict:
 
     case = case_of(a)
     dev = torch.device("cuda")
-    hw = HardwareProfile.from_name(a.hw)
+    hw = HardwareProfile.from_name(a.hw or "h200")
     plan, routing, model, par = build(case, hw, dev)
     world = EmulatedWorld(model, par, a.tokens, dtype=torch.bfloat16, device=dev)
     g = torch.Generator(device=dev).manual_seed(a.seed)
@@ -197,7 +191,7 @@ def gpu_step(a, out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ CPU step
-def sim_step(out: Path) -> None:
+def sim_step(out: Path, hw_name: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +204,7 @@ def sim_step(out: Path) -> None:
 
     meta = json.loads((out / CASE_JSON).read_text())
     case = meta["case"]
-    hw = emulated_world_hardware(HardwareProfile.from_name(case["hw"]), meta["sms"])
+    hw = HardwareProfile.from_name(hw_name or case["hw"]).emulated_world(latency_us=DRAM_LATENCY_US, sms=meta["sms"])
     plan, routing, _, _ = build(case, hw)
     if routing_sha1(routing) != meta["routing_sha1"]:
         print("WARNING: the routing drawn here differs from the GPU step's: the comparison is not of one Plan")
@@ -272,7 +266,7 @@ def main(argv=None) -> None:
         if not (out / CASE_JSON).exists():
             sys.exit(f"--sim-only reads {out / CASE_JSON} and {out / REAL_CSV}: run the GPU step first "
                      f"(python -m experiments.timeline_compare --out {a.out} on a CUDA machine)")
-        sim_step(out)
+        sim_step(out, a.hw)
         return
     if not torch.cuda.is_available():
         sys.exit("experiments.timeline_compare records the real kernels' timeline and needs a CUDA GPU (the "

@@ -13,7 +13,7 @@ correlation >= 0.9.
 What it can compare today: `benchmarks.fused_layers` output, i.e. ONE GPU running an emulated world
 (kernels.workspace.EmulatedWorld: every rank's buffers on the same GPU, rank 0's kernel timed alone). There
 the "link" is the GPU's own memory: the simulator is given a profile whose link is local memory
-(`emulated_profile`: per-program rate and total bandwidth from comet.calibrate's comm-program measurement),
+(`HardwareProfile.emulated_world`: per-program rate and total bandwidth from comet.calibrate's part comm),
 and every other rank's data is in place from the start, as the simulator's layer-alone runs assume. This
 checks the compute model (tile rates, waves, the SMs n_c takes from the GEMM) and the communication
 programs' share of the kernel, NOT NVLink: that needs the 2 / 4-GPU runs (experiments.layer_bench under
@@ -46,17 +46,6 @@ from sim.run import make_case, simulate, with_policy
 FUSED_BENCH_BLOCK_N0 = {"gelu": 256, "swiglu": 128}
 GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
 COLUMNS = ["model", "tokens_M", "ep", "layer", "impl", "nc", "measured_us", "predicted_us", "error_pct"]
-
-
-def emulated_profile(hw: HardwareProfile, per_program_gbps: float, local_gbps: float,
-                     latency_us: float = 1.0) -> HardwareProfile:
-    """`hw` with its link replaced by local memory, for a single-GPU emulated world: one communication
-    program moves at most `per_program_gbps`, all of them together `local_gbps`."""
-    why = "emulated world: local memory (comet.calibrate comm_program_local_gbps)"
-    return hw.replace(name=f"{hw.name}-emulated", link="nvlink", link_gbps=local_gbps,
-                      per_block_link_gbps=per_program_gbps, link_latency_us=latency_us,
-                      sources={**hw.sources, "link_gbps": why, "per_block_link_gbps": why,
-                               "link_latency_us": "emulated world: assumption, local flag ~1 us"})
 
 
 def local_rates(calibration_csv: str | Path) -> dict[str, tuple[float, float]]:
@@ -167,7 +156,7 @@ def main(argv=None) -> None:
     if set(rates) != {"l0", "l1"}:
         ap.error("the emulated link's rates are needed: give --calibration (comet.calibrate CSV) or "
                  "--per-program-gbps, --l1-per-program-gbps and --local-gbps")
-    hw_by_layer = {lay: emulated_profile(hw, *rates[lay]) for lay in ("l0", "l1")}
+    hw_by_layer = {lay: hw.emulated_world(*rates[lay]) for lay in ("l0", "l1")}
     measured = pd.read_csv(a.measured, comment="#")
     cmp = compare(measured, hw_by_layer)
     if cmp.empty:

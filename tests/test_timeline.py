@@ -259,7 +259,7 @@ def test_sim_only_step_draws_a_fake_recording(tmp_path):
 
     a = tc.parse_args(["--tokens", "512", "--ep", "4", "--out", str(tmp_path)])
     case = tc.case_of(a)
-    plan, routing, _, _ = tc.build(case, tc.emulated_world_hardware(HW))
+    plan, routing, _, _ = tc.build(case, HW.emulated_world(latency_us=tc.DRAM_LATENCY_US))
     events = _fake_recording(plan, HW.sms).events()
     events.to_csv(tmp_path / tc.REAL_CSV, index=False)
     (tmp_path / tc.CASE_JSON).write_text(json.dumps({

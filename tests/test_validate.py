@@ -24,7 +24,7 @@ def hw_by_layer():
     from comet.config import HardwareProfile
 
     hw = HardwareProfile.from_name("h200")
-    return {"l0": validate.emulated_profile(hw, 20.0, 1500.0), "l1": validate.emulated_profile(hw, 3.0, 1500.0)}
+    return {"l0": hw.emulated_world(20.0, 1500.0), "l1": hw.emulated_world(3.0, 1500.0)}
 
 
 def test_compare_pairs_each_measured_configuration_with_a_prediction(hw_by_layer):
