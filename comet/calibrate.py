@@ -67,9 +67,11 @@ COMM_NCS = (1, 2, 4, 8, 16, 32)
 QUICK_COMM_NCS = (1, 8, 32)
 LINK_PROGRAMS = (1, 2, 4, 8, 16, 32, 64)  # plus the SM count
 QUICK_LINK_PROGRAMS = (1, 8)
+GEMM0_SHAPES = ((128, 128), (128, 256))
+GEMM0_KS = (2048, 4096)  # layer0 reduces over the hidden size N
 PARTS = ("tiles", "hbm", "launch", "comm", "link")
 PART_FIELDS = {
-    "tiles": ("gemm_efficiency", "gemm_k_half", "tile_area_half"),
+    "tiles": ("gemm_efficiency", "gemm_k_half", "tile_area_half", "gemm0_slowdown"),
     "hbm": ("hbm_gbps",),
     "launch": ("launch_overhead_us",),
     "comm": (),
@@ -372,9 +374,11 @@ def matmul_ceiling_tflops(warm_s: float) -> float:
     return 2.0 * n ** 3 / graph_us(lambda: a @ b, rep_ms=50) / 1e6
 
 
-def time_tile_problem(prob: TileProblem) -> tuple[float, str]:
+def time_tile_problem(prob: TileProblem, layer0: bool = False) -> tuple[float, str]:
     """Device time (us) of the grouped GEMM over `prob` on prob.sms programs (autotuned; A, B through TMA),
-    and the autotuner's pick. Tiles run row block by row block, all column blocks of one together."""
+    and the autotuner's pick. Tiles run row block by row block, all column blocks of one together.
+    layer0: as layer0 runs it instead: A rows gathered through a random permutation (so A cannot use TMA)
+    and the gelu epilogue."""
     from benchmarks._timing import graph_us
     from kernels import grouped_gemm as gg
 
@@ -385,9 +389,10 @@ def time_tile_problem(prob: TileProblem) -> tuple[float, str]:
     row_start = (t // prob.col_blocks) * prob.bm
     tiles = {"expert": torch.zeros_like(t), "row_start": row_start, "row_end": row_start + prob.bm,
              "col": t % prob.col_blocks, "num": torch.tensor(prob.tiles, device="cuda")}
-    a_tma, b_tma = gg.tma_ok(a), gg.tma_ok(b)
+    a_tma, b_tma = gg.tma_ok(a) and not layer0, gg.tma_ok(b)
+    gather = dict(a_rows_R=torch.randperm(prob.rows, device="cuda"), activation="gelu") if layer0 else {}
     us = graph_us(lambda: gg.grouped_gemm(a, b, tiles, block_m=prob.bm, block_n=prob.bn, out=out,
-                                          num_programs=prob.sms, a_tma=a_tma, b_tma=b_tma), rep_ms=40)
+                                          num_programs=prob.sms, a_tma=a_tma, b_tma=b_tma, **gather), rep_ms=40)
     best = getattr(gg._kernel_tuned, "best_config", None)
     cfg = f"BK{best.kwargs.get('BLOCK_K')}_w{best.num_warps}_s{best.num_stages}" if best else "?"
     return us, cfg
@@ -415,6 +420,23 @@ def measure_tiles(ctx: Context) -> None:
     fit = fit_gemm_model(points, (ctx.base.gemm_efficiency, ctx.base.gemm_k_half, ctx.base.tile_area_half))
     for name, value, unit, params in fit_rows(fit, points):
         rec.add(name, value, unit, **params)
+    measure_gemm0_slowdown(ctx, target)
+
+
+def measure_gemm0_slowdown(ctx: Context, target: float) -> None:
+    """Part a, layer0: the same tiles with gathered A rows and the gelu epilogue, over the plain ones, at the
+    paper models' layer0 reductions (N = 2048, 4096); gemm0_slowdown = the median ratio."""
+    rec, ratios = ctx.rec, []
+    cases = [(bm, bn, k) for bm, bn in GEMM0_SHAPES for k in GEMM0_KS]
+    for bm, bn, k in _bar(cases, "a. layer0 tiles (gather + gelu)", ctx.main_rank):
+        prob = tile_problem(bm, bn, k, ctx.sms, target_flops=target)
+        plain, _ = time_tile_problem(prob)
+        gathered, cfg = time_tile_problem(prob, layer0=True)
+        how = dict(bm=bm, bn=bn, k=k, tiles=prob.tiles, programs=ctx.sms, config=cfg)
+        rec.add("tile_time_us_layer0", per_tile_us(gathered, ctx.sms, prob.tiles), "us", **how)
+        ratios.append(gathered / plain)
+        rec.add("gemm0_slowdown_point", ratios[-1], "ratio", **how)
+    rec.add("gemm0_slowdown", statistics.median(ratios), "ratio", method="median", points=len(ratios))
 
 
 def measure_hbm(ctx: Context) -> None:

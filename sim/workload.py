@@ -166,7 +166,8 @@ def plan_work(plan: Plan) -> list[RankWork]:
 def tile_us(plan: Plan, layer: int, rows: np.ndarray, cols: np.ndarray, padded: bool) -> np.ndarray:
     """Compute time of each tile (us) from HardwareProfile.tile_time_us.
 
-    layer0: reduction over N, output columns of K/TP; a swiglu tile computes gate and up (2x the FLOPs).
+    layer0: reduction over N, output columns of K/TP; a swiglu tile computes gate and up (2x the FLOPs);
+    times HardwareProfile.gemm0_slowdown (gathered rows, activation epilogue).
     layer1: reduction over K/TP, output columns of N. `padded`: every tile costs BM x BN (the MMA runs
     on the whole tile even when rows or columns are ragged); otherwise its real rows x columns.
     """
@@ -174,6 +175,8 @@ def tile_us(plan: Plan, layer: int, rows: np.ndarray, cols: np.ndarray, padded: 
     bn = pol.block_n0 if layer == 0 else pol.block_n1
     k = model.hidden_N if layer == 0 else plan.ffn_local
     mult = 2.0 if (layer == 0 and model.activation == "swiglu") else 1.0
+    if layer == 0:
+        mult *= hw.gemm0_slowdown  # row gather + activation epilogue
     if padded:
         return np.full(rows.size, mult * hw.tile_time_us(pol.block_m, bn, k))
     out = np.empty(rows.size)

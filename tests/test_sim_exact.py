@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import simpy
 
@@ -31,6 +32,20 @@ def trace(res, rank):
 
 def test_toy_tile_time():
     assert toy_hardware().tile_time_us(1, 128, 128) == pytest.approx(TAU, abs=1e-12)
+
+
+def test_gemm0_slowdown_scales_layer0_tiles_only():
+    import dataclasses
+
+    from sim.workload import tile_us
+
+    plan = toy_plan()
+    slow = dataclasses.replace(plan, hardware=plan.hardware.replace(gemm0_slowdown=1.25))
+    rows, cols = np.array([1, 1]), np.array([128, 128])
+    for padded in (True, False):
+        assert tile_us(slow, 0, rows, cols, padded) == pytest.approx(1.25 * tile_us(plan, 0, rows, cols, padded))
+        assert tile_us(slow, 1, rows, cols, padded) == pytest.approx(tile_us(plan, 1, rows, cols, padded))
+    assert simulate(slow, system="comet").layer0_us > simulate(plan, system="comet").layer0_us
 
 
 def test_comet_exact_trace():
