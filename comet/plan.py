@@ -482,11 +482,37 @@ def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -
     )
 
 
+def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
+    """Policy changes for make_plan's `nc` when it is an int or a pair; ValueError saying what is accepted."""
+    accepted = ('nc must be None (the Policy\'s n_c), "auto" (chosen by the simulator), an int n_c for both '
+                'layers or a pair (nc_layer0, nc_layer1)')
+    values = (nc, nc) if isinstance(nc, int) and not isinstance(nc, bool) else nc
+    if not (isinstance(values, (tuple, list)) and len(values) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
+        raise ValueError(f"{accepted}; got {nc!r}")
+    for v in values:
+        if not 1 <= v < hardware.sms:
+            raise ValueError(f"{accepted}; each n_c must lie in [1, {hardware.sms}) on {hardware.name}, got {nc!r}")
+    return {"nc_layer0": values[0], "nc_layer1": values[1]}
+
+
 def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, hardware: HardwareProfile,
-              policy: Policy | None = None, ranks: list[int] | None = None) -> Plan:
+              policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None, nc_cache=None) -> Plan:
     """Build the Plan for `routing` (global: all M tokens). `ranks` limits the work to some ranks (a GPU
-    process builds only its own); tensors stay on the routing's device and no host sync happens."""
+    process builds only its own); tensors stay on the routing's device and no host sync happens.
+
+    nc: None keeps the Policy's nc_layer0 / nc_layer1; an int sets both, a pair (nc_layer0, nc_layer1) each.
+    "auto" picks nc_layer1 (and nc_layer0 when layer0_comm is "blocks") by simulating each layer alone
+    over candidate n_c (sim.nc_cache), cached per shape bucket (model, EP x TP, hardware, the Policy's other
+    fields, M rounded to a power of two, load imbalance). "auto" syncs with the host: a bucket's first plan
+    runs the simulator on CPU tables (seconds at M = 16384); a cache hit runs no simulation.
+    nc_cache: for "auto", a JSON file path or a sim.nc_cache.NcCache (default: $COMET_NC_CACHE if set,
+    else a process-wide in-memory cache)."""
     policy = policy or Policy()
+    if nc is not None and not (isinstance(nc, str) and nc == "auto"):
+        policy = policy.replace(**_nc_changes(nc, hardware))
+    if nc_cache is not None and nc != "auto":
+        raise ValueError(f'nc_cache is only used with nc="auto" (got nc={nc!r})')
     parallel.validate(model)
     ids, w = routing.topk_ids_MK, routing.topk_weights_MK
     M, topk = ids.shape
@@ -509,9 +535,14 @@ def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, ha
         if not 0 <= r < W:
             raise ValueError(f"rank {r} out of range for world size {W}")
     rank_plans = tuple(_plan_rank(r, ids, w, owner, model, parallel, policy, bounds) for r in rank_list)
-    return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
+    plan = Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
                 token_owner_M=owner, token_num_slots_M=n_groups * parallel.tp, ranks=rank_plans,
                 buffers=buffer_sizes(M, model, parallel, policy))
+    if nc == "auto":
+        from sim.nc_cache import auto_nc  # lazy: sim imports comet
+
+        plan = auto_nc(plan, routing, nc_cache)
+    return plan
 
 
 # ------------------------------------------------------------------------------------ command line
