@@ -14,7 +14,9 @@ Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc pr
                           rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
                           and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
                           store through the peer table), then adds the chunk's send count to the owner's
-                          combine flag [this rank, col] (release, system scope).
+                          combine flag [this rank, col] (release, system scope). config PIPELINE >= 1 runs
+                          the same work as a software pipeline over (item, step) units (`_comm_pipelined`),
+                          bitwise equal.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
@@ -49,6 +51,7 @@ _REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
 _REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
 GPU_SEND_BLOCK, SMALL_SEND_BLOCK = 16, 16  # 16 on the H200: 3-9% faster than 32 (results/fused_layers)
 GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
+DEFAULT_PIPELINE = 0  # config PIPELINE: the communication programs' software pipeline (see _comm_pipelined)
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -61,7 +64,7 @@ def _fused_layer1_kernel(
     row_weight_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr,
     # sizes
     rank, world, M, max_tiles, max_chunks, num_gemm, num_comm, D_IN, D_OUT, col_blocks, slots, col_max,
-    max_spin, l1_col_off, done_off, comb_flag_off,
+    max_spin, l1_col_off, done_off, comb_flag_off, steps,
     # timeline records (kernels/timeline.py; None unless INSTRUMENT)
     trace_ptr, trace_count_ptr, trace_slots,
     # strides
@@ -70,11 +73,14 @@ def _fused_layer1_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
     TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr, INSTRUMENT: tl.constexpr = False,
+    PIPELINE: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
     if INSTRUMENT:
         sm = sm_id()
+    else:
+        sm = pid  # unused
     if pid < num_gemm:
         # --- GEMM program: column-block-major tiles into the intermediate y_RN, counted per column block
         if INSTRUMENT:
@@ -118,66 +124,76 @@ def _fused_layer1_kernel(
             n_rec = 0
         num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
         tiles_per_col = tl.load(tiles_per_col_ptr)
-        arange_s = tl.arange(0, SEND_BLOCK)
-        comb_elem = comb_ptr.dtype.element_ty
-        ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
-        for i in range(cp, num_chunks * col_blocks, num_comm):
+        if PIPELINE:
+            n_pipe = _comm_pipelined(
+                cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
+                col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+                sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
+                rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
+                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, COMBINE_SCOPE, PIPELINE, INSTRUMENT)
             if INSTRUMENT:
-                t_begin = global_timer_ns()
-            col = i // num_chunks
-            ch = i % num_chunks
-            if col >= ready_cols:
-                wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
-                          col, rank, False, "gpu")
-                ready_cols = (col + 1).to(tl.int64)
-            if INSTRUMENT:
-                t_ready = global_timer_ns()
-            start = tl.load(chunk_start_ptr + ch)
-            end = tl.load(chunk_end_ptr + ch)
-            dest = tl.load(send_dest_ptr + start)  # one destination per chunk
-            first_tok = (dest * M + world - 1) // world
-            # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
-            comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
-            offs_n = col * BLOCK_N + arange_n
-            mask_n = offs_n < D_OUT
-            for s0 in range(start, end, SEND_BLOCK):
-                offs_s = s0 + arange_s
-                mask_s = offs_s < end
-                r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
-                r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
-                if GATHER_3D:
-                    # all of a send's rows in one gather: one chain of dependent loads per step, not one per row
-                    offs_j = tl.arange(0, TOPK_P2)
-                    valid2 = mask_s[:, None] & (r0[:, None] + offs_j[None, :] < r1[:, None])
-                    row2 = tl.load(rows_by_send_ptr + r0[:, None] + offs_j[None, :], mask=valid2, other=0)
-                    w2 = tl.load(row_weight_ptr + row2, mask=valid2, other=0.0)
-                    y3 = tl.load(y_ptr + row2[:, :, None] * stride_ym + offs_n[None, None, :],
-                                 mask=mask_n[None, None, :], other=0.0, cache_modifier=".cg")
-                    acc = tl.sum(tl.where(valid2[:, :, None], w2[:, :, None] * y3.to(tl.float32), 0.0), axis=1)
-                else:
-                    acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-                    for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                        valid = mask_s & (r0 + j < r1)
-                        row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
-                        w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                        # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                        # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
-                        # of 16
-                        y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                    mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
-                        acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
-                tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
-                slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
-                dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
-                tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
-            peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
-                       COMBINE_SCOPE)
-            if INSTRUMENT:
-                t_end = global_timer_ns()
-                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
-                            dest, end - start, col)
-                n_rec += 1
+                n_rec = n_pipe
+        else:
+            arange_s = tl.arange(0, SEND_BLOCK)
+            comb_elem = comb_ptr.dtype.element_ty
+            ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
+            for i in range(cp, num_chunks * col_blocks, num_comm):
+                if INSTRUMENT:
+                    t_begin = global_timer_ns()
+                col = i // num_chunks
+                ch = i % num_chunks
+                if col >= ready_cols:
+                    wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
+                              col, rank, False, "gpu")
+                    ready_cols = (col + 1).to(tl.int64)
+                if INSTRUMENT:
+                    t_ready = global_timer_ns()
+                start = tl.load(chunk_start_ptr + ch)
+                end = tl.load(chunk_end_ptr + ch)
+                dest = tl.load(send_dest_ptr + start)  # one destination per chunk
+                first_tok = (dest * M + world - 1) // world
+                # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
+                comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
+                offs_n = col * BLOCK_N + arange_n
+                mask_n = offs_n < D_OUT
+                for s0 in range(start, end, SEND_BLOCK):
+                    offs_s = s0 + arange_s
+                    mask_s = offs_s < end
+                    r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
+                    r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
+                    if GATHER_3D:
+                        # all of a send's rows in one gather: one chain of dependent loads per step, not one per row
+                        offs_j = tl.arange(0, TOPK_P2)
+                        valid2 = mask_s[:, None] & (r0[:, None] + offs_j[None, :] < r1[:, None])
+                        row2 = tl.load(rows_by_send_ptr + r0[:, None] + offs_j[None, :], mask=valid2, other=0)
+                        w2 = tl.load(row_weight_ptr + row2, mask=valid2, other=0.0)
+                        y3 = tl.load(y_ptr + row2[:, :, None] * stride_ym + offs_n[None, None, :],
+                                     mask=mask_n[None, None, :], other=0.0, cache_modifier=".cg")
+                        acc = tl.sum(tl.where(valid2[:, :, None], w2[:, :, None] * y3.to(tl.float32), 0.0), axis=1)
+                    else:
+                        acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                        for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                            valid = mask_s & (r0 + j < r1)
+                            row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                            w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                            # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                            # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
+                            # of 16
+                            y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                        mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                            acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
+                    tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
+                    slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
+                    dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
+                    tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
+                peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
+                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
+                           COMBINE_SCOPE)
+                if INSTRUMENT:
+                    t_end = global_timer_ns()
+                    trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
+                                dest, end - start, col)
+                    n_rec += 1
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
 
@@ -186,6 +202,229 @@ def _fused_layer1_kernel(
         for c in range(0, col_blocks):
             tl.atomic_xchg(flags_ptr + l1_col_off + c, 0, sem="relaxed", scope="gpu")
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _zero(ptr):
+    """A new scalar 0 of the pointer's element type."""
+    return tl.full((), 0, ptr.dtype.element_ty)
+
+
+@triton.jit
+def _zeros(ptr, N: tl.constexpr):
+    return tl.zeros((N,), ptr.dtype.element_ty)
+
+
+@triton.jit
+def _comm_pipelined(
+    cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots, col_max,
+    max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
+    send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
+    row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
+    BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, COMBINE_SCOPE: tl.constexpr,
+    PIPELINE: tl.constexpr, INSTRUMENT: tl.constexpr,
+):
+    """The communication program's work as a software pipeline over units (item, step), PIPELINE >= 1.
+
+    Unit w of this program: item cp + (w // steps) * num_comm, step w % steps (sends start + step * SEND_BLOCK
+    .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing units of a
+    short chunk are empty and masked). Iteration v runs five stages, one unit each, so the dependent loads of
+    one unit's chain are issued an iteration apart and overlap other units' loads:
+        S4 unit v:     chunk start / end
+        S3 unit v - 1: destination, send_row_start / end, token, slot
+        S2 unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
+        S1 unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one iteration)
+        S0 unit v - 4: fp32 weighted sum (same rows, order and ops as PIPELINE=0: bitwise equal), remote store;
+                       after the item's last step, signal the owner with the item's send count.
+    PIPELINE=2 also batches the signals: consecutive items of this program with the same owner and column
+    block send one signal carrying their summed count (fewer system-scope release fences; the owner's totals
+    are unchanged). Signals of an item follow the wait for the next item's column (one unit later).
+    INSTRUMENT: one record per item, begin = ready = its first unit's S0, end = after its last unit's S0.
+    Machine code (Triton 3.6, sm_90): ptxas copies the loop-carried registers at the loop's back edge, so
+    each iteration waits for the loads it issued: a unit costs about one memory latency (all its stages'
+    loads in flight together) where PIPELINE=0 pays ~3 dependent latencies per step and ~3 more per item; a
+    larger SEND_BLOCK now moves more data per latency.
+    """
+    arange_s = tl.arange(0, SEND_BLOCK)
+    arange_n = tl.arange(0, BLOCK_N)
+    comb_elem = comb_ptr.dtype.element_ty
+    nch = tl.maximum(num_chunks, 1).to(tl.int32)
+    n_units = ((num_chunks * col_blocks - cp + num_comm - 1) // num_comm * steps).to(tl.int32)
+    n_rec = 0
+    zero_i = tl.full((), 0, tl.int32)
+    # loop-carried state, named by the stage that consumes it next. Every initial value is a distinct zero:
+    # the compiler keeps a variable loop-carried only if its value object changes in the body, which a
+    # shift `a = b` of two variables bound to one shared zero would not do (they would fold to the constant).
+    # Per-send vectors are carried compactly: a send's row count nv (int32; its rows' validity is j < nv,
+    # as r0 + j < r1) and its combine row (tok - first_tok) * slots + slot (int32), each computed one stage
+    # after its loads arrived.
+    ready_cols = tl.full((), 0, tl.int32)
+    # a unit's step, column block and item, decoded once (S4) and passed down with it
+    k3 = tl.full((), 0, tl.int32)
+    k2 = tl.full((), 0, tl.int32)
+    k1 = tl.full((), 0, tl.int32)
+    k0 = tl.full((), 0, tl.int32)
+    col1 = tl.full((), 0, tl.int32)
+    col0 = tl.full((), 0, tl.int32)
+    col2 = tl.full((), 0, tl.int32)
+    col3 = tl.full((), 0, tl.int32)
+    item3 = tl.full((), 0, tl.int32)
+    item2 = tl.full((), 0, tl.int32)
+    item1 = tl.full((), 0, tl.int32)
+    item0 = tl.full((), 0, tl.int32)
+    st3 = _zero(chunk_start_ptr)
+    en3 = _zero(chunk_start_ptr)
+    st2 = _zero(chunk_start_ptr)
+    en2 = _zero(chunk_start_ptr)
+    d2 = _zero(send_dest_ptr)
+    r0_2 = _zeros(send_row_start_ptr, SEND_BLOCK)
+    r1_2 = _zeros(send_row_end_ptr, SEND_BLOCK)
+    tok2 = _zeros(send_token_ptr, SEND_BLOCK)
+    slot2 = _zeros(send_slot_ptr, SEND_BLOCK)
+    en1 = _zero(chunk_start_ptr)
+    st1 = _zero(chunk_start_ptr)
+    d1 = _zero(send_dest_ptr)
+    cb1 = _zero(comb_peers_ptr)
+    pf1 = _zero(sflag_peers_ptr)
+    nv1 = tl.zeros((SEND_BLOCK,), tl.int32)
+    crow1 = tl.zeros((SEND_BLOCK,), tl.int32)
+    rows1 = ()
+    for _j in tl.static_range(TOPK_LOCAL):
+        rows1 = rows1 + (_zeros(rows_by_send_ptr, SEND_BLOCK),)
+    en0 = _zero(chunk_start_ptr)
+    st0 = _zero(chunk_start_ptr)
+    d0 = _zero(send_dest_ptr)
+    cb0 = _zero(comb_peers_ptr)
+    pf0 = _zero(sflag_peers_ptr)
+    nv0 = tl.zeros((SEND_BLOCK,), tl.int32)
+    crow0 = tl.zeros((SEND_BLOCK,), tl.int32)
+    w0 = ()
+    y0 = ()
+    for _j in tl.static_range(TOPK_LOCAL):
+        w0 = w0 + (_zeros(row_weight_ptr, SEND_BLOCK),)
+        y0 = y0 + (tl.zeros((SEND_BLOCK, BLOCK_N), y_ptr.dtype.element_ty),)
+    cnt = tl.full((), 0, tl.int64)  # sends of items stored but not signalled yet (PIPELINE=2)
+    t_item = tl.full((), 0, tl.int64)
+    for v_ in range(0, n_units + 4):
+        v = zero_i + v_  # a tensor (the interpreter's loop index is a Python int)
+        # ---- S4 (unit v): the item's chunk bounds
+        ok4 = v < n_units
+        q4 = tl.minimum(v, n_units) // steps
+        k4n = tl.minimum(v, n_units) - q4 * steps
+        item4n = cp + q4 * num_comm
+        col4n = item4n // nch
+        ch4 = item4n - col4n * nch
+        st4n = tl.load(chunk_start_ptr + ch4, mask=ok4, other=0)
+        en4n = tl.load(chunk_end_ptr + ch4, mask=ok4, other=0)
+        # ---- S3 (unit v - 1): destination, the step's sends' row ranges, tokens and slots
+        w3 = v - 1
+        ok3 = (w3 >= 0) & (w3 < n_units)
+        offs_s3 = st3 + k3 * SEND_BLOCK + arange_s
+        mask_s3 = offs_s3 < tl.where(ok3, en3, -1)  # offs_s3 >= 0
+        d3n = tl.load(send_dest_ptr + st3, mask=ok3, other=0)  # one destination per chunk
+        r0_3n = tl.load(send_row_start_ptr + offs_s3, mask=mask_s3, other=0)
+        r1_3n = tl.load(send_row_end_ptr + offs_s3, mask=mask_s3, other=0)
+        tok3n = tl.load(send_token_ptr + offs_s3, mask=mask_s3, other=0)
+        slot3n = tl.load(send_slot_ptr + offs_s3, mask=mask_s3, other=0)
+        # ---- S2 (unit v - 2): the sends' rows (all issued before any is used), the owner's pointers
+        w2 = v - 2
+        ok2 = (w2 >= 0) & (w2 < n_units)
+        offs_s2 = st2 + k2 * SEND_BLOCK + arange_s
+        mask_s2 = offs_s2 < tl.where(ok2, en2, -1)
+        nv2n = tl.where(mask_s2, r1_2 - r0_2, 0).to(tl.int32)
+        rows2n = ()
+        for j in tl.static_range(TOPK_LOCAL):
+            rows2n = rows2n + (tl.load(rows_by_send_ptr + r0_2 + j, mask=j < nv2n, other=0),)
+        cb2n = tl.load(comb_peers_ptr + d2, mask=ok2, other=0)
+        pf2n = tl.load(sflag_peers_ptr + d2, mask=ok2, other=0)
+        first_tok2 = (d2 * M + world - 1) // world
+        crow2n = ((tok2 - first_tok2) * slots + slot2).to(tl.int32)  # < tokens per owner * slots
+        # ---- S1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next iteration)
+        w1 = v - 3
+        ok1 = (w1 >= 0) & (w1 < n_units)
+        if ok1 & (col1 >= ready_cols):
+            wait_flag(flags_ptr + l1_col_off + col1, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
+                      col1, rank, False, "gpu")
+            ready_cols = col1 + 1
+        offs_n1 = col1 * BLOCK_N + arange_n
+        mask_n1 = offs_n1 < D_OUT
+        w1n = ()
+        y1n = ()
+        for j in tl.static_range(TOPK_LOCAL):
+            w1n = w1n + (tl.load(row_weight_ptr + rows1[j], mask=j < nv1, other=0.0),)
+            # as PIPELINE=0: no row mask on the gather (invalid entries read row 0; dropped in S0)
+            y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
+                                 mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
+        # ---- S0 (unit v - 4): weighted sum, remote store, signal
+        w0u = v - 4
+        ok0 = w0u >= 0
+        if INSTRUMENT:
+            if ok0 & (k0 == 0):
+                t_item = global_timer_ns()
+        offs_s0 = st0 + k0 * SEND_BLOCK + arange_s
+        mask_s0 = offs_s0 < tl.where(ok0, en0, -1)
+        offs_n0 = col0 * BLOCK_N + arange_n
+        mask_n0 = offs_n0 < D_OUT
+        acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+            acc += tl.where((j < nv0)[:, None], w0[j][:, None] * y0[j].to(tl.float32), 0.0)
+        # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
+        comb_base = tl.multiple_of(cb0.to(tl.pointer_type(comb_elem)), 16)
+        dst = comb_base + crow0.to(tl.int64)[:, None] * D_OUT + offs_n0[None, :]
+        tl.store(dst, acc.to(comb_elem), mask=mask_s0[:, None] & mask_n0[None, :])
+        if ok0 & (k0 == steps - 1):  # the item's last unit
+            cnt += en0 - st0
+            flush = True
+            if PIPELINE >= 2:  # the next unit (S1) is the next item's first: same owner and column block?
+                flush = (w1 >= n_units) | (d1 != d0) | (col1 != col0)
+            if flush:
+                peer_flags = pf0.to(tl.pointer_type(tl.int32))
+                signal_add(peer_flags + comb_flag_off + rank * col_max + col0, cnt.to(tl.int32), COMBINE_SCOPE)
+                cnt = tl.full((), 0, tl.int64)
+            if INSTRUMENT:
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_item, t_item, global_timer_ns(), sm,
+                            _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)
+                n_rec += 1
+        # ---- advance the pipeline
+        k0 = k1
+        col0 = col1
+        item0 = item1
+        k1 = k2
+        col1 = col2
+        item1 = item2
+        k2 = k3
+        col2 = col3
+        item2 = item3
+        k3 = k4n
+        col3 = col4n
+        item3 = item4n
+        st0 = st1
+        en0 = en1
+        d0 = d1
+        cb0 = cb1
+        pf0 = pf1
+        nv0 = nv1
+        crow0 = crow1
+        w0 = w1n
+        y0 = y1n
+        st1 = st2
+        en1 = en2
+        d1 = d2
+        cb1 = cb2n
+        pf1 = pf2n
+        nv1 = nv2n
+        crow1 = crow2n
+        rows1 = rows2n
+        st2 = st3
+        en2 = en3
+        d2 = d3n
+        r0_2 = r0_3n
+        r1_2 = r1_3n
+        tok2 = tok3n
+        slot2 = slot3n
+        st3 = st4n
+        en3 = en4n
+    return n_rec
 
 
 @triton.jit(do_not_specialize=["max_spin"])
@@ -250,7 +489,9 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
 
     w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
     config: overrides of fused_layer0.default_config, plus SEND_BLOCK (sends per reduce step), GATHER_3D (one
-    gather for all of a send's rows) and COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only).
+    gather for all of a send's rows), COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only) and
+    PIPELINE (0: item by item; 1: software-pipelined communication programs, `_comm_pipelined`; 2: 1 plus one
+    signal per run of items with the same owner and column block; all bitwise equal).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
     tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
@@ -302,6 +543,12 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
     send_block = cfg.get("SEND_BLOCK", GPU_SEND_BLOCK if cuda else SMALL_SEND_BLOCK)
+    pipeline = int(cfg.get("PIPELINE", DEFAULT_PIPELINE))
+    if pipeline not in (0, 1, 2):
+        raise ValueError(f"config PIPELINE={pipeline}: 0 (item by item), 1 (pipelined units) or 2 (pipelined, "
+                         f"signals batched per owner and column block)")
+    if pipeline and cfg.get("GATHER_3D"):
+        raise ValueError("config PIPELINE and GATHER_3D are exclusive (the pipelined path gathers row by row)")
     trace = (None, None, None)
     if timeline is not None:
         require_gpu_kernel(_fused_layer1_kernel, dev)
@@ -321,13 +568,14 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         rp.rows_by_send_R, rp.row_weight_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks,
         rank, plan.world_size, plan.num_tokens, rp.l1_tile_expert_T.numel(), rp.l1_chunk_start_C.numel(),
         num_programs, nc, K, N, col_blocks, ws.sizes.slots, lay.col_max,
-        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine, *trace,
+        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
+        triton.cdiv(pol.comm_rows, send_block), *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
         TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
         COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys", INSTRUMENT=timeline is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        PIPELINE=pipeline, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
 
 

@@ -99,6 +99,52 @@ def test_layer1_one_gather_per_send_matches_reference(topk, ep):
                    layer1_kwargs={"config": {"GATHER_3D": True}}, what=f"GATHER_3D topk={topk} EP={ep}")
 
 
+PIPELINE_CASES = [  # (ep, tp, topk, E, dtype, SEND_BLOCK, comm_rows, nc_layer1)
+    (2, 1, 2, 4, torch.float32, 4, 10, 2),  # 3 steps per chunk, short last chunks (empty units)
+    (4, 1, 2, 4, torch.float16, 16, 8, 3),  # one step per chunk
+    (2, 2, 2, 4, torch.float32, 2, 8, 1),  # TP=2, one program, 4 steps per chunk
+    (2, 1, 3, 8, torch.float16, 4, 12, 2),  # 3 local rows per send (TOPK_LOCAL=3)
+    (1, 2, 2, 4, torch.float32, 8, 40, 5),  # chunks longer than a step; more programs than items per column
+]
+
+
+@pytest.mark.parametrize("ep,tp,topk,E,dtype,send_block,comm_rows,nc", PIPELINE_CASES)
+def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, send_block, comm_rows, nc):
+    """config PIPELINE=1/2 (software-pipelined communication programs; 2 batches the combine signals): the
+    owners' combine buffers and combine_reduce outputs are bitwise those of PIPELINE=0, and match the
+    reference; the calls share one workspace (the combine flags return to 0 after every call)."""
+    model = _model("swiglu", E=E, topk=topk)
+    par = ParallelConfig(ep=ep, tp=tp)
+    world = _world(model, par, dtype=dtype)
+    routing = imbalanced(M=44, E=E, topk=topk, std=0.05, seed=ep * 7 + topk)
+    policy = SMALL.replace(comm_rows=comm_rows, nc_layer1=nc)
+    outs, combs = [], []
+    for pipeline in (0, 1, 2, 0):
+        cfg = {"PIPELINE": pipeline, "SEND_BLOCK": send_block}
+        outs.append(_check_forward(world, model, par, routing, policy, dtype, layer1_kwargs={"config": cfg},
+                                   what=f"PIPELINE={pipeline} SEND_BLOCK={send_block} EP={ep} TP={tp}"))
+        combs.append([world.buffers(r).combine_MSN.clone() for r in world.ranks])
+    for i, pipeline in enumerate((1, 2, 0), start=1):
+        assert torch.equal(outs[i], outs[0]), f"PIPELINE={pipeline} output differs bitwise from PIPELINE=0"
+        for r, (a, b) in enumerate(zip(combs[i], combs[0], strict=True)):
+            # bytes: slots no send writes hold the workspace's NaN fill
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
+                f"PIPELINE={pipeline}: rank {r}'s combine buffer differs from PIPELINE=0"
+
+
+def test_layer1_pipeline_config_errors():
+    model = _model()
+    par = ParallelConfig(ep=2)
+    world = _world(model, par)
+    routing = uniform(M=32, E=4, topk=2, seed=1)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
+    w1 = torch.zeros(2, 32, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="PIPELINE=3"):
+        fused_layer1(world, plan, 0, w1, config={"PIPELINE": 3})
+    with pytest.raises(ValueError, match="PIPELINE and GATHER_3D"):
+        fused_layer1(world, plan, 0, w1, config={"PIPELINE": 1, "GATHER_3D": True})
+
+
 def test_program_counts_send_blocks_and_tiles():
     """Other programs counts (1 GEMM program; more than the work), chunks longer than a send block, 32-row
     tiles, M that no tile size divides."""
