@@ -67,6 +67,8 @@ COMM_NCS = (1, 2, 4, 8, 16, 32)
 QUICK_COMM_NCS = (1, 8, 32)
 LINK_PROGRAMS = (1, 2, 4, 8, 16, 32, 64)  # plus the SM count
 QUICK_LINK_PROGRAMS = (1, 8)
+# layer1 communication-program configs (PIPELINE, SEND_BLOCK): item by item as before, and pipelined
+L1_COMM_CONFIGS = ((0, 16), (0, 64), (1, 32))
 GEMM0_SHAPES = ((128, 128), (128, 256))
 GEMM0_KS = (2048, 4096)  # layer0 reduces over the hidden size N
 PARTS = ("tiles", "hbm", "launch", "comm", "link")
@@ -589,15 +591,17 @@ def measure_l1_comm_programs(ctx: Context) -> None:
     item_bytes = [n * col_bytes for _ in range(plan.l1_col_blocks) for n in sends_per_chunk]
     total = sum(item_bytes)
     ncs = QUICK_COMM_NCS if ctx.quick else COMM_NCS
-    for send_block in (16, 64):
-        for nc in _bar(ncs, f"d. layer1 comm programs (local), SEND_BLOCK={send_block}", ctx.main_rank):
+    for pipeline, send_block in L1_COMM_CONFIGS:
+        for nc in _bar(ncs, f"d. layer1 comm programs (local), PIPELINE={pipeline} SEND_BLOCK={send_block}",
+                       ctx.main_rank):
             p = dataclasses.replace(plan, policy=plan.policy.replace(nc_layer1=nc), ranks=(idle,))
-            fn = lambda p=p, sb=send_block: fused_layer1(world, p, 0, w1, num_programs=1, config={"SEND_BLOCK": sb})
+            cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
+            fn = lambda p=p, cfg=cfg: fused_layer1(world, p, 0, w1, num_programs=1, config=cfg)
             fn()
             world.check()
             us = graph_us(fn, rep_ms=40)
             busiest = max(sum(item_bytes[j::nc]) for j in range(nc))
-            how = dict(nc=nc, send_block=send_block, bytes=total, busiest_program_bytes=busiest,
+            how = dict(nc=nc, send_block=send_block, pipeline=pipeline, bytes=total, busiest_program_bytes=busiest,
                        items=len(item_bytes), sends_per_chunk=plan.policy.comm_rows, topk_local=2,
                        world="emulated_ep4_one_gpu", memory="local_hbm_not_nvlink")
             rec.add("l1_comm_program_local_gbps", busiest / us / 1e3, "GB/s", **how)

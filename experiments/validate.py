@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from comet.calibrate import parse_params
 from comet.config import HardwareProfile
-from kernels.fused_layer1 import GPU_SEND_BLOCK
 from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
 
@@ -48,11 +47,12 @@ GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
 COLUMNS = ["model", "tokens_M", "ep", "layer", "impl", "nc", "measured_us", "predicted_us", "error_pct"]
 
 
-def local_rates(calibration_csv: str | Path) -> dict[str, tuple[float, float]]:
+def local_rates(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block: int = 16
+                ) -> dict[str, tuple[float, float]]:
     """{layer: (one program's GB/s, all programs' best GB/s)} from comet.calibrate's part d rows: layer0's
-    pulls (comm_program_local_gbps) and layer1's reduce-and-store (l1_comm_program_local_gbps, the
-    kernel's default SEND_BLOCK). The simulator has one per-program rate; the two kinds of programs differ,
-    so each layer is simulated with its own."""
+    pulls (comm_program_local_gbps) and layer1's reduce-and-store (l1_comm_program_local_gbps) in the
+    kernel config the measured runs used (PIPELINE, SEND_BLOCK; rows without a pipeline key are PIPELINE=0).
+    The simulator has one per-program rate; the two kinds of programs differ, so each layer gets its own."""
     cal = pd.read_csv(calibration_csv, comment="#")
     rates = {}
     for layer, name in (("l0", "comm_program_local_gbps"), ("l1", "l1_comm_program_local_gbps")):
@@ -60,8 +60,11 @@ def local_rates(calibration_csv: str | Path) -> dict[str, tuple[float, float]]:
         totals = cal[cal["measurement"] == name.replace("program_", "programs_").replace("_gbps", "_total_gbps")]
         params = rows["parameters"].map(parse_params)
         if layer == "l1":
-            keep = params.map(lambda p: p.get("send_block") == str(GPU_SEND_BLOCK))
+            keep = params.map(lambda p: p.get("send_block") == str(l1_send_block)
+                              and p.get("pipeline", "0") == str(l1_pipeline))
             rows, params = rows[keep], params[keep]
+            totals = totals[totals["parameters"].map(parse_params).map(
+                lambda p: p.get("send_block") == str(l1_send_block) and p.get("pipeline", "0") == str(l1_pipeline))]
         if rows.empty or totals.empty:
             raise ValueError(f"{calibration_csv} has no {name} rows: run `python -m comet.calibrate` on one GPU "
                              f"(part comm) to measure them")
@@ -145,11 +148,14 @@ def main(argv=None) -> None:
     ap.add_argument("--per-program-gbps", type=float, default=None, help="override: one layer0 program's rate")
     ap.add_argument("--l1-per-program-gbps", type=float, default=None, help="override: one layer1 program's rate")
     ap.add_argument("--local-gbps", type=float, default=None, help="override: all programs' local rate")
+    ap.add_argument("--l1-pipeline", type=int, default=0,
+                    help="layer1 kernel config of the measured runs: PIPELINE (0 before 2026-11-24's default change)")
+    ap.add_argument("--l1-send-block", type=int, default=16, help="and SEND_BLOCK (16 item by item, 32 pipelined)")
     ap.add_argument("--out", default="results/validation")
     ap.add_argument("--tag", default=None, help="file stem (default <hw>-emulated_<date>)")
     a = ap.parse_args(argv)
     hw = HardwareProfile.from_name(a.hw)
-    rates = local_rates(a.calibration) if a.calibration else {}
+    rates = local_rates(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else {}
     for layer, per, total in (("l0", a.per_program_gbps, a.local_gbps), ("l1", a.l1_per_program_gbps, a.local_gbps)):
         if per and total:
             rates[layer] = (per, total)

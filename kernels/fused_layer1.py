@@ -49,9 +49,14 @@ _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
 _WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
 _REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
 _REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
-GPU_SEND_BLOCK, SMALL_SEND_BLOCK = 16, 16  # 16 on the H200: 3-9% faster than 32 (results/fused_layers)
+# config PIPELINE: the communication programs' software pipeline (see _comm_pipelined). On one H200 it
+# moves ~2x the bytes per program of the item-by-item loop (Qwen2 layer1 at n_c=16: 398 vs 780 us) and ties
+# where the GEMM dominates (results/fused_layers/h200_l1_pipeline_2026-11-24.csv).
+DEFAULT_PIPELINE = 1
+# sends per reduce step on the GPU: 32 pipelined (all of a step's loads are in flight together), 16 item by
+# item (3-9% faster than 32 there); the interpreter's tests use 16
+GPU_SEND_BLOCK, GPU_ITEM_SEND_BLOCK, SMALL_SEND_BLOCK = 32, 16, 16
 GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
-DEFAULT_PIPELINE = 0  # config PIPELINE: the communication programs' software pipeline (see _comm_pipelined)
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -542,8 +547,10 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     lay = ws.layout
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
-    send_block = cfg.get("SEND_BLOCK", GPU_SEND_BLOCK if cuda else SMALL_SEND_BLOCK)
-    pipeline = int(cfg.get("PIPELINE", DEFAULT_PIPELINE))
+    # GATHER_3D (an item-by-item variant) without an explicit PIPELINE means the item-by-item loop
+    pipeline = int(cfg.get("PIPELINE", 0 if cfg.get("GATHER_3D") else DEFAULT_PIPELINE))
+    send_block = cfg.get("SEND_BLOCK", (GPU_SEND_BLOCK if pipeline else GPU_ITEM_SEND_BLOCK) if cuda
+                         else SMALL_SEND_BLOCK)
     if pipeline not in (0, 1, 2):
         raise ValueError(f"config PIPELINE={pipeline}: 0 (item by item), 1 (pipelined units) or 2 (pipelined, "
                          f"signals batched per owner and column block)")
