@@ -69,6 +69,8 @@ LINK_PROGRAMS = (1, 2, 4, 8, 16, 32, 64)  # plus the SM count
 QUICK_LINK_PROGRAMS = (1, 8)
 # layer1 communication-program configs (PIPELINE, SEND_BLOCK): item by item as before, and pipelined
 L1_COMM_CONFIGS = ((0, 16), (0, 64), (1, 32))
+L1_DEFAULT_CONFIG = (1, 32)  # kernels.fused_layer1's GPU default (DEFAULT_PIPELINE, GPU_SEND_BLOCK)
+L1_ITEM_ROWS_SHORT = 16  # sends per chunk of the short items of the fixed-cost fit (the Plan's default: 64)
 GEMM0_SHAPES = ((128, 128), (128, 256))
 GEMM0_KS = (2048, 4096)  # layer0 reduces over the hidden size N
 PARTS = ("tiles", "hbm", "launch", "comm", "link")
@@ -76,7 +78,7 @@ PART_FIELDS = {
     "tiles": ("gemm_efficiency", "gemm_k_half", "tile_area_half", "gemm0_slowdown"),
     "hbm": ("hbm_gbps",),
     "launch": ("launch_overhead_us",),
-    "comm": (),
+    "comm": ("l1_item_overhead_us",),
     "link": ("link_gbps", "per_block_link_gbps", "link_latency_us", "collective_overhead_us"),
 }
 NUMERIC_FIELDS = tuple(f.name for f in dataclasses.fields(HardwareProfile) if f.name not in ("name", "link", "sources"))
@@ -606,7 +608,38 @@ def measure_l1_comm_programs(ctx: Context) -> None:
                        world="emulated_ep4_one_gpu", memory="local_hbm_not_nvlink")
             rec.add("l1_comm_program_local_gbps", busiest / us / 1e3, "GB/s", **how)
             rec.add("l1_comm_programs_local_total_gbps", total / us / 1e3, "GB/s", **how)
+        # fixed and per-byte cost of one item: one program, chunks of 64 and of 16 sends (4x the items)
+        per_item = {}
+        for rows in (L1_ITEM_ROWS_SHORT, plan.policy.comm_rows):
+            p_rows = plan if rows == plan.policy.comm_rows else make_plan(
+                routing, model, par, ctx.base, Policy(block_m=128, block_n1=128, comm_rows=rows), ranks=[0])
+            r_rows = p_rows.rank(0)
+            idle_rows = dataclasses.replace(r_rows, num_l1_tiles=torch.zeros_like(r_rows.num_l1_tiles),
+                                            l1_tiles_per_col=torch.zeros_like(r_rows.l1_tiles_per_col))
+            p1 = dataclasses.replace(p_rows, policy=p_rows.policy.replace(nc_layer1=1), ranks=(idle_rows,))
+            cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
+            fn = lambda p1=p1, cfg=cfg: fused_layer1(world, p1, 0, w1, num_programs=1, config=cfg)
+            fn()
+            world.check()
+            us = graph_us(fn, rep_ms=40)
+            items = int(r_rows.num_l1_chunks) * p_rows.l1_col_blocks
+            per_item[rows] = (us / items, total / items)
+            rec.add("l1_comm_item_us", us / items, "us", send_block=send_block, pipeline=pipeline,
+                    sends_per_chunk=rows, items=items, item_bytes=round(total / items), nc=1)
+        fixed, gbps = item_cost_fit(*per_item[L1_ITEM_ROWS_SHORT], *per_item[plan.policy.comm_rows])
+        how = dict(send_block=send_block, pipeline=pipeline, method="two_chunk_sizes",
+                   sends_per_chunk=f"{L1_ITEM_ROWS_SHORT}_and_{plan.policy.comm_rows}")
+        rec.add("l1_item_fixed_us", fixed, "us", **how)
+        rec.add("l1_item_marginal_gbps", gbps, "GB/s", **how)
+        if (pipeline, send_block) == L1_DEFAULT_CONFIG:  # the kernel's default: the profile's figure
+            rec.add("l1_item_overhead_us", fixed, "us", **how)
     world.reset()
+
+
+def item_cost_fit(t_short: float, b_short: float, t_long: float, b_long: float) -> tuple[float, float]:
+    """(fixed us, marginal GB/s) of item time = fixed + bytes / rate, through two (time, bytes) points."""
+    per_byte = (t_long - t_short) / (b_long - b_short)
+    return max(t_short - per_byte * b_short, 0.0), (1e-3 / per_byte if per_byte > 0 else math.inf)
 
 
 # ---------------------------------------------------------------------------- part e: link kernels

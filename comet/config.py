@@ -145,6 +145,8 @@ class ParallelConfig:
 
 
 # ------------------------------------------------------------------------------------------- hardware
+_MAY_BE_ZERO = ("l1_item_overhead_us",)  # the other figures must be positive
+
 @dataclass(frozen=True)
 class HardwareProfile:
     """One GPU model and its interconnect, as the simulator and planner see it.
@@ -174,13 +176,17 @@ class HardwareProfile:
     # a layer0 tile's time over a plain tile's of the same shape: the gathered A rows and the activation
     # epilogue (comet.calibrate measures it; the tile model above is fitted on plain tiles)
     gemm0_slowdown: float = 1.0
+    # a layer1 communication block's fixed time per work item (column block x send chunk) on top of its
+    # bytes: the chain of dependent index loads and the signal (comet.calibrate measures it)
+    l1_item_overhead_us: float = 0.0
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
         numeric = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "link", "sources")]
         for f in numeric:
-            if getattr(self, f) <= 0:
-                raise ValueError(f"hardware {self.name}: {f} must be > 0, got {getattr(self, f)}")
+            if getattr(self, f) < 0 or (getattr(self, f) == 0 and f not in _MAY_BE_ZERO):
+                bound = ">= 0" if f in _MAY_BE_ZERO else "> 0"
+                raise ValueError(f"hardware {self.name}: {f} must be {bound}, got {getattr(self, f)}")
         defaulted = {f.name: f"default {f.default} (not given)" for f in dataclasses.fields(self)
                      if f.name in numeric and f.default is not dataclasses.MISSING and f.name not in self.sources}
         if defaulted:  # e.g. a profile file older than the field
@@ -282,6 +288,7 @@ _COMMON_SOURCES = {
     "launch_overhead_us": _ASSUMED_FW,
     "collective_overhead_us": _ASSUMED_FW,
     "gemm0_slowdown": "assumption: layer0 tiles cost as much as plain ones (comet.calibrate measures it)",
+    "l1_item_overhead_us": "assumption: none, bytes only (comet.calibrate measures it)",
 }
 
 HARDWARE: dict[str, HardwareProfile] = {

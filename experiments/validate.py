@@ -36,7 +36,6 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from comet.calibrate import parse_params
 from comet.config import HardwareProfile
 from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
@@ -45,6 +44,14 @@ from sim.run import make_case, simulate, with_policy
 FUSED_BENCH_BLOCK_N0 = {"gelu": 256, "swiglu": 128}
 GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
 COLUMNS = ["model", "tokens_M", "ep", "layer", "impl", "nc", "measured_us", "predicted_us", "error_pct"]
+
+
+def parse_params(text: str) -> dict[str, str]:
+    """comet.calibrate's `parameters` column (`k=v k=v`). Imported when called: comet.calibrate defines Triton
+    kernels, which test modules want decorated only after they have chosen the interpreter."""
+    from comet.calibrate import parse_params as parse
+
+    return parse(text)
 
 
 def local_rates(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block: int = 16
@@ -72,6 +79,22 @@ def local_rates(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block
         rates[layer] = (float(rows["value"].astype(float)[n_c == n_c.min()].iloc[0]),
                         float(totals["value"].astype(float).max()))
     return rates
+
+
+def l1_item_cost(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block: int = 16
+                 ) -> tuple[float, float] | None:
+    """(fixed us per item, marginal GB/s) of layer1's communication programs in that kernel config, from
+    comet.calibrate's two-chunk-size fit (l1_item_fixed_us, l1_item_marginal_gbps); None if not measured."""
+    cal = pd.read_csv(calibration_csv, comment="#")
+    found = {}
+    for name in ("l1_item_fixed_us", "l1_item_marginal_gbps"):
+        rows = cal[cal["measurement"] == name]
+        keep = rows["parameters"].map(parse_params).map(
+            lambda p: p.get("send_block") == str(l1_send_block) and p.get("pipeline", "0") == str(l1_pipeline))
+        if rows[keep].empty:
+            return None
+        found[name] = float(rows[keep]["value"].iloc[-1])
+    return found["l1_item_fixed_us"], found["l1_item_marginal_gbps"]
 
 
 def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile):
@@ -151,6 +174,9 @@ def main(argv=None) -> None:
     ap.add_argument("--l1-pipeline", type=int, default=0,
                     help="layer1 kernel config of the measured runs: PIPELINE (0 before 2026-11-24's default change)")
     ap.add_argument("--l1-send-block", type=int, default=16, help="and SEND_BLOCK (16 item by item, 32 pipelined)")
+    ap.add_argument("--no-item-overhead", action="store_true",
+                    help="price layer1 items by bytes at the average per-program rate only (the model before "
+                         "l1_item_overhead_us), for comparison")
     ap.add_argument("--out", default="results/validation")
     ap.add_argument("--tag", default=None, help="file stem (default <hw>-emulated_<date>)")
     a = ap.parse_args(argv)
@@ -163,6 +189,11 @@ def main(argv=None) -> None:
         ap.error("the emulated link's rates are needed: give --calibration (comet.calibrate CSV) or "
                  "--per-program-gbps, --l1-per-program-gbps and --local-gbps")
     hw_by_layer = {lay: hw.emulated_world(*rates[lay]) for lay in ("l0", "l1")}
+    item = l1_item_cost(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else None
+    if item is not None and not a.no_item_overhead:  # fixed cost per item + marginal rate, not the average
+        hw_by_layer["l1"] = hw.emulated_world(item[1], rates["l1"][1]).replace(l1_item_overhead_us=item[0])
+    elif a.no_item_overhead:
+        hw_by_layer["l1"] = hw_by_layer["l1"].replace(l1_item_overhead_us=0.0)
     measured = pd.read_csv(a.measured, comment="#")
     cmp = compare(measured, hw_by_layer)
     if cmp.empty:
@@ -172,7 +203,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = a.tag or f"{Path(a.hw).stem}-emulated_{datetime.date.today().isoformat()}"
     header = (f"# measured: {a.measured}; profile: {a.hw} with the link replaced by local memory: "
-              + "; ".join(f"{lay} {p:.2f} GB/s per program, {t:.0f} GB/s in all" for lay, (p, t) in rates.items())
+              + "; ".join(f"{lay} {h.per_block_link_gbps:.2f} GB/s per program, {h.link_gbps:.0f} GB/s in all, "
+                          f"{h.l1_item_overhead_us:.2f} us per layer1 item" for lay, h in hw_by_layer.items())
               + "\n")
     for name, df in ((f"{stem}.csv", cmp), (f"{stem}_summary.csv", summary)):
         with open(out / name, "w") as f:

@@ -24,8 +24,8 @@ layer1 (grouped GEMM + top-k reduce + combine):
   j, j + nc, ... (item = column block x send chunk, column-block-major), waits for the column block, then
   reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
   the owner: over the link at `per_block_link_gbps` (reads and the remote store overlap: the item takes
-  max of the two), or into local memory when this rank owns the tokens. A push lands a link latency
-  after its last byte.
+  max of the two), or into local memory when this rank owns the tokens, each item after a fixed
+  `l1_item_overhead_us` (its chain of index loads). A push lands a link latency after its last byte.
 combine (kernels/fused_layer1.py's combine_reduce, launched after the rank's layer1 kernel): the owner sums
   its tokens' partial-sum slots column block by column block, each column block once every partial sum of
   it has landed (memory-bound, whole GPU).
@@ -309,12 +309,15 @@ class CometSim(SystemSim):
         col, dest = w.l1_item_col_I.tolist(), w.l1_item_dest_I.tolist()
         rd, wr = w.l1_item_read_bytes_I.tolist(), w.l1_item_write_bytes_I.tolist()
         col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps
+        overhead = self.hw.l1_item_overhead_us
         for i in range(j, len(col), self.nc1):
             ev = col_ev[col[i]]
             if ev.callbacks is not None:
                 yield ev
                 cause = ev.value
             start = env.now
+            if overhead:  # the item's dependent index loads and signal, before its bytes move
+                yield timeout(overhead)
             d = dest[i]
             if d == r:
                 yield timeout((rd[i] + wr[i]) / hbm)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -300,3 +301,13 @@ def test_quick_calibration_on_the_gpu(tmp_path):
             "launch_eager_triton_empty_us"} <= names
     assert all(r.value > 0 for r in rows if r.measurement.endswith(("_gbps", "_tflops", "_us")))
     assert json.loads((tmp_path / "profiles" / "quick_test.json").read_text())["name"] == "quick_test"
+
+
+def test_item_cost_fit_and_the_kernels_default_config():
+    from kernels.fused_layer1 import DEFAULT_PIPELINE, GPU_SEND_BLOCK
+
+    fixed, gbps = cal.item_cost_fit(2.0 + 4096 / 7.4e3, 4096, 2.0 + 16384 / 7.4e3, 16384)
+    assert fixed == pytest.approx(2.0) and gbps == pytest.approx(7.4)
+    assert cal.item_cost_fit(1.0, 100, 1.0, 400) == (1.0, math.inf)  # no per-byte cost at all
+    assert cal.L1_DEFAULT_CONFIG == (DEFAULT_PIPELINE, GPU_SEND_BLOCK)
+    assert cal.L1_DEFAULT_CONFIG in cal.L1_COMM_CONFIGS

@@ -48,6 +48,22 @@ def test_gemm0_slowdown_scales_layer0_tiles_only():
     assert simulate(slow, system="comet").layer0_us > simulate(plan, system="comet").layer0_us
 
 
+def test_l1_item_overhead_delays_each_layer1_item():
+    import dataclasses
+
+    plan = toy_plan()
+    slow = dataclasses.replace(plan, hardware=plan.hardware.replace(l1_item_overhead_us=0.25))
+    ev, ev_slow = (simulate(p, system="comet").events for p in (plan, slow))
+    for kind in ("reduce_local", "reduce_send"):
+        d = (ev[ev.kind == kind].end_us - ev[ev.kind == kind].start_us).to_numpy()
+        d_slow = (ev_slow[ev_slow.kind == kind].end_us - ev_slow[ev_slow.kind == kind].start_us).to_numpy()
+        assert d_slow == pytest.approx(d + 0.25)
+    pulls = ev[ev.kind == "pull"]
+    assert (ev_slow[ev_slow.kind == "pull"].end_us.to_numpy() == pulls.end_us.to_numpy()).all()  # layer0 as is
+    with pytest.raises(ValueError, match="l1_item_overhead_us must be >= 0"):
+        plan.hardware.replace(l1_item_overhead_us=-1.0)
+
+
 def test_comet_exact_trace():
     res = simulate(toy_plan(), system="comet")
     pull_end = 1 + 1 + 0.512  # launch, link latency, 256 B at the block's 500 B/us

@@ -81,3 +81,17 @@ def test_cli_needs_the_emulated_link_rates(tmp_path):
                    "--local-gbps", "1500", "--out", str(tmp_path), "--tag", "t"])
     out = pd.read_csv(tmp_path / "t.csv", comment="#")
     assert len(out) == 2 and set(out.layer) == {"l0", "l1"}
+
+
+def test_l1_item_cost_read_per_kernel_config(tmp_path):
+    from comet.calibrate import format_params
+
+    rows = [("l1_item_fixed_us", format_params(send_block=16, pipeline=0), 4.0),
+            ("l1_item_marginal_gbps", format_params(send_block=16, pipeline=0), 20.0),
+            ("l1_item_fixed_us", format_params(send_block=32, pipeline=1), 1.5),
+            ("l1_item_marginal_gbps", format_params(send_block=32, pipeline=1), 30.0)]
+    path = tmp_path / "cal.csv"
+    pd.DataFrame(rows, columns=["measurement", "parameters", "value"]).assign(unit="x").to_csv(path, index=False)
+    assert validate.l1_item_cost(path, 0, 16) == (4.0, 20.0)
+    assert validate.l1_item_cost(path, 1, 32) == (1.5, 30.0)
+    assert validate.l1_item_cost(path, 0, 64) is None
