@@ -9,7 +9,8 @@ FIELDS = ["model", "tokens_M", "ep", "rank", "layer", "impl", "nc", "time_us", "
 
 
 def _measured(us_by_nc):
-    """A benchmarks.fused_layers-like table for Qwen2 at a small M: layer1 n_c sweep, layer0 blocks, owner reduce."""
+    """A benchmarks.fused_layers-like table for Qwen2 at a small M: layer1 n_c sweep, layer0 blocks, owner reduce
+    (ignored)."""
     rows = [("qwen2-moe-2.7b", 1024, 4, 0, "l1", "fused", nc, us, "graph", "default config") for nc, us in us_by_nc]
     rows += [("qwen2-moe-2.7b", 1024, 4, 0, "l1", "fused", 8, 1.0, "eager", "default config"),  # eager: ignored
              ("qwen2-moe-2.7b", 1024, 4, 0, "l1", "owner_reduce", None, 10.0, "event",
@@ -32,7 +33,7 @@ def test_compare_pairs_each_measured_configuration_with_a_prediction(hw_by_layer
     assert list(cmp.columns) == validate.COLUMNS
     assert sorted(zip(cmp.layer, cmp.impl, strict=True)) == [("l0", "fused_blocks")] + [("l1", "fused")] * 3
     l1 = cmp[cmp.layer == "l1"].set_index("nc")
-    assert l1.loc[4, "measured_us"] == 410.0  # the owner's reduce is added: the simulator's layer1 includes it
+    assert l1.loc[4, "measured_us"] == 400.0  # the fused kernel alone: the owner's reduce is not compared
     assert (cmp.predicted_us > 0).all()
     expect = 100 * (cmp.predicted_us - cmp.measured_us) / cmp.measured_us
     assert (expect.round(2) - cmp.error_pct).abs().max() < 0.02
@@ -41,6 +42,12 @@ def test_compare_pairs_each_measured_configuration_with_a_prediction(hw_by_layer
     # deterministic: the same table again gives the same predictions
     again = validate.compare(_measured([(4, 400.0), (16, 150.0), (64, 120.0)]), hw_by_layer, progress=False)
     pd.testing.assert_frame_equal(cmp, again)
+
+
+def test_kernel_span_excludes_launch_and_owner_reduce():
+    ev = pd.DataFrame({"rank": [0, 0, 0, 0, 1], "kind": ["launch", "gemm1", "reduce_send", "combine_reduce", "gemm1"],
+                       "start_us": [0.0, 6.0, 20.0, 40.0, 0.0], "end_us": [6.0, 30.0, 35.0, 50.0, 99.0]})
+    assert validate.kernel_span_us(ev, rank=0) == 29.0
 
 
 def test_summary_rank_correlation_and_nc_pick():
