@@ -56,11 +56,10 @@ _capability_cache: dict[int, int] = {}
 # ------------------------------------------------------------------------------------ autotune configs
 def _configs():
     # Hopper bf16: BLOCK_K 64 with 3-4 stages and 8 warps is the usual sweet spot for 128x128 / 128x256
-    # tiles; BLOCK_K 128 trades stages for fewer loop trips (2 stages: the only way it fits 128x256 tiles,
-    # for layer0's short K loops); 4 warps only for small tiles (pruned below).
+    # tiles; BLOCK_K 128 trades stages for fewer loop trips; 4 warps only for small tiles (pruned below).
     return [
         triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s, pre_hook=_set_b_block)
-        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (128, 8, 2), (64, 4, 3), (64, 4, 4))
+        for bk, w, s in ((64, 8, 3), (64, 8, 4), (128, 8, 3), (64, 4, 3), (64, 4, 4))
     ]
 
 
