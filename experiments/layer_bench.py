@@ -55,7 +55,7 @@ ROUTINGS = ("balanced", "imbalanced")
 COLUMNS = ["gpu", "world_size", "emulated", "model", "activation", "tokens_M", "ep", "tp", "routing", "std",
            "dispatch", "runs", "comet_us", "comet_nc1", "comet_plan_incl_us", "plan_us", "sequential_us",
            "chunked_best_us", "chunked_best_C", "chunked_us_by_C", "gemm_only_us", "comm_only_us", "floor_us",
-           "speedup_vs_sequential", "speedup_vs_chunked", "comet_over_floor", "max_rel_diff_vs_comet", "note"]
+           "speedup_vs_sequential", "speedup_vs_chunked", "comet_over_floor", "max_rel_diff_vs_comet", "note", "seed"]
 NVLS_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
@@ -243,7 +243,8 @@ def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
     rel = max((_rel(o, ref) for o in outs.values()), default=0.0)
     return {
         "model": model.name, "activation": model.activation, "tokens_M": M, "ep": par.ep, "tp": par.tp,
-        "routing": routing_kind, "std": a.std if routing_kind == "imbalanced" else 0.0, "dispatch": a.dispatch,
+        "routing": routing_kind, "std": a.std if routing_kind == "imbalanced" else 0.0, "seed": a.seed,
+        "dispatch": a.dispatch,
         "runs": a.runs, "comet_us": f"{comet_us:.1f}", "comet_nc1": best_nc,
         "comet_plan_incl_us": f"{plan_incl_us:.1f}", "plan_us": f"{plan_us:.1f}", "sequential_us": f"{seq_us:.1f}",
         "chunked_best_us": f"{chunked[best_C]:.1f}" if chunked else "", "chunked_best_C": best_C or "",

@@ -10,7 +10,10 @@ correlation, the n_c the simulator picks and its measured cost against the best 
 both. Issue 8's goals: MAPE <= 10% per layer, the simulator's n_c within 3% of the best measured, rank
 correlation >= 0.9.
 
-What it can compare today: `benchmarks.fused_layers` output, i.e. ONE GPU running an emulated world
+It reads two kinds of CSV. `experiments.layer_bench` output (real multi-GPU runs under torchrun): the whole
+MoE layer of comet, sequential and chunked against the simulator on the same Plans, with the profile as given
+(calibrate the link on those GPUs first); not run yet, as no multi-GPU machine has been lent.
+What it has compared so far: `benchmarks.fused_layers` output, i.e. ONE GPU running an emulated world
 (kernels.workspace.EmulatedWorld: every rank's buffers on the same GPU, rank 0's kernel timed alone). There
 the "link" is the GPU's own memory: the simulator is given a profile whose link is local memory
 (`HardwareProfile.emulated_world`: per-program rate and total bandwidth from comet.calibrate's part comm),
@@ -151,6 +154,40 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+LAYER_BENCH_SYSTEMS = {"comet": "comet_us", "sequential": "sequential_us", "chunked": "chunked_best_us"}
+
+
+def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: bool = True) -> pd.DataFrame:
+    """One row per (configuration, system) of experiments.layer_bench's CSV (real multi-GPU runs under
+    torchrun): the whole MoE layer's latency against the simulator's for comet (at the measured best n_c),
+    sequential and chunked (at the measured best C), on the Plan layer_bench builds (same routing kind, std,
+    seed and Policy). Emulated rows (one GPU) are skipped: their ranks run one after another."""
+    from comet.config import ModelConfig
+    from comet.plan import Policy
+    from sim.run import make_case
+
+    real = measured[~measured["emulated"].astype(str).str.lower().isin(["true", "1"])]
+    rows = []
+    for r in tqdm(list(real.itertuples()), desc="validate layer_bench", unit="config", disable=not progress):
+        policy = Policy(block_m=128, block_n0=FUSED_BENCH_BLOCK_N0[r.activation], block_n1=128, nc_layer0=16,
+                        nc_layer1=int(r.comet_nc1), comm_rows=64, dispatch=r.dispatch)
+        model = ModelConfig.from_name(r.model, activation=r.activation)
+        imbalance = {"std": float(r.std)} if r.routing == "imbalanced" else {}
+        plan = make_case(model, ep=int(r.ep), tp=int(r.tp), tokens=int(r.tokens_M), hw=hw, routing=r.routing,
+                         seed=int(getattr(r, "seed", 0) or 0), policy=policy, **imbalance)
+        for system, column in LAYER_BENCH_SYSTEMS.items():
+            meas = getattr(r, column)
+            if pd.isna(meas) or meas == "":
+                continue
+            chunks = int(r.chunked_best_C) if system == "chunked" else 1
+            pred = simulate(plan, system, SimOptions(chunks=chunks, record=False)).latency_us
+            rows.append({"model": r.model, "tokens_M": int(r.tokens_M), "ep": int(r.ep), "layer": system,
+                         "impl": f"moe layer tp={int(r.tp)} {r.routing}", "nc": "",
+                         "measured_us": round(float(meas), 2), "predicted_us": round(pred, 2),
+                         "error_pct": round(100 * (pred - float(meas)) / float(meas), 2)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     """Per layer: MAPE and worst |error|; per n_c sweep: Spearman rho, the simulator's pick and its cost."""
     out = []
@@ -206,7 +243,10 @@ def main(argv=None) -> None:
     elif a.no_item_overhead:
         hw_by_layer["l1"] = hw_by_layer["l1"].replace(l1_item_overhead_us=0.0)
     measured = pd.read_csv(a.measured, comment="#")
-    cmp = compare(measured, hw_by_layer)
+    if "comet_us" in measured.columns:  # experiments.layer_bench: real multi-GPU runs, the link as profiled
+        cmp = compare_layer_bench(measured, hw)
+    else:
+        cmp = compare(measured, hw_by_layer)
     if cmp.empty:
         raise SystemExit(f"{a.measured}: no rows this script can compare (needs benchmarks.fused_layers' CSV)")
     summary = summarize(cmp)

@@ -102,3 +102,20 @@ def test_l1_item_cost_read_per_kernel_config(tmp_path):
     assert validate.l1_item_cost(path, 0, 16) == (4.0, 20.0)
     assert validate.l1_item_cost(path, 1, 32) == (1.5, 30.0)
     assert validate.l1_item_cost(path, 0, 64) is None
+
+
+def test_layer_bench_rows_are_compared_per_system_and_emulated_rows_skipped():
+    from comet.config import HardwareProfile
+    from experiments.layer_bench import COLUMNS as LAYER_BENCH_COLUMNS
+
+    base = dict.fromkeys(LAYER_BENCH_COLUMNS, "")
+    row = {**base, "gpu": "H200", "world_size": 2, "emulated": False, "model": "qwen2-moe-2.7b", "activation": "swiglu",
+           "tokens_M": 1024, "ep": 2, "tp": 1, "routing": "imbalanced", "std": 0.032, "seed": 0,
+           "dispatch": "all-to-all", "comet_us": 300.0, "comet_nc1": 16, "sequential_us": 400.0,
+           "chunked_best_us": 380.0, "chunked_best_C": 2}
+    measured = pd.DataFrame([row, {**row, "emulated": True}], columns=LAYER_BENCH_COLUMNS)
+    cmp = validate.compare_layer_bench(measured, HardwareProfile.from_name("h200"), progress=False)
+    assert list(cmp.layer) == ["comet", "sequential", "chunked"]  # the emulated row is skipped
+    assert list(cmp.measured_us) == [300.0, 400.0, 380.0] and (cmp.predicted_us > 0).all()
+    summary = validate.summarize(cmp).set_index("scope")
+    assert set(summary.index) == {"comet all", "sequential all", "chunked all"}
