@@ -495,8 +495,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
     config: overrides of fused_layer0.default_config, plus SEND_BLOCK (sends per reduce step), GATHER_3D (one
     gather for all of a send's rows), COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only) and
-    PIPELINE (0: item by item; 1: software-pipelined communication programs, `_comm_pipelined`; 2: 1 plus one
-    signal per run of items with the same owner and column block; all bitwise equal).
+    PIPELINE (0: item by item; 1, the default: software-pipelined communication programs, `_comm_pipelined`;
+    2: 1 plus one signal per run of items with the same owner and column block; all bitwise equal).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
     tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
