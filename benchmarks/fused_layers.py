@@ -42,7 +42,7 @@ from benchmarks._timing import device_line as _device_line
 from benchmarks._timing import eager_us as _eager_us
 from benchmarks._timing import graph_us as _graph_us
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
+from comet.plan import benchmark_policy, make_plan
 from comet.reference import ExpertWeights, shard_weights
 from comet.routing import make_routing
 from kernels import grouped_gemm as gg
@@ -89,8 +89,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     W, N = par.world_size, model.hidden_N
     act = model.activation
     routing = make_routing("balanced", M, model.experts_E, model.topk, seed=0).to("cuda")
-    policy = Policy(block_m=128, block_n0=256 if act == "gelu" else 128, block_n1=128, nc_layer0=16, nc_layer1=28,
-                    comm_rows=64)
+    policy = benchmark_policy(act)
     plan = make_plan(routing, model, par, HW, policy)
     world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda")
     w = _weights(model, 0)

@@ -482,6 +482,13 @@ def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -
     )
 
 
+def benchmark_policy(activation: str, **changes) -> Policy:
+    """The Policy the GPU benchmarks build their plans with (benchmarks.fused_layers, experiments.layer_bench)
+    and experiments.validate rebuilds: the defaults, with 256-wide layer0 tiles for gelu (the fastest tile in
+    results/grouped_gemm; swiglu's two accumulators keep 128)."""
+    return Policy(block_n0=256 if activation == "gelu" else 128, **changes)
+
+
 def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
     """Policy changes for make_plan's `nc` when it is an int or a pair; ValueError saying what is accepted."""
     accepted = ('nc must be None (the Policy\'s n_c), "auto" (chosen by the simulator), an int n_c for both '

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from comet.config import ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
+from comet.plan import benchmark_policy, make_plan
 from comet.routing import make_routing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,8 +328,7 @@ def main(argv=None) -> None:
             if model.experts_E % par.ep or model.ffn_K % par.tp:
                 bar.update(len(a.tokens) * len(a.routing))
                 continue
-            policy = Policy(block_m=128, block_n0=256 if model.activation == "gelu" else 128, block_n1=128,
-                            nc_layer0=16, nc_layer1=a.nc1[0], comm_rows=64)
+            policy = benchmark_policy(model.activation, nc_layer1=a.nc1[0])
             layer = CometMoE(model, par, world="emulated" if a.emulated else "process-group",
                              capacity_tokens=max(a.tokens), dtype=torch.bfloat16, policy=policy)
             for M in a.tokens:
