@@ -6,6 +6,11 @@ import os
 import pytest
 import torch
 
+# Without CUDA, Triton kernels can only run in the interpreter, and a @triton.jit function is decorated for one
+# mode when its module is imported: choose it here, before any test module imports a kernel module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
