@@ -34,30 +34,29 @@ eager events (100-270 us run to run for ~16 MB of reads), which measure launch a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from comet.calibrate import parse_params
 from comet.config import HardwareProfile
+from comet.plan import benchmark_policy
 from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
 
-# The Policy benchmarks.fused_layers builds its plans with (blocks of 128 rows, comm chunks of 64 rows)
-FUSED_BENCH_BLOCK_N0 = {"gelu": 256, "swiglu": 128}
 GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
 COLUMNS = ["model", "tokens_M", "ep", "layer", "impl", "nc", "measured_us", "predicted_us", "error_pct"]
 
 
-def parse_params(text: str) -> dict[str, str]:
-    """comet.calibrate's `parameters` column (`k=v k=v`). Imported when called: comet.calibrate defines Triton
-    kernels, which test modules want decorated only after they have chosen the interpreter."""
-    from comet.calibrate import parse_params as parse
-
-    return parse(text)
+def _is_l1_config(parameters: pd.Series, pipeline: int, send_block: int) -> pd.Series:
+    """Rows of comet.calibrate's `parameters` column measured in that layer1 kernel config (PIPELINE,
+    SEND_BLOCK; rows without a pipeline key are from before PIPELINE existed: 0)."""
+    return parameters.map(parse_params).map(
+        lambda p: p.get("send_block") == str(send_block) and p.get("pipeline", "0") == str(pipeline))
 
 
 def local_rates(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block: int = 16
@@ -71,17 +70,13 @@ def local_rates(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_block
     for layer, name in (("l0", "comm_program_local_gbps"), ("l1", "l1_comm_program_local_gbps")):
         rows = cal[cal["measurement"] == name]
         totals = cal[cal["measurement"] == name.replace("program_", "programs_").replace("_gbps", "_total_gbps")]
-        params = rows["parameters"].map(parse_params)
         if layer == "l1":
-            keep = params.map(lambda p: p.get("send_block") == str(l1_send_block)
-                              and p.get("pipeline", "0") == str(l1_pipeline))
-            rows, params = rows[keep], params[keep]
-            totals = totals[totals["parameters"].map(parse_params).map(
-                lambda p: p.get("send_block") == str(l1_send_block) and p.get("pipeline", "0") == str(l1_pipeline))]
+            rows = rows[_is_l1_config(rows["parameters"], l1_pipeline, l1_send_block)]
+            totals = totals[_is_l1_config(totals["parameters"], l1_pipeline, l1_send_block)]
         if rows.empty or totals.empty:
             raise ValueError(f"{calibration_csv} has no {name} rows: run `python -m comet.calibrate` on one GPU "
                              f"(part comm) to measure them")
-        n_c = params.map(lambda p: int(p["nc"]))
+        n_c = rows["parameters"].map(parse_params).map(lambda p: int(p["nc"]))
         rates[layer] = (float(rows["value"].astype(float)[n_c == n_c.min()].iloc[0]),
                         float(totals["value"].astype(float).max()))
     return rates
@@ -95,20 +90,18 @@ def l1_item_cost(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_bloc
     found = {}
     for name in ("l1_item_fixed_us", "l1_item_marginal_gbps"):
         rows = cal[cal["measurement"] == name]
-        keep = rows["parameters"].map(parse_params).map(
-            lambda p: p.get("send_block") == str(l1_send_block) and p.get("pipeline", "0") == str(l1_pipeline))
-        if rows[keep].empty:
+        rows = rows[_is_l1_config(rows["parameters"], l1_pipeline, l1_send_block)]
+        if rows.empty:
             return None
-        found[name] = float(rows[keep]["value"].iloc[-1])
+        found[name] = float(rows["value"].iloc[-1])
     return found["l1_item_fixed_us"], found["l1_item_marginal_gbps"]
 
 
 def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile):
+    """The Plan benchmarks.fused_layers times: balanced routing, seed 0, the benchmarks' Policy."""
     from comet.config import ModelConfig
-    from comet.plan import Policy
 
-    act = ModelConfig.from_name(model).activation
-    policy = Policy(block_m=128, block_n0=FUSED_BENCH_BLOCK_N0[act], block_n1=128, comm_rows=64)
+    policy = benchmark_policy(ModelConfig.from_name(model).activation)
     return make_case(model, ep=ep, tokens=tokens, hw=hw, routing="balanced", seed=0, policy=policy)
 
 
@@ -127,24 +120,24 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
             ) -> pd.DataFrame:
     """One row per measured configuration of `measured` (benchmarks.fused_layers' columns); layer l is
     simulated on hw_by_layer[l] (same Plan tables: only the link figures differ)."""
-    m = measured[(measured["timing"].isin(["graph", "event"])) & (measured["rank"] == 0)]
-    m = m[m["note"].fillna("default config").isin(["default config", "single-shot events, median of 7"])
-          | (m["layer"] == "l0")]
+    m = measured[(measured["timing"] == "graph") & (measured["rank"] == 0)]
+    m = m[(m["note"].fillna("default config") == "default config") | (m["layer"] == "l0")]
     rows = []
     cases = list(m.groupby(["model", "tokens_M", "ep"], sort=False))
     for (model, tokens, ep), g in tqdm(cases, desc="validate", unit="case", disable=not progress):
-        plans = {lay: _plan(model, int(tokens), int(ep), h) for lay, h in hw_by_layer.items()}
+        plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"])  # the tables do not depend on the hardware
 
-        def predict(layer: str, plans=plans, **policy) -> float:
-            plan = plans["l0" if layer == "layer0" else "l1"]
-            res = simulate(with_policy(plan, **policy), "comet", SimOptions(layers=layer))
+        def predict(layer: str, plan=plan, **policy) -> float:
+            hw = hw_by_layer["l0" if layer == "layer0" else "l1"]
+            res = simulate(with_policy(dataclasses.replace(plan, hardware=hw), **policy), "comet",
+                           SimOptions(layers=layer))
             return kernel_span_us(res.events, rank=0)
         for r in g.itertuples():
-            if r.layer == "l0" and r.impl == "fused_blocks" and r.timing == "graph":
+            if r.layer == "l0" and r.impl == "fused_blocks":
                 meas, pred = r.time_us, predict("layer0", layer0_comm="blocks", nc_layer0=int(r.nc))
-            elif r.layer == "l0" and r.impl == "fused_direct" and r.timing == "graph":
+            elif r.layer == "l0" and r.impl == "fused_direct":
                 meas, pred = r.time_us, predict("layer0", layer0_comm="direct")
-            elif r.layer == "l1" and r.impl == "fused" and r.timing == "graph":
+            elif r.layer == "l1" and r.impl == "fused":
                 meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc))
             else:
                 continue
@@ -163,14 +156,11 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
     sequential and chunked (at the measured best C), on the Plan layer_bench builds (same routing kind, std,
     seed and Policy). Emulated rows (one GPU) are skipped: their ranks run one after another."""
     from comet.config import ModelConfig
-    from comet.plan import Policy
-    from sim.run import make_case
 
     real = measured[~measured["emulated"].astype(str).str.lower().isin(["true", "1"])]
     rows = []
     for r in tqdm(list(real.itertuples()), desc="validate layer_bench", unit="config", disable=not progress):
-        policy = Policy(block_m=128, block_n0=FUSED_BENCH_BLOCK_N0[r.activation], block_n1=128, nc_layer0=16,
-                        nc_layer1=int(r.comet_nc1), comm_rows=64, dispatch=r.dispatch)
+        policy = benchmark_policy(r.activation, nc_layer1=int(r.comet_nc1), dispatch=r.dispatch)
         model = ModelConfig.from_name(r.model, activation=r.activation)
         imbalance = {"std": float(r.std)} if r.routing == "imbalanced" else {}
         plan = make_case(model, ep=int(r.ep), tp=int(r.tp), tokens=int(r.tokens_M), hw=hw, routing=r.routing,
@@ -210,6 +200,26 @@ def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def emulated_profiles(ap: argparse.ArgumentParser, a: argparse.Namespace, hw: HardwareProfile
+                      ) -> dict[str, HardwareProfile]:
+    """{layer: `hw` with its link replaced by local memory at that layer's measured communication rates}:
+    layer1 items cost the calibrated fixed time plus their bytes at the marginal rate where measured (unless
+    --no-item-overhead), else their bytes at the average per-program rate, with no fixed time."""
+    rates = local_rates(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else {}
+    for layer, per, total in (("l0", a.per_program_gbps, a.local_gbps), ("l1", a.l1_per_program_gbps, a.local_gbps)):
+        if per and total:
+            rates[layer] = (per, total)
+    if set(rates) != {"l0", "l1"}:
+        ap.error("the emulated link's rates are needed: give --calibration (comet.calibrate CSV) or "
+                 "--per-program-gbps, --l1-per-program-gbps and --local-gbps")
+    (l1_per, l1_total), l1_fixed = rates["l1"], 0.0
+    item = l1_item_cost(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else None
+    if item is not None and not a.no_item_overhead:
+        l1_fixed, l1_per = item
+    return {"l0": hw.emulated_world(*rates["l0"]),
+            "l1": hw.emulated_world(l1_per, l1_total).replace(l1_item_overhead_us=l1_fixed)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--measured", required=True, help="CSV of benchmarks.fused_layers (emulated world, one GPU)")
@@ -229,34 +239,25 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default=None, help="file stem (default <hw>-emulated_<date>)")
     a = ap.parse_args(argv)
     hw = HardwareProfile.from_name(a.hw)
-    rates = local_rates(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else {}
-    for layer, per, total in (("l0", a.per_program_gbps, a.local_gbps), ("l1", a.l1_per_program_gbps, a.local_gbps)):
-        if per and total:
-            rates[layer] = (per, total)
-    if set(rates) != {"l0", "l1"}:
-        ap.error("the emulated link's rates are needed: give --calibration (comet.calibrate CSV) or "
-                 "--per-program-gbps, --l1-per-program-gbps and --local-gbps")
-    hw_by_layer = {lay: hw.emulated_world(*rates[lay]) for lay in ("l0", "l1")}
-    item = l1_item_cost(a.calibration, a.l1_pipeline, a.l1_send_block) if a.calibration else None
-    if item is not None and not a.no_item_overhead:  # fixed cost per item + marginal rate, not the average
-        hw_by_layer["l1"] = hw.emulated_world(item[1], rates["l1"][1]).replace(l1_item_overhead_us=item[0])
-    elif a.no_item_overhead:
-        hw_by_layer["l1"] = hw_by_layer["l1"].replace(l1_item_overhead_us=0.0)
     measured = pd.read_csv(a.measured, comment="#")
     if "comet_us" in measured.columns:  # experiments.layer_bench: real multi-GPU runs, the link as profiled
         cmp = compare_layer_bench(measured, hw)
+        header, default_stem = f"# measured: {a.measured}; profile: {a.hw}\n", f"{Path(a.hw).stem}-layer_bench"
     else:
+        hw_by_layer = emulated_profiles(ap, a, hw)
         cmp = compare(measured, hw_by_layer)
+        header = (f"# measured: {a.measured}; profile: {a.hw} with the link replaced by local memory: "
+                  + "; ".join(f"{lay} {h.per_block_link_gbps:.2f} GB/s per program, {h.link_gbps:.0f} GB/s in "
+                              f"all, {h.l1_item_overhead_us:.2f} us per layer1 item" for lay, h in hw_by_layer.items())
+                  + "\n")
+        default_stem = f"{Path(a.hw).stem}-emulated"
     if cmp.empty:
-        raise SystemExit(f"{a.measured}: no rows this script can compare (needs benchmarks.fused_layers' CSV)")
+        raise SystemExit(f"{a.measured}: no rows this script can compare (needs benchmarks.fused_layers' or "
+                         f"experiments.layer_bench's CSV)")
     summary = summarize(cmp)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = a.tag or f"{Path(a.hw).stem}-emulated_{datetime.date.today().isoformat()}"
-    header = (f"# measured: {a.measured}; profile: {a.hw} with the link replaced by local memory: "
-              + "; ".join(f"{lay} {h.per_block_link_gbps:.2f} GB/s per program, {h.link_gbps:.0f} GB/s in all, "
-                          f"{h.l1_item_overhead_us:.2f} us per layer1 item" for lay, h in hw_by_layer.items())
-              + "\n")
+    stem = a.tag or f"{default_stem}_{datetime.date.today().isoformat()}"
     for name, df in ((f"{stem}.csv", cmp), (f"{stem}_summary.csv", summary)):
         with open(out / name, "w") as f:
             f.write(header)
@@ -268,5 +269,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()
