@@ -504,6 +504,15 @@ def measure_launch(ctx: Context) -> None:
                 method="eager_minus_graph_per_kernel", kernel="x.add_(1)_on_1_element", launches=n)
 
 
+def l1_comm_only_plan(plan, rank: int, nc: int):
+    """`plan` cut to `rank` with no layer1 tiles, a column threshold of 0 and `nc` communication programs: the
+    fused layer1 kernel then runs its communication programs alone, every (column block, chunk) item ready."""
+    rp = plan.rank(rank)
+    idle = dataclasses.replace(rp, num_l1_tiles=torch.zeros_like(rp.num_l1_tiles),
+                               l1_tiles_per_col=torch.zeros_like(rp.l1_tiles_per_col))
+    return dataclasses.replace(plan, policy=plan.policy.replace(nc_layer1=nc), ranks=(idle,))
+
+
 def comm_only_plan(plan, rank: int, nc: int):
     """`plan` cut to `rank` with no layer0 tiles and `nc` communication programs: the fused layer0 kernel then
     runs its communication programs alone (its GEMM programs find no tile and finish at once)."""
@@ -580,53 +589,48 @@ def measure_l1_comm_programs(ctx: Context) -> None:
     M = 16384 if ctx.quick else 65536
     routing = make_routing("balanced", M, model.experts_E, model.topk, seed=0).to("cuda")
     plan = make_plan(routing, model, par, ctx.base, Policy(block_m=128, block_n1=128), ranks=[0])
-    rp = plan.rank(0)
-    idle = dataclasses.replace(rp, num_l1_tiles=torch.zeros_like(rp.num_l1_tiles),
-                               l1_tiles_per_col=torch.zeros_like(rp.l1_tiles_per_col))
+    # the same sends in chunks of L1_ITEM_ROWS_SHORT: 4x the items, for the fixed cost of one item
+    short = make_plan(routing, model, par, ctx.base, Policy(block_m=128, block_n1=128, comm_rows=L1_ITEM_ROWS_SHORT),
+                      ranks=[0])
     world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda")
     world.buffers(0).y_RN.normal_()
     w1 = torch.zeros(plan.experts_per_rank, plan.ffn_local, model.hidden_N, device="cuda", dtype=torch.bfloat16)
-    t = rp.trimmed()
+    t = plan.rank(0).trimmed()
     sends_per_chunk = (t["l1_chunk_end_C"] - t["l1_chunk_start_C"]).tolist()
     col_bytes = plan.policy.block_n1 * 2
     # item i = (column block i // chunks, chunk i % chunks) belongs to program i % nc
     item_bytes = [n * col_bytes for _ in range(plan.l1_col_blocks) for n in sends_per_chunk]
     total = sum(item_bytes)
+    short_items = int(short.rank(0).num_l1_chunks) * short.l1_col_blocks
+
+    def time_us(p, cfg) -> float:
+        fn = lambda: fused_layer1(world, p, 0, w1, num_programs=1, config=cfg)
+        fn()
+        world.check()
+        return graph_us(fn, rep_ms=40)
+
     ncs = QUICK_COMM_NCS if ctx.quick else COMM_NCS
     for pipeline, send_block in L1_COMM_CONFIGS:
+        cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
+        us_by_nc = {}
         for nc in _bar(ncs, f"d. layer1 comm programs (local), PIPELINE={pipeline} SEND_BLOCK={send_block}",
                        ctx.main_rank):
-            p = dataclasses.replace(plan, policy=plan.policy.replace(nc_layer1=nc), ranks=(idle,))
-            cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
-            fn = lambda p=p, cfg=cfg: fused_layer1(world, p, 0, w1, num_programs=1, config=cfg)
-            fn()
-            world.check()
-            us = graph_us(fn, rep_ms=40)
+            us = us_by_nc[nc] = time_us(l1_comm_only_plan(plan, 0, nc), cfg)
             busiest = max(sum(item_bytes[j::nc]) for j in range(nc))
             how = dict(nc=nc, send_block=send_block, pipeline=pipeline, bytes=total, busiest_program_bytes=busiest,
                        items=len(item_bytes), sends_per_chunk=plan.policy.comm_rows, topk_local=2,
                        world="emulated_ep4_one_gpu", memory="local_hbm_not_nvlink")
             rec.add("l1_comm_program_local_gbps", busiest / us / 1e3, "GB/s", **how)
             rec.add("l1_comm_programs_local_total_gbps", total / us / 1e3, "GB/s", **how)
-        # fixed and per-byte cost of one item: one program, chunks of 64 and of 16 sends (4x the items)
-        per_item = {}
-        for rows in (L1_ITEM_ROWS_SHORT, plan.policy.comm_rows):
-            p_rows = plan if rows == plan.policy.comm_rows else make_plan(
-                routing, model, par, ctx.base, Policy(block_m=128, block_n1=128, comm_rows=rows), ranks=[0])
-            r_rows = p_rows.rank(0)
-            idle_rows = dataclasses.replace(r_rows, num_l1_tiles=torch.zeros_like(r_rows.num_l1_tiles),
-                                            l1_tiles_per_col=torch.zeros_like(r_rows.l1_tiles_per_col))
-            p1 = dataclasses.replace(p_rows, policy=p_rows.policy.replace(nc_layer1=1), ranks=(idle_rows,))
-            cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
-            fn = lambda p1=p1, cfg=cfg: fused_layer1(world, p1, 0, w1, num_programs=1, config=cfg)
-            fn()
-            world.check()
-            us = graph_us(fn, rep_ms=40)
-            items = int(r_rows.num_l1_chunks) * p_rows.l1_col_blocks
-            per_item[rows] = (us / items, total / items)
+        # fixed and per-byte cost of one item, from one program: the sweep's n_c = 1 and the short chunks
+        one_program_us = us_by_nc[1] if 1 in us_by_nc else time_us(l1_comm_only_plan(plan, 0, 1), cfg)
+        per_item = {plan.policy.comm_rows: (one_program_us, len(item_bytes)),
+                    L1_ITEM_ROWS_SHORT: (time_us(l1_comm_only_plan(short, 0, 1), cfg), short_items)}
+        for rows, (us, items) in per_item.items():
             rec.add("l1_comm_item_us", us / items, "us", send_block=send_block, pipeline=pipeline,
                     sends_per_chunk=rows, items=items, item_bytes=round(total / items), nc=1)
-        fixed, gbps = item_cost_fit(*per_item[L1_ITEM_ROWS_SHORT], *per_item[plan.policy.comm_rows])
+        (us_s, n_s), (us_l, n_l) = per_item[L1_ITEM_ROWS_SHORT], per_item[plan.policy.comm_rows]
+        fixed, gbps = item_cost_fit(us_s / n_s, total / n_s, us_l / n_l, total / n_l)
         how = dict(send_block=send_block, pipeline=pipeline, method="two_chunk_sizes",
                    sends_per_chunk=f"{L1_ITEM_ROWS_SHORT}_and_{plan.policy.comm_rows}")
         rec.add("l1_item_fixed_us", fixed, "us", **how)
