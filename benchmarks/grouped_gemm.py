@@ -42,7 +42,8 @@ from kernels._testing import expert_rows, reference_layer0, reference_layer1
 MODELS = ("mixtral-8x7b", "phi-3.5-moe", "qwen2-moe-2.7b")
 TOKENS = (16384, 4096, 8192)
 # name -> (block_m, block_n0, block_n1, group_m, kernel options). Suffix t: B through TMA (and A too in
-# layer1, which gathers nothing), f: flattened tile loop, w: warp-specialised K loop, p2: two programs per SM
+# layer1, which gathers nothing), f: flattened tile loop, w: warp-specialised K loop, p2: two programs per SM;
+# all run kernels/grouped_gemm.py's kernel (impl "triton") unless they say impl "gluon"
 _T = {"b_tma": True, "a_tma_l1": True}
 VARIANTS = {
     "128x256": (128, 256, 256, 8, {}),
@@ -63,6 +64,13 @@ VARIANTS = {
     "128x256tSC": (128, 256, 256, 8, {**_T, "c_tma": True, "sorted_a": "kernel"}),
     "128x128tC": (128, 128, 128, 8, {**_T, "c_tma": True}),
     "128x256t-noact": (128, 256, 256, 8, {**_T, "activation": "none"}),
+    # G: the Gluon Hopper kernel (kernels/gluon_gemm.py: TMA for A, B and C, the K loops of a program's tiles
+    # in one pipeline); it reads A in place, so layer0 takes rows already in shared-row order (S)
+    "128x256GS": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
+    "128x256GS+g": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "with_gather"}),
+    "128x128GS": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel"}),
+    "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
+    "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
 }
@@ -121,6 +129,14 @@ def _best_config_str() -> str:
     if c is None:
         return ""
     return f"BK{c.kwargs.get('BLOCK_K')}_w{c.num_warps}_s{c.num_stages}"
+
+
+def _gluon_config_str(plan, layer: str) -> str:
+    from kernels.gluon_gemm import num_buffers_for
+
+    bn = plan.policy.block_n0 if layer == "l0" else plan.policy.block_n1
+    nb = num_buffers_for(plan.policy.block_m, bn, 64, 2)
+    return f"BK64_w{plan.policy.block_m // 16}_nb{nb}"
 
 
 def _rel_err(actual, expected) -> float:
@@ -219,6 +235,7 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
             opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
             a_tma_l1 = opts.pop("a_tma_l1", False)
             opts.setdefault("b_tma", False)  # the layer wrappers' default is TMA where possible: be explicit
+            opts.setdefault("impl", "triton")  # and the Gluon kernel where it applies
             if layer == "l1":
                 opts["a_tma"] = a_tma_l1
             sorted_a = opts.pop("sorted_a", None)
@@ -235,7 +252,7 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
             try:
                 out = fn()
                 torch.cuda.synchronize()
-                cfg = _best_config_str()
+                cfg = _gluon_config_str(plan, layer) if opts["impl"] == "gluon" else _best_config_str()
                 rel, chk = "", ""
                 if check and "noact" not in v:
                     rel = f"{_rel_err(out[:R], expected):.2e}"

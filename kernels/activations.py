@@ -14,14 +14,19 @@ import triton.language as tl
 
 NONE, GELU, SWIGLU = 0, 1, 2  # the kernels' ACTIVATION constexpr values
 
+# A&S 7.1.26 coefficients: t = 1 / (1 + AS_P z), erf(z) = 1 - t (AS_T[0] + t (AS_T[1] + ...)) exp(-z^2)
+AS_P = 0.3275911
+AS_T = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _LOG2E = tl.constexpr(1.4426950408889634)
+_P = tl.constexpr(AS_P)
+_T0, _T1, _T2, _T3, _T4 = (tl.constexpr(c) for c in AS_T)
 
 
 @triton.jit
 def gelu_erf(x):
     z = tl.abs(x) * 0.7071067811865476
-    t = tl.fdiv(1.0, 1.0 + 0.3275911 * z)  # approximate division: ~2 ulp, ample here
-    p = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    t = tl.fdiv(1.0, 1.0 + _P * z)  # approximate division: ~2 ulp, ample here
+    p = t * (_T0 + t * (_T1 + t * (_T2 + t * (_T3 + t * _T4))))
     half_e = 0.5 * p * tl.exp2(-(z * z) * _LOG2E)
     # x * factor (not a select between two products): ptxas then keeps a 128x256 tile in registers
     return x * tl.where(x >= 0, 1.0 - half_e, half_e)

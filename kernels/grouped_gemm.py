@@ -46,6 +46,7 @@ from kernels.activations import GELU, NONE, SWIGLU, apply_activation
 
 ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
+IMPLS = ("auto", "triton", "gluon")
 # A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
 SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
@@ -249,7 +250,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
-                 c_tma: bool = False, warp_specialize: str = "none", validate: bool = False) -> torch.Tensor:
+                 c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
+                 impl: str = "auto") -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -266,7 +268,13 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     "tile_loop" (or "none").
     validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
     always checked.
+    impl: "auto" runs the Gluon Hopper kernel (kernels/gluon_gemm.py: A in place, none/gelu, bf16/fp16 on
+    sm_90, all operands through TMA, so a_tma / b_tma / c_tma do not apply) where it can and no option of
+    this module's kernel alone is set (config, flatten, warp_specialize), else this module's kernel;
+    "triton" always this module's kernel; "gluon" the Gluon kernel or a ValueError that says why not.
     """
+    if impl not in IMPLS:
+        raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
     if warp_specialize not in WARP_SPECIALIZE:
@@ -336,6 +344,16 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     if T == 0:
         return out
     programs = max(1, min(num_programs, T))
+    if impl != "triton":
+        why = gluon_unsupported(a, b_EIO, out, activation, a_rows_R is not None, block_m, block_n)
+        if why is None and (config is not None or flatten or warp_specialize != "none"):
+            why = "config / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
+        if why is None:
+            from kernels.gluon_gemm import grouped_gemm_hopper
+            return grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
+                                       activation=activation, num_programs=programs)
+        if impl == "gluon":
+            raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO
     bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the boxes
     if a_tma:
@@ -371,6 +389,15 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         _kernel_fixed[grid](*args, **meta, BLOCK_K=config["BLOCK_K"], num_warps=config["num_warps"],
                             num_stages=config["num_stages"])
     return out
+
+
+def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
+    """Why the Gluon Hopper kernel cannot run a call (None if it can), its import included."""
+    try:
+        from kernels import gluon_gemm
+    except ImportError as exc:  # a Triton without Gluon's Hopper API
+        return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({exc})"
+    return gluon_gemm.supports(a, b_EIO, out, activation, gather, block_m, block_n)
 
 
 def tma_ok(t: torch.Tensor) -> bool:

@@ -181,6 +181,26 @@ def test_errors_are_clear():
         grouped_gemm_layer0(plan, 0, x, w0, config=SMALL_CONFIG, a_tma=True)
     with pytest.raises(ValueError, match="activation"):
         grouped_gemm(x, w0, tiles, block_m=16, block_n=16, activation="relu")
+    with pytest.raises(ValueError, match="impl 'cuda'"):
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, a_rows_R=rp.row_token_R, impl="cuda")
+
+
+def test_gluon_impl_says_why_it_cannot_run():
+    # the Gluon Hopper kernel reads A in place on sm_90 only: asked for anyway, it names the reason;
+    # "auto" falls back to the tl kernel (the result checked against the reference)
+    model = _small_model()
+    plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, w1 = _weights(plan, "gelu", torch.float32)
+    x = _tokens(20, 40, torch.float32)
+    with pytest.raises(ValueError, match="impl='gluon' cannot run this call: A is gathered"):
+        grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")
+    h = torch.randn(plan.rank(0).row_token_R.numel(), 24, device=DEVICE)
+    why = "not an sm_90" if DEVICE == "cpu" else "dtype torch.float32"
+    with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
+        grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")
+    R = int(plan.rank(0).num_rows)
+    y = grouped_gemm_layer1(plan, 0, h, w1, impl="auto", a_tma=False, b_tma=False)
+    assert_close(y[:R], reference_layer1(plan, 0, h, w1), _tol_key(torch.float32), "layer1 auto")
 
 
 # ------------------------------------------------------------------------------------- GPU (bf16)
@@ -242,3 +262,75 @@ def test_gpu_chain_matches_comet_reference():
         tok = rp.row_token_R[s:end]
         expected = ref.expert_ffn(x[tok].double(), w0[e].double(), w1[e].double(), "swiglu")
         assert_close(y[s:end], expected, torch.bfloat16, f"expert {e} ffn")
+
+
+# ----------------------------------------------------------------------------- Gluon Hopper kernel
+def _gluon_plan(activation, block_m, block_n, K=328, M=900, order="comet"):
+    # K=328: layer1's reduction ends inside a 64-wide K step (A's zero fill) and layer0's columns inside a
+    # column block (the TMA store clips them); ragged experts give tiles cut short by their expert's end
+    model = ModelConfig("mid", hidden_N=512, ffn_K=K, experts_E=8, topk=2, layers=1, activation=activation)
+    routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
+    return make_plan(routing, model, ParallelConfig(ep=2), HW,
+                     Policy(block_m=block_m, block_n0=block_n, block_n1=block_n, order=order), ranks=[0, 1])
+
+
+def _check_gluon(plan, rank, activation, **kw):
+    """layer0 with rows in shared-row order and layer1, both forced onto the Gluon kernel, on poisoned
+    outputs: valid rows match the reference, rows past num_rows are left alone."""
+    dtype = torch.bfloat16
+    w0, w1 = _weights(plan, activation, dtype)
+    x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
+    rp = plan.rank(rank)
+    R_max, R = rp.row_token_R.numel(), int(rp.num_rows)
+    x_RN = x[rp.row_token_R.clamp(min=0)].contiguous()
+    h = torch.full((R_max, plan.ffn_local), float("nan"), device=DEVICE, dtype=dtype)
+    grouped_gemm_layer0(plan, rank, x_RN, w0, out_RK=h, activation=activation, rows_sorted=True, impl="gluon",
+                        validate=True, **kw)
+    assert_close(h[:R], reference_layer0(plan, rank, x, w0, activation), dtype, f"gluon layer0 rank {rank}")
+    assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
+    h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
+    y = torch.full((R_max, plan.model.hidden_N), float("nan"), device=DEVICE, dtype=dtype)
+    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, impl="gluon", validate=True, **kw)
+    assert_close(y[:R], reference_layer1(plan, rank, h_in, w1), dtype, f"gluon layer1 rank {rank}")
+    assert bool(y[R:].isnan().all()), "layer1 wrote rows past num_rows"
+    return y
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("block_m,block_n", [(128, 256), (128, 128), (64, 256)])
+@pytest.mark.parametrize("activation", ["gelu", "none"])
+def test_gpu_gluon_matches_reference(block_m, block_n, activation):
+    plan = _gluon_plan(activation, block_m, block_n)
+    for rank in (0, 1):
+        _check_gluon(plan, rank, activation)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+def test_gpu_gluon_program_counts_and_bitwise_repeat():
+    # one program (every tile's K loop in one pipeline), a count that divides nothing, more than the tiles;
+    # the result does not depend on the program count (each tile's reduction order is fixed): bitwise equal
+    plan = _gluon_plan("gelu", 128, 256, K=640, M=1500, order="expert-major")
+    ys = [_check_gluon(plan, 1, "gelu", num_programs=p) for p in (1, 17, 132, 10_000)]
+    for y in ys[1:]:
+        assert torch.equal(y.nan_to_num(0), ys[0].nan_to_num(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+def test_gpu_auto_picks_gluon_where_it_applies():
+    # layer1 under "auto" equals the forced Gluon run bit for bit; a gathered layer0 still runs the tl kernel
+    plan = _gluon_plan("gelu", 128, 256)
+    w0, w1 = _weights(plan, "gelu", torch.bfloat16)
+    rp = plan.rank(0)
+    h = torch.randn(rp.row_token_R.numel(), plan.ffn_local, device=DEVICE, dtype=torch.bfloat16)
+    assert torch.equal(grouped_gemm_layer1(plan, 0, h, w1), grouped_gemm_layer1(plan, 0, h, w1, impl="gluon"))
+    x = _tokens(plan.num_tokens, 512, torch.bfloat16)
+    R = int(rp.num_rows)
+    assert_close(grouped_gemm_layer0(plan, 0, x, w0)[:R], reference_layer0(plan, 0, x, w0, "gelu"), torch.bfloat16,
+                 "layer0 auto (gathered: tl kernel)")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 4 on one H200: the Gluon Hopper grouped GEMM (kernels/gluon_gemm.py). Its GPU tests first (stop if
+# they fail), then the benchmark against the tl kernel and the cuBLAS / _grouped_mm baselines, then the
+# rest of the grouped GEMM's GPU tests. Under 10 minutes; each step has a timeout.
+#
+#   OUT=/path/to/out PYTHONPATH=$PWD bash dev/gpu_gluon.sh          # from the repository root
+#
+# Writes under $OUT: device.txt, gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv,
+# grouped_gemm/compiled.txt, gpu_tests.log, status.txt.
+set -u
+OUT=${OUT:?set OUT to an output directory}
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+PY=${PYTHON:-python3}
+VARIANTS=${VARIANTS:-128x256t,128x256tSC,128x256GS,128x256GS+g,128x128GS,64x256GS,128x256GS-noact}
+mkdir -p "$OUT"
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --format=csv,noheader
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} > "$OUT/device.txt" 2>&1
+
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_grouped_gemm.py > "$OUT/gluon_tests.log" 2>&1
+gluon_rc=$?
+bench_rc=skipped
+if [ $gluon_rc -eq 0 ]; then
+    timeout 330 "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens 16384,4096 --variants "$VARIANTS" \
+        --tag h200_gluon --out "$OUT/grouped_gemm" > "$OUT/bench.log" 2>&1
+    bench_rc=$?
+fi
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k "not gluon" tests/test_grouped_gemm.py > "$OUT/gpu_tests.log" 2>&1
+tests_rc=$?
+echo "gluon tests rc=$gluon_rc, bench rc=$bench_rc, other gpu tests rc=$tests_rc (124: timed out)" | tee "$OUT/status.txt"
+tail -n 5 "$OUT/gluon_tests.log" "$OUT/gpu_tests.log"
+grep -E "ratio|FAIL|failed" "$OUT/bench.log" | tail -n 40

@@ -1,0 +1,226 @@
+"""Hopper (sm_90) grouped GEMM in Gluon over the Plan's tile table: the K loops of a program's consecutive
+tiles run as one software pipeline, so the next tile's first operand loads are in flight during this
+tile's epilogue.
+
+Why a second kernel. kernels/grouped_gemm.py (Triton's tl) leaves a fixed cost per tile that its
+pipeliner does not overlap: the pipeline refills after every tile, and each K step synchronises all
+threads several times. Layer0's K loop is short (hidden size N = 2048-4096), so that cost is 10-20% of a
+tile (results/grouped_gemm/README.md). Gluon exposes the Hopper pieces directly (TMA copies, mbarriers,
+asynchronous wgmma), and this kernel schedules them by hand:
+
+    step s of the program's flat (tile, k) sequence:  wait for slot s's operands -> wgmma (async) ->
+    wait until at most one wgmma is in flight -> refill slot s-1 (its wgmma is done) with step
+    s + NUM_BUFFERS - 1, which may belong to the next tile -> at a tile's last step: drain, activation,
+    store (TMA for whole tiles, waited on only before the next tile reuses the staging buffer).
+
+Scope: A rows in place (layer1, or layer0 with rows already in shared-row order), both operands and the
+output through TMA (16-byte aligned rows), bf16/fp16, activation none or gelu, BLOCK_M = 16 * num_warps
+(64 or 128), BLOCK_N <= 256. Everything else (gathered A, swiglu, fp32, the interpreter) stays with
+kernels/grouped_gemm.py, whose semantics this kernel shares: rows past a tile's row_end read the next rows
+and are never stored; a reduction tail past D_IN reads zeros of A (TMA fills out-of-range columns).
+Gluon is experimental: written against Triton 3.6 (the GPU machines), compiled for sm_90 with 3.6 and 3.9.
+Importing this module raises ImportError where Gluon's Hopper API is missing; `available()` says so.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from kernels.activations import AS_P, AS_T, GELU, NONE
+
+# Triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later versions
+# async_load / async_store (and raise on the old names)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
+# Abramowitz & Stegun 7.1.26 (kernels/activations.py has the derivation and the tl twin)
+_P = gl.constexpr(AS_P)
+_T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in AS_T)
+_LOG2E = gl.constexpr(1.4426950408889634)
+_RSQRT2 = gl.constexpr(0.7071067811865476)
+
+
+@gluon.jit
+def _gelu_erf(x):
+    z = gl.abs(x) * _RSQRT2
+    t = gl.fdiv(1.0, 1.0 + _P * z)
+    p = t * (_T0 + t * (_T1 + t * (_T2 + t * (_T3 + t * _T4))))
+    half_e = 0.5 * p * gl.exp2(-(z * z) * _LOG2E)
+    return x * gl.where(x >= 0, 1.0 - half_e, half_e)
+
+
+@gluon.jit
+def _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N: gl.constexpr):
+    """TMA coordinates of tile t: A's first row, B's first row (expert * D_IN), the first output column."""
+    row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
+    b_row0 = gl.load(tile_expert_ptr + t).to(gl.int32) * D_IN
+    col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+    return row0, b_row0, col0
+
+
+@gluon.jit
+def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0,
+                NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, pred):
+    slot = step % NUM_BUFFERS
+    bar = bars.index(slot)
+    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+    _tma_load(a_desc, [row0, k * BLOCK_K], bar, a_bufs.index(slot), pred)
+    _tma_load(b_desc, [b_row0 + k * BLOCK_K, col0], bar, b_bufs.index(slot), pred)
+
+
+@gluon.jit
+def _grouped_gemm_hopper_kernel(
+    a_desc, b_desc, c_desc, c_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
+    max_tiles, D_IN, D_OUT, stride_cm,
+    ACTIVATION: gl.constexpr, NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr,
+):
+    BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    dtype: gl.constexpr = a_desc.dtype
+    # one warpgroup per 64 rows; each warp's wgmma fragment is 16 rows x BLOCK_N
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+
+    pid = gl.program_id(0)
+    G = gl.num_programs(0)
+    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
+    k_steps = gl.cdiv(D_IN, BLOCK_K)
+    total = my_tiles * k_steps
+
+    a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_BUFFERS):
+        mbarrier.init(bars.index(i), count=1)
+
+    # loader: the tile (l_tile-th of this program) and K step of the next load. A program's table index
+    # is clamped to the table so that the look-ahead past its last tile reads valid (unused) entries.
+    l_tile = 0
+    l_k = 0
+    l_row0, l_brow0, l_col0 = _tile_coords(pid, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
+    for i in gl.static_range(NUM_BUFFERS - 1):
+        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS, BLOCK_K,
+                    i < total)
+        l_k += 1
+        if l_k == k_steps:
+            l_k = 0
+            l_tile += 1
+            t = gl.minimum(pid + l_tile * G, max_tiles - 1)
+            l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
+                                                   BLOCK_N)
+
+    # consumer: K step within the current tile and the tile's output block (read now, used at its end)
+    c_k = 0
+    c_tile = 0
+    c_row0 = gl.load(tile_row_start_ptr + pid).to(gl.int32)
+    c_row_end = gl.load(tile_row_end_ptr + pid).to(gl.int32)
+    c_col0 = gl.load(tile_col_ptr + pid).to(gl.int32) * BLOCK_N
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+    for s in range(total):
+        slot = s % NUM_BUFFERS
+        mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
+        acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=c_k > 0, is_async=True)
+        acc = warpgroup_mma_wait(1, (acc,))
+        # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1
+        ls = s + NUM_BUFFERS - 1
+        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS, BLOCK_K,
+                    ls < total)
+        l_k += 1
+        if l_k == k_steps:
+            l_k = 0
+            l_tile += 1
+            t = gl.minimum(pid + l_tile * G, max_tiles - 1)
+            l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
+                                                   BLOCK_N)
+        c_k += 1
+        if c_k == k_steps:
+            acc = warpgroup_mma_wait(0, (acc,))
+            if ACTIVATION == 1:
+                acc = _gelu_erf(acc)
+            out = acc.to(dtype)
+            if c_row_end - c_row0 >= BLOCK_M:
+                tma.store_wait(pendings=0)  # the previous tile's store has left c_smem
+                c_smem.store(out)
+                fence_async_shared()
+                _tma_store(c_desc, [c_row0, c_col0], c_smem)
+            else:
+                # a tile cut short by its expert's end shares rows with the next tile: masked store
+                offs_m = c_row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+                offs_n = c_col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+                ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+                mask = (offs_m < c_row_end)[:, None] & (offs_n < D_OUT)[None, :]
+                gl.store(ptrs, out, mask=mask)
+            # fresh zeros end the old values' live range (the next wgmma ignores them: use_acc=False), so
+            # the epilogue's temporaries do not spill
+            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+            c_k = 0
+            c_tile += 1
+            t = gl.minimum(pid + c_tile * G, max_tiles - 1)
+            c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
+            c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
+            c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+    tma.store_wait(pendings=0)
+    for i in gl.static_range(NUM_BUFFERS):
+        mbarrier.invalidate(bars.index(i))
+
+
+def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int) -> int:
+    """Pipeline depth that fits shared memory beside the output staging tile (at most 4)."""
+    stage = (block_m * block_k + block_k * block_n) * elem
+    return max(2, min(4, (_SMEM_BYTES - block_m * block_n * elem - 1024) // stage))
+
+
+def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
+    """Why this kernel cannot run the call (None if it can)."""
+    if gather:
+        return "A is gathered by row index (TMA on sm_90 reads whole boxes only)"
+    if activation not in ("none", "gelu"):
+        return f"activation {activation!r} (this kernel has none and gelu)"
+    if not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] != 9:
+        return "not an sm_90 (Hopper) GPU"
+    if a.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {a.dtype} (bf16 or fp16 only)"
+    if block_m not in (64, 128) or block_n > 256:
+        return f"tile {block_m}x{block_n} (BLOCK_M 64 or 128, BLOCK_N <= 256)"
+    for name, t in (("a", a), ("b", b_EIO), ("out", out)):
+        if t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
+            return f"{name}'s rows are not 16-byte aligned (TMA)"
+    return None
+
+
+def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
+                        activation: str, num_programs: int, block_k: int = 64) -> torch.Tensor:
+    """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
+    `supports`. out[r] = act(a[r] @ b_EIO[e(r)]) for the tiles' rows; returns out."""
+    E, D_IN, D_OUT = b_EIO.shape
+    gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
+    a_desc = _descriptor(a, [block_m, block_k], gdt)
+    b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT), [block_k, block_n], gdt)
+    c_desc = _descriptor(out, [block_m, block_n], gdt)
+    nb = num_buffers_for(block_m, block_n, block_k, a.element_size())
+    _grouped_gemm_hopper_kernel[(num_programs,)](
+        a_desc, b_desc, c_desc, out,
+        tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
+        tiles["expert"].numel(), D_IN, D_OUT, out.stride(0),
+        ACTIVATION=GELU if activation == "gelu" else NONE, NUM_BUFFERS=nb, num_warps=block_m // 16)
+    return out
+
+
+def _descriptor(t, block_shape, gdt):
+    layout = gl.NVMMASharedLayout.get_default_for(block_shape, gdt)
+    return TensorDescriptor.from_tensor(t, block_shape, layout)
