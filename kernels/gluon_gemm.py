@@ -25,7 +25,6 @@ Importing this module raises ImportError where Gluon's Hopper API is missing; `a
 from __future__ import annotations
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
