@@ -123,56 +123,50 @@ def _grouped_gemm_hopper_kernel(
             l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
                                                    BLOCK_N)
 
-    # consumer: K step within the current tile and the tile's output block (read now, used at its end)
-    c_k = 0
-    c_tile = 0
-    c_row0 = gl.load(tile_row_start_ptr + pid).to(gl.int32)
-    c_row_end = gl.load(tile_row_end_ptr + pid).to(gl.int32)
-    c_col0 = gl.load(tile_col_ptr + pid).to(gl.int32) * BLOCK_N
-    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-    for s in range(total):
-        slot = s % NUM_BUFFERS
-        mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
-        acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=c_k > 0, is_async=True)
-        acc = warpgroup_mma_wait(1, (acc,))
-        # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1
-        ls = s + NUM_BUFFERS - 1
-        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS, BLOCK_K,
-                    ls < total)
-        l_k += 1
-        if l_k == k_steps:
-            l_k = 0
-            l_tile += 1
-            t = gl.minimum(pid + l_tile * G, max_tiles - 1)
-            l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
-                                                   BLOCK_N)
-        c_k += 1
-        if c_k == k_steps:
-            acc = warpgroup_mma_wait(0, (acc,))
-            if ACTIVATION == 1:
-                acc = _gelu_erf(acc)
-            out = acc.to(dtype)
-            if c_row_end - c_row0 >= BLOCK_M:
-                tma.store_wait(pendings=0)  # the previous tile's store has left c_smem
-                c_smem.store(out)
-                fence_async_shared()
-                _tma_store(c_desc, [c_row0, c_col0], c_smem)
-            else:
-                # a tile cut short by its expert's end shares rows with the next tile: masked store
-                offs_m = c_row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-                offs_n = c_col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
-                ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-                mask = (offs_m < c_row_end)[:, None] & (offs_n < D_OUT)[None, :]
-                gl.store(ptrs, out, mask=mask)
-            # fresh zeros end the old values' live range (the next wgmma ignores them: use_acc=False), so
-            # the epilogue's temporaries do not spill
-            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-            c_k = 0
-            c_tile += 1
-            t = gl.minimum(pid + c_tile * G, max_tiles - 1)
-            c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
-            c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
-            c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+    # consumer: tile by tile; a nested K loop keeps the in-flight accumulator out of any branch (a branch
+    # that merges it makes ptxas wait for every wgmma: the pipeline would serialise)
+    s = 0
+    for c_tile in range(my_tiles):
+        t = pid + c_tile * G
+        c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
+        c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
+        c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+        # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values, so the epilogue's
+        # temporaries fit beside them without spilling
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        for kk in range(k_steps):
+            slot = s % NUM_BUFFERS
+            mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
+            acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
+            acc = warpgroup_mma_wait(1, (acc,))
+            # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
+            ls = s + NUM_BUFFERS - 1
+            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS,
+                        BLOCK_K, ls < total)
+            l_k += 1
+            if l_k == k_steps:
+                l_k = 0
+                l_tile += 1
+                lt = gl.minimum(pid + l_tile * G, max_tiles - 1)
+                l_row0, l_brow0, l_col0 = _tile_coords(lt, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr,
+                                                       D_IN, BLOCK_N)
+            s += 1
+        acc = warpgroup_mma_wait(0, (acc,))
+        if ACTIVATION == 1:
+            acc = _gelu_erf(acc)
+        out = acc.to(dtype)
+        if c_row_end - c_row0 >= BLOCK_M:
+            tma.store_wait(pendings=0)  # the previous tile's store has left c_smem
+            c_smem.store(out)
+            fence_async_shared()
+            _tma_store(c_desc, [c_row0, c_col0], c_smem)
+        else:
+            # a tile cut short by its expert's end shares rows with the next tile: masked store
+            offs_m = c_row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+            offs_n = c_col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+            ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+            mask = (offs_m < c_row_end)[:, None] & (offs_n < D_OUT)[None, :]
+            gl.store(ptrs, out, mask=mask)
     tma.store_wait(pendings=0)
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.invalidate(bars.index(i))
