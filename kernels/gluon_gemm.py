@@ -59,6 +59,42 @@ def _gelu_erf(x):
     return x * gl.where(x >= 0, 1.0 - half_e, half_e)
 
 
+@gluon.constexpr_function
+def _slice_layout(block_n, num_warps):
+    tpw_n = min(32, block_n // 8)
+    return gl.BlockedLayout([1, 8], [32 // tpw_n, tpw_n], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr,
+                    ACTIVATION: gl.constexpr):
+    """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in fp32, in place."""
+    sl = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0)
+    v = sl.load(layout).to(gl.float32)
+    if ACTIVATION == 1:
+        v = _gelu_erf(v)
+    sl.store(v.to(c_smem.dtype))
+
+
+@gluon.jit
+def _store_tile(c_desc, c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SLICES: gl.constexpr,
+                SLICE_ROWS: gl.constexpr, layout: gl.constexpr):
+    """The staged tile to out[row0:row_end, col0:col0 + BLOCK_N]: a whole tile through TMA (it clips columns
+    past D_OUT); a tile cut short by its expert's end shares rows with the next tile: masked stores."""
+    BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+    if row_end - row0 >= BLOCK_M:
+        fence_async_shared()
+        _tma_store(c_desc, [row0, col0], c_smem)
+    else:
+        offs_n = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+        for j in gl.static_range(SLICES):
+            offs_m = row0 + j * SLICE_ROWS + gl.arange(0, SLICE_ROWS, layout=gl.SliceLayout(1, layout))
+            v = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0).load(layout)
+            ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+            gl.store(ptrs, v, mask=(offs_m < row_end)[:, None] & (offs_n < D_OUT)[None, :])
+
+
 @gluon.jit
 def _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N: gl.constexpr):
     """TMA coordinates of tile t: A's first row, B's first row (expert * D_IN), the first output column."""
@@ -92,6 +128,10 @@ def _grouped_gemm_hopper_kernel(
     # one warpgroup per 64 rows; each warp's wgmma fragment is 16 rows x BLOCK_N
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
+    # the activation's slices of c_smem: 8 rows (one swizzle atom), 8 contiguous elements per thread
+    SLICE_ROWS: gl.constexpr = 8
+    SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
+    slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
 
     pid = gl.program_id(0)
     G = gl.num_programs(0)
@@ -124,20 +164,31 @@ def _grouped_gemm_hopper_kernel(
                                                    BLOCK_N)
 
     # consumer: tile by tile; a nested K loop keeps the in-flight accumulator out of any branch (a branch
-    # that merges it makes ptxas wait for every wgmma: the pipeline would serialise)
+    # that merges it makes ptxas wait for every wgmma: the pipeline would serialise). A tile's result goes
+    # to c_smem as bf16/fp16 at its end; its activation then runs there slice by slice while the next
+    # tile's first wgmmas execute (the warps are idle between issuing a wgmma and waiting for it), and the
+    # tile is stored once the next one's K loop is done. So the activation costs no tensor-core time; it
+    # acts on the rounded GEMM result, as an unfused PyTorch layer does (bf16 matmul, then gelu).
     s = 0
+    p_row0 = 0  # the tile whose result sits in c_smem
+    p_row_end = 0
+    p_col0 = 0
     for c_tile in range(my_tiles):
         t = pid + c_tile * G
         c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
         c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
         c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
-        # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values, so the epilogue's
-        # temporaries fit beside them without spilling
+        # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values' live range
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
             mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
+            if ACTIVATION != 0:
+                if c_tile > 0:
+                    for j in gl.static_range(SLICES):
+                        if kk == j:
+                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
             acc = warpgroup_mma_wait(1, (acc,))
             # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
             ls = s + NUM_BUFFERS - 1
@@ -151,22 +202,25 @@ def _grouped_gemm_hopper_kernel(
                 l_row0, l_brow0, l_col0 = _tile_coords(lt, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr,
                                                        D_IN, BLOCK_N)
             s += 1
+        if c_tile > 0:
+            if ACTIVATION != 0:  # slices the previous K loop was too short for
+                for j in gl.static_range(SLICES):
+                    if j >= k_steps:
+                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
+            _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                        slice_layout)
+            tma.store_wait(pendings=0)  # the copy engine has read c_smem
         acc = warpgroup_mma_wait(0, (acc,))
-        if ACTIVATION == 1:
-            acc = _gelu_erf(acc)
-        out = acc.to(dtype)
-        if c_row_end - c_row0 >= BLOCK_M:
-            tma.store_wait(pendings=0)  # the previous tile's store has left c_smem
-            c_smem.store(out)
-            fence_async_shared()
-            _tma_store(c_desc, [c_row0, c_col0], c_smem)
-        else:
-            # a tile cut short by its expert's end shares rows with the next tile: masked store
-            offs_m = c_row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-            offs_n = c_col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
-            ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-            mask = (offs_m < c_row_end)[:, None] & (offs_n < D_OUT)[None, :]
-            gl.store(ptrs, out, mask=mask)
+        c_smem.store(acc.to(dtype))
+        p_row0 = c_row0
+        p_row_end = c_row_end
+        p_col0 = c_col0
+    if my_tiles > 0:  # the last tile: nothing left to overlap with
+        if ACTIVATION != 0:
+            for j in gl.static_range(SLICES):
+                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
+        _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                    slice_layout)
     tma.store_wait(pendings=0)
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.invalidate(bars.index(i))
