@@ -64,8 +64,10 @@ VARIANTS = {
     "128x256tSC": (128, 256, 256, 8, {**_T, "c_tma": True, "sorted_a": "kernel"}),
     "128x128tC": (128, 128, 128, 8, {**_T, "c_tma": True}),
     "128x256t-noact": (128, 256, 256, 8, {**_T, "activation": "none"}),
-    # G: the Gluon Hopper kernel (kernels/gluon_gemm.py: TMA for A, B and C, the K loops of a program's tiles
-    # in one pipeline); it reads A in place, so layer0 takes rows already in shared-row order (S)
+    # G: the Gluon Hopper kernel (kernels/gluon_gemm.py: the K loops of a program's tiles in one pipeline, the
+    # activation overlapped with the next tile's wgmmas; B and C through TMA, A too where it is in place (l1;
+    # l0 with S), else gathered by cp.async)
+    "128x256G": (128, 256, 256, 8, {"impl": "gluon"}),
     "128x256GS": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS+g": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "with_gather"}),
     "128x128GS": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel"}),

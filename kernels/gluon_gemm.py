@@ -28,6 +28,7 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
     fence_async_shared,
     mbarrier,
     tma,
@@ -36,26 +37,31 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.activations import AS_P, AS_T, GELU, NONE
+from kernels.activations import GELU, GELU_E, GELU_P, GELU_T, NONE
 
-# Triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later versions
-# async_load / async_store (and raise on the old names)
+# Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
+# thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
 _SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
-# Abramowitz & Stegun 7.1.26 (kernels/activations.py has the derivation and the tl twin)
-_P = gl.constexpr(AS_P)
-_T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in AS_T)
-_LOG2E = gl.constexpr(1.4426950408889634)
-_RSQRT2 = gl.constexpr(0.7071067811865476)
+# gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
+_P = gl.constexpr(GELU_P)
+_T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
+_E = gl.constexpr(GELU_E)
+
+
+@gluon.jit
+def _rcp(x):
+    return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
 
 
 @gluon.jit
 def _gelu_erf(x):
-    z = gl.abs(x) * _RSQRT2
-    t = gl.fdiv(1.0, 1.0 + _P * z)
-    p = t * (_T0 + t * (_T1 + t * (_T2 + t * (_T3 + t * _T4))))
-    half_e = 0.5 * p * gl.exp2(-(z * z) * _LOG2E)
+    t = _rcp(1.0 + _P * gl.abs(x))
+    half_e = t * (_T0 + t * (_T1 + t * (_T2 + t * (_T3 + t * _T4)))) * gl.exp2(x * x * _E)
     return x * gl.where(x >= 0, 1.0 - half_e, half_e)
 
 
@@ -105,21 +111,40 @@ def _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLO
 
 
 @gluon.jit
-def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0,
-                NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, pred):
+def _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M: gl.constexpr,
+                    layout: gl.constexpr):
+    """Element offsets of tile t's A rows (row_token_R of its shared rows); rows past its end read row 0."""
+    rows = gl.load(tile_row_start_ptr + t) + gl.arange(0, BLOCK_M, layout=layout)
+    tok = gl.load(a_row_ptr + rows, mask=rows < gl.load(tile_row_end_ptr + t), other=0)
+    return tok * stride_am
+
+
+@gluon.jit
+def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0, a_ptr, a_offs, D_IN,
+                NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, GATHER: gl.constexpr,
+                gather_layout: gl.constexpr, pred):
     slot = step % NUM_BUFFERS
     bar = bars.index(slot)
-    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-    _tma_load(a_desc, [row0, k * BLOCK_K], bar, a_bufs.index(slot), pred)
+    if GATHER:
+        # A rows by token id: 16-byte cp.async per thread (one commit group per step, empty when pred is
+        # False, so the consumer's group count stays exact); columns past D_IN are zero-filled
+        offs_k = k * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, gather_layout))
+        _cp_async(a_bufs.index(slot), a_ptr + a_offs[:, None] + offs_k[None, :],
+                  mask=((offs_k < D_IN) & pred)[None, :])
+        async_copy.commit_group()
+        mbarrier.expect(bar, b_desc.block_type.nbytes, pred=pred)
+    else:
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        _tma_load(a_desc, [row0, k * BLOCK_K], bar, a_bufs.index(slot), pred)
     _tma_load(b_desc, [b_row0 + k * BLOCK_K, col0], bar, b_bufs.index(slot), pred)
 
 
 @gluon.jit
 def _grouped_gemm_hopper_kernel(
-    a_desc, b_desc, c_desc, c_ptr,
+    a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
-    max_tiles, D_IN, D_OUT, stride_cm,
-    ACTIVATION: gl.constexpr, NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr,
+    max_tiles, D_IN, D_OUT, stride_am, stride_cm,
+    ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
@@ -132,6 +157,9 @@ def _grouped_gemm_hopper_kernel(
     SLICE_ROWS: gl.constexpr = 8
     SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
     slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
+    # gathered A tiles: 8 contiguous elements (16 bytes) per thread and copy
+    gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
+    row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
 
     pid = gl.program_id(0)
     G = gl.num_programs(0)
@@ -146,15 +174,18 @@ def _grouped_gemm_hopper_kernel(
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.init(bars.index(i), count=1)
+    l_offs = 0  # (gathered A: the load tile's row offsets)
 
     # loader: the tile (l_tile-th of this program) and K step of the next load. A program's table index
     # is clamped to the table so that the look-ahead past its last tile reads valid (unused) entries.
     l_tile = 0
     l_k = 0
     l_row0, l_brow0, l_col0 = _tile_coords(pid, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
+    if GATHER:
+        l_offs = _gather_offsets(pid, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M, row_layout)
     for i in gl.static_range(NUM_BUFFERS - 1):
-        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS, BLOCK_K,
-                    i < total)
+        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, a_ptr, l_offs, D_IN,
+                    NUM_BUFFERS, BLOCK_K, GATHER, gather_layout, i < total)
         l_k += 1
         if l_k == k_steps:
             l_k = 0
@@ -162,6 +193,9 @@ def _grouped_gemm_hopper_kernel(
             t = gl.minimum(pid + l_tile * G, max_tiles - 1)
             l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
                                                    BLOCK_N)
+            if GATHER:
+                l_offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
+                                         row_layout)
 
     # consumer: tile by tile; a nested K loop keeps the in-flight accumulator out of any branch (a branch
     # that merges it makes ptxas wait for every wgmma: the pipeline would serialise). A tile's result goes
@@ -182,6 +216,10 @@ def _grouped_gemm_hopper_kernel(
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
+            if GATHER:  # this thread's copies of step s are done (NUM_BUFFERS - 2 newer groups may fly),
+                async_copy.wait_group(NUM_BUFFERS - 2)
+                _cta_barrier()  # and every thread's; then made visible to the wgmma's async proxy
+                fence_async_shared()
             mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
             if ACTIVATION != 0:
@@ -192,8 +230,8 @@ def _grouped_gemm_hopper_kernel(
             acc = warpgroup_mma_wait(1, (acc,))
             # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
             ls = s + NUM_BUFFERS - 1
-            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, NUM_BUFFERS,
-                        BLOCK_K, ls < total)
+            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, a_ptr, l_offs,
+                        D_IN, NUM_BUFFERS, BLOCK_K, GATHER, gather_layout, ls < total)
             l_k += 1
             if l_k == k_steps:
                 l_k = 0
@@ -201,6 +239,9 @@ def _grouped_gemm_hopper_kernel(
                 lt = gl.minimum(pid + l_tile * G, max_tiles - 1)
                 l_row0, l_brow0, l_col0 = _tile_coords(lt, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr,
                                                        D_IN, BLOCK_N)
+                if GATHER:
+                    l_offs = _gather_offsets(lt, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am,
+                                             BLOCK_M, row_layout)
             s += 1
         if c_tile > 0:
             if ACTIVATION != 0:  # slices the previous K loop was too short for
@@ -234,8 +275,6 @@ def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int) -> int:
 
 def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
     """Why this kernel cannot run the call (None if it can)."""
-    if gather:
-        return "A is gathered by row index (TMA on sm_90 reads whole boxes only)"
     if activation not in ("none", "gelu"):
         return f"activation {activation!r} (this kernel has none and gelu)"
     if not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] != 9:
@@ -246,25 +285,27 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
         return f"tile {block_m}x{block_n} (BLOCK_M 64 or 128, BLOCK_N <= 256)"
     for name, t in (("a", a), ("b", b_EIO), ("out", out)):
         if t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
-            return f"{name}'s rows are not 16-byte aligned (TMA)"
+            return f"{name}'s rows are not 16-byte aligned (TMA{' and 16-byte copies of gathered rows' * gather})"
     return None
 
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
-                        activation: str, num_programs: int, block_k: int = 64) -> torch.Tensor:
+                        activation: str, num_programs: int, a_rows_R=None, block_k: int = 64) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
-    `supports`. out[r] = act(a[r] @ b_EIO[e(r)]) for the tiles' rows; returns out."""
+    `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
+    (gathered by cp.async) else r (TMA); returns out."""
     E, D_IN, D_OUT = b_EIO.shape
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
     a_desc = _descriptor(a, [block_m, block_k], gdt)
     b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT), [block_k, block_n], gdt)
     c_desc = _descriptor(out, [block_m, block_n], gdt)
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size())
+    gather = a_rows_R is not None
     _grouped_gemm_hopper_kernel[(num_programs,)](
-        a_desc, b_desc, c_desc, out,
+        a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
-        tiles["expert"].numel(), D_IN, D_OUT, out.stride(0),
-        ACTIVATION=GELU if activation == "gelu" else NONE, NUM_BUFFERS=nb, num_warps=block_m // 16)
+        tiles["expert"].numel(), D_IN, D_OUT, a.stride(0), out.stride(0),
+        ACTIVATION=GELU if activation == "gelu" else NONE, GATHER=gather, NUM_BUFFERS=nb, num_warps=block_m // 16)
     return out
 
 

@@ -351,7 +351,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         if why is None:
             from kernels.gluon_gemm import grouped_gemm_hopper
             return grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
-                                       activation=activation, num_programs=programs)
+                                       activation=activation, num_programs=programs, a_rows_R=a_rows_R)
         if impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO

@@ -47,3 +47,15 @@ def test_gelu_erf_keeps_sign_and_monotone_tail():
     y = _gelu(x).cpu()
     assert bool((y[x.cpu() > 0] > 0).all()) and bool((y[x.cpu() < 0] <= 0).all())
     assert bool((y[x.cpu() >= 0].diff() >= 0).all()), "gelu increases for x >= 0"
+
+
+def test_folded_gelu_constants_keep_the_accuracy():
+    # the Gluon kernel's epilogue uses the folded constants (GELU_P, GELU_T, GELU_E); evaluated here in fp32
+    # on the CPU with the same operation order, they must meet the same bound as the plain form
+    from kernels.activations import gelu_erf_folded_reference
+
+    x = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([0.0, -0.0, 40.0, -40.0])])
+    got = gelu_erf_folded_reference(x.float()).double()
+    exact = 0.5 * x.double() * (1 + torch.erf(x.double() / math.sqrt(2)))
+    bound = 0.5 * x.double().abs() * (1.5e-7 + 8 * 6e-8) + 6e-8 * exact.abs() + 1e-30
+    assert bool(((got - exact).abs() <= bound).all())

@@ -186,82 +186,24 @@ def test_errors_are_clear():
 
 
 def test_gluon_impl_says_why_it_cannot_run():
-    # the Gluon Hopper kernel reads A in place on sm_90 only: asked for anyway, it names the reason;
-    # "auto" falls back to the tl kernel (the result checked against the reference)
+    # the Gluon Hopper kernel runs bf16/fp16 on sm_90 only, without swiglu: asked for anyway, it names the
+    # reason; "auto" falls back to the tl kernel (the result checked against the reference)
     model = _small_model()
     plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
     w0, w1 = _weights(plan, "gelu", torch.float32)
     x = _tokens(20, 40, torch.float32)
-    with pytest.raises(ValueError, match="impl='gluon' cannot run this call: A is gathered"):
-        grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")
-    h = torch.randn(plan.rank(0).row_token_R.numel(), 24, device=DEVICE)
     why = "not an sm_90" if DEVICE == "cpu" else "dtype torch.float32"
     with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
+        grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")
+    h = torch.randn(plan.rank(0).row_token_R.numel(), 24, device=DEVICE)
+    with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
         grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")
+    w0_sw, _ = _weights(plan, "swiglu", torch.float32)
+    with pytest.raises(ValueError, match="impl='gluon' cannot run this call: activation 'swiglu'"):
+        grouped_gemm_layer0(plan, 0, x, w0_sw, activation="swiglu", impl="gluon")
     R = int(plan.rank(0).num_rows)
     y = grouped_gemm_layer1(plan, 0, h, w1, impl="auto", a_tma=False, b_tma=False)
     assert_close(y[:R], reference_layer1(plan, 0, h, w1), _tol_key(torch.float32), "layer1 auto")
-
-
-# ------------------------------------------------------------------------------------- GPU (bf16)
-def _gpu_plan(activation, M=700, block_n0=128, order="comet"):
-    model = ModelConfig("mid", hidden_N=512, ffn_K=320, experts_E=8, topk=2, layers=1, activation=activation)
-    routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
-    return make_plan(routing, model, ParallelConfig(ep=2), HW,
-                     Policy(block_m=128, block_n0=block_n0, block_n1=128, order=order), ranks=[0, 1])
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("activation,block_n0", [("gelu", 128), ("gelu", 256), ("swiglu", 64), ("swiglu", 128)])
-@pytest.mark.parametrize("b_tma", [False, True])
-def test_gpu_bf16(activation, block_n0, b_tma):
-    plan = _gpu_plan(activation, block_n0=block_n0)
-    for rank in (0, 1):
-        _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                      b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("activation,b_tma", [("gelu", False), ("swiglu", True)])
-def test_gpu_bf16_autotuned(activation, b_tma):
-    plan = _gpu_plan(activation, block_n0=128)
-    for rank in (0, 1):
-        _check_layers(plan, rank, torch.bfloat16, b_tma=b_tma)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("activation,where", [("gelu", "k_loop"), ("swiglu", "k_loop"), ("gelu", "tile_loop")])
-def test_gpu_warp_specialized(activation, where):
-    plan = _gpu_plan(activation, block_n0=128 if activation == "gelu" else 64)
-    _check_layers(plan, 0, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                  b_tma=True, a_tma=True, warp_specialize=where)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("flatten", [False, True])
-def test_gpu_program_counts_and_flatten(flatten):
-    plan = _gpu_plan("gelu", M=1500, order="expert-major")
-    for num_programs in (1, 17, 132, 264, 10_000):
-        _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten, b_tma=flatten,
-                      a_tma=flatten, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
-
-
-@pytest.mark.gpu
-def test_gpu_chain_matches_comet_reference():
-    """layer0 then layer1 on one rank equals comet.reference.expert_ffn on each expert's rows."""
-    ref = pytest.importorskip("comet.reference")
-    plan = _gpu_plan("swiglu", block_n0=64)
-    w0, w1 = _weights(plan, "swiglu", torch.bfloat16)
-    x = _tokens(plan.num_tokens, 512, torch.bfloat16)
-    rp = plan.rank(1)
-    h = grouped_gemm_layer0(plan, 1, x, w0)
-    y = grouped_gemm_layer1(plan, 1, h, w1)
-    off = rp.expert_offsets_E1.tolist()
-    for e in range(plan.experts_per_rank):
-        s, end = off[e], off[e + 1]
-        tok = rp.row_token_R[s:end]
-        expected = ref.expert_ffn(x[tok].double(), w0[e].double(), w1[e].double(), "swiglu")
-        assert_close(y[s:end], expected, torch.bfloat16, f"expert {e} ffn")
 
 
 # ----------------------------------------------------------------------------- Gluon Hopper kernel
@@ -276,9 +218,9 @@ def _gluon_plan(activation, block_m, block_n, K=328, M=900, order="comet"):
                      Policy(block_m=block_m, block_n0=block_n, block_n1=block_n, order=order), ranks=[0, 1])
 
 
-def _check_gluon(plan, rank, activation, **kw):
-    """layer0 with rows in shared-row order and layer1, both forced onto the Gluon kernel, on poisoned
-    outputs: valid rows match the reference, rows past num_rows are left alone."""
+def _check_gluon(plan, rank, activation, gather=False, **kw):
+    """layer0 (rows gathered by token id, or already in shared-row order) and layer1, both forced onto the
+    Gluon kernel, on poisoned outputs: valid rows match the reference, rows past num_rows are left alone."""
     dtype = torch.bfloat16
     w0, w1 = _weights(plan, activation, dtype)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
@@ -286,8 +228,8 @@ def _check_gluon(plan, rank, activation, **kw):
     R_max, R = rp.row_token_R.numel(), int(rp.num_rows)
     x_RN = x[rp.row_token_R.clamp(min=0)].contiguous()
     h = torch.full((R_max, plan.ffn_local), float("nan"), device=DEVICE, dtype=dtype)
-    grouped_gemm_layer0(plan, rank, x_RN, w0, out_RK=h, activation=activation, rows_sorted=True, impl="gluon",
-                        validate=True, **kw)
+    grouped_gemm_layer0(plan, rank, x if gather else x_RN, w0, out_RK=h, activation=activation,
+                        rows_sorted=not gather, impl="gluon", validate=True, **kw)
     assert_close(h[:R], reference_layer0(plan, rank, x, w0, activation), dtype, f"gluon layer0 rank {rank}")
     assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
     h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
@@ -306,10 +248,11 @@ def _hopper() -> bool:
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 @pytest.mark.parametrize("block_m,block_n", [(128, 256), (128, 128), (64, 256)])
 @pytest.mark.parametrize("activation", ["gelu", "none"])
-def test_gpu_gluon_matches_reference(block_m, block_n, activation):
+@pytest.mark.parametrize("gather", [False, True])
+def test_gpu_gluon_matches_reference(block_m, block_n, activation, gather):
     plan = _gluon_plan(activation, block_m, block_n)
     for rank in (0, 1):
-        _check_gluon(plan, rank, activation)
+        _check_gluon(plan, rank, activation, gather)
 
 
 @pytest.mark.gpu
@@ -318,7 +261,7 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
     # one program (every tile's K loop in one pipeline), a count that divides nothing, more than the tiles;
     # the result does not depend on the program count (each tile's reduction order is fixed): bitwise equal
     plan = _gluon_plan("gelu", 128, 256, K=640, M=1500, order="expert-major")
-    ys = [_check_gluon(plan, 1, "gelu", num_programs=p) for p in (1, 17, 132, 10_000)]
+    ys = [_check_gluon(plan, 1, "gelu", gather=True, num_programs=p) for p in (1, 17, 132, 10_000)]
     for y in ys[1:]:
         assert torch.equal(y.nan_to_num(0), ys[0].nan_to_num(0))
 
@@ -326,13 +269,15 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 def test_gpu_auto_picks_gluon_where_it_applies():
-    # layer1 under "auto" equals the forced Gluon run bit for bit; a gathered layer0 still runs the tl kernel
+    # both layers under "auto" equal the forced Gluon runs bit for bit; swiglu still runs the tl kernel
     plan = _gluon_plan("gelu", 128, 256)
     w0, w1 = _weights(plan, "gelu", torch.bfloat16)
     rp = plan.rank(0)
-    h = torch.randn(rp.row_token_R.numel(), plan.ffn_local, device=DEVICE, dtype=torch.bfloat16)
     R = int(rp.num_rows)  # (rows past R are not written: uninitialised)
+    h = torch.randn(rp.row_token_R.numel(), plan.ffn_local, device=DEVICE, dtype=torch.bfloat16)
     assert torch.equal(grouped_gemm_layer1(plan, 0, h, w1)[:R], grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")[:R])
     x = _tokens(plan.num_tokens, 512, torch.bfloat16)
-    assert_close(grouped_gemm_layer0(plan, 0, x, w0)[:R], reference_layer0(plan, 0, x, w0, "gelu"), torch.bfloat16,
-                 "layer0 auto (gathered: tl kernel)")
+    assert torch.equal(grouped_gemm_layer0(plan, 0, x, w0)[:R], grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")[:R])
+    w0_sw, _ = _weights(plan, "swiglu", torch.bfloat16)
+    assert_close(grouped_gemm_layer0(plan, 0, x, w0_sw, activation="swiglu")[:R],
+                 reference_layer0(plan, 0, x, w0_sw, "swiglu"), torch.bfloat16, "swiglu layer0 auto (tl kernel)")
