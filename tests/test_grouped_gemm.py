@@ -206,6 +206,67 @@ def test_gluon_impl_says_why_it_cannot_run():
     assert_close(y[:R], reference_layer1(plan, 0, h, w1), _tol_key(torch.float32), "layer1 auto")
 
 
+# ------------------------------------------------------------------------------------- GPU (bf16)
+def _gpu_plan(activation, M=700, block_n0=128, order="comet"):
+    model = ModelConfig("mid", hidden_N=512, ffn_K=320, experts_E=8, topk=2, layers=1, activation=activation)
+    routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
+    return make_plan(routing, model, ParallelConfig(ep=2), HW,
+                     Policy(block_m=128, block_n0=block_n0, block_n1=128, order=order), ranks=[0, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation,block_n0", [("gelu", 128), ("gelu", 256), ("swiglu", 64), ("swiglu", 128)])
+@pytest.mark.parametrize("b_tma", [False, True])
+def test_gpu_bf16(activation, block_n0, b_tma):
+    plan = _gpu_plan(activation, block_n0=block_n0)
+    for rank in (0, 1):
+        _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+                      b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation,b_tma", [("gelu", False), ("swiglu", True)])
+def test_gpu_bf16_autotuned(activation, b_tma):
+    plan = _gpu_plan(activation, block_n0=128)
+    for rank in (0, 1):
+        _check_layers(plan, rank, torch.bfloat16, b_tma=b_tma)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation,where", [("gelu", "k_loop"), ("swiglu", "k_loop"), ("gelu", "tile_loop")])
+def test_gpu_warp_specialized(activation, where):
+    plan = _gpu_plan(activation, block_n0=128 if activation == "gelu" else 64)
+    _check_layers(plan, 0, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+                  b_tma=True, a_tma=True, warp_specialize=where)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flatten", [False, True])
+def test_gpu_program_counts_and_flatten(flatten):
+    plan = _gpu_plan("gelu", M=1500, order="expert-major")
+    for num_programs in (1, 17, 132, 264, 10_000):
+        _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten, b_tma=flatten,
+                      a_tma=flatten, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
+
+
+@pytest.mark.gpu
+def test_gpu_chain_matches_comet_reference():
+    """layer0 then layer1 on one rank equals comet.reference.expert_ffn on each expert's rows."""
+    ref = pytest.importorskip("comet.reference")
+    plan = _gpu_plan("swiglu", block_n0=64)
+    w0, w1 = _weights(plan, "swiglu", torch.bfloat16)
+    x = _tokens(plan.num_tokens, 512, torch.bfloat16)
+    rp = plan.rank(1)
+    h = grouped_gemm_layer0(plan, 1, x, w0)
+    y = grouped_gemm_layer1(plan, 1, h, w1)
+    off = rp.expert_offsets_E1.tolist()
+    for e in range(plan.experts_per_rank):
+        s, end = off[e], off[e + 1]
+        tok = rp.row_token_R[s:end]
+        expected = ref.expert_ffn(x[tok].double(), w0[e].double(), w1[e].double(), "swiglu")
+        assert_close(y[s:end], expected, torch.bfloat16, f"expert {e} ffn")
+
+
 # ----------------------------------------------------------------------------- Gluon Hopper kernel
 def _gluon_plan(activation, block_m, block_n, K=328, M=900, order="comet"):
     # K=328: layer1's reduction ends inside a 64-wide K step (A's zero fill) and layer0's columns inside a
