@@ -6,12 +6,12 @@
 #   OUT=/path/to/out PYTHONPATH=$PWD bash dev/gpu_gluon.sh          # from the repository root
 #
 # Writes under $OUT: device.txt, gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv,
-# grouped_gemm/compiled.txt, gpu_tests.log, status.txt.
+# grouped_gemm/compiled.txt, grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log, status.txt.
 set -u
 OUT=${OUT:?set OUT to an output directory}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 PY=${PYTHON:-python3}
-VARIANTS=${VARIANTS:-128x256t,128x256tSC,128x256GS,128x256GS+g,128x128GS,64x256GS,128x256GS-noact}
+VARIANTS=${VARIANTS:-128x256t,128x256tSC,128x256G,128x256GS,128x128GS,128x256GS-noact}
 mkdir -p "$OUT"
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --format=csv,noheader
@@ -28,6 +28,7 @@ if [ $gluon_rc -eq 0 ]; then
 fi
 timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k "not gluon" tests/test_grouped_gemm.py > "$OUT/gpu_tests.log" 2>&1
 tests_rc=$?
+timeout 60 "$PY" -m benchmarks.activation_power --out "$OUT/grouped_gemm" --seconds 3 > "$OUT/power.log" 2>&1
 echo "gluon tests rc=$gluon_rc, bench rc=$bench_rc, other gpu tests rc=$tests_rc (124: timed out)" | tee "$OUT/status.txt"
 tail -n 5 "$OUT/gluon_tests.log" "$OUT/gpu_tests.log"
 grep -E "ratio|FAIL|failed" "$OUT/bench.log" | tail -n 40
