@@ -5,10 +5,12 @@
 #
 #   OUT=/path/to/out PYTHONPATH=$PWD bash dev/gpu_gluon.sh          # from the repository root
 #
-# Writes under $OUT: device.txt, gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv,
-# grouped_gemm/compiled.txt, grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log, status.txt.
+# Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
+# gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
+# grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log.
 set -u
-OUT=${OUT:?set OUT to an output directory}
+FINAL=${OUT:?set OUT to an output directory}
+OUT=$FINAL/run
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 PY=${PYTHON:-python3}
 VARIANTS=${VARIANTS:-128x256t,128x256tSC,128x256G,128x256GS,128x128GS,128x256GS-noact}
@@ -22,7 +24,7 @@ timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_gr
 gluon_rc=$?
 bench_rc=skipped
 if [ $gluon_rc -eq 0 ]; then
-    timeout 330 "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens 16384,4096 --variants "$VARIANTS" \
+    timeout 330 "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens "${TOKENS:-16384,4096}" --variants "$VARIANTS" \
         --tag h200_gluon --out "$OUT/grouped_gemm" > "$OUT/bench.log" 2>&1
     bench_rc=$?
 fi
@@ -32,3 +34,4 @@ timeout 60 "$PY" -m benchmarks.activation_power --out "$OUT/grouped_gemm" --seco
 echo "gluon tests rc=$gluon_rc, bench rc=$bench_rc, other gpu tests rc=$tests_rc (124: timed out)" | tee "$OUT/status.txt"
 tail -n 5 "$OUT/gluon_tests.log" "$OUT/gpu_tests.log"
 grep -E "ratio|FAIL|failed" "$OUT/bench.log" | tail -n 40
+tar -czf "$FINAL/run.tgz" -C "$FINAL" run && cp "$OUT/status.txt" "$FINAL/status.txt" && rm -rf "$OUT"
