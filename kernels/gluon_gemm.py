@@ -157,8 +157,6 @@ def _grouped_gemm_hopper_kernel(
     SLICE_ROWS: gl.constexpr = 8
     SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
     slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
-    # the K step of the next tile at which the staged tile is stored (after its activation's slices)
-    STORE_STEP: gl.constexpr = SLICES if ACTIVATION != 0 else 0
     # gathered A tiles: 8 contiguous elements (16 bytes) per thread and copy
     gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
@@ -224,14 +222,11 @@ def _grouped_gemm_hopper_kernel(
                 fence_async_shared()
             mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
-            if c_tile > 0:
-                if ACTIVATION != 0:
+            if ACTIVATION != 0:
+                if c_tile > 0:
                     for j in gl.static_range(SLICES):
                         if kk == j:
                             _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
-                if kk == STORE_STEP:  # its activation is done: store it while this K loop runs on
-                    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES,
-                                SLICE_ROWS, slice_layout)
             acc = warpgroup_mma_wait(1, (acc,))
             # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
             ls = s + NUM_BUFFERS - 1
@@ -249,13 +244,12 @@ def _grouped_gemm_hopper_kernel(
                                              BLOCK_M, row_layout)
             s += 1
         if c_tile > 0:
-            if k_steps <= STORE_STEP:  # a K loop too short for the previous tile's slices and store
-                if ACTIVATION != 0:
-                    for j in gl.static_range(SLICES):
-                        if j >= k_steps:
-                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
-                _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES,
-                            SLICE_ROWS, slice_layout)
+            if ACTIVATION != 0:  # slices the previous K loop was too short for
+                for j in gl.static_range(SLICES):
+                    if j >= k_steps:
+                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
+            _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                        slice_layout)
             tma.store_wait(pendings=0)  # the copy engine has read c_smem
         acc = warpgroup_mma_wait(0, (acc,))
         c_smem.store(acc.to(dtype))
