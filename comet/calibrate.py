@@ -395,8 +395,10 @@ def time_tile_problem(prob: TileProblem, layer0: bool = False) -> tuple[float, s
              "col": t % prob.col_blocks, "num": torch.tensor(prob.tiles, device="cuda")}
     a_tma, b_tma = gg.tma_ok(a) and not layer0, gg.tma_ok(b)
     gather = dict(a_rows_R=torch.randperm(prob.rows, device="cuda"), activation="gelu") if layer0 else {}
+    # impl "triton": the tl kernel, whose tile code the fused kernels share (the simulator models those)
     us = graph_us(lambda: gg.grouped_gemm(a, b, tiles, block_m=prob.bm, block_n=prob.bn, out=out,
-                                          num_programs=prob.sms, a_tma=a_tma, b_tma=b_tma, **gather), rep_ms=40)
+                                          num_programs=prob.sms, a_tma=a_tma, b_tma=b_tma, impl="triton", **gather),
+                  rep_ms=40)
     best = getattr(gg._kernel_tuned, "best_config", None)
     cfg = f"BK{best.kwargs.get('BLOCK_K')}_w{best.num_warps}_s{best.num_stages}" if best else "?"
     return us, cfg
