@@ -1,25 +1,40 @@
-"""Hopper (sm_90) grouped GEMM in Gluon over the Plan's tile table: the K loops of a program's consecutive
-tiles run as one software pipeline, so the next tile's first operand loads are in flight during this
-tile's epilogue.
+"""Hopper (sm_90) grouped GEMM in Gluon over the Plan's tile table: the K loops of a program's tiles run as
+one software pipeline, and a tile's activation runs while the next tile's wgmmas execute.
 
-Why a second kernel. kernels/grouped_gemm.py (Triton's tl) leaves a fixed cost per tile that its
-pipeliner does not overlap: the pipeline refills after every tile, and each K step synchronises all
-threads several times. Layer0's K loop is short (hidden size N = 2048-4096), so that cost is 10-20% of a
-tile (results/grouped_gemm/README.md). Gluon exposes the Hopper pieces directly (TMA copies, mbarriers,
-asynchronous wgmma), and this kernel schedules them by hand:
+Why a second kernel. kernels/grouped_gemm.py (Triton's tl) refills its pipeline after every tile and puts
+the activation between two tiles' K loops; layer0's K loop is short (hidden size N = 2048-4096), so that
+fixed cost per tile matters. Gluon exposes the Hopper pieces (TMA copies, mbarriers, asynchronous wgmma),
+and this kernel schedules them by hand. A program walks its tiles t = pid, pid + G, ... in the Plan's order:
 
-    step s of the program's flat (tile, k) sequence:  wait for slot s's operands -> wgmma (async) ->
-    wait until at most one wgmma is in flight -> refill slot s-1 (its wgmma is done) with step
-    s + NUM_BUFFERS - 1, which may belong to the next tile -> at a tile's last step: drain, activation,
-    store (TMA for whole tiles, waited on only before the next tile reuses the staging buffer).
+    step s of its flat (tile, k) sequence: wait for slot s's operands -> wgmma (async) -> [one slice of
+    the previous tile's activation] -> wait until at most one wgmma is in flight -> refill slot s-1 (its
+    wgmma is done) with step s + NUM_BUFFERS - 1, which may belong to the next tile.
+    end of a tile's K loop: store the previous tile (TMA for whole tiles, masked stores for a tile its
+    expert's end cuts short), drain this tile's wgmma, write it to shared memory as bf16/fp16; the
+    activation then acts there in 8-row slices during the next K loop (one slice per step).
 
-Scope: A rows in place (layer1, or layer0 with rows already in shared-row order), both operands and the
-output through TMA (16-byte aligned rows), bf16/fp16, activation none or gelu, BLOCK_M = 16 * num_warps
-(64 or 128), BLOCK_N <= 256. Everything else (gathered A, swiglu, fp32, the interpreter) stays with
-kernels/grouped_gemm.py, whose semantics this kernel shares: rows past a tile's row_end read the next rows
-and are never stored; a reduction tail past D_IN reads zeros of A (TMA fills out-of-range columns).
-Gluon is experimental: written against Triton 3.6 (the GPU machines), compiled for sm_90 with 3.6 and 3.9.
-Importing this module raises ImportError where Gluon's Hopper API is missing; `available()` says so.
+The activation so acts on the rounded GEMM result (what an unfused PyTorch layer computes: a bf16 matmul,
+then gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance (worst relative
+norm error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible and independent of
+the program count (each tile's reduction order is fixed).
+
+A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
+gathered by token id (layer0's default) with 16-byte cp.async copies, one commit group per step. B
+(the (E * D_IN, D_OUT) view of the weights) and C through TMA; rows must be 16-byte aligned. bf16/fp16,
+activation none or gelu, BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no autotuning.
+Everything else (swiglu, fp32, the interpreter, other GPUs) stays with kernels/grouped_gemm.py, whose
+semantics this kernel shares: rows past a tile's row_end read valid rows and are never stored; a reduction
+tail past D_IN reads zeros of A. `kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel
+where `supports` allows.
+
+Measured on one H200 (results/grouped_gemm/README.md, h200_gluon): against the better of a cuBLAS loop and
+torch._grouped_mm (GEMM only), layer1 0.88-1.11; layer0 (gathered, with gelu) 0.70-0.83, 0.78-0.95 with A
+in shared-row order, 0.83-1.08 without the activation. The card runs at its 700 W limit during these
+GEMMs; the activation's instructions cost ~6% there however they are overlapped (h200_activation_power).
+
+Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
+3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
+Gluon's Hopper API is missing; `kernels.grouped_gemm.gluon_unsupported` reports that.
 """
 
 from __future__ import annotations
@@ -201,8 +216,8 @@ def _grouped_gemm_hopper_kernel(
     # that merges it makes ptxas wait for every wgmma: the pipeline would serialise). A tile's result goes
     # to c_smem as bf16/fp16 at its end; its activation then runs there slice by slice while the next
     # tile's first wgmmas execute (the warps are idle between issuing a wgmma and waiting for it), and the
-    # tile is stored once the next one's K loop is done. So the activation costs no tensor-core time; it
-    # acts on the rounded GEMM result, as an unfused PyTorch layer does (bf16 matmul, then gelu).
+    # tile is stored once the next one's K loop is done. No tensor-core idle time waits on the activation
+    # (at the card's power limit its instructions still cost time: see the module docstring).
     s = 0
     p_row0 = 0  # the tile whose result sits in c_smem
     p_row_end = 0
