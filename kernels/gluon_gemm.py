@@ -29,7 +29,7 @@ where `supports` allows.
 
 Measured on one H200 (results/grouped_gemm/README.md, h200_gluon): against the better of a cuBLAS loop and
 torch._grouped_mm (GEMM only), layer1 0.88-1.11; layer0 (gathered, with gelu) 0.70-0.83, 0.78-0.95 with A
-in shared-row order, 0.83-1.08 without the activation. The card runs at its 700 W limit during these
+in shared-row order, 0.83-1.08 without the activation (128x256 tiles). The card runs at its 700 W limit during these
 GEMMs; the activation's instructions cost ~6% there however they are overlapped (h200_activation_power).
 
 Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and

@@ -17,12 +17,13 @@ from the Plan's 0-d tensor inside the kernel, so launching never syncs with the 
 block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1), autotuning picks
 BLOCK_K, num_warps and num_stages. Accumulation is fp32; the layer0 epilogue applies the activation
 (swiglu: two accumulators, gate and up columns of the same output block, in one program).
-Measured on one H200 (results/grouped_gemm/README.md), as a fraction of the better of cuBLAS per expert
-and torch._grouped_mm:
-- layer1 reaches 0.89-1.06;
-- layer0 (gather + gelu) reaches 0.70-0.82 (0.72-0.87 with A in shared-row order and c_tma): a short K loop
-  whose per-tile cost Triton does not overlap with the next tile.
-The best variant is 128x256 tiles with TMA (the layer wrappers' default).
+On Hopper (sm_90) `grouped_gemm(impl="auto")` runs the Gluon kernel of kernels/gluon_gemm.py instead (same
+tile table and semantics; bf16/fp16, gelu or no activation): it pipelines the K loops of consecutive tiles
+and overlaps the activation with the next tile's wgmmas, and needs no autotuning. This module's kernel runs
+everything else (swiglu, fp32, other GPUs, Triton's interpreter on the CPU) and shares its tile code with
+the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of the better of
+cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 0.88-1.11 Gluon; layer0
+(gathered, gelu) 0.70-0.83 with either, and with A in shared-row order 0.76-0.89 here, 0.78-0.95 Gluon.
 
     >>> import torch
     >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
