@@ -39,6 +39,8 @@ cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -350,9 +352,9 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         if why is None and (config is not None or flatten or warp_specialize != "none"):
             why = "config / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
         if why is None:
-            from kernels.gluon_gemm import grouped_gemm_hopper
-            return grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
-                                       activation=activation, num_programs=programs, a_rows_R=a_rows_R)
+            return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
+                                                       activation=activation, num_programs=programs,
+                                                       a_rows_R=a_rows_R)
         if impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO
@@ -392,13 +394,22 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     return out
 
 
-def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
-    """Why the Gluon Hopper kernel cannot run a call (None if it can), its import included."""
+@functools.cache
+def _gluon_module():
+    """kernels.gluon_gemm, or the ImportError of a Triton without Gluon's Hopper API (tried once)."""
     try:
         from kernels import gluon_gemm
-    except ImportError as exc:  # a Triton without Gluon's Hopper API
-        return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({exc})"
-    return gluon_gemm.supports(a, b_EIO, out, activation, gather, block_m, block_n)
+    except ImportError as exc:
+        return exc
+    return gluon_gemm
+
+
+def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
+    """Why the Gluon Hopper kernel cannot run a call (None if it can), its import included."""
+    mod = _gluon_module()
+    if isinstance(mod, ImportError):
+        return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({mod})"
+    return mod.supports(a, b_EIO, out, activation, gather, block_m, block_n)
 
 
 def tma_ok(t: torch.Tensor) -> bool:
