@@ -1,17 +1,12 @@
 """The epilogue's gelu (kernels/activations.py) against the exact erf form, elementwise."""
 
 import math
-import os
 
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():  # before triton is imported: run the kernel in the interpreter
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from kernels.activations import gelu_erf  # noqa: E402
+from kernels.activations import gelu_erf
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

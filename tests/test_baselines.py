@@ -13,14 +13,11 @@ import socket
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.config import ModelConfig, ParallelConfig  # noqa: E402
-from comet.layer import CPU_POLICY, CometMoE  # noqa: E402
-from comet.reference import moe_forward, random_tokens, random_weights  # noqa: E402
-from comet.routing import Routing  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
+from comet.config import ModelConfig, ParallelConfig
+from comet.layer import CPU_POLICY, CometMoE
+from comet.reference import moe_forward, random_tokens, random_weights
+from comet.routing import Routing
+from comet.tolerances import assert_close
 
 W, M = 2, 36
 CASES = [  # (ep, tp, activation, system, dispatch form, chunks)

@@ -17,11 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet import calibrate as cal  # noqa: E402
-from comet.config import HardwareProfile  # noqa: E402
+from comet import calibrate as cal
+from comet.config import HardwareProfile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.reference.
 
-Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the kernels are
-imported) in float32/float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): EP=2, EP=4, TP=2,
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before the kernels
+are imported) in float32/float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): EP=2, EP=4, TP=2,
 EP=2 x TP=2; gelu and swiglu; the three layer0 variants; tagged rows that name a wrong destination; an
 expert with no tokens; all tokens on one rank's experts; consecutive calls through one workspace with no
 host-side clearing; the capacity error; a peer that never signals ending in a timeout error.
@@ -19,19 +19,16 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
-from comet.plan import Policy, make_plan, token_owner  # noqa: E402
-from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
-from comet.routing import Routing, imbalanced, uniform  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
-from kernels.fused_layer0 import fused_layer0, owned_range  # noqa: E402
-from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1  # noqa: E402
-from kernels.moe import moe_forward_fused, stage_tokens  # noqa: E402
-from kernels.signals import FlagTimeoutError  # noqa: E402
-from kernels.workspace import EmulatedWorld, WorkspaceCapacityError  # noqa: E402
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Policy, make_plan, token_owner
+from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights
+from comet.routing import Routing, imbalanced, uniform
+from comet.tolerances import assert_close
+from kernels.fused_layer0 import fused_layer0, owned_range
+from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+from kernels.moe import moe_forward_fused, stage_tokens
+from kernels.signals import FlagTimeoutError
+from kernels.workspace import EmulatedWorld, WorkspaceCapacityError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"

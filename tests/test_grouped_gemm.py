@@ -1,6 +1,6 @@
 """The persistent grouped GEMM (kernels/grouped_gemm.py) against the slow per-expert reference.
 
-Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the kernels
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before the kernels
 are imported) in float32/float16 on small shapes: ragged experts, an expert with zero rows, a rank with no
 rows, tile sizes that divide none of the sizes. The same logic tests run on the GPU when there is one;
 `gpu` tests add bf16, Hopper-sized tiles, autotuning and the flattened tile loop.
@@ -14,15 +14,12 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
-from comet.plan import ORDERS, Policy, make_plan  # noqa: E402
-from comet.routing import Routing, imbalanced  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
-from kernels._testing import reference_layer0, reference_layer1  # noqa: E402
-from kernels.grouped_gemm import (  # noqa: E402
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import ORDERS, Policy, make_plan
+from comet.routing import Routing, imbalanced
+from comet.tolerances import assert_close
+from kernels._testing import reference_layer0, reference_layer1
+from kernels.grouped_gemm import (
     SMALL_CONFIG,
     grouped_gemm,
     grouped_gemm_layer0,

@@ -19,17 +19,14 @@ import socket
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.baselines import BaselineRunner, EmulatedCollectives, prepare  # noqa: E402
-from comet.config import ModelConfig, ParallelConfig  # noqa: E402
-from comet.layer import CPU_POLICY, CometMoE, softmax_topk_gate, sparsemixer_gate  # noqa: E402
-from comet.plan import token_owner  # noqa: E402
-from comet.reference import dispatch, moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
-from comet.routing import Routing, imbalanced, topk_gate, uniform  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
-from kernels.workspace import WorkspaceCapacityError  # noqa: E402
+from comet.baselines import BaselineRunner, EmulatedCollectives, prepare
+from comet.config import ModelConfig, ParallelConfig
+from comet.layer import CPU_POLICY, CometMoE, softmax_topk_gate, sparsemixer_gate
+from comet.plan import token_owner
+from comet.reference import dispatch, moe_forward, random_tokens, random_weights, shard_weights
+from comet.routing import Routing, imbalanced, topk_gate, uniform
+from comet.tolerances import assert_close
+from kernels.workspace import WorkspaceCapacityError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"

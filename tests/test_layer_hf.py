@@ -15,15 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.config import ParallelConfig  # noqa: E402
-from comet.hf import hf_block_shapes, hf_rank_shard  # noqa: E402
-from comet.layer import CPU_POLICY, CometMoE, sparsemixer_gate  # noqa: E402
-from comet.reference import moe_forward, random_tokens  # noqa: E402
-from comet.routing import Routing  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
+from comet.config import ParallelConfig
+from comet.hf import hf_block_shapes, hf_rank_shard
+from comet.layer import CPU_POLICY, CometMoE, sparsemixer_gate
+from comet.reference import moe_forward, random_tokens
+from comet.routing import Routing
+from comet.tolerances import assert_close
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
 TOL = "tf32" if DEVICE == "cuda" else torch.float32

@@ -9,23 +9,19 @@ the tests that need it: the GPU machines have no simpy, and the `gpu` tests must
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the kernels must be decorated in interpreter mode: set before import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
-from comet.plan import Policy, make_plan  # noqa: E402
-from comet.reference import random_tokens, random_weights, shard_weights  # noqa: E402
-from comet.routing import imbalanced, uniform  # noqa: E402
-from kernels.fused_layer0 import fused_layer0  # noqa: E402
-from kernels.fused_layer1 import fused_layer1  # noqa: E402
-from kernels.moe import moe_forward_fused, stage_tokens  # noqa: E402
-from kernels.timeline import (  # noqa: E402
+from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.plan import Policy, make_plan
+from comet.reference import random_tokens, random_weights, shard_weights
+from comet.routing import imbalanced, uniform
+from kernels.fused_layer0 import fused_layer0
+from kernels.fused_layer1 import fused_layer1
+from kernels.moe import moe_forward_fused, stage_tokens
+from kernels.timeline import (
     CATEGORIES,
     EVENT_COLUMNS,
     KIND_NAMES,
@@ -41,7 +37,7 @@ from kernels.timeline import (  # noqa: E402
     end_to_end,
     tile_remote_rows,
 )
-from kernels.workspace import EmulatedWorld  # noqa: E402
+from kernels.workspace import EmulatedWorld
 
 HW = HardwareProfile.from_name("h200")
 US = 1000  # ns
