@@ -344,7 +344,9 @@ def main(argv=None) -> None:
                     f.flush()
         if a.swiglu:
             sw = {"128x64t": (128, 64, 128, 8, _T), "128x128t": (128, 128, 128, 8, _T),
-                  "64x128p2": (64, 128, 128, 8, {**_T, "programs_per_sm": 2})}
+                  "64x128p2": (64, 128, 128, 8, {**_T, "programs_per_sm": 2}),
+                  "128x128G": (128, 128, 128, 8, {"impl": "gluon"}),
+                  "128x128GS": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel"})}
             run_case(writer, summary, ModelConfig.from_name("mixtral-8x7b", activation="swiglu"), 16384, "balanced",
                      sw, ceiling, a.check, gpu)
     with open(out_dir / f"{a.tag}_{date}_summary.csv", "w", newline="") as f:

@@ -13,24 +13,25 @@ and this kernel schedules them by hand. A program walks its tiles t = pid, pid +
     expert's end cuts short), drain this tile's wgmma, write it to shared memory as bf16/fp16; the
     activation then acts there in 8-row slices during the next K loop (one slice per step).
 
-The activation so acts on the rounded GEMM result (what an unfused PyTorch layer computes: a bf16 matmul,
-then gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance (worst relative
-norm error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible and independent of
-the program count (each tile's reduction order is fixed).
+Gelu so acts on the rounded GEMM result (what an unfused PyTorch layer computes: a bf16 matmul, then
+gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance (worst relative norm
+error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible and independent of the
+program count (each tile's reduction order is fixed).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
-gathered by token id (layer0's default) with 16-byte cp.async copies, one commit group per step. B
-(the (E * D_IN, D_OUT) view of the weights) and C through TMA; rows must be 16-byte aligned. bf16/fp16,
-activation none or gelu, BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no autotuning.
-Everything else (swiglu, fp32, the interpreter, other GPUs) stays with kernels/grouped_gemm.py, whose
-semantics this kernel shares: rows past a tile's row_end read valid rows and are never stored; a reduction
-tail past D_IN reads zeros of A. `kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel
-where `supports` allows.
+gathered by token id (layer0's default) with 16-byte cp.async copies, one commit group per step. B (the
+(E * D_IN, D_OUT') view of the weights) and C through TMA; rows must be 16-byte aligned. bf16/fp16,
+BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no autotuning. Activation none, gelu, or
+swiglu (gate and up column blocks of one output block per tile, two accumulators, so BLOCK_N <= 128;
+silu(gate) * up in registers at the tile's end, on the fp32 accumulators). Everything else (fp32, the
+interpreter, other GPUs) stays with kernels/grouped_gemm.py, whose semantics this kernel shares: rows past
+a tile's row_end read valid rows and are never stored; a reduction tail past D_IN reads zeros of A.
+`kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel where `supports` allows.
 
 Measured on one H200 (results/grouped_gemm/README.md, h200_gluon): against the better of a cuBLAS loop and
 torch._grouped_mm (GEMM only), layer1 0.88-1.11; layer0 (gathered, with gelu) 0.70-0.83, 0.78-0.95 with A
-in shared-row order, 0.83-1.08 without the activation (128x256 tiles). The card runs at its 700 W limit during these
-GEMMs; the activation's instructions cost ~6% there however they are overlapped (h200_activation_power).
+in shared-row order, 0.83-1.08 without the activation (128x256 tiles). The card runs at its 700 W limit
+during these GEMMs; gelu's instructions cost ~6% there however they are overlapped (h200_activation_power).
 
 Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
 3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
@@ -52,7 +53,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.activations import GELU, GELU_E, GELU_P, GELU_T, NONE
+from kernels.activations import GELU, GELU_E, GELU_P, GELU_T, NONE, SWIGLU
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
 # thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
@@ -61,10 +62,12 @@ _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_globa
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
 _SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
+ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
 _E = gl.constexpr(GELU_E)
+_LOG2E = gl.constexpr(1.4426950408889634)
 
 
 @gluon.jit
@@ -135,9 +138,11 @@ def _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_a
 
 
 @gluon.jit
-def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0, a_ptr, a_offs, D_IN,
-                NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, GATHER: gl.constexpr,
+def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0, up_col, a_ptr, a_offs, D_IN,
+                NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, GATHER: gl.constexpr, N_B: gl.constexpr,
                 gather_layout: gl.constexpr, pred):
+    """Step `step`'s operands into its slot: A (TMA, or gathered rows), B (and swiglu's up columns, slot
+    NUM_BUFFERS + slot of b_bufs) through TMA, all completing on the slot's mbarrier."""
     slot = step % NUM_BUFFERS
     bar = bars.index(slot)
     if GATHER:
@@ -147,18 +152,20 @@ def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col
         _cp_async(a_bufs.index(slot), a_ptr + a_offs[:, None] + offs_k[None, :],
                   mask=((offs_k < D_IN) & pred)[None, :])
         async_copy.commit_group()
-        mbarrier.expect(bar, b_desc.block_type.nbytes, pred=pred)
+        mbarrier.expect(bar, N_B * b_desc.block_type.nbytes, pred=pred)
     else:
-        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        mbarrier.expect(bar, a_desc.block_type.nbytes + N_B * b_desc.block_type.nbytes, pred=pred)
         _tma_load(a_desc, [row0, k * BLOCK_K], bar, a_bufs.index(slot), pred)
     _tma_load(b_desc, [b_row0 + k * BLOCK_K, col0], bar, b_bufs.index(slot), pred)
+    if N_B == 2:
+        _tma_load(b_desc, [b_row0 + k * BLOCK_K, col0 + up_col], bar, b_bufs.index(NUM_BUFFERS + slot), pred)
 
 
 @gluon.jit
 def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
-    max_tiles, D_IN, D_OUT, stride_am, stride_cm,
+    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
@@ -175,6 +182,11 @@ def _grouped_gemm_hopper_kernel(
     # gathered A tiles: 8 contiguous elements (16 bytes) per thread and copy
     gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
+    # swiglu: gate and up columns of the same output block, two accumulators, the activation in registers at
+    # the tile's end; gelu: in c_smem slices during the next tile's K loop
+    SWIGLU: gl.constexpr = ACTIVATION == 2
+    N_B: gl.constexpr = 2 if SWIGLU else 1
+    SLICED_ACT: gl.constexpr = 0 if SWIGLU else ACTIVATION
 
     pid = gl.program_id(0)
     G = gl.num_programs(0)
@@ -184,7 +196,7 @@ def _grouped_gemm_hopper_kernel(
     total = my_tiles * k_steps
 
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
+    b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUFFERS):
@@ -199,8 +211,8 @@ def _grouped_gemm_hopper_kernel(
     if GATHER:
         l_offs = _gather_offsets(pid, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M, row_layout)
     for i in gl.static_range(NUM_BUFFERS - 1):
-        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, a_ptr, l_offs, D_IN,
-                    NUM_BUFFERS, BLOCK_K, GATHER, gather_layout, i < total)
+        _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr, l_offs,
+                    D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, i < total)
         l_k += 1
         if l_k == k_steps:
             l_k = 0
@@ -229,6 +241,8 @@ def _grouped_gemm_hopper_kernel(
         c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
         # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values' live range
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        if SWIGLU:
+            acc_up = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
             if GATHER:  # this thread's copies of step s are done (NUM_BUFFERS - 2 newer groups may fly),
@@ -237,16 +251,22 @@ def _grouped_gemm_hopper_kernel(
                 fence_async_shared()
             mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
-            if ACTIVATION != 0:
+            if SWIGLU:
+                acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
+                                       use_acc=kk > 0, is_async=True)
+            if SLICED_ACT != 0:
                 if c_tile > 0:
                     for j in gl.static_range(SLICES):
                         if kk == j:
-                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
-            acc = warpgroup_mma_wait(1, (acc,))
+                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
+            if SWIGLU:
+                acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
+            else:
+                acc = warpgroup_mma_wait(1, (acc,))
             # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
             ls = s + NUM_BUFFERS - 1
-            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, a_ptr, l_offs,
-                        D_IN, NUM_BUFFERS, BLOCK_K, GATHER, gather_layout, ls < total)
+            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr,
+                        l_offs, D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, ls < total)
             l_k += 1
             if l_k == k_steps:
                 l_k = 0
@@ -259,22 +279,26 @@ def _grouped_gemm_hopper_kernel(
                                              BLOCK_M, row_layout)
             s += 1
         if c_tile > 0:
-            if ACTIVATION != 0:  # slices the previous K loop was too short for
+            if SLICED_ACT != 0:  # slices the previous K loop was too short for
                 for j in gl.static_range(SLICES):
                     if j >= k_steps:
-                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
+                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
             _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
                         slice_layout)
             tma.store_wait(pendings=0)  # the copy engine has read c_smem
-        acc = warpgroup_mma_wait(0, (acc,))
+        if SWIGLU:
+            acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
+            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
+        else:
+            acc = warpgroup_mma_wait(0, (acc,))
         c_smem.store(acc.to(dtype))
         p_row0 = c_row0
         p_row_end = c_row_end
         p_col0 = c_col0
     if my_tiles > 0:  # the last tile: nothing left to overlap with
-        if ACTIVATION != 0:
+        if SLICED_ACT != 0:
             for j in gl.static_range(SLICES):
-                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, ACTIVATION)
+                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
         _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
                     slice_layout)
     tma.store_wait(pendings=0)
@@ -282,22 +306,25 @@ def _grouped_gemm_hopper_kernel(
         mbarrier.invalidate(bars.index(i))
 
 
-def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int) -> int:
-    """Pipeline depth that fits shared memory beside the output staging tile (at most 4)."""
-    stage = (block_m * block_k + block_k * block_n) * elem
+def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
+    """Pipeline depth that fits shared memory beside the output staging tile (at most 4); n_b: B tiles per
+    step (2 for swiglu's gate and up)."""
+    stage = (block_m * block_k + n_b * block_k * block_n) * elem
     return max(2, min(4, (_SMEM_BYTES - block_m * block_n * elem - 1024) // stage))
 
 
 def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
     """Why this kernel cannot run the call (None if it can)."""
-    if activation not in ("none", "gelu"):
-        return f"activation {activation!r} (this kernel has none and gelu)"
+    if activation not in ACTIVATIONS:
+        return f"activation {activation!r} (this kernel has {', '.join(ACTIVATIONS)})"
     if not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] != 9:
         return "not an sm_90 (Hopper) GPU"
     if a.dtype not in (torch.bfloat16, torch.float16):
         return f"dtype {a.dtype} (bf16 or fp16 only)"
     if block_m not in (64, 128) or block_n > 256:
         return f"tile {block_m}x{block_n} (BLOCK_M 64 or 128, BLOCK_N <= 256)"
+    if activation == "swiglu" and block_n > 128:
+        return f"swiglu with BLOCK_N={block_n} (its two accumulators need BLOCK_N <= 128 to fit the registers)"
     for name, t in (("a", a), ("b", b_EIO), ("out", out)):
         if t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
             return f"{name}'s rows are not 16-byte aligned (TMA{' and 16-byte copies of gathered rows' * gather})"
@@ -308,19 +335,22 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
-    (gathered by cp.async) else r (TMA); returns out."""
-    E, D_IN, D_OUT = b_EIO.shape
+    (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
+    of b_EIO. Returns out."""
+    E, D_IN, D_OUT_B = b_EIO.shape
+    D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
     a_desc = _descriptor(a, [block_m, block_k], gdt)
-    b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT), [block_k, block_n], gdt)
+    b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT_B), [block_k, block_n], gdt)
     c_desc = _descriptor(out, [block_m, block_n], gdt)
-    nb = num_buffers_for(block_m, block_n, block_k, a.element_size())
+    n_b = 2 if activation == "swiglu" else 1
+    nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
-        tiles["expert"].numel(), D_IN, D_OUT, a.stride(0), out.stride(0),
-        ACTIVATION=GELU if activation == "gelu" else NONE, GATHER=gather, NUM_BUFFERS=nb, num_warps=block_m // 16)
+        tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
+        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, num_warps=block_m // 16)
     return out
 
 

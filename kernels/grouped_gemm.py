@@ -18,10 +18,10 @@ block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / bl
 BLOCK_K, num_warps and num_stages. Accumulation is fp32; the layer0 epilogue applies the activation
 (swiglu: two accumulators, gate and up columns of the same output block, in one program).
 On Hopper (sm_90) `grouped_gemm(impl="auto")` runs the Gluon kernel of kernels/gluon_gemm.py instead (same
-tile table and semantics; bf16/fp16, gelu or no activation): it pipelines the K loops of consecutive tiles
-and overlaps the activation with the next tile's wgmmas, and needs no autotuning. This module's kernel runs
-everything else (swiglu, fp32, other GPUs, Triton's interpreter on the CPU) and shares its tile code with
-the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of the better of
+tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it pipelines the
+K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no autotuning. This
+module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU) and shares its
+tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of the better of
 cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 0.88-1.11 Gluon; layer0
 (gathered, gelu) 0.70-0.83 with either, and with A in shared-row order 0.76-0.89 here, 0.78-0.95 Gluon.
 
@@ -271,8 +271,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     "tile_loop" (or "none").
     validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
     always checked.
-    impl: "auto" runs the Gluon Hopper kernel (kernels/gluon_gemm.py: A in place, none/gelu, bf16/fp16 on
-    sm_90, all operands through TMA, so a_tma / b_tma / c_tma do not apply) where it can and no option of
+    impl: "auto" runs the Gluon Hopper kernel (kernels/gluon_gemm.py: bf16/fp16 on sm_90; B, C and A in place
+    through TMA, so a_tma / b_tma / c_tma do not apply) where it can (`gluon_unsupported`) and no option of
     this module's kernel alone is set (config, flatten, warp_specialize), else this module's kernel;
     "triton" always this module's kernel; "gluon" the Gluon kernel or a ValueError that says why not.
     """

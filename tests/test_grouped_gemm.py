@@ -183,8 +183,8 @@ def test_errors_are_clear():
 
 
 def test_gluon_impl_says_why_it_cannot_run():
-    # the Gluon Hopper kernel runs bf16/fp16 on sm_90 only, without swiglu: asked for anyway, it names the
-    # reason; "auto" falls back to the tl kernel (the result checked against the reference)
+    # the Gluon Hopper kernel runs bf16/fp16 on sm_90 only: asked for anyway, it names the reason; "auto"
+    # falls back to the tl kernel (the result checked against the reference)
     model = _small_model()
     plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
     w0, w1 = _weights(plan, "gelu", torch.float32)
@@ -195,9 +195,6 @@ def test_gluon_impl_says_why_it_cannot_run():
     h = torch.randn(plan.rank(0).row_token_R.numel(), 24, device=DEVICE)
     with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
         grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")
-    w0_sw, _ = _weights(plan, "swiglu", torch.float32)
-    with pytest.raises(ValueError, match="impl='gluon' cannot run this call: activation 'swiglu'"):
-        grouped_gemm_layer0(plan, 0, x, w0_sw, activation="swiglu", impl="gluon")
     R = int(plan.rank(0).num_rows)
     y = grouped_gemm_layer1(plan, 0, h, w1, impl="auto", a_tma=False, b_tma=False)
     assert_close(y[:R], reference_layer1(plan, 0, h, w1), _tol_key(torch.float32), "layer1 auto")
@@ -315,6 +312,17 @@ def test_gpu_gluon_matches_reference(block_m, block_n, activation, gather):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("block_m,block_n", [(128, 128), (128, 64), (64, 128)])
+@pytest.mark.parametrize("gather", [False, True])
+def test_gpu_gluon_swiglu_matches_reference(block_m, block_n, gather):
+    # gate and up column blocks of one output block per tile, two accumulators; BLOCK_N <= 128 (registers)
+    plan = _gluon_plan("swiglu", block_m, block_n)
+    for rank in (0, 1):
+        _check_gluon(plan, rank, "swiglu", gather)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 def test_gpu_gluon_program_counts_and_bitwise_repeat():
     # one program (every tile's K loop in one pipeline), a count that divides nothing, more than the tiles;
     # the result does not depend on the program count (each tile's reduction order is fixed): bitwise equal
@@ -327,7 +335,8 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 def test_gpu_auto_picks_gluon_where_it_applies():
-    # both layers under "auto" equal the forced Gluon runs bit for bit; swiglu still runs the tl kernel
+    # both layers under "auto" equal the forced Gluon runs bit for bit, swiglu too (BLOCK_N <= 128); swiglu
+    # with 256-wide blocks is refused by the Gluon kernel with its reason
     plan = _gluon_plan("gelu", 128, 256)
     w0, w1 = _weights(plan, "gelu", torch.bfloat16)
     rp = plan.rank(0)
@@ -336,8 +345,10 @@ def test_gpu_auto_picks_gluon_where_it_applies():
     assert torch.equal(grouped_gemm_layer1(plan, 0, h, w1)[:R], grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")[:R])
     x = _tokens(plan.num_tokens, 512, torch.bfloat16)
     assert torch.equal(grouped_gemm_layer0(plan, 0, x, w0)[:R], grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")[:R])
-    sw = _gluon_plan("swiglu", 128, 128)  # (two 128x256 accumulators would not fit the tl kernel)
+    sw = _gluon_plan("swiglu", 128, 128)
     w0_sw, _ = _weights(sw, "swiglu", torch.bfloat16)
     R = int(sw.rank(0).num_rows)
-    assert_close(grouped_gemm_layer0(sw, 0, x, w0_sw)[:R], reference_layer0(sw, 0, x, w0_sw, "swiglu"),
-                 torch.bfloat16, "swiglu layer0 auto (tl kernel)")
+    assert torch.equal(grouped_gemm_layer0(sw, 0, x, w0_sw)[:R], grouped_gemm_layer0(sw, 0, x, w0_sw, impl="gluon")[:R])
+    wide = _gluon_plan("swiglu", 128, 256)
+    with pytest.raises(ValueError, match="swiglu with BLOCK_N=256"):
+        grouped_gemm_layer0(wide, 0, x, _weights(wide, "swiglu", torch.bfloat16)[0], impl="gluon")
