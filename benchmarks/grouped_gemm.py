@@ -70,6 +70,7 @@ VARIANTS = {
     "128x256G": (128, 256, 256, 8, {"impl": "gluon"}),
     "128x256GS": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS+g": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "with_gather"}),
+    "128x128G": (128, 128, 128, 8, {"impl": "gluon"}),
     "128x128GS": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
@@ -312,6 +313,9 @@ def main(argv=None) -> None:
     ap.add_argument("--timing", default="both", choices=("both", "graph"),
                     help="both: device (CUDA graph replay) and eager times; graph: device times only")
     ap.add_argument("--swiglu", action="store_true", help="also time Mixtral's layer0 with swiglu (M=16384)")
+    ap.add_argument("--activation", choices=("gelu", "swiglu"), default=None,
+                    help="override every model's activation (the paper's default is gelu; the Hugging Face "
+                         "checkpoints use swiglu: give it tile variants with BLOCK_N <= 128)")
     ap.add_argument("--tag", default="h200")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -339,8 +343,9 @@ def main(argv=None) -> None:
         for M in map(int, a.tokens.split(",")):
             for name in a.models.split(","):
                 for rk in a.routings.split(","):
-                    run_case(writer, summary, ModelConfig.from_name(name), M, rk, variants, ceiling, a.check, gpu,
-                             layers=a.layers.split(","))
+                    over = {"activation": a.activation} if a.activation else {}
+                    run_case(writer, summary, ModelConfig.from_name(name, **over), M, rk, variants, ceiling, a.check,
+                             gpu, layers=a.layers.split(","))
                     f.flush()
         if a.swiglu:
             sw = {"128x64t": (128, 64, 128, 8, _T), "128x128t": (128, 128, 128, 8, _T),
