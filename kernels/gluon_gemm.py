@@ -30,8 +30,9 @@ a tile's row_end read valid rows and are never stored; a reduction tail past D_I
 
 Measured on one H200 (results/grouped_gemm/README.md, h200_gluon): against the better of a cuBLAS loop and
 torch._grouped_mm (GEMM only), layer1 0.88-1.11; layer0 (gathered, with gelu) 0.70-0.83, 0.78-0.95 with A
-in shared-row order, 0.83-1.08 without the activation (128x256 tiles). The card runs at its 700 W limit
-during these GEMMs; gelu's instructions cost ~6% there however they are overlapped (h200_activation_power).
+in shared-row order, 0.83-1.08 without the activation (128x256 tiles); layer0 with swiglu (128x128 tiles)
+0.72-0.90 gathered, 0.82-1.05 with A in shared-row order. The card runs at its 700 W limit during these
+GEMMs; gelu's instructions cost ~6% there however they are overlapped (h200_activation_power).
 
 Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
 3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
