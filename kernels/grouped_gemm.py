@@ -21,9 +21,10 @@ On Hopper (sm_90) `grouped_gemm(impl="auto")` runs the Gluon kernel of kernels/g
 tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it pipelines the
 K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no autotuning. This
 module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU) and shares its
-tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of the better of
-cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 0.88-1.11 Gluon; layer0
-(gathered, gelu) 0.70-0.83 with either, and with A in shared-row order 0.76-0.89 here, 0.78-0.95 Gluon.
+tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of
+the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 0.88-1.11
+Gluon; layer0 (gathered, gelu) 0.70-0.83 with either, with A in shared-row order 0.76-0.89 here, 0.78-0.95
+Gluon.
 
     >>> import torch
     >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
