@@ -138,7 +138,8 @@ def _gluon_config_str(plan, layer: str) -> str:
     from kernels.gluon_gemm import num_buffers_for
 
     bn = plan.policy.block_n0 if layer == "l0" else plan.policy.block_n1
-    nb = num_buffers_for(plan.policy.block_m, bn, 64, 2)
+    n_b = 2 if layer == "l0" and plan.model.activation == "swiglu" else 1
+    nb = num_buffers_for(plan.policy.block_m, bn, 64, 2, n_b)
     return f"BK64_w{plan.policy.block_m // 16}_nb{nb}"
 
 
