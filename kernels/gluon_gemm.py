@@ -139,6 +139,24 @@ def _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_a
 
 
 @gluon.jit
+def _advance_loader(l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
+                    tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GATHER: gl.constexpr, row_layout: gl.constexpr):
+    """The loader's next K step, and at a tile's end its next tile's coordinates (and gathered rows). The table
+    index is clamped so that the look-ahead past the program's last tile reads valid (unused) entries."""
+    l_k += 1
+    if l_k == k_steps:
+        l_k = 0
+        l_tile += 1
+        t = gl.minimum(pid + l_tile * G, max_tiles - 1)
+        l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
+        if GATHER:
+            l_offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
+                                     row_layout)
+    return l_k, l_tile, l_row0, l_brow0, l_col0, l_offs
+
+
+@gluon.jit
 def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col0, up_col, a_ptr, a_offs, D_IN,
                 NUM_BUFFERS: gl.constexpr, BLOCK_K: gl.constexpr, GATHER: gl.constexpr, N_B: gl.constexpr,
                 gather_layout: gl.constexpr, pred):
@@ -204,8 +222,7 @@ def _grouped_gemm_hopper_kernel(
         mbarrier.init(bars.index(i), count=1)
     l_offs = 0  # (gathered A: the load tile's row offsets)
 
-    # loader: the tile (l_tile-th of this program) and K step of the next load. A program's table index
-    # is clamped to the table so that the look-ahead past its last tile reads valid (unused) entries.
+    # loader: the tile (l_tile-th of this program) and K step of the next load
     l_tile = 0
     l_k = 0
     l_row0, l_brow0, l_col0 = _tile_coords(pid, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
@@ -214,16 +231,10 @@ def _grouped_gemm_hopper_kernel(
     for i in gl.static_range(NUM_BUFFERS - 1):
         _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, i, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr, l_offs,
                     D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, i < total)
-        l_k += 1
-        if l_k == k_steps:
-            l_k = 0
-            l_tile += 1
-            t = gl.minimum(pid + l_tile * G, max_tiles - 1)
-            l_row0, l_brow0, l_col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN,
-                                                   BLOCK_N)
-            if GATHER:
-                l_offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
-                                         row_layout)
+        l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _advance_loader(
+            l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
+            tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M, BLOCK_N, GATHER,
+            row_layout)
 
     # consumer: tile by tile; a nested K loop keeps the in-flight accumulator out of any branch (a branch
     # that merges it makes ptxas wait for every wgmma: the pipeline would serialise). A tile's result goes
@@ -268,16 +279,10 @@ def _grouped_gemm_hopper_kernel(
             ls = s + NUM_BUFFERS - 1
             _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr,
                         l_offs, D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, ls < total)
-            l_k += 1
-            if l_k == k_steps:
-                l_k = 0
-                l_tile += 1
-                lt = gl.minimum(pid + l_tile * G, max_tiles - 1)
-                l_row0, l_brow0, l_col0 = _tile_coords(lt, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr,
-                                                       D_IN, BLOCK_N)
-                if GATHER:
-                    l_offs = _gather_offsets(lt, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am,
-                                             BLOCK_M, row_layout)
+            l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _advance_loader(
+                l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
+                tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M, BLOCK_N,
+                GATHER, row_layout)
             s += 1
         if c_tile > 0:
             if SLICED_ACT != 0:  # slices the previous K loop was too short for
