@@ -352,3 +352,38 @@ def test_gpu_auto_picks_gluon_where_it_applies():
     wide = _gluon_plan("swiglu", 128, 256)
     with pytest.raises(ValueError, match="swiglu with BLOCK_N=256"):
         grouped_gemm_layer0(wide, 0, x, _weights(wide, "swiglu", torch.bfloat16)[0], impl="gluon")
+
+
+class _FakeCudaTensor:
+    """What kernels.gluon_gemm.supports reads of a tensor, for checking its reasons without a GPU."""
+
+    def __init__(self, cols, dtype=torch.bfloat16, ptr=1024):
+        self.is_cuda, self.device, self.dtype, self.shape, self._ptr = True, "cuda:0", dtype, (64, cols), ptr
+
+    def data_ptr(self):
+        return self._ptr
+
+    def element_size(self):
+        return torch.tensor([], dtype=self.dtype).element_size()
+
+
+@pytest.mark.parametrize("capability,dtype,tile,activation,cols,ptr,why", [
+    ((9, 0), torch.bfloat16, (128, 256), "gelu", 64, 1024, None),
+    ((9, 0), torch.float16, (64, 128), "swiglu", 64, 1024, None),
+    ((8, 0), torch.bfloat16, (128, 256), "gelu", 64, 1024, "not an sm_90"),
+    ((10, 0), torch.bfloat16, (128, 256), "gelu", 64, 1024, "not an sm_90"),
+    ((9, 0), torch.float32, (128, 256), "gelu", 64, 1024, "dtype torch.float32"),
+    ((9, 0), torch.bfloat16, (32, 256), "gelu", 64, 1024, "tile 32x256"),
+    ((9, 0), torch.bfloat16, (128, 512), "none", 64, 1024, "tile 128x512"),
+    ((9, 0), torch.bfloat16, (128, 256), "swiglu", 64, 1024, "swiglu with BLOCK_N=256"),
+    ((9, 0), torch.bfloat16, (128, 256), "relu", 64, 1024, "activation 'relu'"),
+    ((9, 0), torch.bfloat16, (128, 256), "gelu", 60, 1024, "rows are not 16-byte aligned"),
+    ((9, 0), torch.bfloat16, (128, 256), "gelu", 64, 1032, "rows are not 16-byte aligned"),
+])
+def test_gluon_supports_names_each_limit(monkeypatch, capability, dtype, tile, activation, cols, ptr, why):
+    # the dispatcher's side of the Gluon kernel (its GPU side is tested under `gpu`): which calls it takes
+    gluon_gemm = pytest.importorskip("kernels.gluon_gemm")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    a, b, out = _FakeCudaTensor(cols, dtype, ptr), _FakeCudaTensor(64, dtype), _FakeCudaTensor(64, dtype)
+    got = gluon_gemm.supports(a, b, out, activation, False, *tile)
+    assert (got is None) if why is None else (why in got), got
