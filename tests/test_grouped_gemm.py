@@ -201,11 +201,13 @@ def test_gluon_impl_says_why_it_cannot_run():
 
 
 # ------------------------------------------------------------------------------------- GPU (bf16)
-def _gpu_plan(activation, M=700, block_n0=128, order="comet"):
-    model = ModelConfig("mid", hidden_N=512, ffn_K=320, experts_E=8, topk=2, layers=1, activation=activation)
+def _gpu_plan(activation, M=700, block_n0=128, order="comet", block_m=128, block_n1=128, K=320):
+    # (a model's activation is gelu or swiglu; "none" is a kernel option: the model keeps gelu)
+    model = ModelConfig("mid", hidden_N=512, ffn_K=K, experts_E=8, topk=2, layers=1,
+                        activation="gelu" if activation == "none" else activation)
     routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
     return make_plan(routing, model, ParallelConfig(ep=2), HW,
-                     Policy(block_m=128, block_n0=block_n0, block_n1=128, order=order), ranks=[0, 1])
+                     Policy(block_m=block_m, block_n0=block_n0, block_n1=block_n1, order=order), ranks=[0, 1])
 
 
 @pytest.mark.gpu
@@ -265,12 +267,7 @@ def test_gpu_chain_matches_comet_reference():
 def _gluon_plan(activation, block_m, block_n, K=328, M=900, order="comet"):
     # K=328: layer1's reduction ends inside a 64-wide K step (A's zero fill) and layer0's columns inside a
     # column block (the TMA store clips them); ragged experts give tiles cut short by their expert's end
-    # (a model's activation is gelu or swiglu; "none" is a kernel option: the model keeps gelu)
-    model = ModelConfig("mid", hidden_N=512, ffn_K=K, experts_E=8, topk=2, layers=1,
-                        activation="gelu" if activation == "none" else activation)
-    routing = imbalanced(M=M, E=8, topk=2, std=0.05, seed=5).to("cuda")
-    return make_plan(routing, model, ParallelConfig(ep=2), HW,
-                     Policy(block_m=block_m, block_n0=block_n, block_n1=block_n, order=order), ranks=[0, 1])
+    return _gpu_plan(activation, M=M, block_n0=block_n, order=order, block_m=block_m, block_n1=block_n, K=K)
 
 
 def _check_gluon(plan, rank, activation, gather=False, **kw):
