@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.grouped_gemm import _device_line
+from benchmarks._timing import device_line
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.plan import Policy, make_plan
 from comet.routing import make_routing
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     path = Path(a.out) / f"{a.tag}_{date}.csv"
     with open(path, "w", newline="") as f:
-        f.write(f"# {_device_line()}\n# {a.model} M={a.tokens} balanced, rank 0 of EP=4, layer0 rows {R}\n")
+        f.write(f"# {device_line()}\n# {a.model} M={a.tokens} balanced, rank 0 of EP=4, layer0 rows {R}\n")
         w = csv.DictWriter(f, fieldnames=["impl", "time_us", "tflops", "sm_clock_mhz", "power_w", "samples"])
         w.writeheader()
         for name, fn in impls.items():

@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
-from triton.testing import do_bench, do_bench_cudagraph
 
+from benchmarks._timing import device_line, eager_us, graph_us
 from comet.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.plan import Policy, make_plan
 from comet.routing import make_routing
@@ -85,23 +83,10 @@ FIELDS = ["gpu", "model", "tokens_M", "routing", "layer", "activation", "rows", 
           "rel_err", "check"]
 
 
-def _bench_us(fn) -> float:
-    """Median eager time: do_bench's CUDA events around each call (launch and Python overhead included when
-    the host is slower than the GPU; L2 flushed between calls)."""
-    fn()
-    torch.cuda.synchronize()
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
-def _bench_graph_us(fn) -> float:
-    """Median device time: the calls captured in a CUDA graph and replayed (no launch overhead)."""
-    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
-
-
 def _bench_both(fn) -> tuple[float, float]:
-    eager = _bench_us(fn) if TIMING == "both" else float("nan")
+    eager = eager_us(fn) if TIMING == "both" else float("nan")
     try:
-        return _bench_graph_us(fn), eager
+        return graph_us(fn), eager
     except Exception as exc:  # noqa: BLE001 - a capture failure is reported, the eager time kept
         print(f"graph capture failed ({type(exc).__name__}: {str(exc)[:200]}); device time = eager", flush=True)
         return eager, eager
@@ -117,14 +102,8 @@ def _ceiling_tflops(dtype, warm_s: float = 0.0) -> float:
         for _ in range(10):
             a @ b
         torch.cuda.synchronize()
-    us = _bench_us(lambda: a @ b)
+    us = eager_us(lambda: a @ b)
     return 2 * 8192 * 4096 * 14336 / us / 1e6
-
-
-def _device_line() -> str:
-    p = torch.cuda.get_device_properties(0)
-    return (f"{p.name} x{torch.cuda.device_count()} ({p.multi_processor_count} SMs), torch {torch.__version__}, "
-            f"triton {triton.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
 
 
 def _best_config_str() -> str:
@@ -197,12 +176,12 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
 
         def emit(impl, times, variant="", config="", rel_err="", chk="", base=base, flops=flops,
                  res_eager=res_eager):
-            us, eager_us = times
-            res_eager[impl if impl != "ours" else f"ours_{variant}"] = flops / eager_us / 1e6
+            us, eager = times
+            res_eager[impl if impl != "ours" else f"ours_{variant}"] = flops / eager / 1e6
             tf = flops / us / 1e6
             writer.writerow({**base, "impl": impl, "variant": variant, "config": config, "time_us": f"{us:.2f}",
                              "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}",
-                             "eager_time_us": f"{eager_us:.2f}", "eager_tflops": f"{flops / eager_us / 1e6:.1f}",
+                             "eager_time_us": f"{eager:.2f}", "eager_tflops": f"{flops / eager / 1e6:.1f}",
                              "rel_err": rel_err, "check": chk})
             return tf
 
@@ -327,7 +306,7 @@ def main(argv=None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
     gpu = torch.cuda.get_device_name(0)
-    print(_device_line(), flush=True)
+    print(device_line(), flush=True)
     t0 = time.time()
     ceiling = _ceiling_tflops(torch.bfloat16, warm_s=3.0)
     print(f"bf16 ceiling: torch.matmul 8192x4096x14336 = {ceiling:.1f} TFLOP/s", flush=True)
@@ -338,7 +317,7 @@ def main(argv=None) -> None:
     summary = []
     long_path = out_dir / f"{a.tag}_{date}.csv"
     with open(long_path, "w", newline="") as f:
-        f.write(f"# {_device_line()}\n# bf16 ceiling (torch.matmul 8192x4096x14336): {ceiling:.1f} TFLOP/s\n")
+        f.write(f"# {device_line()}\n# bf16 ceiling (torch.matmul 8192x4096x14336): {ceiling:.1f} TFLOP/s\n")
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for M in map(int, a.tokens.split(",")):
