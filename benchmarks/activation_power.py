@@ -3,6 +3,7 @@
 For one layer0 case (default Mixtral-8x7B, M=16384, balanced, rank 0 of EP=4), each implementation is
 replayed from a CUDA graph for `--seconds` while nvidia-smi samples the SM clock and power every 50 ms:
     gluon_gelu / gluon_none    kernels/gluon_gemm.py with and without the (deferred, overlapped) gelu
+    gluon_gelu_tanh / _sigmoid the same with fast_gelu (kernels/activations.py's fitted forms)
     triton_gelu / triton_none  kernels/grouped_gemm.py (gelu in the register epilogue)
     cublas_loop                torch.mm per expert on pre-gathered rows (no activation)
 If the GEMM runs at the board's power limit, the activation's extra instructions lower the clock and
@@ -86,6 +87,10 @@ def main(argv=None) -> None:
     rows = expert_rows(plan, 0)
     impls = {
         "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon"),
+        "gluon_gelu_tanh": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                          fast_gelu="tanh"),
+        "gluon_gelu_sigmoid": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                             fast_gelu="sigmoid"),
         "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                      activation="none"),
         "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
@@ -107,7 +112,7 @@ def main(argv=None) -> None:
             r = {"impl": name, **r, "tflops": flops / r["time_us"] / 1e6}
             w.writerow({k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()})
             f.flush()
-            print(f"{name:12s} {r['time_us']:8.1f} us {r['tflops']:6.1f} TFLOP/s  SM {r['sm_clock_mhz']:6.0f} MHz  "
+            print(f"{name:18s} {r['time_us']:8.1f} us {r['tflops']:6.1f} TFLOP/s  SM {r['sm_clock_mhz']:6.0f} MHz  "
                   f"{r['power_w']:5.0f} W  ({r['samples']} samples)", flush=True)
     print(f"wrote {path}")
 

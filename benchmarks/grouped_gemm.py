@@ -8,7 +8,8 @@ triton.testing.do_bench medians:
     cublas_loop     torch.mm per local expert on pre-gathered rows (GEMM only);
     grouped_mm      torch._grouped_mm on pre-gathered rows (GEMM only), B column-major (its fast layout)
                     and row-major (the layout our kernel reads);
-    torch_unfused   what the GEMM stands for in plain PyTorch: index_select + _grouped_mm + activation.
+    torch_unfused   what the GEMM stands for in plain PyTorch: index_select + _grouped_mm + activation;
+    cublas_unfused  the same with the cuBLAS loop: index_select + torch.mm per expert + activation.
 TFLOP/s count real rows only (2 * rows * D_IN * D_OUT'); the bf16 ceiling is a large torch.matmul measured
 in the same process. Primary times are device times (calls replayed from a CUDA graph, for every
 implementation alike); eager times (do_bench, launch and Python overhead included) are kept beside them.
@@ -72,11 +73,20 @@ VARIANTS = {
     "128x128GS": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
+    # -fg: gelu by the fast form (fast_gelu=True: one tanh.approx; kernels/activations.py)
+    "128x256G-fg": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "tanh"}),
+    "128x256GS-fg": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "tanh"}),
+    "128x256GS+g-fg": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "with_gather", "fast_gelu": "tanh"}),
+    "64x256GS-fg": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "tanh"}),
+    # -fs: the fast gelu as x * sigmoid(2u) (ex2 + rcp: relative accuracy kept for negative x)
+    "128x256G-fs": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "sigmoid"}),
+    "128x256GS-fs": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "sigmoid"}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
 }
 DEFAULT_VARIANTS = ("128x256", "128x256t", "128x256tW", "128x128t", "128x128p2", "128x128tp2")
-DEVICE = "cuda"  # a smoke test may point this at the CPU (interpreter)
+DEVICE = "cuda"  # a smoke test points these at the CPU interpreter, whose bf16 is broken: float32
+DTYPE = torch.bfloat16
 TIMING = "both"  # "both": device (CUDA graph) and eager times; "graph": device times only
 FIELDS = ["gpu", "model", "tokens_M", "routing", "layer", "activation", "rows", "experts_local", "d_in", "d_out",
           "impl", "variant", "config", "time_us", "tflops", "frac_ceiling", "eager_time_us", "eager_tflops",
@@ -138,7 +148,7 @@ def _check(actual, expected, what) -> str:
 
 def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, variants, ceiling, check: bool,
              gpu: str, seed: int = 0, layers=("l0", "l1")):
-    dtype = torch.bfloat16
+    dtype = DTYPE
     par = ParallelConfig(ep=4, tp=1)
     hw = HardwareProfile.from_name("h200")
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=seed, std=0.032).to(DEVICE)
@@ -192,6 +202,14 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                 if end > s:
                     torch.mm(a_sorted[s:end], w[e], out=out_b[s:end])
         res["cublas_loop"] = emit("cublas_loop", _bench_both(loop))
+        if layer == "l0":  # the same output as ours: gather, GEMM, activation
+            def loop_unfused(w=w, out_b=out_b):
+                a = x.index_select(0, tok)
+                for e, (s, end) in enumerate(rows):
+                    if end > s:
+                        torch.mm(a[s:end], w[e], out=out_b[s:end])
+                return act_fn(out_b)
+            res["cublas_unfused"] = emit("cublas_unfused", _bench_both(loop_unfused))
         if has_gmm:
             w_col = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major per expert
             for impl, ww in (("grouped_mm_colmajor", w_col), ("grouped_mm_rowmajor", w)):
@@ -234,7 +252,8 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                 fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer1(plan, 0, h, w1, **opts)
             try:
                 out = fn()
-                torch.cuda.synchronize()
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()
                 cfg = _gluon_config_str(plan, layer) if opts["impl"] == "gluon" else _best_config_str()
                 rel, chk = "", ""
                 if check and "noact" not in v:
@@ -248,13 +267,17 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
         if ours and gemm_base:
             gmm = max(res.get("grouped_mm_colmajor", 0), res.get("grouped_mm_rowmajor", 0))
             bo, bb = max(ours, key=ours.get), max(gemm_base, key=gemm_base.get)
+            unfused = max(res.get("torch_unfused", 0), res.get("cublas_unfused", 0))
             summary.append({"model": model.name, "tokens_M": M, "routing": routing_kind, "layer": layer, "rows": R,
                             "experts_local": E, "d_in": d_in, "d_out": d_out,
                             "ours_tflops": f"{ours[bo]:.1f}", "ours_variant": bo[5:],
                             "cublas_loop_tflops": f"{res.get('cublas_loop', 0):.1f}",
                             "grouped_mm_tflops": f"{gmm:.1f}",
                             "torch_unfused_tflops": f"{res.get('torch_unfused', 0):.1f}",
+                            "cublas_unfused_tflops": f"{res.get('cublas_unfused', 0):.1f}",
                             "best_baseline": bb, "ratio_vs_best": f"{ours[bo] / gemm_base[bb]:.3f}",
+                            # against the best baseline that computes the same output (gather + GEMM + act)
+                            "ratio_vs_unfused": f"{ours[bo] / unfused:.3f}" if unfused else "",
                             "ours_frac_ceiling": f"{ours[bo] / ceiling:.3f}",
                             "eager_ours_tflops": f"{max(res_eager[k] for k in ours):.1f}",
                             "eager_best_baseline_tflops": f"{max(res_eager[k] for k in gemm_base):.1f}"})

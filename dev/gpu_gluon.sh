@@ -7,13 +7,14 @@
 #
 # Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
-# grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log.
+# grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG.
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 PY=${PYTHON:-python3}
 VARIANTS=${VARIANTS:-128x256t,128x256tSC,128x256G,128x256GS,128x128GS,128x256GS-noact}
+TAG=${TAG:-h200_gluon}
 mkdir -p "$OUT"
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --format=csv,noheader
@@ -25,7 +26,7 @@ gluon_rc=$?
 bench_rc=skipped
 if [ $gluon_rc -eq 0 ]; then
     timeout 330 "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens "${TOKENS:-16384,4096}" --variants "$VARIANTS" \
-        --tag h200_gluon --out "$OUT/grouped_gemm" > "$OUT/bench.log" 2>&1
+        --layers "${LAYERS:-l0,l1}" --tag "$TAG" --out "$OUT/grouped_gemm" > "$OUT/bench.log" 2>&1
     bench_rc=$?
 fi
 timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k "not gluon" tests/test_grouped_gemm.py > "$OUT/gpu_tests.log" 2>&1

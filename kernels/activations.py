@@ -26,6 +26,14 @@ AS_T = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 GELU_P = AS_P / math.sqrt(2.0)
 GELU_T = tuple(c / 2 for c in AS_T)
 GELU_E = -0.5 / math.log(2.0)
+# Fast gelu (kernels/gluon_gemm.py, fast_gelu=True): gelu(x) ~ x/2 (1 + tanh(x (K1 + K3 x2 + K5 x2^2))),
+# x2 = min(x^2, X2_MAX), with one tanh.approx.f32 (a single MUFU op, relative error <= 2^-11): ~7 instructions
+# an element. K1..K5: minimax fit of |error| on x in [-12, 12] (scipy Nelder-Mead, exact tanh): |error| <=
+# 2.6e-5; with tanh.approx's error, <= 2.6e-4 relative for |x| >= 0.5 (bf16 rounds at 2^-9 = 2e-3
+# relative; fp16 at 4.9e-4, hence opt-in). The clamp keeps the K5 term (negative) from turning the
+# argument's sign for |x| > 11.9; past |x| = 5 the tanh is 1 to fp32 precision anyway.
+FAST_GELU_K = (0.7975078842854613, 0.0370056460224696, -0.0003515167885740765)
+FAST_GELU_X2_MAX = 25.0
 _LOG2E = tl.constexpr(1.4426950408889634)
 _P = tl.constexpr(AS_P)
 _T0, _T1, _T2, _T3, _T4 = (tl.constexpr(c) for c in AS_T)
@@ -51,6 +59,17 @@ def gelu_erf_folded_reference(x):
         poly = c + t * poly
     half_e = t * poly * torch.exp2(x * x * GELU_E)
     return x * torch.where(x >= 0, 1.0 - half_e, half_e)
+
+
+def fast_gelu_reference(x, tanh=None):
+    """The fast form on torch tensors (exact tanh unless `tanh` is given: a test perturbs it)."""
+    import torch
+
+    k1, k3, k5 = FAST_GELU_K
+    x2 = torch.clamp(x * x, max=FAST_GELU_X2_MAX)
+    u = x * (k1 + x2 * (k3 + k5 * x2))
+    half = 0.5 * x
+    return half + half * (tanh or torch.tanh)(u)
 
 
 @triton.jit

@@ -54,7 +54,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.activations import GELU, GELU_E, GELU_P, GELU_T, NONE, SWIGLU
+from kernels.activations import FAST_GELU_K, FAST_GELU_X2_MAX, GELU, GELU_E, GELU_P, GELU_T, NONE, SWIGLU
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
 # thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
@@ -64,11 +64,15 @@ _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_glo
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
 _SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
 ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
+_FAST_GELU = {None: 0, "tanh": 1, "sigmoid": 2}
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
 _E = gl.constexpr(GELU_E)
 _LOG2E = gl.constexpr(1.4426950408889634)
+_K1, _K3, _K5 = (gl.constexpr(c) for c in FAST_GELU_K)
+_X2_MAX = gl.constexpr(FAST_GELU_X2_MAX)
+_S1, _S3, _S5 = (gl.constexpr(-2.0 * 1.4426950408889634 * c) for c in FAST_GELU_K)  # exp(-2u) as exp2
 
 
 @gluon.jit
@@ -84,6 +88,23 @@ def _gelu_erf(x):
     return x * gl.where(x >= 0, 1.0 - half_e, half_e)
 
 
+@gluon.jit
+def _tanh(x):
+    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _fast_gelu(x, FORM: gl.constexpr):
+    """kernels/activations.py's fast form: FORM 1 with one tanh.approx, 2 as x * sigmoid(2u) (ex2 + rcp)."""
+    x2 = gl.minimum(x * x, _X2_MAX)
+    if FORM == 1:
+        half = 0.5 * x
+        return half + half * _tanh(x * (_K1 + x2 * (_K3 + x2 * _K5)))
+    else:
+        return x * _rcp(1.0 + gl.exp2(x * (_S1 + x2 * (_S3 + x2 * _S5))))
+
+
 @gluon.constexpr_function
 def _slice_layout(block_n, num_warps):
     tpw_n = min(32, block_n // 8)
@@ -92,12 +113,15 @@ def _slice_layout(block_n, num_warps):
 
 @gluon.jit
 def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr,
-                    ACTIVATION: gl.constexpr):
+                    ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr):
     """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in fp32, in place."""
     sl = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0)
     v = sl.load(layout).to(gl.float32)
     if ACTIVATION == 1:
-        v = _gelu_erf(v)
+        if FAST_GELU != 0:
+            v = _fast_gelu(v, FAST_GELU)
+        else:
+            v = _gelu_erf(v)
     sl.store(v.to(c_smem.dtype))
 
 
@@ -185,7 +209,8 @@ def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
-    ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr,
+    ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
@@ -270,7 +295,7 @@ def _grouped_gemm_hopper_kernel(
                 if c_tile > 0:
                     for j in gl.static_range(SLICES):
                         if kk == j:
-                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
+                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
             if SWIGLU:
                 acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
             else:
@@ -288,7 +313,7 @@ def _grouped_gemm_hopper_kernel(
             if SLICED_ACT != 0:  # slices the previous K loop was too short for
                 for j in gl.static_range(SLICES):
                     if j >= k_steps:
-                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
+                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
             _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
                         slice_layout)
             tma.store_wait(pendings=0)  # the copy engine has read c_smem
@@ -304,7 +329,7 @@ def _grouped_gemm_hopper_kernel(
     if my_tiles > 0:  # the last tile: nothing left to overlap with
         if SLICED_ACT != 0:
             for j in gl.static_range(SLICES):
-                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT)
+                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
         _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
                     slice_layout)
     tma.store_wait(pendings=0)
@@ -338,11 +363,12 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
-                        activation: str, num_programs: int, a_rows_R=None, block_k: int = 64) -> torch.Tensor:
+                        activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
+                        fast_gelu: str | None = None) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
-    of b_EIO. Returns out."""
+    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -356,7 +382,8 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
-        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, num_warps=block_m // 16)
+        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=_FAST_GELU[fast_gelu],
+        num_warps=block_m // 16)
     return out
 
 

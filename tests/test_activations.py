@@ -54,3 +54,41 @@ def test_folded_gelu_constants_keep_the_accuracy():
     exact = 0.5 * x.double() * (1 + torch.erf(x.double() / math.sqrt(2)))
     bound = 0.5 * x.double().abs() * (1.5e-7 + 8 * 6e-8) + 6e-8 * exact.abs() + 1e-30
     assert bool(((got - exact).abs() <= bound).all())
+
+
+def _exact_gelu(x):
+    return 0.5 * x.double() * (1 + torch.erf(x.double() / math.sqrt(2)))
+
+
+def test_fast_gelu_fit_error_and_tail():
+    # the Gluon kernel's fast_gelu form in fp32 with an exact tanh: the fit's error (<= 2.6e-5) plus a few
+    # fp32 roundings; with tanh.approx's worst relative error (2^-11) either way: at most 2^-11 |x| / 2 more
+    from kernels.activations import fast_gelu_reference
+
+    x = torch.cat([torch.linspace(-12, 12, 40001), torch.tensor([0.0, -0.0, 40.0, -40.0, 1e4, -1e4])])
+    exact = _exact_gelu(x)
+    got = fast_gelu_reference(x.float()).double()
+    assert bool(((got - exact).abs() <= 2.6e-5 + 4 * 6e-8 * x.double().abs()).all())
+    for sign in (1, -1):
+        worst = fast_gelu_reference(x.float(), lambda u, s=sign: torch.tanh(u) * (1 + s * 2.0 ** -11)).double()
+        assert bool(((worst - exact).abs() <= 2.6e-5 + (2.0 ** -12 + 4 * 6e-8) * x.double().abs()).all())
+    assert got[-6:].tolist() == [0.0, 0.0, 40.0, 0.0, 1e4, 0.0]  # saturates (the clamp keeps the sign)
+    pos = fast_gelu_reference(torch.linspace(0, 12, 100001))
+    assert bool((pos.diff() >= 0).all()), "gelu increases for x >= 0"
+
+
+def test_fast_gelu_adds_little_to_bf16_rounding():
+    # The Gluon kernel applies gelu to the bf16-rounded GEMM result; that rounding alone changes ~37% of the
+    # bf16 outputs by an ulp against bf16(gelu(exact x)). The fast form, even with tanh.approx's worst-case
+    # error on every element, adds at most a few percent to that.
+    from kernels.activations import fast_gelu_reference
+
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 2
+    ref = _exact_gelu(x).bfloat16()
+    xb = x.bfloat16().float()
+    rounding_only = (_exact_gelu(xb).bfloat16() != ref).float().mean().item()
+    fast = fast_gelu_reference(xb, lambda u: torch.tanh(u) * (1 + 2.0 ** -11))
+    with_fast = (fast.bfloat16() != ref).float().mean().item()
+    assert 0.3 < rounding_only < with_fast < rounding_only + 0.05, (rounding_only, with_fast)
+    ulps = (fast.bfloat16().double() - ref.double()).abs() / ref.double().abs().clamp(min=1e-3)
+    assert float(ulps.max()) <= 2.0 ** -7 * 1.01  # never more than one bf16 ulp off (relative to |gelu|)

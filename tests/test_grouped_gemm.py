@@ -384,3 +384,47 @@ def test_gluon_supports_names_each_limit(monkeypatch, capability, dtype, tile, a
     a, b, out = _FakeCudaTensor(cols, dtype, ptr), _FakeCudaTensor(64, dtype), _FakeCudaTensor(64, dtype)
     got = gluon_gemm.supports(a, b, out, activation, False, *tile)
     assert (got is None) if why is None else (why in got), got
+
+
+def _exact_gelu(z):
+    return 0.5 * z.double() * (1 + torch.erf(z.double() / 2 ** 0.5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("form", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("gather", [False, True])
+def test_gpu_gluon_fast_gelu(form, gather):
+    # against the reference at the bf16 tolerance, and elementwise: the Gluon kernel applies gelu to the
+    # bf16-rounded GEMM result, which the same kernel without activation returns bit for bit, so each output
+    # must be gelu(z) within the fast form's error (fit 2.6e-5, tanh.approx 2^-12 |z|) and a rounding
+    plan = _gluon_plan("gelu", 128, 256)
+    _check_gluon(plan, 0, "gelu", gather, fast_gelu=form)
+    w0, _ = _weights(plan, "gelu", torch.bfloat16)
+    x = _tokens(plan.num_tokens, plan.model.hidden_N, torch.bfloat16)
+    rp = plan.rank(0)
+    R = int(rp.num_rows)
+    if not gather:
+        x = x[rp.row_token_R.clamp(min=0)].contiguous()
+    z = grouped_gemm_layer0(plan, 0, x, w0, activation="none", rows_sorted=not gather, impl="gluon")[:R]
+    y = grouped_gemm_layer0(plan, 0, x, w0, rows_sorted=not gather, impl="gluon", fast_gelu=form)[:R]
+    exact = _exact_gelu(z)
+    fit_err = 2.6e-5 + (2.0 ** -12 if form == "tanh" else 1e-6) * z.double().abs()
+    err = (y.double() - exact).abs()
+    assert bool((err <= 2 * fit_err + 2.0 ** -8 * exact.abs()).all()), float((err - 2 * fit_err).max())
+    accurate = grouped_gemm_layer0(plan, 0, x, w0, rows_sorted=not gather, impl="gluon")[:R]
+    assert 0 < (y != accurate).float().mean().item() < 0.5  # it is a different computation, but close
+
+
+
+def test_fast_gelu_is_an_allowance_the_tl_kernel_ignores():
+    # the tl kernel (CPU interpreter, or impl="triton" anywhere) computes the accurate gelu either way
+    model = _small_model("gelu")
+    plan = make_plan(imbalanced(M=50, E=4, topk=2, std=0.1, seed=3), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, _ = _weights(plan, "gelu", torch.float32)
+    x = _tokens(50, 40, torch.float32)
+    R = int(plan.rank(0).num_rows)
+    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, config=SMALL_CONFIG, impl="triton", **kw)[:R]
+    assert torch.equal(run(fast_gelu="tanh"), run())
+    with pytest.raises(ValueError, match="fast_gelu 'fast': use one of"):
+        run(fast_gelu="fast")
