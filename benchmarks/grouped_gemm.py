@@ -78,6 +78,13 @@ VARIANTS = {
     "128x256GS-fg": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "tanh"}),
     "128x256GS+g-fg": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "with_gather", "fast_gelu": "tanh"}),
     "64x256GS-fg": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "tanh"}),
+    # Gi / Gw: gathered A loaded by the multiplying warps (inline) / by a warp-specialised loader partition
+    "128x256Gi-fg": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "tanh", "ws_gather": False}),
+    "128x256Gw-fg": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "tanh", "ws_gather": True}),
+    "128x256Gw": (128, 256, 256, 8, {"impl": "gluon", "ws_gather": True}),
+    "128x256Gi": (128, 256, 256, 8, {"impl": "gluon", "ws_gather": False}),
+    "128x128Gw": (128, 128, 128, 8, {"impl": "gluon", "ws_gather": True}),
+    "128x128Gi": (128, 128, 128, 8, {"impl": "gluon", "ws_gather": False}),
     # -fs: the fast gelu as x * sigmoid(2u) (ex2 + rcp: relative accuracy kept for negative x)
     "128x256G-fs": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "sigmoid"}),
     "128x256GS-fs": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "sigmoid"}),

@@ -7,7 +7,8 @@
 #
 # Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
-# grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG.
+# grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG,
+# POWER (0: skip the power probe), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run
@@ -21,7 +22,7 @@ mkdir -p "$OUT"
     "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } > "$OUT/device.txt" 2>&1
 
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_grouped_gemm.py > "$OUT/gluon_tests.log" 2>&1
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_grouped_gemm.py > "$OUT/gluon_tests.log" 2>&1
 gluon_rc=$?
 bench_rc=skipped
 if [ $gluon_rc -eq 0 ]; then
@@ -31,7 +32,14 @@ if [ $gluon_rc -eq 0 ]; then
 fi
 timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k "not gluon" tests/test_grouped_gemm.py > "$OUT/gpu_tests.log" 2>&1
 tests_rc=$?
-timeout 60 "$PY" -m benchmarks.activation_power --out "$OUT/grouped_gemm" --seconds 3 > "$OUT/power.log" 2>&1
+if [ "${POWER:-1}" = 1 ]; then
+    timeout 60 "$PY" -m benchmarks.activation_power --out "$OUT/grouped_gemm" --seconds 3 > "$OUT/power.log" 2>&1
+fi
+if [ -n "${SWIGLU_VARIANTS:-}" ] && [ "$bench_rc" = 0 ]; then  # layer0 with swiglu (BLOCK_N <= 128 variants)
+    timeout 150 "$PY" -m benchmarks.grouped_gemm --check --timing graph --activation swiglu --layers l0 \
+        --tokens "${TOKENS:-16384,4096}" --variants "$SWIGLU_VARIANTS" --tag "${TAG}_swiglu" \
+        --out "$OUT/grouped_gemm" > "$OUT/bench_swiglu.log" 2>&1
+fi
 echo "gluon tests rc=$gluon_rc, bench rc=$bench_rc, other gpu tests rc=$tests_rc (124: timed out)" | tee "$OUT/status.txt"
 tail -n 5 "$OUT/gluon_tests.log" "$OUT/gpu_tests.log"
 grep -E "ratio|FAIL|failed" "$OUT/bench.log" | tail -n 40

@@ -65,6 +65,9 @@ _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed aft
 _SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
 ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 _FAST_GELU = {None: 0, "tanh": 1, "sigmoid": 2}
+# the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
+# (ptxas, Triton 3.6), and leave the multiplying warps 224
+_LOADER_WARPS, _LOADER_REGS = 4, 48
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -337,6 +340,160 @@ def _grouped_gemm_hopper_kernel(
         mbarrier.invalidate(bars.index(i))
 
 
+
+# ----------------------------------------------------------------------------- warp-specialised gather
+# Gathered A with a loader partition: LOADER_WARPS extra warps gather A rows by cp.async (each thread's copies
+# arrive on the slot's `ready` mbarrier when they land: cp.async.mbarrier.arrive.noinc) and load B by TMA,
+# running ahead of the consumer by up to NUM_BUFFERS steps; the default partition (the kernel's num_warps)
+# only waits, multiplies and runs the epilogue, releasing each slot on its `empty` mbarrier. No CTA-wide
+# barrier per K step (the single-partition kernel needs one to see every thread's copies).
+@gluon.jit
+def _ws_loader(a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
+               tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
+               LOADER_WARPS: gl.constexpr):
+    NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
+    BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
+    BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
+    BLOCK_N: gl.constexpr = b_bufs.type.shape[2]
+    N_B: gl.constexpr = b_bufs.type.shape[0] // NUM_BUFFERS
+    gather_layout: gl.constexpr = _slice_layout(BLOCK_K, LOADER_WARPS)
+    row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
+    pid = gl.program_id(0)
+    G = gl.num_programs(0)
+    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
+    k_steps = gl.cdiv(D_IN, BLOCK_K)
+    s = 0
+    for lt in range(my_tiles):
+        t = pid + lt * G
+        row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
+        offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M, row_layout)
+        for kk in range(k_steps):
+            slot = s % NUM_BUFFERS
+            bar = ready.index(slot)
+            # barriers start as if their phase 1 had completed: the first round passes at once
+            mbarrier.wait(empty.index(slot), ((s // NUM_BUFFERS) & 1) ^ 1)
+            offs_k = kk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, gather_layout))
+            _cp_async(a_bufs.index(slot), a_ptr + offs[:, None] + offs_k[None, :], mask=(offs_k < D_IN)[None, :])
+            async_copy.mbarrier_arrive(bar, increment_count=False)
+            mbarrier.expect(bar, N_B * b_desc.block_type.nbytes)
+            _tma_load(b_desc, [b_row0 + kk * BLOCK_K, col0], bar, b_bufs.index(slot))
+            if N_B == 2:
+                _tma_load(b_desc, [b_row0 + kk * BLOCK_K, col0 + up_col], bar, b_bufs.index(NUM_BUFFERS + slot))
+            s += 1
+
+
+@gluon.jit
+def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
+                 tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION: gl.constexpr,
+                 FAST_GELU: gl.constexpr, num_warps: gl.constexpr):
+    NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
+    BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
+    BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
+    BLOCK_N: gl.constexpr = b_bufs.type.shape[2]
+    dtype: gl.constexpr = c_smem.dtype
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+    SLICE_ROWS: gl.constexpr = 8
+    SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
+    slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
+    SWIGLU: gl.constexpr = ACTIVATION == 2
+    SLICED_ACT: gl.constexpr = 0 if SWIGLU else ACTIVATION
+    pid = gl.program_id(0)
+    G = gl.num_programs(0)
+    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
+    k_steps = gl.cdiv(D_IN, BLOCK_K)
+    s = 0
+    p_row0 = 0
+    p_row_end = 0
+    p_col0 = 0
+    for c_tile in range(my_tiles):
+        t = pid + c_tile * G
+        c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
+        c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
+        c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        if SWIGLU:
+            acc_up = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
+        for kk in range(k_steps):
+            slot = s % NUM_BUFFERS
+            mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
+            fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma (async proxy)
+            acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
+            if SWIGLU:
+                acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
+                                       use_acc=kk > 0, is_async=True)
+            if SLICED_ACT != 0:
+                if c_tile > 0:
+                    for j in gl.static_range(SLICES):
+                        if kk == j:
+                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
+            if SWIGLU:
+                acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
+            else:
+                acc = warpgroup_mma_wait(1, (acc,))
+            # step s-1's wgmma is complete: its slot goes back to the loader
+            mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
+            s += 1
+        if c_tile > 0:
+            if SLICED_ACT != 0:
+                for j in gl.static_range(SLICES):
+                    if j >= k_steps:
+                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
+            _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                        slice_layout)
+            tma.store_wait(pendings=0)
+        if SWIGLU:
+            acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
+            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up
+        else:
+            acc = warpgroup_mma_wait(0, (acc,))
+        c_smem.store(acc.to(dtype))
+        p_row0 = c_row0
+        p_row_end = c_row_end
+        p_col0 = c_col0
+    if my_tiles > 0:
+        if SLICED_ACT != 0:
+            for j in gl.static_range(SLICES):
+                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
+        _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                    slice_layout)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _grouped_gemm_hopper_ws_kernel(
+    a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
+    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
+    ACTIVATION: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr, LOADER_WARPS: gl.constexpr,
+    LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
+):
+    BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    dtype: gl.constexpr = a_desc.dtype
+    N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1
+    a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_BUFFERS):
+        # every loader thread's copies arrive (noinc), and the expect of B's bytes
+        mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 + 1)
+        mbarrier.init(empty.index(i), count=1)
+    gl.warp_specialize([
+        (_ws_consumer, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
+                        tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION, FAST_GELU,
+                        num_warps)),
+        (_ws_loader, (a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
+                      tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
+                      LOADER_WARPS)),
+    ], [LOADER_WARPS], [LOADER_REGS])
+
+
 def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
     """Pipeline depth that fits shared memory beside the output staging tile (at most 4); n_b: B tiles per
     step (2 for swiglu's gate and up)."""
@@ -364,11 +521,12 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: str | None = None) -> torch.Tensor:
+                        fast_gelu: str | None = None, ws_gather: bool = True) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
-    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. Returns out."""
+    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. ws_gather: a gathered A is loaded by a
+    warp-specialised loader partition (else by the multiplying warps themselves). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -378,6 +536,16 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
+    if gather and ws_gather:
+        warps = block_m // 16 + _LOADER_WARPS
+        _grouped_gemm_hopper_ws_kernel[(num_programs,)](
+            a_desc, b_desc, c_desc, out, a, a_rows_R,
+            tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
+            tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
+            ACTIVATION=ACTIVATIONS[activation], NUM_BUFFERS=nb, FAST_GELU=_FAST_GELU[fast_gelu],
+            LOADER_WARPS=_LOADER_WARPS, LOADER_REGS=_LOADER_REGS, num_warps=block_m // 16,
+            maxnreg=min(256, 65536 // (32 * warps) // 8 * 8))
+        return out
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],

@@ -256,7 +256,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  activation: str = "none", out=None, num_programs: int | None = None,
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
-                 impl: str = "auto", fast_gelu: str | None = None) -> torch.Tensor:
+                 impl: str = "auto", fast_gelu: str | None = None, ws_gather: bool = True) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -279,6 +279,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     "triton" always this module's kernel; "gluon" the Gluon kernel or a ValueError that says why not.
     fast_gelu: allow the Gluon kernel a cheaper gelu (kernels/activations.py's fitted form: "tanh", one
     tanh.approx, or "sigmoid", ex2 + rcp); this module's kernel always computes the accurate form.
+    ws_gather: the Gluon kernel gathers A in a warp-specialised loader partition (False: the multiplying warps
+    issue the copies themselves).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
@@ -360,7 +362,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         if why is None:
             return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
                                                        activation=activation, num_programs=programs,
-                                                       a_rows_R=a_rows_R, fast_gelu=fast_gelu)
+                                                       a_rows_R=a_rows_R, fast_gelu=fast_gelu,
+                                                       ws_gather=ws_gather)
         if impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO
