@@ -3,7 +3,7 @@
 For one layer0 case (default Mixtral-8x7B, M=16384, balanced, rank 0 of EP=4), each implementation is
 replayed from a CUDA graph for `--seconds` while nvidia-smi samples the SM clock and power every 50 ms:
     gluon_gelu / gluon_none    kernels/gluon_gemm.py with and without the (deferred, overlapped) gelu
-    gluon_gelu_tanh / _sigmoid the same with fast_gelu (kernels/activations.py's fitted forms)
+    gluon_gelu_fast            the same with fast_gelu=True (kernels/activations.py's fitted form)
     triton_gelu / triton_none  kernels/grouped_gemm.py (gelu in the register epilogue)
     cublas_loop                torch.mm per expert on pre-gathered rows (no activation)
 If the GEMM runs at the board's power limit, the activation's extra instructions lower the clock and
@@ -86,11 +86,10 @@ def main(argv=None) -> None:
     out = torch.empty(R, K, device="cuda", dtype=torch.bfloat16)
     rows = expert_rows(plan, 0)
     impls = {
-        "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon"),
-        "gluon_gelu_tanh": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                          fast_gelu="tanh"),
-        "gluon_gelu_sigmoid": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                             fast_gelu="sigmoid"),
+        "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                     fast_gelu=False),
+        "gluon_gelu_fast": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                          fast_gelu=True),
         "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                      activation="none"),
         "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
