@@ -90,5 +90,3 @@ def test_fast_gelu_adds_little_to_bf16_rounding():
     fast = fast_gelu_reference(xb, lambda u: torch.tanh(u) * (1 + 2.0 ** -11))
     with_fast = (fast.bfloat16() != ref).float().mean().item()
     assert 0.3 < rounding_only < with_fast < rounding_only + 0.05, (rounding_only, with_fast)
-    ulps = (fast.bfloat16().double() - ref.double()).abs() / ref.double().abs().clamp(min=1e-3)
-    assert float(ulps.max()) <= 2.0 ** -7 * 1.01  # never more than one bf16 ulp off (relative to |gelu|)
