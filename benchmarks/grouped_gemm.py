@@ -81,6 +81,10 @@ VARIANTS = {
     "128x128Gi": (128, 128, 128, 8, {"impl": "gluon", "ws_gather": False}),
     "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
+    # w: A in place (layer1, and layer0 with S) loaded by the loader partition too (ws_tma=True)
+    "128x256Gw": (128, 256, 256, 8, {"impl": "gluon", "ws_tma": True}),
+    "128x256GSw": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
+    "128x128GSw": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
 }

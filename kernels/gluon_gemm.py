@@ -343,9 +343,9 @@ def _grouped_gemm_hopper_kernel(
 # only waits, multiplies and runs the epilogue, releasing each slot on its `empty` mbarrier. No CTA-wide
 # barrier per K step (the single-partition kernel needs one to see every thread's copies).
 @gluon.jit
-def _ws_loader(a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
+def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
                tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
-               LOADER_WARPS: gl.constexpr):
+               GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr):
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
@@ -362,16 +362,23 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expe
     for lt in range(my_tiles):
         t = pid + lt * G
         row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
-        offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M, row_layout)
+        if GATHER:
+            offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
+                                   row_layout)
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
             bar = ready.index(slot)
             # barriers start as if their phase 1 had completed: the first round passes at once
             mbarrier.wait(empty.index(slot), ((s // NUM_BUFFERS) & 1) ^ 1)
-            offs_k = kk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, gather_layout))
-            _cp_async(a_bufs.index(slot), a_ptr + offs[:, None] + offs_k[None, :], mask=(offs_k < D_IN)[None, :])
-            async_copy.mbarrier_arrive(bar, increment_count=False)
-            mbarrier.expect(bar, N_B * b_desc.block_type.nbytes)
+            if GATHER:
+                offs_k = kk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, gather_layout))
+                _cp_async(a_bufs.index(slot), a_ptr + offs[:, None] + offs_k[None, :],
+                          mask=(offs_k < D_IN)[None, :])
+                async_copy.mbarrier_arrive(bar, increment_count=False)
+                mbarrier.expect(bar, N_B * b_desc.block_type.nbytes)
+            else:
+                mbarrier.expect(bar, a_desc.block_type.nbytes + N_B * b_desc.block_type.nbytes)
+                _tma_load(a_desc, [row0, kk * BLOCK_K], bar, a_bufs.index(slot))
             _tma_load(b_desc, [b_row0 + kk * BLOCK_K, col0], bar, b_bufs.index(slot))
             if N_B == 2:
                 _tma_load(b_desc, [b_row0 + kk * BLOCK_K, col0 + up_col], bar, b_bufs.index(NUM_BUFFERS + slot))
@@ -381,7 +388,7 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expe
 @gluon.jit
 def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
                  tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION: gl.constexpr,
-                 FAST_GELU: gl.constexpr, num_warps: gl.constexpr):
+                 FAST_GELU: gl.constexpr, GATHER: gl.constexpr, num_warps: gl.constexpr):
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
@@ -414,7 +421,8 @@ def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_s
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
             mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
-            fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma (async proxy)
+            if GATHER:
+                fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma (async proxy)
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
             if SWIGLU:
                 acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
@@ -462,8 +470,8 @@ def _grouped_gemm_hopper_ws_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
-    ACTIVATION: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr, LOADER_WARPS: gl.constexpr,
-    LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
+    LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
@@ -476,16 +484,16 @@ def _grouped_gemm_hopper_ws_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUFFERS):
-        # every loader thread's copies arrive (noinc), and the expect of B's bytes
-        mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 + 1)
+        # the expect of the TMA bytes, and with a gather every loader thread's copies (noinc arrivals)
+        mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 * GATHER + 1)
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
         (_ws_consumer, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
                         tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION, FAST_GELU,
-                        num_warps)),
-        (_ws_loader, (a_bufs, b_bufs, ready, empty, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
-                      tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
-                      LOADER_WARPS)),
+                        GATHER, num_warps)),
+        (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
+                      tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col,
+                      stride_am, GATHER, LOADER_WARPS)),
     ], [LOADER_WARPS], [LOADER_REGS])
 
 
@@ -516,12 +524,13 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: bool = False, ws_gather: bool = True) -> torch.Tensor:
+                        fast_gelu: bool = False, ws_gather: bool = True, ws_tma: bool = False) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
     of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. ws_gather: a gathered A is loaded by a
-    warp-specialised loader partition (else by the multiplying warps themselves). Returns out."""
+    warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
+    (TMA). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -531,13 +540,13 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    if gather and ws_gather:
+    if (gather and ws_gather) or (not gather and ws_tma):
         warps = block_m // 16 + _LOADER_WARPS
         _grouped_gemm_hopper_ws_kernel[(num_programs,)](
-            a_desc, b_desc, c_desc, out, a, a_rows_R,
+            a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
             tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
             tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
-            ACTIVATION=ACTIVATIONS[activation], NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
+            ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
             LOADER_WARPS=_LOADER_WARPS, LOADER_REGS=_LOADER_REGS, num_warps=block_m // 16,
             maxnreg=min(256, 65536 // (32 * warps) // 8 * 8))
         return out

@@ -255,7 +255,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  activation: str = "none", out=None, num_programs: int | None = None,
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
-                 impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True) -> torch.Tensor:
+                 impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
+                 ws_tma: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -363,7 +364,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             fast = a.dtype == torch.bfloat16 if fast_gelu is None else fast_gelu
             return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
                                                        activation=activation, num_programs=programs,
-                                                       a_rows_R=a_rows_R, fast_gelu=fast, ws_gather=ws_gather)
+                                                       a_rows_R=a_rows_R, fast_gelu=fast, ws_gather=ws_gather,
+                                                       ws_tma=ws_tma)
         if impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO

@@ -322,15 +322,21 @@ def test_gpu_gluon_swiglu_matches_reference(block_m, block_n, gather):
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 @pytest.mark.parametrize("activation,block_m,block_n", [("gelu", 128, 256), ("none", 64, 256), ("swiglu", 128, 128),
                                                         ("swiglu", 64, 128)])
-def test_gpu_gluon_gather_loaders_agree(activation, block_m, block_n):
-    # the gathered A loaded by the warp-specialised loader partition (default) and by the multiplying warps
-    # themselves: both match the reference, and each other bit for bit (same operands, same wgmma order)
+def test_gpu_gluon_loader_partition_agrees(activation, block_m, block_n):
+    # A loaded by the warp-specialised loader partition (the default for a gathered A) and by the multiplying
+    # warps themselves: both match the reference, and each other bit for bit (same operands, same wgmma order)
     plan = _gluon_plan(activation, block_m, block_n)
     w0, _ = _weights(plan, activation, torch.bfloat16)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, torch.bfloat16)
     R = int(plan.rank(1).num_rows)
     _check_gluon(plan, 1, activation, gather=True, ws_gather=False)
     run = lambda ws: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon", ws_gather=ws)[:R]
+    assert torch.equal(run(True), run(False))
+    # A in place (TMA) through the loader partition too (ws_tma): both layers, and equal to the inline loads
+    _check_gluon(plan, 1, activation, gather=False, ws_tma=True)
+    x_RN = x[plan.rank(1).row_token_R.clamp(min=0)].contiguous()
+    run = lambda ws: grouped_gemm_layer0(plan, 1, x_RN, w0, activation=activation, rows_sorted=True, impl="gluon",
+                                         ws_tma=ws)[:R]
     assert torch.equal(run(True), run(False))
 
 
