@@ -321,6 +321,14 @@ def main(argv=None) -> None:
     parallels = _parallels(a, W)
     grid = [(name, par, M, rk) for name in a.models for par in parallels for M in a.tokens for rk in a.routing]
     rows = []
+    out = Path(a.out)
+    stem = f"{gpu.lower()}-{'emulated' if a.emulated else f'w{W}'}_{datetime.date.today().isoformat()}"
+    partial = None  # rank 0 writes each row as it comes (a run cut short keeps what it measured)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        partial = open(out / f"{stem}_partial.csv", "w", newline="")
+        partial_w = csv.DictWriter(partial, fieldnames=COLUMNS)
+        partial_w.writeheader()
     bar = tqdm(total=len(grid), disable=rank != 0, desc="layer_bench")
     for name in a.models:
         model = ModelConfig.from_name(name, **({"activation": a.activation} if a.activation else {}))
@@ -339,6 +347,9 @@ def main(argv=None) -> None:
                     row = run_config(layer, model, par, M, rk, a, timer, owned_range)
                     row.update(gpu=gpu, world_size=par.world_size, emulated=a.emulated, note="; ".join(timer.notes))
                     rows.append(row)
+                    if partial is not None:
+                        partial_w.writerow(row)
+                        partial.flush()
                     bar.update(1)
                     bar.set_postfix_str(f"{name} M={M} {par.ep}x{par.tp} {rk}: x{row['speedup_vs_sequential']} "
                                         f"vs seq")
@@ -348,9 +359,8 @@ def main(argv=None) -> None:
             torch.cuda.empty_cache()
     bar.close()
     if rank == 0:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"{gpu.lower()}-{'emulated' if a.emulated else f'w{W}'}_{datetime.date.today().isoformat()}"
+        partial.close()
+        (out / f"{stem}_partial.csv").unlink()
         with open(out / f"{stem}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
