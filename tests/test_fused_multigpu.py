@@ -133,7 +133,7 @@ def test_paper_models(dist_world, name, scale):
 
 
 def test_tagged_rows(dist_world):
-    """Rows tagged [token + 1, owner + 1]: each received row names where it came from if it is wrong."""
+    """Rows tagged with their token and owner: each received row names where it came from if it is wrong."""
     from kernels.fused_layer0 import fused_layer0
     from kernels.moe import stage_tokens
 
@@ -144,9 +144,11 @@ def test_tagged_rows(dist_world):
     M = 500
     routing = uniform(M=M, E=8, topk=2, seed=2).to("cuda")
     owner = token_owner(M, W)
+    # tags stay small integers, exact in bf16 (whose integers are exact only up to 256): token = 100 hi + lo
     x = torch.zeros(M, 256)
-    x[:, 0] = torch.arange(M) + 1
-    x[:, 1] = owner + 1
+    x[:, 0] = torch.arange(M) // 100 + 1
+    x[:, 1] = torch.arange(M) % 100 + 1
+    x[:, 2] = owner + 1
     w = random_weights(model, dtype=torch.bfloat16, device="cuda")
     E_loc = 8 // W
     for variant in VARIANTS[::2]:  # blocks and copy-engine fill the receive buffer
@@ -162,7 +164,7 @@ def test_tagged_rows(dist_world):
                 continue
             if variant == "blocks" and rank not in (routing.topk_ids_MK[t].cpu() // E_loc).tolist():
                 continue
-            got = (recv[t, 0].item() - 1, recv[t, 1].item() - 1)
+            got = (100 * (recv[t, 0].item() - 1) + recv[t, 1].item() - 1, recv[t, 2].item() - 1)
             assert got == (t, int(owner[t])), (f"rank {rank} ({variant}): receive row {t} holds token {got[0]:g} "
                                                f"from owner {got[1]:g}, expected token {t} from owner {int(owner[t])}")
 

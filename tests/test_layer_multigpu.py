@@ -129,7 +129,7 @@ def test_cuda_graph_and_no_sync(dist_world):
             x.copy_(x_all[rank * m:(rank + 1) * m])
             g.replay()
             ids, gw = layer.route(x_all)
-            ref = moe_forward(x_all.double(), Routing(ids, gw, 8), w.to(torch.bfloat16).to("cuda", torch.float64),
+            ref = moe_forward(x_all.double(), Routing(ids, gw, 8), w.to(torch.bfloat16).to(torch.float64, "cuda"),
                               "swiglu")[rank * m:(rank + 1) * m]
             assert_close(y, ref, torch.bfloat16, f"rank {rank}: graph replay {i}")
     layer.check()
