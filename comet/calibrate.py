@@ -837,7 +837,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", default="h200", help="profile whose values and sources the unmeasured fields keep")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--quick", action="store_true", help="fewer points (tests, smoke runs)")
+    ap.add_argument("--from-csv", metavar="CSV",
+                    help="measure nothing: assemble the profile from this calibration CSV on --base (no GPU), e.g. "
+                         "a 2-GPU run's link fields on top of the one-GPU profile h200_x1")
     return ap
+
+
+def profile_from_csv(path: str | Path, base: HardwareProfile, name: str) -> HardwareProfile:
+    """`assemble_profile` over a committed calibration CSV: its measured fields, `base` for the rest (fields
+    `base` measured itself keep their source, marked as taken from that profile)."""
+    path = Path(path)
+    with open(path) as f:
+        device = f.readline().lstrip("# ").strip()
+    citation = f"comet.calibrate on {device}, results/calibration/{path.name}"
+    reasons = {f: f"not in {path.name}; kept from profile {base.name}" for f in NUMERIC_FIELDS}
+    return assemble_profile(base, name, read_measurements(path), citation, reasons)
 
 
 def main(argv=None) -> int:
@@ -847,6 +861,14 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"--parts: unknown {bad}; choose from {', '.join(PARTS)}")
     base = HardwareProfile.from_name(a.base)
+    if a.from_csv:
+        profile = profile_from_csv(a.from_csv, base, a.name)
+        path = Path(a.out) / f"{a.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(profile.to_json() + "\n")
+        print(profile_table(profile, base))
+        print(f"wrote {path} from {a.from_csv} on base {base.name}")
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("comet.calibrate measures a GPU, and torch sees no CUDA device here "
                          "(torch.cuda.is_available() is False). Run it on a GPU machine: "

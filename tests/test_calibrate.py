@@ -171,6 +171,28 @@ def test_cli_without_cuda_exits_with_a_clear_error(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_from_csv_rebases_a_run_on_another_profile(tmp_path, monkeypatch):
+    # a link-only run's CSV on top of a one-GPU profile, with no GPU: link fields from the CSV (cited), the
+    # rest from the base with their own sources and a note saying where they came from
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = cal.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION)
+    (tmp_path / "fake_x1.json").write_text(base.to_json())
+    rec = cal.Recorder(tmp_path / "fake_x2_2026-11-24.csv", None, ["FAKE GPU x2 (132 SMs)", "command: test"])
+    rec.add("link_gbps", 333.0, "GB/s", programs=132)
+    rec.add("link_latency_us", 1.5, "us", method="ping_pong")
+    rec.close()
+    out = tmp_path / "profiles"
+    assert cal.main(["--name", "fake_x2", "--base", str(tmp_path / "fake_x1.json"), "--out", str(out),
+                     "--from-csv", str(tmp_path / "fake_x2_2026-11-24.csv")]) == 0
+    prof = HardwareProfile.from_name(str(out / "fake_x2.json"))
+    assert (prof.name, prof.link_gbps, prof.link_latency_us) == ("fake_x2", 333.0, 1.5)
+    assert prof.sources["link_gbps"] == ("measured: comet.calibrate on FAKE GPU x2 (132 SMs), "
+                                         "results/calibration/fake_x2_2026-11-24.csv; programs=132")
+    assert prof.gemm_k_half == base.gemm_k_half
+    assert prof.sources["gemm_k_half"] == (base.sources["gemm_k_half"] + " (not calibrated: not in "
+                                           "fake_x2_2026-11-24.csv; kept from profile fake_x1)")
+
+
 def test_driver_with_fake_parts(tmp_path, monkeypatch, capsys):
     """main() on a pretend GPU whose parts are stubs: files written, a failing part's fields kept, exit 1."""
     import benchmarks._timing
