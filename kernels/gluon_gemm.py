@@ -19,20 +19,26 @@ error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducibl
 program count (each tile's reduction order is fixed).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
-gathered by token id (layer0's default) with 16-byte cp.async copies, one commit group per step. B (the
+gathered by token id (layer0's default) with 16-byte cp.async copies. A gathered A is loaded by default by a
+warp-specialised loader partition (`_grouped_gemm_hopper_ws_kernel`: 4 extra warps gather A and load B, each
+slot's `ready` mbarrier counting every loader thread's copies and B's bytes, an `empty` mbarrier handing the
+slot back), so the multiplying warps never wait for copies they issued themselves; ws_gather=False keeps the
+copies in the multiplying warps (one commit group per step, a CTA barrier before the wgmma). B (the
 (E * D_IN, D_OUT') view of the weights) and C through TMA; rows must be 16-byte aligned. bf16/fp16,
 BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no autotuning. Activation none, gelu, or
 swiglu (gate and up column blocks of one output block per tile, two accumulators, so BLOCK_N <= 128;
-silu(gate) * up in registers at the tile's end, on the fp32 accumulators). Everything else (fp32, the
-interpreter, other GPUs) stays with kernels/grouped_gemm.py, whose semantics this kernel shares: rows past
-a tile's row_end read valid rows and are never stored; a reduction tail past D_IN reads zeros of A.
+silu(gate) * up in registers at the tile's end, on the fp32 accumulators). gelu is A&S's erf form, or with
+fast_gelu (the default for bf16) kernels/activations.py's fitted tanh form: one tanh.approx, |error| <=
+2.6e-5 + 2^-12 |x|, well inside bf16's rounding. Everything else (fp32, the interpreter, other GPUs) stays
+with kernels/grouped_gemm.py, whose semantics this kernel shares: rows past a tile's row_end read valid rows
+and are never stored; a reduction tail past D_IN reads zeros of A.
 `kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel where `supports` allows.
 
-Measured on one H200 (results/grouped_gemm/README.md, h200_gluon): against the better of a cuBLAS loop and
-torch._grouped_mm (GEMM only), layer1 0.88-1.11; layer0 (gathered, with gelu) 0.70-0.83, 0.78-0.95 with A
-in shared-row order, 0.83-1.08 without the activation (128x256 tiles); layer0 with swiglu (128x128 tiles)
-0.72-0.90 gathered, 0.82-1.05 with A in shared-row order. The card runs at its 700 W limit during these
-GEMMs; gelu's instructions cost ~6% there however they are overlapped (h200_activation_power).
+Measured on one H200 (results/grouped_gemm/README.md) against the better of a cuBLAS loop and
+torch._grouped_mm (GEMM only): layer1 0.85-1.11; layer0 with gelu, gathered (the default) 0.71-0.88, 0.77-0.95
+with A in shared-row order; layer0 with swiglu (128x128 tiles) 0.73-0.89 gathered, 0.81-1.03 in order. The
+card runs at its 700 W limit during these GEMMs: instructions cost time however they are overlapped
+(h200_activation_power), which is why the cheaper gelu and the separate loader pay.
 
 Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
 3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
@@ -140,6 +146,31 @@ def _store_tile(c_desc, c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SL
             v = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0).load(layout)
             ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
             gl.store(ptrs, v, mask=(offs_m < row_end)[:, None] & (offs_n < D_OUT)[None, :])
+
+
+@gluon.jit
+def _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
+                         SLICES: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr,
+                         SLICED_ACT: gl.constexpr, FAST_GELU: gl.constexpr):
+    """At the end of a tile's K loop: the activation's slices that loop was too short for, then the previous
+    tile (staged in c_smem) to memory; c_smem is free again when this returns."""
+    if SLICED_ACT != 0:
+        for j in gl.static_range(SLICES):
+            if j >= k_steps:
+                _activate_slice(c_smem, j, SLICE_ROWS, layout, SLICED_ACT, FAST_GELU)
+    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
+    tma.store_wait(pendings=0)  # the copy engine has read c_smem
+
+
+@gluon.jit
+def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES: gl.constexpr,
+                     SLICE_ROWS: gl.constexpr, layout: gl.constexpr, SLICED_ACT: gl.constexpr,
+                     FAST_GELU: gl.constexpr):
+    """A program's last tile: nothing left to overlap its activation with."""
+    if SLICED_ACT != 0:
+        for j in gl.static_range(SLICES):
+            _activate_slice(c_smem, j, SLICE_ROWS, layout, SLICED_ACT, FAST_GELU)
+    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
 
 
 @gluon.jit
@@ -308,13 +339,8 @@ def _grouped_gemm_hopper_kernel(
                 GATHER, row_layout)
             s += 1
         if c_tile > 0:
-            if SLICED_ACT != 0:  # slices the previous K loop was too short for
-                for j in gl.static_range(SLICES):
-                    if j >= k_steps:
-                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-            _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                        slice_layout)
-            tma.store_wait(pendings=0)  # the copy engine has read c_smem
+            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
+                                 SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
         if SWIGLU:
             acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
             acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
@@ -324,12 +350,9 @@ def _grouped_gemm_hopper_kernel(
         p_row0 = c_row0
         p_row_end = c_row_end
         p_col0 = c_col0
-    if my_tiles > 0:  # the last tile: nothing left to overlap with
-        if SLICED_ACT != 0:
-            for j in gl.static_range(SLICES):
-                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-        _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                    slice_layout)
+    if my_tiles > 0:
+        _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                         slice_layout, SLICED_ACT, FAST_GELU)
     tma.store_wait(pendings=0)
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.invalidate(bars.index(i))
@@ -440,13 +463,8 @@ def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_s
             mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
             s += 1
         if c_tile > 0:
-            if SLICED_ACT != 0:
-                for j in gl.static_range(SLICES):
-                    if j >= k_steps:
-                        _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-            _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                        slice_layout)
-            tma.store_wait(pendings=0)
+            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
+                                 SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
         if SWIGLU:
             acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
             acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up
@@ -457,11 +475,8 @@ def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_s
         p_row_end = c_row_end
         p_col0 = c_col0
     if my_tiles > 0:
-        if SLICED_ACT != 0:
-            for j in gl.static_range(SLICES):
-                _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-        _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                    slice_layout)
+        _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
+                         slice_layout, SLICED_ACT, FAST_GELU)
     tma.store_wait(pendings=0)
 
 
