@@ -174,6 +174,15 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 
 
 @gluon.jit
+def _program_tiles(num_tiles_ptr, max_tiles):
+    """How many tiles this program runs: t = pid, pid + G, ... below the table's valid count."""
+    pid = gl.program_id(0)
+    G = gl.num_programs(0)
+    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    return gl.maximum(num_tiles - pid + G - 1, 0) // G
+
+
+@gluon.jit
 def _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N: gl.constexpr):
     """TMA coordinates of tile t: A's first row, B's first row (expert * D_IN), the first output column."""
     row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
@@ -245,26 +254,14 @@ def _grouped_gemm_hopper_kernel(
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
-    # one warpgroup per 64 rows; each warp's wgmma fragment is 16 rows x BLOCK_N
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, BLOCK_N, 16])
-    # the activation's slices of c_smem: 8 rows (one swizzle atom), 8 contiguous elements per thread
-    SLICE_ROWS: gl.constexpr = 8
-    SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
-    slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
     # gathered A tiles: 8 contiguous elements (16 bytes) per thread and copy
     gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
-    # swiglu: gate and up columns of the same output block, two accumulators, the activation in registers at
-    # the tile's end; gelu: in c_smem slices during the next tile's K loop
-    SWIGLU: gl.constexpr = ACTIVATION == 2
-    N_B: gl.constexpr = 2 if SWIGLU else 1
-    SLICED_ACT: gl.constexpr = 0 if SWIGLU else ACTIVATION
+    N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
 
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
-    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
+    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     total = my_tiles * k_steps
 
@@ -290,70 +287,10 @@ def _grouped_gemm_hopper_kernel(
             tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M, BLOCK_N, GATHER,
             row_layout)
 
-    # consumer: tile by tile; a nested K loop keeps the in-flight accumulator out of any branch (a branch
-    # that merges it makes ptxas wait for every wgmma: the pipeline would serialise). A tile's result goes
-    # to c_smem as bf16/fp16 at its end; its activation then runs there slice by slice while the next
-    # tile's first wgmmas execute (the warps are idle between issuing a wgmma and waiting for it), and the
-    # tile is stored once the next one's K loop is done. No tensor-core idle time waits on the activation
-    # (at the card's power limit its instructions still cost time: see the module docstring).
-    s = 0
-    p_row0 = 0  # the tile whose result sits in c_smem
-    p_row_end = 0
-    p_col0 = 0
-    for c_tile in range(my_tiles):
-        t = pid + c_tile * G
-        c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
-        c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
-        c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
-        # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values' live range
-        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-        if SWIGLU:
-            acc_up = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-        for kk in range(k_steps):
-            slot = s % NUM_BUFFERS
-            if GATHER:  # this thread's copies of step s are done (NUM_BUFFERS - 2 newer groups may fly),
-                async_copy.wait_group(NUM_BUFFERS - 2)
-                _cta_barrier()  # and every thread's; then made visible to the wgmma's async proxy
-                fence_async_shared()
-            mbarrier.wait(bars.index(slot), (s // NUM_BUFFERS) & 1)
-            acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
-            if SWIGLU:
-                acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
-                                       use_acc=kk > 0, is_async=True)
-            if SLICED_ACT != 0:
-                if c_tile > 0:
-                    for j in gl.static_range(SLICES):
-                        if kk == j:
-                            _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-            if SWIGLU:
-                acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
-            else:
-                acc = warpgroup_mma_wait(1, (acc,))
-            # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's)
-            ls = s + NUM_BUFFERS - 1
-            _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, ls, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr,
-                        l_offs, D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, ls < total)
-            l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _advance_loader(
-                l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
-                tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M, BLOCK_N,
-                GATHER, row_layout)
-            s += 1
-        if c_tile > 0:
-            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
-                                 SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
-        if SWIGLU:
-            acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
-            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
-        else:
-            acc = warpgroup_mma_wait(0, (acc,))
-        c_smem.store(acc.to(dtype))
-        p_row0 = c_row0
-        p_row_end = c_row_end
-        p_col0 = c_col0
-    if my_tiles > 0:
-        _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                         slice_layout, SLICED_ACT, FAST_GELU)
-    tma.store_wait(pendings=0)
+    _consume(a_bufs, b_bufs, c_smem, bars, bars, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
+             my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
+             up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True,
+             num_warps)
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.invalidate(bars.index(i))
 
@@ -378,8 +315,7 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
-    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
+    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     s = 0
     for lt in range(my_tiles):
@@ -409,28 +345,45 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
 
 
 @gluon.jit
-def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                 tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION: gl.constexpr,
-                 FAST_GELU: gl.constexpr, GATHER: gl.constexpr, num_warps: gl.constexpr):
+def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
+             my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
+             up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION: gl.constexpr,
+             FAST_GELU: gl.constexpr, GATHER: gl.constexpr, INLINE_LOADS: gl.constexpr, num_warps: gl.constexpr):
+    """The multiplying warps: this program's tiles, one K loop each. INLINE_LOADS: they also issue the loads
+    (NUM_BUFFERS - 1 steps ahead, from the loader state l_* the prologue left; `ready` is the slots' one
+    barrier set); else a loader partition does and the slots go back to it on `empty`.
+
+    A nested K loop keeps the in-flight accumulator out of any branch (a branch that merges it makes ptxas
+    wait for every wgmma: the pipeline would serialise). A tile's result goes to c_smem as bf16/fp16 at its
+    end; its activation then runs there slice by slice while the next tile's first wgmmas execute (the warps
+    are idle between issuing a wgmma and waiting for it), and the tile is stored once the next one's K loop is
+    done. No tensor-core idle time waits on the activation (at the card's power limit its instructions still
+    cost time: see the module docstring)."""
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
     BLOCK_N: gl.constexpr = b_bufs.type.shape[2]
     dtype: gl.constexpr = c_smem.dtype
+    # one warpgroup per 64 rows; each warp's wgmma fragment is 16 rows x BLOCK_N
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
+    # the activation's slices of c_smem: 8 rows (one swizzle atom), 8 contiguous elements per thread
     SLICE_ROWS: gl.constexpr = 8
     SLICES: gl.constexpr = BLOCK_M // SLICE_ROWS
     slice_layout: gl.constexpr = _slice_layout(BLOCK_N, num_warps)
+    gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
+    row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
+    # swiglu: gate and up columns of the same output block, two accumulators, the activation in registers at
+    # the tile's end; gelu: in c_smem slices during the next tile's K loop
     SWIGLU: gl.constexpr = ACTIVATION == 2
+    N_B: gl.constexpr = 2 if SWIGLU else 1
     SLICED_ACT: gl.constexpr = 0 if SWIGLU else ACTIVATION
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
-    my_tiles = gl.maximum(num_tiles - pid + G - 1, 0) // G
     k_steps = gl.cdiv(D_IN, BLOCK_K)
+    total = my_tiles * k_steps
     s = 0
-    p_row0 = 0
+    p_row0 = 0  # the tile whose result sits in c_smem
     p_row_end = 0
     p_col0 = 0
     for c_tile in range(my_tiles):
@@ -438,14 +391,22 @@ def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_s
         c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
         c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
         c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
+        # fresh zeros (ignored: use_acc=False at k=0) end the previous tile's values' live range
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         if SWIGLU:
             acc_up = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_steps):
             slot = s % NUM_BUFFERS
-            mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
-            if GATHER:
-                fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma (async proxy)
+            if INLINE_LOADS:
+                if GATHER:  # this thread's copies of step s are done (NUM_BUFFERS - 2 newer groups may fly),
+                    async_copy.wait_group(NUM_BUFFERS - 2)
+                    _cta_barrier()  # and every thread's; then made visible to the wgmma's async proxy
+                    fence_async_shared()
+                mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
+            else:
+                mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
+                if GATHER:
+                    fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma
             acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
             if SWIGLU:
                 acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
@@ -459,15 +420,25 @@ def _ws_consumer(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_s
                 acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
             else:
                 acc = warpgroup_mma_wait(1, (acc,))
-            # step s-1's wgmma is complete: its slot goes back to the loader
-            mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
+            # step s-1's wgmma is complete: its slot takes step s + NUM_BUFFERS - 1 (maybe the next tile's),
+            # here or in the loader partition
+            if INLINE_LOADS:
+                ls = s + NUM_BUFFERS - 1
+                _issue_load(a_desc, b_desc, a_bufs, b_bufs, ready, ls, l_k, l_row0, l_brow0, l_col0, up_col, a_ptr,
+                            l_offs, D_IN, NUM_BUFFERS, BLOCK_K, GATHER, N_B, gather_layout, ls < total)
+                l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _advance_loader(
+                    l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
+                    tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M,
+                    BLOCK_N, GATHER, row_layout)
+            else:
+                mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
             s += 1
         if c_tile > 0:
             _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
                                  SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
         if SWIGLU:
             acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
-            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up
+            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
         else:
             acc = warpgroup_mma_wait(0, (acc,))
         c_smem.store(acc.to(dtype))
@@ -502,10 +473,12 @@ def _grouped_gemm_hopper_ws_kernel(
         # the expect of the TMA bytes, and with a gather every loader thread's copies (noinc arrivals)
         mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 * GATHER + 1)
         mbarrier.init(empty.index(i), count=1)
-    gl.warp_specialize([
-        (_ws_consumer, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                        tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, D_OUT, stride_cm, ACTIVATION, FAST_GELU,
-                        GATHER, num_warps)),
+    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
+    gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
+        (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
+                    tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr,
+                    tile_expert_ptr, up_col, stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False,
+                    num_warps)),
         (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
                       tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col,
                       stride_am, GATHER, LOADER_WARPS)),
