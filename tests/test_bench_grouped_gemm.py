@@ -1,9 +1,11 @@
 """benchmarks/grouped_gemm.run_case on the CPU interpreter (timing stubbed): every implementation runs, the
-fused variants' outputs pass the check, and the summary compares against both kinds of baseline."""
+fused variants' outputs pass the check, and the summary compares against both kinds of baseline; and
+benchmarks/plot_grouped_gemm on a small CSV."""
 
 import csv
 import io
 
+import pandas as pd
 import pytest
 import torch
 
@@ -34,3 +36,20 @@ def test_run_case_rows_and_summary(monkeypatch):
     ours = max(float(r["tflops"]) for r in rows if r["layer"] == "l0" and r["impl"] == "ours")
     unfused = max(float(r["tflops"]) for r in rows if r["layer"] == "l0" and r["impl"].endswith("_unfused"))
     assert float(s0["ratio_vs_unfused"]) == pytest.approx(ours / unfused, rel=0.01)  # (CSV rounds TFLOP/s)
+
+
+def test_plot_reads_the_csv_and_names_missing_variants(tmp_path):
+    from benchmarks import plot_grouped_gemm as plot
+
+    rows = [dict(gpu="g", model=m, tokens_M=4096, routing="balanced", layer=layer, impl=impl, variant=v, tflops=t)
+            for m in ("mixtral-8x7b", "qwen2-moe-2.7b") for layer in ("l0", "l1")
+            for impl, v, t in (("cublas_loop", "", 600.0), ("grouped_mm_colmajor", "", 500.0), ("ours", "A", 540.0),
+                               ("ours", "B", 660.0))]
+    path = tmp_path / "fake_2026-11-24.csv"
+    path.write_text("# FAKE GPU x1 (132 SMs), torch x\n" + pd.DataFrame(rows).to_csv(index=False))
+    r = plot.ratios(pd.read_csv(path, comment="#"))
+    assert r["A"].tolist() == pytest.approx([0.9] * 4) and r["B"].tolist() == pytest.approx([1.1] * 4)
+    assert plot.main([str(path), "--variants", "B,A", "--labels", "fast,slow"]) == 0
+    assert path.with_suffix(".png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match=r"variants \['C'\] are not in the CSV; it has \['A', 'B'\]"):
+        plot.ratios(pd.read_csv(path, comment="#"), ["A", "C"])
