@@ -295,17 +295,19 @@ def _grouped_gemm_hopper_kernel(
         mbarrier.invalidate(bars.index(i))
 
 
-
-# ----------------------------------------------------------------------------- warp-specialised gather
-# Gathered A with a loader partition: LOADER_WARPS extra warps gather A rows by cp.async (each thread's copies
-# arrive on the slot's `ready` mbarrier when they land: cp.async.mbarrier.arrive.noinc) and load B by TMA,
-# running ahead of the consumer by up to NUM_BUFFERS steps; the default partition (the kernel's num_warps)
-# only waits, multiplies and runs the epilogue, releasing each slot on its `empty` mbarrier. No CTA-wide
-# barrier per K step (the single-partition kernel needs one to see every thread's copies).
+# ----------------------------------------------------------------------------- loader partition
+# A and B loaded by a loader partition: LOADER_WARPS extra warps gather A rows by cp.async (each thread's
+# copies arrive on the slot's `ready` mbarrier when they land: cp.async.mbarrier.arrive.noinc), or load an A
+# in place by TMA (ws_tma), and load B by TMA, running ahead of the consumer by up to NUM_BUFFERS steps; the
+# default partition (the kernel's num_warps) only waits, multiplies and runs the epilogue, releasing each slot
+# on its `empty` mbarrier. With a gather, no CTA-wide barrier per K step (the single-partition kernel needs one
+# to see every thread's copies).
 @gluon.jit
 def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
                tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
                GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr):
+    """The loader partition: every (tile, K step) of this program, in the consumer's order, into the slot the
+    consumer has released."""
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = a_bufs.type.shape[2]

@@ -281,7 +281,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     <= 2.6e-5 + 2.5e-4 |x|, below bfloat16's rounding; 2-3% faster on H200); None: for bfloat16 only (fp16's
     rounding is finer). This module's kernel always computes the accurate form.
     ws_gather: the Gluon kernel gathers A in a warp-specialised loader partition (False: the multiplying warps
-    issue the copies themselves).
+    issue the copies themselves). ws_tma: so does it load an A in place (TMA); off by default, as it measured
+    within +-2% of the inline loads (results/grouped_gemm/README.md).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
