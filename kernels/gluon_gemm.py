@@ -83,22 +83,16 @@ _X2_MAX = gl.constexpr(FAST_GELU_X2_MAX)
 
 
 @gluon.jit
-def _rcp(x):
-    return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
-                                     pack=1)
+def _f32_asm(x, ASM: gl.constexpr):
+    """One PTX instruction per fp32 element, e.g. "rcp.approx.ftz.f32 $0, $1;" (Gluon has no fast-math ops)."""
+    return gl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=gl.float32, is_pure=True, pack=1)
 
 
 @gluon.jit
 def _gelu_erf(x):
-    t = _rcp(1.0 + _P * gl.abs(x))
+    t = _f32_asm(1.0 + _P * gl.abs(x), "rcp.approx.ftz.f32 $0, $1;")
     half_e = t * (_T0 + t * (_T1 + t * (_T2 + t * (_T3 + t * _T4)))) * gl.exp2(x * x * _E)
     return x * gl.where(x >= 0, 1.0 - half_e, half_e)
-
-
-@gluon.jit
-def _tanh(x):
-    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
-                                     pack=1)
 
 
 @gluon.jit
@@ -106,7 +100,7 @@ def _fast_gelu(x):
     """kernels/activations.py's fast form: one MUFU op (tanh.approx) and ~7 instructions, instead of two and ~12."""
     x2 = gl.minimum(x * x, _X2_MAX)
     half = 0.5 * x
-    return half + half * _tanh(x * (_K1 + x2 * (_K3 + x2 * _K5)))
+    return half + half * _f32_asm(x * (_K1 + x2 * (_K3 + x2 * _K5)), "tanh.approx.f32 $0, $1;")
 
 
 @gluon.constexpr_function
