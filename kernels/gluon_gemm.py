@@ -20,7 +20,7 @@ program count (each tile's reduction order is fixed).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
 gathered by token id (layer0's default) with 16-byte cp.async copies. A gathered A is loaded by default by a
-warp-specialised loader partition (`_grouped_gemm_hopper_ws_kernel`: 4 extra warps gather A and load B, each
+warp-specialised loader partition (LOADER_WARPS > 0: 4 extra warps gather A and load B, each
 slot's `ready` mbarrier counting every loader thread's copies and B's bytes, an `empty` mbarrier handing the
 slot back), so the multiplying warps never wait for copies they issued themselves; ws_gather=False keeps the
 copies in the multiplying warps (one commit group per step, a CTA barrier before the wgmma). B (the
@@ -237,37 +237,24 @@ def _issue_load(a_desc, b_desc, a_bufs, b_bufs, bars, step, k, row0, b_row0, col
 
 
 @gluon.jit
-def _grouped_gemm_hopper_kernel(
-    a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
-    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
-    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
-    ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
-    num_warps: gl.constexpr,
-):
-    BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
-    BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
-    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-    dtype: gl.constexpr = a_desc.dtype
+def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
+                 tile_row_end_ptr, tile_col_ptr, my_tiles, max_tiles, D_IN, up_col, stride_am, GATHER: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """Inline loads: the first NUM_BUFFERS - 1 steps' operands in flight; returns the loader's state (the
+    tile, l_tile-th of this program, and K step of the next load, its coordinates and gathered rows)."""
+    NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
+    BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
+    BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
+    BLOCK_N: gl.constexpr = b_bufs.type.shape[2]
+    N_B: gl.constexpr = b_bufs.type.shape[0] // NUM_BUFFERS
     # gathered A tiles: 8 contiguous elements (16 bytes) per thread and copy
     gather_layout: gl.constexpr = _slice_layout(BLOCK_K, num_warps)
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
-    N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
-
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     total = my_tiles * k_steps
-
-    a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_BUFFERS):
-        mbarrier.init(bars.index(i), count=1)
     l_offs = 0  # (gathered A: the load tile's row offsets)
-
-    # loader: the tile (l_tile-th of this program) and K step of the next load
     l_tile = 0
     l_k = 0
     l_row0, l_brow0, l_col0 = _tile_coords(pid, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
@@ -280,13 +267,7 @@ def _grouped_gemm_hopper_kernel(
             l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, k_steps, pid, G, max_tiles, tile_expert_ptr,
             tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, a_row_ptr, D_IN, stride_am, BLOCK_M, BLOCK_N, GATHER,
             row_layout)
-
-    _consume(a_bufs, b_bufs, c_smem, bars, bars, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
-             my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
-             up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True,
-             num_warps)
-    for i in gl.static_range(NUM_BUFFERS):
-        mbarrier.invalidate(bars.index(i))
+    return l_k, l_tile, l_row0, l_brow0, l_col0, l_offs
 
 
 # ----------------------------------------------------------------------------- loader partition
@@ -448,37 +429,52 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
 
 
 @gluon.jit
-def _grouped_gemm_hopper_ws_kernel(
+def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
     LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
+    """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
+    many warps (LOADER_REGS registers each) does."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
-    N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1
+    N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
+    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_BUFFERS):
-        # the expect of the TMA bytes, and with a gather every loader thread's copies (noinc arrivals)
-        mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 * GATHER + 1)
-        mbarrier.init(empty.index(i), count=1)
-    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
-    gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
-        (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                    tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr,
-                    tile_expert_ptr, up_col, stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False,
-                    num_warps)),
-        (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
-                      tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col,
-                      stride_am, GATHER, LOADER_WARPS)),
-    ], [LOADER_WARPS], [LOADER_REGS])
+    if LOADER_WARPS == 0:
+        for i in gl.static_range(NUM_BUFFERS):
+            mbarrier.init(ready.index(i), count=1)
+        l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _prime_loads(
+            a_desc, b_desc, a_bufs, b_bufs, ready, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
+            tile_row_end_ptr, tile_col_ptr, my_tiles, max_tiles, D_IN, up_col, stride_am, GATHER, num_warps)
+        _consume(a_bufs, b_bufs, c_smem, ready, ready, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
+                 tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr,
+                 tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION,
+                 FAST_GELU, GATHER, True, num_warps)
+        for i in gl.static_range(NUM_BUFFERS):
+            mbarrier.invalidate(ready.index(i))
+    else:
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_BUFFERS):
+            # the expect of the TMA bytes, and with a gather every loader thread's copies (noinc arrivals)
+            mbarrier.init(ready.index(i), count=LOADER_WARPS * 32 * GATHER + 1)
+            mbarrier.init(empty.index(i), count=1)
+        gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
+            (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
+                        tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr,
+                        a_row_ptr, tile_expert_ptr, up_col, stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU,
+                        GATHER, False, num_warps)),
+            (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
+                          tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN,
+                          up_col, stride_am, GATHER, LOADER_WARPS)),
+        ], [LOADER_WARPS], [LOADER_REGS])
 
 
 def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
@@ -524,22 +520,16 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    if (gather and ws_gather) or (not gather and ws_tma):
-        warps = block_m // 16 + _LOADER_WARPS
-        _grouped_gemm_hopper_ws_kernel[(num_programs,)](
-            a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
-            tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
-            tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
-            ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
-            LOADER_WARPS=_LOADER_WARPS, LOADER_REGS=_LOADER_REGS, num_warps=block_m // 16,
-            maxnreg=min(256, 65536 // (32 * warps) // 8 * 8))
-        return out
+    loader = (gather and ws_gather) or (not gather and ws_tma)
+    warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
+    # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)
+    launch = {"maxnreg": min(256, 65536 // (32 * warps) // 8 * 8)} if loader else {}
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
-        num_warps=block_m // 16)
+        LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, num_warps=block_m // 16, **launch)
     return out
 
 
