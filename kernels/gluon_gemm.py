@@ -275,8 +275,8 @@ def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_ex
 # copies arrive on the slot's `ready` mbarrier when they land: cp.async.mbarrier.arrive.noinc), or load an A
 # in place by TMA (ws_tma), and load B by TMA, running ahead of the consumer by up to NUM_BUFFERS steps; the
 # default partition (the kernel's num_warps) only waits, multiplies and runs the epilogue, releasing each slot
-# on its `empty` mbarrier. With a gather, no CTA-wide barrier per K step (the single-partition kernel needs one
-# to see every thread's copies).
+# on its `empty` mbarrier. With a gather, no CTA-wide barrier per K step (the inline loads, LOADER_WARPS = 0,
+# need one to see every thread's copies).
 @gluon.jit
 def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
                tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
