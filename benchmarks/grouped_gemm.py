@@ -85,6 +85,12 @@ VARIANTS = {
     "128x256Gw": (128, 256, 256, 8, {"impl": "gluon", "ws_tma": True}),
     "128x256GSw": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
     "128x128GSw": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
+    # -ns: no split tail (split_tail=False: whole tiles round-robin even when the last wave is short; with A in
+    # place, the inline loads again). Without -ns, a short last wave is split along K over all programs.
+    "128x256G-ns": (128, 256, 256, 8, {"impl": "gluon", "split_tail": False}),
+    "128x256GS-ns": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
+    "128x128G-ns": (128, 128, 128, 8, {"impl": "gluon", "split_tail": False}),
+    "128x128GS-ns": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
 }

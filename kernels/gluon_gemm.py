@@ -15,8 +15,15 @@ and this kernel schedules them by hand. A program walks its tiles t = pid, pid +
 
 Gelu so acts on the rounded GEMM result (what an unfused PyTorch layer computes: a bf16 matmul, then
 gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance (worst relative norm
-error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible and independent of the
-program count (each tile's reduction order is fixed).
+error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible; with split_tail=False they
+are also independent of the program count (each tile's reduction order is fixed).
+
+Split tail (the default): a persistent kernel whose last wave holds few tiles leaves most SMs idle for a whole
+tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03 waves of work). Where the last wave
+would be at most 9/10 full, the last full wave and the partial one are cut into K steps and shared evenly
+by all programs (stream-K, `split_schedule`); a tile cut between two neighbouring programs is finished by
+whichever of them gets there second, which adds the other's fp32 partial sum from a workspace
+(`_join_split_tile`: no program waits for another).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
 gathered by token id (layer0's default) with 16-byte cp.async copies. A gathered A is loaded by default by a
@@ -73,6 +80,8 @@ ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 # the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
 # (ptxas, Triton 3.6), and leave the multiplying warps 224
 _LOADER_WARPS, _LOADER_REGS = 4, 48
+# split tail: used when the last wave is at most 9/10 full (a fuller one loses less than the joins cost)
+_TAIL_NUM, _TAIL_DEN = gl.constexpr(9), gl.constexpr(10)
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -168,12 +177,76 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 
 
 @gluon.jit
-def _program_tiles(num_tiles_ptr, max_tiles):
-    """How many tiles this program runs: t = pid, pid + G, ... below the table's valid count."""
+def _schedule(num_tiles_ptr, max_tiles, k_steps, SPLIT_TAIL: gl.constexpr):
+    """This program's work items (see `split_schedule`, the same arithmetic on the host): whole tiles t = pid,
+    pid + G, ... below n_dp, then with SPLIT_TAIL its share [sk_begin, sk_end) of the flat K steps of the tail
+    tiles [n_dp, T). Returns (items, n_dp, my_dp, sk_begin, sk_end)."""
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    num_tiles = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
-    return gl.maximum(num_tiles - pid + G - 1, 0) // G
+    T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    n_dp = T
+    if SPLIT_TAIL:
+        rem = T % G
+        if (T > G) & (rem > 0) & (rem * _TAIL_DEN <= G * _TAIL_NUM):
+            n_dp = (T // G - 1) * G
+    my_dp = gl.maximum(n_dp - pid + G - 1, 0) // G
+    steps = (T - n_dp) * k_steps
+    sk_begin = pid * steps // G
+    sk_end = (pid + 1) * steps // G
+    my_sk = 0 * sk_end
+    if sk_end > sk_begin:
+        my_sk = (sk_end - 1) // k_steps - sk_begin // k_steps + 1
+    return my_dp + my_sk, n_dp, my_dp, sk_begin, sk_end
+
+
+@gluon.jit
+def _work_item(i, n_dp, my_dp, sk_begin, sk_end, k_steps):
+    """Item i of this program: (tile, first K step, end K step)."""
+    if i < my_dp:
+        t = gl.program_id(0) + i * gl.num_programs(0)
+        k0 = 0 * i
+        k1 = k_steps + 0 * i
+    else:
+        j = sk_begin // k_steps + (i - my_dp)  # the item's tile among the tail tiles
+        t = n_dp + j
+        k0 = gl.maximum(sk_begin - j * k_steps, 0)
+        k1 = gl.minimum(sk_end - j * k_steps, k_steps)
+    return t, k0, k1
+
+
+@gluon.jit
+def _partial_ptrs(ws_ptr, slot, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """Workspace slot `slot` (one BLOCK_M x BLOCK_N fp32 accumulator), addressed in the accumulator's layout."""
+    offs_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    return ws_ptr + slot * (BLOCK_M * BLOCK_N) + offs_m[:, None] * BLOCK_N + offs_n[None, :]
+
+
+@gluon.jit
+def _join_split_tile(acc, acc_up, k0, ws_ptr, cnt_ptr, N_B: gl.constexpr, layout: gl.constexpr):
+    """A tail tile is split between two neighbouring programs at boundary b (steps [0, x) in program b - 1,
+    [x, K) in program b). Both parts store their accumulators in their workspace slots and count on cnt[b];
+    the one that counts second adds the other's and finishes the tile (the other returns finish = 0).
+    fp32 addition commutes, so the sum does not depend on which part finished first: bitwise reproducible.
+    The finisher resets cnt[b] for the next launch; nothing waits, so no program can hang here."""
+    BLOCK_M: gl.constexpr = acc.type.shape[0]
+    BLOCK_N: gl.constexpr = acc.type.shape[1]
+    first = (k0 == 0).to(gl.int32)
+    b = gl.program_id(0) + first
+    mine = (b * 2 + 1 - first) * N_B
+    other = (b * 2 + first) * N_B
+    gl.store(_partial_ptrs(ws_ptr, mine, BLOCK_M, BLOCK_N, layout), acc)
+    if N_B == 2:
+        gl.store(_partial_ptrs(ws_ptr, mine + 1, BLOCK_M, BLOCK_N, layout), acc_up)
+    _cta_barrier()  # every thread's stores, then one release at GPU scope (and the other part's acquire)
+    finish = (gl.atomic_add(cnt_ptr + b, 1, sem="acq_rel", scope="gpu") == 1).to(gl.int32)
+    if finish != 0:
+        acc = acc + gl.load(_partial_ptrs(ws_ptr, other, BLOCK_M, BLOCK_N, layout), cache_modifier=".cg")
+        if N_B == 2:
+            acc_up = acc_up + gl.load(_partial_ptrs(ws_ptr, other + 1, BLOCK_M, BLOCK_N, layout),
+                                      cache_modifier=".cg")
+        gl.atomic_xchg(cnt_ptr + b, 0, sem="relaxed", scope="gpu")
+    return acc, acc_up, finish
 
 
 @gluon.jit
@@ -279,10 +352,10 @@ def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_ex
 # need one to see every thread's copies).
 @gluon.jit
 def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
-               tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN, up_col, stride_am,
+               tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, D_IN, up_col, stride_am,
                GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr):
-    """The loader partition: every (tile, K step) of this program, in the consumer's order, into the slot the
-    consumer has released."""
+    """The loader partition: every (tile, K step) of this program's work items, in the consumer's order, into
+    the slot the consumer has released."""
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = a_bufs.type.shape[2]
@@ -290,18 +363,15 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
     N_B: gl.constexpr = b_bufs.type.shape[0] // NUM_BUFFERS
     gather_layout: gl.constexpr = _slice_layout(BLOCK_K, LOADER_WARPS)
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
-    pid = gl.program_id(0)
-    G = gl.num_programs(0)
-    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     s = 0
-    for lt in range(my_tiles):
-        t = pid + lt * G
+    for it in range(items):
+        t, k0, k1 = _work_item(it, n_dp, my_dp, sk_begin, sk_end, k_steps)
         row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
         if GATHER:
             offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
                                    row_layout)
-        for kk in range(k_steps):
+        for kk in range(k0, k1):
             slot = s % NUM_BUFFERS
             bar = ready.index(slot)
             # barriers start as if their phase 1 had completed: the first round passes at once
@@ -323,12 +393,15 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
 
 @gluon.jit
 def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
-             my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
-             up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION: gl.constexpr,
-             FAST_GELU: gl.constexpr, GATHER: gl.constexpr, INLINE_LOADS: gl.constexpr, num_warps: gl.constexpr):
-    """The multiplying warps: this program's tiles, one K loop each. INLINE_LOADS: they also issue the loads
-    (NUM_BUFFERS - 1 steps ahead, from the loader state l_* the prologue left; `ready` is the slots' one
-    barrier set); else a loader partition does and the slots go back to it on `empty`.
+             items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT, stride_cm, a_desc,
+             b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0,
+             l_offs, ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr, GATHER: gl.constexpr,
+             INLINE_LOADS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr):
+    """The multiplying warps: this program's work items (`_schedule`), one K loop each. INLINE_LOADS: they
+    also issue the loads (NUM_BUFFERS - 1 steps ahead, from the loader state l_* the prologue left; `ready` is
+    the slots' one barrier set; whole tiles only); else a loader partition does and the slots go back to it
+    on `empty`. SPLIT_TAIL: an item that is part of a split tail tile joins the other part
+    (`_join_split_tile`) and only the part that finishes the tile stages and stores it.
 
     A nested K loop keeps the in-flight accumulator out of any branch (a branch that merges it makes ptxas
     wait for every wgmma: the pipeline would serialise). A tile's result goes to c_smem as bf16/fp16 at its
@@ -358,13 +431,14 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
-    total = my_tiles * k_steps
+    total = items * k_steps
     s = 0
-    p_row0 = 0  # the tile whose result sits in c_smem
+    staged = 0  # whether c_smem holds a tile (p_*) waiting for its activation and store
+    p_row0 = 0
     p_row_end = 0
     p_col0 = 0
-    for c_tile in range(my_tiles):
-        t = pid + c_tile * G
+    for it in range(items):
+        t, k0, k1 = _work_item(it, n_dp, my_dp, sk_begin, sk_end, k_steps)
         c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
         c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
         c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
@@ -372,7 +446,7 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         if SWIGLU:
             acc_up = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
-        for kk in range(k_steps):
+        for kk in range(k0, k1):
             slot = s % NUM_BUFFERS
             if INLINE_LOADS:
                 if GATHER:  # this thread's copies of step s are done (NUM_BUFFERS - 2 newer groups may fly),
@@ -384,14 +458,14 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
                 mbarrier.wait(ready.index(slot), (s // NUM_BUFFERS) & 1)
                 if GATHER:
                     fence_async_shared()  # the loader's cp.async writes (generic proxy), seen by the wgmma
-            acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > 0, is_async=True)
+            acc = warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot), acc, use_acc=kk > k0, is_async=True)
             if SWIGLU:
                 acc_up = warpgroup_mma(a_bufs.index(slot), b_bufs.index(NUM_BUFFERS + slot), acc_up,
-                                       use_acc=kk > 0, is_async=True)
+                                       use_acc=kk > k0, is_async=True)
             if SLICED_ACT != 0:
-                if c_tile > 0:
+                if staged != 0:
                     for j in gl.static_range(SLICES):
-                        if kk == j:
+                        if kk - k0 == j:
                             _activate_slice(c_smem, j, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
             if SWIGLU:
                 acc, acc_up = warpgroup_mma_wait(2, (acc, acc_up))
@@ -410,19 +484,28 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
             else:
                 mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
             s += 1
-        if c_tile > 0:
-            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
+        if staged != 0:
+            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k1 - k0,
                                  SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
         if SWIGLU:
             acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
-            acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
         else:
             acc = warpgroup_mma_wait(0, (acc,))
-        c_smem.store(acc.to(dtype))
-        p_row0 = c_row0
-        p_row_end = c_row_end
-        p_col0 = c_col0
-    if my_tiles > 0:
+        staged = 1 + 0 * it
+        if SPLIT_TAIL:
+            if k1 - k0 < k_steps:
+                if SWIGLU:
+                    acc, acc_up, staged = _join_split_tile(acc, acc_up, k0, ws_ptr, cnt_ptr, N_B, acc_layout)
+                else:
+                    acc, _, staged = _join_split_tile(acc, acc, k0, ws_ptr, cnt_ptr, N_B, acc_layout)
+        if staged != 0:
+            if SWIGLU:
+                acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
+            c_smem.store(acc.to(dtype))
+            p_row0 = c_row0
+            p_row_end = c_row_end
+            p_col0 = c_col0
+    if staged != 0:
         _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
                          slice_layout, SLICED_ACT, FAST_GELU)
     tma.store_wait(pendings=0)
@@ -431,19 +514,21 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
 @gluon.jit
 def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
-    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
-    LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr,
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
-    many warps (LOADER_REGS registers each) does."""
+    many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): the last partial
+    wave's tiles are split along K over all programs (`split_schedule`); ws_ptr / cnt_ptr are its workspace
+    (fp32 partial accumulators, int32 counters that start at zero and are left at zero)."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
     N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
-    my_tiles = _program_tiles(num_tiles_ptr, max_tiles)
+    items, n_dp, my_dp, sk_begin, sk_end = _schedule(num_tiles_ptr, max_tiles, gl.cdiv(D_IN, BLOCK_K), SPLIT_TAIL)
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
@@ -453,11 +538,11 @@ def _grouped_gemm_hopper_kernel(
             mbarrier.init(ready.index(i), count=1)
         l_k, l_tile, l_row0, l_brow0, l_col0, l_offs = _prime_loads(
             a_desc, b_desc, a_bufs, b_bufs, ready, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
-            tile_row_end_ptr, tile_col_ptr, my_tiles, max_tiles, D_IN, up_col, stride_am, GATHER, num_warps)
+            tile_row_end_ptr, tile_col_ptr, items, max_tiles, D_IN, up_col, stride_am, GATHER, num_warps)
         _consume(a_bufs, b_bufs, c_smem, ready, ready, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                 tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr,
-                 tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION,
-                 FAST_GELU, GATHER, True, num_warps)
+                 tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT,
+                 stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile,
+                 l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True, False, num_warps)
         for i in gl.static_range(NUM_BUFFERS):
             mbarrier.invalidate(ready.index(i))
     else:
@@ -468,13 +553,54 @@ def _grouped_gemm_hopper_kernel(
             mbarrier.init(empty.index(i), count=1)
         gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
             (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                        tile_col_ptr, my_tiles, max_tiles, D_IN, D_OUT, stride_cm, a_desc, b_desc, a_ptr,
-                        a_row_ptr, tile_expert_ptr, up_col, stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU,
-                        GATHER, False, num_warps)),
+                        tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN,
+                        D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am,
+                        0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False, SPLIT_TAIL, num_warps)),
             (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
-                          tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, max_tiles, D_IN,
-                          up_col, stride_am, GATHER, LOADER_WARPS)),
+                          tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end,
+                          D_IN, up_col, stride_am, GATHER, LOADER_WARPS)),
         ], [LOADER_WARPS], [LOADER_REGS])
+
+
+def split_schedule(num_tiles: int, programs: int, k_steps: int, split_tail: bool = True) -> list[list[tuple]]:
+    """Each program's work items (tile, first K step, end K step), in order: the kernel's `_schedule` and
+    `_work_item` on the host (for tests and for reading a schedule).
+
+    Whole tiles go round-robin (t = pid, pid + G, ...). Where the last wave would leave more than a tenth of
+    the programs idle (T > G, T mod G <= 9/10 G), the last full wave and the partial one, T - n_dp tiles with
+    n_dp = (T // G - 1) G, are cut into their flat K steps instead, and program p takes steps
+    [p S / G, (p + 1) S / G) of S = (T - n_dp) k_steps: every program gets at least one tile's worth, so a tile
+    is split at most once, between neighbouring programs."""
+    T, G = num_tiles, programs
+    n_dp = T
+    if split_tail and T > G and 0 < T % G and (T % G) * 10 <= G * 9:
+        n_dp = (T // G - 1) * G
+    steps = (T - n_dp) * k_steps
+    out = []
+    for p in range(G):
+        items = [(t, 0, k_steps) for t in range(p, n_dp, G)]
+        begin, end = p * steps // G, (p + 1) * steps // G
+        for j in range(begin // k_steps, (end - 1) // k_steps + 1) if end > begin else ():
+            items.append((n_dp + j, max(begin - j * k_steps, 0), min(end - j * k_steps, k_steps)))
+        out.append(items)
+    return out
+
+
+_workspaces: dict = {}
+
+
+def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
+    """fp32 partials (2 per boundary between neighbouring programs, n_b accumulators each) and int32 counters
+    (zero, and left at zero by every launch), one set per device and stream, grown on demand. Launches on one
+    stream run in order, so they can share it; a launch on another stream gets its own."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    need = (programs + 1) * 2 * n_b * block_m * block_n
+    ws = _workspaces.get(key)
+    if ws is None or ws[0].numel() < need or ws[1].numel() < programs + 1:
+        ws = (torch.empty(need, device=device, dtype=torch.float32),
+              torch.zeros(programs + 1, device=device, dtype=torch.int32))
+        _workspaces[key] = ws
+    return ws
 
 
 def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
@@ -504,13 +630,17 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: bool = False, ws_gather: bool = True, ws_tma: bool = False) -> torch.Tensor:
+                        fast_gelu: bool = False, ws_gather: bool = True, ws_tma: bool = False,
+                        split_tail: bool = True) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
     of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. ws_gather: a gathered A is loaded by a
     warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
-    (TMA). Returns out."""
+    (TMA). split_tail: split the last partial wave's tiles along K over all programs (`split_schedule`); it
+    needs the loader partition, which it turns on for an A in place (with ws_gather=False it does not apply).
+    A split tile's two partial sums are added in fp32 (bitwise reproducible for a given program count, but
+    not equal to the unsplit result). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -520,16 +650,19 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    loader = (gather and ws_gather) or (not gather and ws_tma)
+    loader = (gather and ws_gather) or (not gather and (ws_tma or split_tail))
+    split = split_tail and loader
+    ws, cnt = _split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
     # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)
     launch = {"maxnreg": min(256, 65536 // (32 * warps) // 8 * 8)} if loader else {}
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
-        tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
+        tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"], ws, cnt,
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
-        LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, num_warps=block_m // 16, **launch)
+        LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
+        num_warps=block_m // 16, **launch)
     return out
 
 

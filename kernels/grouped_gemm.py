@@ -256,7 +256,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
                  impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
-                 ws_tma: bool = False) -> torch.Tensor:
+                 ws_tma: bool = False, split_tail: bool = True) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -283,6 +283,10 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     ws_gather: the Gluon kernel gathers A in a warp-specialised loader partition (False: the multiplying warps
     issue the copies themselves). ws_tma: so does it load an A in place (TMA); off by default, as it measured
     within +-2% of the inline loads (results/grouped_gemm/README.md).
+    split_tail: the Gluon kernel splits the tiles of a last wave that would leave programs idle along K over
+    all programs (kernels.gluon_gemm.split_schedule; with the loader partition, which it turns on for an A in
+    place). Each split tile adds two fp32 partial sums: the result stays bitwise reproducible for a given
+    program count but, unlike split_tail=False, depends on it.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
@@ -366,7 +370,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
                                                        activation=activation, num_programs=programs,
                                                        a_rows_R=a_rows_R, fast_gelu=fast, ws_gather=ws_gather,
-                                                       ws_tma=ws_tma)
+                                                       ws_tma=ws_tma, split_tail=split_tail)
         if impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     a_desc, b_desc = a, b_EIO

@@ -344,11 +344,37 @@ def test_gpu_gluon_loader_partition_agrees(activation, block_m, block_n):
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
 def test_gpu_gluon_program_counts_and_bitwise_repeat():
     # one program (every tile's K loop in one pipeline), a count that divides nothing, more than the tiles;
-    # the result does not depend on the program count (each tile's reduction order is fixed): bitwise equal
+    # unsplit, the result does not depend on the program count (each tile's reduction order is fixed)
     plan = _gluon_plan("gelu", 128, 256, K=640, M=1500, order="expert-major")
-    ys = [_check_gluon(plan, 1, "gelu", gather=True, num_programs=p) for p in (1, 17, 132, 10_000)]
+    ys = [_check_gluon(plan, 1, "gelu", gather=True, num_programs=p, split_tail=False) for p in (1, 17, 132, 10_000)]
     for y in ys[1:]:
         assert torch.equal(y.nan_to_num(0), ys[0].nan_to_num(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("activation,block_m,block_n", [("gelu", 128, 256), ("none", 64, 256), ("swiglu", 128, 128)])
+@pytest.mark.parametrize("gather", [False, True])
+def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
+    # program counts whose last wave is short: its tiles are split along K between neighbouring programs
+    # (kernels.gluon_gemm.split_schedule), each split tile finished by whichever part comes second. Both
+    # layers match the reference, a repeat is bitwise equal (whoever finishes, a + b == b + a), and the
+    # join counters are left at zero for the next launch.
+    from kernels.gluon_gemm import _workspaces, split_schedule
+
+    plan = _gluon_plan(activation, block_m, block_n, M=1500)
+    rp = plan.rank(1)
+    T0, T1 = int(rp.num_l0_tiles), int(rp.num_l1_tiles)
+    k0_steps, k1_steps = -(-plan.model.hidden_N // 64), -(-plan.ffn_local // 64)
+    splits = lambda T, G, k_steps: split_schedule(T, G, k_steps) != split_schedule(T, G, k_steps, False)
+    counts = [G for G in (5, 6, 7, 9, T0 - 1) if splits(T0, G, k0_steps) and splits(T1, G, k1_steps)]
+    assert len(counts) >= 3, (T0, T1, counts)
+    for G in counts:
+        y = _check_gluon(plan, 1, activation, gather, num_programs=G)
+        assert torch.equal(_check_gluon(plan, 1, activation, gather, num_programs=G).nan_to_num(0), y.nan_to_num(0))
+        assert _workspaces and all(int(cnt.abs().sum()) == 0 for _, cnt in _workspaces.values()), \
+            "a join counter was left set"
+        _check_gluon(plan, 1, activation, gather, num_programs=G, split_tail=False)
 
 
 @pytest.mark.gpu
