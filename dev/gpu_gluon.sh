@@ -8,7 +8,7 @@
 # Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
 # grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG,
-# POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
+# POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), T_GLUON_TESTS, T_BENCH (timeouts, s), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run
@@ -22,11 +22,11 @@ mkdir -p "$OUT"
     "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } > "$OUT/device.txt" 2>&1
 
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_grouped_gemm.py > "$OUT/gluon_tests.log" 2>&1
+timeout "${T_GLUON_TESTS:-180}" "$PY" -m pytest -q -p no:cacheprovider -m gpu -k gluon tests/test_grouped_gemm.py > "$OUT/gluon_tests.log" 2>&1
 gluon_rc=$?
 bench_rc=skipped
 if [ $gluon_rc -eq 0 ]; then
-    timeout 330 "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens "${TOKENS:-16384,4096}" --variants "$VARIANTS" \
+    timeout "${T_BENCH:-330}" "$PY" -m benchmarks.grouped_gemm --check --timing graph --tokens "${TOKENS:-16384,4096}" --variants "$VARIANTS" \
         --layers "${LAYERS:-l0,l1}" --tag "$TAG" --out "$OUT/grouped_gemm" > "$OUT/bench.log" 2>&1
     bench_rc=$?
 fi
