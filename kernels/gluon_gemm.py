@@ -591,9 +591,11 @@ _workspaces: dict = {}
 
 def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
     """fp32 partials (2 per boundary between neighbouring programs, n_b accumulators each) and int32 counters
-    (zero, and left at zero by every launch), one set per device and stream, grown on demand. Launches on one
-    stream run in order, so they can share it; a launch on another stream gets its own."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    (zero, and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
+    in order and share it; two split launches running at once on different streams would share counters
+    (not per stream: a CUDA graph captures on a stream of its own, and would then allocate and zero a fresh
+    set inside the graph)."""
+    key = torch.device(device)
     need = (programs + 1) * 2 * n_b * block_m * block_n
     ws = _workspaces.get(key)
     if ws is None or ws[0].numel() < need or ws[1].numel() < programs + 1:
