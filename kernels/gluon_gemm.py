@@ -19,11 +19,12 @@ error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducibl
 are also independent of the program count (each tile's reduction order is fixed).
 
 Split tail (the default): a persistent kernel whose last wave holds few tiles leaves most SMs idle for a whole
-tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03 waves of work). Where the last wave
-would be at most 9/10 full, the last full wave and the partial one are cut into K steps and shared evenly
-by all programs (stream-K, `split_schedule`); a tile cut between two neighbouring programs is finished by
-whichever of them gets there second, which adds the other's fp32 partial sum from a workspace
-(`_join_split_tile`: no program waits for another).
+tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03 waves of work). Where the last wave is
+at most half full, each of its tiles is split into up to 4 K chunks run by otherwise idle programs
+(`split_schedule`); the chunk that finishes last sums the others' fp32 partials from a workspace in chunk
+order and finishes the tile (`_join_split_tile`: no program waits for another). A first version spread the
+last two waves evenly over all programs (stream-K): the programs then ran at unrelated K offsets, lost the
+L2 reuse of a wave in step, and ran up to 27% slower (dev/LOG.md, session 6).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
 gathered by token id (layer0's default) with 16-byte cp.async copies. A gathered A is loaded by default by a
@@ -80,8 +81,9 @@ ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 # the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
 # (ptxas, Triton 3.6), and leave the multiplying warps 224
 _LOADER_WARPS, _LOADER_REGS = 4, 48
-# split tail: used when the last wave is at most 9/10 full (a fuller one loses less than the joins cost)
-_TAIL_NUM, _TAIL_DEN = gl.constexpr(9), gl.constexpr(10)
+# split tail: at most 4 K chunks per tail tile (the last part reads every part's partial sums back)
+MAX_PARTS = 4
+_MAX_PARTS = gl.constexpr(MAX_PARTS)
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -179,38 +181,39 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 @gluon.jit
 def _schedule(num_tiles_ptr, max_tiles, k_steps, SPLIT_TAIL: gl.constexpr):
     """This program's work items (see `split_schedule`, the same arithmetic on the host): whole tiles t = pid,
-    pid + G, ... below n_dp, then with SPLIT_TAIL its share [sk_begin, sk_end) of the flat K steps of the tail
-    tiles [n_dp, T). Returns (items, n_dp, my_dp, sk_begin, sk_end)."""
+    pid + G, ... below n_dp, then with SPLIT_TAIL at most one K chunk of a tail tile. Returns (items, n_dp,
+    my_dp, parts): the last T - n_dp tiles are each split into `parts` K chunks (parts = 1: no split)."""
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
     n_dp = T
+    parts = 1 + 0 * T
     if SPLIT_TAIL:
-        rem = T % G
-        if (T > G) & (rem > 0) & (rem * _TAIL_DEN <= G * _TAIL_NUM):
-            n_dp = (T // G - 1) * G
+        tail = T % G
+        if tail > 0:
+            parts = gl.minimum(gl.minimum(G // tail, k_steps), _MAX_PARTS)
+            if parts > 1:
+                n_dp = T - tail
     my_dp = gl.maximum(n_dp - pid + G - 1, 0) // G
-    steps = (T - n_dp) * k_steps
-    sk_begin = pid * steps // G
-    sk_end = (pid + 1) * steps // G
-    my_sk = 0 * sk_end
-    if sk_end > sk_begin:
-        my_sk = (sk_end - 1) // k_steps - sk_begin // k_steps + 1
-    return my_dp + my_sk, n_dp, my_dp, sk_begin, sk_end
+    my_part = ((parts > 1) & (pid < (T - n_dp) * parts)).to(gl.int32)
+    return my_dp + my_part, n_dp, my_dp, parts
 
 
 @gluon.jit
-def _work_item(i, n_dp, my_dp, sk_begin, sk_end, k_steps):
-    """Item i of this program: (tile, first K step, end K step)."""
+def _work_item(i, n_dp, my_dp, parts, k_steps):
+    """Item i of this program: (tile, first K step, end K step). Program q's chunk is chunk q % parts of tail
+    tile q // parts: chunk j of every tail tile starts at the same time, so tiles that share B columns (or A
+    rows) read them at the same K steps, as whole tiles of one wave do (L2 reuse)."""
+    pid = gl.program_id(0)
     if i < my_dp:
-        t = gl.program_id(0) + i * gl.num_programs(0)
+        t = pid + i * gl.num_programs(0)
         k0 = 0 * i
         k1 = k_steps + 0 * i
     else:
-        j = sk_begin // k_steps + (i - my_dp)  # the item's tile among the tail tiles
-        t = n_dp + j
-        k0 = gl.maximum(sk_begin - j * k_steps, 0)
-        k1 = gl.minimum(sk_end - j * k_steps, k_steps)
+        t = n_dp + pid // parts
+        j = pid % parts
+        k0 = j * k_steps // parts
+        k1 = (j + 1) * k_steps // parts
     return t, k0, k1
 
 
@@ -223,29 +226,31 @@ def _partial_ptrs(ws_ptr, slot, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, la
 
 
 @gluon.jit
-def _join_split_tile(acc, acc_up, k0, ws_ptr, cnt_ptr, N_B: gl.constexpr, layout: gl.constexpr):
-    """A tail tile is split between two neighbouring programs at boundary b (steps [0, x) in program b - 1,
-    [x, K) in program b). Both parts store their accumulators in their workspace slots and count on cnt[b];
-    the one that counts second adds the other's and finishes the tile (the other returns finish = 0).
-    fp32 addition commutes, so the sum does not depend on which part finished first: bitwise reproducible.
-    The finisher resets cnt[b] for the next launch; nothing waits, so no program can hang here."""
+def _join_split_tile(acc, acc_up, r, parts, ws_ptr, cnt_ptr, N_B: gl.constexpr, layout: gl.constexpr):
+    """Tail tile r is split into `parts` K chunks, run by programs r * parts + j. Each part stores its
+    accumulators in its workspace slot and counts on cnt[r]; the part that counts last sums all slots in
+    chunk order (so the result does not depend on which part came last: bitwise reproducible), finishes
+    the tile (returns finish = 1; the others 0) and resets cnt[r] for the next launch. Nothing waits for
+    another program, so nothing can hang here."""
     BLOCK_M: gl.constexpr = acc.type.shape[0]
     BLOCK_N: gl.constexpr = acc.type.shape[1]
-    first = (k0 == 0).to(gl.int32)
-    b = gl.program_id(0) + first
-    mine = (b * 2 + 1 - first) * N_B
-    other = (b * 2 + first) * N_B
+    first = r * parts * N_B
+    mine = first + (gl.program_id(0) % parts) * N_B
     gl.store(_partial_ptrs(ws_ptr, mine, BLOCK_M, BLOCK_N, layout), acc)
     if N_B == 2:
         gl.store(_partial_ptrs(ws_ptr, mine + 1, BLOCK_M, BLOCK_N, layout), acc_up)
-    _cta_barrier()  # every thread's stores, then one release at GPU scope (and the other part's acquire)
-    finish = (gl.atomic_add(cnt_ptr + b, 1, sem="acq_rel", scope="gpu") == 1).to(gl.int32)
+    _cta_barrier()  # every thread's stores, then one release at GPU scope (and the last part's acquire)
+    finish = (gl.atomic_add(cnt_ptr + r, 1, sem="acq_rel", scope="gpu") == parts - 1).to(gl.int32)
     if finish != 0:
-        acc = acc + gl.load(_partial_ptrs(ws_ptr, other, BLOCK_M, BLOCK_N, layout), cache_modifier=".cg")
+        acc = gl.load(_partial_ptrs(ws_ptr, first, BLOCK_M, BLOCK_N, layout), cache_modifier=".cg")
+        for j in range(1, parts):
+            acc += gl.load(_partial_ptrs(ws_ptr, first + j * N_B, BLOCK_M, BLOCK_N, layout), cache_modifier=".cg")
         if N_B == 2:
-            acc_up = acc_up + gl.load(_partial_ptrs(ws_ptr, other + 1, BLOCK_M, BLOCK_N, layout),
-                                      cache_modifier=".cg")
-        gl.atomic_xchg(cnt_ptr + b, 0, sem="relaxed", scope="gpu")
+            acc_up = gl.load(_partial_ptrs(ws_ptr, first + 1, BLOCK_M, BLOCK_N, layout), cache_modifier=".cg")
+            for j in range(1, parts):
+                acc_up += gl.load(_partial_ptrs(ws_ptr, first + j * N_B + 1, BLOCK_M, BLOCK_N, layout),
+                                  cache_modifier=".cg")
+        gl.atomic_xchg(cnt_ptr + r, 0, sem="relaxed", scope="gpu")
     return acc, acc_up, finish
 
 
@@ -352,7 +357,7 @@ def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_ex
 # need one to see every thread's copies).
 @gluon.jit
 def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
-               tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, D_IN, up_col, stride_am,
+               tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts, D_IN, up_col, stride_am,
                GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr):
     """The loader partition: every (tile, K step) of this program's work items, in the consumer's order, into
     the slot the consumer has released."""
@@ -366,7 +371,7 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     s = 0
     for it in range(items):
-        t, k0, k1 = _work_item(it, n_dp, my_dp, sk_begin, sk_end, k_steps)
+        t, k0, k1 = _work_item(it, n_dp, my_dp, parts, k_steps)
         row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
         if GATHER:
             offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
@@ -393,7 +398,7 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
 
 @gluon.jit
 def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
-             items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT, stride_cm, a_desc,
+             items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT, stride_cm, a_desc,
              b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0,
              l_offs, ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr, GATHER: gl.constexpr,
              INLINE_LOADS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr):
@@ -438,7 +443,7 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
     p_row_end = 0
     p_col0 = 0
     for it in range(items):
-        t, k0, k1 = _work_item(it, n_dp, my_dp, sk_begin, sk_end, k_steps)
+        t, k0, k1 = _work_item(it, n_dp, my_dp, parts, k_steps)
         c_row0 = gl.load(tile_row_start_ptr + t).to(gl.int32)
         c_row_end = gl.load(tile_row_end_ptr + t).to(gl.int32)
         c_col0 = gl.load(tile_col_ptr + t).to(gl.int32) * BLOCK_N
@@ -495,9 +500,10 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
         if SPLIT_TAIL:
             if k1 - k0 < k_steps:
                 if SWIGLU:
-                    acc, acc_up, staged = _join_split_tile(acc, acc_up, k0, ws_ptr, cnt_ptr, N_B, acc_layout)
+                    acc, acc_up, staged = _join_split_tile(acc, acc_up, t - n_dp, parts, ws_ptr, cnt_ptr, N_B,
+                                                           acc_layout)
                 else:
-                    acc, _, staged = _join_split_tile(acc, acc, k0, ws_ptr, cnt_ptr, N_B, acc_layout)
+                    acc, _, staged = _join_split_tile(acc, acc, t - n_dp, parts, ws_ptr, cnt_ptr, N_B, acc_layout)
         if staged != 0:
             if SWIGLU:
                 acc = acc / (1.0 + gl.exp2(-_LOG2E * acc)) * acc_up  # silu(gate) * up
@@ -528,7 +534,7 @@ def _grouped_gemm_hopper_kernel(
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
     N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
-    items, n_dp, my_dp, sk_begin, sk_end = _schedule(num_tiles_ptr, max_tiles, gl.cdiv(D_IN, BLOCK_K), SPLIT_TAIL)
+    items, n_dp, my_dp, parts = _schedule(num_tiles_ptr, max_tiles, gl.cdiv(D_IN, BLOCK_K), SPLIT_TAIL)
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
@@ -540,7 +546,7 @@ def _grouped_gemm_hopper_kernel(
             a_desc, b_desc, a_bufs, b_bufs, ready, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
             tile_row_end_ptr, tile_col_ptr, items, max_tiles, D_IN, up_col, stride_am, GATHER, num_warps)
         _consume(a_bufs, b_bufs, c_smem, ready, ready, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                 tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT,
+                 tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT,
                  stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile,
                  l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True, False, num_warps)
         for i in gl.static_range(NUM_BUFFERS):
@@ -553,11 +559,11 @@ def _grouped_gemm_hopper_kernel(
             mbarrier.init(empty.index(i), count=1)
         gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
             (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
-                        tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end, ws_ptr, cnt_ptr, max_tiles, D_IN,
+                        tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN,
                         D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am,
                         0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False, SPLIT_TAIL, num_warps)),
             (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
-                          tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, sk_begin, sk_end,
+                          tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts,
                           D_IN, up_col, stride_am, GATHER, LOADER_WARPS)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
@@ -566,22 +572,21 @@ def split_schedule(num_tiles: int, programs: int, k_steps: int, split_tail: bool
     """Each program's work items (tile, first K step, end K step), in order: the kernel's `_schedule` and
     `_work_item` on the host (for tests and for reading a schedule).
 
-    Whole tiles go round-robin (t = pid, pid + G, ...). Where the last wave would leave more than a tenth of
-    the programs idle (T > G, T mod G <= 9/10 G), the last full wave and the partial one, T - n_dp tiles with
-    n_dp = (T // G - 1) G, are cut into their flat K steps instead, and program p takes steps
-    [p S / G, (p + 1) S / G) of S = (T - n_dp) k_steps: every program gets at least one tile's worth, so a tile
-    is split at most once, between neighbouring programs."""
+    Whole tiles go round-robin (t = pid, pid + G, ...). The tail, the R = T mod G tiles of a last wave that
+    would leave programs idle, is split instead where R <= G / 2: each tail tile into parts = min(G // R, 4,
+    k_steps) equal K chunks, chunk j of tail tile r run by program r * parts + j after its whole tiles. The
+    last wave so takes about 1 / parts of a tile's time; chunk j of every tail tile runs at the same time
+    (L2 reuse of shared B columns and A rows, as in a wave of whole tiles)."""
     T, G = num_tiles, programs
-    n_dp = T
-    if split_tail and T > G and 0 < T % G and (T % G) * 10 <= G * 9:
-        n_dp = (T // G - 1) * G
-    steps = (T - n_dp) * k_steps
+    tail = T % G
+    parts = min(G // tail, MAX_PARTS, k_steps) if split_tail and tail else 1
+    n_dp = T - tail if parts > 1 else T
     out = []
     for p in range(G):
         items = [(t, 0, k_steps) for t in range(p, n_dp, G)]
-        begin, end = p * steps // G, (p + 1) * steps // G
-        for j in range(begin // k_steps, (end - 1) // k_steps + 1) if end > begin else ():
-            items.append((n_dp + j, max(begin - j * k_steps, 0), min(end - j * k_steps, k_steps)))
+        if parts > 1 and p < tail * parts:
+            j = p % parts
+            items.append((n_dp + p // parts, j * k_steps // parts, (j + 1) * k_steps // parts))
         out.append(items)
     return out
 
@@ -590,17 +595,17 @@ _workspaces: dict = {}
 
 
 def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
-    """fp32 partials (2 per boundary between neighbouring programs, n_b accumulators each) and int32 counters
+    """fp32 partials (one per program, n_b accumulators each) and int32 counters (one per tail tile)
     (zero, and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
     in order and share it; two split launches running at once on different streams would share counters
     (not per stream: a CUDA graph captures on a stream of its own, and would then allocate and zero a fresh
     set inside the graph)."""
     key = torch.device(device)
-    need = (programs + 1) * 2 * n_b * block_m * block_n
+    need = programs * n_b * block_m * block_n
     ws = _workspaces.get(key)
-    if ws is None or ws[0].numel() < need or ws[1].numel() < programs + 1:
+    if ws is None or ws[0].numel() < need or ws[1].numel() < programs:
         ws = (torch.empty(need, device=device, dtype=torch.float32),
-              torch.zeros(programs + 1, device=device, dtype=torch.int32))
+              torch.zeros(programs, device=device, dtype=torch.int32))
         _workspaces[key] = ws
     return ws
 
@@ -641,8 +646,8 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
     (TMA). split_tail: split the last partial wave's tiles along K over all programs (`split_schedule`); it
     needs the loader partition, which it turns on for an A in place (with ws_gather=False it does not apply).
-    A split tile's two partial sums are added in fp32 (bitwise reproducible for a given program count, but
-    not equal to the unsplit result). Returns out."""
+    A split tile's partial sums are added in fp32 in chunk order (bitwise reproducible for a given program
+    count, but not equal to the unsplit result). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]

@@ -283,10 +283,10 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     ws_gather: the Gluon kernel gathers A in a warp-specialised loader partition (False: the multiplying warps
     issue the copies themselves). ws_tma: so does it load an A in place (TMA); off by default, as it measured
     within +-2% of the inline loads (results/grouped_gemm/README.md).
-    split_tail: the Gluon kernel splits the tiles of a last wave that would leave programs idle along K over
-    all programs (kernels.gluon_gemm.split_schedule; with the loader partition, which it turns on for an A in
-    place). Each split tile adds two fp32 partial sums: the result stays bitwise reproducible for a given
-    program count but, unlike split_tail=False, depends on it.
+    split_tail: the Gluon kernel splits each tile of a last wave that is at most half full into up to 4 K
+    chunks run by otherwise idle programs (kernels.gluon_gemm.split_schedule; with the loader partition, which
+    it turns on for an A in place). The chunks' fp32 partial sums are added in chunk order: the result stays
+    bitwise reproducible for a given program count but, unlike split_tail=False, depends on it.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")

@@ -356,10 +356,10 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
 @pytest.mark.parametrize("activation,block_m,block_n", [("gelu", 128, 256), ("none", 64, 256), ("swiglu", 128, 128)])
 @pytest.mark.parametrize("gather", [False, True])
 def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
-    # program counts whose last wave is short: its tiles are split along K between neighbouring programs
-    # (kernels.gluon_gemm.split_schedule), each split tile finished by whichever part comes second. Both
-    # layers match the reference, a repeat is bitwise equal (whoever finishes, a + b == b + a), and the
-    # join counters are left at zero for the next launch.
+    # program counts whose last wave is at most half full: its tiles are split into K chunks run by idle
+    # programs (kernels.gluon_gemm.split_schedule), each split tile finished by whichever chunk comes last.
+    # Both layers match the reference, a repeat is bitwise equal (the chunks are summed in chunk order,
+    # whoever finishes), and the join counters are left at zero for the next launch.
     from kernels.gluon_gemm import _workspaces, split_schedule
 
     plan = _gluon_plan(activation, block_m, block_n, M=1500)
@@ -367,7 +367,7 @@ def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
     T0, T1 = int(rp.num_l0_tiles), int(rp.num_l1_tiles)
     k0_steps, k1_steps = -(-plan.model.hidden_N // 64), -(-plan.ffn_local // 64)
     splits = lambda T, G, k_steps: split_schedule(T, G, k_steps) != split_schedule(T, G, k_steps, False)
-    counts = [G for G in (5, 6, 7, 9, T0 - 1) if splits(T0, G, k0_steps) and splits(T1, G, k1_steps)]
+    counts = [G for G in (5, 6, 7, 9, 11, 13, T0 - 1) if splits(T0, G, k0_steps) and splits(T1, G, k1_steps)]
     assert len(counts) >= 3, (T0, T1, counts)
     for G in counts:
         y = _check_gluon(plan, 1, activation, gather, num_programs=G)
