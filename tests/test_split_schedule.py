@@ -29,9 +29,8 @@ def test_every_step_once_in_aligned_chunks(T, G, K, split):
     assert sorted(seen) == list(range(T)), "some tile is missing or foreign"
     split_tiles = {t: parts for t, parts in seen.items() if len(parts) > 1}
     for t, parts in seen.items():
-        assert sorted((k0, k1) for _, k0, k1 in parts)[0][0] == 0
-        chunks = sorted((k0, k1) for _, k0, k1 in parts)
-        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:])) and chunks[-1][1] == K, (t, chunks)
+        chunks = sorted((k0, k1) for _, k0, k1 in parts)  # contiguous from step 0 to K
+        assert [0] + [k1 for _, k1 in chunks] == [k0 for k0, _ in chunks] + [K], (t, chunks)
     if split_tiles:
         n = {len(parts) for parts in split_tiles.values()}
         assert len(n) == 1 and 2 <= n.pop() <= gluon_gemm.MAX_PARTS
