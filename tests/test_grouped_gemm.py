@@ -330,13 +330,15 @@ def test_gpu_gluon_loader_partition_agrees(activation, block_m, block_n):
     x = _tokens(plan.num_tokens, plan.model.hidden_N, torch.bfloat16)
     R = int(plan.rank(1).num_rows)
     _check_gluon(plan, 1, activation, gather=True, ws_gather=False)
-    run = lambda ws: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon", ws_gather=ws)[:R]
+    # (split_tail=False: a split needs the loader partition, so the inline loads would run unsplit)
+    run = lambda ws: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon", ws_gather=ws,
+                                         split_tail=False)[:R]
     assert torch.equal(run(True), run(False))
     # A in place (TMA) through the loader partition too (ws_tma): both layers, and equal to the inline loads
     _check_gluon(plan, 1, activation, gather=False, ws_tma=True)
     x_RN = x[plan.rank(1).row_token_R.clamp(min=0)].contiguous()
     run = lambda ws: grouped_gemm_layer0(plan, 1, x_RN, w0, activation=activation, rows_sorted=True, impl="gluon",
-                                         ws_tma=ws)[:R]
+                                         ws_tma=ws, split_tail=False)[:R]
     assert torch.equal(run(True), run(False))
 
 
