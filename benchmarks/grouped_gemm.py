@@ -86,7 +86,10 @@ VARIANTS = {
     "128x256GSw": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
     "128x128GSw": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
     # -ns: no split tail (split_tail=False: whole tiles round-robin even when the last wave is short; with A in
-    # place, the inline loads again). Without -ns, a short last wave is split along K over all programs.
+    # place, the inline loads again); -st: split wherever the last wave is short (split_tail=True). Without
+    # either, the default: split where a tile has >= 64 K steps.
+    "128x256G-st": (128, 256, 256, 8, {"impl": "gluon", "split_tail": True}),
+    "128x256GS-st": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": True}),
     "128x256G-ns": (128, 256, 256, 8, {"impl": "gluon", "split_tail": False}),
     "128x256GS-ns": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
     "128x128G-ns": (128, 128, 128, 8, {"impl": "gluon", "split_tail": False}),

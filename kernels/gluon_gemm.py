@@ -56,6 +56,7 @@ Gluon's Hopper API is missing; `kernels.grouped_gemm.gluon_unsupported` reports 
 from __future__ import annotations
 
 import torch
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -84,6 +85,11 @@ _LOADER_WARPS, _LOADER_REGS = 4, 48
 # split tail: at most 4 K chunks per tail tile (the last part reads every part's partial sums back)
 MAX_PARTS = 4
 _MAX_PARTS = gl.constexpr(MAX_PARTS)
+# split_tail=None splits only tiles of at least this many K steps (D_IN >= 4096 with BLOCK_K 64): on the H200,
+# Qwen2's 22-32 step tiles ran up to 16% slower split, Phi's / Mixtral's 64-224 step tiles up to 7% faster
+# (results/grouped_gemm, h200_split4k). A last wave of few busy SMs runs at a higher clock under the power
+# limit, so it costs less than wave arithmetic says; the join's fixed cost needs long chunks to pay.
+SPLIT_MIN_K_STEPS = 64
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -638,14 +644,15 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
                         fast_gelu: bool = False, ws_gather: bool = True, ws_tma: bool = False,
-                        split_tail: bool = True) -> torch.Tensor:
+                        split_tail: bool | None = None) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
     of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. ws_gather: a gathered A is loaded by a
     warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
-    (TMA). split_tail: split the last partial wave's tiles along K over all programs (`split_schedule`); it
-    needs the loader partition, which it turns on for an A in place (with ws_gather=False it does not apply).
+    (TMA). split_tail: split a short last wave's tiles into K chunks (`split_schedule`); None: where a tile
+    has at least SPLIT_MIN_K_STEPS K steps. It needs the loader partition, which it turns on for an A in
+    place (with ws_gather=False it does not apply).
     A split tile's partial sums are added in fp32 in chunk order (bitwise reproducible for a given program
     count, but not equal to the unsplit result). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
@@ -657,8 +664,9 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    loader = (gather and ws_gather) or (not gather and (ws_tma or split_tail))
-    split = split_tail and loader
+    want_split = split_tail if split_tail is not None else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS
+    loader = (gather and ws_gather) or (not gather and (ws_tma or want_split))
+    split = want_split and loader
     ws, cnt = _split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
     # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)

@@ -256,7 +256,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
                  impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
-                 ws_tma: bool = False, split_tail: bool = True) -> torch.Tensor:
+                 ws_tma: bool = False, split_tail: bool | None = None) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -285,13 +285,16 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     within +-2% of the inline loads (results/grouped_gemm/README.md).
     split_tail: the Gluon kernel splits each tile of a last wave that is at most half full into up to 4 K
     chunks run by otherwise idle programs (kernels.gluon_gemm.split_schedule; with the loader partition, which
-    it turns on for an A in place). The chunks' fp32 partial sums are added in chunk order: the result stays
-    bitwise reproducible for a given program count but, unlike split_tail=False, depends on it.
+    it turns on for an A in place). None (default): only where a tile has >= 64 K steps (D_IN >= 4096), where
+    it measured faster; True: wherever the last wave is short. The chunks' fp32 partial sums are added in
+    chunk order: the result stays bitwise reproducible for a given program count but then depends on it.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
+    if split_tail not in (None, True, False):
+        raise ValueError(f"split_tail {split_tail!r}: use None (where tiles are long), True or False")
     if fast_gelu not in (None, True, False):
         raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True or False")
     if warp_specialize not in WARP_SPECIALIZE:
