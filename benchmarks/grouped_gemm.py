@@ -94,6 +94,10 @@ VARIANTS = {
     "128x256GS-ns": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
     "128x128G-ns": (128, 128, 128, 8, {"impl": "gluon", "split_tail": False}),
     "128x128GS-ns": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
+    # -g16 / -g32: the Plan's layer0 tiles swizzled in groups of 16 / 32 row blocks (group_m; default 8)
+    "128x256G-g16": (128, 256, 256, 16, {"impl": "gluon"}),
+    "128x256G-g32": (128, 256, 256, 32, {"impl": "gluon"}),
+    "128x256GS-g16": (128, 256, 256, 16, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256g16t": (128, 256, 256, 16, _T),
     "128x256g4t": (128, 256, 256, 4, _T),
 }
