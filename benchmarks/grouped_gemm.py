@@ -94,6 +94,11 @@ VARIANTS = {
     "128x256GS-ns": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
     "128x128G-ns": (128, 128, 128, 8, {"impl": "gluon", "split_tail": False}),
     "128x128GS-ns": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
+    # P: rows copied into shared-row order first (pregather=True, kernels/row_gather.py; timed with the GEMM),
+    # then A in place through TMA
+    "128x256GP": (128, 256, 256, 8, {"impl": "gluon", "pregather": True}),
+    "128x256GP-g16": (128, 256, 256, 16, {"impl": "gluon", "pregather": True}),
+    "128x128GP": (128, 128, 128, 8, {"impl": "gluon", "pregather": True}),
     # -g16 / -g32: the Plan's layer0 tiles swizzled in groups of 16 / 32 row blocks (group_m; default 8)
     "128x256G-g16": (128, 256, 256, 16, {"impl": "gluon"}),
     "128x256G-g32": (128, 256, 256, 32, {"impl": "gluon"}),

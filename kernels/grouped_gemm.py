@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from kernels.activations import GELU, NONE, SWIGLU, apply_activation
+from kernels.row_gather import gather_rows
 
 ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
@@ -256,7 +257,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
                  impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
-                 ws_tma: bool = False, split_tail: bool | None = None) -> torch.Tensor:
+                 ws_tma: bool = False, split_tail: bool | None = None, pregather: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -288,6 +289,9 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     it turns on for an A in place). None (default): only where a tile has >= 64 K steps (D_IN >= 4096), where
     it measured faster; True: wherever the last wave is short. The chunks' fp32 partial sums are added in
     chunk order: the result stays bitwise reproducible for a given program count but then depends on it.
+    pregather: copy the gathered rows of A into shared-row order first (kernels.row_gather; a bandwidth-bound
+    copy of n_rows_out x D_IN elements) and run the GEMM on them in place (through TMA in the Gluon kernel);
+    the same products, so the same result.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
@@ -357,6 +361,9 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             used = rows[rows >= 0]
             if used.numel() and int(used.max()) >= a.shape[0]:
                 raise ValueError(f"a_rows_R holds row {int(used.max())} but a has {a.shape[0]} rows")
+    if pregather and a_rows_R is not None:
+        a = gather_rows(a, a_rows_R[:n_rows_out])
+        a_rows_R = None
     if num_programs is None:
         num_programs = sm_count(dev)
     if num_programs < 1:

@@ -122,6 +122,21 @@ def test_layer0_rows_sorted(a_tma):
         grouped_gemm_layer0(plan, 1, x, w0, rows_sorted=True, config=SMALL_CONFIG)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_layer0_pregather_equals_the_fused_gather(activation):
+    # pregather=True copies the rows into shared-row order (kernels.row_gather) and runs the GEMM on them in
+    # place: the same products in the same order, so the same bits as the gather inside the kernel
+    model = _small_model(activation)
+    plan = make_plan(imbalanced(M=50, E=4, topk=2, std=0.1, seed=3), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, _ = _weights(plan, activation, torch.float32)
+    x = _tokens(50, 40, torch.float32)
+    R = int(plan.rank(1).num_rows)
+    fused = grouped_gemm_layer0(plan, 1, x, w0, config=SMALL_CONFIG)
+    pre = grouped_gemm_layer0(plan, 1, x, w0, config=SMALL_CONFIG, pregather=True)
+    assert torch.equal(pre[:R], fused[:R])
+    assert_close(pre[:R], reference_layer0(plan, 1, x, w0), _tol_key(torch.float32), "layer0 pregather")
+
+
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("num_programs", [1, 3, 1000])
 def test_tile_orders_and_program_counts(order, num_programs):
@@ -340,6 +355,21 @@ def test_gpu_gluon_loader_partition_agrees(activation, block_m, block_n):
     run = lambda ws: grouped_gemm_layer0(plan, 1, x_RN, w0, activation=activation, rows_sorted=True, impl="gluon",
                                          ws_tma=ws, split_tail=False)[:R]
     assert torch.equal(run(True), run(False))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("activation,block_n", [("gelu", 256), ("swiglu", 128)])
+def test_gpu_gluon_pregather_equals_the_fused_gather(activation, block_n):
+    # rows copied first, then A through TMA: bit for bit the cp.async gather's result (also when split)
+    plan = _gluon_plan(activation, 128, block_n, M=1500)
+    w0, _ = _weights(plan, activation, torch.bfloat16)
+    x = _tokens(plan.num_tokens, plan.model.hidden_N, torch.bfloat16)
+    R = int(plan.rank(1).num_rows)
+    for kw in ({}, {"num_programs": 9, "split_tail": True}):
+        run = lambda pre, kw=kw: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon",
+                                                     pregather=pre, **kw)[:R]
+        assert torch.equal(run(True), run(False)), kw
 
 
 @pytest.mark.gpu
