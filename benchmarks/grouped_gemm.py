@@ -94,6 +94,11 @@ VARIANTS = {
     "128x256GS-ns": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
     "128x128G-ns": (128, 128, 128, 8, {"impl": "gluon", "split_tail": False}),
     "128x128GS-ns": (128, 128, 128, 8, {"impl": "gluon", "sorted_a": "kernel", "split_tail": False}),
+    # -ig: the gather inside the kernel even for wide weights (pregather=False; the default pregathers for
+    # >= 4096 weight columns: kernels.grouped_gemm.PREGATHER_MIN_COLS)
+    "128x256G-ig": (128, 256, 256, 8, {"impl": "gluon", "pregather": False}),
+    "128x256G-ig-g16": (128, 256, 256, 16, {"impl": "gluon", "pregather": False}),
+    "128x128G-ig": (128, 128, 128, 8, {"impl": "gluon", "pregather": False}),
     # P: rows copied into shared-row order first (pregather=True, kernels/row_gather.py; timed with the GEMM),
     # then A in place through TMA
     "128x256GP": (128, 256, 256, 8, {"impl": "gluon", "pregather": True}),

@@ -55,6 +55,11 @@ IMPLS = ("auto", "triton", "gluon")
 # A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
 SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
+# pregather=None copies gathered rows first where the weights have at least this many columns: the copy
+# (4 bytes per A element at ~3-4 TB/s) then costs <= ~8% of the GEMM, less than the in-kernel gather does.
+# H200 (results/grouped_gemm, h200_pregather): Mixtral (14336 columns) +2-9%, Phi-3.5 (6400) 0 to +15%,
+# Qwen2 (1408) -10 to -13%; swiglu counts its gate and up columns.
+PREGATHER_MIN_COLS = 4096
 _sm_count_cache: dict[int, int] = {}
 _capability_cache: dict[int, int] = {}
 
@@ -257,7 +262,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                  config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
                  c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
                  impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
-                 ws_tma: bool = False, split_tail: bool | None = None, pregather: bool = False) -> torch.Tensor:
+                 ws_tma: bool = False, split_tail: bool | None = None,
+                 pregather: bool | None = None) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -290,8 +296,9 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     it measured faster; True: wherever the last wave is short. The chunks' fp32 partial sums are added in
     chunk order: the result stays bitwise reproducible for a given program count but then depends on it.
     pregather: copy the gathered rows of A into shared-row order first (kernels.row_gather; a bandwidth-bound
-    copy of n_rows_out x D_IN elements) and run the GEMM on them in place (through TMA in the Gluon kernel);
-    the same products, so the same result.
+    copy of n_rows_out x D_IN elements into a temporary) and run the GEMM on them in place (through TMA in the
+    Gluon kernel); the same products, so the same result. None (default): where the Gluon kernel runs and
+    the weights have >= PREGATHER_MIN_COLS columns, so that the copy is cheap beside the GEMM.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
@@ -361,6 +368,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             used = rows[rows >= 0]
             if used.numel() and int(used.max()) >= a.shape[0]:
                 raise ValueError(f"a_rows_R holds row {int(used.max())} but a has {a.shape[0]} rows")
+    if pregather not in (None, True, False):
+        raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
     if pregather and a_rows_R is not None:
         a = gather_rows(a, a_rows_R[:n_rows_out])
         a_rows_R = None
@@ -376,6 +385,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         if why is None and (config is not None or flatten or warp_specialize != "none"):
             why = "config / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
         if why is None:
+            if pregather is None and a_rows_R is not None and D_OUT_B >= PREGATHER_MIN_COLS:
+                a, a_rows_R = gather_rows(a, a_rows_R[:n_rows_out]), None
             fast = a.dtype == torch.bfloat16 if fast_gelu is None else fast_gelu
             return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
                                                        activation=activation, num_programs=programs,
