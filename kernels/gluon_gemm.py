@@ -43,8 +43,9 @@ and are never stored; a reduction tail past D_IN reads zeros of A.
 `kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel where `supports` allows.
 
 Measured on one H200 (results/grouped_gemm/README.md) against the better of a cuBLAS loop and
-torch._grouped_mm (GEMM only): layer1 0.85-1.11; layer0 with gelu, gathered (the default) 0.71-0.88, 0.77-0.95
-with A in shared-row order; layer0 with swiglu (128x128 tiles) 0.73-0.89 gathered, 0.81-1.03 in order. The
+torch._grouped_mm (GEMM only), with kernels.grouped_gemm's defaults (split tail, pregather for wide weights):
+layer1 0.91-1.10; layer0 with gelu Mixtral 0.82-0.90, Phi-3.5 0.79-0.86, Qwen2 0.80-0.83; with A already in
+shared-row order 0.83-0.96; layer0 with swiglu (128x128 tiles) 0.79-0.95. The
 card runs at its 700 W limit during these GEMMs: instructions cost time however they are overlapped
 (h200_activation_power), which is why the cheaper gelu and the separate loader pay.
 

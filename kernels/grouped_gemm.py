@@ -22,9 +22,9 @@ tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no act
 K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no autotuning. This
 module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU) and shares its
 tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of
-the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): layer1 0.85-1.06 here, 0.88-1.11
-Gluon; layer0 (gathered, gelu) 0.70-0.83 with either, with A in shared-row order 0.76-0.89 here, 0.78-0.95
-Gluon.
+the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): this kernel layer1 0.85-1.06, layer0
+(gathered, gelu) 0.70-0.83; the Gluon kernel with this module's defaults layer1 0.91-1.10, layer0 (gelu)
+0.79-0.90, 0.83-0.96 with A already in shared-row order (results of 2026-11-25).
 
     >>> import torch
     >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
