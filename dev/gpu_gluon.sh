@@ -8,7 +8,8 @@
 # Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
 # grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG,
-# POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), T_GLUON_TESTS, T_BENCH (timeouts, s), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
+# POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), T_GLUON_TESTS, T_BENCH
+# (timeouts, s), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run

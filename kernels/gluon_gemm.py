@@ -18,7 +18,7 @@ gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tole
 error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible; with split_tail=False they
 are also independent of the program count (each tile's reduction order is fixed).
 
-Split tail (the default): a persistent kernel whose last wave holds few tiles leaves most SMs idle for a whole
+Split tail (the default for tiles of >= 64 K steps): a persistent kernel whose last wave holds few tiles leaves most SMs idle for a whole
 tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03 waves of work). Where the last wave is
 at most half full, each of its tiles is split into up to 4 K chunks run by otherwise idle programs
 (`split_schedule`); the chunk that finishes last sums the others' fp32 partials from a workspace in chunk
@@ -533,9 +533,10 @@ def _grouped_gemm_hopper_kernel(
     LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr,
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
-    many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): the last partial
-    wave's tiles are split along K over all programs (`split_schedule`); ws_ptr / cnt_ptr are its workspace
-    (fp32 partial accumulators, int32 counters that start at zero and are left at zero)."""
+    many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): each tile of a
+    last wave that is at most half full is split into K chunks run by idle programs (`split_schedule`);
+    ws_ptr / cnt_ptr are its workspace (fp32 partial accumulators, int32 counters that start at zero and are
+    left at zero)."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -602,8 +603,8 @@ _workspaces: dict = {}
 
 
 def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
-    """fp32 partials (one per program, n_b accumulators each) and int32 counters (one per tail tile)
-    (zero, and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
+    """fp32 partials (one per program, n_b accumulators each) and int32 counters (one per tail tile; zero,
+    and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
     in order and share it; two split launches running at once on different streams would share counters
     (not per stream: a CUDA graph captures on a stream of its own, and would then allocate and zero a fresh
     set inside the graph)."""

@@ -306,6 +306,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
     if split_tail not in (None, True, False):
         raise ValueError(f"split_tail {split_tail!r}: use None (where tiles are long), True or False")
+    if pregather not in (None, True, False):
+        raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
     if fast_gelu not in (None, True, False):
         raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True or False")
     if warp_specialize not in WARP_SPECIALIZE:
@@ -368,8 +370,6 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             used = rows[rows >= 0]
             if used.numel() and int(used.max()) >= a.shape[0]:
                 raise ValueError(f"a_rows_R holds row {int(used.max())} but a has {a.shape[0]} rows")
-    if pregather not in (None, True, False):
-        raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
     if pregather and a_rows_R is not None:
         a = gather_rows(a, a_rows_R[:n_rows_out])
         a_rows_R = None

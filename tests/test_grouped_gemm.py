@@ -498,7 +498,7 @@ def test_gpu_gluon_fast_gelu(gather):
     assert torch.equal(run(), y)
 
 
-def test_fast_gelu_is_an_allowance_the_tl_kernel_ignores():
+def test_fast_gelu_and_split_tail_are_allowances_the_tl_kernel_ignores():
     # the tl kernel (CPU interpreter, or impl="triton" anywhere) computes the accurate gelu either way
     model = _small_model("gelu")
     plan = make_plan(imbalanced(M=50, E=4, topk=2, std=0.1, seed=3), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
@@ -509,3 +509,9 @@ def test_fast_gelu_is_an_allowance_the_tl_kernel_ignores():
     assert torch.equal(run(fast_gelu=True), run())
     with pytest.raises(ValueError, match="fast_gelu 'tanh': use None"):
         run(fast_gelu="tanh")
+    # so are the Gluon kernel's split_tail (the tl kernel never splits); a wrong value of either tri-state says so
+    assert torch.equal(run(split_tail=True), run())
+    with pytest.raises(ValueError, match="split_tail 'auto': use None"):
+        run(split_tail="auto")
+    with pytest.raises(ValueError, match="pregather 1.0: use None"):
+        run(pregather=1.0)
