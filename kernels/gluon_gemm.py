@@ -18,11 +18,12 @@ gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tole
 error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible; with split_tail=False they
 are also independent of the program count (each tile's reduction order is fixed).
 
-Split tail (the default for tiles of >= 64 K steps): a persistent kernel whose last wave holds few tiles leaves most SMs idle for a whole
-tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03 waves of work). Where the last wave is
-at most half full, each of its tiles is split into up to 4 K chunks run by otherwise idle programs
-(`split_schedule`); the chunk that finishes last sums the others' fp32 partials from a workspace in chunk
-order and finishes the tile (`_join_split_tile`: no program waits for another). A first version spread the
+Split tail (the default for tiles of >= 64 K steps): a persistent kernel whose last wave holds few tiles
+leaves most SMs idle for a whole tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03
+waves of work). Where the last wave is at most half full, each of its tiles is split into up to 4 K chunks
+run by otherwise idle programs (`split_schedule`); the chunk that finishes last sums the others' fp32
+partials from a workspace in chunk order and finishes the tile (`_join_split_tile`: no program waits for
+another). A first version spread the
 last two waves evenly over all programs (stream-K): the programs then ran at unrelated K offsets, lost the
 L2 reuse of a wave in step, and ran up to 27% slower (dev/LOG.md, session 6).
 

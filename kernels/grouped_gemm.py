@@ -304,11 +304,11 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
-    if split_tail not in (None, True, False):
+    if not (split_tail is None or isinstance(split_tail, bool)):
         raise ValueError(f"split_tail {split_tail!r}: use None (where tiles are long), True or False")
-    if pregather not in (None, True, False):
+    if not (pregather is None or isinstance(pregather, bool)):
         raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
-    if fast_gelu not in (None, True, False):
+    if not (fast_gelu is None or isinstance(fast_gelu, bool)):
         raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True or False")
     if warp_specialize not in WARP_SPECIALIZE:
         raise ValueError(f"warp_specialize {warp_specialize!r}: use one of {tuple(WARP_SPECIALIZE)}")
