@@ -370,9 +370,6 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             used = rows[rows >= 0]
             if used.numel() and int(used.max()) >= a.shape[0]:
                 raise ValueError(f"a_rows_R holds row {int(used.max())} but a has {a.shape[0]} rows")
-    if pregather and a_rows_R is not None:
-        a = gather_rows(a, a_rows_R[:n_rows_out])
-        a_rows_R = None
     if num_programs is None:
         num_programs = sm_count(dev)
     if num_programs < 1:
@@ -380,20 +377,24 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     if T == 0:
         return out
     programs = max(1, min(num_programs, T))
+    use_gluon = False
     if impl != "triton":
         why = gluon_unsupported(a, b_EIO, out, activation, a_rows_R is not None, block_m, block_n)
         if why is None and (config is not None or flatten or warp_specialize != "none"):
             why = "config / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
-        if why is None:
-            if pregather is None and a_rows_R is not None and D_OUT_B >= PREGATHER_MIN_COLS:
-                a, a_rows_R = gather_rows(a, a_rows_R[:n_rows_out]), None
-            fast = a.dtype == torch.bfloat16 if fast_gelu is None else fast_gelu
-            return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
-                                                       activation=activation, num_programs=programs,
-                                                       a_rows_R=a_rows_R, fast_gelu=fast, ws_gather=ws_gather,
-                                                       ws_tma=ws_tma, split_tail=split_tail)
-        if impl == "gluon":
+        if why is not None and impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
+        use_gluon = why is None
+    if pregather is None:  # (only the Gluon kernel's TMA path was measured to gain from it)
+        pregather = use_gluon and D_OUT_B >= PREGATHER_MIN_COLS
+    if pregather and a_rows_R is not None:
+        a, a_rows_R = gather_rows(a, a_rows_R[:n_rows_out]), None
+    if use_gluon:
+        fast = a.dtype == torch.bfloat16 if fast_gelu is None else fast_gelu
+        return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
+                                                   activation=activation, num_programs=programs, a_rows_R=a_rows_R,
+                                                   fast_gelu=fast, ws_gather=ws_gather, ws_tma=ws_tma,
+                                                   split_tail=split_tail)
     a_desc, b_desc = a, b_EIO
     bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the boxes
     if a_tma:

@@ -515,3 +515,36 @@ def test_fast_gelu_and_split_tail_are_allowances_the_tl_kernel_ignores():
         run(split_tail="auto")
     with pytest.raises(ValueError, match="pregather 1.0: use None"):
         run(pregather=1.0)
+
+
+@pytest.mark.parametrize("K,pregather,expect_gather_in_kernel", [
+    (24, None, True),      # narrow weights: the Gluon kernel gathers itself
+    (4096, None, False),   # >= PREGATHER_MIN_COLS columns: rows copied first, A in place
+    (4096, False, True),
+    (24, True, False),
+])
+def test_gluon_dispatch_pregathers_wide_weights(monkeypatch, K, pregather, expect_gather_in_kernel):
+    # the dispatcher's side (no GPU needed): the Gluon launch is stubbed to record what it is given
+    import kernels.grouped_gemm as gg
+
+    seen = {}
+
+    class FakeGluon:
+        @staticmethod
+        def grouped_gemm_hopper(a, b, tiles, out, *, a_rows_R, **kw):
+            seen.update(a=a, a_rows_R=a_rows_R)
+            return out
+
+    monkeypatch.setattr(gg, "gluon_unsupported", lambda *args: None)
+    monkeypatch.setattr(gg, "_gluon_module", lambda: FakeGluon)
+    model = _small_model("gelu", K=K)
+    plan = make_plan(imbalanced(M=50, E=4, topk=2, std=0.1, seed=3), model, ParallelConfig(ep=2), HW, SMALL_POLICY)
+    w0, _ = _weights(plan, "gelu", torch.float32)
+    x = _tokens(50, 40, torch.float32)
+    rp = plan.rank(1)
+    grouped_gemm_layer0(plan, 1, x, w0, b_tma=False, pregather=pregather)
+    if expect_gather_in_kernel:
+        assert seen["a"] is x and torch.equal(seen["a_rows_R"], rp.row_token_R)
+    else:
+        R = int(rp.num_rows)
+        assert seen["a_rows_R"] is None and torch.equal(seen["a"][:R], x[rp.row_token_R[:R]])
