@@ -4,8 +4,10 @@ For one layer0 case (default Mixtral-8x7B, M=16384, balanced, rank 0 of EP=4), e
 replayed from a CUDA graph for `--seconds` while nvidia-smi samples the SM clock and power every 50 ms:
     gluon_gelu / gluon_none    kernels/gluon_gemm.py with and without the (deferred, overlapped) gelu
     gluon_gelu_fast            the same with fast_gelu=True (kernels/activations.py's fitted form)
+    gluon_gelu_bf16x2          the fitted form on bf16 pairs (fast_gelu="bf16x2")
     triton_gelu / triton_none  kernels/grouped_gemm.py (gelu in the register epilogue)
     cublas_loop                torch.mm per expert on pre-gathered rows (no activation)
+    cublas_gelu_loop           cuBLASLt with its gelu epilogue per expert (torch._addmm_activation)
 If the GEMM runs at the board's power limit, the activation's extra instructions lower the clock and
 no overlap can win that time back. Writes <out>/<tag>_<date>.csv (one row per implementation).
 
@@ -85,11 +87,14 @@ def main(argv=None) -> None:
     x_RN = x[rp.row_token_R.clamp(min=0)].contiguous()
     out = torch.empty(R, K, device="cuda", dtype=torch.bfloat16)
     rows = expert_rows(plan, 0)
+    zero_bias = torch.zeros(K, device="cuda", dtype=torch.bfloat16)
     impls = {
         "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                      fast_gelu=False),
         "gluon_gelu_fast": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                           fast_gelu=True),
+        "gluon_gelu_bf16x2": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                            fast_gelu="bf16x2"),
         "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                      activation="none"),
         "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
@@ -97,6 +102,8 @@ def main(argv=None) -> None:
         "triton_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
                                                       c_tma=True, activation="none"),
         "cublas_loop": lambda: [torch.mm(x_RN[s:e], w0[i], out=out[s:e]) for i, (s, e) in enumerate(rows) if e > s],
+        "cublas_gelu_loop": lambda: [torch._addmm_activation(zero_bias, x_RN[s:e], w0[i], use_gelu=True)
+                                     for i, (s, e) in enumerate(rows) if e > s],
     }
     flops = 2.0 * R * N * K
     date = datetime.date.today().isoformat()

@@ -81,6 +81,10 @@ VARIANTS = {
     "128x128Gi": (128, 128, 128, 8, {"impl": "gluon", "ws_gather": False}),
     "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
+    "128x256G-noact": (128, 256, 256, 8, {"impl": "gluon", "activation": "none"}),
+    # -pk: gelu's fast form on bf16 pairs (fast_gelu="bf16x2": every step rounded to bf16)
+    "128x256G-pk": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "bf16x2"}),
+    "128x256GS-pk": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "bf16x2"}),
     # w: A in place (layer1, and layer0 with S) loaded by the loader partition too (ws_tma=True)
     "128x256Gw": (128, 256, 256, 8, {"impl": "gluon", "ws_tma": True}),
     "128x256GSw": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),
@@ -240,6 +244,14 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                         torch.mm(a[s:end], w[e], out=out_b[s:end])
                 return act_fn(out_b)
             res["cublas_unfused"] = emit("cublas_unfused", _bench_both(loop_unfused))
+            if act == "gelu" and DEVICE == "cuda":  # cuBLASLt's gelu epilogue (tanh form): GEMM + act, no gather
+                zero_bias = torch.zeros(d_out, device=DEVICE, dtype=dtype)
+
+                def loop_gelu(a_sorted=a_sorted, w=w, zero_bias=zero_bias):
+                    for e, (s, end) in enumerate(rows):
+                        if end > s:
+                            torch._addmm_activation(zero_bias, a_sorted[s:end], w[e], use_gelu=True)
+                res["cublas_gelu_loop"] = emit("cublas_gelu_loop", _bench_both(loop_gelu))
         if has_gmm:
             w_col = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major per expert
             for impl, ww in (("grouped_mm_colmajor", w_col), ("grouped_mm_rowmajor", w)):
@@ -305,6 +317,7 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                             "grouped_mm_tflops": f"{gmm:.1f}",
                             "torch_unfused_tflops": f"{res.get('torch_unfused', 0):.1f}",
                             "cublas_unfused_tflops": f"{res.get('cublas_unfused', 0):.1f}",
+                            "cublas_gelu_loop_tflops": f"{res.get('cublas_gelu_loop', 0):.1f}",
                             "best_baseline": bb, "ratio_vs_best": f"{ours[bo] / gemm_base[bb]:.3f}",
                             # against the best baseline that computes the same output (gather + GEMM + act)
                             "ratio_vs_unfused": f"{ours[bo] / unfused:.3f}" if unfused else "",

@@ -9,7 +9,8 @@
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
 # grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG,
 # POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), T_GLUON_TESTS, T_BENCH
-# (timeouts, s), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants).
+# (timeouts, s), SWIGLU_VARIANTS (also time layer0 with swiglu on these variants), CUBLAS_KERNELS
+# (1: list the kernels the baselines launch, benchmarks/cublas_kernels.py).
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run
@@ -38,6 +39,9 @@ if [ "${OTHER_TESTS:-1}" = 1 ]; then
 fi
 if [ "${POWER:-1}" = 1 ]; then
     timeout 60 "$PY" -m benchmarks.activation_power --out "$OUT/grouped_gemm" --seconds 3 > "$OUT/power.log" 2>&1
+fi
+if [ "${CUBLAS_KERNELS:-0}" = 1 ]; then  # which kernels the baselines launch (torch.profiler)
+    timeout 120 "$PY" -m benchmarks.cublas_kernels --out "$OUT/grouped_gemm" --tag "${TAG}_kernels" > "$OUT/kernels.log" 2>&1
 fi
 if [ -n "${SWIGLU_VARIANTS:-}" ] && [ "$bench_rc" = 0 ]; then  # layer0 with swiglu (BLOCK_N <= 128 variants)
     timeout 150 "$PY" -m benchmarks.grouped_gemm --check --timing graph --activation swiglu --layers l0 \

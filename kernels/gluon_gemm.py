@@ -101,6 +101,26 @@ _K1, _K3, _K5 = (gl.constexpr(c) for c in FAST_GELU_K)
 _X2_MAX = gl.constexpr(FAST_GELU_X2_MAX)
 
 
+# kernels/activations.py's fast gelu on two bf16 values at once (FAST_GELU = 2): constants rounded to bf16
+# (K1 0x3f4c, K3 0x3d18, K5 0xb9b8, X2_MAX 25 0x41c8, 0.5 0x3f00), every step rounded to bf16
+_PACKED_GELU_BF16X2 = gl.constexpr("""{
+.reg .b32 x2, p, t, h, c;
+mul.rn.bf16x2 x2, $1, $1;
+mov.b32 c, 0x41c841c8;
+min.bf16x2 x2, x2, c;
+mov.b32 c, 0xb9b8b9b8;
+mov.b32 p, 0x3d183d18;
+fma.rn.bf16x2 p, x2, c, p;
+mov.b32 c, 0x3f4c3f4c;
+fma.rn.bf16x2 p, x2, p, c;
+mul.rn.bf16x2 p, p, $1;
+tanh.approx.bf16x2 t, p;
+mov.b32 c, 0x3f003f00;
+mul.rn.bf16x2 h, $1, c;
+fma.rn.bf16x2 $0, h, t, h;
+}""")
+
+
 @gluon.jit
 def _f32_asm(x, ASM: gl.constexpr):
     """One PTX instruction per fp32 element, e.g. "rcp.approx.ftz.f32 $0, $1;" (Gluon has no fast-math ops)."""
@@ -133,13 +153,17 @@ def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: g
                     ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr):
     """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in fp32, in place."""
     sl = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0)
-    v = sl.load(layout).to(gl.float32)
-    if ACTIVATION == 1:
-        if FAST_GELU:
-            v = _fast_gelu(v)
-        else:
-            v = _gelu_erf(v)
-    sl.store(v.to(c_smem.dtype))
+    if FAST_GELU == 2:  # the fast form on bf16 pairs (bf16x2 instructions), no fp32
+        sl.store(gl.inline_asm_elementwise(_PACKED_GELU_BF16X2, "=r,r", [sl.load(layout)], dtype=c_smem.dtype,
+                                           is_pure=True, pack=2))
+    else:
+        v = sl.load(layout).to(gl.float32)
+        if ACTIVATION == 1:
+            if FAST_GELU:
+                v = _fast_gelu(v)
+            else:
+                v = _gelu_erf(v)
+        sl.store(v.to(c_smem.dtype))
 
 
 @gluon.jit
@@ -678,7 +702,8 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"], ws, cnt,
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
-        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb, FAST_GELU=fast_gelu,
+        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
+        FAST_GELU=2 if fast_gelu == "bf16x2" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
         num_warps=block_m // 16, **launch)
     return out

@@ -308,8 +308,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         raise ValueError(f"split_tail {split_tail!r}: use None (where tiles are long), True or False")
     if not (pregather is None or isinstance(pregather, bool)):
         raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
-    if not (fast_gelu is None or isinstance(fast_gelu, bool)):
-        raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True or False")
+    if not (fast_gelu is None or isinstance(fast_gelu, bool) or fast_gelu == "bf16x2"):
+        raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True, False or 'bf16x2'")
     if warp_specialize not in WARP_SPECIALIZE:
         raise ValueError(f"warp_specialize {warp_specialize!r}: use one of {tuple(WARP_SPECIALIZE)}")
     if a.dim() != 2 or b_EIO.dim() != 3:
