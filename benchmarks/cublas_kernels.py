@@ -22,20 +22,26 @@ from comet.routing import make_routing
 from kernels import grouped_gemm as gg
 from kernels._testing import expert_rows
 
+DEVICE, DTYPE = "cuda", torch.bfloat16  # a CPU test points these at the CPU (profiled as CPU ops)
 FIELDS = ["model", "tokens_M", "routing", "layer", "impl", "kernel", "calls_per_run", "us_per_run"]
 
 
 def _kernel_times(fn, runs: int) -> list[tuple[str, float, float]]:
-    """(kernel name, launches per run, device us per run) of fn's GPU kernels, largest first."""
+    """(kernel name, launches per run, device us per run) of fn's GPU kernels, largest first (on the CPU:
+    its operators' own times)."""
+    cuda = DEVICE == "cuda"
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(runs):
             fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     out = []
     for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        us = (getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)) if cuda \
+            else evt.self_cpu_time_total
         if us > 0 and evt.count:
             out.append((evt.key, evt.count / runs, us / runs))
     return sorted(out, key=lambda r: -r[2])
@@ -43,23 +49,23 @@ def _kernel_times(fn, runs: int) -> list[tuple[str, float, float]]:
 
 def _cases(model: ModelConfig, M: int, routing_kind: str, layer: str):
     """The baselines and our default path for one case, as benchmarks.grouped_gemm builds them."""
-    plan = make_plan(make_routing(routing_kind, M, model.experts_E, model.topk, seed=0, std=0.032).cuda(), model,
+    plan = make_plan(make_routing(routing_kind, M, model.experts_E, model.topk, seed=0, std=0.032).to(DEVICE), model,
                      ParallelConfig(ep=4, tp=1), HardwareProfile.from_name("h200"),
                      Policy(block_m=128, block_n0=256, block_n1=256, group_m=8), ranks=[0])
     rp = plan.rank(0)
     R = int(rp.num_rows)
     E, N, K = plan.experts_per_rank, model.hidden_N, plan.ffn_local
     d_in, d_out = (N, K) if layer == "l0" else (K, N)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16, generator=g)
-    w = (torch.randn(E, d_in, d_out, device="cuda", generator=g) / d_in ** 0.5).to(torch.bfloat16)
-    h = torch.randn(rp.row_token_R.numel(), K, device="cuda", dtype=torch.bfloat16, generator=g)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(M, N, device=DEVICE, dtype=DTYPE, generator=g)
+    w = (torch.randn(E, d_in, d_out, device=DEVICE, generator=g) / d_in ** 0.5).to(DTYPE)
+    h = torch.randn(rp.row_token_R.numel(), K, device=DEVICE, dtype=DTYPE, generator=g)
     rows = expert_rows(plan, 0)
     a = x[rp.row_token_R[:R]].contiguous() if layer == "l0" else h[:R]
-    out = torch.empty(R, d_out, device="cuda", dtype=torch.bfloat16)
-    offs = torch.tensor([e for _, e in rows], device="cuda", dtype=torch.int32)
+    out = torch.empty(R, d_out, device=DEVICE, dtype=DTYPE)
+    offs = torch.tensor([e for _, e in rows], device=DEVICE, dtype=torch.int32)
     w_col = w.transpose(1, 2).contiguous().transpose(1, 2)
-    zero_bias = torch.zeros(d_out, device="cuda", dtype=torch.bfloat16)
+    zero_bias = torch.zeros(d_out, device=DEVICE, dtype=DTYPE)
 
     def loop():
         for e, (s, end) in enumerate(rows):

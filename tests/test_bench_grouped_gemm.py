@@ -53,3 +53,22 @@ def test_plot_reads_the_csv_and_names_missing_variants(tmp_path):
     assert path.with_suffix(".png").stat().st_size > 10_000
     with pytest.raises(ValueError, match=r"variants \['C'\] are not in the CSV; it has \['A', 'B'\]"):
         plot.ratios(pd.read_csv(path, comment="#"), ["A", "C"])
+
+
+def test_cublas_kernels_profiles_every_baseline_and_ours(monkeypatch):
+    """benchmarks/cublas_kernels on the CPU (operators instead of kernels): every case runs and reports time."""
+    from benchmarks import cublas_kernels as ck
+
+    monkeypatch.setattr(ck, "DEVICE", "cpu")
+    monkeypatch.setattr(ck, "DTYPE", torch.float32)
+    model = ModelConfig("small", hidden_N=64, ffn_K=48, experts_E=8, topk=2, layers=1, activation="gelu")
+    for layer in ("l0", "l1"):
+        cases = ck._cases(model, 40, "imbalanced", layer)
+        assert ("cublas_gelu_loop" in cases) == (layer == "l0")
+        for impl, fn in cases.items():
+            if impl.startswith("grouped_mm") and not hasattr(torch, "_grouped_mm"):
+                continue
+            kernels = ck._kernel_times(fn, runs=1)
+            assert kernels and all(us > 0 for _, _, us in kernels), (layer, impl)
+            if impl == "cublas_loop":
+                assert any("mm" in name for name, _, _ in kernels)
