@@ -4,7 +4,7 @@ For one layer0 case (default Mixtral-8x7B, M=16384, balanced, rank 0 of EP=4), e
 replayed from a CUDA graph for `--seconds` while nvidia-smi samples the SM clock and power every 50 ms:
     gluon_gelu / gluon_none    kernels/gluon_gemm.py with and without the (deferred, overlapped) gelu
     gluon_gelu_fast            the same with fast_gelu=True (kernels/activations.py's fitted form)
-    gluon_gelu_bf16x2          the fitted form on bf16 pairs (fast_gelu="bf16x2")
+    gluon_gelu_packed          the fitted form on bf16 pairs (fast_gelu="packed")
     triton_gelu / triton_none  kernels/grouped_gemm.py (gelu in the register epilogue)
     cublas_loop                torch.mm per expert on pre-gathered rows (no activation)
     cublas_gelu_loop           cuBLASLt with its gelu epilogue per expert (torch._addmm_activation)
@@ -93,8 +93,8 @@ def main(argv=None) -> None:
                                                      fast_gelu=False),
         "gluon_gelu_fast": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                           fast_gelu=True),
-        "gluon_gelu_bf16x2": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                            fast_gelu="bf16x2"),
+        "gluon_gelu_packed": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
+                                                            fast_gelu="packed"),
         "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
                                                      activation="none"),
         "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",

@@ -82,9 +82,10 @@ VARIANTS = {
     "64x256GS": (64, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel"}),
     "128x256GS-noact": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "activation": "none"}),
     "128x256G-noact": (128, 256, 256, 8, {"impl": "gluon", "activation": "none"}),
-    # -pk: gelu's fast form on bf16 pairs (fast_gelu="bf16x2": every step rounded to bf16)
-    "128x256G-pk": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "bf16x2"}),
-    "128x256GS-pk": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "bf16x2"}),
+    # -pk: gelu's fast form on bf16 pairs (fast_gelu="packed": every step rounded to bf16)
+    "128x256G-pk": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "packed"}),
+    "128x256G-pk-g16": (128, 256, 256, 16, {"impl": "gluon", "fast_gelu": "packed"}),
+    "128x256GS-pk": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "fast_gelu": "packed"}),
     # w: A in place (layer1, and layer0 with S) loaded by the loader partition too (ws_tma=True)
     "128x256Gw": (128, 256, 256, 8, {"impl": "gluon", "ws_tma": True}),
     "128x256GSw": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "ws_tma": True}),

@@ -71,7 +71,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.activations import FAST_GELU_K, FAST_GELU_X2_MAX, GELU, GELU_E, GELU_P, GELU_T, NONE, SWIGLU
+from kernels.activations import (
+    FAST_GELU_K,
+    FAST_GELU_X2_MAX,
+    GELU,
+    GELU_E,
+    GELU_P,
+    GELU_T,
+    NONE,
+    SWIGLU,
+    packed_gelu_asm,
+)
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
 # thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
@@ -101,24 +111,9 @@ _K1, _K3, _K5 = (gl.constexpr(c) for c in FAST_GELU_K)
 _X2_MAX = gl.constexpr(FAST_GELU_X2_MAX)
 
 
-# kernels/activations.py's fast gelu on two bf16 values at once (FAST_GELU = 2): constants rounded to bf16
-# (K1 0x3f4c, K3 0x3d18, K5 0xb9b8, X2_MAX 25 0x41c8, 0.5 0x3f00), every step rounded to bf16
-_PACKED_GELU_BF16X2 = gl.constexpr("""{
-.reg .b32 x2, p, t, h, c;
-mul.rn.bf16x2 x2, $1, $1;
-mov.b32 c, 0x41c841c8;
-min.bf16x2 x2, x2, c;
-mov.b32 c, 0xb9b8b9b8;
-mov.b32 p, 0x3d183d18;
-fma.rn.bf16x2 p, x2, c, p;
-mov.b32 c, 0x3f4c3f4c;
-fma.rn.bf16x2 p, x2, p, c;
-mul.rn.bf16x2 p, p, $1;
-tanh.approx.bf16x2 t, p;
-mov.b32 c, 0x3f003f00;
-mul.rn.bf16x2 h, $1, c;
-fma.rn.bf16x2 $0, h, t, h;
-}""")
+# fast_gelu="packed": kernels/activations.py's fast form on pairs of 16-bit values (FAST_GELU = 2)
+_PACKED_GELU_BF16 = gl.constexpr(packed_gelu_asm("bfloat16"))
+_PACKED_GELU_F16 = gl.constexpr(packed_gelu_asm("float16"))
 
 
 @gluon.jit
@@ -153,9 +148,10 @@ def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: g
                     ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr):
     """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in fp32, in place."""
     sl = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0)
-    if FAST_GELU == 2:  # the fast form on bf16 pairs (bf16x2 instructions), no fp32
-        sl.store(gl.inline_asm_elementwise(_PACKED_GELU_BF16X2, "=r,r", [sl.load(layout)], dtype=c_smem.dtype,
-                                           is_pure=True, pack=2))
+    if FAST_GELU == 2:  # the fast form on pairs of 16-bit values (bf16x2 / f16x2 instructions), no fp32
+        asm: gl.constexpr = _PACKED_GELU_BF16 if c_smem.dtype == gl.bfloat16 else _PACKED_GELU_F16
+        sl.store(gl.inline_asm_elementwise(asm, "=r,r", [sl.load(layout)], dtype=c_smem.dtype, is_pure=True,
+                                           pack=2))
     else:
         v = sl.load(layout).to(gl.float32)
         if ACTIVATION == 1:
@@ -670,12 +666,13 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: bool = False, ws_gather: bool = True, ws_tma: bool = False,
+                        fast_gelu: bool | str = False, ws_gather: bool = True, ws_tma: bool = False,
                         split_tail: bool | None = None) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
-    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form. ws_gather: a gathered A is loaded by a
+    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form ("packed": on pairs of 16-bit values).
+    ws_gather: a gathered A is loaded by a
     warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
     (TMA). split_tail: split a short last wave's tiles into K chunks (`split_schedule`); None: where a tile
     has at least SPLIT_MIN_K_STEPS K steps. It needs the loader partition, which it turns on for an A in
@@ -703,7 +700,7 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"], ws, cnt,
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
-        FAST_GELU=2 if fast_gelu == "bf16x2" else int(fast_gelu),
+        FAST_GELU=2 if fast_gelu == "packed" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
         num_warps=block_m // 16, **launch)
     return out

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import triton
 import triton.language as tl
@@ -90,3 +91,38 @@ def test_fast_gelu_adds_little_to_bf16_rounding():
     fast = fast_gelu_reference(xb, lambda u: torch.tanh(u) * (1 + 2.0 ** -11))
     with_fast = (fast.bfloat16() != ref).float().mean().item()
     assert 0.3 < rounding_only < with_fast < rounding_only + 0.05, (rounding_only, with_fast)
+
+
+@pytest.mark.parametrize("dtype,rel_bound,norm_bound", [(torch.bfloat16, 2.0 ** -7, 2e-3),
+                                                        (torch.float16, 2.0 ** -10, 3e-4)])
+def test_packed_gelu_error(dtype, rel_bound, norm_bound):
+    # fast_gelu="packed": every step rounded to the 16-bit type; with an exact tanh the error stays below
+    # rel_bound |x| everywhere (measured 2^-7.8 bf16, 2^-10.7 fp16) and saturates exactly
+    from kernels.activations import packed_gelu_reference
+
+    x = torch.cat([torch.linspace(-12, 12, 40001), torch.tensor([0.0, -0.0, 40.0, -40.0, 1e4, -1e4])]).to(dtype)
+    err = (packed_gelu_reference(x).double() - _exact_gelu(x)).abs()
+    assert bool((err <= rel_bound * x.double().abs()).all()), float((err / x.double().abs()).nanmax())
+    assert packed_gelu_reference(x)[-6:].tolist() == [0.0, 0.0, 40.0, 0.0, x[-2].item(), 0.0]
+    r = (torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 2).to(dtype)
+    exact = _exact_gelu(r)
+    assert ((packed_gelu_reference(r).double() - exact).norm() / exact.norm()).item() < norm_bound
+
+
+def test_packed_gelu_asm_holds_the_rounded_constants():
+    # the PTX the Gluon kernel runs is generated from FAST_GELU_K: each constant, rounded to the 16-bit type,
+    # in both halves of a register, and every instruction on pairs of that type
+    import re
+
+    from kernels.activations import FAST_GELU_K, FAST_GELU_X2_MAX, packed_gelu_asm
+
+    for name, ty in (("bfloat16", "bf16x2"), ("float16", "f16x2")):
+        asm = packed_gelu_asm(name)
+        consts = [int(h, 16) for h in re.findall(r"mov\.b32 \w+, 0x([0-9a-f]{8});", asm)]
+        halves = torch.tensor([c & 0xFFFF for c in consts], dtype=torch.int32).to(torch.int16)
+        values = halves.view(getattr(torch, name)).float().tolist()
+        want = [FAST_GELU_X2_MAX, FAST_GELU_K[2], FAST_GELU_K[1], FAST_GELU_K[0], 0.5]
+        assert values == [torch.tensor(w).to(getattr(torch, name)).item() for w in want]
+        assert all(c >> 16 == c & 0xFFFF for c in consts)
+        ops = re.findall(r"^(\w+(?:\.\w+)*) ", asm, flags=re.M)
+        assert {op.rsplit(".", 1)[1] for op in ops if not op.startswith(("mov", ".reg"))} == {ty}

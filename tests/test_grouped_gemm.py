@@ -498,6 +498,28 @@ def test_gpu_gluon_fast_gelu(gather):
     assert torch.equal(run(), y)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
+@pytest.mark.parametrize("dtype,rel_bound", [(torch.bfloat16, 2.0 ** -7), (torch.float16, 2.0 ** -9)])
+def test_gpu_gluon_packed_gelu(dtype, rel_bound):
+    # fast_gelu="packed" acts on the rounded GEMM result z (the kernel without activation returns it bit for
+    # bit): within rel_bound |z| of gelu(z) (CPU: 2^-7.8 bf16, 2^-10.7 fp16 with an exact tanh; tanh.approx
+    # adds to that), and mostly equal to kernels.activations.packed_gelu_reference(z)
+    from kernels.activations import packed_gelu_reference
+
+    plan = _gluon_plan("gelu", 128, 256)
+    w0, _ = _weights(plan, "gelu", dtype)
+    x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
+    R = int(plan.rank(0).num_rows)
+    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, impl="gluon", **kw)[:R]
+    z, y = run(activation="none"), run(fast_gelu="packed")
+    err = (y.double() - _exact_gelu(z)).abs()
+    assert bool((err <= rel_bound * z.double().abs() + 1e-30).all()), float((err / z.double().abs()).nanmax())
+    same = (y == packed_gelu_reference(z.cpu()).to(DEVICE)).float().mean().item()
+    assert same > 0.9, same
+    assert torch.equal(run(fast_gelu="packed"), y)
+
+
 def test_fast_gelu_and_split_tail_are_allowances_the_tl_kernel_ignores():
     # the tl kernel (CPU interpreter, or impl="triton" anywhere) computes the accurate gelu either way
     model = _small_model("gelu")
