@@ -500,12 +500,14 @@ def test_gpu_gluon_fast_gelu(gather):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel is sm_90 only")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_gluon_packed_gelu(dtype):
+@pytest.mark.parametrize("dtype,exact_bound,ref_bound", [(torch.bfloat16, 2.0 ** -7, 2.0 ** -6.5),
+                                                         (torch.float16, 2.0 ** -8, 2.0 ** -9)])
+def test_gpu_gluon_packed_gelu(dtype, exact_bound, ref_bound):
     # fast_gelu="packed" acts on the rounded GEMM result z (the kernel without activation returns it bit for
-    # bit). Against gelu(z): within 2^-7 |z| (CPU, exact tanh: 2^-7.8 bf16, 2^-10.7 fp16; the hardware's
-    # tanh.approx adds to that). Against kernels.activations.packed_gelu_reference(z), which rounds an exact
-    # tanh: within what one ulp of tanh's result makes, |z| / 2 * 2^-8 (bf16; fp16's ulp is finer)
+    # bit). Bounds relative to |z|, plus half the smallest subnormal step (0.5 z rounds there), against gelu(z)
+    # and against kernels.activations.packed_gelu_reference(z) (an exact tanh, rounded). Measured on the H200
+    # (this test's data): 2^-7.6 and 2^-7.1 in bf16 (tanh.approx.bf16x2 is off by up to ~2 ulps); fp16 matches
+    # the reference within 2^-10. CPU, exact tanh: 2^-7.8 bf16, 2^-10.7 fp16.
     from kernels.activations import packed_gelu_reference
 
     plan = _gluon_plan("gelu", 128, 256)
@@ -515,13 +517,15 @@ def test_gpu_gluon_packed_gelu(dtype):
     run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, impl="gluon", **kw)[:R]
     z, y = run(activation="none"), run(fast_gelu="packed")
     zabs = z.double().abs()
+    floor = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # the subnormal step
     err = (y.double() - _exact_gelu(z)).abs()
     ref = packed_gelu_reference(z.cpu()).to(DEVICE)
     dev = (y.double() - ref.double()).abs()
-    stats = (f"max err / |z| {torch.nan_to_num(err / zabs).max().item():.2e}, max |y - ref| / |z| "
-             f"{torch.nan_to_num(dev / zabs).max().item():.2e}, equal to ref {(y == ref).float().mean().item():.3f}")
-    assert bool((err <= 2.0 ** -7 * zabs).all()), stats
-    assert bool((dev <= 2.0 ** -8 * zabs).all()), stats
+    normal = zabs >= torch.finfo(dtype).tiny
+    stats = (f"max err / |z| {(err / zabs)[normal].max().item():.2e}, max |y - ref| / |z| "
+             f"{(dev / zabs)[normal].max().item():.2e}, equal to ref {(y == ref).float().mean().item():.3f}")
+    assert bool((err <= exact_bound * zabs + floor).all()), stats
+    assert bool((dev <= ref_bound * zabs + floor).all()), stats
     assert torch.equal(run(fast_gelu="packed"), y)
 
 
