@@ -109,6 +109,11 @@ VARIANTS = {
     "128x256GP": (128, 256, 256, 8, {"impl": "gluon", "pregather": True}),
     "128x256GP-g16": (128, 256, 256, 16, {"impl": "gluon", "pregather": True}),
     "128x128GP": (128, 128, 128, 8, {"impl": "gluon", "pregather": True}),
+    # -bp: balanced programs, ceil(T / waves) instead of one per SM (waves = ceil(T / SMs)): the last wave is
+    # (nearly) full and the SMs left idle all along lend their power budget to the others' clock
+    "128x256G-bp": (128, 256, 256, 8, {"impl": "gluon", "balanced_programs": True}),
+    "128x256G-pk-bp": (128, 256, 256, 8, {"impl": "gluon", "fast_gelu": "packed", "balanced_programs": True}),
+    "128x256GS-bp": (128, 256, 256, 8, {"impl": "gluon", "sorted_a": "kernel", "balanced_programs": True}),
     # -g16 / -g32: the Plan's layer0 tiles swizzled in groups of 16 / 32 row blocks (group_m; default 8)
     "128x256G-g16": (128, 256, 256, 16, {"impl": "gluon"}),
     "128x256G-g32": (128, 256, 256, 32, {"impl": "gluon"}),
@@ -277,6 +282,9 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
         for v, plan in plans.items():
             opts = dict(variants[v][4])
             opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
+            if opts.pop("balanced_programs", False):  # as few programs as finish in the same number of waves
+                T = int(getattr(plan.rank(0), f"num_{layer}_tiles"))
+                opts["num_programs"] = -(-T // -(-T // sms))
             a_tma_l1 = opts.pop("a_tma_l1", False)
             opts.setdefault("b_tma", False)  # the layer wrappers' default is TMA where possible: be explicit
             opts.setdefault("impl", "triton")  # and the Gluon kernel where it applies
