@@ -48,7 +48,10 @@ torch._grouped_mm (GEMM only), with kernels.grouped_gemm's defaults (split tail,
 layer1 0.91-1.10; layer0 with gelu Mixtral 0.82-0.90, Phi-3.5 0.79-0.86, Qwen2 0.80-0.83; with A already in
 shared-row order 0.83-0.96; layer0 with swiglu (128x128 tiles) 0.79-0.95. The
 card runs at its 700 W limit during these GEMMs: instructions cost time however they are overlapped
-(h200_activation_power), which is why the cheaper gelu and the separate loader pay.
+(h200_activation_power), which is why the cheaper gelu and the separate loader pay, and fast_gelu="packed"
+(the same form on bf16 / fp16 pairs) 1-3% more. cuBLAS's kernels run thread-block clusters with TMA multicast
+(fewer L2-to-SM bytes, so a higher clock at the same power) and per-shape tiles; Triton 3.6 has no TMA
+multicast (results/grouped_gemm/README.md, session 7).
 
 Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
 3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
