@@ -9,7 +9,9 @@ triton.testing.do_bench medians:
     grouped_mm      torch._grouped_mm on pre-gathered rows (GEMM only), B column-major (its fast layout)
                     and row-major (the layout our kernel reads);
     torch_unfused   what the GEMM stands for in plain PyTorch: index_select + _grouped_mm + activation;
-    cublas_unfused  the same with the cuBLAS loop: index_select + torch.mm per expert + activation.
+    cublas_unfused  the same with the cuBLAS loop: index_select + torch.mm per expert + activation;
+    cublas_gelu_loop  (layer0, gelu) cuBLASLt per expert with its own gelu epilogue, on pre-gathered rows
+                    (torch._addmm_activation): the same GEMM and activation as ours, without the gather.
 TFLOP/s count real rows only (2 * rows * D_IN * D_OUT'); the bf16 ceiling is a large torch.matmul measured
 in the same process. Primary times are device times (calls replayed from a CUDA graph, for every
 implementation alike); eager times (do_bench, launch and Python overhead included) are kept beside them.

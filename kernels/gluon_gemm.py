@@ -149,7 +149,8 @@ def _slice_layout(block_n, num_warps):
 @gluon.jit
 def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr,
                     ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr):
-    """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in fp32, in place."""
+    """Rows [j * SLICE_ROWS, (j + 1) * SLICE_ROWS) of the staged tile: act(value) in place, in fp32 (FAST_GELU
+    = 2, only ever called for gelu: in the tile's 16-bit type, two values per instruction)."""
     sl = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0)
     if FAST_GELU == 2:  # the fast form on pairs of 16-bit values (bf16x2 / f16x2 instructions), no fp32
         asm: gl.constexpr = _PACKED_GELU_BF16 if c_smem.dtype == gl.bfloat16 else _PACKED_GELU_F16
