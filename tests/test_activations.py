@@ -102,7 +102,7 @@ def test_packed_gelu_error(dtype, rel_bound, norm_bound):
 
     x = torch.cat([torch.linspace(-12, 12, 40001), torch.tensor([0.0, -0.0, 40.0, -40.0, 1e4, -1e4])]).to(dtype)
     err = (packed_gelu_reference(x).double() - _exact_gelu(x)).abs()
-    assert bool((err <= rel_bound * x.double().abs()).all()), float((err / x.double().abs()).nanmax())
+    assert bool((err <= rel_bound * x.double().abs()).all()), float(torch.nan_to_num(err / x.double().abs()).max())
     assert packed_gelu_reference(x)[-6:].tolist() == [0.0, 0.0, 40.0, 0.0, x[-2].item(), 0.0]
     r = (torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 2).to(dtype)
     exact = _exact_gelu(r)
