@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._timing import device_line
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.routing import make_routing
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
 from kernels import grouped_gemm as gg
-from kernels._testing import expert_rows
+from kernels.reference_gemm import expert_rows
+from kernels.timing import device_line
 
 
 def _graph(fn, reps: int):

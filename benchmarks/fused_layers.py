@@ -38,17 +38,19 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._timing import device_line as _device_line
-from benchmarks._timing import eager_us as _eager_us
-from benchmarks._timing import graph_us as _graph_us
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import benchmark_policy, make_plan
-from comet.reference import ExpertWeights, shard_weights
-from comet.routing import make_routing
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import owned_range
+from comet.core.planner import make_plan
+from comet.core.policy import benchmark_policy
+from comet.core.routing import make_routing
+from comet.core.weights import ExpertWeights, shard_weights
 from kernels import grouped_gemm as gg
-from kernels.fused_layer0 import fused_layer0, owned_range
-from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+from kernels.fused_layer0 import fused_layer0
+from kernels.fused_layer1 import combine_reduce, fused_layer1
 from kernels.moe import stage_tokens
+from kernels.timing import device_line as _device_line
+from kernels.timing import eager_us as _eager_us
+from kernels.timing import graph_us as _graph_us
 from kernels.workspace import EmulatedWorld
 
 CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 8192, 4),
@@ -199,7 +201,6 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     world.reset()
 
     # --- owner's reduce: every rank's layer1 once, then rank 0's reduce timed once per round
-    expected = combine_expected(routing.topk_ids_MK, model, par)
     times = []
     for _ in range(7):
         for r in range(W):
@@ -207,7 +208,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        combine_reduce(world, plan, r0, expected[r0])
+        combine_reduce(world, plan, r0, plan.rank(r0).combine_expected_W)
         b.record()
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b) * 1e3)

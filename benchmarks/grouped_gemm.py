@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._timing import device_line, eager_us, graph_us
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.routing import make_routing
-from comet.tolerances import assert_close
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
+from comet.core.tolerances import assert_close
 from kernels import grouped_gemm as gg
-from kernels._testing import expert_rows, reference_layer0, reference_layer1
+from kernels.reference_gemm import expert_rows, reference_layer0, reference_layer1
+from kernels.timing import device_line, eager_us, graph_us
 
 MODELS = ("mixtral-8x7b", "phi-3.5-moe", "qwen2-moe-2.7b")
 TOKENS = (16384, 4096, 8192)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import make_plan
-from comet.routing import balanced
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.routing import balanced
 
 
 def time_plan(model, par, M, device, ranks, repeats=10):

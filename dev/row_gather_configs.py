@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks._timing import device_line, graph_us
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.routing import make_routing
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
 from kernels import row_gather
+from kernels.timing import device_line, graph_us
 
 
 def main():

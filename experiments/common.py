@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from comet.plan import Plan
+from comet.core import defaults
+from comet.core.plan import Plan
+from comet.tuning.sweep import best_nc
 from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
-from sim.tuning import best_nc
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -89,7 +90,7 @@ def gpu_backend(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run(module, quick: bool = False, hw: str = "h800", bar=None) -> pd.DataFrame:
+def run(module, quick: bool = False, hw: str = defaults.SIM_HARDWARE, bar=None) -> pd.DataFrame:
     """Every case of `module`'s grid on the simulator, as a DataFrame with module.COLUMNS.
     `bar`: a tqdm bar to advance once per case (None: a bar of its own)."""
     cases = module.cases(quick)
@@ -116,7 +117,7 @@ def _label(case: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in case.items() if k != "model")[:60]
 
 
-def csv_path(name: str, hw: str = "h800", backend: str = "sim", date: str | None = None) -> Path:
+def csv_path(name: str, hw: str = defaults.SIM_HARDWARE, backend: str = "sim", date: str | None = None) -> Path:
     """results/<name>/<hw>-<backend>_<date>.csv (date: today, ISO)."""
     date = date or datetime.date.today().isoformat()
     return RESULTS / name / f"{Path(hw).stem}-{backend}_{date}.csv"
@@ -134,7 +135,7 @@ def parser(module) -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--backend", choices=BACKENDS, default="sim",
                     help="sim: the tile-level simulator on this CPU; gpu: real kernels under torchrun (not yet)")
-    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"),
+    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", defaults.SIM_HARDWARE),
                     help="hardware profile for --backend sim (a registered name or a .json file)")
     ap.add_argument("--quick", action="store_true", help="a few small points (for tests and a first look)")
     ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv)")

@@ -7,10 +7,10 @@ CSV: model, ep, tp, tokens, nc_layer1, layer1_us, best_nc (the case's fastest n_
 
 from __future__ import annotations
 
+from comet.tuning.sweep import best_nc
 from experiments import common
 from sim.options import SimOptions
 from sim.run import make_case
-from sim.tuning import best_nc
 
 NAME = "fig08_comm_blocks"
 COLUMNS = ["model", "ep", "tp", "tokens", "nc_layer1", "layer1_us", "best_nc", "is_best"]

@@ -11,7 +11,7 @@ comm_share_of_forward (layers x exposed communication / forward), chunks, nc_lay
 
 from __future__ import annotations
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
 from experiments import common
 from sim.run import make_case
 

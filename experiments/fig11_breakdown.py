@@ -17,11 +17,11 @@ import math
 
 import numpy as np
 
+from comet.tuning.sweep import best_nc
 from experiments import common
 from sim.options import SimOptions
 from sim.result import SimResult, union_length
 from sim.run import make_case, simulate, with_policy
-from sim.tuning import best_nc
 
 NAME = "fig11_breakdown"
 COLUMNS = ["model", "ep", "tp", "tokens", "system", "chunks", "nc_layer1", "is_best", "latency_us", "compute_us",

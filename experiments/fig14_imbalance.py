@@ -7,8 +7,8 @@ CSV: model, ep, tp, tokens, std_target, std_actual, then one row per system (com
 
 from __future__ import annotations
 
-from comet.config import ModelConfig
-from comet.routing import make_routing
+from comet.core.config import ModelConfig
+from comet.core.routing import make_routing
 from experiments import common
 
 NAME = "fig14_imbalance"

@@ -44,9 +44,10 @@ from pathlib import Path
 
 import torch
 
-from comet.config import ModelConfig, ParallelConfig
-from comet.plan import benchmark_policy, make_plan
-from comet.routing import make_routing
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import benchmark_policy
+from comet.core.routing import make_routing
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("mixtral-8x7b", "phi-3.5-moe", "qwen2-moe-2.7b")
@@ -180,7 +181,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
     """All measurements of one (model, EP x TP, M, routing) on an existing CometMoE (its weights, workspace,
     collectives). timer(name, fn) -> microseconds; a: the parsed arguments."""
-    from comet.baselines import prepare
+    from comet.layer.gpu_baselines import prepare
     from kernels.moe import moe_forward_fused
 
     W, dev = par.world_size, layer.device
@@ -295,8 +296,8 @@ def main(argv=None) -> None:
         _fail("launch with torchrun --nproc-per-node=N (N >= 2 GPUs), or pass --emulated for one GPU")
     from tqdm import tqdm
 
-    from comet.baselines import owned_range
-    from comet.layer import CometMoE
+    from comet.core.ownership import owned_range
+    from comet.layer.comet_moe import CometMoE
 
     dist_on = not a.emulated
     rank = 0

@@ -1,12 +1,12 @@
-"""make_plan(..., nc="auto") against the fixed default n_c and the best n_c of the exact shape (issue 8).
+"""comet.tuning.auto_nc against the fixed default n_c and the best n_c of the exact shape (issue 8).
 
 Not a figure of the paper (Comet picks n_c by offline profiling; here the simulator picks it), so not part
 of experiments.reproduce. For each grid point (model, EP x TP, M, routing):
   default  the Policy's n_c (nc_layer0 = 16, nc_layer1 = 28: the released code's layer1 default);
-  auto     make_plan(nc="auto") with a cache warmed by another batch of the same bucket: the same model and
+  auto     auto_nc with a cache warmed by another batch of the same bucket: the same model and
            routing kind at WARM_FACTOR x M tokens (M rounds to the same power of two), so the n_c comes
            from a shape that is not the one evaluated, as in serving;
-  exact    make_plan(nc="auto") on a cold cache: the per-layer best n_c of the exact shape.
+  exact    auto_nc on a cold cache: the per-layer best n_c of the exact shape.
 Each is the simulated latency of the whole layer (both layers, comet system). plan_fixed_s, plan_miss_s and
 plan_hit_s time make_plan without auto, with auto on a cold cache, with auto on the warm cache.
 
@@ -25,11 +25,14 @@ import time
 
 import pandas as pd
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.routing import make_routing
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
+from comet.tuning.cache import NcCache, auto_nc, load_ratio
+from comet.tuning.sweep import NC_CANDIDATES, QUICK_NC_CANDIDATES
 from experiments import common
-from sim.nc_cache import AUTO_NC_CANDIDATES, NcCache, load_ratio
 from sim.options import SimOptions
 from sim.run import simulate, with_policy
 
@@ -43,7 +46,6 @@ PARALLEL = ((8, 1), (4, 2), (2, 4))
 TOKENS = (4096, 8192, 16384)
 ROUTINGS = ("balanced", "imbalanced")  # imbalanced: load-share std 0.032 (PAPER.md's production figure)
 QUICK_MODELS, QUICK_PARALLEL, QUICK_TOKENS = ("mixtral-8x7b",), ((8, 1),), (1024, 2048)
-QUICK_CANDIDATES = (8, 16, 28)
 WARM_FACTOR = 0.75  # the warming batch's tokens relative to M: same power-of-two bucket
 SIM_OPTIONS = SimOptions(record=False)
 
@@ -63,22 +65,23 @@ def _timed(fn):
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
     model = ModelConfig.from_name(case["model"])
     hardware = HardwareProfile.from_name(hw)
-    par = ParallelConfig(ep=case["ep"], tp=case["tp"], ranks_per_node=hardware.ranks_per_node)
-    candidates = QUICK_CANDIDATES if quick else AUTO_NC_CANDIDATES
+    par = ParallelConfig(ep=case["ep"], tp=case["tp"])
+    candidates = QUICK_NC_CANDIDATES if quick else NC_CANDIDATES
     M = case["tokens"]
 
     def routing(tokens):
         return make_routing(case["routing"], tokens, model.experts_E, model.topk, seed=0)
 
-    def plan(r, **kw):
-        return make_plan(r, model, par, hardware, Policy(), **kw)
+    def plan(r, cache: NcCache | None = None):
+        p = make_plan(r, model, par, hardware, Policy())
+        return p if cache is None else auto_nc(p, r, cache)
 
     r = routing(M)
     fixed, plan_fixed_s = _timed(lambda: plan(r))
-    exact, plan_miss_s = _timed(lambda: plan(r, nc="auto", nc_cache=NcCache(candidates=candidates)))
+    exact, plan_miss_s = _timed(lambda: plan(r, NcCache(candidates=candidates)))
     warm = NcCache(candidates=candidates)
-    plan(routing(round(WARM_FACTOR * M)), nc="auto", nc_cache=warm)
-    auto, plan_hit_s = _timed(lambda: plan(r, nc="auto", nc_cache=warm))
+    plan(routing(round(WARM_FACTOR * M)), warm)
+    auto, plan_hit_s = _timed(lambda: plan(r, warm))
 
     latency = {}  # (nc0, nc1) -> whole-layer latency, each pair simulated once
     choice = {name: (p.policy.nc_layer0, p.policy.nc_layer1) for name, p in
@@ -141,7 +144,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one simulation per core
 
 
-def run(quick: bool = False, hw: str = "h800", jobs: int = 1) -> pd.DataFrame:
+def run(quick: bool = False, hw: str = defaults.SIM_HARDWARE, jobs: int = 1) -> pd.DataFrame:
     """The grid, over `jobs` processes (each case owns its caches, so they are independent); rows in grid
     order. The largest M go first, so that no long case starts last."""
     from tqdm import tqdm

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from comet.core import defaults
 from experiments import common
 
 EXPERIMENTS = ("fig08_comm_blocks", "fig09_end_to_end", "fig10_tokens", "fig11_breakdown", "fig12_parallelism",
@@ -51,7 +52,7 @@ def main(argv=None) -> dict[str, Path]:
     t_all = time.perf_counter()
     with tqdm(total=total, desc="reproduce", unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
         for name, mod in modules.items():
-            hw = getattr(mod, "DEFAULT_HW", "h800")
+            hw = getattr(mod, "DEFAULT_HW", defaults.SIM_HARDWARE)
             bar.set_description(name)
             t0 = time.perf_counter()
             df = common.run(mod, quick=a.quick, hw=hw, bar=bar)

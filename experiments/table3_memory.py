@@ -10,8 +10,9 @@ symmetric_bytes, total_bytes, symmetric_over_paper.
 
 from __future__ import annotations
 
-from comet.config import ModelConfig, ParallelConfig
-from comet.plan import Policy, buffer_sizes
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.plan import buffer_sizes
+from comet.core.policy import Policy
 from experiments import common
 
 NAME = "table3_memory"

@@ -52,9 +52,12 @@ from pathlib import Path
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Plan, Policy, make_plan
-from comet.routing import make_routing
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "timeline_compare"
@@ -88,7 +91,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ the case
 def case_of(a) -> dict:
     return {"model": a.model, "tokens": a.tokens, "ep": a.ep, "tp": 1, "nc_layer1": a.nc, "nc_layer0": a.nc0,
-            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or "h200", "rank": a.rank}
+            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or defaults.GPU_HARDWARE, "rank": a.rank}
 
 
 def build(case: dict, hardware: HardwareProfile, device="cpu") -> tuple[Plan, object, ModelConfig, ParallelConfig]:
@@ -127,14 +130,14 @@ def routing_sha1(routing) -> str:
 
 # ------------------------------------------------------------------------------------------ GPU step
 def gpu_step(a, out: Path) -> dict:
-    from comet.reference import ExpertWeights, shard_weights
+    from comet.core.weights import ExpertWeights, shard_weights
     from kernels.moe import moe_forward_fused
     from kernels.timeline import TimelineRecorder
     from kernels.workspace import EmulatedWorld
 
     case = case_of(a)
     dev = torch.device("cuda")
-    hw = HardwareProfile.from_name(a.hw or "h200")
+    hw = HardwareProfile.from_name(a.hw or defaults.GPU_HARDWARE)
     plan, routing, model, par = build(case, hw, dev)
     world = EmulatedWorld(model, par, a.tokens, dtype=torch.bfloat16, device=dev)
     g = torch.Generator(device=dev).manual_seed(a.seed)

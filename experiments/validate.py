@@ -43,8 +43,9 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from comet.calibrate import parse_params
-from comet.config import HardwareProfile
-from comet.plan import benchmark_policy
+from comet.core import defaults
+from comet.core.config import HardwareProfile
+from comet.core.policy import benchmark_policy
 from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
 
@@ -99,7 +100,7 @@ def l1_item_cost(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_bloc
 
 def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile):
     """The Plan benchmarks.fused_layers times: balanced routing, seed 0, the benchmarks' Policy."""
-    from comet.config import ModelConfig
+    from comet.core.config import ModelConfig
 
     policy = benchmark_policy(ModelConfig.from_name(model).activation)
     return make_case(model, ep=ep, tokens=tokens, hw=hw, routing="balanced", seed=0, policy=policy)
@@ -155,7 +156,7 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
     torchrun): the whole MoE layer's latency against the simulator's for comet (at the measured best n_c),
     sequential and chunked (at the measured best C), on the Plan layer_bench builds (same routing kind, std,
     seed and Policy). Emulated rows (one GPU) are skipped: their ranks run one after another."""
-    from comet.config import ModelConfig
+    from comet.core.config import ModelConfig
 
     real = measured[~measured["emulated"].astype(str).str.lower().isin(["true", "1"])]
     rows = []
@@ -223,7 +224,7 @@ def emulated_profiles(ap: argparse.ArgumentParser, a: argparse.Namespace, hw: Ha
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--measured", required=True, help="CSV of benchmarks.fused_layers (emulated world, one GPU)")
-    ap.add_argument("--hw", default="h200", help="hardware profile: name or JSON (e.g. profiles/h200_x1.json)")
+    ap.add_argument("--hw", default=defaults.GPU_HARDWARE, help="hardware profile: name or JSON (e.g. profiles/h200_x1.json)")
     ap.add_argument("--calibration", default=None,
                     help="comet.calibrate CSV with comm_program_local_gbps rows (the emulated link's rates)")
     ap.add_argument("--per-program-gbps", type=float, default=None, help="override: one layer0 program's rate")

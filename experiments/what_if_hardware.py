@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from comet.config import HardwareProfile
-from comet.plan import Plan, Policy
+from comet.core import defaults
+from comet.core.config import HardwareProfile
+from comet.core.plan import Plan
+from comet.core.policy import Policy
 from experiments import common
 from sim.run import make_case
 
@@ -37,7 +39,7 @@ QUICK = {"link_gbps": ((50, 160, 640), 2048), "sms": ((66, 132), 2048), "nodes":
          "gpus": ((8, 16), 2048)}
 
 
-def case(sweep: str, value, tokens: int, hw: str = "h800") -> dict:
+def case(sweep: str, value, tokens: int, hw: str = defaults.SIM_HARDWARE) -> dict:
     """The grid point `value` of `sweep` (a CSV row's case columns; see the module docstring)."""
     base = HardwareProfile.from_name(hw)
     if sweep == "link_gbps":
@@ -57,7 +59,7 @@ def case(sweep: str, value, tokens: int, hw: str = "h800") -> dict:
     raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(FULL)}")
 
 
-def hardware(c: dict, hw: str = "h800") -> HardwareProfile:
+def hardware(c: dict, hw: str = defaults.SIM_HARDWARE) -> HardwareProfile:
     """The profile of a case: `hw` with the case's link bandwidth and SM count (peak scaled per SM)."""
     base = HardwareProfile.from_name(hw)
     changes = {}
@@ -73,7 +75,7 @@ def _scaled(nc: int, c: dict, hw: str) -> int:
     return max(1, round(nc * c["sms"] / HardwareProfile.from_name(hw).sms))
 
 
-def plan_of(c: dict, hw: str = "h800") -> Plan:
+def plan_of(c: dict, hw: str = defaults.SIM_HARDWARE) -> Plan:
     policy = Policy(nc_layer0=_scaled(Policy.nc_layer0, c, hw), nc_layer1=_scaled(Policy.nc_layer1, c, hw))
     return make_case(c["model"], ep=c["ep"], tp=c["tp"], tokens=c["tokens"], hw=hardware(c, hw),
                      ranks_per_node=c["ranks_per_node"], policy=policy)
@@ -89,7 +91,7 @@ def run_case(c: dict, hw: str, quick: bool) -> list[dict]:
     return [{**c, **row} for row in common.compare_systems(plan_of(c, hw), quick, ncs=ncs)]
 
 
-def sweep(name: str, values, tokens: int, hw: str = "h800", quick: bool = True) -> pd.DataFrame:
+def sweep(name: str, values, tokens: int, hw: str = defaults.SIM_HARDWARE, quick: bool = True) -> pd.DataFrame:
     """One sweep as a DataFrame (COLUMNS), for notebooks: `quick` tunes n_c and C over fewer candidates."""
     rows = []
     for v in values:

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 NONE, GELU, SWIGLU = 0, 1, 2  # the kernels' ACTIVATION constexpr values
+# name -> code: the model activations (comet.core.config.ACTIVATIONS) and "none" (a plain GEMM)
+ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 
 # A&S 7.1.26 coefficients: t = 1 / (1 + AS_P z), erf(z) = 1 - t (AS_T[0] + t (AS_T[1] + ...)) exp(-z^2)
 AS_P = 0.3275911

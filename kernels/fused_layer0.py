@@ -18,7 +18,7 @@ Three variants (`Policy.layer0_comm`), one kernel (`MODE`):
     "copy-engine"  (MODE 2) as the released Comet code: a side stream copies each source rank's whole
                    shard (the rows it owns, all of them) with `copy_` and then writes flag[s] = epoch;
                    tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM programs do not
-                   fill the GPU (sms - 8 by default) so that a copy or flag write that needs an SM can run.
+                   fill the GPU (sms - Policy.copy_engine_reserved_sms) so that a copy or flag write that needs an SM can run.
 Program order is chosen so that Triton's interpreter, which runs programs one after another in id order,
 completes every producer before its consumers: communication programs have the low ids.
 
@@ -38,8 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.activations import apply_activation
-from kernels.grouped_gemm import ACTIVATIONS, sm_count
+from comet.core.ownership import owned_range
+from comet.core.policy import check_kernel_tile
+from kernels.activations import ACTIVATIONS, apply_activation
+from kernels.grouped_gemm import sm_count
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import (
     REC_GEMM0,
@@ -51,13 +53,13 @@ from kernels.timeline import (
     tile_remote_rows,
     trace_write,
 )
+from kernels.tma import descriptor
 
 VARIANTS = {"blocks": 0, "direct": 1, "copy-engine": 2}
 # Fixed configs (no autotuning: the kernels have side effects on flags and peers, which an autotuner's
 # repeated trial launches would multiply). GPU: Hopper bf16; SMALL: the interpreter and tiny tests.
 GPU_CONFIG = {"BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "COMM_ROWS": 32, "COMM_COLS": 256}
 SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1, "COMM_ROWS": 16, "COMM_COLS": 16}
-COPY_ENGINE_SM_RESERVE = 8
 
 _WAIT_L0_ARRIVAL = tl.constexpr(1)  # kernels.signals.WAIT_L0_ARRIVAL
 _WAIT_L0_COPY = tl.constexpr(2)  # kernels.signals.WAIT_L0_COPY
@@ -253,12 +255,6 @@ def _fused_layer0_kernel(
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-def _descriptor(t, block_shape):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor.from_tensor(t, block_shape)
-
-
 def write_flag(flags_F: torch.Tensor, index: int, value: int) -> None:
     """flags_F[index] = value on the current stream, without an SM where the driver allows it
     (cuStreamWriteValue32 through torch's _SymmetricMemory.stream_write_value32; fill_ otherwise)."""
@@ -285,7 +281,7 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     (swiglu). variant: "blocks" | "direct" | "copy-engine" (default plan.policy.layer0_comm). Returns
     ws.buffers(rank).h_RK[:R_max] (or out_RK), (R_max, K/TP) in the tokens' dtype; rows past the plan's
     num_rows are not written. num_programs: GEMM programs (default: SMs - nc for blocks, SMs for direct,
-    SMs - 8 for copy-engine). config: {"BLOCK_K", "num_warps", "num_stages", "COMM_ROWS", "COMM_COLS"}.
+    SMs - Policy.copy_engine_reserved_sms for copy-engine). config: {"BLOCK_K", "num_warps", "num_stages", "COMM_ROWS", "COMM_COLS"}.
     No host sync; the call is asynchronous on the current stream (copy-engine: plus the rank's side stream).
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every chunk and tile
     (GPU only; the copy-engine variant's side-stream copies are not kernels and are not recorded).
@@ -310,9 +306,8 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
             or not w0_ENK.is_contiguous():
         raise ValueError(f"w0_ENK must be a contiguous (E_local={E_loc}, N={N}, K'={k_cols}) {recv.dtype} tensor "
                          f"on {dev} for {act}; got {tuple(w0_ENK.shape)} {w0_ENK.dtype} on {w0_ENK.device}")
-    for name, blk in (("block_m", pol.block_m), ("block_n0", pol.block_n0)):
-        if blk < 16 or blk & (blk - 1):
-            raise ValueError(f"policy {name}={blk}: the kernel needs a power of two >= 16 (tl.dot)")
+    check_kernel_tile("policy block_m", pol.block_m)
+    check_kernel_tile("policy block_n0", pol.block_n0)
     R_max = rp.row_token_R.numel()
     if out_RK is None:
         out_RK = buf.h_RK[:R_max]
@@ -325,7 +320,7 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         raise ValueError("layer0_comm='blocks' needs nc_layer0 >= 1 communication programs; use a Policy with "
                          "nc_layer0 >= 1, or layer0_comm='direct' / 'copy-engine'")
     if num_programs is None:
-        reserve = {"blocks": nc, "direct": 0, "copy-engine": COPY_ENGINE_SM_RESERVE}[variant]
+        reserve = {"blocks": nc, "direct": 0, "copy-engine": pol.copy_engine_reserved_sms}[variant]
         num_programs = max(1, sms - reserve)
     if num_programs < 1:
         raise ValueError(f"num_programs must be >= 1, got {num_programs}")
@@ -336,7 +331,7 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         b_tma = dev.type == "cuda" and (k_cols * w0_ENK.element_size()) % 16 == 0
     b_desc = w0_ENK
     if b_tma:
-        b_desc = _descriptor(w0_ENK.view(E_loc * N, k_cols), [cfg["BLOCK_K"], pol.block_n0])
+        b_desc = descriptor(w0_ENK.view(E_loc * N, k_cols), [cfg["BLOCK_K"], pol.block_n0])
     epoch = ws.next_copy_epoch(rank) if variant == "copy-engine" else 0
     lay = ws.layout
     spin = ws.max_spin if max_spin is None else max_spin
@@ -392,8 +387,3 @@ def _copy_engine_dispatch(ws, plan, rank: int, epoch: int) -> None:
             if hi > lo:
                 buf.recv_MN[lo:hi].copy_(ws.peer_recv(rank, s)[lo:hi])
             write_flag(buf.flags_F, ws.layout.copy + s, epoch)
-
-
-def owned_range(M: int, W: int, s: int) -> tuple[int, int]:
-    """[lo, hi) global token ids owned by rank s (comet.plan.token_owner: owner(t) = t * W // M)."""
-    return (s * M + W - 1) // W, ((s + 1) * M + W - 1) // W

@@ -24,7 +24,7 @@ it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/
 
 The owner's reduce (`combine_reduce`, a separate small launch after every rank's layer1 was launched):
 program (token block, column block) waits until combine flag [s, col] == expected[s] for every source s
-(expected: the number of the owner's tokens that s sends to, `combine_expected`), then sums slots
+(expected: the number of the owner's tokens that s sends to, the Plan's `combine_expected_W`), then sums slots
 0 .. token_num_slots_M[t] - 1 of each token in slot order (fp32) and stores out[t]. The last program of a
 column block subtracts the expected counts from its flags (back to 0 for the next call).
 
@@ -40,10 +40,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fused_layer0 import _descriptor, default_config, tile_matmul
+from comet.core.ownership import owned_range
+from comet.core.policy import check_kernel_tile
+from kernels.fused_layer0 import default_config, tile_matmul
 from kernels.grouped_gemm import sm_count
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
+from kernels.tma import descriptor
 
 _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
 _WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
@@ -60,6 +63,13 @@ GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
 # ------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def first_owned_token(s, M, W):
+    """The first global token rank s owns: comet.core.ownership.owned_range(M, W, s)[0] in the kernels' language
+    (tests/test_ownership.py checks the two agree)."""
+    return (s * M + W - 1) // W
+
+
 @triton.jit(do_not_specialize=["max_spin", "trace_slots"])
 def _fused_layer1_kernel(
     # pointers
@@ -156,7 +166,7 @@ def _fused_layer1_kernel(
                 start = tl.load(chunk_start_ptr + ch)
                 end = tl.load(chunk_end_ptr + ch)
                 dest = tl.load(send_dest_ptr + start)  # one destination per chunk
-                first_tok = (dest * M + world - 1) // world
+                first_tok = first_owned_token(dest, M, world)
                 # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
                 comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
                 offs_n = col * BLOCK_N + arange_n
@@ -342,7 +352,7 @@ def _comm_pipelined(
             rows2n = rows2n + (tl.load(rows_by_send_ptr + r0_2 + j, mask=j < nv2n, other=0),)
         cb2n = tl.load(comb_peers_ptr + d2, mask=ok2, other=0)
         pf2n = tl.load(sflag_peers_ptr + d2, mask=ok2, other=0)
-        first_tok2 = (d2 * M + world - 1) // world
+        first_tok2 = first_owned_token(d2, M, world)
         crow2n = ((tok2 - first_tok2) * slots + slot2).to(tl.int32)  # < tokens per owner * slots
         # ---- S1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next iteration)
         w1 = v - 3
@@ -472,20 +482,6 @@ def _combine_reduce_kernel(
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-def combine_expected(routing_ids_MK: torch.Tensor, model, parallel) -> torch.Tensor:
-    """expected_WW[o, s]: partial sums owner o receives from rank s = o's tokens with an expert in s's EP
-    group (the Plan does not carry it; computed here from the routing, on its device, no host sync)."""
-    M = routing_ids_MK.shape[0]
-    W, E_loc = parallel.world_size, model.experts_E // parallel.ep
-    dev = routing_ids_MK.device
-    need_MG = torch.zeros(M, parallel.ep, dtype=torch.int64, device=dev)
-    need_MG.scatter_(1, routing_ids_MK // E_loc, 1)  # 1 where the token has an expert in EP group g
-    owner_M = torch.arange(M, device=dev) * W // M
-    per_owner_OG = torch.zeros(W, parallel.ep, dtype=torch.int64, device=dev).index_add_(0, owner_M, need_MG)
-    src_group = torch.arange(W, device=dev) // parallel.tp
-    return per_owner_OG[:, src_group].contiguous()
-
-
 def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
                  num_programs: int | None = None, config: dict | None = None, a_tma: bool | None = None,
                  b_tma: bool | None = None, max_spin: int | None = None, timeline=None) -> torch.Tensor:
@@ -520,9 +516,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
             or not w1_EKN.is_contiguous():
         raise ValueError(f"w1_EKN must be a contiguous (E_local={E_loc}, K={K}, N={N}) {ws.dtype} tensor on {dev}; "
                          f"got {tuple(w1_EKN.shape)} {w1_EKN.dtype} on {w1_EKN.device}")
-    for name, blk in (("block_m", pol.block_m), ("block_n1", pol.block_n1)):
-        if blk < 16 or blk & (blk - 1):
-            raise ValueError(f"policy {name}={blk}: the kernel needs a power of two >= 16 (tl.dot)")
+    check_kernel_tile("policy block_m", pol.block_m)
+    check_kernel_tile("policy block_n1", pol.block_n1)
     cfg = {**default_config(dev), **(config or {})}
     if cfg.get("COMBINE_GPU_SCOPE") and len(ws.ranks) != ws.world_size:
         raise ValueError("config COMBINE_GPU_SCOPE (gpu-scope combine signals) is only valid when every rank "
@@ -542,8 +537,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         a_tma = cuda and (K * h.element_size()) % 16 == 0 and h.data_ptr() % 16 == 0
     if b_tma is None:
         b_tma = cuda and (N * w1_EKN.element_size()) % 16 == 0
-    a_desc = _descriptor(h, [pol.block_m, cfg["BLOCK_K"]]) if a_tma else h
-    b_desc = _descriptor(w1_EKN.view(E_loc * K, N), [cfg["BLOCK_K"], pol.block_n1]) if b_tma else w1_EKN
+    a_desc = descriptor(h, [pol.block_m, cfg["BLOCK_K"]]) if a_tma else h
+    b_desc = descriptor(w1_EKN.view(E_loc * K, N), [cfg["BLOCK_K"], pol.block_n1]) if b_tma else w1_EKN
     lay = ws.layout
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
@@ -590,7 +585,7 @@ def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: tor
                    max_spin: int | None = None, block_tokens: int | None = None) -> torch.Tensor:
     """The owner `rank` sums its tokens' partial sums: out[t] = sum_j combine[t, j] over j < num_slots(t).
 
-    expected_W: int64 (W,) partial sums this owner receives from each rank (combine_expected(...)[rank]).
+    expected_W: int64 (W,) partial sums this owner receives from each rank (the Plan's combine_expected_W).
     out_MN: (M_own, N) output rows of this rank's tokens (default: a new tensor in the workspace dtype).
     Waits (bounded) on the combine flags; raise on timeout with ws.check(). No host sync.
     """
@@ -598,8 +593,7 @@ def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: tor
     M, W, N = plan.num_tokens, plan.world_size, plan.model.hidden_N
     buf = ws.buffers(rank)
     dev = buf.recv_MN.device
-    lo = (rank * M + W - 1) // W
-    hi = ((rank + 1) * M + W - 1) // W
+    lo, hi = owned_range(M, W, rank)
     n_own = hi - lo
     if out_MN is None:
         out_MN = torch.empty(n_own, N, dtype=ws.dtype, device=dev)

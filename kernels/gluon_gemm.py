@@ -75,14 +75,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.activations import (
+    ACTIVATIONS,
     FAST_GELU_K,
     FAST_GELU_X2_MAX,
-    GELU,
     GELU_E,
     GELU_P,
     GELU_T,
-    NONE,
-    SWIGLU,
     packed_gelu_asm,
 )
 
@@ -93,7 +91,6 @@ _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_globa
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
 _SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
-ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 # the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
 # (ptxas, Triton 3.6), and leave the multiplying warps 224
 _LOADER_WARPS, _LOADER_REGS = 4, 48
@@ -686,9 +683,9 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
-    a_desc = _descriptor(a, [block_m, block_k], gdt)
-    b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT_B), [block_k, block_n], gdt)
-    c_desc = _descriptor(out, [block_m, block_n], gdt)
+    a_desc = _nvmma_descriptor(a, [block_m, block_k], gdt)
+    b_desc = _nvmma_descriptor(b_EIO.view(E * D_IN, D_OUT_B), [block_k, block_n], gdt)
+    c_desc = _nvmma_descriptor(out, [block_m, block_n], gdt)
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
@@ -710,6 +707,6 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     return out
 
 
-def _descriptor(t, block_shape, gdt):
+def _nvmma_descriptor(t, block_shape, gdt):
     layout = gl.NVMMASharedLayout.get_default_for(block_shape, gdt)
     return TensorDescriptor.from_tensor(t, block_shape, layout)

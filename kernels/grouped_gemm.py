@@ -27,12 +27,13 @@ the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): this kern
 0.79-0.90, 0.83-0.96 with A already in shared-row order (results of 2026-11-25).
 
     >>> import torch
-    >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-    >>> from comet.plan import Policy, make_plan
-    >>> from comet.routing import balanced
+    >>> from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+    >>> from comet.core.policy import Policy
+    >>> from comet.core.planner import make_plan
+    >>> from comet.core.routing import balanced
     >>> model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=2, topk=1, layers=1)
     >>> plan = make_plan(balanced(M=16, E=2, topk=1), model, ParallelConfig(ep=1),
-    ...                  HardwareProfile.from_name("h200"), Policy(block_m=16, block_n0=16, block_n1=16))
+    ...                  HardwareProfile.from_name("h800"), Policy(block_m=16, block_n0=16, block_n1=16))
     >>> x_MN, w0_ENK = torch.randn(16, 32), torch.randn(2, 32, 32)
     >>> grouped_gemm_layer0(plan, 0, x_MN, w0_ENK, config=SMALL_CONFIG).shape  # doctest: +SKIP
     torch.Size([16, 32])
@@ -46,10 +47,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.activations import GELU, NONE, SWIGLU, apply_activation
+from comet.core.policy import check_kernel_tile
+from kernels.activations import ACTIVATIONS, apply_activation
 from kernels.row_gather import gather_rows
+from kernels.tma import descriptor, tma_ok
 
-ACTIVATIONS = {"none": NONE, "gelu": GELU, "swiglu": SWIGLU}
 WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
 IMPLS = ("auto", "triton", "gluon")
 # A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
@@ -61,7 +63,6 @@ _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for 
 # Qwen2 (1408) -10 to -13%; swiglu counts its gate and up columns.
 PREGATHER_MIN_COLS = 4096
 _sm_count_cache: dict[int, int] = {}
-_capability_cache: dict[int, int] = {}
 
 
 # ------------------------------------------------------------------------------------ autotune configs
@@ -357,10 +358,8 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         n_rows_out = a.shape[0] if n_rows_out is None else n_rows_out
         if n_rows_out > a.shape[0]:
             raise ValueError(f"n_rows_out={n_rows_out} > rows of a ({a.shape[0]}) without a gather index")
-    for name, blk in (("block_m", block_m), ("block_n", block_n)):
-        if blk < 16 or blk & (blk - 1):
-            raise ValueError(f"{name}={blk}: the kernel needs a power of two >= 16 (tl.dot); build the Plan "
-                             f"with such a Policy")
+    check_kernel_tile("block_m", block_m)
+    check_kernel_tile("block_n", block_n)
     if out is None:
         out = torch.empty(n_rows_out, D_OUT, device=dev, dtype=a.dtype)
     elif out.shape != (n_rows_out, D_OUT) or out.dtype != a.dtype or out.device != dev or not out.is_contiguous():
@@ -406,18 +405,18 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
         if (D_IN * a.element_size()) % 16 or a.data_ptr() % 16:
             raise ValueError(f"a_tma needs 16-byte aligned rows: D_IN={D_IN} columns of {a.element_size()} "
                              f"bytes; use a_tma=False")
-        a_desc = _descriptor(a, [block_m, bk])
+        a_desc = descriptor(a, [block_m, bk])
     if b_tma:
         if (D_OUT_B * b_EIO.element_size()) % 16 or b_EIO.data_ptr() % 16:
             raise ValueError(f"b_tma needs 16-byte aligned weight rows: D_OUT'={D_OUT_B} columns of "
                              f"{b_EIO.element_size()} bytes; use b_tma=False")
-        b_desc = _descriptor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
+        b_desc = descriptor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
     c_desc = out
     if c_tma:
         if (D_OUT * out.element_size()) % 16 or out.data_ptr() % 16:
             raise ValueError(f"c_tma needs 16-byte aligned output rows: D_OUT={D_OUT} columns of "
                              f"{out.element_size()} bytes; use c_tma=False")
-        c_desc = _descriptor(out, [block_m, block_n])
+        c_desc = descriptor(out, [block_m, block_n])
     args = (a, a_desc, a_rows_R if a_rows_R is not None else tiles["row_start"], b_EIO, b_desc, out, c_desc,
             tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"],
             T, programs, D_IN, D_OUT, D_OUT if activation == "swiglu" else 0,
@@ -451,23 +450,6 @@ def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int
     if isinstance(mod, ImportError):
         return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({mod})"
     return mod.supports(a, b_EIO, out, activation, gather, block_m, block_n)
-
-
-def tma_ok(t: torch.Tensor) -> bool:
-    """Whether a row-major tensor can be read through a TMA descriptor: CUDA, compute capability >= 9.0
-    (Hopper), 16-byte aligned base and rows."""
-    if not t.is_cuda or t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
-        return False
-    idx = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    if idx not in _capability_cache:
-        _capability_cache[idx] = torch.cuda.get_device_capability(idx)[0]
-    return _capability_cache[idx] >= 9
-
-
-def _descriptor(t, block_shape):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor.from_tensor(t, block_shape)
 
 
 def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:

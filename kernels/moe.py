@@ -6,10 +6,11 @@ Shape legend: M tokens of the whole group, N hidden, E experts, W ranks; weights
 (w0_ENK (E, N, K') with K' = K or 2K for swiglu [gate | up], w1_EKN (E, K, N)).
 
     >>> import torch
-    >>> from comet.config import ModelConfig, ParallelConfig
-    >>> from comet.plan import Policy
-    >>> from comet.reference import moe_forward, random_tokens, random_weights
-    >>> from comet.routing import uniform
+    >>> from comet.core.config import ModelConfig, ParallelConfig
+    >>> from comet.core.policy import Policy
+    >>> from comet.core.reference import moe_forward
+    >>> from comet.core.weights import random_tokens, random_weights
+    >>> from comet.core.routing import uniform
     >>> from kernels.workspace import EmulatedWorld
     >>> model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
     >>> world = EmulatedWorld(model, ParallelConfig(ep=2), capacity_tokens=32, dtype=torch.float32)
@@ -24,12 +25,16 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Plan, Policy, make_plan
-from comet.reference import ExpertWeights, shard_weights
-from comet.routing import Routing
-from kernels.fused_layer0 import fused_layer0, owned_range
-from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import owned_range
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import Routing
+from comet.core.weights import ExpertWeights, shard_weights
+from kernels.fused_layer0 import fused_layer0
+from kernels.fused_layer1 import combine_reduce, fused_layer1
 
 
 def stage_tokens(ws, x_MN: torch.Tensor, M: int) -> None:
@@ -109,7 +114,7 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     ws.begin_call(M)
     routing = routing.to(x_MN.device)
     if plan is None:
-        plan = make_plan(routing, model, parallel, hardware or HardwareProfile.from_name("h200"), policy,
+        plan = make_plan(routing, model, parallel, hardware or HardwareProfile.from_name(defaults.GPU_HARDWARE), policy,
                          ranks=list(ws.ranks))
     elif plan.num_tokens != M or plan.policy != policy or not set(ws.ranks) <= {p.rank for p in plan.ranks}:
         raise ValueError(f"the given plan (M={plan.num_tokens}, ranks {[p.rank for p in plan.ranks]}) was not "
@@ -118,7 +123,6 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     for r, s in shards.items():
         if s.dtype != ws.dtype or s.device != ws.device:
             raise ValueError(f"rank {r}'s weights are {s.dtype} on {s.device}; expected {ws.dtype} on {ws.device}")
-    expected_WW = combine_expected(routing.topk_ids_MK, model, parallel)
     l0kw, l1kw = layer0_kwargs or {}, layer1_kwargs or {}
     if timeline is not None:
         l0kw, l1kw = {**l0kw, "timeline": timeline}, {**l1kw, "timeline": timeline}
@@ -136,7 +140,7 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     for r in ws.ranks:
         lo, hi = owned_range(M, W, r)
         rows = out_MN[lo:hi] if emulated else out_MN
-        combine_reduce(ws, plan, r, expected_WW[r], out_MN=rows)
+        combine_reduce(ws, plan, r, plan.rank(r).combine_expected_W, out_MN=rows)
     ws.barrier()  # nobody overwrites receive or combine buffers of this call before all are done
     if checked:
         ws.check()

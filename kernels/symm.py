@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from comet.config import ModelConfig, ParallelConfig
+from comet.core.config import ModelConfig, ParallelConfig
 from kernels.signals import STATUS_LEN, wait_flag
 from kernels.workspace import DEFAULT_MAX_SPIN, RankBuffers, Workspace
 

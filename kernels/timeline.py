@@ -9,7 +9,7 @@ program with more items than the buffer's `slots` keeps counting but writes no m
     rec = TimelineRecorder()
     out = moe_forward_fused(world, x, routing, weights, model, parallel, policy, timeline=rec)
     events = rec.events()                  # DataFrame, the simulator's event columns (host sync)
-    write_chrome_trace(events, "real.json", label="H200")   # needs sim/ (and so simpy)
+    write_chrome_trace(events, "real.json", label="H200")
 
 Record (int64 x RECORD_WORDS): [t_begin, t_ready, t_end, sm, kind, item, peer, rows, col, program, 0...].
 Times are %globaltimer nanoseconds: t_begin when the program took the item, t_ready once its waits were over
@@ -36,7 +36,7 @@ layer, start_us, end_us, bytes, peer, cause = -1, dur_us) and: program, block (t
 of the launch's blocks: compute blocks 0..G-1, then the communication blocks), sm, item, col, rows,
 begin_us (t_begin: the event itself starts at t_ready, as the simulator's do), wait_us (t_ready - t_begin),
 launch. Times in microseconds from the recording's earliest t_begin. This module imports nothing of sim/
-(the GPU machines lack simpy) except in `chrome_trace`.
+(the GPU machines lack simpy); both speak comet/core/events.py's vocabulary.
 """
 
 from __future__ import annotations
@@ -49,15 +49,16 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.events import CATEGORY, K, chrome_trace_events
+
 RECORD_WORDS = 16
 _RECORD_WORDS = tl.constexpr(RECORD_WORDS)
 # record kinds (word 4); layer1 items whose destination is this rank are named "reduce_local", as in sim/
 REC_GEMM0, REC_GEMM0_DIRECT, REC_PULL, REC_GEMM1, REC_REDUCE_SEND = 0, 1, 2, 3, 4
 KIND_NAMES = {REC_GEMM0: "gemm0", REC_GEMM0_DIRECT: "gemm0_direct", REC_PULL: "pull", REC_GEMM1: "gemm1",
               REC_REDUCE_SEND: "reduce_send"}
-# the categories of those names in sim/events.py's KINDS (tests/test_timeline.py keeps the two in step)
-CATEGORIES = {"gemm0": "compute", "gemm0_direct": "compute", "gemm1": "compute", "pull": "comm",
-              "reduce_send": "comm", "reduce_local": "compute"}
+# their categories, from the shared vocabulary (comet/core/events.py)
+CATEGORIES = {name: CATEGORY[K[name]] for name in (*KIND_NAMES.values(), "reduce_local")}
 EVENT_COLUMNS = ["rank", "track", "kind", "category", "layer", "start_us", "end_us", "bytes", "peer", "cause",
                  "dur_us", "program", "block", "sm", "item", "col", "rows", "begin_us", "wait_us", "launch"]
 W_BEGIN, W_READY, W_END, W_SM, W_KIND, W_ITEM, W_PEER, W_ROWS, W_COL, W_PROGRAM = range(10)
@@ -277,11 +278,8 @@ def end_to_end(events, gap_us: float = 0.0):
 
 # ------------------------------------------------------------------------------------ Chrome trace
 def chrome_trace(events, label: str = "real", other: dict | None = None) -> dict:
-    """Chrome trace-event JSON of an events frame, built as the simulator's (sim/result.py): pid = rank,
+    """Chrome trace-event JSON of an events frame, built as the simulator's (comet/core/events.py): pid = rank,
     one thread per SM, slices in us; args add program, item, column block, rows and the wait before."""
-    from sim.events import K
-    from sim.result import chrome_trace_events
-
     sm = events["track"].str.extract(r"SM (\d+)$", expand=False).astype(np.int64).to_numpy()
     recs = list(zip(events["rank"].tolist(), sm.tolist(), [K[k] for k in events["kind"].astype(str)],
                     events["layer"].tolist(), events["start_us"].tolist(), events["end_us"].tolist(),

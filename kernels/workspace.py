@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from comet.config import ModelConfig, ParallelConfig
-from comet.plan import Policy, plan_bounds
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.plan import plan_bounds
+from comet.core.policy import Policy
 from kernels.signals import STATUS_LEN, FlagTimeoutError, describe_status
 
 DEFAULT_MAX_SPIN = 1 << 22  # polls of ~0.5 us each on an H200: a wait gives up after ~2 s
@@ -280,7 +281,7 @@ class EmulatedWorld(Workspace):
     tokens staged, then every rank's layer0, every rank's layer1, then every owner's reduce
     (kernels.moe.moe_forward_fused does this). Peer traffic is local memory traffic, not NVLink.
 
-        >>> from comet.config import ModelConfig, ParallelConfig
+        >>> from comet.core.config import ModelConfig, ParallelConfig
         >>> m = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
         >>> world = EmulatedWorld(m, ParallelConfig(ep=2), capacity_tokens=64, dtype=torch.float32)
         >>> world.buffers(1).recv_MN.shape, world.buffers(1).combine_MSN.shape

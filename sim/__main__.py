@@ -16,12 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from comet.config import HARDWARE, MODELS
-from comet.plan import Policy
-from comet.routing import ROUTINGS
+from comet.core import defaults
+from comet.core.config import HARDWARE, MODELS
+from comet.core.policy import Policy
+from comet.core.routing import ROUTINGS
+from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
 from sim.run import make_case, simulate, with_policy
-from sim.tuning import NC_CANDIDATES, best_nc
 
 
 def _policy_overrides(text: str) -> dict:
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", default="balanced", choices=ROUTINGS)
     g.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
     g.add_argument("--seed", type=int, default=0, help="routing seed")
-    g.add_argument("--hw", default="h800", help=f"hardware profile: one of {', '.join(HARDWARE)} or a .json file")
+    g.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"hardware profile: one of {', '.join(HARDWARE)} or a .json file")
     g.add_argument("--ranks-per-node", type=int, help="GPUs per node (default: the profile's); more ranks "
                                                       "than this talk over the NIC")
     g = ap.add_argument_group("schedule")

@@ -25,9 +25,9 @@ modelled: the SMs NCCL's kernels take from a concurrent GEMM (optimistic for `ch
 
 from __future__ import annotations
 
-from comet.plan import Plan
+from comet.core.events import TRACK_NCCL, K
+from comet.core.plan import Plan
 from sim.engine import SystemSim, grouped_gemm_tiles
-from sim.events import TRACK_NCCL, K
 from sim.hardware_model import INF
 from sim.options import SimOptions
 from sim.workload import chunk_work

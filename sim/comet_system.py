@@ -11,7 +11,7 @@ layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0
   "copy-engine" as the released Comet code and kernels/fused_layer0.py: a side stream copies each source
                 rank's whole shard (every row it owns), in arrival order, one copy at a time at the copy
                 engine's bandwidth (taking no SM), and fires flag[s] after it; the GEMM leaves
-                `SimOptions.copy_engine_reserved_sms` SMs free.
+                `Policy.copy_engine_reserved_sms` SMs free.
   "direct"      all SMs compute; a tile loads its remote rows itself: its time is max(compute, link
                 latency + the transfer of its remote rows at the block's link cap). No flags.
   A compute block takes the next tile (atomic counter, or round-robin), waits on the flag events of the
@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import math
 
-from comet.plan import Plan
+from comet.core.events import TRACK_COPY, TRACK_STREAM, K
+from comet.core.plan import Plan
 from sim.engine import SystemSim, block_hbm_bytes_per_us
-from sim.events import TRACK_COPY, TRACK_STREAM, K
 from sim.hardware_model import GBPS, copy_engine_gbps
 from sim.options import SimOptions
 from sim.workload import RankWork, plan_work, tile_us
@@ -142,7 +142,7 @@ class CometSim(SystemSim):
             cause = yield from self.launch(r, 0, cause)
             n_comp = self.sms - self.nc0
             if self.mode == "copy-engine":
-                n_comp = max(1, self.sms - self.options.copy_engine_reserved_sms)
+                n_comp = max(1, self.sms - self.plan.policy.copy_engine_reserved_sms)
             if self.mode == "direct":
                 procs = [env.process(self._l0_direct_block(st, b, n_comp, cause)) for b in range(n_comp)]
             else:

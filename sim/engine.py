@@ -13,8 +13,8 @@ import math
 import numpy as np
 import simpy
 
-from comet.plan import Plan
-from sim.events import CATEGORY, TRACK_STREAM, K
+from comet.core.events import CATEGORY, TRACK_STREAM, K
+from comet.core.plan import Plan
 from sim.hardware_model import GBPS, LinkNetwork, hbm_us
 from sim.options import SimOptions
 

@@ -4,7 +4,7 @@ Time is in microseconds everywhere; 1 GB/s = 1e3 bytes/us.
 
 Ports. Every rank r has an NVLink (or PCIe, for `l20`) egress port and ingress port of `link_gbps` each;
 the switch between them is non-blocking, so a transfer s -> d occupies only egress(s) and ingress(d).
-Ranks on different nodes (`ParallelConfig.ranks_per_node`) talk through their NICs instead: nic_out(s)
+Ranks on different nodes (`HardwareProfile.ranks_per_node`) talk through their NICs instead: nic_out(s)
 and nic_in(d), `nic_gbps` each, with `nic_latency_us`.
 
 Fair sharing (`LinkNetwork`). Transfers in flight form a fluid model: each has a rate cap (what the
@@ -19,7 +19,7 @@ Latency is not part of a transfer here: callers add it where the real operation 
 for its first bytes, a push lands `latency` after its last byte leaves).
 
     >>> import simpy
-    >>> from comet.config import HardwareProfile, ParallelConfig
+    >>> from comet.core.config import HardwareProfile, ParallelConfig
     >>> env = simpy.Environment()
     >>> net = LinkNetwork(env, ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
     >>> a, b = net.transfer(0, 1, 160e3), net.transfer(0, 1, 320e3)  # share egress(0): 80 GB/s each
@@ -37,7 +37,7 @@ import math
 import numpy as np
 import simpy
 
-from comet.config import HardwareProfile, ParallelConfig
+from comet.core.config import HardwareProfile, ParallelConfig
 
 GBPS = 1e3  # bytes per microsecond in one GB/s
 INF = math.inf
@@ -100,7 +100,7 @@ class LinkNetwork:
         self.port_cap = [hw.link_gbps * GBPS] * (2 * W) + [hw.nic_gbps * GBPS] * (2 * W)
         self.link_latency_us = hw.link_latency_us
         self.nic_latency_us = hw.nic_latency_us
-        self._node = [parallel.node(r) for r in range(W)]
+        self._node = [hw.node_of(r) for r in range(W)]
         self._classes: dict[tuple, _Class] = {}
         self._active: list[_Class] = []  # classes with transfers in flight, sorted by key (cap first)
         self._at_port: list[list[_Class]] = [[] for _ in range(self.P)]  # active classes touching each port

@@ -38,8 +38,6 @@ class SimOptions:
         `comet` (one fused kernel), a separate memory-bound kernel for the baselines (Megatron, Tutel).
     copy_engine_gbps: one copy engine's bandwidth for Policy.layer0_comm == "copy-engine"; None:
         min(link_gbps, 112), 112 GB/s being shared/GPU.md's measured copy-engine figure.
-    copy_engine_reserved_sms: SMs the layer0 GEMM leaves free with layer0_comm="copy-engine", so that a
-        copy or flag write needing an SM can run (kernels/fused_layer0.py's COPY_ENGINE_SM_RESERVE, 8).
     permute: the baselines pay a memory-bound permute kernel that gathers the rows they send into
         contiguous per-destination buffers (what NCCL's all-to-all needs); the fused kernel reads in place.
     record: keep the event list (DataFrame, Chrome trace, critical path, hidden-communication fraction).
@@ -51,7 +49,6 @@ class SimOptions:
     tile_rows: str = "padded"
     fuse_activation: bool | None = None
     copy_engine_gbps: float | None = None
-    copy_engine_reserved_sms: int = 8
     permute: bool = True
     record: bool = True
 
@@ -63,8 +60,6 @@ class SimOptions:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.chunks < 1:
             raise ValueError(f"chunks must be >= 1 (1 = no pipelining), got {self.chunks}")
-        if self.copy_engine_reserved_sms < 0:
-            raise ValueError(f"copy_engine_reserved_sms must be >= 0, got {self.copy_engine_reserved_sms}")
         if self.copy_engine_gbps is not None and self.copy_engine_gbps <= 0:
             raise ValueError(f"copy_engine_gbps must be > 0, got {self.copy_engine_gbps}")
 

@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from sim.events import TRACK_NAMES
+from comet.core.events import TRACK_NAMES
 from sim.hardware_model import PORT_KINDS
 from sim.result import SimResult
 

@@ -5,7 +5,7 @@ Definitions (all times in microseconds):
 - latency_us: when the last rank finishes. layer0_us: when the last rank finishes its layer0 work
   (its GEMM and activation); layer1_us = latency_us - layer0_us (the ranks' layers overlap a little,
   so this is the layer1 part of the critical timeline, not any one rank's kernel time).
-- compute, communication, overhead intervals: the events of each category (see sim/events.py).
+- compute, communication, overhead intervals: the events of each category (see comet/core/events.py).
   comm_us / compute_us / overhead_us: length of the union over all ranks and events (so
   max(compute_us, comm_us) <= latency_us <= compute_us + comm_us + overhead_us).
 - hidden_comm_fraction (PAPER.md Fig. 11): of the time each rank communicates, the share during which
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.events import CATEGORY, COLUMNS, KINDS, track_name
+from comet.core.events import CATEGORY, COLUMNS, KINDS, chrome_trace_events, track_name
 from sim.hardware_model import PORT_KINDS
 
 _SM_NAME = "sm"
@@ -144,36 +144,6 @@ class SimResult:
         path = Path(path)
         path.write_text(json.dumps(self.chrome_trace()))
         return path
-
-
-def chrome_trace_events(records, process_names: dict[int, str], extra_args: list[dict] | None = None) -> list[dict]:
-    """Chrome trace events of records in sim/events.py's tuple form: a name per process (rank, in
-    `process_names`' order) and per thread (SM / stream / copy engine, as first met), then one complete slice
-    per record (args: layer, event index, cause, bytes and peer where set, plus extra_args[i]). Shared by
-    SimResult and the real kernels' timelines (kernels/timeline.py)."""
-    out = []
-    for r, name in process_names.items():
-        out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": name}})
-        out.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
-    tids = {}
-    for rec in records:
-        r, track = rec[0], rec[1]
-        if (r, track) not in tids:
-            tid = track if track >= 0 else 1000 - track
-            tids[(r, track)] = tid
-            out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": track_name(track)}})
-            out.append({"ph": "M", "name": "thread_sort_index", "pid": r, "tid": tid, "args": {"sort_index": tid}})
-    for i, (r, track, kind, layer, start, end, nbytes, peer, cause) in enumerate(records):
-        args = {"layer": layer, "event": i, "cause": cause}
-        if nbytes:
-            args["bytes"] = nbytes
-        if peer >= 0:
-            args["peer"] = peer
-        if extra_args is not None:
-            args.update(extra_args[i])
-        out.append({"ph": "X", "name": KINDS[kind][0], "cat": KINDS[kind][1], "pid": r, "tid": tids[(r, track)],
-                    "ts": start, "dur": end - start, "args": args})
-    return out
 
 
 def build_result(sim, wall_s: float, config: dict) -> SimResult:

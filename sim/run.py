@@ -17,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Plan, Policy, make_plan
-from comet.routing import Routing, make_routing
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import Routing, make_routing
 from sim.baselines import StagedSim
 from sim.comet_system import CometSim
 from sim.options import SYSTEMS, SimOptions
@@ -30,18 +33,20 @@ RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm")
 
 
 def make_case(model: str | ModelConfig = "mixtral-8x7b", ep: int = 8, tp: int = 1, tokens: int = 16384,
-              hw: str | HardwareProfile = "h800", routing: str | Routing = "balanced", seed: int = 0,
+              hw: str | HardwareProfile = defaults.SIM_HARDWARE, routing: str | Routing = "balanced", seed: int = 0,
               std: float = 0.032, topk: int | None = None, experts: int | None = None,
               policy: Policy | None = None, ranks_per_node: int | None = None) -> Plan:
     """A Plan from names: a registered model (with optional topk / experts overrides), EP x TP, M tokens,
     a hardware profile (name or .json) and a routing kind ("balanced", "uniform", "imbalanced" with
-    `std`) or a Routing. ranks_per_node defaults to the hardware profile's."""
+    `std`) or a Routing. ranks_per_node: GPUs per node, replacing the hardware profile's (a what-if)."""
     overrides = {k: v for k, v in (("topk", topk), ("experts_E", experts)) if v is not None}
     m = model if isinstance(model, ModelConfig) else ModelConfig.from_name(model, **overrides)
     if isinstance(model, ModelConfig) and overrides:
         m = dataclasses.replace(m, **overrides)
     h = hw if isinstance(hw, HardwareProfile) else HardwareProfile.from_name(hw)
-    par = ParallelConfig(ep=ep, tp=tp, ranks_per_node=ranks_per_node or h.ranks_per_node)
+    if ranks_per_node is not None and ranks_per_node != h.ranks_per_node:
+        h = h.replace(ranks_per_node=ranks_per_node)
+    par = ParallelConfig(ep=ep, tp=tp)
     r = routing if isinstance(routing, Routing) else make_routing(routing, tokens, m.experts_E, m.topk, seed=seed,
                                                                    std=std)
     return make_plan(r, m, par, h, policy or Policy())

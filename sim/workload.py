@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from comet.plan import Plan
+from comet.core import ownership
+from comet.core.plan import Plan
 
 
 @dataclass
@@ -202,13 +203,8 @@ class ChunkWork:
 
 
 def token_chunk(plan: Plan, chunks: int) -> np.ndarray:
-    """int64 (M,): chunk of each token; each owner's tokens split into `chunks` contiguous parts."""
-    owner = plan.token_owner_M.numpy()
-    M, W = owner.size, plan.world_size
-    counts = np.bincount(owner, minlength=W)
-    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    local = np.arange(M) - first[owner]
-    return local * chunks // np.maximum(counts[owner], 1)
+    """int64 (M,): chunk of each token (comet.core.ownership.token_chunk: the GPU baseline's chunks)."""
+    return ownership.token_chunk(plan.num_tokens, plan.world_size, chunks).numpy()
 
 
 def chunk_work(plan: Plan, r: int, chunks: int) -> list[ChunkWork]:

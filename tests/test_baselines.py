@@ -13,11 +13,12 @@ import socket
 import pytest
 import torch
 
-from comet.config import ModelConfig, ParallelConfig
-from comet.layer import CPU_POLICY, CometMoE
-from comet.reference import moe_forward, random_tokens, random_weights
-from comet.routing import Routing
-from comet.tolerances import assert_close
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.reference import moe_forward
+from comet.core.routing import Routing
+from comet.core.tolerances import assert_close
+from comet.core.weights import random_tokens, random_weights
+from comet.layer.comet_moe import CPU_POLICY, CometMoE
 
 W, M = 2, 36
 CASES = [  # (ep, tp, activation, system, dispatch form, chunks)

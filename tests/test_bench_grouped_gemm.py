@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import grouped_gemm as bench
-from comet.config import ModelConfig
+from comet.core.config import ModelConfig
 from kernels.grouped_gemm import SMALL_CONFIG
 
 

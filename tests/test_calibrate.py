@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+import kernels.timing
 from comet import calibrate as cal
-from comet.config import HardwareProfile
+from comet.core.config import HardwareProfile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 REPO = Path(__file__).resolve().parent.parent
@@ -195,12 +196,11 @@ def test_from_csv_rebases_a_run_on_another_profile(tmp_path, monkeypatch):
 
 def test_driver_with_fake_parts(tmp_path, monkeypatch, capsys):
     """main() on a pretend GPU whose parts are stubs: files written, a failing part's fields kept, exit 1."""
-    import benchmarks._timing
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"multi_processor_count": 132}))
-    monkeypatch.setattr(benchmarks._timing, "device_line", lambda gpus=1: f"FAKE GPU x{gpus} (132 SMs)")
+    monkeypatch.setattr(kernels.timing, "device_line", lambda gpus=1: f"FAKE GPU x{gpus} (132 SMs)")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
 
     def tiles(ctx):
@@ -242,9 +242,10 @@ def test_module_runs_and_fails_cleanly_on_cpu(tmp_path):
 # ------------------------------------------------------------------- part d: communication programs alone
 @pytest.mark.skipif(not INTERPRET, reason="interpreter check (the gpu test runs the real part)")
 def test_comm_only_plan_moves_rows_and_computes_nothing():
-    from comet.config import ModelConfig, ParallelConfig
-    from comet.plan import Policy, make_plan
-    from comet.routing import make_routing
+    from comet.core.config import ModelConfig, ParallelConfig
+    from comet.core.planner import make_plan
+    from comet.core.policy import Policy
+    from comet.core.routing import make_routing
     from kernels.fused_layer0 import SMALL_CONFIG, fused_layer0
     from kernels.moe import stage_tokens
     from kernels.workspace import EmulatedWorld

@@ -150,7 +150,7 @@ def test_what_if_profiles():
     assert (pol.nc_layer0, pol.nc_layer1) == (4, 7)
     assert wi.hardware(wi.case("link_gbps", 320, 1024)).link_gbps == 320.0
     plan = wi.plan_of(wi.case("nodes", 4, 512))
-    assert plan.parallel.ranks_per_node == 4 and plan.parallel.nodes == 4
+    assert plan.hardware.ranks_per_node == 4 and plan.hardware.nodes(plan.world_size) == 4
     with pytest.raises(ValueError, match="nodes must divide"):
         wi.case("nodes", 3, 512)
 

@@ -19,13 +19,16 @@ import os
 import pytest
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan, token_owner
-from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights
-from comet.routing import Routing, imbalanced, uniform
-from comet.tolerances import assert_close
-from kernels.fused_layer0 import fused_layer0, owned_range
-from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import owned_range, token_owner
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.reference import moe_forward
+from comet.core.routing import Routing, imbalanced, uniform
+from comet.core.tolerances import assert_close
+from comet.core.weights import ExpertWeights, random_tokens, random_weights, shard_weights
+from kernels.fused_layer0 import fused_layer0
+from kernels.fused_layer1 import combine_reduce, fused_layer1
 from kernels.moe import moe_forward_fused, stage_tokens
 from kernels.signals import FlagTimeoutError
 from kernels.workspace import EmulatedWorld, WorkspaceCapacityError
@@ -358,8 +361,7 @@ def test_peer_that_never_signals_times_out_with_the_flag_named():
     for r in range(2):
         fused_layer0(world, plan, r, shards[r].w0_ENK)
     fused_layer1(world, plan, 0, shards[0].w1_EKN)  # rank 1's layer1 is never launched
-    expected = combine_expected(routing.topk_ids_MK.to(DEVICE), model, par)
-    combine_reduce(world, plan, 0, expected[0])
+    combine_reduce(world, plan, 0, plan.rank(0).combine_expected_W)
     with pytest.raises(FlagTimeoutError, match=r"rank 0: timed out waiting on combine flag\[source rank 1, column "
                                                r"block 0\].*saw 0, expected \d+ .*after 50 spins"):
         world.check()
@@ -542,7 +544,7 @@ def test_gpu_timeout_and_reproducibility():
         fused_layer0(world, plan, r, shard_weights(w, par, r).w0_ENK)
     for r in (0, 1, 3):  # rank 2 never signals
         fused_layer1(world, plan, r, shard_weights(w, par, r).w1_EKN)
-    combine_reduce(world, plan, 0, combine_expected(routing.topk_ids_MK, model, par)[0])
+    combine_reduce(world, plan, 0, plan.rank(0).combine_expected_W)
     with pytest.raises(FlagTimeoutError, match=r"combine flag\[source rank 2"):
         world.check()
     world.reset()

@@ -21,13 +21,16 @@ import pytest
 import torch
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
-    os.environ.setdefault(_k, _v)  # before torch.distributed starts (GPU.md: multicast must stay off)
+    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
-from comet.plan import Policy, make_plan, token_owner  # noqa: E402
-from comet.reference import ExpertWeights, moe_forward, random_tokens, random_weights, shard_weights  # noqa: E402
-from comet.routing import Routing, imbalanced, uniform  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
+from comet.core.ownership import token_owner  # noqa: E402
+from comet.core.planner import make_plan  # noqa: E402
+from comet.core.policy import Policy  # noqa: E402
+from comet.core.reference import moe_forward  # noqa: E402
+from comet.core.routing import Routing, imbalanced, uniform  # noqa: E402
+from comet.core.tolerances import assert_close  # noqa: E402
+from comet.core.weights import ExpertWeights, random_tokens, random_weights, shard_weights  # noqa: E402
 
 pytestmark = pytest.mark.multigpu
 HW = HardwareProfile.from_name("h200")
@@ -60,7 +63,7 @@ def _workspace(model, par, cap, **kw):
 
 
 def _own_rows(M, W, r):
-    from kernels.fused_layer0 import owned_range
+    from comet.core.ownership import owned_range
 
     lo, hi = owned_range(M, W, r)
     return slice(lo, hi)
@@ -218,7 +221,7 @@ def test_peer_that_never_signals(dist_world):
     """The last rank skips its layer1: every owner that expects its partial sums times out, and check()
     names the combine flag of that source rank; after reset() a normal call works on every rank."""
     from kernels.fused_layer0 import fused_layer0
-    from kernels.fused_layer1 import combine_expected, combine_reduce, fused_layer1
+    from kernels.fused_layer1 import combine_reduce, fused_layer1
     from kernels.moe import stage_tokens
     from kernels.signals import FlagTimeoutError
 
@@ -234,9 +237,9 @@ def test_peer_that_never_signals(dist_world):
     fused_layer0(ws, plan, rank, shard.w0_ENK)
     if rank != W - 1:
         fused_layer1(ws, plan, rank, shard.w1_EKN)
-    expected = combine_expected(routing.topk_ids_MK, model, par)
-    combine_reduce(ws, plan, rank, expected[rank])
-    if int(expected[rank, W - 1]) > 0:
+    expected_W = plan.rank(rank).combine_expected_W
+    combine_reduce(ws, plan, rank, expected_W)
+    if int(expected_W[W - 1]) > 0:
         with pytest.raises(FlagTimeoutError, match=rf"rank {rank}: timed out waiting on combine flag\[source rank "
                                                    rf"{W - 1}"):
             ws.check()

@@ -14,17 +14,18 @@ import os
 import pytest
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import ORDERS, Policy, make_plan
-from comet.routing import Routing, imbalanced
-from comet.tolerances import assert_close
-from kernels._testing import reference_layer0, reference_layer1
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import ORDERS, Policy
+from comet.core.routing import Routing, imbalanced
+from comet.core.tolerances import assert_close
 from kernels.grouped_gemm import (
     SMALL_CONFIG,
     grouped_gemm,
     grouped_gemm_layer0,
     grouped_gemm_layer1,
 )
+from kernels.reference_gemm import reference_layer0, reference_layer1
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"

@@ -19,13 +19,16 @@ import socket
 import pytest
 import torch
 
-from comet.baselines import BaselineRunner, EmulatedCollectives, prepare
-from comet.config import ModelConfig, ParallelConfig
-from comet.layer import CPU_POLICY, CometMoE, softmax_topk_gate, sparsemixer_gate
-from comet.plan import token_owner
-from comet.reference import dispatch, moe_forward, random_tokens, random_weights, shard_weights
-from comet.routing import Routing, imbalanced, topk_gate, uniform
-from comet.tolerances import assert_close
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.ownership import token_owner
+from comet.core.reference import dispatch, moe_forward
+from comet.core.routing import Routing, imbalanced, topk_gate, uniform
+from comet.core.tolerances import assert_close
+from comet.core.weights import random_tokens, random_weights, shard_weights
+from comet.layer.collectives import EmulatedCollectives
+from comet.layer.comet_moe import CPU_POLICY, CometMoE
+from comet.layer.gpu_baselines import BaselineRunner, prepare
+from comet.layer.routers import softmax_topk_gate, sparsemixer_gate
 from kernels.workspace import WorkspaceCapacityError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,7 +152,7 @@ def test_baseline_dispatch_delivers_tagged_rows():
 
 
 def _owned(M, W, r):
-    from comet.baselines import owned_range
+    from comet.core.ownership import owned_range
 
     return owned_range(M, W, r)
 
@@ -157,7 +160,7 @@ def _owned(M, W, r):
 def test_fused_forward_with_prebuilt_plan():
     """kernels.moe.moe_forward_fused(plan=...) (how the benchmark times the kernels alone) gives the same bits;
     a plan for another token count, policy or set of ranks is refused."""
-    from comet.plan import make_plan
+    from comet.core.planner import make_plan
     from kernels.moe import moe_forward_fused
 
     model = _model("gelu")
@@ -472,7 +475,7 @@ def _one_rank_group_checks():
 def test_layer_bench_config_and_summary():
     """The benchmark's per-configuration logic with a stand-in timer (each measurement runs once and counts
     as 1 us): every system runs, their outputs agree with comet's, the row and the summary are complete."""
-    from comet.baselines import owned_range
+    from comet.core.ownership import owned_range
     from experiments import layer_bench
 
     a = layer_bench.parse_args(["--emulated", "--chunks", "2", "3", "--nc1", "2", "3", "--runs", "1"])

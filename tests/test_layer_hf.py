@@ -15,12 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comet.config import ParallelConfig
-from comet.hf import hf_block_shapes, hf_rank_shard
-from comet.layer import CPU_POLICY, CometMoE, sparsemixer_gate
-from comet.reference import moe_forward, random_tokens
-from comet.routing import Routing
-from comet.tolerances import assert_close
+from comet.core.config import ParallelConfig
+from comet.core.reference import moe_forward
+from comet.core.routing import Routing
+from comet.core.tolerances import assert_close
+from comet.core.weights import random_tokens
+from comet.layer.comet_moe import CPU_POLICY, CometMoE
+from comet.layer.hf import hf_block_shapes, hf_rank_shard
+from comet.layer.routers import sparsemixer_gate
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
 TOL = "tf32" if DEVICE == "cuda" else torch.float32
@@ -108,7 +110,7 @@ def test_mixtral_block_equals_comet_reference():
                                         device=DEVICE, policy=CPU_POLICY)
     x = random_tokens(30, 32, seed=1)
     ids, w = layer.route(x.to(DEVICE))
-    from comet.reference import ExpertWeights
+    from comet.core.weights import ExpertWeights
 
     weights = ExpertWeights(torch.cat([gate.transpose(1, 2), up.transpose(1, 2)], dim=2), down.transpose(1, 2))
     ref = moe_forward(x.double(), Routing(ids.cpu(), w.cpu(), 4), weights.to(torch.float64), "swiglu")

@@ -20,12 +20,13 @@ import pytest
 import torch
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
-    os.environ.setdefault(_k, _v)  # before torch.distributed starts (GPU.md: multicast must stay off)
+    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
 
-from comet.config import ModelConfig, ParallelConfig  # noqa: E402
-from comet.reference import moe_forward, random_tokens, random_weights  # noqa: E402
-from comet.routing import Routing  # noqa: E402
-from comet.tolerances import assert_close  # noqa: E402
+from comet.core.config import ModelConfig, ParallelConfig  # noqa: E402
+from comet.core.reference import moe_forward  # noqa: E402
+from comet.core.routing import Routing  # noqa: E402
+from comet.core.tolerances import assert_close  # noqa: E402
+from comet.core.weights import random_tokens, random_weights  # noqa: E402
 
 pytestmark = pytest.mark.multigpu
 SYSTEMS = ("comet", "sequential", "chunked")
@@ -47,7 +48,7 @@ def _parallels(W):
 
 
 def _layer(model, par, cap, **kw):
-    from comet.layer import CometMoE
+    from comet.layer.comet_moe import CometMoE
 
     layer = CometMoE(model, par, world="process-group", capacity_tokens=cap, dtype=torch.bfloat16, **kw)
     w = random_weights(model, seed=0)
@@ -82,7 +83,7 @@ def test_three_systems(dist_world, act):
 
 
 def test_hf_mixtral_block_sharded(dist_world):
-    from comet.layer import CometMoE
+    from comet.layer.comet_moe import CometMoE
 
     rank, W = dist_world
     E, N, K = 8, 256, 512
@@ -93,7 +94,7 @@ def test_hf_mixtral_block_sharded(dist_world):
         sd[f"experts.{e}.w3.weight"] = torch.randn(K, N, generator=g) / math.sqrt(N)
         sd[f"experts.{e}.w2.weight"] = torch.randn(N, K, generator=g) / math.sqrt(K)
     sd = {k: v.bfloat16() for k, v in sd.items()}
-    from comet.reference import ExpertWeights
+    from comet.core.weights import ExpertWeights
 
     full = ExpertWeights(torch.stack([torch.cat([sd[f"experts.{e}.w1.weight"].T, sd[f"experts.{e}.w3.weight"].T], 1)
                                       for e in range(E)]),

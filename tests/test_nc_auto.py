@@ -1,4 +1,4 @@
-"""make_plan(..., nc="auto") and its cache (sim/nc_cache.py): the choice is best_nc's, buckets hit and miss
+"""comet.tuning.auto_nc and its cache (comet/tuning/cache.py): the choice is best_nc's, buckets hit and miss
 as documented, the JSON file round-trips, bad nc values say what is accepted, and the experiment's quick grid."""
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 
 import sim.run
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.routing import make_routing
-from sim import nc_cache
-from sim.nc_cache import NcCache, load_bucket, token_bucket
-from sim.tuning import best_nc
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import make_routing
+from comet.tuning import cache as nc_cache
+from comet.tuning import sweep
+from comet.tuning.cache import NcCache, auto_nc, load_bucket, token_bucket
+from comet.tuning.sweep import best_nc
 
 MODEL = ModelConfig("tiny", hidden_N=256, ffn_K=512, experts_E=4, topk=2, layers=1)
 PAR = ParallelConfig(ep=2)
@@ -28,7 +30,7 @@ def routing(M=256, kind="balanced", std=0.032, seed=0):
 
 
 def auto(r, cache, policy=POLICY, **kw):
-    return make_plan(r, MODEL, PAR, HW, policy, nc="auto", nc_cache=cache, **kw)
+    return auto_nc(make_plan(r, MODEL, PAR, HW, policy, **kw), r, cache)
 
 
 @pytest.fixture
@@ -101,11 +103,11 @@ def test_json_cache_round_trips(tmp_path, sim_count, monkeypatch):
     n = len(sim_count)
     reloaded = NcCache(path, candidates=CANDIDATES)  # a new process: starts warm
     assert auto(routing(), reloaded).policy == tuned.policy and len(sim_count) == n and reloaded.hits == 1
-    # through the environment variable and make_plan's process-wide cache
+    # through the environment variable and the process-wide cache
     monkeypatch.setenv(nc_cache.CACHE_ENV, str(tmp_path / "env.json"))
     monkeypatch.setattr(nc_cache, "_SHARED", {})
-    monkeypatch.setattr(nc_cache, "AUTO_NC_CANDIDATES", CANDIDATES)
-    make_plan(routing(), MODEL, PAR, HW, POLICY, nc="auto")
+    monkeypatch.setattr(sweep, "NC_CANDIDATES", CANDIDATES)
+    auto_nc(make_plan(routing(), MODEL, PAR, HW, POLICY), routing())
     assert (tmp_path / "env.json").exists() and nc_cache.shared_cache().misses == 1
 
 
@@ -141,15 +143,17 @@ def test_fixed_nc_values():
     assert make_plan(r, MODEL, PAR, HW, POLICY).policy == POLICY  # default: the Policy's n_c
 
 
-@pytest.mark.parametrize("bad", ["fast", "AUTO", 0, 132, (1, 2, 3), (4,), True, 2.5, (4, "8"), [8, None]])
+@pytest.mark.parametrize("bad", ["fast", "AUTO", "auto", 0, 132, (1, 2, 3), (4,), True, 2.5, (4, "8"), [8, None]])
 def test_bad_nc_values_say_what_is_accepted(bad):
-    with pytest.raises(ValueError, match=r'nc must be None .*"auto".*an int.*pair'):
+    with pytest.raises(ValueError, match=r"nc must be None .*an int.*pair.*comet.tuning.auto_nc"):
         make_plan(routing(), MODEL, PAR, HW, POLICY, nc=bad)
 
 
-def test_nc_cache_needs_auto():
-    with pytest.raises(ValueError, match='only used with nc="auto"'):
-        make_plan(routing(), MODEL, PAR, HW, POLICY, nc_cache=NcCache())
+def test_make_plan_only_plans():
+    """The planner never simulates: n_c by simulation is comet.tuning's (the floor above sim/)."""
+    import inspect
+
+    assert "nc_cache" not in inspect.signature(make_plan).parameters
 
 
 def test_experiment_quick_grid(tmp_path):
@@ -161,6 +165,6 @@ def test_experiment_quick_grid(tmp_path):
     assert list(df.columns) == nc_auto.COLUMNS and len(df) == len(nc_auto.cases(True))
     assert df["cache_hit"].all()  # the warming batch falls in the evaluated shape's bucket
     assert df["auto_speedup"].to_numpy() == pytest.approx((df["default_us"] / df["auto_us"]).to_numpy(), rel=1e-5)
-    assert set(df["auto_nc1"]) | set(df["exact_nc1"]) <= set(nc_auto.QUICK_CANDIDATES)
+    assert set(df["auto_nc1"]) | set(df["exact_nc1"]) <= set(sweep.QUICK_NC_CANDIDATES)
     s = nc_auto.summarise(df)
     assert s["auto_beats_default"] + s["auto_ties_default"] + s["auto_loses_to_default"] == pytest.approx(1.0)

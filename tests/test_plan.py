@@ -10,9 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import ORDERS, Plan, Policy, make_plan, token_owner
-from comet.routing import Routing, balanced
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import token_owner
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import ORDERS, Policy
+from comet.core.routing import Routing, balanced
 
 HW = HardwareProfile.from_name("h800")
 
@@ -193,7 +196,7 @@ def test_buffer_sizes_match_paper_symmetric_buffer():
 
 
 def test_plan_summary_and_cli(capsys):
-    from comet.plan import main
+    from comet.core.planner import main
 
     main(["--model", "mixtral-8x7b", "--ep", "4", "--tokens", "1024", "--routing", "balanced"])
     out = capsys.readouterr().out
@@ -242,7 +245,7 @@ def test_errors_say_what_to_change():
 
 
 def test_hardware_sources_and_json_roundtrip(tmp_path):
-    from comet.config import HARDWARE
+    from comet.core.config import HARDWARE
 
     for hw in HARDWARE.values():
         assert all(v for v in hw.sources.values())

@@ -10,24 +10,16 @@ from collections import Counter
 import pytest
 import torch
 
-import comet.reference as reference
-import comet.tolerances as tolerances
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan, token_owner
-from comet.reference import (
-    DispatchMeta,
-    ExpertWeights,
-    combine,
-    dispatch,
-    emulate_ranks,
-    expert_ffn,
-    moe_forward,
-    random_tokens,
-    random_weights,
-    shard_weights,
-)
-from comet.routing import Routing, uniform
-from comet.tolerances import TOLERANCES, assert_close
+import comet.core.reference as reference
+import comet.core.tolerances as tolerances
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import token_owner
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.reference import DispatchMeta, combine, dispatch, emulate_ranks, expert_ffn, moe_forward
+from comet.core.routing import Routing, uniform
+from comet.core.tolerances import TOLERANCES, assert_close
+from comet.core.weights import ExpertWeights, random_tokens, random_weights, shard_weights
 
 F64 = torch.float64
 LAYOUTS = [(2, 1), (4, 1), (1, 2), (2, 2), (4, 2)]  # (ep, tp)

@@ -13,12 +13,12 @@ import dataclasses
 import numpy as np
 import pytest
 import simpy
+from helpers.sim_cases import toy_hardware, toy_plan
 
-from comet.config import ParallelConfig
+from comet.core.config import ParallelConfig
 from sim.hardware_model import LinkNetwork
 from sim.options import SimOptions
 from sim.run import simulate
-from sim.testing import toy_hardware, toy_plan
 
 TAU = 0.131072
 
@@ -35,7 +35,6 @@ def test_toy_tile_time():
 
 
 def test_gemm0_slowdown_scales_layer0_tiles_only():
-    import dataclasses
 
     from sim.workload import tile_us
 
@@ -49,7 +48,6 @@ def test_gemm0_slowdown_scales_layer0_tiles_only():
 
 
 def test_l1_item_overhead_delays_each_layer1_item():
-    import dataclasses
 
     plan = toy_plan()
     slow = dataclasses.replace(plan, hardware=plan.hardware.replace(l1_item_overhead_us=0.25))
@@ -140,8 +138,7 @@ def test_chunked_with_one_chunk_is_sequential():
 def test_copy_engine_exact():
     # one copy of the source's whole shard (2 rows, 512 B) at min(link, 112 GB/s) = 1 GB/s: 0.512 us after
     # 1 us latency; no SM reserved here, so the waiting tile runs on SM 1
-    opts = SimOptions(copy_engine_reserved_sms=0)
-    res = simulate(toy_plan(layer0_comm="copy-engine"), system="comet", options=opts)
+    res = simulate(toy_plan(layer0_comm="copy-engine", copy_engine_reserved_sms=0), system="comet")
     tr = trace(res, 0)
     assert ("copy engine", "copy", 1.0, 2.512) in tr
     assert ("SM 001", "gemm0", 2.512, round(2.512 + TAU, 6)) in tr
@@ -160,8 +157,7 @@ def test_direct_exact():
 
 def test_nic_between_nodes():
     # one rank per node: the row crosses the NIC (0.25 GB/s, 4 us latency) instead of the link
-    plan = toy_plan()
-    plan = dataclasses.replace(plan, parallel=ParallelConfig(ep=2, ranks_per_node=1))
+    plan = toy_plan(toy_hardware(ranks_per_node=1))
     res = simulate(plan, system="comet")
     assert ("SM 003", "pull", 1.0, 1 + 4 + 256 / 250) in trace(res, 0)
     assert res.link_bytes[2].sum() == pytest.approx(4 * 256)  # nic_out: 2 rows pulled, 2 sums pushed

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from comet.tuning.sweep import best_nc
 from sim.options import SYSTEMS, SimOptions
 from sim.run import make_case, simulate, with_policy
-from sim.tuning import best_nc
 
 LAYER1 = SimOptions(layers="layer1", record=False)
 

@@ -3,19 +3,16 @@ a small two-node case; the figures themselves are checked for one polygon per ev
 
 from __future__ import annotations
 
-import dataclasses
-
 import matplotlib
 import numpy as np
 import pytest
+from helpers.sim_cases import toy_hardware, toy_plan
 
-from comet.config import ParallelConfig
-from sim.events import KINDS
+from comet.core.events import KINDS
 from sim.hardware_model import PORT_KINDS
 from sim.options import SimOptions
 from sim.plots import KIND_COLORS, compare, gantt_rows, latency_table, link_rates, sm_count, timeline
 from sim.run import make_case, simulate
-from sim.testing import toy_plan
 
 matplotlib.use("Agg")
 
@@ -88,6 +85,6 @@ def test_results_without_events_say_how_to_get_them():
 
 
 def test_nic_case_uses_nic_ports_only():
-    plan = dataclasses.replace(toy_plan(), parallel=ParallelConfig(ep=2, ranks_per_node=1))
+    plan = toy_plan(toy_hardware(ranks_per_node=1))
     df = link_rates(simulate(plan, system="comet"), rank=0)
     assert set(df.columns) == {"time_us", "nic_out", "nic_in"}

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers.sim_cases import random_case, toy_plan
 
-from comet.plan import make_plan
+from comet.core.planner import make_plan
 from sim.options import SYSTEMS, SimOptions
 from sim.run import make_case, simulate, with_policy
-from sim.testing import random_case, toy_plan
 
 SEEDS = range(12)
 EPS = 1e-9
@@ -127,7 +127,7 @@ def test_partial_plan_is_rejected():
 def _routing_of(plan):
     import torch
 
-    from comet.routing import Routing
+    from comet.core.routing import Routing
 
     return Routing(torch.tensor([[0], [1], [0], [1]]), torch.ones(4, 1), 2)
 

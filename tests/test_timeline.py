@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy, make_plan
-from comet.reference import random_tokens, random_weights, shard_weights
-from comet.routing import imbalanced, uniform
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import imbalanced, uniform
+from comet.core.weights import random_tokens, random_weights, shard_weights
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
 from kernels.moe import moe_forward_fused, stage_tokens
@@ -76,7 +77,7 @@ def _recorder() -> TimelineRecorder:
 # ------------------------------------------------------------------------------------------ decoding
 def test_kinds_are_the_simulators():
     pytest.importorskip("simpy")  # sim/ imports it
-    from sim.events import KINDS
+    from comet.core.events import KINDS
 
     sim = dict(KINDS)
     assert set(KIND_NAMES.values()) | {"reduce_local"} == set(CATEGORIES)

@@ -22,7 +22,7 @@ def _measured(us_by_nc):
 
 @pytest.fixture(scope="module")
 def hw_by_layer():
-    from comet.config import HardwareProfile
+    from comet.core.config import HardwareProfile
 
     hw = HardwareProfile.from_name("h200")
     return {"l0": hw.emulated_world(20.0, 1500.0), "l1": hw.emulated_world(3.0, 1500.0)}
@@ -105,7 +105,7 @@ def test_l1_item_cost_read_per_kernel_config(tmp_path):
 
 
 def test_layer_bench_rows_are_compared_per_system_and_emulated_rows_skipped():
-    from comet.config import HardwareProfile
+    from comet.core.config import HardwareProfile
     from experiments.layer_bench import COLUMNS as LAYER_BENCH_COLUMNS
 
     base = dict.fromkeys(LAYER_BENCH_COLUMNS, "")

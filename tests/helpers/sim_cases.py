@@ -13,9 +13,11 @@ import random
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Plan, Policy, make_plan
-from comet.routing import Routing, balanced, imbalanced, uniform
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import Policy
+from comet.core.routing import Routing, balanced, imbalanced, uniform
 
 _NUMERIC = ("sms", "peak_tflops", "gemm_efficiency", "gemm_k_half", "tile_area_half", "hbm_gbps", "link_gbps",
             "link_latency_us", "per_block_link_gbps", "nic_gbps", "nic_latency_us", "ranks_per_node",
@@ -69,5 +71,6 @@ def random_case(seed: int) -> Plan:
                     nc_layer0=rng.randint(1, 6), nc_layer1=rng.randint(1, 6),
                     block_m=rng.choice([16, 32, 64]), block_n0=rng.choice([64, 128]),
                     block_n1=rng.choice([64, 128]), comm_rows=rng.choice([8, 32]))
-    par = ParallelConfig(ep=ep, tp=tp, ranks_per_node=rng.choice([8, 8, 2]))
+    hw = hw.replace(ranks_per_node=rng.choice([8, 8, 2]))  # drawn last, as always: the same cases per seed
+    par = ParallelConfig(ep=ep, tp=tp)
     return make_plan(routing, model, par, hw, policy)

@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
 
 # --------------------------------------------------------------------------------------------- settings
 TILE_SHAPES = ((64, 128), (128, 128), (128, 256))
@@ -365,7 +365,7 @@ class Context:
 
 def matmul_ceiling_tflops(warm_s: float) -> float:
     """torch.matmul bf16 8192^3 after `warm_s` seconds of matmuls (clocks ramped up), device time."""
-    from benchmarks._timing import graph_us
+    from kernels.timing import graph_us
 
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -383,8 +383,8 @@ def time_tile_problem(prob: TileProblem, layer0: bool = False) -> tuple[float, s
     and the autotuner's pick. Tiles run row block by row block, all column blocks of one together.
     layer0: as layer0 runs it instead: A rows gathered through a random permutation (so A cannot use TMA)
     and the gelu epilogue."""
-    from benchmarks._timing import graph_us
     from kernels import grouped_gemm as gg
+    from kernels.timing import graph_us
 
     a = torch.randn(prob.rows, prob.k, device="cuda", dtype=torch.bfloat16)
     b = (torch.randn(1, prob.k, prob.d_out, device="cuda") / math.sqrt(prob.k)).to(torch.bfloat16)
@@ -447,7 +447,7 @@ def measure_gemm0_slowdown(ctx: Context, target: float) -> None:
 
 def measure_hbm(ctx: Context) -> None:
     """Part b: device-to-device copy_ of a large tensor; (read + written bytes) / device time."""
-    from benchmarks._timing import graph_us
+    from kernels.timing import graph_us
 
     nbytes = (256 if ctx.quick else 1024) << 20
     src = torch.empty(nbytes // 2, device="cuda", dtype=torch.bfloat16).normal_()
@@ -533,11 +533,12 @@ def measure_comm_programs(ctx: Context) -> None:
 
     Rank 0 of EP=4 pulls its remote token rows (N = 4096, bf16) from the other emulated ranks' receive buffers,
     all in this GPU's memory. Rate of one program = bytes of the busiest program / kernel time."""
-    from benchmarks._timing import graph_us
-    from comet.plan import Policy, make_plan
-    from comet.routing import make_routing
+    from comet.core.planner import make_plan
+    from comet.core.policy import Policy
+    from comet.core.routing import make_routing
     from kernels.fused_layer0 import fused_layer0
     from kernels.moe import stage_tokens
+    from kernels.timing import graph_us
     from kernels.workspace import EmulatedWorld
 
     rec = ctx.rec
@@ -579,10 +580,11 @@ def measure_l1_comm_programs(ctx: Context) -> None:
     program reduces its items' top-k rows of y and stores the partial sums into the owners' combine buffers
     (local memory here). Rate of one program = partial-sum bytes stored by the busiest program / kernel time,
     per SEND_BLOCK (sends per reduce step). The simulator caps a layer1 item's store at per_block_link_gbps."""
-    from benchmarks._timing import graph_us
-    from comet.plan import Policy, make_plan
-    from comet.routing import make_routing
+    from comet.core.planner import make_plan
+    from comet.core.policy import Policy
+    from comet.core.routing import make_routing
     from kernels.fused_layer1 import fused_layer1
+    from kernels.timing import graph_us
     from kernels.workspace import EmulatedWorld
 
     rec = ctx.rec
@@ -887,7 +889,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
 
-    from benchmarks._timing import device_line
+    from kernels.timing import device_line
 
     dev_line = device_line(world)
     stem = f"{a.name}_{datetime.date.today().isoformat()}"

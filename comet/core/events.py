@@ -1,12 +1,13 @@
-"""The event list every simulated system appends to: one tuple per finished piece of work.
+"""The event vocabulary shared by the simulator (sim/) and the instrumented kernels' timelines
+(kernels/timeline.py): one tuple per finished piece of work, and its Chrome trace form (Perfetto).
 
 A record is (rank, track, kind, layer, start_us, end_us, bytes, peer, cause):
     track  >= 0: the SM (block id) it ran on; < 0: one of the TRACKS below (a stream or engine);
     kind   index into KINDS (name, category); category is "compute", "comm" or "overhead";
     peer   the other rank of a transfer (-1 if none);
     cause  index of the record whose end let this one start (-1: none), for the critical path.
-Records are plain tuples in one list (appending is the only per-event cost); result.py turns them
-into a DataFrame and a Chrome trace.
+Records are plain tuples in one list (appending is the only per-event cost); sim/result.py turns them
+into a DataFrame, `chrome_trace_events` into Chrome trace events.
 """
 
 from __future__ import annotations
@@ -46,3 +47,33 @@ COLUMNS = ("rank", "track", "kind", "layer", "start_us", "end_us", "bytes", "pee
 
 def track_name(track: int) -> str:
     return TRACK_NAMES[track] if track < 0 else f"SM {track:03d}"
+
+
+def chrome_trace_events(records, process_names: dict[int, str], extra_args: list[dict] | None = None) -> list[dict]:
+    """Chrome trace events of records in this module's tuple form: a name per process (rank, in
+    `process_names`' order) and per thread (SM / stream / copy engine, as first met), then one complete slice
+    per record (args: layer, event index, cause, bytes and peer where set, plus extra_args[i]). Shared by
+    SimResult and the real kernels' timelines (kernels/timeline.py)."""
+    out = []
+    for r, name in process_names.items():
+        out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": name}})
+        out.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
+    tids = {}
+    for rec in records:
+        r, track = rec[0], rec[1]
+        if (r, track) not in tids:
+            tid = track if track >= 0 else 1000 - track
+            tids[(r, track)] = tid
+            out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": track_name(track)}})
+            out.append({"ph": "M", "name": "thread_sort_index", "pid": r, "tid": tid, "args": {"sort_index": tid}})
+    for i, (r, track, kind, layer, start, end, nbytes, peer, cause) in enumerate(records):
+        args = {"layer": layer, "event": i, "cause": cause}
+        if nbytes:
+            args["bytes"] = nbytes
+        if peer >= 0:
+            args["peer"] = peer
+        if extra_args is not None:
+            args.update(extra_args[i])
+        out.append({"ph": "X", "name": KINDS[kind][0], "cat": KINDS[kind][1], "pid": r, "tid": tids[(r, track)],
+                    "ts": start, "dur": end - start, "args": args})
+    return out

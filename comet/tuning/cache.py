@@ -1,7 +1,7 @@
-"""`make_plan(..., nc="auto")`: n_c chosen by the simulator and cached per shape bucket.
+"""`auto_nc(plan, routing)`: n_c chosen by the simulator and cached per shape bucket.
 
-Comet profiles pre-compiled kernels offline and looks n_c up by shape at run time (PAPER.md mechanism 4).
-Here the profile is a simulation (`sim.tuning.best_nc`: each layer alone, every candidate n_c) and the
+Comet profiles pre-compiled kernels offline and looks n_c up by shape at run time (the paper's mechanism 4,
+docs/PAPER_NOTES.md). Here the profile is a simulation (`comet.tuning.sweep.best_nc`: each layer alone, every candidate n_c) and the
 lookup is a dict keyed by a *shape bucket*: everything the best n_c depends on (model shape, EP x TP,
 hardware name and figures, the Policy's fields other than n_c, the tuning's candidates and options), with
 the token count rounded to the nearest power of two and the load imbalance (the busiest EP group's
@@ -12,14 +12,15 @@ simulations (seconds at M = 16384); a hit costs one key (a bincount of the routi
 dict lookup. With a path (argument or $COMET_NC_CACHE) the dict is also a JSON file, read when the cache
 is made and rewritten on every miss, so a restarted serving process starts warm.
 
-    >>> from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-    >>> from comet.routing import make_routing
+    >>> from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+    >>> from comet.core.planner import make_plan
+    >>> from comet.core.routing import make_routing
     >>> routing = make_routing("balanced", 256, 8, 2)
     >>> case = (routing, ModelConfig.from_name("mixtral-8x7b"), ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
-    >>> cache = NcCache(candidates=(4, 16))
-    >>> make_plan(*case, nc="auto", nc_cache=cache).policy.nc_layer1 in (4, 16), cache.misses
+    >>> cache = NcCache(candidates=(8, 16))
+    >>> auto_nc(make_plan(*case), routing, cache).policy.nc_layer1 in (8, 16), cache.misses
     (True, 1)
-    >>> _ = make_plan(*case, nc="auto", nc_cache=cache); cache.hits
+    >>> _ = auto_nc(make_plan(*case), routing, cache); cache.hits
     1
 """
 
@@ -35,16 +36,14 @@ from pathlib import Path
 
 import torch
 
-from comet.plan import Plan, make_plan
-from comet.routing import Routing
-from sim import tuning
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.routing import Routing
+from comet.tuning import sweep
 from sim.options import SimOptions
 from sim.run import with_policy
 
 CACHE_ENV = "COMET_NC_CACHE"
-# The best n_c on the paper's shapes lies in 8..64 (results/nc_auto); a ~1.4x ladder that keeps the Policy
-# defaults (16, 28). A miss costs 2 x 7 layer simulations; 11 candidates gained < 1% for 1.6x the time.
-AUTO_NC_CANDIDATES = (8, 12, 16, 24, 28, 40, 64)
 LOAD_STEP = 0.25  # load-imbalance bucket width (busiest EP group / mean): 1.0, 1.25, 1.5, ...
 FILE_VERSION = 1
 _NC_FIELDS = ("nc_layer0", "nc_layer1")
@@ -81,13 +80,13 @@ def hardware_fingerprint(hw) -> str:
 class NcCache:
     """Tuned n_c per shape bucket: an in-process dict, optionally backed by a JSON file.
 
-    candidates (default AUTO_NC_CANDIDATES) and options (SimOptions of the layer simulations) belong to the
+    candidates (default comet.tuning.sweep.NC_CANDIDATES) and options (SimOptions of the layer simulations) belong to the
     cache: they are part of every key, so one file can serve caches with different settings. `hits` and
     `misses` count lookups."""
 
     def __init__(self, path: str | os.PathLike | None = None, candidates=None, options: SimOptions | None = None):
         self.path = Path(path) if path else None
-        self.candidates = tuple(sorted(set(int(c) for c in (AUTO_NC_CANDIDATES if candidates is None else candidates))))
+        self.candidates = tuple(sorted(set(int(c) for c in (sweep.NC_CANDIDATES if candidates is None else candidates))))
         if not self.candidates:
             raise ValueError("NcCache needs at least one candidate n_c")
         self.options = (options or SimOptions()).replace(record=False)
@@ -102,7 +101,7 @@ class NcCache:
         ratio = load_ratio(routing, plan.experts_per_rank, p.ep)
         return "|".join([
             f"model={m.name}:N{m.hidden_N}:K{m.ffn_K}:E{m.experts_E}:top{m.topk}:{m.activation}:{m.dtype}",
-            f"par=ep{p.ep}:tp{p.tp}:rpn{p.ranks_per_node}",
+            f"par=ep{p.ep}:tp{p.tp}",
             f"hw={hardware_fingerprint(plan.hardware)}",
             "policy=" + ":".join(f"{k}={v}" for k, v in policy.items()),
             f"tune={_fingerprint(tune)}",
@@ -138,8 +137,8 @@ class NcCache:
         if len(plan.ranks) < plan.world_size or plan.token_owner_M.device.type != "cpu":
             # the simulator needs every rank's tables, on the CPU
             plan = make_plan(routing.to("cpu"), plan.model, plan.parallel, plan.hardware, plan.policy)
-        nc1, t1 = tuning.best_nc(plan, 1, self.candidates, self.options)
-        nc0, t0 = (tuning.best_nc(plan, 0, self.candidates, self.options) if plan.policy.layer0_comm == "blocks"
+        nc1, t1 = sweep.best_nc(plan, 1, self.candidates, self.options)
+        nc0, t0 = (sweep.best_nc(plan, 0, self.candidates, self.options) if plan.policy.layer0_comm == "blocks"
                    else (None, {}))
         return {"nc_layer1": nc1, "nc_layer0": nc0,
                 "tuned_on": {"tokens": plan.num_tokens,
@@ -170,7 +169,7 @@ class NcCache:
         os.replace(tmp, self.path)  # readers never see a half-written file
 
 
-# ------------------------------------------------------------------------------------------ make_plan's hook
+# ------------------------------------------------------------------------------------------ the entry point
 _SHARED: dict[Path | None, NcCache] = {}
 
 
@@ -184,7 +183,10 @@ def shared_cache(path: str | os.PathLike | None = None) -> NcCache:
 
 
 def auto_nc(plan: Plan, routing: Routing, cache: NcCache | str | os.PathLike | None = None) -> Plan:
-    """What make_plan(..., nc="auto", nc_cache=cache) does after planning: n_c from the bucket's entry."""
+    """`plan` (built from `routing` by make_plan) with nc_layer1, and nc_layer0 under layer0_comm "blocks", from
+    its shape bucket's entry in `cache` (an NcCache, a JSON file path, or None: $COMET_NC_CACHE if set, else a
+    process-wide in-memory cache). Syncs with the host: a bucket's first plan runs the simulator on CPU tables
+    (seconds at M = 16384); a hit runs no simulation."""
     if not isinstance(cache, NcCache):
         cache = shared_cache(cache)
     return cache.apply(plan, routing)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from comet.config import ModelConfig, ParallelConfig
-from comet.reference import ExpertWeights
+from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.weights import ExpertWeights
 
 __all__ = ["HF_ARCHS", "HFBlockShapes", "hf_block_shapes", "hf_rank_shard", "hf_shared_expert",
            "moe_from_hf_state_dict"]
@@ -180,7 +180,7 @@ def moe_from_hf_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, *,
     config's norm_topk_prob); router_jitter_eps: Phi-3.5-MoE's router_jitter_noise. dtype defaults to the
     state dict's; other keywords (world, capacity_tokens, device, system, policy, ...) go to CometMoE.
     """
-    from comet.layer import CometMoE
+    from comet.layer.comet_moe import CometMoE
 
     a = _arch(arch)
     s = hf_block_shapes(state_dict, arch, prefix)

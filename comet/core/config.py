@@ -96,15 +96,15 @@ MODELS: dict[str, ModelConfig] = {
 class ParallelConfig:
     """Expert parallel degree ep and tensor parallel degree tp; world_size = ep * tp.
 
-    Rank r has ep_rank = r // tp and tp_rank = r % tp (TP groups are contiguous ranks, as in Megatron).
+    Rank r has ep_rank = r // tp and tp_rank = r % tp (TP groups are contiguous ranks, as in Megatron). Which
+    node a rank is on is the machine's business: HardwareProfile.ranks_per_node and node_of.
     """
 
     ep: int = 1
     tp: int = 1
-    ranks_per_node: int = 8
 
     def __post_init__(self):
-        for f in ("ep", "tp", "ranks_per_node"):
+        for f in ("ep", "tp"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
 
@@ -112,18 +112,11 @@ class ParallelConfig:
     def world_size(self) -> int:
         return self.ep * self.tp
 
-    @property
-    def nodes(self) -> int:
-        return math.ceil(self.world_size / self.ranks_per_node)
-
     def ep_rank(self, rank: int) -> int:
         return rank // self.tp
 
     def tp_rank(self, rank: int) -> int:
         return rank % self.tp
-
-    def node(self, rank: int) -> int:
-        return rank // self.ranks_per_node
 
     def validate(self, model: ModelConfig, world_size: int | None = None) -> None:
         """Raise ValueError, saying what to change, if this parallelism cannot run `model`."""
@@ -210,6 +203,14 @@ class HardwareProfile:
         flops = 2.0 * bm * bn * k
         return flops / (self.per_sm_tflops * 1e6 * self.gemm_efficiency_of(bm, bn, k))
 
+    def node_of(self, rank: int) -> int:
+        """The node of `rank`: ranks fill nodes of `ranks_per_node` GPUs in order."""
+        return rank // self.ranks_per_node
+
+    def nodes(self, world_size: int) -> int:
+        """Nodes a world of `world_size` ranks spans."""
+        return math.ceil(world_size / self.ranks_per_node)
+
     def link_time_us(self, nbytes: float, gbps: float | None = None) -> float:
         return nbytes / ((gbps or self.link_gbps) * 1e3)
 
@@ -259,8 +260,8 @@ class HardwareProfile:
 
 
 def profile_dirs() -> list[Path]:
-    """Where profile names are looked up: ./profiles, then the repository's profiles/ (next to comet/)."""
-    dirs = [Path.cwd() / "profiles", Path(__file__).resolve().parent.parent / "profiles"]
+    """Where profile names are looked up: ./profiles, then the repository's profiles/."""
+    dirs = [Path.cwd() / "profiles", Path(__file__).resolve().parents[2] / "profiles"]
     return [d for i, d in enumerate(dirs) if d.resolve() not in [e.resolve() for e in dirs[:i]]]
 
 

@@ -1,22 +1,12 @@
-"""The planner: routing + shapes + parallelism + hardware -> a Plan that the simulator and kernels execute.
-
-Shape legend (tensor-name suffixes):
-    M  tokens of the whole group            W  ranks (world size)
-    R  rows of a rank's shared tensor: one per (token, slot) pair routed to a local expert
-    B  layer0 row blocks (BM rows of one expert)          T  tiles (row block x column block)
-    U  token rows a rank receives in layer0               S  (token, destination) sends of layer1
-    C  communication chunks                               E  local experts (E + 1: offsets)
-    N1 layer1 column blocks
-
-Every table is sized by an upper bound that depends on shapes only, and its valid length is carried as a
-0-d int64 tensor (`num_*`): building a plan on GPU tensors never syncs with the host. Padding entries
-hold -1 (indices) or 0.
+"""The planner: routing + shapes + parallelism + hardware -> a Plan (comet/core/plan.py) that the simulator
+and the kernels execute. Torch ops only, on the routing's device (CPU or GPU), no host sync.
+Suffix letters: docs/SHAPES.md. Command line: `python -m comet.core.planner --help`.
 
 The shared tensor of rank r (layer0's A operand, layer1's rows) is expert-major: local expert 0's rows,
 then expert 1's, ...; within an expert, rows are sorted by the arrival position of their owner rank,
 pos(s) = (s - r) mod W, so local rows (pos 0) come first, then rank r+1's, ... in the order that the
 communication blocks fetch them. Token rows live in a symmetric receive buffer indexed by global token id
-(M x N per rank, PAPER.md Table 3); the owner's own rows are there from the start.
+(M x N per rank, the paper's Table 3; docs/PAPER_NOTES.md); the owner's own rows are there from the start.
 
 Layer0 tile orders (`Policy.order`), applied to row blocks, then swizzled in groups of `group_m` row blocks
 (all column blocks of a group before the next group, for L2 reuse; the same swizzle for every order):
@@ -24,7 +14,7 @@ Layer0 tile orders (`Policy.order`), applied to row blocks, then swizzled in gro
                      local-only blocks first, then those waiting on the fewest, earliest ranks;
     "arrival-order": key (max arrival pos, expert, block);
     "expert-major":  key (expert, block): a plain grouped GEMM, blind to communication.
-Layer1 tiles are column-block-major across all experts (PAPER.md mechanism 2): column block c's tiles,
+Layer1 tiles are column-block-major across all experts (the paper's mechanism 2, docs/PAPER_NOTES.md): column block c's tiles,
 every expert, before column block c+1's, so the top-k reduce and send of block c start early.
 
 Communication work: layer0 chunks (source rank, range of U) in arrival order, never spanning two sources;
@@ -38,223 +28,22 @@ column block and stores the partial sum into slot `send_slot_S` of the owner's c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-from dataclasses import dataclass
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.routing import Routing, make_routing
-
-ORDERS = ("comet", "arrival-order", "expert-major")
-DISPATCHES = ("all-to-all", "all-gather")
-LAYER0_COMMS = ("blocks", "copy-engine", "direct")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How to schedule: tile order, dispatch form, layer0 communication mechanism, n_c, tile shapes.
-
-    layer0_comm: "blocks" (nc_layer0 communication programs in the fused kernel), "copy-engine"
-    (side-stream copies per source rank, as the released Comet code), "direct" (GEMM tiles load remote
-    rows themselves; nc_layer0 is ignored). comm_rows: rows per communication chunk.
-    """
-
-    order: str = "comet"
-    dispatch: str = "all-to-all"
-    layer0_comm: str = "blocks"
-    nc_layer0: int = 16
-    nc_layer1: int = 28
-    block_m: int = 128
-    block_n0: int = 128
-    block_n1: int = 128
-    group_m: int = 4
-    comm_rows: int = 64
-
-    def __post_init__(self):
-        for name, value, allowed in (("order", self.order, ORDERS), ("dispatch", self.dispatch, DISPATCHES),
-                                     ("layer0_comm", self.layer0_comm, LAYER0_COMMS)):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        for f in ("block_m", "block_n0", "block_n1", "group_m", "comm_rows"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"policy {f} must be >= 1, got {getattr(self, f)}")
-        if self.nc_layer0 < 0 or self.nc_layer1 < 0:
-            raise ValueError("nc_layer0 and nc_layer1 must be >= 0")
-
-    def replace(self, **changes) -> Policy:
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class BufferSizes:
-    """Bytes per rank, sized by upper bounds (shapes only), so one workspace serves every routing."""
-
-    symm_recv_bytes: int  # M x N receive buffer for token rows (symmetric)
-    layer0_out_bytes: int  # R_max x K/TP activation (layer0 output, layer1 input)
-    layer1_out_bytes: int  # R_max x N layer1 GEMM output before the top-k reduction
-    combine_bytes: int  # M_own_max x slots x N partial sums arriving at the owner (symmetric)
-    flag_bytes: int
-
-    @property
-    def symmetric_bytes(self) -> int:
-        return self.symm_recv_bytes + self.combine_bytes + self.flag_bytes
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(dataclasses.astuple(self))
-
-
-@dataclass(frozen=True)
-class RankPlan:
-    """What one rank executes. See the module docstring for the letters and conventions."""
-
-    rank: int
-    ep_rank: int
-    tp_rank: int
-    # --- shared tensor (rows = (token, slot) pairs routed to this rank's experts), expert-major
-    row_token_R: torch.Tensor  # int64 global token id, -1 past num_rows
-    row_slot_R: torch.Tensor  # int64 top-k slot k of the pair
-    row_src_R: torch.Tensor  # int64 owner rank of the token
-    row_weight_R: torch.Tensor  # float32 gate weight of the pair
-    expert_offsets_E1: torch.Tensor  # int64 (E_local + 1,) first row of each local expert
-    num_rows: torch.Tensor
-    # --- layer0 tiles, in execution order
-    l0_tile_expert_T: torch.Tensor  # int64 local expert
-    l0_tile_row_start_T: torch.Tensor  # int64 [start, end) rows of the shared tensor
-    l0_tile_row_end_T: torch.Tensor
-    l0_tile_col_T: torch.Tensor  # int64 column block of the K/TP layer0 output
-    l0_tile_src_mask_T: torch.Tensor  # int64 bit s set iff a row of the tile is owned by rank s
-    num_l0_tiles: torch.Tensor
-    # --- layer0 communication: token rows to receive, by source in arrival order
-    recv_token_U: torch.Tensor  # int64 global token ids (-1 padding)
-    num_recv: torch.Tensor
-    l0_chunk_src_C: torch.Tensor  # int64 source rank of the chunk
-    l0_chunk_start_C: torch.Tensor  # int64 [start, end) into recv_token_U
-    l0_chunk_end_C: torch.Tensor
-    num_l0_chunks: torch.Tensor
-    l0_chunks_per_src_W: torch.Tensor  # int64 the value flag[s] reaches when source s is complete
-    # --- layer1 tiles, column-block-major
-    l1_tile_expert_T: torch.Tensor
-    l1_tile_row_start_T: torch.Tensor
-    l1_tile_row_end_T: torch.Tensor
-    l1_tile_col_T: torch.Tensor  # int64 column block of N
-    num_l1_tiles: torch.Tensor
-    l1_tiles_per_col: torch.Tensor  # 0-d: tiles a column block counts before its reduction may start
-    # --- layer1 communication: top-k reduction and send to the owner
-    send_token_S: torch.Tensor  # int64 global token id (-1 padding)
-    send_dest_S: torch.Tensor  # int64 owner rank
-    send_slot_S: torch.Tensor  # int64 slot of the owner's combine buffer this partial sum goes to
-    send_row_start_S: torch.Tensor  # int64 [start, end) into rows_by_send_R
-    send_row_end_S: torch.Tensor
-    rows_by_send_R: torch.Tensor  # int64 shared-tensor rows grouped by send entry
-    num_sends: torch.Tensor
-    l1_chunk_start_C: torch.Tensor  # int64 [start, end) into the S tables; one destination per chunk
-    l1_chunk_end_C: torch.Tensor
-    num_l1_chunks: torch.Tensor
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)}
-
-    def to(self, device) -> RankPlan:
-        return dataclasses.replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
-
-    def trimmed(self) -> dict[str, torch.Tensor]:
-        """CPU tables cut to their valid length (host sync: for the simulator, tests and summaries)."""
-        n = {"R": int(self.num_rows), "l0_tile": int(self.num_l0_tiles), "l1_tile": int(self.num_l1_tiles),
-             "S": int(self.num_sends), "l0_chunk": int(self.num_l0_chunks), "l1_chunk": int(self.num_l1_chunks),
-             "U": int(self.num_recv)}
-        out = {}
-        for k, v in self.tensors().items():
-            v = v.cpu()
-            for prefix in ("l0_tile", "l1_tile", "l0_chunk", "l1_chunk"):
-                if k.startswith(prefix + "_"):
-                    v = v[: n[prefix]]
-            if k.endswith("_R") and k.startswith(("row_", "rows_")):
-                v = v[: n["R"]]
-            elif k.endswith("_S"):
-                v = v[: n["S"]]
-            elif k.endswith("_U"):
-                v = v[: n["U"]]
-            out[k] = v
-        return out
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The schedule of one MoE layer on every rank (or the ranks asked for), shared by sim/ and kernels/."""
-
-    model: ModelConfig
-    parallel: ParallelConfig
-    hardware: HardwareProfile
-    policy: Policy
-    num_tokens: int
-    token_owner_M: torch.Tensor  # int64 owner rank of each token
-    token_num_slots_M: torch.Tensor  # int64 partial sums the owner receives for the token
-    ranks: tuple[RankPlan, ...]
-    buffers: BufferSizes
-
-    @property
-    def world_size(self) -> int:
-        return self.parallel.world_size
-
-    @property
-    def experts_per_rank(self) -> int:
-        return self.model.experts_E // self.parallel.ep
-
-    @property
-    def ffn_local(self) -> int:
-        """K/TP: the columns of the layer0 output (activation) on each rank."""
-        return self.model.ffn_K // self.parallel.tp
-
-    @property
-    def l0_col_blocks(self) -> int:
-        return math.ceil(self.ffn_local / self.policy.block_n0)
-
-    @property
-    def l1_col_blocks(self) -> int:
-        return math.ceil(self.model.hidden_N / self.policy.block_n1)
-
-    def rank(self, r: int) -> RankPlan:
-        for rp in self.ranks:
-            if rp.rank == r:
-                return rp
-        raise KeyError(f"rank {r} is not in this plan (it holds ranks {[p.rank for p in self.ranks]})")
-
-    def summary(self) -> dict:
-        """Per-rank counts and bytes, as plain Python numbers (host sync)."""
-        N, eb = self.model.hidden_N, self.model.dtype_bytes
-        ranks = []
-        for rp in self.ranks:
-            t = rp.trimmed()
-            rows_per_src = torch.bincount(t["row_src_R"], minlength=self.world_size).tolist()
-            recv = t["recv_token_U"]
-            ranks.append({
-                "rank": rp.rank, "ep_rank": rp.ep_rank, "tp_rank": rp.tp_rank,
-                "rows": int(rp.num_rows), "rows_per_source_rank": rows_per_src,
-                "layer0_tiles": int(rp.num_l0_tiles), "layer1_tiles": int(rp.num_l1_tiles),
-                "layer0_chunks": int(rp.num_l0_chunks), "layer1_send_chunks": int(rp.num_l1_chunks),
-                "dispatch_recv_bytes": int(recv.numel()) * N * eb,
-                "combine_send_bytes": sum(int(d != rp.rank) for d in t["send_dest_S"].tolist()) * N * eb,
-            })
-        return {
-            "model": self.model.name, "tokens": self.num_tokens, "ep": self.parallel.ep, "tp": self.parallel.tp,
-            "hardware": self.hardware.name, "policy": dataclasses.asdict(self.policy),
-            "buffers_bytes": dataclasses.asdict(self.buffers), "ranks": ranks,
-        }
+from comet.core import defaults
+from comet.core.config import HARDWARE, MODELS, HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import combine_expected, token_groups, token_owner
+from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
+from comet.core.policy import DISPATCHES, ORDERS, Policy
+from comet.core.routing import ROUTINGS, Routing, make_routing
 
 
 # ------------------------------------------------------------------------------------------- helpers
 def _ceil_div(a, b):
     return (a + b - 1) // b
-
-
-def token_owner(M: int, W: int, device=None) -> torch.Tensor:
-    """Owner rank of each token: rank s owns tokens [ceil(s*M/W), ceil((s+1)*M/W)), sizes within 1."""
-    return torch.arange(M, device=device, dtype=torch.int64) * W // M
 
 
 def _chunks(group_U: torch.Tensor, n_valid: torch.Tensor, groups: int, rows: int, n_max: int):
@@ -308,8 +97,8 @@ def _tile_table(rb_order_B, rb_class_B, rb_expert_B, rb_start_B, rb_end_B, n_rb,
 
 
 # ------------------------------------------------------------------------------------------ planner
-def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelConfig, pol: Policy,
-               bounds: dict) -> RankPlan:
+def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: ModelConfig, par: ParallelConfig,
+               pol: Policy, bounds: dict) -> RankPlan:
     dev = ids_MK.device
     M, topk = ids_MK.shape
     W = par.world_size
@@ -393,7 +182,7 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
     if pol.dispatch == "all-gather":
         need_M = torch.ones(M, dtype=torch.bool, device=dev)
     else:
-        need_M = ((ids_MK // E_loc) == g).any(1)
+        need_M = groups_MG[:, g]
     tok_pos = (owner_M - r) % W
     need_M = need_M & (tok_pos > 0)  # own rows are in place
     U_max = bounds["U"]
@@ -429,10 +218,7 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
     send_token = torch.where(s_ok, row_token[s_row0], neg_S)
     send_dest = torch.where(s_ok, row_src[s_row0], neg_S)
     # slot: index of this EP group among the token's distinct EP groups, times TP, plus the TP rank
-    grp_MK = torch.sort(ids_MK // E_loc, dim=1).values
-    distinct = torch.ones_like(grp_MK, dtype=torch.bool)
-    distinct[:, 1:] = grp_MK[:, 1:] != grp_MK[:, :-1]
-    before_M = (distinct & (grp_MK < g)).sum(1)
+    before_M = groups_MG[:, :g].sum(1)
     send_slot = torch.where(s_ok, before_M[send_token.clamp(min=0)] * par.tp + par.tp_rank(r), neg_S)
     send_pos = torch.where(s_ok, (send_dest - r) % W, W)
     _, l1_cs, l1_ce, n_c1, _ = _chunks(send_pos, n_send, W, pol.comm_rows, bounds["C1"])
@@ -452,47 +238,14 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, model: ModelConfig, par: ParallelC
         send_row_start_S=torch.where(s_ok, s_start, neg_S), send_row_end_S=torch.where(s_ok, s_end, neg_S),
         rows_by_send_R=rows_by_send, num_sends=n_send,
         l1_chunk_start_C=l1_cs, l1_chunk_end_C=l1_ce, num_l1_chunks=n_c1,
+        combine_expected_W=expected_W,
     )
-
-
-def plan_bounds(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -> dict[str, int]:
-    """Upper bounds of every table, from shapes only."""
-    W, E_loc = par.world_size, model.experts_E // par.ep
-    R = M * min(model.topk, E_loc)
-    B = max(1, (R + E_loc * (pol.block_m - 1)) // pol.block_m)
-    U = M  # all-gather receives every token (own rows excluded, but keep the bound simple)
-    S = min(M, R)
-    return {"R": max(R, 1), "B": B, "U": U, "S": max(S, 1),
-            "C0": max(1, math.ceil(U / pol.comm_rows) + W), "C1": max(1, math.ceil(S / pol.comm_rows) + W)}
-
-
-def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -> BufferSizes:
-    b = plan_bounds(M, model, par, pol)
-    eb, N = model.dtype_bytes, model.hidden_N
-    W = par.world_size
-    slots = min(model.topk, par.ep) * par.tp
-    m_own = math.ceil(M / W)
-    col1 = math.ceil(N / pol.block_n1)
-    return BufferSizes(
-        symm_recv_bytes=M * N * eb,
-        layer0_out_bytes=b["R"] * (model.ffn_K // par.tp) * eb,
-        layer1_out_bytes=b["R"] * N * eb,
-        combine_bytes=m_own * slots * N * eb,
-        flag_bytes=4 * (W + col1 + W * col1),
-    )
-
-
-def benchmark_policy(activation: str, **changes) -> Policy:
-    """The Policy the GPU benchmarks build their plans with (benchmarks.fused_layers, experiments.layer_bench)
-    and experiments.validate rebuilds: the defaults, with 256-wide layer0 tiles for gelu (the fastest tile in
-    results/grouped_gemm; swiglu's two accumulators keep 128)."""
-    return Policy(block_n0=256 if activation == "gelu" else 128, **changes)
 
 
 def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
     """Policy changes for make_plan's `nc` when it is an int or a pair; ValueError saying what is accepted."""
-    accepted = ('nc must be None (the Policy\'s n_c), "auto" (chosen by the simulator), an int n_c for both '
-                'layers or a pair (nc_layer0, nc_layer1)')
+    accepted = ("nc must be None (the Policy's n_c), an int n_c for both layers or a pair (nc_layer0, nc_layer1); "
+                "for n_c chosen by simulation use comet.tuning.auto_nc")
     values = (nc, nc) if isinstance(nc, int) and not isinstance(nc, bool) else nc
     if not (isinstance(values, (tuple, list)) and len(values) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
@@ -504,22 +257,15 @@ def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
 
 
 def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, hardware: HardwareProfile,
-              policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None, nc_cache=None) -> Plan:
+              policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None) -> Plan:
     """Build the Plan for `routing` (global: all M tokens). `ranks` limits the work to some ranks (a GPU
     process builds only its own); tensors stay on the routing's device and no host sync happens.
 
     nc: None keeps the Policy's nc_layer0 / nc_layer1; an int sets both, a pair (nc_layer0, nc_layer1) each.
-    "auto" picks nc_layer1 (and nc_layer0 when layer0_comm is "blocks") by simulating each layer alone
-    over candidate n_c (sim.nc_cache), cached per shape bucket (model, EP x TP, hardware, the Policy's other
-    fields, M rounded to a power of two, load imbalance). "auto" syncs with the host: a bucket's first plan
-    runs the simulator on CPU tables (seconds at M = 16384); a cache hit runs no simulation.
-    nc_cache: for "auto", a JSON file path or a sim.nc_cache.NcCache (default: $COMET_NC_CACHE if set,
-    else a process-wide in-memory cache)."""
+    To choose n_c by simulation, pass the plan to comet.tuning.auto_nc (the floor above the simulator)."""
     policy = policy or Policy()
-    if nc is not None and not (isinstance(nc, str) and nc == "auto"):
+    if nc is not None:
         policy = policy.replace(**_nc_changes(nc, hardware))
-    if nc_cache is not None and nc != "auto":
-        raise ValueError(f'nc_cache is only used with nc="auto" (got nc={nc!r})')
     parallel.validate(model)
     ids, w = routing.topk_ids_MK, routing.topk_weights_MK
     M, topk = ids.shape
@@ -533,45 +279,23 @@ def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, ha
         raise ValueError("a plan needs at least one token")
     bounds = plan_bounds(M, model, parallel, policy)
     owner = token_owner(M, W, ids.device)
-    grp = ids // (model.experts_E // parallel.ep)
-    gs = grp.sort(dim=1).values
-    n_groups = 1 + (gs[:, 1:] != gs[:, :-1]).sum(1) if topk > 1 else torch.ones(M, dtype=torch.int64,
-                                                                               device=ids.device)
+    groups_MG = token_groups(ids, model.experts_E // parallel.ep, parallel.ep)
+    expected_WW = combine_expected(groups_MG, owner, W, parallel.tp)
     rank_list = list(range(W)) if ranks is None else list(ranks)
     for r in rank_list:
         if not 0 <= r < W:
             raise ValueError(f"rank {r} out of range for world size {W}")
-    rank_plans = tuple(_plan_rank(r, ids, w, owner, model, parallel, policy, bounds) for r in rank_list)
-    plan = Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
-                token_owner_M=owner, token_num_slots_M=n_groups * parallel.tp, ranks=rank_plans,
+    rank_plans = tuple(_plan_rank(r, ids, w, owner, groups_MG, expected_WW[r], model, parallel, policy, bounds)
+                       for r in rank_list)
+    return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
+                token_owner_M=owner, token_num_slots_M=groups_MG.sum(1) * parallel.tp, ranks=rank_plans,
                 buffers=buffer_sizes(M, model, parallel, policy))
-    if nc == "auto":
-        from sim.nc_cache import auto_nc  # lazy: sim imports comet
-
-        plan = auto_nc(plan, routing, nc_cache)
-    return plan
 
 
 # ------------------------------------------------------------------------------------ command line
-def _format_summary(s: dict) -> str:
-    mib = 1 << 20
-    lines = [f"{s['model']}  M={s['tokens']}  EP={s['ep']} TP={s['tp']}  hw={s['hardware']}  "
-             f"order={s['policy']['order']}  dispatch={s['policy']['dispatch']}",
-             "buffers per rank: " + ", ".join(f"{k[:-6]} {v / mib:.1f} MiB" for k, v in s["buffers_bytes"].items()),
-             f"{'rank':>4} {'rows':>7} {'l0 tiles':>8} {'l1 tiles':>8} {'l0 chunks':>9} {'l1 chunks':>9} "
-             f"{'recv MiB':>8} {'send MiB':>8}  rows per source rank"]
-    for r in s["ranks"]:
-        lines.append(f"{r['rank']:>4} {r['rows']:>7} {r['layer0_tiles']:>8} {r['layer1_tiles']:>8} "
-                     f"{r['layer0_chunks']:>9} {r['layer1_send_chunks']:>9} {r['dispatch_recv_bytes'] / mib:>8.1f} "
-                     f"{r['combine_send_bytes'] / mib:>8.1f}  {r['rows_per_source_rank']}")
-    return "\n".join(lines)
-
 
 def main(argv=None) -> None:
-    from comet.config import HARDWARE, MODELS
-    from comet.routing import ROUTINGS
-
-    ap = argparse.ArgumentParser(prog="python -m comet.plan", description="Build and summarise a Plan.")
+    ap = argparse.ArgumentParser(prog="python -m comet.core.planner", description="Build and summarise a Plan.")
     ap.add_argument("--model", default="mixtral-8x7b", help=f"one of {', '.join(MODELS)}")
     ap.add_argument("--ep", type=int, default=8)
     ap.add_argument("--tp", type=int, default=1)
@@ -581,7 +305,7 @@ def main(argv=None) -> None:
     ap.add_argument("--routing", default="balanced", choices=ROUTINGS)
     ap.add_argument("--std", type=float, default=0.032, help="load-share std for --routing imbalanced")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hw", default="h800", help=f"one of {', '.join(HARDWARE)} or a profile .json")
+    ap.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"one of {', '.join(HARDWARE)} or a profile .json")
     ap.add_argument("--order", default="comet", choices=ORDERS)
     ap.add_argument("--dispatch", default="all-to-all", choices=DISPATCHES)
     ap.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -593,7 +317,7 @@ def main(argv=None) -> None:
     plan = make_plan(routing, model, par, HardwareProfile.from_name(a.hw),
                      Policy(order=a.order, dispatch=a.dispatch))
     s = plan.summary()
-    print(json.dumps(s, indent=2) if a.json else _format_summary(s))
+    print(json.dumps(s, indent=2) if a.json else format_summary(s))
 
 
 if __name__ == "__main__":

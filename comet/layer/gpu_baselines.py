@@ -12,28 +12,27 @@ same weight shards, the same Plan tile tables for the grouped GEMMs (kernels/gro
                 own dispatch, on the compute stream (Tutel / FasterMoE style). On the CPU the chunks run one
                 after another (no streams), which checks the chunking, not the overlap.
 
-Two worlds, one code path. `EmulatedCollectives`: all W ranks in this process, collectives are tensor copies
-(CPU tests, one GPU). `DistCollectives`: this process's rank of a torch.distributed group (NCCL on GPUs, gloo
-on CPUs). Collectives take and return {rank: tensor} for the ranks this process runs.
+Both run over comet/layer/collectives.py (an emulated world in this process, or a torch.distributed group).
 
-Token ownership as comet.plan.token_owner: rank s owns the global tokens `owned_range(M, W, s)`; on a process
-group every rank holds the same number m of tokens (M = W m). The chunk c of rank s is its own rows
-[c n_s // C, (c + 1) n_s // C); a chunk's tokens are numbered owner by owner (ascending global id), so the
-chunk's Plan (make_plan on the chunk's routing) gives the grouped GEMMs' tile tables.
+Token ownership and chunks follow comet/core/ownership.py's one split rule: rank s owns the global tokens
+`owned_range(M, W, s)` (on a process group every rank holds the same number m of tokens, M = W m); chunk c of
+rank s is its own rows `chunk_range(n_s, C, c)`, the same chunks the simulator's baselines run
+(sim/workload.py). A chunk's tokens are numbered owner by owner (ascending global id), so the chunk's Plan
+(make_plan on the chunk's routing) gives the grouped GEMMs' tile tables. Which rank needs which token comes
+from `token_groups`, as in the planner.
 
-Shape legend: M tokens (M_c in a chunk), N hidden, K FFN size (K/TP on a rank), E experts, W ranks, R rows of a
-rank's shared tensor (one per (token, slot) routed to a local expert, the Plan's order), U token rows a rank
-receives in dispatch, S token rows a rank sends in dispatch, C chunks.
+Suffix letters: docs/SHAPES.md (here M_c: the tokens of one chunk; D: the token rows a rank sends in dispatch).
 
 `prepare` (the metadata: plans, split sizes, exact row counts) costs one host sync per call, as Megatron's
 all-to-all dispatcher does for its split sizes; `forward` with prepared metadata has none (CPU and GPU).
 The top-k reduction and the owner's sum accumulate in float32; rows travel in the tokens' dtype.
 
     >>> import torch
-    >>> from comet.config import ModelConfig, ParallelConfig
-    >>> from comet.reference import moe_forward, random_tokens, random_weights, shard_weights
-    >>> from comet.routing import uniform
-    >>> from comet.plan import Policy
+    >>> from comet.core.config import ModelConfig, ParallelConfig
+    >>> from comet.core.policy import Policy
+    >>> from comet.core.routing import uniform
+    >>> from comet.core.weights import random_tokens, random_weights, shard_weights
+    >>> from comet.layer.collectives import EmulatedCollectives
     >>> model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
     >>> par = ParallelConfig(ep=2)
     >>> x, w, r = random_tokens(24, 32), random_weights(model), uniform(24, 4, 2, seed=1)
@@ -50,21 +49,19 @@ from dataclasses import dataclass
 
 import torch
 
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import DISPATCHES, Plan, Policy, make_plan
-from comet.reference import ExpertWeights
-from comet.routing import Routing
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.ownership import chunk_range, owned_range, token_groups
+from comet.core.plan import Plan
+from comet.core.planner import make_plan
+from comet.core.policy import DISPATCHES, Policy
+from comet.core.routing import Routing
+from comet.core.weights import ExpertWeights
 
 SYSTEMS = ("comet", "sequential", "chunked")
 FORMS = DISPATCHES  # ("all-to-all", "all-gather")
 
-__all__ = ["SYSTEMS", "FORMS", "EmulatedCollectives", "DistCollectives", "ChunkMeta", "prepare", "BaselineRunner",
-           "owned_range", "own_rows"]
-
-
-def owned_range(M: int, W: int, s: int) -> tuple[int, int]:
-    """[lo, hi) global token ids owned by rank s (comet.plan.token_owner: owner(t) = t * W // M)."""
-    return (s * M + W - 1) // W, ((s + 1) * M + W - 1) // W
+__all__ = ["SYSTEMS", "FORMS", "ChunkMeta", "prepare", "BaselineRunner", "own_rows"]
 
 
 def own_rows(t_MN: torch.Tensor, M: int, W: int, r: int, emulated: bool) -> torch.Tensor:
@@ -73,98 +70,6 @@ def own_rows(t_MN: torch.Tensor, M: int, W: int, r: int, emulated: bool) -> torc
         return t_MN
     lo, hi = owned_range(M, W, r)
     return t_MN[lo:hi]
-
-
-# ------------------------------------------------------------------------------------------- collectives
-class EmulatedCollectives:
-    """Collectives among W ranks that all live in this process (tensors on one device): plain copies."""
-
-    emulated = True
-
-    def __init__(self, world_size: int, device):
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        self.world_size = world_size
-        self.ranks = tuple(range(world_size))
-        self.device = torch.device(device)
-
-    def all_to_all(self, send: Mapping[int, torch.Tensor], send_splits: Mapping[int, Sequence[int]],
-                   recv_splits: Mapping[int, Sequence[int]]) -> dict[int, torch.Tensor]:
-        """Rank s's send rows are grouped by destination (send_splits[s][d] rows for d); rank d receives the
-        groups addressed to it in source order (recv_splits[d][s] rows from s)."""
-        pieces = {s: send[s].split(list(send_splits[s])) for s in self.ranks}
-        out = {}
-        for d in self.ranks:
-            got = [pieces[s][d] for s in self.ranks]
-            if [g.shape[0] for g in got] != list(recv_splits[d]):
-                raise ValueError(f"rank {d} expects {list(recv_splits[d])} rows from each source, the sources send "
-                                 f"{[g.shape[0] for g in got]}")
-            out[d] = torch.cat(got)
-        return out
-
-    def all_gather(self, parts: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Every rank gets the concatenation of all parts in rank order (one shared copy: the emulated ranks
-        only read it)."""
-        full = torch.cat([parts[s] for s in self.ranks])
-        return {d: full for d in self.ranks}
-
-    def reduce_scatter(self, full: Mapping[int, torch.Tensor], splits: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Rank s gets rows [sum(splits[:s]), sum(splits[:s + 1])) of the sum over ranks (summed in float32)."""
-        ref = full[self.ranks[0]]
-        acc = torch.zeros(ref.shape, dtype=torch.float32, device=ref.device)
-        for r in self.ranks:
-            acc += full[r]
-        return {s: piece.to(ref.dtype) for s, piece in zip(self.ranks, acc.split(list(splits)), strict=True)}
-
-
-class DistCollectives:
-    """Collectives of this process's rank in a torch.distributed group (NCCL on GPUs, gloo on CPUs)."""
-
-    emulated = False
-
-    def __init__(self, group=None):
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialised: call init_process_group first (torchrun), "
-                               "or use the emulated world")
-        self._dist = dist
-        self.group = group or dist.group.WORLD
-        self.world_size = dist.get_world_size(self.group)
-        self.rank = dist.get_rank(self.group)
-        self.ranks = (self.rank,)
-
-    def _gather(self, out, inp):
-        fn = getattr(self._dist, "all_gather_single", None) or self._dist.all_gather_into_tensor
-        fn(out, inp, group=self.group)
-
-    def all_to_all(self, send, send_splits, recv_splits) -> dict[int, torch.Tensor]:
-        r = self.rank
-        inp = send[r].contiguous()
-        out = inp.new_empty(sum(recv_splits[r]), *inp.shape[1:])
-        self._dist.all_to_all_single(out, inp, list(recv_splits[r]), list(send_splits[r]), group=self.group)
-        return {r: out}
-
-    def all_gather(self, parts) -> dict[int, torch.Tensor]:
-        inp = parts[self.rank].contiguous()
-        out = inp.new_empty(self.world_size * inp.shape[0], *inp.shape[1:])
-        self._gather(out, inp)
-        return {self.rank: out}
-
-    def reduce_scatter(self, full, splits) -> dict[int, torch.Tensor]:
-        if len(set(splits)) > 1:
-            raise ValueError(f"reduce-scatter on a process group needs equal pieces per rank, got {list(splits)}")
-        inp = full[self.rank].contiguous()
-        out = inp.new_empty(splits[self.rank], *inp.shape[1:])
-        fn = getattr(self._dist, "reduce_scatter_single", None) or self._dist.reduce_scatter_tensor
-        fn(out, inp, group=self.group)
-        return {self.rank: out}
-
-    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """All ranks' (m, ...) tensors stacked in rank order: (W m, ...) (the routing of every token)."""
-        out = t.new_empty(self.world_size * t.shape[0], *t.shape[1:])
-        self._gather(out, t.contiguous())
-        return out
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -176,7 +81,7 @@ class ChunkMeta:
     row weights drive the grouped GEMMs and the top-k reduction); tokens: M_c;
     rows: rank -> (a, b), the rank's own rows [a, b) this chunk covers (0 = the rank's first own token);
     sizes_W: tokens each rank contributes to the chunk (b - a), every rank;
-    send_idx_S: rank -> int64 (S,) rows to send, as offsets into the chunk's own rows, by destination then token;
+    send_idx_D: rank -> int64 (D,) rows to send, as offsets into the chunk's own rows, by destination then token;
     send_splits / recv_splits: rank -> W row counts sent to / received from every rank (all-to-all);
     recv_rows: rank -> U (all-gather: M_c); num_rows: rank -> R, the Plan's valid shared-tensor rows;
     a_rows_R: rank -> int64 (R_max,) receive-buffer row of each shared-tensor row (the GEMM's gather index).
@@ -187,7 +92,7 @@ class ChunkMeta:
     tokens: int
     rows: dict[int, tuple[int, int]]
     sizes_W: tuple[int, ...]
-    send_idx_S: dict[int, torch.Tensor]
+    send_idx_D: dict[int, torch.Tensor]
     send_splits: dict[int, list[int]]
     recv_splits: dict[int, list[int]]
     recv_rows: dict[int, int]
@@ -212,7 +117,7 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
         raise ValueError(f"routing has E={routing.num_experts}, topk={routing.topk}; {model.name} has "
                          f"E={model.experts_E}, topk={model.topk}")
     policy = policy or Policy()
-    hardware = hardware or HardwareProfile.from_name("h200")
+    hardware = hardware or HardwareProfile.from_name(defaults.GPU_HARDWARE)
     M, W = routing.num_tokens, parallel.world_size
     ids_MK, w_MK = routing.topk_ids_MK, routing.topk_weights_MK
     dev = ids_MK.device
@@ -223,7 +128,7 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
     # --- pass 1, on the device: each chunk's tokens, plan, who needs which token, row counts
     staged = []
     for c in range(chunks):
-        rows = {s: ((hi - lo) * c // chunks, (hi - lo) * (c + 1) // chunks) for s, (lo, hi) in enumerate(ranges)}
+        rows = {s: chunk_range(hi - lo, chunks, c) for s, (lo, hi) in enumerate(ranges)}
         sizes = tuple(b - a for a, b in rows.values())
         M_c = sum(sizes)
         if M_c == 0:
@@ -234,7 +139,7 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
         if form == "all-gather":
             need_MW = torch.ones(M_c, W, dtype=torch.bool, device=dev)
         else:
-            need_MW = ((sub.topk_ids_MK // E_loc)[:, :, None] == group_W[None, None, :]).any(1)
+            need_MW = token_groups(sub.topk_ids_MK, E_loc, parallel.ep)[:, group_W]
         owner_M = torch.repeat_interleave(torch.arange(W, device=dev), torch.tensor(sizes, device=dev))
         counts_WW = torch.zeros(W, W, dtype=torch.int64, device=dev).index_add_(0, owner_M, need_MW.long())
         n_rows = torch.stack([plan.rank(r).num_rows for r in ranks])
@@ -276,7 +181,7 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
             send_splits[r] = counts[r]
             recv_splits[r] = [counts[s][r] for s in range(W)]
         metas.append(ChunkMeta(form=form, plan=plan, tokens=M_c, rows={r: rows[r] for r in ranks}, sizes_W=sizes,
-                               send_idx_S=send_idx, send_splits=send_splits, recv_splits=recv_splits,
+                               send_idx_D=send_idx, send_splits=send_splits, recv_splits=recv_splits,
                                recv_rows=recv_rows, num_rows=num_rows, a_rows_R=a_rows))
     return tuple(metas)
 
@@ -307,7 +212,7 @@ class BaselineRunner:
         chunk = {r: x_own[r][meta.rows[r][0]:meta.rows[r][1]] for r in self.ranks}
         if meta.form == "all-gather":
             return self.coll.all_gather(chunk)
-        send = {r: chunk[r].index_select(0, meta.send_idx_S[r]) for r in self.ranks}
+        send = {r: chunk[r].index_select(0, meta.send_idx_D[r]) for r in self.ranks}
         return self.coll.all_to_all(send, meta.send_splits, meta.recv_splits)
 
     def compute(self, meta: ChunkMeta, recv: Mapping[int, torch.Tensor], shards: Mapping[int, ExpertWeights], *,
@@ -353,7 +258,7 @@ class BaselineRunner:
         for r in self.ranks:
             a, b = meta.rows[r]
             acc = torch.zeros(b - a, self.model.hidden_N, dtype=torch.float32, device=back[r].device)
-            acc.index_add_(0, meta.send_idx_S[r], back[r].float())
+            acc.index_add_(0, meta.send_idx_D[r], back[r].float())
             out_own[r][a:b].copy_(acc)
 
     # --- the whole layer ------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ replay would freeze, so a replayed tile could read rows before they arrive) and 
 module (their host sync); comet.baselines.BaselineRunner.forward with prepared metadata can be captured.
 
     >>> import os, torch
-    >>> from comet.config import ModelConfig
+    >>> from comet.core.config import ModelConfig
     >>> m = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
     >>> layer = CometMoE(m, ParallelConfig(ep=2), capacity_tokens=64, dtype=torch.float32, device="cpu")
     >>> tuple(layer.w0.shape), tuple(layer.w1.shape)
@@ -69,57 +69,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comet.baselines import SYSTEMS, BaselineRunner, DistCollectives, EmulatedCollectives, prepare
-from comet.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.plan import Policy
-from comet.reference import ExpertWeights, shard_weights
-from comet.routing import Routing
+from comet.core import defaults
+from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.policy import Policy
+from comet.core.routing import Routing
+from comet.core.weights import ExpertWeights, shard_weights
+from comet.layer.collectives import DistCollectives, EmulatedCollectives
+from comet.layer.gpu_baselines import SYSTEMS, BaselineRunner, prepare
+from comet.layer.routers import ROUTERS, softmax_topk_gate, sparsemixer_gate
 
-ROUTERS = ("softmax", "sparsemixer")
 # Tiles and n_c for tiny shapes on the CPU (Triton's interpreter): 16-wide tiles, 2 communication programs.
 CPU_POLICY = Policy(block_m=16, block_n0=16, block_n1=16, group_m=2, nc_layer0=2, nc_layer1=2, comm_rows=8)
 
 _LAYERS: dict[int, weakref.ref] = {}
 _HANDLES = itertools.count()
 
-__all__ = ["CometMoE", "ROUTERS", "SYSTEMS", "CPU_POLICY", "softmax_topk_gate", "sparsemixer_gate", "moe_experts"]
-
-
-# --------------------------------------------------------------------------------------------------- routers
-def softmax_topk_gate(logits_ME: torch.Tensor, topk: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(topk_ids_MK int64, topk_weights_MK float32): softmax over the logits in float32, the top-k experts,
-    weights renormalised to sum 1 if `normalize` (comet.routing.topk_gate when normalize)."""
-    E = logits_ME.shape[-1]
-    if not 1 <= topk <= E:
-        raise ValueError(f"topk={topk} must lie in [1, E={E}]")
-    probs = torch.softmax(logits_ME.float(), dim=-1)
-    w, ids = probs.topk(topk, dim=-1)
-    if normalize:
-        w = w / w.sum(dim=-1, keepdim=True)
-    return ids, w
-
-
-def sparsemixer_gate(logits_ME: torch.Tensor, jitter_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phi-3.5-MoE's top-2 router ("sparsemixer"), inference form, in float32.
-
-    For each of the two picks: the best remaining expert e* (score s*); experts whose score is further than
-    2 jitter_eps below s*, relative to max(|score|, s*), are masked out; the weight is e*'s softmax probability
-    among the unmasked remaining experts. The second pick excludes the first. Weights do not sum to 1.
-    Returns (topk_ids_MK int64 (M, 2), topk_weights_MK float32 (M, 2)).
-    """
-    if logits_ME.shape[-1] < 2:
-        raise ValueError("sparsemixer picks two distinct experts: it needs E >= 2")
-    scores = logits_ME.float()
-
-    def pick(masked):
-        best, idx = masked.max(dim=-1, keepdim=True)
-        far = (best - scores) / scores.abs().clamp(min=best) > 2 * jitter_eps
-        probs = masked.masked_fill(far, float("-inf")).softmax(dim=-1)
-        return idx, probs.gather(-1, idx)
-
-    i1, w1 = pick(scores)
-    i2, w2 = pick(scores.scatter(-1, i1, float("-inf")))
-    return torch.cat([i1, i2], dim=-1), torch.cat([w1, w2], dim=-1)
+__all__ = ["CometMoE", "SYSTEMS", "CPU_POLICY", "moe_experts"]
 
 
 # ------------------------------------------------------------------------------------------------ custom op
@@ -163,7 +128,7 @@ class CometMoE(nn.Module):
                  capacity_tokens: int, dtype: torch.dtype | None = None, device=None, system: str = "comet",
                  policy: Policy | None = None, chunks: int = 4, router: str = "softmax", normalize_topk: bool = True,
                  router_jitter_eps: float = 0.01, shared_ffn_K: int | None = None, workspace=None,
-                 hardware: str | HardwareProfile = "h200", max_spin: int | None = None):
+                 hardware: str | HardwareProfile = defaults.GPU_HARDWARE, max_spin: int | None = None):
         super().__init__()
         parallel = parallel or ParallelConfig()
         parallel.validate(model)
@@ -410,6 +375,6 @@ class CometMoE(nn.Module):
     def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str, **kwargs) -> CometMoE:
         """A layer from a Hugging Face Mixtral / Phi-3.5-MoE / Qwen2-MoE MoE block's state dict; see
         comet.hf.moe_from_hf_state_dict for the arguments."""
-        from comet.hf import moe_from_hf_state_dict
+        from comet.layer.hf import moe_from_hf_state_dict
 
         return moe_from_hf_state_dict(state_dict, arch, **kwargs)

@@ -1,0 +1,5 @@
+import sys
+
+from comet.calibrate._all import main
+
+sys.exit(main())
