@@ -6,7 +6,7 @@ __all__ = ["CometMoE"]
 
 def __getattr__(name):
     if name == "CometMoE":
-        from comet.layer.comet_moe import CometMoE
+        from comet.layer.comet_moe import CometMoE  # deferred: `import comet` loads no torch or Triton
 
         return CometMoE
     raise AttributeError(f"module 'comet' has no attribute {name!r}")

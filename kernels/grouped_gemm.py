@@ -438,7 +438,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
 def _gluon_module():
     """kernels.gluon_gemm, or the ImportError of a Triton without Gluon's Hopper API (tried once)."""
     try:
-        from kernels import gluon_gemm
+        from kernels import gluon_gemm  # deferred: a Triton without Gluon's Hopper API must still import this
     except ImportError as exc:
         return exc
     return gluon_gemm

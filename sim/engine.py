@@ -17,6 +17,7 @@ from comet.core.events import CATEGORY, TRACK_STREAM, K
 from comet.core.plan import Plan
 from sim.hardware_model import GBPS, LinkNetwork, hbm_us
 from sim.options import SimOptions
+from sim.workload import tile_us
 
 
 class SystemSim:
@@ -121,8 +122,6 @@ class SystemSim:
 def grouped_gemm_tiles(plan: Plan, layer: int, rows_E: np.ndarray, padded: bool) -> list[float]:
     """Tile times of a plain grouped GEMM (expert-major: each expert's row blocks, all column blocks)
     over `rows_E` rows per local expert; the baselines' GEMM kernels."""
-    from sim.workload import tile_us
-
     pol = plan.policy
     bm = pol.block_m
     bn = pol.block_n0 if layer == 0 else pol.block_n1

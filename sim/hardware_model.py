@@ -20,6 +20,7 @@ for its first bytes, a push lands `latency` after its last byte leaves).
 
     >>> import simpy
     >>> from comet.core.config import HardwareProfile, ParallelConfig
+from sim.options import COPY_ENGINE_MEASURED_GBPS
     >>> env = simpy.Environment()
     >>> net = LinkNetwork(env, ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
     >>> a, b = net.transfer(0, 1, 160e3), net.transfer(0, 1, 320e3)  # share egress(0): 80 GB/s each
@@ -38,6 +39,7 @@ import numpy as np
 import simpy
 
 from comet.core.config import HardwareProfile, ParallelConfig
+from sim.options import COPY_ENGINE_MEASURED_GBPS
 
 GBPS = 1e3  # bytes per microsecond in one GB/s
 INF = math.inf
@@ -360,6 +362,4 @@ def hbm_us(nbytes: float, hw: HardwareProfile, sms: int | None = None) -> float:
 
 def copy_engine_gbps(hw: HardwareProfile, override: float | None = None) -> float:
     """One copy engine's bandwidth: `override`, else min(link_gbps, 112 GB/s measured in shared/GPU.md)."""
-    from sim.options import COPY_ENGINE_MEASURED_GBPS
-
     return override if override is not None else min(hw.link_gbps, COPY_ENGINE_MEASURED_GBPS)

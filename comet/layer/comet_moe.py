@@ -1,7 +1,7 @@
 """`CometMoE`: one MoE layer as a torch.nn.Module: router gate, fused layer0 (dispatch + grouped GEMM +
 activation) and fused layer1 (grouped GEMM + top-k reduce + combine), over a process group (EP, TP or EP x TP,
 one GPU per process) or an emulated world (all W ranks in this process: one GPU, or the CPU under Triton's
-interpreter). The baselines of comet/baselines.py run in the same module: system="sequential" | "chunked".
+interpreter). The baselines of comet/layer/gpu_baselines.py run in the same module: system="sequential" | "chunked".
 
 Shape legend: M tokens of the group, m tokens of one rank (M = W m on a process group), N hidden, K expert FFN
 size (K' = K for gelu, 2K for swiglu: [gate | up]), E experts, W = EP x TP ranks, Q ranks run by this process
@@ -30,8 +30,8 @@ needed and available. It does not grow: on a process group the workspace is a co
 that every rank would have to redo together, and a captured CUDA graph keeps its addresses.
 
 Per call (system "comet"): gate -> routing (on a process group: the routing of every rank's tokens, one
-all-gather) -> Plan built on the device (comet.plan.make_plan; no host sync) -> kernels.moe.moe_forward_fused.
-The baselines need one host sync per call (their split sizes, comet.baselines.prepare).
+all-gather) -> Plan built on the device (comet.core.planner.make_plan; no host sync) -> kernels.moe.moe_forward_fused.
+The baselines need one host sync per call (their split sizes, comet.layer.gpu_baselines.prepare).
 
 Autograd: the Triton kernels have no backward. Under torch.no_grad() / torch.inference_mode() (or with no
 input or parameter requiring grad) forward works; with grad enabled and an input or parameter requiring grad
@@ -46,7 +46,7 @@ launch; the capture fixes the token count). The plan is built by torch ops in th
 reset their count flags themselves, and the process-group barrier keeps its value in device memory. Not
 capturable, with a clear error: layer0_comm="copy-engine" (its flags take a host-side epoch per launch, which a
 replay would freeze, so a replayed tile could read rows before they arrive) and the baselines through this
-module (their host sync); comet.baselines.BaselineRunner.forward with prepared metadata can be captured.
+module (their host sync); comet.layer.gpu_baselines.BaselineRunner.forward with prepared metadata can be captured.
 
     >>> import os, torch
     >>> from comet.core.config import ModelConfig
@@ -71,12 +71,17 @@ from torch import nn
 
 from comet.core import defaults
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import Routing
 from comet.core.weights import ExpertWeights, shard_weights
+from comet.layer import hf
 from comet.layer.collectives import DistCollectives, EmulatedCollectives
 from comet.layer.gpu_baselines import SYSTEMS, BaselineRunner, prepare
 from comet.layer.routers import ROUTERS, softmax_topk_gate, sparsemixer_gate
+from kernels.moe import moe_forward_fused
+from kernels.symm import SymmetricWorkspace
+from kernels.workspace import DEFAULT_MAX_SPIN, EmulatedWorld, WorkspaceCapacityError
 
 # Tiles and n_c for tiny shapes on the CPU (Triton's interpreter): 16-wide tiles, 2 communication programs.
 CPU_POLICY = Policy(block_m=16, block_n0=16, block_n1=16, group_m=2, nc_layer0=2, nc_layer1=2, comm_rows=8)
@@ -197,8 +202,6 @@ class CometMoE(nn.Module):
     def _make_workspace(self, workspace, max_spin):
         """The fused kernels' workspace: given, or created here (not on a CPU process group: the fused
         kernels need CUDA and symmetric memory there; the baselines run without one)."""
-        from kernels.workspace import DEFAULT_MAX_SPIN, EmulatedWorld
-
         spin = max_spin or DEFAULT_MAX_SPIN
         if workspace is not None:
             m, p = workspace.model, workspace.parallel
@@ -223,8 +226,6 @@ class CometMoE(nn.Module):
                 raise ValueError("system 'comet' on a process group needs CUDA GPUs (symmetric memory); on the CPU "
                                  "use world='emulated', or system 'sequential' / 'chunked'")
             return None
-        from kernels.symm import SymmetricWorkspace
-
         return SymmetricWorkspace(self.model, self.parallel, self.capacity_tokens, dtype=self.dtype,
                                   group=self.collectives.group, device=self.device, max_spin=spin)
 
@@ -338,9 +339,6 @@ class CometMoE(nn.Module):
 
     def _experts(self, x_MN, ids_MK, w_MK, w0, w1) -> torch.Tensor:
         """The body of comet::moe_experts (see the module docstring for what runs per system)."""
-        from kernels.moe import moe_forward_fused
-        from kernels.workspace import WorkspaceCapacityError
-
         self._check_system()
         if not self.emulated:  # every rank's routing: the plan of any rank depends on all tokens
             ids_MK, w_MK = self.collectives.gather_rows(ids_MK), self.collectives.gather_rows(w_MK.float())
@@ -359,12 +357,13 @@ class CometMoE(nn.Module):
             if capturing and self.policy.layer0_comm == "copy-engine":
                 raise RuntimeError("layer0_comm='copy-engine' cannot be captured in a CUDA graph: its flags take a "
                                    "host-side epoch per launch, which a replay would freeze; use 'blocks' or 'direct'")
+            plan = make_plan(routing, self.model, self.parallel, self.hardware, self.policy, ranks=list(self.ranks))
             return moe_forward_fused(self.workspace, x_MN, routing, shards, self.model, self.parallel, self.policy,
-                                     hardware=self.hardware)
+                                     plan=plan)
         if capturing:
             raise RuntimeError(f"system {self.system!r} needs one host sync per call (its split sizes) and cannot be "
-                               f"captured in a CUDA graph through CometMoE; capture comet.baselines.BaselineRunner."
-                               f"forward with metadata from comet.baselines.prepare instead")
+                               f"captured in a CUDA graph through CometMoE; capture comet.layer.gpu_baselines.BaselineRunner."
+                               f"forward with metadata from comet.layer.gpu_baselines.prepare instead")
         chunks = self.chunks if self.system == "chunked" else 1
         metas = prepare(routing, self.model, self.parallel, self.ranks, chunks=chunks, form=self.policy.dispatch,
                         policy=self.policy, hardware=self.hardware)
@@ -372,9 +371,31 @@ class CometMoE(nn.Module):
 
     # ------------------------------------------------------------------------------------- constructors
     @classmethod
-    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str, **kwargs) -> CometMoE:
-        """A layer from a Hugging Face Mixtral / Phi-3.5-MoE / Qwen2-MoE MoE block's state dict; see
-        comet.hf.moe_from_hf_state_dict for the arguments."""
-        from comet.layer.hf import moe_from_hf_state_dict
+    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str, *, topk: int,
+                           parallel: ParallelConfig | None = None, prefix: str = "", capacity_tokens: int,
+                           world="emulated", dtype: torch.dtype | None = None, device=None,
+                           normalize_topk: bool | None = None, router_jitter_eps: float = 0.01,
+                           name: str | None = None, **layer_kwargs) -> CometMoE:
+        """A layer holding this process's shards of a Hugging Face Mixtral / Phi-3.5-MoE / Qwen2-MoE block
+        (comet/layer/hf.py reads the state dict; keys relative to `prefix`).
 
-        return moe_from_hf_state_dict(state_dict, arch, **kwargs)
+        arch: "mixtral", "phimoe" (Phi-3.5-MoE) or "qwen2_moe"; topk: the config's num_experts_per_tok;
+        normalize_topk: renormalise the top-k weights (default: True for Mixtral, False for Qwen2-MoE: pass its
+        config's norm_topk_prob); router_jitter_eps: Phi-3.5-MoE's router_jitter_noise. dtype defaults to the
+        state dict's; other keywords (system, policy, ...) go to CometMoE.
+        """
+        a = hf.hf_arch(arch)
+        s = hf.hf_block_shapes(state_dict, arch, prefix)
+        parallel = parallel or ParallelConfig()
+        gate_w = state_dict[prefix + "gate.weight"]
+        dtype = dtype or gate_w.dtype
+        model = ModelConfig(name or f"hf-{a.name}", hidden_N=s.hidden_N, ffn_K=s.ffn_K, experts_E=s.experts_E,
+                            topk=topk, layers=1, activation="swiglu", dtype=str(dtype).removeprefix("torch."))
+        layer = cls(model, parallel, world=world, capacity_tokens=capacity_tokens, dtype=dtype, device=device,
+                    router=a.router, normalize_topk=a.normalize_topk if normalize_topk is None else normalize_topk,
+                    router_jitter_eps=router_jitter_eps, shared_ffn_K=s.shared_ffn_K, **layer_kwargs)
+        shards = {r: hf.hf_rank_shard(state_dict, arch, parallel, r, prefix=prefix, dtype=dtype, device=layer.device)
+                  for r in layer.ranks}
+        shared = hf.hf_shared_expert(state_dict, prefix, dtype, layer.device) if s.shared_ffn_K is not None else None
+        layer.load_experts(shards, gate_w.to(layer.device, dtype), shared)
+        return layer

@@ -57,6 +57,7 @@ from comet.core.planner import make_plan
 from comet.core.policy import DISPATCHES, Policy
 from comet.core.routing import Routing
 from comet.core.weights import ExpertWeights
+from kernels import grouped_gemm as gg
 
 SYSTEMS = ("comet", "sequential", "chunked")
 FORMS = DISPATCHES  # ("all-to-all", "all-gather")
@@ -202,8 +203,6 @@ class BaselineRunner:
         self._comm_stream: torch.cuda.Stream | None = None
 
     def _gemm_config(self, device) -> dict | None:
-        from kernels import grouped_gemm as gg
-
         return self.config if self.config is not None or device.type == "cuda" else gg.SMALL_CONFIG
 
     # --- the three stages of one chunk ----------------------------------------------------------------
@@ -220,8 +219,6 @@ class BaselineRunner:
         """Both grouped GEMMs of every rank (rows gathered from its receive buffer), then the top-k weighted
         sum of each received token's rows (float32). Returns rank -> partial sums (U, N) in the tokens' dtype;
         reduce=False stops after the GEMMs (the GEMM-only time) and returns rank -> y (R_max, N)."""
-        from kernels import grouped_gemm as gg
-
         plan, act = meta.plan, self.model.activation
         out = {}
         for r in self.ranks:

@@ -1,4 +1,5 @@
-"""CometMoE from a Hugging Face MoE block's state dict, without depending on transformers: Mixtral
+"""A Hugging Face MoE block's state dict read into CometMoE's layout, without depending on transformers
+(`CometMoE.from_hf_state_dict` builds the layer from these pieces): Mixtral
 (MixtralSparseMoeBlock), Phi-3.5-MoE (PhimoeSparseMoeBlock) and Qwen2-MoE (Qwen2MoeSparseMoeBlock).
 
 Keys, relative to the block (pass `prefix`, e.g. "model.layers.3.block_sparse_moe." or "model.layers.3.mlp."):
@@ -35,11 +36,10 @@ from dataclasses import dataclass
 
 import torch
 
-from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.config import ParallelConfig
 from comet.core.weights import ExpertWeights
 
-__all__ = ["HF_ARCHS", "HFBlockShapes", "hf_block_shapes", "hf_rank_shard", "hf_shared_expert",
-           "moe_from_hf_state_dict"]
+__all__ = ["HF_ARCHS", "HFArch", "HFBlockShapes", "hf_arch", "hf_block_shapes", "hf_rank_shard", "hf_shared_expert"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ HF_ARCHS: dict[str, HFArch] = {
 _ALIASES = {"phi-3.5-moe": "phimoe", "phi3.5-moe": "phimoe", "qwen2-moe": "qwen2_moe", "qwen2moe": "qwen2_moe"}
 
 
-def _arch(arch: str) -> HFArch:
+def hf_arch(arch: str) -> HFArch:
+    """The block family by its transformers name (or an alias such as \"phi-3.5-moe\")."""
     a = _ALIASES.get(arch.lower(), arch.lower())
     if a not in HF_ARCHS:
         raise ValueError(f"unknown Hugging Face MoE architecture {arch!r}; known: {', '.join(HF_ARCHS)}")
@@ -98,7 +99,7 @@ class HFBlockShapes:
 
 def hf_block_shapes(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: str = "") -> HFBlockShapes:
     """Read E, N, K (and K_s) from the router and the first present expert's (or the fused) gate projection."""
-    a = _arch(arch)
+    a = hf_arch(arch)
     E, N = _get(state_dict, prefix + "gate.weight", f"the {a.name} router").shape
     fused = prefix + "experts.gate_up_proj" in state_dict
     if fused:
@@ -121,7 +122,7 @@ def hf_rank_shard(state_dict: Mapping[str, torch.Tensor], arch: str, parallel: P
                   prefix: str = "", dtype: torch.dtype | None = None, device=None) -> ExpertWeights:
     """Rank `rank`'s shard in comet.reference's layout: its E/EP experts, each cut to its K/TP slice.
     w0_ENK (E/EP, N, 2K/TP) = [gate slice.T | up slice.T], w1_EKN (E/EP, K/TP, N) = down slice.T."""
-    a = _arch(arch)
+    a = hf_arch(arch)
     s = hf_block_shapes(state_dict, arch, prefix)
     E, N, K = s.experts_E, s.hidden_N, s.ffn_K
     if E % parallel.ep or K % parallel.tp:
@@ -166,35 +167,3 @@ def hf_shared_expert(state_dict: Mapping[str, torch.Tensor], prefix: str = "", d
     dtype = dtype or gate.dtype
     return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in
             (("w0", torch.cat([gate.T, up.T], dim=1)), ("w1", down.T), ("gate_weight", sg))}
-
-
-def moe_from_hf_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, *, topk: int,
-                           parallel: ParallelConfig | None = None, prefix: str = "", capacity_tokens: int,
-                           world="emulated", dtype: torch.dtype | None = None, device=None,
-                           normalize_topk: bool | None = None, router_jitter_eps: float = 0.01,
-                           name: str | None = None, **layer_kwargs):
-    """A CometMoE holding this process's shards of the block.
-
-    arch: "mixtral", "phimoe" (Phi-3.5-MoE) or "qwen2_moe"; topk: the config's num_experts_per_tok;
-    normalize_topk: renormalise the top-k weights (default: True for Mixtral, False for Qwen2-MoE: pass its
-    config's norm_topk_prob); router_jitter_eps: Phi-3.5-MoE's router_jitter_noise. dtype defaults to the
-    state dict's; other keywords (world, capacity_tokens, device, system, policy, ...) go to CometMoE.
-    """
-    from comet.layer.comet_moe import CometMoE
-
-    a = _arch(arch)
-    s = hf_block_shapes(state_dict, arch, prefix)
-    parallel = parallel or ParallelConfig()
-    gate_w = state_dict[prefix + "gate.weight"]
-    dtype = dtype or gate_w.dtype
-    dtype_name = str(dtype).removeprefix("torch.")
-    model = ModelConfig(name or f"hf-{a.name}", hidden_N=s.hidden_N, ffn_K=s.ffn_K, experts_E=s.experts_E, topk=topk,
-                        layers=1, activation="swiglu", dtype=dtype_name)
-    layer = CometMoE(model, parallel, world=world, capacity_tokens=capacity_tokens, dtype=dtype, device=device,
-                     router=a.router, normalize_topk=a.normalize_topk if normalize_topk is None else normalize_topk,
-                     router_jitter_eps=router_jitter_eps, shared_ffn_K=s.shared_ffn_K, **layer_kwargs)
-    shards = {r: hf_rank_shard(state_dict, arch, parallel, r, prefix=prefix, dtype=dtype, device=layer.device)
-              for r in layer.ranks}
-    shared = hf_shared_expert(state_dict, prefix, dtype, layer.device) if s.shared_ffn_K is not None else None
-    layer.load_experts(shards, gate_w.to(layer.device, dtype), shared)
-    return layer
