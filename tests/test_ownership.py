@@ -7,6 +7,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from helpers.sim_cases import toy_hardware
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from comet.core.reference import dispatch
 from comet.core.routing import uniform
 from comet.layer.collectives import EmulatedCollectives
 from comet.layer.gpu_baselines import prepare
-from helpers.sim_cases import toy_hardware
 from kernels.fused_layer1 import first_owned_token
 from kernels.timeline import CATEGORIES, KIND_NAMES
 from sim import workload

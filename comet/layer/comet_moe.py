@@ -362,7 +362,8 @@ class CometMoE(nn.Module):
                                      plan=plan)
         if capturing:
             raise RuntimeError(f"system {self.system!r} needs one host sync per call (its split sizes) and cannot be "
-                               f"captured in a CUDA graph through CometMoE; capture comet.layer.gpu_baselines.BaselineRunner."
+                               f"captured in a CUDA graph through CometMoE; capture "
+                               f"comet.layer.gpu_baselines.BaselineRunner."
                                f"forward with metadata from comet.layer.gpu_baselines.prepare instead")
         chunks = self.chunks if self.system == "chunked" else 1
         metas = prepare(routing, self.model, self.parallel, self.ranks, chunks=chunks, form=self.policy.dispatch,
