@@ -2,7 +2,8 @@
 shared by the planner, the reference, the kernels, the GPU baselines and the simulator.
 
 The one split rule: n items cut into `parts` contiguous parts whose sizes differ by at most one. Item i
-belongs to part i * parts // n; part p holds [ceil(p n / parts), ceil((p + 1) n / parts)). Tokens over ranks (ownership) and a rank's own tokens over the chunked baseline's chunks both use it.
+belongs to part i * parts // n; part p holds [ceil(p n / parts), ceil((p + 1) n / parts)). Tokens over ranks
+(ownership) and a rank's own tokens over the chunked baseline's chunks both use it.
 
     >>> [split_range(5, 2, p) for p in range(2)]     # 5 rows in 2 chunks: [0, 3) and [3, 5)
     [(0, 3), (3, 5)]
