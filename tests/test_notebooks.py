@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+nbformat = pytest.importorskip("nbformat", reason="needs the [dev] extras (nbformat, nbclient)")
+NotebookClient = pytest.importorskip("nbclient", reason="needs the [dev] extras (nbformat, nbclient)").NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 BUDGET_S = 90  # each notebook is meant to take well under a minute on a 2-core CPU
