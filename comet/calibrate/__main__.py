@@ -1,5 +1,8 @@
+"""`python -m comet.calibrate`: the command line of comet/calibrate/cli.py."""
+
 import sys
 
-from comet.calibrate._all import main
+from comet.calibrate.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
