@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from comet.calibrate import cli, comm, fit, gpu, measurements, profile, settings
+from comet.calibrate import assemble, cli, comm, fit, gpu, measurements, settings
 from comet.core.config import HardwareProfile
 from kernels.probes import peer_copy
 
@@ -93,8 +93,8 @@ def _fake_rows() -> list[measurements.Measurement]:
 
 
 def test_assemble_profile_measured_and_kept_fields():
-    reasons = {f: "one GPU: the link part needs torchrun" for f in profile.PART_FIELDS["link"]}
-    prof = profile.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION, reasons)
+    reasons = {f: "one GPU: the link part needs torchrun" for f in assemble.PART_FIELDS["link"]}
+    prof = assemble.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION, reasons)
     assert prof.name == "fake_x1" and prof.link == H200.link
     assert prof.sms == 132 and isinstance(prof.sms, int)
     assert prof.gemm_efficiency == pytest.approx(0.7, rel=0.05)
@@ -113,7 +113,7 @@ def test_assemble_profile_measured_and_kept_fields():
 
 def test_assemble_profile_rejects_non_positive_measurement():
     rows = [measurements.Measurement("launch_overhead_us", "method=x", -0.4, "us")]
-    prof = profile.assemble_profile(H200, "neg", rows, CITATION)
+    prof = assemble.assemble_profile(H200, "neg", rows, CITATION)
     assert prof.launch_overhead_us == H200.launch_overhead_us
     assert "not a positive number" in prof.sources["launch_overhead_us"]
 
@@ -128,12 +128,12 @@ def test_csv_round_trip(tmp_path):
     assert [r.value for r in back] == pytest.approx([r.value for r in rec.rows], rel=1e-5)
     assert (tmp_path / "x.log").read_text().startswith("FAKE GPU x1\n")
     # the profile can be rebuilt from the file alone
-    assert profile.assemble_profile(H200, "x", back, CITATION).gemm_k_half == pytest.approx(
-        profile.assemble_profile(H200, "x", rec.rows, CITATION).gemm_k_half, rel=1e-4)
+    assert assemble.assemble_profile(H200, "x", back, CITATION).gemm_k_half == pytest.approx(
+        assemble.assemble_profile(H200, "x", rec.rows, CITATION).gemm_k_half, rel=1e-4)
 
 
 def test_profile_json_round_trip_by_path_and_by_name(tmp_path, monkeypatch):
-    prof = profile.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION)
+    prof = assemble.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION)
     (tmp_path / "profiles").mkdir()
     path = tmp_path / "profiles" / "fake_x1.json"
     path.write_text(prof.to_json())
@@ -176,7 +176,7 @@ def test_from_csv_rebases_a_run_on_another_profile(tmp_path, monkeypatch):
     # a link-only run's CSV on top of a one-GPU profile, with no GPU: link fields from the CSV (cited), the
     # rest from the base with their own sources and a note saying where they came from
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    base = profile.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION)
+    base = assemble.assemble_profile(H200, "fake_x1", _fake_rows(), CITATION)
     (tmp_path / "fake_x1.json").write_text(base.to_json())
     rec = measurements.Recorder(tmp_path / "fake_x2_2026-11-24.csv", None, ["FAKE GPU x2 (132 SMs)", "command: test"])
     rec.add("link_gbps", 333.0, "GB/s", programs=132)

@@ -37,8 +37,8 @@ import torch
 import torch.distributed as dist
 
 from comet.calibrate import comm, gpu
+from comet.calibrate.assemble import PART_FIELDS, assemble_profile, profile_from_csv, profile_table
 from comet.calibrate.measurements import Context, Recorder, write_line
-from comet.calibrate.profile import PART_FIELDS, assemble_profile, profile_from_csv, profile_table
 from comet.core.config import HardwareProfile
 from kernels.symm import NVLS_ENV
 from kernels.timing import device_line

@@ -4,7 +4,7 @@ A row is (measurement, parameters, value, unit): `parameters` is 'key=value key=
 measured; the unit is us, GB/s, TFLOP/s, fraction, ... . `Recorder` writes each row as it comes to
 results/calibration/<name>_<date>.csv and a line to the .log beside it (a part that crashes keeps the rows
 before it); `read_measurements` reads such a CSV back. Rows whose measurement is a HardwareProfile field are
-that field's value (comet/calibrate/profile.py).
+that field's value (comet/calibrate/assemble.py).
 """
 
 from __future__ import annotations
