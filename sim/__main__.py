@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS
+from comet.core.config import HARDWARE, MODELS, ModelConfig
 from comet.core.policy import Policy
-from comet.core.routing import ROUTINGS
+from comet.core.routing import ROUTINGS, make_routing
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
 from sim.run import make_case, simulate, with_policy
@@ -128,8 +128,10 @@ def main(argv=None) -> int:
     options = SimOptions(layers=a.layers, chunks=a.chunks, tile_schedule=a.tile_schedule, tile_rows=a.tile_rows,
                          fuse_activation=fuse, copy_engine_gbps=a.copy_engine_gbps)
     try:
-        plan = make_case(a.model, ep=a.ep, tp=a.tp, tokens=a.tokens, hw=a.hw, routing=a.routing, seed=a.seed,
-                         std=a.std, topk=a.topk, experts=a.experts, policy=Policy(**pol),
+        overrides = {k: v for k, v in (("topk", a.topk), ("experts_E", a.experts)) if v is not None}
+        model = ModelConfig.from_name(a.model, **overrides)
+        routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
+        plan = make_case(model, ep=a.ep, tp=a.tp, tokens=a.tokens, hw=a.hw, routing=routing, policy=Policy(**pol),
                          ranks_per_node=a.ranks_per_node)
         progress = not a.no_progress and sys.stderr.isatty()
         if a.nc == "auto":
@@ -159,11 +161,13 @@ def main(argv=None) -> int:
             row["critical_path_us"] = results[row["system"]].critical_path_breakdown()
         print(json.dumps({"config": {"model": plan.model.name, "tokens": plan.num_tokens, "ep": a.ep, "tp": a.tp,
                                      "hardware": plan.hardware.name, "routing": a.routing, "seed": a.seed,
+                                     "load_share_std": routing.load_share_std(),
                                      "policy": dataclasses.asdict(pol_), "options": dataclasses.asdict(options)},
                           "systems": rows}, indent=2))
     else:
         header = (f"{plan.model.name}  M={plan.num_tokens}  EP={a.ep} TP={a.tp}  hw={plan.hardware.name}  "
-                  f"routing={a.routing}  n_c layer0={pol_.nc_layer0} ({pol_.layer0_comm}) layer1={pol_.nc_layer1}  "
+                  f"routing={a.routing} (load-share std {routing.load_share_std():.4f})  "
+                  f"n_c layer0={pol_.nc_layer0} ({pol_.layer0_comm}) layer1={pol_.nc_layer1}  "
                   f"chunks={options.chunks}  layers={options.layers}")
         print(format_table(rows, header))
     return 0

@@ -4,7 +4,8 @@ Shape legend: M tokens, E experts, K topk slots (here K is the top-k axis, not t
 
 A real top-k gate (`topk_gate`) and seeded synthetic generators (`balanced`, `uniform`, `imbalanced`)
 all return a `Routing`. Synthetic routings are exact: `imbalanced(std=s)` gives expert load shares whose
-standard deviation is s up to rounding to whole tokens (PAPER.md Fig. 14 sweeps s from 0 to 0.05).
+standard deviation is s up to rounding to whole tokens, or raises saying the largest std reachable (the paper's
+Fig. 14 sweeps s from 0 to 0.05; docs/PAPER_NOTES.md).
 
     >>> r = balanced(M=16, E=4, topk=2, seed=0)
     >>> r.tokens_per_expert_E.tolist()
@@ -118,23 +119,67 @@ def balanced(M: int, E: int, topk: int, seed: int = 0) -> Routing:
 def imbalanced(M: int, E: int, topk: int, std: float, seed: int = 0) -> Routing:
     """Expert load shares with standard deviation `std` (0 = balanced), exact up to whole tokens.
 
-    Shares are 1/E + std * z with z a seeded standardised normal vector; an expert holds at most
-    M assignments (each token picks it at most once), so very large std is capped there.
+    With z a seeded standardised normal vector, the shares are 1/E + std * z while those all stay positive;
+    beyond that (many experts, large std) they are log-normal, proportional to exp(sigma * z) with sigma chosen
+    by bisection so that the shares' std is `std`. An expert holds at most M assignments (each token picks it
+    at most once), which bounds the reachable std: a larger request raises ValueError naming the largest
+    reachable one. `Routing.load_share_std()` reports the std reached.
     """
     _check_sizes(M, E, topk)
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
+    if not std >= 0 or std == float("inf"):
+        raise ValueError(f"std must be a finite number >= 0, got {std}")
     gen = torch.Generator().manual_seed(seed)
     total = M * topk
     if std > 0 and E > 1:
         z = torch.randn(E, generator=gen, dtype=torch.float64)
         z = (z - z.mean()) / z.std(unbiased=False)
-        share = (1.0 / E + std * z).clamp(min=0.0)
-        share = share / share.sum()
+        counts = _counts_with_std(z, std, M, total)
     else:
-        share = torch.full((E,), 1.0 / E, dtype=torch.float64)
-    counts = _round_to_total(share * total, total, cap=M)
+        counts = _round_to_total(torch.full((E,), total / E, dtype=torch.float64), total, cap=M)
     return _from_counts(counts, M, topk, gen)
+
+
+def _share_std(counts: torch.Tensor, total: int) -> float:
+    return float((counts.double() / total).std(unbiased=False))
+
+
+def _counts_with_std(z: torch.Tensor, std: float, M: int, total: int) -> torch.Tensor:
+    """Whole-token counts (each <= M, summing to total) whose shares have standard deviation `std`."""
+    E = z.numel()
+    tol = max(1e-3 * std, 1.0 / total)  # rounding to whole tokens moves the std by about 1 / total
+    linear = 1.0 / E + std * z
+    if bool((linear >= 0).all()):
+        counts = _round_to_total(linear * total, total, cap=M)
+        if abs(_share_std(counts, total) - std) <= tol:
+            return counts
+
+    def lognormal(sigma: float) -> torch.Tensor:
+        w = torch.exp(sigma * (z - z.max()))
+        return _round_to_total(w / w.sum() * total, total, cap=M)
+
+    # the std grows with sigma until the cap at M assignments (and float range) flattens it: scan, then bisect
+    sigmas = [2.0 ** k for k in range(8)]  # 1 .. 128; beyond, exp(sigma * z) underflows for most experts
+    stds = [_share_std(lognormal(x), total) for x in sigmas]
+    reached = [x for x, got in zip(sigmas, stds, strict=True) if got >= std]
+    if not reached:
+        if max(stds) >= std - tol:
+            return lognormal(sigmas[stds.index(max(stds))])
+        raise ValueError(f"imbalanced routing cannot reach a load-share std of {std} with E={E} experts, "
+                         f"M={M} tokens and topk={total // M} (an expert holds at most M assignments); the largest "
+                         f"it reaches here is {max(stds):.4g}: ask for at most that")
+    hi = reached[0]
+    lo, best = 0.0, lognormal(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        counts = lognormal(mid)
+        got = _share_std(counts, total)
+        if abs(got - std) < abs(_share_std(best, total) - std):
+            best = counts
+        if got < std:
+            lo = mid
+        else:
+            hi = mid
+    return best
 
 
 def _round_to_total(x: torch.Tensor, total: int, cap: int) -> torch.Tensor:
