@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS, ModelConfig
+from comet.core.config import HARDWARE, MODELS, ModelConfig, profile_files
 from comet.core.policy import Policy
 from comet.core.routing import ROUTINGS, make_routing
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
+from sim.hardware_model import COPY_ENGINE_MEASURED_GBPS
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
 from sim.run import make_case, simulate, with_policy
 
@@ -59,22 +60,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="mixtral-8x7b", help=f"one of {', '.join(MODELS)}")
     g.add_argument("--ep", type=int, default=8, help="expert-parallel degree")
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (ranks = ep x tp)")
-    g.add_argument("--tokens", type=int, default=16384, help="M, tokens in the layer over the whole group")
-    g.add_argument("--topk", type=int, help="override the model's topk")
-    g.add_argument("--experts", type=int, help="override the model's expert count E")
-    g.add_argument("--routing", default="balanced", choices=ROUTINGS)
+    g.add_argument("--tokens", type=int, default=16384, help="M, tokens in the layer over the whole group (>= 1)")
+    g.add_argument("--topk", type=int, default=argparse.SUPPRESS,
+                   help="override the model's topk (default: the model's)")
+    g.add_argument("--experts", type=int, default=argparse.SUPPRESS,
+                   help="override the model's expert count E (default: the model's)")
+    g.add_argument("--routing", default="balanced", choices=ROUTINGS,
+                   help="seeded synthetic routing: equal loads, uniform picks, or load shares with std --std")
     g.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
     g.add_argument("--seed", type=int, default=0, help="routing seed")
     g.add_argument("--hw", default=defaults.SIM_HARDWARE,
-                   help=f"hardware profile: one of {', '.join(HARDWARE)} or a .json file")
-    g.add_argument("--ranks-per-node", type=int, help="GPUs per node (default: the profile's); more ranks "
-                                                      "than this talk over the NIC")
+                   help=f"hardware profile: one of {', '.join(HARDWARE)}, a measured one of profiles/ "
+                        f"({', '.join(profile_files()) or 'none'}) or a .json file")
+    g.add_argument("--ranks-per-node", type=int, default=argparse.SUPPRESS,
+                   help="GPUs per node, >= 1 (default: the profile's, 8 for the built-in ones); ranks on other "
+                        "nodes talk over the NIC")
     g = ap.add_argument_group("schedule")
-    g.add_argument("--nc", type=_nc, help="communication blocks of layer1 (Policy.nc_layer1), or 'auto': the "
-                                          "fastest of a sweep of layer1 alone, as Comet picks it")
-    g.add_argument("--nc0", type=_nc, help="communication blocks of layer0 (Policy.nc_layer0), or 'auto'")
-    g.add_argument("--policy", default="", help="Policy overrides key=value[,key=value], e.g. "
-                                                "order=expert-major,layer0_comm=copy-engine,comm_rows=32")
+    g.add_argument("--nc", type=_nc, default=argparse.SUPPRESS,
+                   help=f"communication blocks (SMs) of layer1, or 'auto': the fastest of {NC_CANDIDATES} for "
+                        f"layer1 alone, as Comet picks it (default: Policy.nc_layer1 = {Policy.nc_layer1})")
+    g.add_argument("--nc0", type=_nc, default=argparse.SUPPRESS,
+                   help=f"communication blocks (SMs) of layer0, or 'auto' (default: Policy.nc_layer0 = "
+                        f"{Policy.nc_layer0})")
+    g.add_argument("--policy", default=argparse.SUPPRESS,
+                   help="Policy overrides key=value[,key=value], e.g. order=expert-major,layer0_comm=copy-engine,"
+                        "comm_rows=32 (default: none, comet.core.policy.Policy's fields)")
     g.add_argument("--chunks", type=int, default=SimOptions.chunks, help="token chunks of the chunked baseline")
     g.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     g.add_argument("--layers", default="both", choices=LAYERS, help="the whole layer, or layer0/layer1 alone")
@@ -84,12 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost ragged tiles as full BM-row tiles (padded) or by their rows (actual)")
     g.add_argument("--activation-kernel", default="auto", choices=("auto", "fused", "separate"),
                    help="auto: fused into comet's GEMM epilogue, a separate kernel for the baselines")
-    g.add_argument("--copy-engine-gbps", type=float, help="copy-engine bandwidth for layer0_comm=copy-engine "
-                                                          "(default min(link, 112 GB/s))")
+    g.add_argument("--copy-engine-gbps", type=float, default=argparse.SUPPRESS,
+                   help="copy-engine bandwidth in GB/s for layer0_comm=copy-engine (default: min(link, "
+                        f"{COPY_ENGINE_MEASURED_GBPS:g} GB/s measured))")
     g = ap.add_argument_group("output")
-    g.add_argument("--trace", metavar="FILE", help="write a Chrome trace JSON (Perfetto); with several systems, "
-                                                   "one file each: FILE's stem + '.<system>'")
-    g.add_argument("--json", action="store_true", help="print a machine-readable summary (a list, one per system)")
+    g.add_argument("--trace", metavar="FILE", default=argparse.SUPPRESS,
+                   help="write a Chrome trace JSON (Perfetto); with several systems, one file each: FILE's stem + "
+                        "'.<system>' (default: none)")
+    g.add_argument("--json", action="store_true",
+                   help='print {"config": ..., "systems": [one summary per system]} as JSON instead of the table')
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -114,6 +127,12 @@ def format_table(rows: list[dict], header: str) -> str:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    for name in ("nc", "nc0", "ranks_per_node", "topk", "experts", "copy_engine_gbps", "trace"):
+        setattr(a, name, getattr(a, name, None))
+    a.policy = getattr(a, "policy", "")
+    if a.trace and not Path(a.trace).resolve().parent.is_dir():
+        raise SystemExit(f"error: --trace {a.trace}: the folder {Path(a.trace).resolve().parent} does not exist; "
+                         f"create it or write the trace elsewhere")
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:

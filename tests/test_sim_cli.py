@@ -69,3 +69,29 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "sim", *SMALL, "--systems", "sequential"], capture_output=True,
                          text=True, check=True).stdout
     assert "sequential" in out
+
+
+# --- user errors at the command lines: one line, exit code 1 or 2, never a traceback
+@pytest.mark.parametrize("cmd", [
+    ["sim", "--ep", "3"],
+    ["sim", "--model", "no-such-model"],
+    ["sim", "--tokens", "0"],
+    ["sim", "--ranks-per-node", "0", "--ep", "2", "--tokens", "64"],
+    ["sim", "--trace", "/no/such/folder/t.json", "--ep", "2", "--tokens", "64"],
+    ["sim", "--model", "deepseek-v3", "--routing", "imbalanced", "--tokens", "512"],
+    ["comet.core.planner", "--ep", "3"],
+    ["comet.core.planner", "--model", "no-such-model"],
+    ["comet.core.planner", "--tokens", "0"],
+    ["comet.core.planner", "--hw", "no-such-gpu"],
+])
+def test_cli_user_errors_are_one_line(cmd):
+    r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=120)
+    assert r.returncode in (1, 2), r
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("error:") or "usage:" not in r.stderr
+
+
+def test_help_shows_real_defaults():
+    for mod, needle in (("sim", "Policy.nc_layer1 = 28"), ("comet.core.planner", "(default: 8)")):
+        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and needle in " ".join(r.stdout.split()) and "default: None" not in r.stdout

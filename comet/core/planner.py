@@ -296,27 +296,36 @@ def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, ha
 # ------------------------------------------------------------------------------------ command line
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m comet.core.planner", description="Build and summarise a Plan.")
+    """`python -m comet.core.planner`: build one Plan from names and print its per-rank summary."""
+    ap = argparse.ArgumentParser(prog="python -m comet.core.planner", description="Build and summarise a Plan.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="mixtral-8x7b", help=f"one of {', '.join(MODELS)}")
-    ap.add_argument("--ep", type=int, default=8)
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--tokens", type=int, default=8192, help="M, tokens in the layer over the whole group")
-    ap.add_argument("--topk", type=int, help="override the model's topk")
-    ap.add_argument("--experts", type=int, help="override the model's expert count E")
-    ap.add_argument("--routing", default="balanced", choices=ROUTINGS)
-    ap.add_argument("--std", type=float, default=0.032, help="load-share std for --routing imbalanced")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"one of {', '.join(HARDWARE)} or a profile .json")
-    ap.add_argument("--order", default="comet", choices=ORDERS)
-    ap.add_argument("--dispatch", default="all-to-all", choices=DISPATCHES)
-    ap.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    ap.add_argument("--ep", type=int, default=8, help="expert-parallel degree (a divisor of the model's E)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (a divisor of the model's K)")
+    ap.add_argument("--tokens", type=int, default=8192, help="M, tokens in the layer over the whole group (>= 1)")
+    ap.add_argument("--topk", type=int, default=argparse.SUPPRESS,
+                    help="override the model's topk (default: the model's)")
+    ap.add_argument("--experts", type=int, default=argparse.SUPPRESS,
+                    help="override the model's expert count E (default: the model's)")
+    ap.add_argument("--routing", default="balanced", choices=ROUTINGS,
+                    help="seeded synthetic routing: equal loads, uniform picks, or load shares with std --std")
+    ap.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
+    ap.add_argument("--seed", type=int, default=0, help="routing seed")
+    ap.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"one of {', '.join(HARDWARE)}, a profile name "
+                                                                  f"of profiles/ or a .json file")
+    ap.add_argument("--order", default="comet", choices=ORDERS, help="layer0 tile order")
+    ap.add_argument("--dispatch", default="all-to-all", choices=DISPATCHES, help="how token rows reach the experts")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
-    overrides = {k: v for k, v in (("topk", a.topk), ("experts_E", a.experts)) if v is not None}
-    model = ModelConfig.from_name(a.model, **overrides)
-    par = ParallelConfig(ep=a.ep, tp=a.tp)
-    routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
-    plan = make_plan(routing, model, par, HardwareProfile.from_name(a.hw),
-                     Policy(order=a.order, dispatch=a.dispatch))
+    overrides = {k: getattr(a, n) for k, n in (("topk", "topk"), ("experts_E", "experts")) if hasattr(a, n)}
+    try:
+        model = ModelConfig.from_name(a.model, **overrides)
+        par = ParallelConfig(ep=a.ep, tp=a.tp)
+        routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
+        plan = make_plan(routing, model, par, HardwareProfile.from_name(a.hw),
+                         Policy(order=a.order, dispatch=a.dispatch))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     s = plan.summary()
     print(json.dumps(s, indent=2) if a.json else format_summary(s))
 
