@@ -69,6 +69,9 @@ def simulate(plan: Plan | None = None, system: str = "comet", options: SimOption
     Raises ValueError for a schedule that cannot run (e.g. comet with Policy.nc_layer1 = 0)."""
     if plan is None:
         plan = make_case(**case)
+    elif not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a comet.core.plan.Plan (make_case or make_plan builds one), got "
+                        f"{type(plan).__name__}; or pass make_case's arguments instead")
     elif case:
         raise TypeError(f"give either a plan or make_case arguments, not both (got {sorted(case)})")
     options = options or SimOptions()

@@ -270,3 +270,23 @@ def test_plan_on_gpu_matches_cpu_without_sync():
         torch.cuda.set_sync_debug_mode("default")
     for name, v in cpu.rank(1).tensors().items():
         assert torch.equal(v, gpu.rank(1).tensors()[name].cpu()), name
+
+
+def test_names_work_and_wrong_types_are_refused_at_once():
+    """A model or hardware name works wherever an object does; a bare tensor or an int is refused in one line."""
+    from comet.core.routing import balanced
+    from sim import simulate
+
+    r = balanced(64, 8, 2)
+    by_name = make_plan(r, "mixtral-8x7b", ParallelConfig(ep=2), "h800")
+    by_object = make_plan(r, ModelConfig.from_name("mixtral-8x7b"), ParallelConfig(ep=2),
+                          HardwareProfile.from_name("h800"))
+    assert by_name.model == by_object.model and by_name.hardware == by_object.hardware
+    with pytest.raises(TypeError, match="routing must be a comet.core.routing.Routing"):
+        make_plan(r.topk_ids_MK, "mixtral-8x7b", ParallelConfig(ep=2), "h800")
+    with pytest.raises(TypeError, match=r"parallel must be a ParallelConfig\(ep=..., tp=...\), got int"):
+        make_plan(r, "mixtral-8x7b", 2, "h800")
+    with pytest.raises(TypeError, match="hardware must be a HardwareProfile or a profile name"):
+        make_plan(r, "mixtral-8x7b", ParallelConfig(ep=2), 3.0)
+    with pytest.raises(TypeError, match="plan must be a comet.core.plan.Plan"):
+        simulate("mixtral-8x7b")

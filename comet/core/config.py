@@ -367,3 +367,30 @@ HARDWARE: dict[str, HardwareProfile] = {
         ),
     )
 }
+
+
+# ----------------------------------------------------------------------------------- names or objects
+def as_model(model: ModelConfig | str) -> ModelConfig:
+    """A ModelConfig, or a registered model's name; anything else is refused in one line."""
+    if isinstance(model, ModelConfig):
+        return model
+    if isinstance(model, str):
+        return ModelConfig.from_name(model)
+    raise TypeError(f"model must be a ModelConfig or a model name ({', '.join(MODELS)}), got {type(model).__name__}")
+
+
+def as_hardware(hardware: HardwareProfile | str) -> HardwareProfile:
+    """A HardwareProfile, or a profile's name / JSON path; anything else is refused in one line."""
+    if isinstance(hardware, HardwareProfile):
+        return hardware
+    if isinstance(hardware, str):
+        return HardwareProfile.from_name(hardware)
+    raise TypeError(f"hardware must be a HardwareProfile or a profile name ({', '.join(HARDWARE)}), got "
+                    f"{type(hardware).__name__}")
+
+
+def as_parallel(parallel: ParallelConfig) -> ParallelConfig:
+    """A ParallelConfig; anything else (e.g. an int) is refused in one line."""
+    if isinstance(parallel, ParallelConfig):
+        return parallel
+    raise TypeError(f"parallel must be a ParallelConfig(ep=..., tp=...), got {type(parallel).__name__} {parallel!r}")

@@ -35,7 +35,16 @@ import math
 import torch
 
 from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS, HardwareProfile, ModelConfig, ParallelConfig
+from comet.core.config import (
+    HARDWARE,
+    MODELS,
+    HardwareProfile,
+    ModelConfig,
+    ParallelConfig,
+    as_hardware,
+    as_model,
+    as_parallel,
+)
 from comet.core.ownership import combine_expected, token_groups, token_owner
 from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
 from comet.core.policy import DISPATCHES, ORDERS, Policy
@@ -257,13 +266,20 @@ def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
     return {"nc_layer0": values[0], "nc_layer1": values[1]}
 
 
-def make_plan(routing: Routing, model: ModelConfig, parallel: ParallelConfig, hardware: HardwareProfile,
+def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConfig, hardware: HardwareProfile | str,
               policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None) -> Plan:
     """Build the Plan for `routing` (global: all M tokens). `ranks` limits the work to some ranks (a GPU
-    process builds only its own); tensors stay on the routing's device and no host sync happens.
+    process builds only its own); tensors stay on the routing's device and no host sync happens. model and
+    hardware may be given by name.
 
     nc: None keeps the Policy's nc_layer0 / nc_layer1; an int sets both, a pair (nc_layer0, nc_layer1) each.
     To choose n_c by simulation, pass the plan to comet.tuning.auto_nc (the floor above the simulator)."""
+    model, parallel, hardware = as_model(model), as_parallel(parallel), as_hardware(hardware)
+    if not isinstance(routing, Routing):
+        raise TypeError(f"routing must be a comet.core.routing.Routing (top-k ids and weights), got "
+                        f"{type(routing).__name__}; build one with Routing(ids_MK, weights_MK, E) or make_routing(...)")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a comet.core.policy.Policy, got {type(policy).__name__}")
     policy = policy or Policy()
     if nc is not None:
         policy = policy.replace(**_nc_changes(nc, hardware))
