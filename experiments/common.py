@@ -117,10 +117,15 @@ def _label(case: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in case.items() if k != "model")[:60]
 
 
-def csv_path(name: str, hw: str = defaults.SIM_HARDWARE, backend: str = "sim", date: str | None = None) -> Path:
-    """results/<name>/<hw>-<backend>_<date>.csv (date: today, ISO)."""
+QUICK_RESULTS = REPO / "out" / "quick" / "results"  # --quick runs: never beside the full results
+
+
+def csv_path(name: str, hw: str = defaults.SIM_HARDWARE, backend: str = "sim", date: str | None = None,
+             quick: bool = False) -> Path:
+    """results/<name>/<hw>-<backend>_<date>.csv (date: today, ISO); a quick run's goes under out/quick/results/,
+    so that the figures, which read results/, never draw a quick grid."""
     date = date or datetime.date.today().isoformat()
-    return RESULTS / name / f"{Path(hw).stem}-{backend}_{date}.csv"
+    return (QUICK_RESULTS if quick else RESULTS) / name / f"{Path(hw).stem}-{backend}_{date}.csv"
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -138,7 +143,8 @@ def parser(module) -> argparse.ArgumentParser:
     ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", defaults.SIM_HARDWARE),
                     help="hardware profile for --backend sim (a registered name or a .json file)")
     ap.add_argument("--quick", action="store_true", help="a few small points (for tests and a first look)")
-    ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv)")
+    ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv; "
+                                             "with --quick under out/quick/results/)")
     ap.add_argument("--date", help="date in the default file name (default: today, ISO)")
     return ap
 
@@ -148,7 +154,7 @@ def main(module, argv=None) -> Path:
     if a.backend == "gpu":
         gpu_backend(module.NAME)
     df = run(module, quick=a.quick, hw=a.hw)
-    path = write_csv(df, a.out or csv_path(module.NAME, a.hw, a.backend, a.date))
+    path = write_csv(df, a.out or csv_path(module.NAME, a.hw, a.backend, a.date, quick=a.quick))
     print(f"wrote {path} ({len(df)} rows)")
     return path
 

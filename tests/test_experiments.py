@@ -210,3 +210,16 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(fig09_end_to_end)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_quick_runs_never_write_beside_the_full_results(tmp_path, monkeypatch):
+    """--quick without --out goes under out/quick/results/: the figures, which read results/, keep the full grid."""
+    from experiments import fig14_imbalance, nc_auto
+
+    monkeypatch.setattr(common, "QUICK_RESULTS", tmp_path)
+    before = {p: p.stat().st_mtime for p in (common.RESULTS / "nc_auto").glob("*.csv")}
+    path = fig14_imbalance.main(["--quick"])
+    assert path.is_relative_to(tmp_path) and path.exists()
+    path = nc_auto.main(["--quick", "--jobs", "1"])
+    assert path.is_relative_to(tmp_path) and path.exists()
+    assert {p: p.stat().st_mtime for p in (common.RESULTS / "nc_auto").glob("*.csv")} == before
