@@ -129,8 +129,16 @@ def csv_path(name: str, hw: str = defaults.SIM_HARDWARE, backend: str = "sim", d
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write df to path, unless the newest CSV of the same experiment, hardware and backend (an earlier date)
+    already holds exactly these rows: then that file is kept and returned, so re-running the main job leaves
+    tracked results unchanged unless their content changed."""
+    text = df.to_csv(index=False, float_format="%.6g")
+    prefix = path.name.rsplit("_", 1)[0]
+    earlier = sorted(path.parent.glob(f"{prefix}_*.csv"))
+    if earlier and earlier[-1].read_text() == text:
+        return earlier[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, float_format="%.6g")
+    path.write_text(text)
     return path
 
 

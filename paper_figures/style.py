@@ -9,6 +9,7 @@ and write PNG + PDF; they never simulate. Each defines NAME (the experiment whos
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -73,8 +74,12 @@ def speedup_band(ax, paper: pd.DataFrame, quantity: str | None = "layer_speedup"
 def save(fig, name: str, out: Path = OUT) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+    for p in paths:  # written only when the picture changed: a re-run on the same data leaves the files alone
+        buf = io.BytesIO()
+        fig.savefig(buf, format=p.suffix[1:], bbox_inches="tight",
+                    metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+        if not (p.exists() and p.read_bytes() == buf.getvalue()):
+            p.write_bytes(buf.getvalue())
     plt.close(fig)
     return paths
 

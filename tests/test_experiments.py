@@ -223,3 +223,25 @@ def test_quick_runs_never_write_beside_the_full_results(tmp_path, monkeypatch):
     path = nc_auto.main(["--quick", "--jobs", "1"])
     assert path.is_relative_to(tmp_path) and path.exists()
     assert {p: p.stat().st_mtime for p in (common.RESULTS / "nc_auto").glob("*.csv")} == before
+
+
+def test_unchanged_results_keep_their_file(tmp_path):
+    """Re-running on the same data keeps the earlier dated CSV (tracked files change only when content does)."""
+    df = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]})
+    first = common.write_csv(df, tmp_path / "x" / "h800-sim_2026-01-01.csv")
+    assert common.write_csv(df, tmp_path / "x" / "h800-sim_2026-02-02.csv") == first
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["h800-sim_2026-01-01.csv"]
+    changed = common.write_csv(df.assign(b=[0.5, 0.3]), tmp_path / "x" / "h800-sim_2026-03-03.csv")
+    assert changed.name == "h800-sim_2026-03-03.csv" and changed.exists()
+
+
+def test_figures_are_rewritten_only_when_they_change(tmp_path):
+    from paper_figures import fig10_tokens, style
+
+    csv = style.latest_csv("fig10_tokens")
+    fig10_tokens.main(["--csv", str(csv), "--out", str(tmp_path)])
+    png = tmp_path / "fig10_tokens.png"
+    stamp = png.stat().st_mtime_ns
+    time.sleep(0.01)
+    fig10_tokens.main(["--csv", str(csv), "--out", str(tmp_path)])
+    assert png.stat().st_mtime_ns == stamp
