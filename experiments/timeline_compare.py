@@ -84,7 +84,11 @@ def parse_args(argv=None):
     p.add_argument("--rank", type=int, default=0, help="the rank drawn and summarised")
     p.add_argument("--reps", type=int, default=5, help="timed forwards with and without instrumentation")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--sim-only", action="store_true", help="CPU step: simulate and draw from --out's case.json")
+    p.add_argument("--sim-only", action="store_true",
+                   help="CPU step: simulate the recorded case and draw it beside the real timeline, into --out")
+    p.add_argument("--real", type=Path, default=None,
+                   help="with --sim-only: the folder of the GPU step's case.json and real_events.csv (default: --out "
+                        "if it holds them, else the committed recording in results/timeline_compare)")
     return p.parse_args(argv)
 
 
@@ -195,7 +199,7 @@ def gpu_step(a, out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ CPU step
-def sim_step(out: Path, hw_name: str | None = None) -> None:
+def sim_step(out: Path, hw_name: str | None = None, real_dir: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +210,9 @@ def sim_step(out: Path, hw_name: str | None = None) -> None:
     from sim.plots import sim_vs_real
     from sim.run import simulate
 
-    meta = json.loads((out / CASE_JSON).read_text())
+    real_dir = real_dir or out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((real_dir / CASE_JSON).read_text())
     case = meta["case"]
     hw = HardwareProfile.from_name(hw_name or case["hw"]).emulated_world(latency_us=DRAM_LATENCY_US, sms=meta["sms"])
     plan, routing, _, _ = build(case, hw)
@@ -217,7 +223,7 @@ def sim_step(out: Path, hw_name: str | None = None) -> None:
         print(f"WARNING: the Plan built here differs from the GPU step's ({fp['sizes']} vs {meta['plan']['sizes']})")
     res = simulate(plan, "comet", SimOptions(tile_schedule="static"))
     rank = case["rank"]
-    real = pd.read_csv(out / REAL_CSV)
+    real = pd.read_csv(real_dir / REAL_CSV)
     sim_ev = res.events[res.events["rank"] == rank]
     sim_ev.to_csv(out / SIM_CSV, index=False, float_format="%.3f")
     write_chrome_trace(real, out / TRACE_JSON, label=f"real ({meta['device']})",
@@ -267,10 +273,11 @@ def main(argv=None) -> None:
     a = parse_args(argv)
     out = a.out.resolve()
     if a.sim_only:
-        if not (out / CASE_JSON).exists():
-            sys.exit(f"--sim-only reads {out / CASE_JSON} and {out / REAL_CSV}: run the GPU step first "
-                     f"(python -m experiments.timeline_compare --out {a.out} on a CUDA machine)")
-        sim_step(out, a.hw)
+        real = (a.real or (out if (out / CASE_JSON).exists() else DEFAULT_OUT)).resolve()
+        if not ((real / CASE_JSON).exists() and (real / REAL_CSV).exists()):
+            sys.exit(f"error: --sim-only reads {real / CASE_JSON} and {real / REAL_CSV}: run the GPU step first "
+                     f"(python -m experiments.timeline_compare --out DIR on a CUDA machine) and pass --real DIR")
+        sim_step(out, a.hw, real)
         return
     if not torch.cuda.is_available():
         sys.exit("experiments.timeline_compare records the real kernels' timeline and needs a CUDA GPU (the "

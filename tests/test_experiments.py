@@ -245,3 +245,12 @@ def test_figures_are_rewritten_only_when_they_change(tmp_path):
     time.sleep(0.01)
     fig10_tokens.main(["--csv", str(csv), "--out", str(tmp_path)])
     assert png.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_timeline_compare_sim_only_works_on_a_fresh_folder(tmp_path):
+    """The CPU step reads the committed GPU recording when --out holds none (out of the box on a fresh clone)."""
+    from experiments import timeline_compare
+
+    timeline_compare.main(["--sim-only", "--out", str(tmp_path / "fresh")])
+    assert {"sim_events.csv", "summary.csv", "sim_vs_real.png"} <= {p.name for p in (tmp_path / "fresh").iterdir()}
