@@ -32,9 +32,10 @@ def non_moe_layer_us(model: ModelConfig, parallel: ParallelConfig, hw: HardwareP
     """Time (us) of one transformer layer's non-MoE work per GPU: identical for every MoE system.
 
     FLOPs per token (a multiply-add counts 2):
-      attention projections Q, K, V, O as four N x N weights: 8 N^2 (grouped-query attention needs less:
-      this is an upper bound, as the model registry holds no head counts);
-      scores QK^T and PV over a causal context of S = min(M, seq_len) tokens: 2 x 2 N S / 2 = 2 N S;
+      the query, key, value and output projections as four N x N weights: 8 N^2 (grouped-query attention
+      needs less: this is an upper bound, as the model registry holds no head counts);
+      scores and the weighted sum of values over a causal context of ctx = min(M, seq_len) tokens:
+      2 x 2 N ctx / 2 = 2 N ctx;
       the gate: 2 N E.
     They split evenly over the W = EP x TP GPUs (attention tensor- or data-parallel alike) and run at
     peak_tflops x gemm_efficiency. Memory-bound work (RMSNorms, residual adds, rotary) moves
@@ -45,8 +46,8 @@ def non_moe_layer_us(model: ModelConfig, parallel: ParallelConfig, hw: HardwareP
         >>> round(non_moe_layer_us(m, ParallelConfig(ep=8), HardwareProfile.from_name("h800"), 8192), 1)
         256.3
     """
-    N, S = model.hidden_N, min(tokens, seq_len)
-    flops_per_token = 8 * N * N + 2 * N * S + 2 * N * model.experts_E
+    N, ctx = model.hidden_N, min(tokens, seq_len)
+    flops_per_token = 8 * N * N + 2 * N * ctx + 2 * N * model.experts_E
     tokens_per_gpu = tokens / parallel.world_size
     compute_us = tokens_per_gpu * flops_per_token / (hw.peak_tflops * 1e6 * hw.gemm_efficiency)
     memory_us = tokens_per_gpu * ELEMENTWISE_BYTES_PER_VALUE * N * model.dtype_bytes / (hw.hbm_gbps * 1e3)

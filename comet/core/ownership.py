@@ -21,10 +21,10 @@ def split_range(n: int, parts: int, p: int) -> tuple[int, int]:
     return (p * n + parts - 1) // parts, ((p + 1) * n + parts - 1) // parts
 
 
-def part_of(i_N: torch.Tensor, n: torch.Tensor | int, parts: int) -> torch.Tensor:
-    """The part of each item index in i_N (int64) when n items are cut into `parts` parts; n may be a tensor
-    of the same shape (one n per item)."""
-    return i_N * parts // n
+def part_of(index: torch.Tensor, n: torch.Tensor | int, parts: int) -> torch.Tensor:
+    """The part of each item index in `index` (int64) when n items are cut into `parts` parts; n may be a
+    tensor of the same shape (one n per item)."""
+    return index * parts // n
 
 
 def token_owner(M: int, W: int, device=None) -> torch.Tensor:

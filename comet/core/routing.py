@@ -4,7 +4,7 @@ Shape legend: M tokens, E experts, K topk slots (here K is the top-k axis, not t
 
 A real top-k gate (`topk_gate`) and seeded synthetic generators (`balanced`, `uniform`, `imbalanced`)
 all return a `Routing`. Synthetic routings are exact: `imbalanced(std=s)` gives expert load shares whose
-standard deviation is s up to rounding to whole tokens (PAPER.md Fig. 14 sweeps s from 0 to 0.05).
+standard deviation is s up to rounding to whole tokens (the paper's Fig. 14 sweeps s from 0 to 0.05).
 
     >>> r = balanced(M=16, E=4, topk=2, seed=0)
     >>> r.tokens_per_expert_E.tolist()
@@ -167,8 +167,8 @@ def uniform(M: int, E: int, topk: int, seed: int = 0) -> Routing:
 
 
 def make_routing(kind: str, M: int, E: int, topk: int, seed: int = 0, std: float = 0.032) -> Routing:
-    """A routing by name: "balanced", "uniform", or "imbalanced" (with `std`, default 0.032: PAPER.md's
-    production figure)."""
+    """A routing by name: "balanced", "uniform", or "imbalanced" (with `std`, default 0.032: the production
+    figure the paper gives with Fig. 14)."""
     if kind == "balanced":
         return balanced(M, E, topk, seed)
     if kind == "uniform":
