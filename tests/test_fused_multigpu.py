@@ -9,7 +9,7 @@ rows with the single-process reference. Covered: EP=W, TP=2 (and EP=W/2 x TP=2 o
 swiglu, the three layer0 variants, balanced and imbalanced (std 0.05) routing, an idle expert, all
 tokens on one rank's experts, the paper models scaled down and Mixtral at full size, tagged rows,
 1,000 consecutive calls, no host sync inside a call, a peer that never signals (timeout error naming the
-flag on every rank). Written while no multi-GPU machine was lent: not yet run.
+flag on every rank). Measured on 2 x H200 (results/multigpu/README.md); not yet run on 4 GPUs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
-    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
+    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off: docs/GPU_FACTS.md)
 
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
 from comet.core.ownership import token_owner  # noqa: E402

@@ -8,7 +8,7 @@ Every process builds the same global inputs from seeds, feeds its own m tokens, 
 with the reference's. Covered: EP=W and EP=W/2 x TP=2; gelu and swiglu; comet, sequential and chunked; both
 dispatch forms; a Mixtral block state dict sharded per rank; CUDA-graph capture and replay of the comet
 system over the group (device-side barrier); no host sync inside a comet call; 100 calls with changing token
-counts. Written while no multi-GPU machine was lent: not yet run.
+counts. Measured on 2 x H200 (results/multigpu/README.md); not yet run on 4 GPUs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
-    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
+    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off: docs/GPU_FACTS.md)
 
 from comet.core.config import ModelConfig, ParallelConfig  # noqa: E402
 from comet.core.reference import moe_forward  # noqa: E402
