@@ -1,6 +1,6 @@
 """How fast the simulator runs: one MoE layer, all ranks, tile granularity, pinned to one CPU core.
 
-    python -m benchmarks.sim_speed                      # Mixtral, EP=8, M=16384, h800: the issue's target
+    python -m benchmarks.sim_speed                      # Mixtral, EP=8, M=16384, h800: the target case
     python -m benchmarks.sim_speed --tokens 4096 --repeat 5 --csv /tmp/sim_speed.csv
 
 Times only `simulate(...)` (the plan is built once, outside the timing), after one warm-up run, and

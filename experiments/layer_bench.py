@@ -70,7 +70,7 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS), help="M, tokens of the whole group")
     ap.add_argument("--routing", nargs="+", default=list(ROUTINGS), choices=ROUTINGS)
     ap.add_argument("--std", type=float, default=0.032, help="load-share std of the imbalanced routing")
-    ap.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8], help="Q values (chunks) of the chunked baseline")
+    ap.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8], help="Q values of the chunked baseline")
     ap.add_argument("--nc1", nargs="+", type=int, default=[16, 28], help="comet's layer1 n_c candidates")
     ap.add_argument("--dispatch", default="all-to-all", choices=("all-to-all", "all-gather"),
                     help="dispatch/combine form of the baselines (comet's Plan uses all-to-all)")
