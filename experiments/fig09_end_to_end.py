@@ -62,15 +62,15 @@ def cases(quick: bool) -> list[dict]:
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
     plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw)
     other_us = non_moe_layer_us(plan.model, plan.parallel, plan.hardware, case["tokens"])
-    L = plan.model.layers
+    layers = plan.model.layers
     rows = common.compare_systems(plan, quick)
-    comet_fwd = L * (rows[0]["latency_us"] + other_us)
+    comet_fwd = layers * (rows[0]["latency_us"] + other_us)
     out = []
     for r in rows:
-        fwd = L * (r["latency_us"] + other_us)
-        out.append({**case, "layers": L, "system": r["system"], "moe_layer_us": r["latency_us"],
+        fwd = layers * (r["latency_us"] + other_us)
+        out.append({**case, "layers": layers, "system": r["system"], "moe_layer_us": r["latency_us"],
                     "non_moe_layer_us": other_us, "forward_us": fwd, "exposed_comm_us": r["exposed_comm_us"],
-                    "comm_share_of_forward": L * r["exposed_comm_us"] / fwd, "chunks": r["chunks"],
+                    "comm_share_of_forward": layers * r["exposed_comm_us"] / fwd, "chunks": r["chunks"],
                     "nc_layer1": r["nc_layer1"], "comet_speedup": fwd / comet_fwd, "sim_wall_s": r["sim_wall_s"]})
     return out
 

@@ -62,7 +62,7 @@ def token_groups(topk_ids_MK: torch.Tensor, experts_per_group: int, ep: int) -> 
 def combine_expected(groups_MG: torch.Tensor, owner_M: torch.Tensor, W: int, tp: int) -> torch.Tensor:
     """int64 (W, W): [o, s] = partial sums owner o receives from rank s in the combine (one per token of o
     with an expert in s's EP group). groups_MG: `token_groups`; owner_M: `token_owner`."""
-    per_owner_OG = torch.zeros(W, groups_MG.shape[1], dtype=torch.int64, device=groups_MG.device)
-    per_owner_OG.index_add_(0, owner_M, groups_MG.to(torch.int64))
+    per_owner_WG = torch.zeros(W, groups_MG.shape[1], dtype=torch.int64, device=groups_MG.device)
+    per_owner_WG.index_add_(0, owner_M, groups_MG.to(torch.int64))
     src_group = torch.arange(W, device=groups_MG.device) // tp
-    return per_owner_OG[:, src_group].contiguous()
+    return per_owner_WG[:, src_group].contiguous()

@@ -171,11 +171,11 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: Mode
     nrb1 = n_rb.clamp(min=1)
     t1_ok = t1 < n_rb * N1
     t1_rb = (t1 % nrb1).clamp(max=B_max - 1)
-    neg_T1 = torch.full_like(t1, -1)
-    l1_e = torch.where(t1_ok, rb_e[t1_rb], neg_T1)
-    l1_s = torch.where(t1_ok, rb_start[t1_rb], neg_T1)
-    l1_end = torch.where(t1_ok, rb_end[t1_rb], neg_T1)
-    l1_col = torch.where(t1_ok, t1 // nrb1, neg_T1)
+    neg_T = torch.full_like(t1, -1)
+    l1_e = torch.where(t1_ok, rb_e[t1_rb], neg_T)
+    l1_s = torch.where(t1_ok, rb_start[t1_rb], neg_T)
+    l1_end = torch.where(t1_ok, rb_end[t1_rb], neg_T)
+    l1_col = torch.where(t1_ok, t1 // nrb1, neg_T)
 
     # --- layer0 communication: the tokens this rank needs, by source in arrival order
     tok_M = torch.arange(M, device=dev)
