@@ -3,7 +3,8 @@
 Single-GPU emulation: W = EP ranks live on one GPU (kernels.workspace.EmulatedWorld); "peer" buffers are
 other tensors of the same GPU, so dispatch and combine traffic is local HBM traffic, not NVLink. The
 numbers say what the fusion costs or saves on the compute side (and how layer1 time moves with n_c when
-communication is nearly free); they are NOT the multi-GPU measurements the issue asks for.
+communication is nearly free); they are NOT multi-GPU measurements (experiments.layer_bench under torchrun
+measures those).
 
 Per case (model, M, EP; balanced routing; bf16) and for rank 0:
   layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one kernel

@@ -146,7 +146,7 @@ def _bench_both(fn) -> tuple[float, float]:
 
 
 def _ceiling_tflops(dtype, warm_s: float = 0.0) -> float:
-    """bf16 matmul 8192x4096x14336 on random data (GPU.md's ceiling shape); warm_s of matmuls first so
+    """bf16 matmul 8192x4096x14336 on random data (the ceiling shape of docs/GPU_FACTS.md); warm_s of matmuls first so
     the clocks have ramped up."""
     a = torch.randn(8192, 4096, device=DEVICE, dtype=dtype)
     b = torch.randn(4096, 14336, device=DEVICE, dtype=dtype)

@@ -1,7 +1,7 @@
 """Plot a benchmarks.grouped_gemm CSV: each variant's TFLOP/s over the best GEMM-only baseline, per case.
 
-One panel per layer; bars per (model, M, routing), one colour per variant; dashed lines at issue 4's goals
-(0.90 for Mixtral / Phi-3.5, 0.80 for Qwen2). Writes <csv stem>.png beside the CSV (or --out).
+One panel per layer; bars per (model, M, routing), one colour per variant; dashed lines at the grouped GEMM's
+targets (0.90 for Mixtral / Phi-3.5, 0.80 for Qwen2). Writes <csv stem>.png beside the CSV (or --out).
 
     python -m benchmarks.plot_grouped_gemm results/grouped_gemm/h200_wsgather_2026-11-24.csv
     python -m benchmarks.plot_grouped_gemm CSV --variants 128x256Gw-fg,128x256GS-fg --labels default,"A in order"
@@ -49,14 +49,14 @@ def draw(r: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
         width = 0.8 / len(sub.columns)
         for i, col in enumerate(sub.columns):
             ax.bar(x + (i - (len(sub.columns) - 1) / 2) * width, sub[col], width, label=names[i])
-        for j, (model, _, _) in enumerate(sub.index):  # the goal of each case's model
+        for j, (model, _, _) in enumerate(sub.index):  # the target of each case's model
             goal = GOALS.get(model.split("-")[0])
             if goal:
                 ax.hlines(goal, j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1)
         ax.set_xticks(x, [f"{m.split('-')[0]}\nM={M}\n{rk[:3]}" for m, M, rk in sub.index], fontsize=7)
         ax.set_ylabel("TFLOP/s / best GEMM baseline")
         ax.set_ylim(0.5, max(1.15, float(np.nanmax(sub.to_numpy())) + 0.05))
-        ax.set_title(f"{title} layer {layer[-1]} (dashed: issue 4's goal)".strip())
+        ax.set_title(f"{title} layer {layer[-1]} (dashed: target)".strip())
     axes[0, 0].legend(ncol=min(4, len(names)), loc="upper left")
     fig.tight_layout()
     return fig

@@ -1,6 +1,6 @@
 """How fast the simulator runs: one MoE layer, all ranks, tile granularity, pinned to one CPU core.
 
-    python -m benchmarks.sim_speed                      # Mixtral, EP=8, M=16384, h800: the issue's target
+    python -m benchmarks.sim_speed                      # Mixtral, EP=8, M=16384, h800: the target case
     python -m benchmarks.sim_speed --tokens 4096 --repeat 5 --csv /tmp/sim_speed.csv
     python -m benchmarks.sim_speed --case ep8-tp4 --systems comet --repeat 1 --no-warmup   # 32 GPUs, 4 nodes
     python -m benchmarks.sim_speed --case all --systems comet --repeat 1 --no-warmup --csv results/sim_speed/x.csv

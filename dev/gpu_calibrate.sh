@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Calibrate the one-GPU hardware profile (issue 8) and run its GPU test, on one H200, from the repository root:
+# Calibrate the one-GPU hardware profile and run its GPU test, on one H200, from the repository root:
 #     OUT=/path/to/output bash dev/gpu_calibrate.sh
 # Writes under $OUT: profiles/h200_x1.json, calibration/h200_x1_<date>.csv and .log, calibrate.out (the
 # command's stdout + stderr), pytest_gpu.out, gpu.txt (nvidia-smi, clocks, versions), status.txt.
@@ -10,7 +10,7 @@ set -u
 OUT=${OUT:?set OUT to the output folder}
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # shared/GPU.md
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # multicast off: docs/GPU_FACTS.md
 export TQDM_MININTERVAL=5  # progress lines every 5 s in the log files, not every update
 mkdir -p "$OUT/profiles" "$OUT/calibration"
 start=$(date +%s)

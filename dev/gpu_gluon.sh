@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 4 on one H200: the Gluon Hopper grouped GEMM (kernels/gluon_gemm.py). Its GPU tests first (stop if
+# On one H200: the Gluon Hopper grouped GEMM (kernels/gluon_gemm.py). Its GPU tests first (stop if
 # they fail), then the benchmark against the tl kernel and the cuBLAS / _grouped_mm baselines, then the
 # rest of the grouped GEMM's GPU tests. Under 10 minutes; each step has a timeout.
 #
 #   OUT=/path/to/out PYTHONPATH=$PWD bash dev/gpu_gluon.sh          # from the repository root
 #
-# Writes $OUT/status.txt and $OUT/run.tgz (the device tool returns only a few files) holding run/: device.txt,
+# Writes $OUT/status.txt and $OUT/run.tgz (every output in one archive) holding run/: device.txt,
 # gluon_tests.log, bench.log, grouped_gemm/h200_gluon_<date>{,_summary}.csv, grouped_gemm/compiled.txt,
 # grouped_gemm/h200_activation_power_<date>.csv, gpu_tests.log, power.log. Env: VARIANTS, TOKENS, LAYERS, TAG,
 # POWER (0: skip the power probe), OTHER_TESTS (0: skip the non-Gluon GPU tests), T_GLUON_TESTS, T_BENCH

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issues 5, 6, 8 on NPROC GPUs of one host (2 or 4): the `multigpu` tests under torchrun, the single-layer
-# benchmark, the link part of the calibration. Each step is bounded; one tarball comes back.
+# On NPROC GPUs of one host (2 or 4): the `multigpu` tests under torchrun, the single-layer benchmark, the
+# link part of the calibration. Each step is bounded; the outputs are packed into one archive.
 #
 #   OUT=/path/to/out NPROC=2 bash dev/gpu_multi.sh          # from the repository root
 #
@@ -13,7 +13,7 @@ FINAL=${OUT:?set OUT to an output directory}
 OUT=$FINAL/run
 N=${NPROC:-2}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # shared/GPU.md, KINDS.md
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # multicast off: docs/GPU_FACTS.md
 export TQDM_MININTERVAL=5
 mkdir -p "$OUT"
 {

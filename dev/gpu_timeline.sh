@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Issue 8, tile timelines from the real kernels, on one GPU (under 3 minutes: each step has a timeout): the
+# Tile timelines from the real kernels, on one GPU (under 3 minutes: each step has a timeout): the
 # real run of experiments.timeline_compare (Mixtral-8x7B, EP=4 emulated, M=4096, rank 0), then the
 # instrumented kernels' tests (tests/test_timeline.py; its CPU tests run too, the simpy ones skip).
 #
 #   OUT=/path/to/out PYTHONPATH=$PWD bash dev/gpu_timeline.sh          # from the repository root
 #
 # Writes under $OUT: device.txt, gpu_tests.log, timeline_compare.log, timeline_compare/{real_events.csv,
-# case.json}, status.txt (exit codes). The GPU machines have no simpy: afterwards, on a CPU machine,
+# case.json}, status.txt (exit codes). This step needs no simpy; afterwards, where simpy is installed,
 #   python -m experiments.timeline_compare --sim-only --out <copy of $OUT/timeline_compare>
 # adds sim_events.csv, real_trace.json, summary.csv and sim_vs_real.png beside them.
 set -u
 OUT=${OUT:?set OUT to an output directory}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
-PY=${PYTHON:-python3}  # python3 on the GPU machines
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 
 {

@@ -11,7 +11,7 @@ DataFrame; `main(argv)` writes it to results/<NAME>/<hw>-<backend>_<date>.csv.
 
 Systems compared (sim/): "comet" (the fused schedule; nc_layer1 picked by simulating layer1 alone over a
 few candidates, as Comet picks n_c by offline profiling), "sequential" (Megatron style, no overlap) and
-"chunked" (Tutel / FasterMoE style: C token chunks on two streams; C picked as the fastest of a small sweep).
+"chunked" (Tutel / FasterMoE style: Q token chunks on two streams; Q picked as the fastest of a small sweep).
 Every time is in microseconds.
 """
 
@@ -36,7 +36,7 @@ RESULTS = REPO / "results"
 BACKENDS = ("sim", "gpu")
 
 # The baselines' and Comet's tuning knobs: each system gets the fastest of a small sweep.
-CHUNK_SWEEP = (2, 4, 8)  # C of the chunked baseline (C = 1 is `sequential`)
+CHUNK_SWEEP = (2, 4, 8)  # Q of the chunked baseline (Q = 1 is `sequential`)
 NC_SWEEP = (8, 16, 28)  # Comet's layer1 communication blocks (28: the released code's default)
 QUICK_CHUNK_SWEEP = (2, 4)
 QUICK_NC_SWEEP = (16, 28)
@@ -53,7 +53,7 @@ def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None 
     """One row per system (comet, sequential, chunked) on `plan`: columns SYSTEM_COLUMNS.
 
     comet: nc_layer1 from sim.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
-    alone; nc_layer0 as the Policy says. chunked: the fastest C of CHUNK_SWEEP; `chunks` records it.
+    alone; nc_layer0 as the Policy says. chunked: the fastest Q of CHUNK_SWEEP; `chunks` records it.
     comet_speedup = latency / comet's latency (how much faster Comet is; 1 for comet itself)."""
     opts = (options or _OPTIONS).replace(record=False)
     ncs = ncs or (QUICK_NC_SWEEP if quick else NC_SWEEP)
@@ -83,10 +83,11 @@ def compare_case(case: dict, hw: str, quick: bool, **overrides) -> list[dict]:
 def gpu_backend(name: str) -> None:
     """`--backend gpu`: not available yet. Exits at once (status 1), saying why and what it needs."""
     raise SystemExit(
-        f"error: python -m experiments.{name} --backend gpu is not available yet. It needs (1) the GPU layer "
-        f"benchmark of issue 6 (the fused kernels behind one layer call, under torchrun; being written) and "
-        f"(2) 8 GPUs of one node: multi-GPU machines are not lent in this session. Nothing was run and no "
-        f"GPU numbers were written; use --backend sim (the default) for the simulator on this CPU.")
+        f"error: python -m experiments.{name} --backend gpu is not available yet. It needs (1) the experiment's "
+        f"cases run through the GPU layer benchmark (experiments.layer_bench: the fused kernels behind one layer "
+        f"call, under torchrun), which is not wired in yet, and (2) 8 GPUs of one node for the paper's EP=8 "
+        f"settings: not measured yet. Nothing was run and no GPU numbers were written; use --backend sim (the "
+        f"default) for the simulator on the CPU.")
 
 
 # ------------------------------------------------------------------------------------------ running

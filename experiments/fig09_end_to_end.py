@@ -32,9 +32,10 @@ def non_moe_layer_us(model: ModelConfig, parallel: ParallelConfig, hw: HardwareP
     """Time (us) of one transformer layer's non-MoE work per GPU: identical for every MoE system.
 
     FLOPs per token (a multiply-add counts 2):
-      attention projections Q, K, V, O as four N x N weights: 8 N^2 (grouped-query attention needs less:
-      this is an upper bound, as the model registry holds no head counts);
-      scores QK^T and PV over a causal context of S = min(M, seq_len) tokens: 2 x 2 N S / 2 = 2 N S;
+      the query, key, value and output projections as four N x N weights: 8 N^2 (grouped-query attention
+      needs less: this is an upper bound, as the model registry holds no head counts);
+      scores and the weighted sum of values over a causal context of ctx = min(M, seq_len) tokens:
+      2 x 2 N ctx / 2 = 2 N ctx;
       the gate: 2 N E.
     They split evenly over the W = EP x TP GPUs (attention tensor- or data-parallel alike) and run at
     peak_tflops x gemm_efficiency. Memory-bound work (RMSNorms, residual adds, rotary) moves
@@ -45,8 +46,8 @@ def non_moe_layer_us(model: ModelConfig, parallel: ParallelConfig, hw: HardwareP
         >>> round(non_moe_layer_us(m, ParallelConfig(ep=8), HardwareProfile.from_name("h800"), 8192), 1)
         256.3
     """
-    N, S = model.hidden_N, min(tokens, seq_len)
-    flops_per_token = 8 * N * N + 2 * N * S + 2 * N * model.experts_E
+    N, ctx = model.hidden_N, min(tokens, seq_len)
+    flops_per_token = 8 * N * N + 2 * N * ctx + 2 * N * model.experts_E
     tokens_per_gpu = tokens / parallel.world_size
     compute_us = tokens_per_gpu * flops_per_token / (hw.peak_tflops * 1e6 * hw.gemm_efficiency)
     memory_us = tokens_per_gpu * ELEMENTWISE_BYTES_PER_VALUE * N * model.dtype_bytes / (hw.hbm_gbps * 1e3)
@@ -61,15 +62,15 @@ def cases(quick: bool) -> list[dict]:
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
     plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw)
     other_us = non_moe_layer_us(plan.model, plan.parallel, plan.hardware, case["tokens"])
-    L = plan.model.layers
+    layers = plan.model.layers
     rows = common.compare_systems(plan, quick)
-    comet_fwd = L * (rows[0]["latency_us"] + other_us)
+    comet_fwd = layers * (rows[0]["latency_us"] + other_us)
     out = []
     for r in rows:
-        fwd = L * (r["latency_us"] + other_us)
-        out.append({**case, "layers": L, "system": r["system"], "moe_layer_us": r["latency_us"],
+        fwd = layers * (r["latency_us"] + other_us)
+        out.append({**case, "layers": layers, "system": r["system"], "moe_layer_us": r["latency_us"],
                     "non_moe_layer_us": other_us, "forward_us": fwd, "exposed_comm_us": r["exposed_comm_us"],
-                    "comm_share_of_forward": L * r["exposed_comm_us"] / fwd, "chunks": r["chunks"],
+                    "comm_share_of_forward": layers * r["exposed_comm_us"] / fwd, "chunks": r["chunks"],
                     "nc_layer1": r["nc_layer1"], "comet_speedup": fwd / comet_fwd, "sim_wall_s": r["sim_wall_s"]})
     return out
 

@@ -1,6 +1,6 @@
 """Single MoE layer on real GPUs: comet (the fused kernels) against the sequential and chunked baselines
-(comet/baselines.py), same routing, same weights, and the floor max(GEMM-only, communication-only) measured in
-the same run. Issue 6's benchmark.
+(comet/layer/gpu_baselines.py), same routing, same weights, and the floor max(GEMM-only, communication-only)
+measured in the same run.
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
         torchrun --nproc-per-node=4 -m experiments.layer_bench                  (the full grid, 4 GPUs)
@@ -8,16 +8,16 @@ the same run. Issue 6's benchmark.
 
 Grid (defaults): the three paper models (gelu, as the paper runs them), EP x TP in {W x 1, W/2 x 2} with EP in
 {2, 4} (W = the torchrun world size), M in {2048, 4096, 8192, 16384, 32768} tokens of the whole group, routing
-balanced and imbalanced (load-share std 0.032, PAPER.md's production figure). Per configuration:
+balanced and imbalanced (load-share std 0.032, the paper's production figure). Per configuration:
     comet           moe_forward_fused with a prebuilt Plan, layer0 "blocks", n_c of layer1 the best of --nc1
     comet+plan      the same with the Plan built inside the call (what CometMoE.forward does, less the gate)
     plan            make_plan alone
     sequential      all-to-all dispatch, grouped GEMM, activation, grouped GEMM, top-k reduce, all-to-all combine
-    chunked[C]      C token chunks, communication on a side stream overlapping the previous chunk's GEMMs;
-                    chunked_best is the best C of --chunks
+    chunked[Q]      Q token chunks, communication on a side stream overlapping the previous chunk's GEMMs;
+                    chunked_best is the best Q of --chunks (CSV column chunked_best_C)
     gemm_only       both grouped GEMMs alone on rows already received (the baselines' GEMMs)
-    comm_only       the sequential baseline's dispatch and combine collectives alone (NCCL; its ~50 us fixed
-                    cost per collective is part of it, GPU.md)
+    comm_only       the sequential baseline's dispatch and combine collectives alone (NCCL; its ~50-80 us fixed
+                    cost per collective is part of it, docs/GPU_FACTS.md)
     floor           max(gemm_only, comm_only)
 Times are medians over --runs timed replays (CUDA graphs; events around each replay) after --warmup replays,
 per rank, then the maximum over ranks. The baselines' metadata (split sizes: one host sync) is prepared
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS), help="M, tokens of the whole group")
     ap.add_argument("--routing", nargs="+", default=list(ROUTINGS), choices=ROUTINGS)
     ap.add_argument("--std", type=float, default=0.032, help="load-share std of the imbalanced routing")
-    ap.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8], help="C values of the chunked baseline")
+    ap.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8], help="Q values of the chunked baseline")
     ap.add_argument("--nc1", nargs="+", type=int, default=[16, 28], help="comet's layer1 n_c candidates")
     ap.add_argument("--dispatch", default="all-to-all", choices=("all-to-all", "all-gather"),
                     help="dispatch/combine form of the baselines (comet's Plan uses all-to-all)")
@@ -216,13 +216,13 @@ def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
     seq_us = timer("sequential", lambda: runner.forward(seq_metas, x, shards, out=out_seq))
     outs["sequential"] = out_seq
     chunked = {}
-    for C in a.chunks:
-        metas = prepare(routing, model, par, ranks, chunks=C, form=a.dispatch, policy=pol, hardware=layer.hardware)
+    for Q in a.chunks:
+        metas = prepare(routing, model, par, ranks, chunks=Q, form=a.dispatch, policy=pol, hardware=layer.hardware)
         out_c = torch.empty_like(x)
-        chunked[C] = timer(f"chunked C={C}", lambda metas=metas, out_c=out_c: runner.forward(
+        chunked[Q] = timer(f"chunked Q={Q}", lambda metas=metas, out_c=out_c: runner.forward(
             metas, x, shards, overlap=True, out=out_c))
-        outs[f"chunked{C}"] = out_c
-    best_C = min(chunked, key=chunked.get) if chunked else None
+        outs[f"chunked{Q}"] = out_c
+    best_Q = min(chunked, key=chunked.get) if chunked else None
 
     # --- the floor: GEMMs alone on received rows; the collectives alone on ready partial sums
     meta = seq_metas[0]
@@ -248,11 +248,11 @@ def run_config(layer, model, par, M, routing_kind, a, timer, owned) -> dict:
         "dispatch": a.dispatch,
         "runs": a.runs, "comet_us": f"{comet_us:.1f}", "comet_nc1": best_nc,
         "comet_plan_incl_us": f"{plan_incl_us:.1f}", "plan_us": f"{plan_us:.1f}", "sequential_us": f"{seq_us:.1f}",
-        "chunked_best_us": f"{chunked[best_C]:.1f}" if chunked else "", "chunked_best_C": best_C or "",
-        "chunked_us_by_C": ";".join(f"{C}:{t:.1f}" for C, t in chunked.items()),
+        "chunked_best_us": f"{chunked[best_Q]:.1f}" if chunked else "", "chunked_best_C": best_Q or "",
+        "chunked_us_by_C": ";".join(f"{Q}:{t:.1f}" for Q, t in chunked.items()),
         "gemm_only_us": f"{gemm_us:.1f}", "comm_only_us": f"{comm_us:.1f}", "floor_us": f"{floor_us:.1f}",
         "speedup_vs_sequential": f"{seq_us / comet_us:.3f}",
-        "speedup_vs_chunked": f"{chunked[best_C] / comet_us:.3f}" if chunked else "",
+        "speedup_vs_chunked": f"{chunked[best_Q] / comet_us:.3f}" if chunked else "",
         "comet_over_floor": f"{comet_us / floor_us:.3f}", "max_rel_diff_vs_comet": f"{rel:.2e}",
     }
 
@@ -306,8 +306,8 @@ def main(argv=None) -> None:
 
         missing = {k: v for k, v in NVLS_ENV.items() if os.environ.get(k) != v}
         if missing:
-            _fail(f"export {' '.join(f'{k}={v}' for k, v in NVLS_ENV.items())} before torchrun (GPU.md: NVLS/"
-                  f"multicast must stay off on these machines)")
+            _fail(f"export {' '.join(f'{k}={v}' for k, v in NVLS_ENV.items())} before torchrun (NVLS/multicast "
+                  f"must stay off: docs/GPU_FACTS.md)")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
         rank = dist.get_rank()

@@ -1,4 +1,4 @@
-"""comet.tuning.auto_nc against the fixed default n_c and the best n_c of the exact shape (issue 8).
+"""comet.tuning.auto_nc against the fixed default n_c and the best n_c of the exact shape.
 
 Not a figure of the paper (Comet picks n_c by offline profiling; here the simulator picks it), so not part
 of experiments.reproduce. For each grid point (model, EP x TP, M, routing):
@@ -44,7 +44,7 @@ COLUMNS = ["model", "ep", "tp", "tokens", "routing", "load_ratio",
 MODELS = ("mixtral-8x7b", "qwen2-moe-2.7b", "phi-3.5-moe")
 PARALLEL = ((8, 1), (4, 2), (2, 4))
 TOKENS = (4096, 8192, 16384)
-ROUTINGS = ("balanced", "imbalanced")  # imbalanced: load-share std 0.032 (PAPER.md's production figure)
+ROUTINGS = ("balanced", "imbalanced")  # imbalanced: load-share std 0.032 (the paper's production figure)
 QUICK_MODELS, QUICK_PARALLEL, QUICK_TOKENS = ("mixtral-8x7b",), ((8, 1),), (1024, 2048)
 WARM_FACTOR = 0.75  # the warming batch's tokens relative to M: same power-of-two bucket
 SIM_OPTIONS = SimOptions(record=False)

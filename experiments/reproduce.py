@@ -7,7 +7,8 @@
 One progress bar counts the grid points of all experiments. At the end it prints each experiment's time
 and its slowest simulation, and writes paper_figures/out/claims.md (the paper's claims beside ours); the full
 run into the default results/ also refreshes that table in paper_figures/README.md.
-`--backend gpu` exits at once: the GPU backend needs issue 6's layer benchmark and 8 GPUs.
+`--backend gpu` exits at once: the GPU backend needs the experiments' cases run through experiments.layer_bench
+and 8 GPUs (not measured yet).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The real kernels' tile timeline beside the simulator's, on one case and one Plan (issue 8).
+"""The real kernels' tile timeline beside the simulator's, on one case and one Plan.
 
     python -m experiments.timeline_compare --out results/timeline_compare          # GPU: real run (+ sim)
     python -m experiments.timeline_compare --sim-only --out results/timeline_compare   # CPU: sim + plot
 
-Two steps, because the GPU machines have no simpy:
+Two steps, so that the GPU step does not need simpy (the simulator's dependency):
   GPU (no --sim-only): builds the case (default Mixtral-8x7B, EP=4, M=4096, balanced routing, seed 0, Policy
       defaults with nc_layer1 = --nc), runs the fused forward of all EP ranks in an emulated world on one GPU
       (kernels.workspace.EmulatedWorld, bf16) uninstrumented and instrumented (kernels/timeline.py), checks
@@ -95,8 +95,8 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ the case
 def case_of(a) -> dict:
     return {"model": a.model, "tokens": a.tokens, "ep": a.ep, "tp": 1, "nc_layer1": a.nc, "nc_layer0": a.nc0,
-            "variant": a.variant, "routing": a.routing, "seed": a.seed,
-            "hw": a.hw or defaults.GPU_HARDWARE, "rank": a.rank}
+            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or defaults.GPU_HARDWARE,
+            "rank": a.rank}
 
 
 def build(case: dict, hardware: HardwareProfile, device="cpu") -> tuple[Plan, object, ModelConfig, ParallelConfig]:

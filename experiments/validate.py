@@ -7,20 +7,20 @@ Reads a CSV of measured kernel times and simulates every measured configuration 
 routing, Policy and n_c), on the CPU. Writes <out>/<tag>.csv (one row per configuration: measured_us,
 predicted_us, error) and <tag>_summary.csv (per layer: MAPE, worst error; per n_c sweep: Spearman rank
 correlation, the n_c the simulator picks and its measured cost against the best measured n_c), and prints
-both. Issue 8's goals: MAPE <= 10% per layer, the simulator's n_c within 3% of the best measured, rank
+both. The targets (GOALS): MAPE <= 10% per layer, the simulator's n_c within 3% of the best measured, rank
 correlation >= 0.9.
 
 It reads two kinds of CSV. `experiments.layer_bench` output (real multi-GPU runs under torchrun): the whole
 MoE layer of comet, sequential and chunked against the simulator on the same Plans, with the profile as given
-(calibrate the link on those GPUs first); not run yet, as no multi-GPU machine has been lent.
-What it has compared so far: `benchmarks.fused_layers` output, i.e. ONE GPU running an emulated world
+(calibrate the link on those GPUs first; measured so far: 2 x H200, results/validation/README.md).
+`benchmarks.fused_layers` output: ONE GPU running an emulated world
 (kernels.workspace.EmulatedWorld: every rank's buffers on the same GPU, rank 0's kernel timed alone). There
 the "link" is the GPU's own memory: the simulator is given a profile whose link is local memory
 (`HardwareProfile.emulated_world`: per-program rate and total bandwidth from comet.calibrate's part comm),
 and every other rank's data is in place from the start, as the simulator's layer-alone runs assume. This
 checks the compute model (tile rates, waves, the SMs n_c takes from the GEMM) and the communication
-programs' share of the kernel, NOT NVLink: that needs the 2 / 4-GPU runs (experiments.layer_bench under
-torchrun), which this script will read once they exist.
+programs' share of the kernel, NOT NVLink: that is what the multi-GPU runs (experiments.layer_bench under
+torchrun) check.
 
 Compared configurations (CUDA-graph device times of rank 0):
     layer0  fused_blocks[n_c]  <->  comet, layer0 alone, layer0_comm="blocks", nc_layer0 = n_c
@@ -28,7 +28,8 @@ Compared configurations (CUDA-graph device times of rank 0):
     layer1  fused[n_c]         <->  comet, layer1 alone, nc_layer1 = n_c
 Predicted = the span of the simulated fused kernel's events on rank 0 (launch gap excluded, as in a graph
 replay). The owner's separate reduce is not compared: benchmarks.fused_layers times it with single-shot
-eager events (100-270 us run to run for ~16 MB of reads), which measure launch and flag latency, not it.
+eager events, which measure launch and flag latency more than the reduce (they vary ~2x run to run;
+measured: results/validation/README.md).
 """
 
 from __future__ import annotations
@@ -232,7 +233,8 @@ def main(argv=None) -> None:
     ap.add_argument("--l1-per-program-gbps", type=float, default=None, help="override: one layer1 program's rate")
     ap.add_argument("--local-gbps", type=float, default=None, help="override: all programs' local rate")
     ap.add_argument("--l1-pipeline", type=int, default=0,
-                    help="layer1 kernel config of the measured runs: PIPELINE (0 before 2026-11-24's default change)")
+                    help="layer1 kernel config of the measured runs: PIPELINE (0: item by item, 1: pipelined, "
+                         "the kernels' default)")
     ap.add_argument("--l1-send-block", type=int, default=16, help="and SEND_BLOCK (16 item by item, 32 pipelined)")
     ap.add_argument("--no-item-overhead", action="store_true",
                     help="price layer1 items by bytes at the average per-program rate only (the model before "

@@ -92,7 +92,7 @@ def run_case(c: dict, hw: str, quick: bool) -> list[dict]:
 
 
 def sweep(name: str, values, tokens: int, hw: str = defaults.SIM_HARDWARE, quick: bool = True) -> pd.DataFrame:
-    """One sweep as a DataFrame (COLUMNS), for notebooks: `quick` tunes n_c and C over fewer candidates."""
+    """One sweep as a DataFrame (COLUMNS), for notebooks: `quick` tunes n_c and Q over fewer candidates."""
     rows = []
     for v in values:
         rows.extend(run_case(case(name, v, tokens, hw), hw, quick))

@@ -23,7 +23,7 @@ def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "laye
                     label=f"Comet over {s}")
             if s == "chunked":
                 for r in g.itertuples():
-                    a1.annotate(f"C={int(r.chunks)}", (getattr(r, x), r.comet_speedup), fontsize=6,
+                    a1.annotate(f"Q={int(r.chunks)}", (getattr(r, x), r.comet_speedup), fontsize=6,
                                 textcoords="offset points", xytext=(2, 4), color=style.COLORS[s])
     style.speedup_band(a1, paper, band)
     for a in (a0, a1):

@@ -15,7 +15,7 @@ PAPER_SYSTEMS = (("comet", "Comet", "comet"), ("tutel", "Tutel", "chunked"), ("f
 
 
 def _label(r) -> str:
-    return f"chunked C={int(r.chunks)}" if r.system == "chunked" else r.system
+    return f"chunked Q={int(r.chunks)}" if r.system == "chunked" else r.system
 
 
 def draw(df, paper):

@@ -46,7 +46,7 @@ def latest_csv(name: str, hw: str = "h800", backend: str = "sim", results: Path 
 
 
 def paper_values(figure: str | None = None) -> pd.DataFrame:
-    """The paper's reported numbers (PAPER.md): figure, quantity, system, low, high, note."""
+    """The paper's reported numbers (docs/PAPER_NOTES.md): figure, quantity, system, low, high, note."""
     df = pd.read_csv(PAPER_VALUES)
     return df if figure is None else df[df["figure"] == figure].reset_index(drop=True)
 

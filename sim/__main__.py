@@ -5,7 +5,7 @@
     python -m sim --policy order=expert-major,comm_rows=32 --systems comet --json
 
 Prints latency per layer and in total (us), comet's speedup over each system, and the hidden
-communication fraction (PAPER.md Fig. 11). --json prints a list with one summary per system instead.
+communication fraction (the paper's Fig. 11). --json prints a list with one summary per system instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The baselines: kernel-by-kernel execution on two streams with NCCL-style collectives.
 
-`sequential` (Megatron style) and `chunked` (Tutel / FasterMoE style) are one pipeline with C token
-chunks: each owner's tokens split into C contiguous parts (`SimOptions.chunks`; sequential is C = 1).
+`sequential` (Megatron style) and `chunked` (Tutel / FasterMoE style) are one pipeline with Q token
+chunks: each owner's tokens split into Q contiguous parts (`SimOptions.chunks`; sequential is Q = 1).
 Both move the same data as `comet` (the Plan's receive and send tables: all-to-all or all-gather
 dispatch, top-k-reduced partial sums combined at the owner), so only the schedule differs.
 
@@ -11,7 +11,7 @@ Per rank, a compute stream runs (every kernel after a `launch_overhead_us` gap):
     for each chunk q:  GEMM1(q) on all SMs | top-k reduce(q) (reads the chunk's rows, writes its sums)
     wait every combine(q) | final combine reduce over the slots of its tokens
 and a communication stream runs the collectives in order:
-    dispatch(0), ..., dispatch(C-1) (after the permute), then combine(q) once top-k reduce(q) is done.
+    dispatch(0), ..., dispatch(Q-1) (after the permute), then combine(q) once top-k reduce(q) is done.
 So dispatch(q+1) overlaps GEMM0(q) and combine(q) overlaps GEMM1(q+1): the first dispatch and the last
 combine are never hidden. A collective starts when every rank has joined it (waiting is `sync_wait`),
 pays `collective_overhead_us`, then moves every (source, destination) pair's bytes at once through the
@@ -108,41 +108,41 @@ class StagedSim(SystemSim):
     def __init__(self, plan: Plan, options: SimOptions, name: str):
         self.name = name
         super().__init__(plan, options)
-        C = 1 if name == "sequential" else options.chunks
-        self.C = C
+        Q = 1 if name == "sequential" else options.chunks
+        self.Q = Q
         W = self.W
-        self.chunks = [chunk_work(plan, r, C) for r in range(W)]  # [rank][chunk]
+        self.chunks = [chunk_work(plan, r, Q) for r in range(W)]  # [rank][chunk]
         padded = options.tile_rows == "padded"
         self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded) for cw in ch] for ch in self.chunks]
         self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded) for cw in ch] for ch in self.chunks]
         self.dispatch = [_Collective(self, "dispatch", 0, [[self.chunks[d][q].recv_bytes_W[s] for d in range(W)]
-                                                           for s in range(W)]) for q in range(C)]
+                                                           for s in range(W)]) for q in range(Q)]
         self.combine = [_Collective(self, "combine", 1, [[self.chunks[s][q].send_bytes_W[d] for d in range(W)]
-                                                         for s in range(W)]) for q in range(C)]
+                                                         for s in range(W)]) for q in range(Q)]
         owner, slots = plan.token_owner_M.numpy(), plan.token_num_slots_M.numpy()
         # the owner reads every partial-sum slot of its tokens and writes one row per token
         self.combine_bytes = [float(slots[owner == r].sum() + (owner == r).sum()) * self.row_bytes
                               for r in range(W)]
         env = self.env
         self.permuted = [env.event() for _ in range(W)]
-        self.reduced = [[env.event() for _ in range(C)] for _ in range(W)]
+        self.reduced = [[env.event() for _ in range(Q)] for _ in range(W)]
 
     def rank_process(self, r: int):
         self.env.process(self._comm_stream(r))
         return self._compute_stream(r)
 
     def _compute_stream(self, r: int):
-        env, C = self.env, self.C
+        env, Q = self.env, self.Q
         ch = self.chunks[r]
         cause = -1
         if self.do_l0:
             if self.options.permute:
-                sent = sum(float(self.chunks[d][q].recv_bytes_W[r]) for q in range(C) for d in range(self.W)
+                sent = sum(float(self.chunks[d][q].recv_bytes_W[r]) for q in range(Q) for d in range(self.W)
                            if d != r)
                 cause = yield from self.launch(r, 0, cause)
                 cause = yield from self.memory_kernel(r, "permute", 0, 2 * sent, cause)
             self.permuted[r].succeed(cause)
-            for q in range(C):
+            for q in range(Q):
                 ev = self.dispatch[q].done[r]
                 if ev.callbacks is not None:
                     yield ev
@@ -156,7 +156,7 @@ class StagedSim(SystemSim):
                                                               cause)
             self.l0_end[r] = env.now
         if self.do_l1:
-            for q in range(C):
+            for q in range(Q):
                 if self.tiles1[r][q]:
                     cause = yield from self.launch(r, 1, cause)
                     cause = yield from self.gemm_kernel(r, 1, self.tiles1[r][q], cause)
@@ -164,7 +164,7 @@ class StagedSim(SystemSim):
                     cause = yield from self.memory_kernel(r, "topk_reduce", 1,
                                                           (ch[q].rows + ch[q].sends) * self.row_bytes, cause)
                 self.reduced[r][q].succeed(cause)
-            for q in range(C):
+            for q in range(Q):
                 ev = self.combine[q].done[r]
                 if ev.callbacks is not None:
                     yield ev
@@ -179,12 +179,12 @@ class StagedSim(SystemSim):
             if ev.callbacks is not None:
                 yield ev
             cause = ev.value
-            for q in range(self.C):
+            for q in range(self.Q):
                 done = self.dispatch[q].join(r, cause)
                 yield done
                 cause = done.value
         if self.do_l1:
-            for q in range(self.C):
+            for q in range(self.Q):
                 ev = self.reduced[r][q]
                 if ev.callbacks is not None:
                     yield ev

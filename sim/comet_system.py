@@ -1,6 +1,6 @@
 """The `comet` system: the Plan's fused, fine-grained schedule, one SimPy process per thread block.
 
-Per rank, per layer, one persistent kernel of `sms` blocks (PAPER.md mechanism 3):
+Per rank, per layer, one persistent kernel of `sms` blocks (the paper's mechanism 3, docs/PAPER_NOTES.md):
 
 layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0_comm`:
   "blocks"      SMs [0, sms - nc_layer0) are compute blocks, the rest communication blocks. Communication

@@ -361,5 +361,5 @@ def hbm_us(nbytes: float, hw: HardwareProfile, sms: int | None = None) -> float:
 
 
 def copy_engine_gbps(hw: HardwareProfile, override: float | None = None) -> float:
-    """One copy engine's bandwidth: `override`, else min(link_gbps, 112 GB/s measured in shared/GPU.md)."""
+    """One copy engine's bandwidth: `override`, else min(link_gbps, 112 GB/s measured: docs/GPU_FACTS.md)."""
     return override if override is not None else min(hw.link_gbps, COPY_ENGINE_MEASURED_GBPS)

@@ -19,7 +19,7 @@ LAYERS = ("both", "layer0", "layer1")
 TILE_SCHEDULES = ("dynamic", "static")
 TILE_ROWS = ("padded", "actual")
 
-# shared/GPU.md: one copy engine, tensor.copy_ GPU0 -> GPU1, 256 MiB: 112 GB/s (H200, 2026-11-22).
+# One copy engine, tensor.copy_ GPU0 -> GPU1, 256 MiB, H200: 112 GB/s (docs/GPU_FACTS.md).
 COPY_ENGINE_MEASURED_GBPS = 112.0
 
 
@@ -28,16 +28,16 @@ class SimOptions:
     """Modelling choices of one simulation (every time in microseconds, bandwidth in GB/s).
 
     layers: "both" (the whole MoE layer), "layer0" or "layer1" alone (every rank starts it at t = 0).
-    chunks: C, the token chunks of the `chunked` baseline (`sequential` is the same pipeline with C = 1).
+    chunks: Q, the token chunks of the `chunked` baseline (`sequential` is the same pipeline with Q = 1).
     tile_schedule: how a persistent kernel's compute blocks get tiles: "dynamic" (an atomic tile counter:
         the next free block takes the next tile of the Plan's order) or "static" (block b walks tiles
-        b, b + G, b + 2G, ..., as kernels/grouped_gemm.py does).
+        b, b + n, b + 2n, ... for n compute blocks, as kernels/grouped_gemm.py does).
     tile_rows: "padded" costs every tile as a full BM-row tile (a GPU tile of BM rows costs about the
         same when partly empty: the MMA runs on the whole tile), "actual" costs a ragged tile by its rows.
     fuse_activation: activation in the layer0 GEMM's epilogue (no extra kernel). None: fused for
         `comet` (one fused kernel), a separate memory-bound kernel for the baselines (Megatron, Tutel).
     copy_engine_gbps: one copy engine's bandwidth for Policy.layer0_comm == "copy-engine"; None:
-        min(link_gbps, 112), 112 GB/s being shared/GPU.md's measured copy-engine figure.
+        min(link_gbps, 112), 112 GB/s being the measured copy-engine figure (docs/GPU_FACTS.md).
     permute: the baselines pay a memory-bound permute kernel that gathers the rows they send into
         contiguous per-destination buffers (what NCCL's all-to-all needs); the fused kernel reads in place.
     record: keep the event list (DataFrame, Chrome trace, critical path, hidden-communication fraction).

@@ -8,7 +8,7 @@ Definitions (all times in microseconds):
 - compute, communication, overhead intervals: the events of each category (see comet/core/events.py).
   comm_us / compute_us / overhead_us: length of the union over all ranks and events (so
   max(compute_us, comm_us) <= latency_us <= compute_us + comm_us + overhead_us).
-- hidden_comm_fraction (PAPER.md Fig. 11): of the time each rank communicates, the share during which
+- hidden_comm_fraction (the paper's Fig. 11): of the time each rank communicates, the share during which
   the same rank also computes, summed over ranks: sum_r |comm_r & compute_r| / sum_r |comm_r|.
   exposed_comm_us: the mean over ranks of |comm_r| - |comm_r & compute_r|.
 - critical_path: the chain of events, following each event's cause back from the last one to end.

@@ -1,7 +1,7 @@
 """The Plan's tables as the simulator consumes them: numpy and plain Python, converted once per rank.
 
-Shape legend (suffixes, as in comet/plan.py): T tiles, C communication chunks, I layer1 communication
-items (column block x send chunk, column-block-major), W ranks, E local experts, Q baseline chunks.
+Suffix letters: docs/SHAPES.md (here T tiles, C communication chunks, I layer1 communication items: column
+block x send chunk, column-block-major, W ranks, E local experts, N1 layer1 column blocks, Q baseline chunks).
 
 What the Plan does not hold and is derived here (listed in the simulator's report):
 - bytes of every layer0 chunk (rows x N x dtype) and per source rank;
@@ -11,7 +11,7 @@ What the Plan does not hold and is derived here (listed in the simulator's repor
 - the remote sources of each layer0 tile as a tuple (from `l0_tile_src_mask_T`), and for the "direct"
   policy the rows each tile reads from each source;
 - the owner's final combine (sum over `Plan.token_num_slots_M` partial sums of its tokens);
-- for the baselines, the token chunks of the `chunked` pipeline (each owner's tokens split into C
+- for the baselines, the token chunks of the `chunked` pipeline (each owner's tokens split into Q
   contiguous parts) with their rows per local expert, dispatch bytes per source and combine bytes per
   destination.
 """
@@ -102,7 +102,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
     recv_bytes = np.bincount(owner[recv_tok], minlength=W).astype(np.float64) * row_bytes
 
     # --- layer1 items: (column block, send chunk), column-block-major
-    C1, bn1 = plan.l1_col_blocks, pol.block_n1
+    N1, bn1 = plan.l1_col_blocks, pol.block_n1
     cs, ce = t["l1_chunk_start_C"], t["l1_chunk_end_C"]
     rows_per_send = t["send_row_end_S"] - t["send_row_start_S"]
     cum_rows = np.concatenate([[0], np.cumsum(rows_per_send)])
@@ -110,9 +110,9 @@ def rank_work(plan: Plan, r: int) -> RankWork:
     chunk_sends = ce - cs
     chunk_dest = t["send_dest_S"][cs] if cs.size else np.zeros(0, np.int64)
     nch = cs.size
-    item_col = np.repeat(np.arange(C1), nch)
+    item_col = np.repeat(np.arange(N1), nch)
     width = _tile_cols(item_col, bn1, N)
-    item_chunk = np.tile(np.arange(nch), C1)
+    item_chunk = np.tile(np.arange(nch), N1)
     send_dest = t["send_dest_S"]
 
     # --- combine at the owner: every owned token sums its partial-sum slots
@@ -145,7 +145,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
         sends=int(send_dest.size),
         combine_read_bytes=float(slots.sum()) * row_bytes,
         combine_write_bytes=float(n_own) * row_bytes,
-        incoming_items_WN1=np.zeros((W, C1), dtype=np.int64),
+        incoming_items_WN1=np.zeros((W, N1), dtype=np.int64),
     )
 
 

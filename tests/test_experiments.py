@@ -188,7 +188,7 @@ def test_backend_gpu_fails_at_once_with_the_reason(module, tmp_path):
         cmd += ["--out", str(tmp_path / "x.csv")]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
-    assert "not available yet" in p.stderr and "issue 6" in p.stderr and "not lent" in p.stderr, p.stderr
+    assert "not available yet" in p.stderr and "layer_bench" in p.stderr and "8 GPUs" in p.stderr, p.stderr
     assert not (tmp_path / "x.csv").exists()
     assert time.perf_counter() - t0 < 60
 

@@ -9,7 +9,7 @@ rows with the single-process reference. Covered: EP=W, TP=2 (and EP=W/2 x TP=2 o
 swiglu, the three layer0 variants, balanced and imbalanced (std 0.05) routing, an idle expert, all
 tokens on one rank's experts, the paper models scaled down and Mixtral at full size, tagged rows,
 1,000 consecutive calls, no host sync inside a call, a peer that never signals (timeout error naming the
-flag on every rank). Written while no multi-GPU machine was lent: not yet run.
+flag on every rank). Measured on 2 x H200 (results/multigpu/README.md); not yet run on 4 GPUs.
 """
 
 from __future__ import annotations

@@ -399,16 +399,16 @@ def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
     rp = plan.rank(1)
     T0, T1 = int(rp.num_l0_tiles), int(rp.num_l1_tiles)
     k0_steps, k1_steps = -(-plan.model.hidden_N // 64), -(-plan.ffn_local // 64)
-    splits = lambda T, G, k_steps: split_schedule(T, G, k_steps) != split_schedule(T, G, k_steps, False)
-    counts = [G for G in (5, 6, 7, 9, 11, 13, T0 - 1) if splits(T0, G, k0_steps) and splits(T1, G, k1_steps)]
+    splits = lambda T, n, k_steps: split_schedule(T, n, k_steps) != split_schedule(T, n, k_steps, False)
+    counts = [n for n in (5, 6, 7, 9, 11, 13, T0 - 1) if splits(T0, n, k0_steps) and splits(T1, n, k1_steps)]
     assert len(counts) >= 3, (T0, T1, counts)
-    for G in counts:
-        y = _check_gluon(plan, 1, activation, gather, num_programs=G, split_tail=True)
-        again = _check_gluon(plan, 1, activation, gather, num_programs=G, split_tail=True)
+    for n in counts:
+        y = _check_gluon(plan, 1, activation, gather, num_programs=n, split_tail=True)
+        again = _check_gluon(plan, 1, activation, gather, num_programs=n, split_tail=True)
         assert torch.equal(again.nan_to_num(0), y.nan_to_num(0))
         assert _workspaces and all(int(cnt.abs().sum()) == 0 for _, cnt in _workspaces.values()), \
             "a join counter was left set"
-        _check_gluon(plan, 1, activation, gather, num_programs=G, split_tail=False)
+        _check_gluon(plan, 1, activation, gather, num_programs=n, split_tail=False)
 
 
 @pytest.mark.gpu

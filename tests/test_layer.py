@@ -490,7 +490,7 @@ def test_layer_bench_config_and_summary():
     par = ParallelConfig(ep=2, tp=2)
     layer = CometMoE(model, par, capacity_tokens=64, dtype=torch.float32, device=DEVICE, policy=CPU_POLICY)
     row = layer_bench.run_config(layer, model, par, 48, "imbalanced", a, timer, owned_range)
-    assert calls == ["comet nc=2", "comet nc=3", "comet+plan", "plan", "sequential", "chunked C=2", "chunked C=3",
+    assert calls == ["comet nc=2", "comet nc=3", "comet+plan", "plan", "sequential", "chunked Q=2", "chunked Q=3",
                      "gemm_only", "comm_only"]
     assert float(row["max_rel_diff_vs_comet"]) < 1e-5 and row["chunked_best_C"] in (2, 3)
     assert float(row["floor_us"]) == max(float(row["gemm_only_us"]), float(row["comm_only_us"]))

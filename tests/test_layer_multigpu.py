@@ -8,7 +8,7 @@ Every process builds the same global inputs from seeds, feeds its own m tokens, 
 with the reference's. Covered: EP=W and EP=W/2 x TP=2; gelu and swiglu; comet, sequential and chunked; both
 dispatch forms; a Mixtral block state dict sharded per rank; CUDA-graph capture and replay of the comet
 system over the group (device-side barrier); no host sync inside a comet call; 100 calls with changing token
-counts. Written while no multi-GPU machine was lent: not yet run.
+counts. Measured on 2 x H200 (results/multigpu/README.md); not yet run on 4 GPUs.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def test_subset_of_ranks_matches_full_plan():
 def test_buffer_sizes_match_paper_symmetric_buffer():
     model = ModelConfig.from_name("mixtral-8x7b")
     plan = make_plan(balanced(4096, 8, 2), model, ParallelConfig(ep=8), HW, ranks=[0])
-    # PAPER.md: one symmetric buffer of M x N elements, 32 MB for Mixtral at M=4096 in bf16
+    # the paper's Table 3: one symmetric buffer of M x N elements, 32 MB for Mixtral at M=4096 in bf16
     assert plan.buffers.symm_recv_bytes == 4096 * 4096 * 2 == 32 * 2**20
 
 

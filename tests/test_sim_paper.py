@@ -1,4 +1,4 @@
-"""Qualitative facts of the paper (PAPER.md) with the h800 profile, at reduced M where needed to keep the
+"""Qualitative facts of the paper (docs/PAPER_NOTES.md) with the h800 profile, at reduced M where needed to keep the
 suite fast. A fact the model does not reproduce is marked xfail(strict=True) with the reason, so the
 discrepancy stays visible and a change that fixes it is noticed."""
 

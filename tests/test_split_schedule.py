@@ -16,21 +16,21 @@ def _makespan(items):
 
 
 @settings(max_examples=300, deadline=None)
-@given(T=st.integers(0, 900), G=st.integers(1, 140), K=st.integers(1, 80), split=st.booleans())
-def test_every_step_once_in_aligned_chunks(T, G, K, split):
-    items = split_schedule(T, G, K, split)
+@given(T=st.integers(0, 900), programs=st.integers(1, 140), k_steps=st.integers(1, 80), split=st.booleans())
+def test_every_step_once_in_aligned_chunks(T, programs, k_steps, split):
+    items = split_schedule(T, programs, k_steps, split)
     seen = {}
     for p, prog in enumerate(items):
         tiles = [t for t, _, _ in prog]
         assert tiles == sorted(tiles), f"program {p} runs its tiles out of order: {prog}"
         for t, k0, k1 in prog:
-            assert 0 <= k0 < k1 <= K, (p, t, k0, k1)
+            assert 0 <= k0 < k1 <= k_steps, (p, t, k0, k1)
             seen.setdefault(t, []).append((p, k0, k1))
     assert sorted(seen) == list(range(T)), "some tile is missing or foreign"
     split_tiles = {t: parts for t, parts in seen.items() if len(parts) > 1}
     for t, parts in seen.items():
-        chunks = sorted((k0, k1) for _, k0, k1 in parts)  # contiguous from step 0 to K
-        assert [0] + [k1 for _, k1 in chunks] == [k0 for k0, _ in chunks] + [K], (t, chunks)
+        chunks = sorted((k0, k1) for _, k0, k1 in parts)  # contiguous from step 0 to k_steps
+        assert [0] + [k1 for _, k1 in chunks] == [k0 for k0, _ in chunks] + [k_steps], (t, chunks)
     if split_tiles:
         n = {len(parts) for parts in split_tiles.values()}
         assert len(n) == 1 and 2 <= n.pop() <= gluon_gemm.MAX_PARTS
@@ -42,21 +42,22 @@ def test_every_step_once_in_aligned_chunks(T, G, K, split):
             for p, k0, k1 in parts:
                 assert p // n_parts == r and items[p][-1] == (t, k0, k1)
                 j = p % n_parts
-                assert (k0, k1) == (j * K // n_parts, (j + 1) * K // n_parts), "chunk j is not at the same K steps"
+                assert (k0, k1) == (j * k_steps // n_parts, (j + 1) * k_steps // n_parts), \
+                    "chunk j is not at the same K steps"
 
 
 @settings(max_examples=200, deadline=None)
-@given(T=st.integers(1, 900), G=st.integers(1, 140), K=st.integers(1, 80))
-def test_split_only_a_short_last_wave_and_then_faster(T, G, K):
-    whole = split_schedule(T, G, K, split_tail=False)
-    split = split_schedule(T, G, K)
-    assert _makespan(whole) == -(-T // G) * K  # round-robin whole tiles
-    tail = T % G
-    if tail == 0 or 2 * tail > G or K == 1:
+@given(T=st.integers(1, 900), programs=st.integers(1, 140), k_steps=st.integers(1, 80))
+def test_split_only_a_short_last_wave_and_then_faster(T, programs, k_steps):
+    whole = split_schedule(T, programs, k_steps, split_tail=False)
+    split = split_schedule(T, programs, k_steps)
+    assert _makespan(whole) == -(-T // programs) * k_steps  # round-robin whole tiles
+    tail = T % programs
+    if tail == 0 or 2 * tail > programs or k_steps == 1:
         assert split == whole
     else:
-        parts = min(G // tail, gluon_gemm.MAX_PARTS, K)
-        assert _makespan(split) == (T // G) * K + -(-K // parts) < _makespan(whole)
+        parts = min(programs // tail, gluon_gemm.MAX_PARTS, k_steps)
+        assert _makespan(split) == (T // programs) * k_steps + -(-k_steps // parts) < _makespan(whole)
 
 
 def test_phi_at_4096_tokens():

@@ -209,7 +209,7 @@ def _fake_recording(plan, sms: int) -> TimelineRecorder:
     pol = plan.policy
     for layer in (0, 1):
         nc = pol.nc_layer0 if layer == 0 else pol.nc_layer1
-        G = sms - nc
+        num_gemm = sms - nc
         for rp in plan.ranks:
             if layer == 0:
                 n_tiles, n_comm = int(rp.num_l0_tiles), int(rp.num_l0_chunks)
@@ -222,7 +222,7 @@ def _fake_recording(plan, sms: int) -> TimelineRecorder:
                 starts, ends = rp.l1_chunk_start_C.tolist(), rp.l1_chunk_end_C.tolist()
                 dest = rp.send_dest_S.tolist()
                 tiles, cols = rp.l1_tile_row_end_T - rp.l1_tile_row_start_T, rp.l1_tile_col_T.tolist()
-            lt = rec.new_launch(rank=rp.rank, layer=layer, variant="blocks", num_comm=nc, num_gemm=G,
+            lt = rec.new_launch(rank=rp.rank, layer=layer, variant="blocks", num_comm=nc, num_gemm=num_gemm,
                                 comm_first=layer == 0, max_gemm_items=n_tiles, max_comm_items=max(n_comm, 1),
                                 device="cpu", row_bytes=plan.model.hidden_N * 2, hidden_N=plan.model.hidden_N,
                                 block_n=pol.block_n0 if layer == 0 else pol.block_n1, combine_elem_bytes=2,
@@ -231,9 +231,9 @@ def _fake_recording(plan, sms: int) -> TimelineRecorder:
             for i in range(n_comm + n_tiles):
                 comm = i < n_comm
                 j = i if comm else i - n_comm
-                prog = j % (nc if comm else G)
-                pid = (prog if layer == 0 else G + prog) if comm else (nc + prog if layer == 0 else prog)
-                n = j // (nc if comm else G)
+                prog = j % (nc if comm else num_gemm)
+                pid = (prog if layer == 0 else num_gemm + prog) if comm else (nc + prog if layer == 0 else prog)
+                n = j // (nc if comm else num_gemm)
                 b = t0 + n * 3 * US
                 if comm and layer == 0:
                     r = (REC_PULL, j, src[j], rows[j], 0)

@@ -75,7 +75,7 @@ class ModelConfig:
         return dataclasses.replace(MODELS[name], **overrides) if overrides else MODELS[name]
 
 
-# Shapes from PAPER.md's table (the Comet paper's evaluation). The paper runs every model with gelu
+# Shapes of the Comet paper's evaluation (docs/PAPER_NOTES.md). The paper runs every model with gelu
 # (its scripts' default); the Hugging Face checkpoints use swiglu, so `activation="swiglu"` is an override.
 # deepseek-v3: config.json of deepseek-ai/DeepSeek-V3 (hidden 7168, moe_intermediate 2048, 256 routed
 # experts, 8 per token, 58 MoE layers of 61); shared experts are not modelled.
@@ -275,10 +275,10 @@ def profile_files() -> dict[str, Path]:
 
 
 _DS_H100 = "NVIDIA H100 datasheet (SXM5): 132 SMs, 989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 900 GB/s"
-_ASSUMED_EFF = "assumption (typical Hopper CUTLASS GEMM curve); to be replaced by comet.calibrate (issue 8)"
+_ASSUMED_EFF = "assumption (typical Hopper CUTLASS GEMM curve); comet.calibrate measures it (profiles/)"
 _ASSUMED_BLOCK = ("assumption: one SM's load/store stream over NVLink; set so ~25 blocks saturate the link, "
-                  "near Comet's default of 28 communication blocks (PAPER.md)")
-_ASSUMED_FW = "assumption: typical PyTorch launch (~5 us); NCCL fixed cost measured ~50-60 us (shared/GPU.md)"
+                  "near Comet's default of 28 communication blocks (docs/PAPER_NOTES.md)")
+_ASSUMED_FW = "assumption: typical PyTorch launch (~5 us); NCCL fixed cost measured ~50-60 us (docs/GPU_FACTS.md)"
 _COMMON_SOURCES = {
     "gemm_k_half": _ASSUMED_EFF,
     "tile_area_half": _ASSUMED_EFF,
@@ -304,10 +304,10 @@ HARDWARE: dict[str, HardwareProfile] = {
                 **_COMMON_SOURCES,
                 "sms": "H800 SXM = H100 SXM die: 132 SMs",
                 "peak_tflops": "H800 SXM datasheet: 989 TFLOP/s dense bf16 (same core as H100 SXM)",
-                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (GPU.md)",
+                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (docs/GPU_FACTS.md)",
                 "hbm_gbps": "H800 datasheet 3.35 TB/s; ~90% achievable (assumption)",
                 "link_gbps": "H800 NVLink 400 GB/s bidirectional = 200 per direction; ~80% achievable "
-                             "(assumption; DeepEP reports ~153-158 GB/s per GPU on H800, PAPER.md)",
+                             "(assumption; DeepEP's README reports ~153-158 GB/s per GPU on H800)",
                 "per_block_link_gbps": _ASSUMED_BLOCK,
                 "collective_overhead_us": "assumption: NCCL all-to-all fixed cost on H800 (~25 us)",
             },
@@ -320,7 +320,7 @@ HARDWARE: dict[str, HardwareProfile] = {
             sources={
                 **_COMMON_SOURCES,
                 "sms": _DS_H100, "peak_tflops": _DS_H100,
-                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (GPU.md)",
+                "gemm_efficiency": "assumption: ~78% of peak, like the ~790/989 measured on H200 (docs/GPU_FACTS.md)",
                 "hbm_gbps": "H100 SXM datasheet 3.35 TB/s; ~90% achievable (assumption)",
                 "link_gbps": "H100 NVLink4 900 GB/s bidirectional = 450 per direction; ~80% achievable "
                              "(assumption)",
@@ -335,15 +335,19 @@ HARDWARE: dict[str, HardwareProfile] = {
             launch_overhead_us=5.0, collective_overhead_us=55.0,
             sources={
                 **_COMMON_SOURCES,
-                "sms": "measured: torch reports 132 multiprocessors on H200 (device KINDS.md)",
+                "sms": "measured: torch reports 132 multiprocessors on H200 "
+                       "(results/calibration/h200_x1_2026-11-24.csv)",
                 "peak_tflops": "H200 SXM datasheet: 989 TFLOP/s dense bf16",
-                "gemm_efficiency": "measured: 8192^3 bf16 matmul 740-790 TFLOP/s on H200 (shared/GPU.md)",
-                "hbm_gbps": "measured: device-to-device copy ~4.3 TB/s on H200 (device KINDS.md)",
-                "link_gbps": "measured: Triton kernel peer load 311 GB/s, store 334 GB/s (shared/GPU.md)",
+                "gemm_efficiency": "measured: bf16 torch.matmul 8192x4096x14336 687-796 TFLOP/s on H200 "
+                                   "(results/grouped_gemm/h200_*.csv headers; docs/GPU_FACTS.md)",
+                "hbm_gbps": "assumption: ~90% of the H200 datasheet's 4.8 TB/s HBM3e (measured: a Triton row copy "
+                            "3.7 TB/s, a 1 GiB copy_ 2.8 TB/s; docs/GPU_FACTS.md)",
+                "link_gbps": "measured: Triton kernel peer load 311-315 GB/s, store 334-340 GB/s on 2-4 x H200 "
+                             "(results/calibration/h200_x2_2026-11-24.csv; docs/GPU_FACTS.md)",
                 "per_block_link_gbps": _ASSUMED_BLOCK,
                 "collective_overhead_us": "measured: NCCL all_to_all_single fixed cost ~50-60 us on "
-                                          "4 x H200 (shared/GPU.md)",
-                "ranks_per_node": "lent machines have up to 8 H200 in one node",
+                                          "4 x H200, 77 us on 2 (docs/GPU_FACTS.md)",
+                "ranks_per_node": "8 GPUs per HGX H200 node",
             },
         ),
         HardwareProfile(
@@ -357,7 +361,7 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "peak_tflops": "NVIDIA L20 datasheet: 119.5 TFLOP/s dense fp16/bf16 tensor",
                 "gemm_efficiency": "assumption: ~75% of peak on Ada",
                 "hbm_gbps": "L20 datasheet 864 GB/s GDDR6; ~90% achievable (assumption)",
-                "link_gbps": "PAPER.md: 8 x L20 on PCIe, ~25 GB/s",
+                "link_gbps": "the paper's PCIe testbed: 8 x L20, ~25 GB/s (Fig. 14 right; docs/PAPER_NOTES.md)",
                 "link_latency_us": "assumption: PCIe peer write + flag ~5 us",
                 "per_block_link_gbps": "assumption: ~12 blocks saturate PCIe",
                 "nic_gbps": "assumption: 200 Gb/s NIC on PCIe hosts",

@@ -21,10 +21,10 @@ def split_range(n: int, parts: int, p: int) -> tuple[int, int]:
     return (p * n + parts - 1) // parts, ((p + 1) * n + parts - 1) // parts
 
 
-def part_of(i_N: torch.Tensor, n: torch.Tensor | int, parts: int) -> torch.Tensor:
-    """The part of each item index in i_N (int64) when n items are cut into `parts` parts; n may be a tensor
-    of the same shape (one n per item)."""
-    return i_N * parts // n
+def part_of(index: torch.Tensor, n: torch.Tensor | int, parts: int) -> torch.Tensor:
+    """The part of each item index in `index` (int64) when n items are cut into `parts` parts; n may be a
+    tensor of the same shape (one n per item)."""
+    return index * parts // n
 
 
 def token_owner(M: int, W: int, device=None) -> torch.Tensor:
@@ -62,7 +62,7 @@ def token_groups(topk_ids_MK: torch.Tensor, experts_per_group: int, ep: int) -> 
 def combine_expected(groups_MG: torch.Tensor, owner_M: torch.Tensor, W: int, tp: int) -> torch.Tensor:
     """int64 (W, W): [o, s] = partial sums owner o receives from rank s in the combine (one per token of o
     with an expert in s's EP group). groups_MG: `token_groups`; owner_M: `token_owner`."""
-    per_owner_OG = torch.zeros(W, groups_MG.shape[1], dtype=torch.int64, device=groups_MG.device)
-    per_owner_OG.index_add_(0, owner_M, groups_MG.to(torch.int64))
+    per_owner_WG = torch.zeros(W, groups_MG.shape[1], dtype=torch.int64, device=groups_MG.device)
+    per_owner_WG.index_add_(0, owner_M, groups_MG.to(torch.int64))
     src_group = torch.arange(W, device=groups_MG.device) // tp
-    return per_owner_OG[:, src_group].contiguous()
+    return per_owner_WG[:, src_group].contiguous()

@@ -46,7 +46,7 @@ class RankPlan:
     tp_rank: int
     # --- shared tensor (rows = (token, slot) pairs routed to this rank's experts), expert-major
     row_token_R: torch.Tensor  # int64 global token id, -1 past num_rows
-    row_slot_R: torch.Tensor  # int64 top-k slot k of the pair
+    row_slot_R: torch.Tensor  # int64 top-k slot j of the pair
     row_src_R: torch.Tensor  # int64 owner rank of the token
     row_weight_R: torch.Tensor  # float32 gate weight of the pair
     expert_offsets_E1: torch.Tensor  # int64 (E_local + 1,) first row of each local expert

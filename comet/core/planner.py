@@ -14,9 +14,8 @@ Layer0 tile orders (`Policy.order`), applied to row blocks, then swizzled in gro
                      local-only blocks first, then those waiting on the fewest, earliest ranks;
     "arrival-order": key (max arrival pos, expert, block);
     "expert-major":  key (expert, block): a plain grouped GEMM, blind to communication.
-Layer1 tiles are column-block-major across all experts (the paper's mechanism 2, docs/PAPER_NOTES.md):
-column block c's tiles,
-every expert, before column block c+1's, so the top-k reduce and send of block c start early.
+Layer1 tiles are column-block-major across all experts (the paper's mechanism 2, docs/PAPER_NOTES.md): column
+block c's tiles, every expert, before column block c+1's, so the top-k reduce and send of block c start early.
 
 Communication work: layer0 chunks (source rank, range of U) in arrival order, never spanning two sources;
 chunk i belongs to communication block i % nc_layer0; flag[s] reaches `l0_chunks_per_src_W[s]` when all of
@@ -58,7 +57,7 @@ def _ceil_div(a, b):
 
 def _chunks(group_U: torch.Tensor, n_valid: torch.Tensor, groups: int, rows: int, n_max: int):
     """Split valid entries of group_U (sorted by group, padding last) into chunks of <= rows entries that
-    never span two groups. Returns (group_C, start_C, end_C, num_chunks, chunks_per_group_G)."""
+    never span two groups. Returns (group_C, start_C, end_C, num_chunks, chunks_per_group)."""
     dev = group_U.device
     U = group_U.numel()
     valid = torch.arange(U, device=dev) < n_valid
@@ -95,9 +94,9 @@ def _tile_table(rb_order_B, rb_class_B, rb_expert_B, rb_start_B, rb_end_B, n_rb,
     group_start = i - member
     gsz = torch.minimum(class_start + counts[cls] - group_start, torch.full_like(i, group_m))
     col = torch.arange(col_blocks, device=dev)
-    pos_BC = group_start[:, None] * col_blocks + col[None, :] * gsz[:, None] + member[:, None]
+    pos_by_block_col = group_start[:, None] * col_blocks + col[None, :] * gsz[:, None] + member[:, None]
     T = B * col_blocks
-    pos = pos_BC.reshape(-1)
+    pos = pos_by_block_col.reshape(-1)
     rb_T = torch.empty(T, dtype=torch.int64, device=dev).scatter_(0, pos, rb_order_B.repeat_interleave(col_blocks))
     col_T = torch.empty(T, dtype=torch.int64, device=dev).scatter_(0, pos, col.repeat(B))
     ok = torch.arange(T, device=dev) < n_rb * col_blocks
@@ -169,23 +168,23 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: Mode
         rb_key = (rb_max_pos * (W + 1) + rb_nsrc) * (E_loc * KEY_E) + b
     rb_key = torch.where(rb_ok, rb_key, torch.iinfo(i64).max - B_max + b)
     rb_order = torch.argsort(rb_key)
-    C0 = math.ceil((model.ffn_K // par.tp) / pol.block_n0)
+    col_blocks0 = math.ceil((model.ffn_K // par.tp) / pol.block_n0)
     rb_class = torch.zeros_like(rb_max_pos) if pol.order == "expert-major" else rb_max_pos.clamp(min=0)
-    l0_e, l0_s, l0_end, l0_col, l0_rb, l0_ok = _tile_table(rb_order, rb_class, rb_e, rb_start, rb_end, n_rb, C0,
-                                                          pol.group_m, W)
+    l0_e, l0_s, l0_end, l0_col, l0_rb, l0_ok = _tile_table(rb_order, rb_class, rb_e, rb_start, rb_end, n_rb,
+                                                          col_blocks0, pol.group_m, W)
     l0_mask = torch.where(l0_ok, rb_mask[l0_rb], torch.zeros_like(l0_rb))
 
     # --- layer1 tiles: column-block-major, blocks expert-major within a column
-    C1 = math.ceil(model.hidden_N / pol.block_n1)
-    t1 = torch.arange(B_max * C1, device=dev)
+    N1 = math.ceil(model.hidden_N / pol.block_n1)
+    t1 = torch.arange(B_max * N1, device=dev)
     nrb1 = n_rb.clamp(min=1)
-    t1_ok = t1 < n_rb * C1
+    t1_ok = t1 < n_rb * N1
     t1_rb = (t1 % nrb1).clamp(max=B_max - 1)
-    neg_T1 = torch.full_like(t1, -1)
-    l1_e = torch.where(t1_ok, rb_e[t1_rb], neg_T1)
-    l1_s = torch.where(t1_ok, rb_start[t1_rb], neg_T1)
-    l1_end = torch.where(t1_ok, rb_end[t1_rb], neg_T1)
-    l1_col = torch.where(t1_ok, t1 // nrb1, neg_T1)
+    neg_T = torch.full_like(t1, -1)
+    l1_e = torch.where(t1_ok, rb_e[t1_rb], neg_T)
+    l1_s = torch.where(t1_ok, rb_start[t1_rb], neg_T)
+    l1_end = torch.where(t1_ok, rb_end[t1_rb], neg_T)
+    l1_col = torch.where(t1_ok, t1 // nrb1, neg_T)
 
     # --- layer0 communication: the tokens this rank needs, by source in arrival order
     tok_M = torch.arange(M, device=dev)
@@ -238,12 +237,12 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: Mode
         row_token_R=row_token, row_slot_R=row_slot, row_src_R=row_src, row_weight_R=row_weight,
         expert_offsets_E1=offsets, num_rows=num_rows,
         l0_tile_expert_T=l0_e, l0_tile_row_start_T=l0_s, l0_tile_row_end_T=l0_end, l0_tile_col_T=l0_col,
-        l0_tile_src_mask_T=l0_mask, num_l0_tiles=n_rb * C0,
+        l0_tile_src_mask_T=l0_mask, num_l0_tiles=n_rb * col_blocks0,
         recv_token_U=recv_token, num_recv=n_recv,
         l0_chunk_src_C=l0_chunk_src, l0_chunk_start_C=c_start, l0_chunk_end_C=c_end,
         num_l0_chunks=n_c0, l0_chunks_per_src_W=chunks_per_src,
         l1_tile_expert_T=l1_e, l1_tile_row_start_T=l1_s, l1_tile_row_end_T=l1_end, l1_tile_col_T=l1_col,
-        num_l1_tiles=n_rb * C1, l1_tiles_per_col=n_rb,
+        num_l1_tiles=n_rb * N1, l1_tiles_per_col=n_rb,
         send_token_S=send_token, send_dest_S=send_dest, send_slot_S=send_slot,
         send_row_start_S=torch.where(s_ok, s_start, neg_S), send_row_end_S=torch.where(s_ok, s_end, neg_S),
         rows_by_send_R=rows_by_send, num_sends=n_send,

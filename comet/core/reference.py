@@ -303,11 +303,11 @@ def combine(partials_UN: Sequence[torch.Tensor], meta: DispatchMeta) -> torch.Te
         own_tok = _owned(meta.token_owner_M, s)
         first = int(own_tok[0]) if own_tok.numel() else 0
         # owner s's combine buffer: one row per owned token
-        buf_N = torch.zeros(own_tok.numel(), N, dtype=ref.dtype, device=ref.device)
+        buf_mN = torch.zeros(own_tok.numel(), N, dtype=ref.dtype, device=ref.device)
         for r in range(W):  # arrivals summed in rank order: deterministic
             to_s = meta.ranks[r].src_U == s
-            buf_N.index_add_(0, meta.ranks[r].token_U[to_s] - first, partials_UN[r][to_s])
-        out_blocks.append(buf_N)
+            buf_mN.index_add_(0, meta.ranks[r].token_U[to_s] - first, partials_UN[r][to_s])
+        out_blocks.append(buf_mN)
     out_MN = torch.cat(out_blocks)
     assert out_MN.shape == (M, N)
     return out_MN

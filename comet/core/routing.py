@@ -212,8 +212,8 @@ def uniform(M: int, E: int, topk: int, seed: int = 0) -> Routing:
 
 
 def make_routing(kind: str, M: int, E: int, topk: int, seed: int = 0, std: float = 0.032) -> Routing:
-    """A routing by name: "balanced", "uniform", or "imbalanced" (with `std`, default 0.032: PAPER.md's
-    production figure)."""
+    """A routing by name: "balanced", "uniform", or "imbalanced" (with `std`, default 0.032: the production
+    figure the paper gives with Fig. 14)."""
     if kind == "balanced":
         return balanced(M, E, topk, seed)
     if kind == "uniform":

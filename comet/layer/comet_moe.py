@@ -4,7 +4,7 @@ one GPU per process) or an emulated world (all W ranks in this process: one GPU,
 interpreter). The baselines of comet/layer/gpu_baselines.py run in the same module: system="sequential" | "chunked".
 
 Shape legend: M tokens of the group, m tokens of one rank (M = W m on a process group), N hidden, K expert FFN
-size (K' = K for gelu, 2K for swiglu: [gate | up]), E experts, W = EP x TP ranks, Q ranks run by this process
+size (K' = K for gelu, 2K for swiglu: [gate | up]), E experts, W = EP x TP ranks, P ranks run by this process
 (W in an emulated world, 1 on a process group), K_s the shared expert's FFN size.
 
 Tokens. In an emulated world forward takes all M tokens (..., N) and returns all M outputs. On a process group
@@ -14,8 +14,8 @@ group's tokens [s m, (s + 1) m): tokens are sharded over all W = EP x TP ranks, 
 
 Parameters (requires_grad False: the kernels are forward-only):
     gate_weight         (E, N)                router, the same on every rank
-    w0                  (Q, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.reference layout)
-    w1                  (Q, E/EP, K/TP, N)    layer1 shard
+    w0                  (P, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.reference layout)
+    w1                  (P, E/EP, K/TP, N)    layer1 shard
     shared_w0 / _w1     (N, 2 K_s) / (K_s, N) optional dense shared expert ([gate | up], swiglu), Qwen2-MoE style:
     shared_gate_weight  (1, N)                out += sigmoid(x @ shared_gate_weight.T) * shared_expert(x); each rank
                                               runs it on its own tokens with the whole (replicated) weights
@@ -120,7 +120,7 @@ class CometMoE(nn.Module):
     the whole group per call; dtype: parameters and tokens (default the model's); device: default CUDA if
     available (on a group: the current CUDA device), else the CPU; system: "comet" | "sequential" | "chunked"
     (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
-    CPU_POLICY on the CPU); chunks: C of the chunked baseline; router / normalize_topk / router_jitter_eps:
+    CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps:
     see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
     share; hardware: the profile the planner records.
 
@@ -173,15 +173,15 @@ class CometMoE(nn.Module):
         self.workspace = self._make_workspace(workspace, max_spin)
 
         # --- parameters
-        Q, E_loc, K_loc, N = len(self.ranks), model.experts_E // parallel.ep, model.ffn_K // parallel.tp, model.hidden_N
+        P, E_loc, K_loc, N = len(self.ranks), model.experts_E // parallel.ep, model.ffn_K // parallel.tp, model.hidden_N
         k0 = model.layer0_cols // parallel.tp
 
         def param(*shape):
             return nn.Parameter(torch.empty(*shape, dtype=self.dtype, device=self.device), requires_grad=False)
 
         self.gate_weight = param(model.experts_E, N)
-        self.w0 = param(Q, E_loc, N, k0)
-        self.w1 = param(Q, E_loc, K_loc, N)
+        self.w0 = param(P, E_loc, N, k0)
+        self.w1 = param(P, E_loc, K_loc, N)
         self.shared_ffn_K = shared_ffn_K
         if shared_ffn_K is not None:
             self.shared_w0 = param(N, 2 * shared_ffn_K)

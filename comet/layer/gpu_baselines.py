@@ -7,7 +7,7 @@ same weight shards, the same Plan tile tables for the grouped GEMMs (kernels/gro
                 holds one of its experts; the partial sums come back the same way and the owner adds them)
                 or an all-gather of every row plus a reduce-scatter of (M, N) partial sums (the released
                 Comet code's collectives).
-    chunked     every rank's own tokens cut into C chunks; on a GPU the dispatch of chunk i + 1 and the
+    chunked     every rank's own tokens cut into Q chunks; on a GPU the dispatch of chunk i + 1 and the
                 combine of chunk i run on a communication stream while chunk i + 1's GEMMs wait only for its
                 own dispatch, on the compute stream (Tutel / FasterMoE style). On the CPU the chunks run one
                 after another (no streams), which checks the chunking, not the overlap.
@@ -15,13 +15,14 @@ same weight shards, the same Plan tile tables for the grouped GEMMs (kernels/gro
 Both run over comet/layer/collectives.py (an emulated world in this process, or a torch.distributed group).
 
 Token ownership and chunks follow comet/core/ownership.py's one split rule: rank s owns the global tokens
-`owned_range(M, W, s)` (on a process group every rank holds the same number m of tokens, M = W m); chunk c of
-rank s is its own rows `chunk_range(n_s, C, c)`, the same chunks the simulator's baselines run
+`owned_range(M, W, s)` (on a process group every rank holds the same number m of tokens, M = W m); chunk q of
+rank s is its own rows `chunk_range(n_s, Q, q)`, the same chunks the simulator's baselines run
 (sim/workload.py). A chunk's tokens are numbered owner by owner (ascending global id), so the chunk's Plan
 (make_plan on the chunk's routing) gives the grouped GEMMs' tile tables. Which rank needs which token comes
 from `token_groups`, as in the planner.
 
-Suffix letters: docs/SHAPES.md (here M_c: the tokens of one chunk; D: the token rows a rank sends in dispatch).
+Suffix letters: docs/SHAPES.md (here M_c: the tokens of one chunk; D: the token rows a rank sends in dispatch;
+Q: the chunks).
 
 `prepare` (the metadata: plans, split sizes, exact row counts) costs one host sync per call, as Megatron's
 all-to-all dispatcher does for its split sizes; `forward` with prepared metadata has none (CPU and GPU).
@@ -106,8 +107,8 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
             hardware: HardwareProfile | None = None) -> tuple[ChunkMeta, ...]:
     """Metadata of every chunk for the ranks `ranks` (one host sync for all chunks).
 
-    routing: global (all M tokens), on the device the layer runs on. chunks: C >= 1 (empty chunks, when a
-    rank has fewer than C tokens, are dropped). form: "all-to-all" or "all-gather".
+    routing: global (all M tokens), on the device the layer runs on. chunks: Q >= 1 (empty chunks, when a
+    rank has fewer than Q tokens, are dropped). form: "all-to-all" or "all-gather".
     """
     if form not in FORMS:
         raise ValueError(f"unknown dispatch form {form!r}; choose one of {', '.join(FORMS)}")
@@ -128,8 +129,8 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
 
     # --- pass 1, on the device: each chunk's tokens, plan, who needs which token, row counts
     staged = []
-    for c in range(chunks):
-        rows = {s: chunk_range(hi - lo, chunks, c) for s, (lo, hi) in enumerate(ranges)}
+    for q in range(chunks):
+        rows = {s: chunk_range(hi - lo, chunks, q) for s, (lo, hi) in enumerate(ranges)}
         sizes = tuple(b - a for a, b in rows.values())
         M_c = sum(sizes)
         if M_c == 0:
@@ -166,11 +167,11 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
                 send_idx[r] = torch.arange(sizes[r], device=dev)
                 recv_rows[r], a_rows[r] = M_c, tok_R
             else:
-                # as a source: (destination, own token) pairs in that order, the first S after sorting
+                # as a source: (destination, own token) pairs in that order, the first D after sorting
                 n_r = sizes[r]
-                need_WU = need_MW[offs[r]:offs[r] + n_r].T  # (W, n_r)
+                need_by_dest = need_MW[offs[r]:offs[r] + n_r].T  # (W, n_r)
                 key = torch.arange(W * n_r, device=dev)
-                key = torch.where(need_WU.reshape(-1), key, key + W * n_r)
+                key = torch.where(need_by_dest.reshape(-1), key, key + W * n_r)
                 send_idx[r] = torch.argsort(key)[:sum(counts[r])] % max(n_r, 1)
                 # as a destination: the needed tokens in ascending chunk id = by owner, then token
                 U = sum(counts[s][r] for s in range(W))
