@@ -247,7 +247,6 @@ def test_figures_are_rewritten_only_when_they_change(tmp_path):
     assert png.stat().st_mtime_ns == stamp
 
 
-@pytest.mark.slow
 def test_timeline_compare_sim_only_works_on_a_fresh_folder(tmp_path):
     """The CPU step reads the committed GPU recording when --out holds none (out of the box on a fresh clone)."""
     from experiments import timeline_compare

@@ -197,8 +197,8 @@ def test_the_experiment_needs_a_gpu_or_a_recorded_run(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             timeline_compare.main(["--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="run the GPU step first"):
-        timeline_compare.main(["--sim-only", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="run the GPU step first"):  # a --real folder without a recording
+        timeline_compare.main(["--sim-only", "--out", str(tmp_path), "--real", str(tmp_path / "none")])
 
 
 # ------------------------------------------------------------------------ the CPU step on a fake recording
