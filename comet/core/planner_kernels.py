@@ -55,11 +55,11 @@ def _pairs(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, p, lo_r, M, J, E, E_loc, g,
 def _token_sums(i, k, ok, grp, local, g, KP: tl.constexpr):
     """Per pair, over its token's pairs: (kept local pairs, distinct EP groups, distinct groups before g)."""
     same = (i[:, None] // KP) == (i[None, :] // KP)
-    n_loc = tl.sum((same & local[None, :]).to(tl.int64), axis=1)
+    n_loc = tl.sum((same & local[None, :]).to(tl.int32), axis=1).to(tl.int64)
     earlier = same & (k[None, :] < k[:, None]) & ok[None, :] & (grp[None, :] == grp[:, None])
     first = ok & (tl.sum(earlier.to(tl.int32), axis=1) == 0)  # the token's first pair in its group
-    n_grp = tl.sum((same & first[None, :]).to(tl.int64), axis=1)
-    before = tl.sum((same & first[None, :] & (grp[None, :] < g)).to(tl.int64), axis=1)
+    n_grp = tl.sum((same & first[None, :]).to(tl.int32), axis=1).to(tl.int64)
+    before = tl.sum((same & first[None, :] & (grp[None, :] < g)).to(tl.int32), axis=1).to(tl.int64)
     return n_loc, first, n_grp, before
 
 
@@ -175,7 +175,8 @@ def _scatter(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, hist_ptr, blk_ptr, off_ptr,
     owner = (t * W) // M
     pos = (owner - r + W) % W
     # --- rows: expert offset + the blocks before + the pairs of the same expert before in this block
-    rank_e = tl.sum(((e[None, :] == e[:, None]) & local[None, :] & (i[None, :] < i[:, None])).to(tl.int64), 1)
+    rank_e = tl.sum(((e[None, :] == e[:, None]) & local[None, :] & (i[None, :] < i[:, None])).to(tl.int32), 1)
+    rank_e = rank_e.to(tl.int64)
     row = tl.load(off_ptr + e, mask=local, other=0) + tl.load(hist_ptr + p * E_loc + e, mask=local, other=0) + rank_e
     tl.store(row_token_ptr + row, t, mask=local)
     tl.store(row_slot_ptr + row, k.to(tl.int64), mask=local)
