@@ -85,7 +85,8 @@ class Routing:
 # Bits of one (token, slot) entry that the planner drops (`routing_problems_MK`); the triton planner's
 # kernels (comet/core/planner_triton.py) set the same bits.
 OUT_OF_RANGE, REPEATED, BAD_WEIGHT = 1, 2, 4
-PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E)", REPEATED: "an expert repeated within the token",
+PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E) (expert ids must lie in [0, E))",
+            REPEATED: "an expert repeated within the token (experts must be distinct within a token)",
             BAD_WEIGHT: "a negative or non-finite gate weight"}
 
 
