@@ -16,6 +16,7 @@ import torch
 
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.core.policy import Policy
+from comet.core.routing import describe_routing_error
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class Plan:
     token_num_slots_M: torch.Tensor  # int64 partial sums the owner receives for the token
     ranks: tuple[RankPlan, ...]
     buffers: BufferSizes
+    # int64 (2,): [problem bits of the first bad token, that token] (comet.core.routing.routing_error; the
+    # bits: OUT_OF_RANGE, REPEATED, BAD_WEIGHT); [0, 0] for a valid routing. Bad entries are dropped from the
+    # tables (routing_problems_MK); `check()` raises. None: not recorded (a Plan built by hand).
+    routing_error: torch.Tensor | None = None
 
     @property
     def world_size(self) -> int:
@@ -149,6 +154,15 @@ class Plan:
     @property
     def l1_col_blocks(self) -> int:
         return math.ceil(self.model.hidden_N / self.policy.block_n1)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad token of the routing and what to change, if the planner
+        found one (host sync; on the CPU path make_plan has raised already)."""
+        if self.routing_error is None:
+            return
+        bits, token = self.routing_error.tolist()
+        if bits:
+            raise ValueError(describe_routing_error(bits, token, self.model.experts_E, dropped=True))
 
     def rank(self, r: int) -> RankPlan:
         for rp in self.ranks:

@@ -47,7 +47,7 @@ from comet.core.config import (
 from comet.core.ownership import combine_expected, token_groups, token_owner
 from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
 from comet.core.policy import DISPATCHES, ORDERS, Policy
-from comet.core.routing import ROUTINGS, Routing, make_routing
+from comet.core.routing import ROUTINGS, Routing, make_routing, routing_error, routing_problems_MK
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -265,14 +265,26 @@ def _nc_changes(nc, hardware: HardwareProfile) -> dict[str, int]:
     return {"nc_layer0": values[0], "nc_layer1": values[1]}
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
 def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConfig, hardware: HardwareProfile | str,
-              policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None) -> Plan:
+              policy: Policy | None = None, ranks: list[int] | None = None, *, nc=None, backend: str = "auto") -> Plan:
     """Build the Plan for `routing` (global: all M tokens). `ranks` limits the work to some ranks (a GPU
     process builds only its own); tensors stay on the routing's device and no host sync happens. model and
     hardware may be given by name.
 
     nc: None keeps the Policy's nc_layer0 / nc_layer1; an int sets both, a pair (nc_layer0, nc_layer1) each.
-    To choose n_c by simulation, pass the plan to comet.tuning.auto_nc (the floor above the simulator)."""
+    To choose n_c by simulation, pass the plan to comet.tuning.auto_nc (the floor above the simulator).
+
+    backend: "torch" (this module's torch ops, ~250 small launches per rank), "triton" (six kernels per rank,
+    comet/core/planner_triton.py; bit-for-bit the same tables), "auto": triton for a CUDA routing, torch
+    otherwise. A bad routing (comet.core.routing.routing_problems_MK: an id outside [0, E), an expert repeated
+    within a token, a negative or non-finite weight) raises ValueError at once on the CPU (torch backend, one
+    host sync); elsewhere its bad entries are dropped, `Plan.routing_error` records the first bad token and
+    `Plan.check()` raises."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     model, parallel, hardware = as_model(model), as_parallel(parallel), as_hardware(hardware)
     if not isinstance(routing, Routing):
         raise TypeError(f"routing must be a comet.core.routing.Routing (top-k ids and weights), got "
@@ -283,7 +295,7 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
     if nc is not None:
         policy = policy.replace(**_nc_changes(nc, hardware))
     parallel.validate(model)
-    ids, w = routing.topk_ids_MK, routing.topk_weights_MK
+    ids = routing.topk_ids_MK
     M, topk = ids.shape
     if routing.num_experts != model.experts_E:
         raise ValueError(f"routing has {routing.num_experts} experts but {model.name} has {model.experts_E}; "
@@ -293,19 +305,42 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
     W = parallel.world_size
     if M < 1:
         raise ValueError("a plan needs at least one token")
-    bounds = plan_bounds(M, model, parallel, policy)
-    owner = token_owner(M, W, ids.device)
-    groups_MG = token_groups(ids, model.experts_E // parallel.ep, parallel.ep)
-    expected_WW = combine_expected(groups_MG, owner, W, parallel.tp)
     rank_list = list(range(W)) if ranks is None else list(ranks)
     for r in rank_list:
         if not 0 <= r < W:
             raise ValueError(f"rank {r} out of range for world size {W}")
+    if backend == "auto":
+        backend = "triton" if ids.is_cuda else "torch"
+    if backend == "torch" and not ids.is_cuda:
+        routing.check_entries()  # the CPU path: raise at once (one host sync)
+    bounds = plan_bounds(M, model, parallel, policy)
+    if backend == "triton" and rank_list:
+        from comet.core.planner_triton import plan_ranks  # deferred: Triton is heavy and optional here
+
+        owner, num_slots, error, rank_plans = plan_ranks(routing, model, parallel, policy, rank_list, bounds)
+    else:
+        owner, num_slots, error, rank_plans = _plan_torch(routing, model, parallel, policy, rank_list, bounds)
+    return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
+                token_owner_M=owner, token_num_slots_M=num_slots, ranks=rank_plans,
+                buffers=buffer_sizes(M, model, parallel, policy), routing_error=error)
+
+
+def _plan_torch(routing: Routing, model: ModelConfig, parallel: ParallelConfig, policy: Policy,
+                rank_list: list[int], bounds: dict):
+    """The torch planner: (token_owner_M, token_num_slots_M, routing_error, rank plans). Bad entries
+    (routing_problems_MK) are dropped: their id becomes E, which is no rank's expert and no EP group's."""
+    ids, w = routing.topk_ids_MK, routing.topk_weights_MK
+    M, E, W = ids.shape[0], model.experts_E, parallel.world_size
+    E_loc = E // parallel.ep
+    error = routing_error(ids, w, E)
+    ids = torch.where(routing_problems_MK(ids, w, E) != 0, E, ids)
+    owner = token_owner(M, W, ids.device)
+    # token_groups with one more column for the dropped entries (id E), cut off again
+    groups_MG = token_groups(ids, E_loc, parallel.ep + 1)[:, :parallel.ep]
+    expected_WW = combine_expected(groups_MG, owner, W, parallel.tp)
     rank_plans = tuple(_plan_rank(r, ids, w, owner, groups_MG, expected_WW[r], model, parallel, policy, bounds)
                        for r in rank_list)
-    return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
-                token_owner_M=owner, token_num_slots_M=groups_MG.sum(1) * parallel.tp, ranks=rank_plans,
-                buffers=buffer_sizes(M, model, parallel, policy))
+    return owner, groups_MG.sum(1) * parallel.tp, error, rank_plans
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -64,19 +64,64 @@ class Routing:
     def to(self, device) -> Routing:
         return Routing(self.topk_ids_MK.to(device), self.topk_weights_MK.to(device), self.num_experts)
 
+    def check_entries(self) -> None:
+        """Raise ValueError naming the first bad token (host sync): an expert id outside [0, E), an expert
+        repeated within a token, a negative or non-finite weight (`routing_problems_MK`)."""
+        err = routing_error(self.topk_ids_MK, self.topk_weights_MK, self.num_experts).tolist()
+        if err[0]:
+            t = err[1]
+            raise ValueError(describe_routing_error(err[0], t, self.num_experts) + f": expert ids "
+                             f"{self.topk_ids_MK[t].tolist()}, weights {self.topk_weights_MK[t].tolist()}")
+
     def check(self) -> None:
-        """Validate contents (costs a host sync): ids in range and distinct per token, weights sum to 1."""
-        ids = self.topk_ids_MK
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_experts):
-            raise ValueError(f"expert ids must lie in [0, {self.num_experts}); got [{int(ids.min())}, "
-                             f"{int(ids.max())}]")
-        s = ids.sort(dim=1).values
-        if s.shape[1] > 1 and bool((s[:, 1:] == s[:, :-1]).any()):
-            raise ValueError("a token picks the same expert twice; experts must be distinct within a token")
+        """Validate contents (costs a host sync): `check_entries`, then the weights of each token sum to 1."""
+        self.check_entries()
         sums = self.topk_weights_MK.double().sum(dim=1)
         if sums.numel() and float((sums - 1).abs().max()) > 1e-3:
             raise ValueError(f"gate weights of a token must sum to 1; worst row sums to "
                              f"{float(sums[(sums - 1).abs().argmax()]):.4f}")
+
+
+# ----------------------------------------------------------------------------- problems of a routing
+# Bits of one (token, slot) entry that the planner drops (`routing_problems_MK`); the triton planner's
+# kernels (comet/core/planner_triton.py) set the same bits.
+OUT_OF_RANGE, REPEATED, BAD_WEIGHT = 1, 2, 4
+PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E) (expert ids must lie in [0, E))",
+            REPEATED: "an expert repeated within the token (experts must be distinct within a token)",
+            BAD_WEIGHT: "a negative or non-finite gate weight"}
+
+
+def routing_problems_MK(topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, E: int) -> torch.Tensor:
+    """int64 (M, J) problem bits of each entry, 0 where it is fine: OUT_OF_RANGE (id outside [0, E)),
+    REPEATED (an id in range equal to an earlier slot's id of the same token: the first occurrence is kept),
+    BAD_WEIGHT (weight negative, NaN or infinite). A plan drops every entry with a bit set: it is no row, no
+    send and needs no EP group. Torch ops on the routing's device, no host sync."""
+    ids, w = topk_ids_MK, topk_weights_MK
+    J = ids.shape[1]
+    in_range = (ids >= 0) & (ids < E)
+    earlier_JJ = torch.ones(J, J, dtype=torch.bool, device=ids.device).tril(-1)  # [k, k'] = k' < k
+    repeated = in_range & ((ids[:, :, None] == ids[:, None, :]) & earlier_JJ).any(2)
+    bad_w = ~((w >= 0) & (w < float("inf")))
+    return ((~in_range).long() * OUT_OF_RANGE) | (repeated.long() * REPEATED) | (bad_w.long() * BAD_WEIGHT)
+
+
+def routing_error(topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, E: int) -> torch.Tensor:
+    """int64 (2,): [problem bits of the first bad token (OR over its slots), that token]; [0, 0] when every
+    entry is fine. On the routing's device, no host sync (`Plan.routing_error`)."""
+    bits_MJ = routing_problems_MK(topk_ids_MK, topk_weights_MK, E)
+    bits_M = torch.zeros_like(bits_MJ[:, 0])
+    for k in range(bits_MJ.shape[1]):
+        bits_M = bits_M | bits_MJ[:, k]
+    first = torch.argmax((bits_M != 0).to(torch.int8))  # the first maximum: the first bad token, else 0
+    return torch.stack([bits_M[first], torch.where(bits_M[first] != 0, first, 0)])
+
+
+def describe_routing_error(bits: int, token: int, E: int, dropped: bool = False) -> str:
+    """The message for `routing_error`'s values: the first bad token, what is wrong and what to change."""
+    what = "; ".join(v.replace("[0, E)", f"[0, {E})") for b, v in PROBLEMS.items() if bits & b)
+    return (f"bad routing at token {token} (the first bad one): {what}; give every token distinct expert ids "
+            f"in [0, {E}) and finite, non-negative gate weights"
+            + (" (the plan dropped the bad entries: it is not the layer's routing)" if dropped else ""))
 
 
 def _check_sizes(M: int, E: int, topk: int) -> None:
