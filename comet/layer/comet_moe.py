@@ -122,7 +122,8 @@ class CometMoE(nn.Module):
     (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
     CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps:
     see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
-    share; hardware: the profile the planner records.
+    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the Triton
+    planner on CUDA, the torch one on the CPU).
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
     process group), collectives and runner (comet.baselines' EmulatedCollectives / DistCollectives and
@@ -133,7 +134,8 @@ class CometMoE(nn.Module):
                  capacity_tokens: int, dtype: torch.dtype | None = None, device=None, system: str = "comet",
                  policy: Policy | None = None, chunks: int = 4, router: str = "softmax", normalize_topk: bool = True,
                  router_jitter_eps: float = 0.01, shared_ffn_K: int | None = None, workspace=None,
-                 hardware: str | HardwareProfile = defaults.GPU_HARDWARE, max_spin: int | None = None):
+                 hardware: str | HardwareProfile = defaults.GPU_HARDWARE, max_spin: int | None = None,
+                 plan_backend: str = "auto"):
         super().__init__()
         parallel = parallel or ParallelConfig()
         parallel.validate(model)
@@ -151,6 +153,7 @@ class CometMoE(nn.Module):
         self.capacity_tokens = capacity_tokens
         self.hardware = hardware if isinstance(hardware, HardwareProfile) else HardwareProfile.from_name(hardware)
         self.system, self.chunks = system, chunks
+        self.plan_backend = plan_backend  # make_plan's backend: "auto" (Triton kernels on CUDA), "torch", "triton"
         self._check_system()
 
         # --- the world: which ranks run here, their collectives, the fused kernels' workspace
@@ -357,7 +360,8 @@ class CometMoE(nn.Module):
             if capturing and self.policy.layer0_comm == "copy-engine":
                 raise RuntimeError("layer0_comm='copy-engine' cannot be captured in a CUDA graph: its flags take a "
                                    "host-side epoch per launch, which a replay would freeze; use 'blocks' or 'direct'")
-            plan = make_plan(routing, self.model, self.parallel, self.hardware, self.policy, ranks=list(self.ranks))
+            plan = make_plan(routing, self.model, self.parallel, self.hardware, self.policy, ranks=list(self.ranks),
+                             backend=self.plan_backend)
             return moe_forward_fused(self.workspace, x_MN, routing, shards, self.model, self.parallel, self.policy,
                                      plan=plan)
         if capturing:
