@@ -1,5 +1,5 @@
 """comet-moe: configs, routing, the planner and the MoE layer. Importing the package loads nothing heavy;
-`comet.CometMoE` (comet/layer.py: torch, Triton kernels) is imported on first use."""
+`comet.CometMoE` (comet/layer/comet_moe.py: torch, Triton kernels) is imported on first use."""
 
 __all__ = ["CometMoE"]
 

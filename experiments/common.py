@@ -52,7 +52,7 @@ def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None 
                     ncs: tuple[int, ...] | None = None) -> list[dict]:
     """One row per system (comet, sequential, chunked) on `plan`: columns SYSTEM_COLUMNS.
 
-    comet: nc_layer1 from sim.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
+    comet: nc_layer1 from comet.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
     alone; nc_layer0 as the Policy says. chunked: the fastest Q of CHUNK_SWEEP; `chunks` records it.
     comet_speedup = latency / comet's latency (how much faster Comet is; 1 for comet itself)."""
     opts = (options or _OPTIONS).replace(record=False)

@@ -1,7 +1,7 @@
 """Table 3: the symmetric (peer-addressable) buffer memory per GPU, vs M and model; EP=8, TP=1, bf16.
 
 Paper: one M x N buffer shared by all layers, 2MN bytes in bf16 (32 MB for Mixtral at M=4096).
-Ours, from comet.plan.buffer_sizes (shapes only, so one workspace serves every routing): the M x N token
+Ours, from comet.core.plan.buffer_sizes (shapes only, so one workspace serves every routing): the M x N token
 receive buffer (= the paper's 2MN bytes) plus the owner's combine buffer for partial sums (M/W tokens x
 slots x N) and the flags. total_bytes adds the non-symmetric buffers (layer0 output, layer1 output).
 CSV: model, ep, tp, tokens, hidden_N, paper_2MN_bytes, symm_recv_bytes, combine_bytes, flag_bytes,

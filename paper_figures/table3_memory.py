@@ -1,4 +1,4 @@
-"""Table 3: symmetric buffer memory per GPU vs M per model: ours (comet.plan.buffer_sizes: receive buffer
+"""Table 3: symmetric buffer memory per GPU vs M per model: ours (comet.core.plan.buffer_sizes: receive buffer
 + combine buffer + flags) beside the paper's 2MN bytes (one M x N bf16 buffer), drawn as open markers."""
 
 from __future__ import annotations

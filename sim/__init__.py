@@ -1,4 +1,4 @@
-"""Tile-level discrete-event simulator of the MoE layer (SimPy): executes a comet.plan.Plan the way the
+"""Tile-level discrete-event simulator of the MoE layer (SimPy): executes a comet.core.plan.Plan the way the
 fused kernels run it, next to the sequential and chunked baselines, on one routing and one hardware
 profile. Time unit: microseconds.
 

@@ -22,7 +22,7 @@ from sim.workload import tile_us
 
 class SystemSim:
     """Base of the simulated systems. Milestones per rank (us): `l0_end` (its layer0 work done),
-    `end` (its whole simulated part done). `records` is the shared event list (see sim/events.py)."""
+    `end` (its whole simulated part done). `records` is the shared event list (see comet/core/events.py)."""
 
     name = "?"
 

@@ -12,7 +12,7 @@
 The Gantt chart has one row per SM (or per group of `sm_group` SMs: a row is busy while any of its SMs
 is) and, below the SMs, one row per stream or engine (the compute stream's launches and whole-GPU
 memory-bound kernels, the baselines' NCCL stream, the copy engine). Colours are per event kind
-(sim/events.py). For the comet system, dashed lines mark where layer0's and layer1's communication
+(comet/core/events.py). For the comet system, dashed lines mark where layer0's and layer1's communication
 blocks begin (SMs sms - n_c .. sms - 1). The link panel draws the rank's port rates in GB/s (egress and
 ingress of NVLink/PCIe, and the NIC's out and in when ranks span nodes) as step functions of time; it
 needs a result simulated with SimOptions(record=True) (the default). Times in microseconds.

@@ -1,8 +1,8 @@
 """The baselines and CometMoE on a real process group: two CPU processes joined by gloo (torch.distributed), so
 DistCollectives' all-to-all / all-gather / reduce-scatter, the routing all-gather and the per-rank token
 ownership run for real (the GEMMs under Triton's interpreter, float32, also on a GPU machine). Each rank
-compares its own rows with comet.reference. The fused kernels need CUDA symmetric memory; on a group they are tested by
-tests/test_layer_multigpu.py (torchrun, 2 and 4 GPUs).
+compares its own rows with comet.core.reference. The fused kernels need CUDA symmetric memory; on a group they
+are tested by tests/test_layer_multigpu.py (torchrun, 2 and 4 GPUs).
 """
 
 from __future__ import annotations

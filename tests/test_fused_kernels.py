@@ -1,4 +1,4 @@
-"""The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.reference.
+"""The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.core.reference.
 
 Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before the kernels
 are imported) in float32/float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): EP=2, EP=4, TP=2,
@@ -54,7 +54,7 @@ def _world(model, par, cap=64, dtype=torch.float32, **kw) -> EmulatedWorld:
 
 
 def _check_forward(world, model, par, routing, policy, dtype, seed=0, what="", weights=None, x=None, **kw):
-    """One fused forward against comet.reference.moe_forward (float64); returns the fused output."""
+    """One fused forward against comet.core.reference.moe_forward (float64); returns the fused output."""
     M = routing.num_tokens
     w = weights or random_weights(model, seed=seed)
     x = random_tokens(M, model.hidden_N, seed=seed + 1) if x is None else x

@@ -1,5 +1,5 @@
 """The fused kernels on a real process group (SymmetricWorkspace, one GPU per process) against
-comet.reference, bf16. Run with torchrun (the `multigpu` marker skips everywhere else, tests/conftest.py):
+comet.core.reference, bf16. Run with torchrun (the `multigpu` marker skips everywhere else, tests/conftest.py):
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
         torchrun --nproc-per-node=4 -m pytest -m multigpu tests/test_fused_multigpu.py    (and =2)

@@ -4,7 +4,7 @@ Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by
 are imported) in float32/float16 on small shapes: ragged experts, an expert with zero rows, a rank with no
 rows, tile sizes that divide none of the sizes. The same logic tests run on the GPU when there is one;
 `gpu` tests add bf16, Hopper-sized tiles, autotuning and the flattened tile loop.
-Tolerances come from comet.tolerances (one table); failures print max and mean errors.
+Tolerances come from comet.core.tolerances (one table); failures print max and mean errors.
 """
 
 from __future__ import annotations
@@ -263,8 +263,8 @@ def test_gpu_program_counts_and_flatten(flatten):
 
 @pytest.mark.gpu
 def test_gpu_chain_matches_comet_reference():
-    """layer0 then layer1 on one rank equals comet.reference.expert_ffn on each expert's rows."""
-    ref = pytest.importorskip("comet.reference")
+    """layer0 then layer1 on one rank equals comet.core.reference.expert_ffn on each expert's rows."""
+    ref = pytest.importorskip("comet.core.reference")
     plan = _gpu_plan("swiglu", block_n0=64)
     w0, w1 = _weights(plan, "swiglu", torch.bfloat16)
     x = _tokens(plan.num_tokens, 512, torch.bfloat16)

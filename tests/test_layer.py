@@ -1,4 +1,5 @@
-"""CometMoE (comet/layer.py) and the baselines (comet/baselines.py) in an emulated world against comet.reference.
+"""CometMoE (comet/layer/comet_moe.py) and the baselines (comet/layer/gpu_baselines.py) in an emulated world
+against comet.core.reference.
 
 Without CUDA everything runs under Triton's interpreter (TRITON_INTERPRET=1, set before the kernels are
 imported) in float32 / float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): the three systems (comet,
@@ -45,7 +46,7 @@ def _model(act="gelu", N=32, K=32, E=4, topk=2) -> ModelConfig:
 
 
 def _layer(model, par, cap=64, dtype=torch.float32, seed=0, **kw) -> tuple[CometMoE, object]:
-    """A layer with weights from comet.reference.random_weights(seed) (returned, for the reference)."""
+    """A layer with weights from comet.core.weights.random_weights(seed) (returned, for the reference)."""
     layer = CometMoE(model, par, capacity_tokens=cap, dtype=dtype, device=DEVICE, policy=kw.pop("policy", CPU_POLICY),
                      **kw)
     w = random_weights(model, seed=seed)
@@ -55,7 +56,7 @@ def _layer(model, par, cap=64, dtype=torch.float32, seed=0, **kw) -> tuple[Comet
 
 
 def _reference(layer, w, x) -> torch.Tensor:
-    """comet.reference on the layer's own routing (float64, CPU)."""
+    """comet.core.reference on the layer's own routing (float64, CPU)."""
     ids, gw = layer.route(x)
     routing = Routing(ids.cpu(), gw.cpu(), layer.model.experts_E)
     return moe_forward(x.cpu().double(), routing, w.to(x.dtype).to(torch.float64), layer.model.activation)
@@ -116,7 +117,7 @@ def test_chunks_beyond_tokens_and_idle_rank():
 
 # ------------------------------------------------------------------------------------ baselines' dispatch
 def test_baseline_dispatch_delivers_tagged_rows():
-    """Rows tagged [token + 1, owner + 1]: every rank's receive buffer holds exactly the rows comet.reference's
+    """Rows tagged [token + 1, owner + 1]: every rank's receive buffer holds exactly the rows comet.core.reference's
     dispatch sends it, in its (source rank, token) order; a wrong row is named."""
     model = _model("gelu")
     par = ParallelConfig(ep=2, tp=2)

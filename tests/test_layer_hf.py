@@ -1,4 +1,4 @@
-"""CometMoE loaded from Hugging Face MoE block state dicts (comet/hf.py), without transformers: synthetic state
+"""CometMoE loaded from Hugging Face MoE block state dicts (comet/layer/hf.py), without transformers: synthetic state
 dicts with the real key names of Mixtral, Phi-3.5-MoE and Qwen2-MoE (per-expert layout of transformers 4.x and
 the fused layout of transformers 5), compared with a forward written the way the Hugging Face blocks compute it
 (per expert: silu(x W1^T) * (x W3^T) W2^T, gate-weighted and summed; Qwen2-MoE's sigmoid-gated shared
@@ -104,7 +104,7 @@ def test_hf_block_matches_hf_style_forward(arch, ep, tp, fused, Ks, normalize, s
 
 
 def test_mixtral_block_equals_comet_reference():
-    """Loaded Mixtral weights in comet.reference's layout give comet.reference.moe_forward's output."""
+    """Loaded Mixtral weights in comet.core.reference's layout give comet.core.reference.moe_forward's output."""
     sd, (gate, up, down) = _state_dict("mixtral", seed=3)
     layer = CometMoE.from_hf_state_dict(sd, "mixtral", topk=2, parallel=ParallelConfig(ep=2), capacity_tokens=64,
                                         device=DEVICE, policy=CPU_POLICY)
@@ -115,7 +115,7 @@ def test_mixtral_block_equals_comet_reference():
     weights = ExpertWeights(torch.cat([gate.transpose(1, 2), up.transpose(1, 2)], dim=2), down.transpose(1, 2))
     ref = moe_forward(x.double(), Routing(ids.cpu(), w.cpu(), 4), weights.to(torch.float64), "swiglu")
     with torch.no_grad():
-        assert_close(layer(x.to(DEVICE)).cpu(), ref, TOL, "mixtral vs comet.reference")
+        assert_close(layer(x.to(DEVICE)).cpu(), ref, TOL, "mixtral vs comet.core.reference")
 
 
 def test_rank_reads_only_its_keys_and_errors_name_keys():

@@ -1,5 +1,5 @@
 """CometMoE and its baselines on a real process group of GPUs (SymmetricWorkspace, NCCL), bf16, against
-comet.reference. Run with torchrun (the `multigpu` marker skips everywhere else, tests/conftest.py):
+comet.core.reference. Run with torchrun (the `multigpu` marker skips everywhere else, tests/conftest.py):
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
         torchrun --nproc-per-node=4 -m pytest -q -m multigpu tests/test_layer_multigpu.py    (and =2)

@@ -1,4 +1,4 @@
-"""Exact traces of hand-checkable cases (sim/testing.py's toy hardware and plan).
+"""Exact traces of hand-checkable cases (tests/helpers/sim_cases.py's toy hardware and plan).
 
 Toy figures: tile 1 x 128 x 128 takes TAU = 2*128*128 / (1e6 * 0.25) = 0.131072 us; a 256-byte row
 moves at 500 bytes/us on one communication block (0.512 us) or 1000 bytes/us uncapped (0.256 us);

@@ -1,4 +1,4 @@
-"""Properties that hold on any case (random small cases from sim.testing.random_case), the errors the
+"""Properties that hold on any case (random small cases from helpers.sim_cases.random_case), the errors the
 simulator raises instead of hanging, and its outputs (DataFrame, critical path, Chrome trace)."""
 
 from __future__ import annotations

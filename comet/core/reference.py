@@ -141,7 +141,7 @@ class DispatchMeta:
     """What `dispatch` tells `combine` (and tests): who received what, from whom.
 
     form: "all-to-all" or "all-gather"; num_tokens: M; experts_E: E;
-    token_owner_M: int64 (M,) owner rank of each token (comet.plan.token_owner);
+    token_owner_M: int64 (M,) owner rank of each token (comet.core.ownership.token_owner);
     ranks: one RankRecv per rank, index = rank;
     sent_rows_WW: int64 (W, W) token rows rank s sent to rank d in dispatch ([s, d]); the diagonal counts a
         rank's own rows, which stay in place (no traffic). all-gather: every row goes everywhere;

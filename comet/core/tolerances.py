@@ -1,5 +1,5 @@
 """Per-dtype comparison tolerances, in one place, and `assert_close`, which every test that compares a fast
-path with `comet.reference` uses.
+path with `comet.core.reference` uses.
 
 A comparison passes when both hold:
     relative norm:  ||actual - expected||_2 / ||expected||_2 <= rel_norm

@@ -14,13 +14,13 @@ group's tokens [s m, (s + 1) m): tokens are sharded over all W = EP x TP ranks, 
 
 Parameters (requires_grad False: the kernels are forward-only):
     gate_weight         (E, N)                router, the same on every rank
-    w0                  (P, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.reference layout)
+    w0                  (P, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.core.reference layout)
     w1                  (P, E/EP, K/TP, N)    layer1 shard
     shared_w0 / _w1     (N, 2 K_s) / (K_s, N) optional dense shared expert ([gate | up], swiglu), Qwen2-MoE style:
     shared_gate_weight  (1, N)                out += sigmoid(x @ shared_gate_weight.T) * shared_expert(x); each rank
                                               runs it on its own tokens with the whole (replicated) weights
 Routers: "softmax" (softmax over the logits in float32, top-k, weights renormalised to sum 1 when
-normalize_topk, as comet.routing.topk_gate; Mixtral renormalises, Qwen2-MoE by default not) and "sparsemixer"
+normalize_topk, as comet.core.routing.topk_gate; Mixtral renormalises, Qwen2-MoE by default not) and "sparsemixer"
 (Phi-3.5-MoE's top-2 router in its inference form, `sparsemixer_gate`). Logits are x @ gate_weight.T in x's
 dtype, as Hugging Face's blocks compute them.
 
@@ -126,7 +126,7 @@ class CometMoE(nn.Module):
     planner on CUDA, the torch one on the CPU).
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
-    process group), collectives and runner (comet.baselines' EmulatedCollectives / DistCollectives and
+    process group), collectives and runner (comet.layer.gpu_baselines' EmulatedCollectives / DistCollectives and
     BaselineRunner, for timing the baselines' stages), policy, system, chunks.
     """
 
@@ -261,7 +261,7 @@ class CometMoE(nn.Module):
     @torch.no_grad()
     def load_experts(self, weights: ExpertWeights | Mapping[int, ExpertWeights], gate_weight_EN: torch.Tensor,
                      shared: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Copy weights in: `weights` holds all E experts (comet.reference layout; each rank here keeps its
+        """Copy weights in: `weights` holds all E experts (comet.core.reference layout; each rank here keeps its
         shard) or maps each rank run here to its shard; gate_weight_EN (E, N); shared: {"w0": (N, 2 K_s),
         "w1": (K_s, N), "gate_weight": (1, N)} when the layer has a shared expert."""
         if isinstance(weights, ExpertWeights):

@@ -16,7 +16,7 @@ Keys, relative to the block (pass `prefix`, e.g. "model.layers.3.block_sparse_mo
     shared_expert.gate_proj.weight / up_proj.weight (K_s, N), shared_expert.down_proj.weight (N, K_s),
     shared_expert_gate.weight (1, N): a dense shared expert, out += sigmoid(x @ gate.T) * shared(x); CometMoE
     runs it on each rank's own tokens with the whole weights.
-Every expert is swiglu: act = silu(x @ gate.T) * (x @ up.T), then @ down.T. In comet.reference's layout:
+Every expert is swiglu: act = silu(x @ gate.T) * (x @ up.T), then @ down.T. In comet.core.reference's layout:
 w0_ENK[e] = [gate.T | up.T] (N, 2K), w1_EKN[e] = down.T (K, N); a TP shard takes the same K slice of gate, up
 and down.
 
@@ -120,7 +120,7 @@ def hf_block_shapes(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: s
 
 def hf_rank_shard(state_dict: Mapping[str, torch.Tensor], arch: str, parallel: ParallelConfig, rank: int, *,
                   prefix: str = "", dtype: torch.dtype | None = None, device=None) -> ExpertWeights:
-    """Rank `rank`'s shard in comet.reference's layout: its E/EP experts, each cut to its K/TP slice.
+    """Rank `rank`'s shard in comet.core.reference's layout: its E/EP experts, each cut to its K/TP slice.
     w0_ENK (E/EP, N, 2K/TP) = [gate slice.T | up slice.T], w1_EKN (E/EP, K/TP, N) = down slice.T."""
     a = hf_arch(arch)
     s = hf_block_shapes(state_dict, arch, prefix)

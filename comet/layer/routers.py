@@ -15,7 +15,7 @@ ROUTERS = ("softmax", "sparsemixer")
 
 def softmax_topk_gate(logits_ME: torch.Tensor, topk: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(topk_ids_MK int64, topk_weights_MK float32): softmax over the logits in float32, the top-k experts,
-    weights renormalised to sum 1 if `normalize` (comet.routing.topk_gate when normalize)."""
+    weights renormalised to sum 1 if `normalize` (comet.core.routing.topk_gate when normalize)."""
     E = logits_ME.shape[-1]
     if not 1 <= topk <= E:
         raise ValueError(f"topk={topk} must lie in [1, E={E}]")
