@@ -129,8 +129,8 @@ def plan_fingerprint(plan: Plan) -> dict:
 
 
 def routing_sha1(routing) -> str:
-    return hashlib.sha1(routing.topk_ids_MK.cpu().numpy().tobytes()
-                        + routing.topk_weights_MK.cpu().numpy().tobytes()).hexdigest()
+    return hashlib.sha1(routing.topk_ids_MJ.cpu().numpy().tobytes()
+                        + routing.topk_weights_MJ.cpu().numpy().tobytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ GPU step

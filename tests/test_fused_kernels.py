@@ -173,7 +173,7 @@ def dispatch_problems(world, routing, par, variant) -> list[str]:
     M, W = routing.num_tokens, par.world_size
     E_loc = routing.num_experts // par.ep
     owner = token_owner(M, W)
-    groups_M = [{int(e) // E_loc for e in row} for row in routing.topk_ids_MK.tolist()]
+    groups_M = [{int(e) // E_loc for e in row} for row in routing.topk_ids_MJ.tolist()]
     problems = []
     for r in range(W):
         recv = world.buffers(r).recv_MN.cpu().float()
@@ -196,7 +196,7 @@ def combine_problems(world, plan, routing, par) -> list[str]:
         lo, hi = owned_range(M, W, o)
         comb = world.buffers(o).combine_MSN.cpu().float()
         for t in range(lo, hi):
-            groups = sorted({int(e) // E_loc for e in routing.topk_ids_MK[t].tolist()})
+            groups = sorted({int(e) // E_loc for e in routing.topk_ids_MJ[t].tolist()})
             for j in range(len(groups) * par.tp):
                 want = groups[j // par.tp] * par.tp + j % par.tp
                 v = comb[t - lo, j]
@@ -231,7 +231,7 @@ def test_tagged_rows_reach_the_planned_destination(ep, tp, variant):
     par = ParallelConfig(ep=ep, tp=tp)
     dtype = torch.float16
     world = _world(model, par, dtype=dtype)
-    routing = Routing(uniform(M=40, E=4, topk=2, seed=3).topk_ids_MK, torch.full((40, 2), 0.5), 4)
+    routing = Routing(uniform(M=40, E=4, topk=2, seed=3).topk_ids_MJ, torch.full((40, 2), 0.5), 4)
     plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(layer0_comm=variant))
     x = _tagged_tokens(40, 32, par.world_size, dtype)
     stage_tokens(world, x, 40)
@@ -253,7 +253,7 @@ def test_tagged_checks_name_a_wrong_destination():
     par = ParallelConfig(ep=2, tp=1)
     dtype = torch.float32
     world = _world(model, par, dtype=dtype)
-    routing = Routing(uniform(M=32, E=4, topk=2, seed=4).topk_ids_MK, torch.full((32, 2), 0.5), 4)
+    routing = Routing(uniform(M=32, E=4, topk=2, seed=4).topk_ids_MJ, torch.full((32, 2), 0.5), 4)
     plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
     rp = plan.rank(0)
     recv = rp.recv_token_U.clone()

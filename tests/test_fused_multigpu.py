@@ -165,7 +165,7 @@ def test_tagged_rows(dist_world):
         for t in range(M):
             if int(owner[t]) == rank:
                 continue
-            if variant == "blocks" and rank not in (routing.topk_ids_MK[t].cpu() // E_loc).tolist():
+            if variant == "blocks" and rank not in (routing.topk_ids_MJ[t].cpu() // E_loc).tolist():
                 continue
             got = (100 * (recv[t, 0].item() - 1) + recv[t, 1].item() - 1, recv[t, 2].item() - 1)
             assert got == (t, int(owner[t])), (f"rank {rank} ({variant}): receive row {t} holds token {got[0]:g} "

@@ -186,7 +186,7 @@ def test_softmax_router_is_topk_gate():
     logits = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
     ids, w = softmax_topk_gate(logits, 3)
     ref = topk_gate(logits, 3)
-    assert torch.equal(ids, ref.topk_ids_MK) and torch.allclose(w, ref.topk_weights_MK)
+    assert torch.equal(ids, ref.topk_ids_MJ) and torch.allclose(w, ref.topk_weights_MJ)
     ids, w = softmax_topk_gate(logits, 3, normalize=False)
     assert torch.allclose(w, torch.softmax(logits, -1).gather(-1, ids))
     with pytest.raises(ValueError, match=r"topk=9 must lie in \[1, E=8\]"):

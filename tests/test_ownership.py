@@ -88,7 +88,7 @@ def test_planner_and_reference_need_the_same_tokens():
     routing = uniform(50, 8, 2, seed=3)
     plan = make_plan(routing, model, par, toy_hardware(sms=8), SMALL)
     _, meta = dispatch(torch.randn(50, 32), routing, model, par)
-    groups = token_groups(routing.topk_ids_MK, 2, 4)
+    groups = token_groups(routing.topk_ids_MJ, 2, 4)
     owner = token_owner(50, 4)
     for r in range(4):
         rp = plan.rank(r)

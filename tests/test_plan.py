@@ -56,7 +56,7 @@ def check_plan(plan: Plan, routing: Routing) -> None:
     par, pol = plan.parallel, plan.policy
     M, topk, W = routing.num_tokens, routing.topk, par.world_size
     E_loc = plan.experts_per_rank
-    ids = routing.topk_ids_MK
+    ids = routing.topk_ids_MJ
     owner = token_owner(M, W)
     C0, C1 = plan.l0_col_blocks, plan.l1_col_blocks
     pairs_by_tp = {t: Counter() for t in range(par.tp)}
@@ -71,7 +71,7 @@ def check_plan(plan: Plan, routing: Routing) -> None:
             e = int(ids[tok, k])
             assert e // E_loc == rp.ep_rank, f"rank {rp.rank} row {i} holds expert {e} of another rank"
             assert t["row_src_R"][i] == int(owner[tok])
-            assert abs(t["row_weight_R"][i] - float(routing.topk_weights_MK[tok, k])) < 1e-6
+            assert abs(t["row_weight_R"][i] - float(routing.topk_weights_MJ[tok, k])) < 1e-6
             pairs_by_tp[rp.tp_rank][(tok, k)] += 1
         off = t["expert_offsets_E1"]
         for e in range(E_loc):
@@ -283,7 +283,7 @@ def test_names_work_and_wrong_types_are_refused_at_once():
                           HardwareProfile.from_name("h800"))
     assert by_name.model == by_object.model and by_name.hardware == by_object.hardware
     with pytest.raises(TypeError, match="routing must be a comet.core.routing.Routing"):
-        make_plan(r.topk_ids_MK, "mixtral-8x7b", ParallelConfig(ep=2), "h800")
+        make_plan(r.topk_ids_MJ, "mixtral-8x7b", ParallelConfig(ep=2), "h800")
     with pytest.raises(TypeError, match=r"parallel must be a ParallelConfig\(ep=..., tp=...\), got int"):
         make_plan(r, "mixtral-8x7b", 2, "h800")
     with pytest.raises(TypeError, match="hardware must be a HardwareProfile or a profile name"):

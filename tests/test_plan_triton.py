@@ -148,7 +148,7 @@ def test_launches_per_rank(monkeypatch):
 # ---------------------------------------------------------------------------------------------- bad routings
 def _bad(kind):
     r = _routing(40, 8, 3, seed=1, kind="random")
-    ids, w = r.topk_ids_MK.clone(), r.topk_weights_MK.clone()
+    ids, w = r.topk_ids_MJ.clone(), r.topk_weights_MJ.clone()
     first = 13
     if kind == "id too large":
         ids[first, 1] = 8
@@ -184,7 +184,7 @@ def test_bad_routing_raises_on_the_cpu(kind):
 @pytest.mark.parametrize("kind", BAD)
 def test_bad_routing_is_recorded_and_dropped(kind, monkeypatch):
     routing, first, bits = _bad(kind)
-    assert routing_error(routing.topk_ids_MK, routing.topk_weights_MK, 8).tolist() == [bits, first]
+    assert routing_error(routing.topk_ids_MJ, routing.topk_weights_MJ, 8).tolist() == [bits, first]
     # every table inside a larger buffer filled with a sentinel: nothing outside may change
     held, margin, sentinel = [], 64, -777
 

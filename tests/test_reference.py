@@ -32,10 +32,10 @@ def _model(act="gelu", E=8, topk=2, N=32, K=48) -> ModelConfig:
                        dtype="float64")
 
 
-def _routing(ids_MK: torch.Tensor, E: int, seed: int) -> Routing:
+def _routing(ids_MJ: torch.Tensor, E: int, seed: int) -> Routing:
     gen = torch.Generator().manual_seed(seed)
-    w = torch.softmax(torch.randn(ids_MK.shape, generator=gen), dim=-1)
-    return Routing(ids_MK.long().contiguous(), w.float(), E)
+    w = torch.softmax(torch.randn(ids_MJ.shape, generator=gen), dim=-1)
+    return Routing(ids_MJ.long().contiguous(), w.float(), E)
 
 
 def _case(act="gelu", M=64, E=8, topk=2, seed=0):
@@ -116,7 +116,7 @@ def _tag_errors(x, routing, recv_x, meta: DispatchMeta) -> list[str]:
     every needed token must arrive exactly once per rank. Messages name token, source and destination."""
     errors = []
     owner = token_owner(x.shape[0], meta.world_size)
-    ids = routing.topk_ids_MK
+    ids = routing.topk_ids_MJ
     for r, x_UN in enumerate(recv_x):
         local = set(meta.local_experts(r))
         seen = Counter()
@@ -206,7 +206,7 @@ def test_agrees_with_planner(ep, tp, form):
         t = plan.rank(r).trimmed()
         plan_pairs = sorted(zip(t["row_token_R"].tolist(), t["row_slot_R"].tolist(), strict=True))
         rr = meta.ranks[r]
-        local = (rr.topk_ids_UK // meta.experts_per_rank) == par.ep_rank(r)
+        local = (rr.topk_ids_UJ // meta.experts_per_rank) == par.ep_rank(r)
         u, k = local.nonzero(as_tuple=True)
         assert plan_pairs == sorted(zip(rr.token_U[u].tolist(), k.tolist(), strict=True)), f"rank {r} rows"
         own = set((token_owner(M, par.world_size) == r).nonzero()[:, 0].tolist())
@@ -221,14 +221,14 @@ def _naive_forward(x, routing, weights, act):
     K = weights.ffn_K
     for t in range(x.shape[0]):
         for k in range(routing.topk):
-            e = int(routing.topk_ids_MK[t, k])
+            e = int(routing.topk_ids_MJ[t, k])
             h = x[t] @ weights.w0_ENK[e]
             if act == "gelu":
                 a = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
             else:
                 g, up = h[:K], h[K:]
                 a = g * torch.sigmoid(g) * up
-            out[t] += float(routing.topk_weights_MK[t, k]) * (a @ weights.w1_EKN[e])
+            out[t] += float(routing.topk_weights_MJ[t, k]) * (a @ weights.w1_EKN[e])
     return out
 
 
@@ -306,7 +306,7 @@ def test_bad_inputs_raise_clear_errors():
         ExpertWeights(weights.w0_ENK[:4], weights.w1_EKN)
     with pytest.raises(ValueError, match="share dtype"):
         ExpertWeights(weights.w0_ENK, weights.w1_EKN.float())
-    bad = Routing(routing.topk_ids_MK.clone().fill_(9), routing.topk_weights_MK, 8)
+    bad = Routing(routing.topk_ids_MJ.clone().fill_(9), routing.topk_weights_MJ, 8)
     with pytest.raises(ValueError, match="expert ids must lie in"):
         moe_forward(x, bad, weights, "gelu")
 

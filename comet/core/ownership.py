@@ -51,12 +51,12 @@ def token_chunk(M: int, W: int, chunks: int, device=None) -> torch.Tensor:
     return part_of(torch.arange(M, device=owner.device) - lo, n, chunks)
 
 
-def token_groups(topk_ids_MK: torch.Tensor, experts_per_group: int, ep: int) -> torch.Tensor:
+def token_groups(topk_ids_MJ: torch.Tensor, experts_per_group: int, ep: int) -> torch.Tensor:
     """bool (M, EP): True where the token has a chosen expert in that EP group, i.e. every rank of the group
     needs the token's row in an all-to-all dispatch. On the routing's device, no host sync."""
-    M = topk_ids_MK.shape[0]
-    need = torch.zeros(M, ep, dtype=torch.bool, device=topk_ids_MK.device)
-    return need.scatter_(1, topk_ids_MK // experts_per_group, True)
+    M = topk_ids_MJ.shape[0]
+    need = torch.zeros(M, ep, dtype=torch.bool, device=topk_ids_MJ.device)
+    return need.scatter_(1, topk_ids_MJ // experts_per_group, True)
 
 
 def combine_expected(groups_MG: torch.Tensor, owner_M: torch.Tensor, W: int, tp: int) -> torch.Tensor:

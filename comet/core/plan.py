@@ -131,7 +131,7 @@ class Plan:
     buffers: BufferSizes
     # int64 (2,): [problem bits of the first bad token, that token] (comet.core.routing.routing_error; the
     # bits: OUT_OF_RANGE, REPEATED, BAD_WEIGHT); [0, 0] for a valid routing. Bad entries are dropped from the
-    # tables (routing_problems_MK); `check()` raises. None: not recorded (a Plan built by hand).
+    # tables (routing_problems_MJ); `check()` raises. None: not recorded (a Plan built by hand).
     routing_error: torch.Tensor | None = None
 
     @property

@@ -47,7 +47,7 @@ from comet.core.config import (
 from comet.core.ownership import combine_expected, token_groups, token_owner
 from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
 from comet.core.policy import DISPATCHES, ORDERS, Policy
-from comet.core.routing import ROUTINGS, Routing, make_routing, routing_error, routing_problems_MK
+from comet.core.routing import ROUTINGS, Routing, make_routing, routing_error, routing_problems_MJ
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -106,10 +106,10 @@ def _tile_table(rb_order_B, rb_class_B, rb_expert_B, rb_start_B, rb_end_B, n_rb,
 
 
 # ------------------------------------------------------------------------------------------ planner
-def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: ModelConfig, par: ParallelConfig,
+def _plan_rank(r: int, ids_MJ, w_MJ, owner_M, groups_MG, expected_W, model: ModelConfig, par: ParallelConfig,
                pol: Policy, bounds: dict) -> RankPlan:
-    dev = ids_MK.device
-    M, topk = ids_MK.shape
+    dev = ids_MJ.device
+    M, topk = ids_MJ.shape
     W = par.world_size
     E_loc = model.experts_E // par.ep
     g = par.ep_rank(r)
@@ -120,7 +120,7 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: Mode
     # --- shared tensor rows: (token, slot) pairs of local experts, sorted (expert, arrival pos, token, slot)
     pair = torch.arange(M * topk, device=dev)
     tok = pair // topk
-    e_loc = ids_MK.reshape(-1) - g * E_loc
+    e_loc = ids_MJ.reshape(-1) - g * E_loc
     local = (e_loc >= 0) & (e_loc < E_loc)
     pos = (owner_M[tok] - r) % W
     big = E_loc * W * M * topk
@@ -132,7 +132,7 @@ def _plan_rank(r: int, ids_MK, w_MK, owner_M, groups_MG, expected_W, model: Mode
     row_token = torch.where(row_ok, tok[order], neg_R)
     row_slot = torch.where(row_ok, order % topk, neg_R)
     row_src = torch.where(row_ok, owner_M[tok[order]], neg_R)
-    row_weight = torch.where(row_ok, w_MK.reshape(-1)[order].float(), torch.zeros((), device=dev))
+    row_weight = torch.where(row_ok, w_MJ.reshape(-1)[order].float(), torch.zeros((), device=dev))
     row_e = torch.where(row_ok, e_loc[order], torch.full_like(neg_R, E_loc))
     counts_E = torch.zeros(E_loc + 1, dtype=i64, device=dev).scatter_add_(0, row_e, torch.ones_like(row_e))[:E_loc]
     offsets = torch.cat([torch.zeros(1, dtype=i64, device=dev), torch.cumsum(counts_E, 0)])
@@ -279,7 +279,7 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
 
     backend: "torch" (this module's torch ops, ~250 small launches per rank), "triton" (six kernels per rank,
     comet/core/planner_triton.py; bit-for-bit the same tables), "auto": triton for a CUDA routing, torch
-    otherwise. A bad routing (comet.core.routing.routing_problems_MK: an id outside [0, E), an expert repeated
+    otherwise. A bad routing (comet.core.routing.routing_problems_MJ: an id outside [0, E), an expert repeated
     within a token, a negative or non-finite weight) raises ValueError at once on the CPU (torch backend, one
     host sync); elsewhere its bad entries are dropped, `Plan.routing_error` records the first bad token and
     `Plan.check()` raises."""
@@ -288,14 +288,14 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
     model, parallel, hardware = as_model(model), as_parallel(parallel), as_hardware(hardware)
     if not isinstance(routing, Routing):
         raise TypeError(f"routing must be a comet.core.routing.Routing (top-k ids and weights), got "
-                        f"{type(routing).__name__}; build one with Routing(ids_MK, weights_MK, E) or make_routing(...)")
+                        f"{type(routing).__name__}; build one with Routing(ids_MJ, weights_MJ, E) or make_routing(...)")
     if policy is not None and not isinstance(policy, Policy):
         raise TypeError(f"policy must be a comet.core.policy.Policy, got {type(policy).__name__}")
     policy = policy or Policy()
     if nc is not None:
         policy = policy.replace(**_nc_changes(nc, hardware))
     parallel.validate(model)
-    ids = routing.topk_ids_MK
+    ids = routing.topk_ids_MJ
     M, topk = ids.shape
     if routing.num_experts != model.experts_E:
         raise ValueError(f"routing has {routing.num_experts} experts but {model.name} has {model.experts_E}; "
@@ -328,12 +328,12 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
 def _plan_torch(routing: Routing, model: ModelConfig, parallel: ParallelConfig, policy: Policy,
                 rank_list: list[int], bounds: dict):
     """The torch planner: (token_owner_M, token_num_slots_M, routing_error, rank plans). Bad entries
-    (routing_problems_MK) are dropped: their id becomes E, which is no rank's expert and no EP group's."""
-    ids, w = routing.topk_ids_MK, routing.topk_weights_MK
+    (routing_problems_MJ) are dropped: their id becomes E, which is no rank's expert and no EP group's."""
+    ids, w = routing.topk_ids_MJ, routing.topk_weights_MJ
     M, E, W = ids.shape[0], model.experts_E, parallel.world_size
     E_loc = E // parallel.ep
     error = routing_error(ids, w, E)
-    ids = torch.where(routing_problems_MK(ids, w, E) != 0, E, ids)
+    ids = torch.where(routing_problems_MJ(ids, w, E) != 0, E, ids)
     owner = token_owner(M, W, ids.device)
     # token_groups with one more column for the dropped entries (id E), cut off again
     groups_MG = token_groups(ids, E_loc, parallel.ep + 1)[:, :parallel.ep]

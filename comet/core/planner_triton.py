@@ -21,7 +21,7 @@ two), and a counting sort places each pair:
   6 `_l0_tiles`  each row block's place in the Policy's order (a rank by comparison with every row block),
                  the group_m swizzle within its readiness class, its tiles, and the padding
 
-Bad routing entries (comet.core.routing.routing_problems_MK: an id outside [0, E), an in-range id equal to an
+Bad routing entries (comet.core.routing.routing_problems_MJ: an id outside [0, E), an in-range id equal to an
 earlier slot's id of the token, a negative or non-finite weight) are dropped exactly as the torch backend
 drops them: they are no row, no send and count for no EP group; every index comes from counts of the kept
 entries, which form a valid routing, so no read or write leaves the tables. Plan.routing_error holds
@@ -73,7 +73,7 @@ def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: P
                bounds: dict):
     """(token_owner_M, token_num_slots_M, routing_error, rank plans), as planner._plan_torch returns them;
     six launches per rank, the Plan-wide tensors written by the first rank's."""
-    ids, w = routing.topk_ids_MK, routing.topk_weights_MK
+    ids, w = routing.topk_ids_MJ, routing.topk_weights_MJ
     dev = ids.device
     M, J = ids.shape
     E, W, TP = model.experts_E, par.world_size, par.tp

@@ -103,15 +103,15 @@ def moe_forward(x_MN: torch.Tensor, routing: Routing, weights: ExpertWeights,
     Returns out_MN (M, N) in x_MN's dtype; gate weights are cast to it. Use float32/float64.
     """
     _check_inputs(x_MN, routing, weights, activation)
-    ids_MK = routing.topk_ids_MK.to(x_MN.device)
-    gate_MK = routing.topk_weights_MK.to(device=x_MN.device, dtype=x_MN.dtype)
+    ids_MJ = routing.topk_ids_MJ.to(x_MN.device)
+    gate_MJ = routing.topk_weights_MJ.to(device=x_MN.device, dtype=x_MN.dtype)
     out_MN = torch.zeros_like(x_MN)
     for e in range(weights.num_experts):
-        tok_R, slot_R = (ids_MK == e).nonzero(as_tuple=True)
+        tok_R, slot_R = (ids_MJ == e).nonzero(as_tuple=True)
         if tok_R.numel() == 0:
             continue
         y_RN = expert_ffn(x_MN[tok_R], weights.w0_ENK[e], weights.w1_EKN[e], activation)
-        out_MN.index_add_(0, tok_R, y_RN * gate_MK[tok_R, slot_R, None])
+        out_MN.index_add_(0, tok_R, y_RN * gate_MJ[tok_R, slot_R, None])
     return out_MN
 
 
@@ -122,14 +122,14 @@ class RankRecv:
 
     token_U: int64 (U,) global token id of each received row, ordered by (source rank, token id);
     src_U: int64 (U,) rank the row came from (the token's owner; the rank itself for its own tokens);
-    topk_ids_UK / topk_weights_UK: (U, topk) the tokens' routing, which travels with the rows.
+    topk_ids_UJ / topk_weights_UJ: (U, topk) the tokens' routing, which travels with the rows.
     """
 
     rank: int
     token_U: torch.Tensor
     src_U: torch.Tensor
-    topk_ids_UK: torch.Tensor
-    topk_weights_UK: torch.Tensor
+    topk_ids_UJ: torch.Tensor
+    topk_weights_UJ: torch.Tensor
 
     @property
     def num_rows(self) -> int:
@@ -203,9 +203,9 @@ def dispatch(x_MN: torch.Tensor, routing: Routing, model: ModelConfig, parallel:
     E_loc = model.experts_E // parallel.ep
     dev = x_MN.device
     owner_M = token_owner(M, W, dev)
-    ids_MK = routing.topk_ids_MK.to(dev)
-    gate_MK = routing.topk_weights_MK.to(dev)
-    group_MK = ids_MK // E_loc  # EP group (ep_rank) holding each chosen expert
+    ids_MJ = routing.topk_ids_MJ.to(dev)
+    gate_MJ = routing.topk_weights_MJ.to(dev)
+    group_MJ = ids_MJ // E_loc  # EP group (ep_rank) holding each chosen expert
 
     # --- each source rank s sends from its own rows only; inbox[d][s] = (token ids, rows) from s to d
     inbox = [[None] * W for _ in range(W)]
@@ -215,7 +215,7 @@ def dispatch(x_MN: torch.Tensor, routing: Routing, model: ModelConfig, parallel:
         own_x = x_MN[own_tok]
         for d in range(W):
             if form == "all-to-all":
-                keep = (group_MK[own_tok] == parallel.ep_rank(d)).any(dim=1)
+                keep = (group_MJ[own_tok] == parallel.ep_rank(d)).any(dim=1)
                 tok, rows = own_tok[keep], own_x[keep]
             else:
                 tok, rows = own_tok, own_x
@@ -230,11 +230,11 @@ def dispatch(x_MN: torch.Tensor, routing: Routing, model: ModelConfig, parallel:
         x_UN = torch.cat([inbox[d][s][1] for s in range(W)])
         src_U = torch.cat([torch.full_like(inbox[d][s][0], s) for s in range(W)])
         if form == "all-gather":
-            keep = (group_MK[tok_U] == parallel.ep_rank(d)).any(dim=1)
+            keep = (group_MJ[tok_U] == parallel.ep_rank(d)).any(dim=1)
             tok_U, x_UN, src_U = tok_U[keep], x_UN[keep], src_U[keep]
         recv_x.append(x_UN)
-        recv_meta.append(RankRecv(rank=d, token_U=tok_U, src_U=src_U, topk_ids_UK=ids_MK[tok_U],
-                                  topk_weights_UK=gate_MK[tok_U]))
+        recv_meta.append(RankRecv(rank=d, token_U=tok_U, src_U=src_U, topk_ids_UJ=ids_MJ[tok_U],
+                                  topk_weights_UJ=gate_MJ[tok_U]))
         combine_rows[d] = torch.bincount(src_U.cpu(), minlength=W)
     meta = DispatchMeta(form=form, parallel=parallel, num_tokens=M, experts_E=model.experts_E,
                         token_owner_M=owner_M, ranks=tuple(recv_meta), sent_rows_WW=sent,
@@ -267,7 +267,7 @@ def expert_compute(recv_x_UN: torch.Tensor, recv: RankRecv, shard: ExpertWeights
         raise ValueError(f"activation {activation!r} does not match the shard's {shard.activation} weights")
     ys, us, ks, es = [], [], [], []
     for j in range(shard.num_experts):
-        u_R, k_R = (recv.topk_ids_UK == first_expert + j).nonzero(as_tuple=True)
+        u_R, k_R = (recv.topk_ids_UJ == first_expert + j).nonzero(as_tuple=True)
         ys.append(expert_ffn(recv_x_UN[u_R], shard.w0_ENK[j], shard.w1_EKN[j], activation))
         us.append(u_R)
         ks.append(k_R)
@@ -277,7 +277,7 @@ def expert_compute(recv_x_UN: torch.Tensor, recv: RankRecv, shard: ExpertWeights
 
 def topk_reduce(rows: ExpertRows, recv: RankRecv) -> torch.Tensor:
     """partial_UN (U, N): for each received token, the gate-weighted sum of its rows on this rank."""
-    gate_R = recv.topk_weights_UK[rows.recv_row_R, rows.slot_R].to(rows.y_RN.dtype)
+    gate_R = recv.topk_weights_UJ[rows.recv_row_R, rows.slot_R].to(rows.y_RN.dtype)
     y_RN = rows.y_RN
     partial_UN = torch.zeros(recv.num_rows, y_RN.shape[1], dtype=y_RN.dtype, device=y_RN.device)
     return partial_UN.index_add_(0, rows.recv_row_R, rows.y_RN * gate_R[:, None])

@@ -1,6 +1,6 @@
 """Routing: which token goes to which experts, with what weight.
 
-Shape legend: M tokens, E experts, K topk slots (here K is the top-k axis, not the FFN size).
+Suffix letters (docs/SHAPES.md): M tokens, E experts, J top-k slots of a token.
 
 A real top-k gate (`topk_gate`) and seeded synthetic generators (`balanced`, `uniform`, `imbalanced`)
 all return a `Routing`. Synthetic routings are exact: `imbalanced(std=s)` gives expert load shares whose
@@ -23,67 +23,67 @@ ROUTINGS = ("balanced", "uniform", "imbalanced")
 
 @dataclass(frozen=True)
 class Routing:
-    """topk_ids_MK: int64 expert of each (token, slot), distinct within a token.
-    topk_weights_MK: float32 gate weights, each row sums to 1."""
+    """topk_ids_MJ: int64 expert of each (token, slot), distinct within a token.
+    topk_weights_MJ: float32 gate weights, each row sums to 1."""
 
-    topk_ids_MK: torch.Tensor
-    topk_weights_MK: torch.Tensor
+    topk_ids_MJ: torch.Tensor
+    topk_weights_MJ: torch.Tensor
     num_experts: int
 
     def __post_init__(self):
-        ids, w = self.topk_ids_MK, self.topk_weights_MK
+        ids, w = self.topk_ids_MJ, self.topk_weights_MJ
         if ids.dim() != 2 or ids.shape != w.shape:
-            raise ValueError(f"topk_ids_MK {tuple(ids.shape)} and topk_weights_MK {tuple(w.shape)} "
+            raise ValueError(f"topk_ids_MJ {tuple(ids.shape)} and topk_weights_MJ {tuple(w.shape)} "
                              f"must both be 2-D (M, topk) of one shape")
         if ids.dtype != torch.int64:
-            raise ValueError(f"topk_ids_MK must be int64, got {ids.dtype}")
+            raise ValueError(f"topk_ids_MJ must be int64, got {ids.dtype}")
         if not w.is_floating_point():
-            raise ValueError(f"topk_weights_MK must be floating point, got {w.dtype}")
+            raise ValueError(f"topk_weights_MJ must be floating point, got {w.dtype}")
         if ids.device != w.device:
-            raise ValueError(f"topk_ids_MK is on {ids.device} but topk_weights_MK on {w.device}; put both on one")
+            raise ValueError(f"topk_ids_MJ is on {ids.device} but topk_weights_MJ on {w.device}; put both on one")
 
     @property
     def num_tokens(self) -> int:
-        return self.topk_ids_MK.shape[0]
+        return self.topk_ids_MJ.shape[0]
 
     @property
     def topk(self) -> int:
-        return self.topk_ids_MK.shape[1]
+        return self.topk_ids_MJ.shape[1]
 
     @property
     def tokens_per_expert_E(self) -> torch.Tensor:
         """int64 (E,): how many (token, slot) pairs each expert receives. No host sync on GPU."""
-        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=self.topk_ids_MK.device)
-        return counts.scatter_add_(0, self.topk_ids_MK.reshape(-1), torch.ones_like(self.topk_ids_MK).reshape(-1))
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=self.topk_ids_MJ.device)
+        return counts.scatter_add_(0, self.topk_ids_MJ.reshape(-1), torch.ones_like(self.topk_ids_MJ).reshape(-1))
 
     def load_share_std(self) -> float:
         """Standard deviation of the experts' share of all assignments (0 for perfectly balanced)."""
-        share = self.tokens_per_expert_E.double() / self.topk_ids_MK.numel()
+        share = self.tokens_per_expert_E.double() / self.topk_ids_MJ.numel()
         return float(share.std(unbiased=False))
 
     def to(self, device) -> Routing:
-        return Routing(self.topk_ids_MK.to(device), self.topk_weights_MK.to(device), self.num_experts)
+        return Routing(self.topk_ids_MJ.to(device), self.topk_weights_MJ.to(device), self.num_experts)
 
     def check_entries(self) -> None:
         """Raise ValueError naming the first bad token (host sync): an expert id outside [0, E), an expert
-        repeated within a token, a negative or non-finite weight (`routing_problems_MK`)."""
-        err = routing_error(self.topk_ids_MK, self.topk_weights_MK, self.num_experts).tolist()
+        repeated within a token, a negative or non-finite weight (`routing_problems_MJ`)."""
+        err = routing_error(self.topk_ids_MJ, self.topk_weights_MJ, self.num_experts).tolist()
         if err[0]:
             t = err[1]
             raise ValueError(describe_routing_error(err[0], t, self.num_experts) + f": expert ids "
-                             f"{self.topk_ids_MK[t].tolist()}, weights {self.topk_weights_MK[t].tolist()}")
+                             f"{self.topk_ids_MJ[t].tolist()}, weights {self.topk_weights_MJ[t].tolist()}")
 
     def check(self) -> None:
         """Validate contents (costs a host sync): `check_entries`, then the weights of each token sum to 1."""
         self.check_entries()
-        sums = self.topk_weights_MK.double().sum(dim=1)
+        sums = self.topk_weights_MJ.double().sum(dim=1)
         if sums.numel() and float((sums - 1).abs().max()) > 1e-3:
             raise ValueError(f"gate weights of a token must sum to 1; worst row sums to "
                              f"{float(sums[(sums - 1).abs().argmax()]):.4f}")
 
 
 # ----------------------------------------------------------------------------- problems of a routing
-# Bits of one (token, slot) entry that the planner drops (`routing_problems_MK`); the triton planner's
+# Bits of one (token, slot) entry that the planner drops (`routing_problems_MJ`); the triton planner's
 # kernels (comet/core/planner_triton.py) set the same bits.
 OUT_OF_RANGE, REPEATED, BAD_WEIGHT = 1, 2, 4
 PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E) (expert ids must lie in [0, E))",
@@ -91,12 +91,12 @@ PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E) (expert ids must lie in [
             BAD_WEIGHT: "a negative or non-finite gate weight"}
 
 
-def routing_problems_MK(topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, E: int) -> torch.Tensor:
+def routing_problems_MJ(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, E: int) -> torch.Tensor:
     """int64 (M, J) problem bits of each entry, 0 where it is fine: OUT_OF_RANGE (id outside [0, E)),
     REPEATED (an id in range equal to an earlier slot's id of the same token: the first occurrence is kept),
     BAD_WEIGHT (weight negative, NaN or infinite). A plan drops every entry with a bit set: it is no row, no
     send and needs no EP group. Torch ops on the routing's device, no host sync."""
-    ids, w = topk_ids_MK, topk_weights_MK
+    ids, w = topk_ids_MJ, topk_weights_MJ
     J = ids.shape[1]
     in_range = (ids >= 0) & (ids < E)
     earlier_JJ = torch.ones(J, J, dtype=torch.bool, device=ids.device).tril(-1)  # [k, k'] = k' < k
@@ -105,10 +105,10 @@ def routing_problems_MK(topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor
     return ((~in_range).long() * OUT_OF_RANGE) | (repeated.long() * REPEATED) | (bad_w.long() * BAD_WEIGHT)
 
 
-def routing_error(topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, E: int) -> torch.Tensor:
+def routing_error(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, E: int) -> torch.Tensor:
     """int64 (2,): [problem bits of the first bad token (OR over its slots), that token]; [0, 0] when every
     entry is fine. On the routing's device, no host sync (`Plan.routing_error`)."""
-    bits_MJ = routing_problems_MK(topk_ids_MK, topk_weights_MK, E)
+    bits_MJ = routing_problems_MJ(topk_ids_MJ, topk_weights_MJ, E)
     bits_M = torch.zeros_like(bits_MJ[:, 0])
     for k in range(bits_MJ.shape[1]):
         bits_M = bits_M | bits_MJ[:, k]
@@ -151,9 +151,9 @@ def _from_counts(counts_E: torch.Tensor, M: int, topk: int, gen: torch.Generator
     # An expert's run is contiguous and no longer than M, so it never hits a token twice.
     E = counts_E.numel()
     ids_flat = torch.repeat_interleave(torch.arange(E), counts_E)
-    ids_MK = ids_flat.reshape(topk, M).T.contiguous()
-    ids_MK = ids_MK[torch.randperm(M, generator=gen)]  # tokens of every owner rank see every expert
-    return Routing(ids_MK, _random_weights(M, topk, gen), E)
+    ids_MJ = ids_flat.reshape(topk, M).T.contiguous()
+    ids_MJ = ids_MJ[torch.randperm(M, generator=gen)]  # tokens of every owner rank see every expert
+    return Routing(ids_MJ, _random_weights(M, topk, gen), E)
 
 
 def balanced(M: int, E: int, topk: int, seed: int = 0) -> Routing:

@@ -94,7 +94,7 @@ __all__ = ["CometMoE", "SYSTEMS", "CPU_POLICY", "moe_experts"]
 
 # ------------------------------------------------------------------------------------------------ custom op
 @torch.library.custom_op("comet::moe_experts", mutates_args=())
-def moe_experts(x_MN: torch.Tensor, topk_ids_MK: torch.Tensor, topk_weights_MK: torch.Tensor, w0: torch.Tensor,
+def moe_experts(x_MN: torch.Tensor, topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, w0: torch.Tensor,
                 w1: torch.Tensor, handle: int) -> torch.Tensor:
     """The expert part of CometMoE `handle` (dispatch, both expert GEMMs, top-k reduce, combine) for this
     process's tokens x_MN with their routing; w0 / w1 are that layer's expert parameters. Opaque to
@@ -103,11 +103,11 @@ def moe_experts(x_MN: torch.Tensor, topk_ids_MK: torch.Tensor, topk_weights_MK: 
     layer = ref() if ref is not None else None
     if layer is None:
         raise RuntimeError(f"comet::moe_experts: no live CometMoE has handle {handle}")
-    return layer._experts(x_MN, topk_ids_MK, topk_weights_MK, w0, w1)
+    return layer._experts(x_MN, topk_ids_MJ, topk_weights_MJ, w0, w1)
 
 
 @moe_experts.register_fake
-def _moe_experts_fake(x_MN, topk_ids_MK, topk_weights_MK, w0, w1, handle):
+def _moe_experts_fake(x_MN, topk_ids_MJ, topk_weights_MJ, w0, w1, handle):
     return torch.empty_like(x_MN)
 
 
@@ -311,7 +311,7 @@ class CometMoE(nn.Module):
 
     # --------------------------------------------------------------------------------------------- forward
     def route(self, x_MN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(topk_ids_MK int64, topk_weights_MK float32) of tokens x_MN with this layer's router."""
+        """(topk_ids_MJ int64, topk_weights_MJ float32) of tokens x_MN with this layer's router."""
         logits_ME = F.linear(x_MN, self.gate_weight)
         if self.router == "sparsemixer":
             return sparsemixer_gate(logits_ME, self.router_jitter_eps)
@@ -332,26 +332,26 @@ class CometMoE(nn.Module):
         x_MN = x.reshape(-1, N).contiguous()
         if x_MN.shape[0] == 0:
             raise ValueError("x holds no tokens")
-        ids_MK, w_MK = self.route(x_MN)
-        out_MN = moe_experts(x_MN, ids_MK, w_MK, self.w0, self.w1, self._handle)
+        ids_MJ, w_MJ = self.route(x_MN)
+        out_MN = moe_experts(x_MN, ids_MJ, w_MJ, self.w0, self.w1, self._handle)
         if self.shared_ffn_K is not None:
             h = x_MN @ self.shared_w0
             h = F.silu(h[:, :self.shared_ffn_K]) * h[:, self.shared_ffn_K:]
             out_MN = out_MN + torch.sigmoid(F.linear(x_MN, self.shared_gate_weight)) * (h @ self.shared_w1)
         return out_MN.reshape(x.shape)
 
-    def _experts(self, x_MN, ids_MK, w_MK, w0, w1) -> torch.Tensor:
+    def _experts(self, x_MN, ids_MJ, w_MJ, w0, w1) -> torch.Tensor:
         """The body of comet::moe_experts (see the module docstring for what runs per system)."""
         self._check_system()
         if not self.emulated:  # every rank's routing: the plan of any rank depends on all tokens
-            ids_MK, w_MK = self.collectives.gather_rows(ids_MK), self.collectives.gather_rows(w_MK.float())
-        M = ids_MK.shape[0]
+            ids_MJ, w_MJ = self.collectives.gather_rows(ids_MJ), self.collectives.gather_rows(w_MJ.float())
+        M = ids_MJ.shape[0]
         if M > self.capacity_tokens:
             if self.workspace is not None:
                 self.workspace.check_capacity(M)
             raise WorkspaceCapacityError(f"a call of M={M} tokens exceeds this layer's capacity of "
                                          f"{self.capacity_tokens} tokens; build it with capacity_tokens >= {M}")
-        routing = Routing(ids_MK, w_MK.float(), self.model.experts_E)
+        routing = Routing(ids_MJ, w_MJ.float(), self.model.experts_E)
         shards = {r: ExpertWeights(w0[i], w1[i]) for i, r in enumerate(self.ranks)}
         capturing = x_MN.is_cuda and torch.cuda.is_current_stream_capturing()
         if self.system == "comet":

@@ -121,8 +121,8 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
     policy = policy or Policy()
     hardware = hardware or HardwareProfile.from_name(defaults.GPU_HARDWARE)
     M, W = routing.num_tokens, parallel.world_size
-    ids_MK, w_MK = routing.topk_ids_MK, routing.topk_weights_MK
-    dev = ids_MK.device
+    ids_MJ, w_MJ = routing.topk_ids_MJ, routing.topk_weights_MJ
+    dev = ids_MJ.device
     E_loc = model.experts_E // parallel.ep
     group_W = torch.tensor([parallel.ep_rank(d) for d in range(W)], device=dev)
     ranges = [owned_range(M, W, s) for s in range(W)]
@@ -136,12 +136,12 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
         if M_c == 0:
             continue
         tok_M = torch.cat([torch.arange(ranges[s][0] + a, ranges[s][0] + b, device=dev) for s, (a, b) in rows.items()])
-        sub = Routing(ids_MK[tok_M], w_MK[tok_M], model.experts_E)
+        sub = Routing(ids_MJ[tok_M], w_MJ[tok_M], model.experts_E)
         plan = make_plan(sub, model, parallel, hardware, policy, ranks=list(ranks))
         if form == "all-gather":
             need_MW = torch.ones(M_c, W, dtype=torch.bool, device=dev)
         else:
-            need_MW = token_groups(sub.topk_ids_MK, E_loc, parallel.ep)[:, group_W]
+            need_MW = token_groups(sub.topk_ids_MJ, E_loc, parallel.ep)[:, group_W]
         owner_M = torch.repeat_interleave(torch.arange(W, device=dev), torch.tensor(sizes, device=dev))
         counts_WW = torch.zeros(W, W, dtype=torch.int64, device=dev).index_add_(0, owner_M, need_MW.long())
         n_rows = torch.stack([plan.rank(r).num_rows for r in ranks])

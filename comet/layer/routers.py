@@ -1,4 +1,4 @@
-"""The routers of the MoE blocks this project loads: logits (M, E) -> (topk_ids_MK int64, topk_weights_MK
+"""The routers of the MoE blocks this project loads: logits (M, E) -> (topk_ids_MJ int64, topk_weights_MJ
 float32). Each is plain torch in float32, its own reference twin.
 
     softmax       softmax over the logits, the top-k experts, weights renormalised to sum 1 when asked
@@ -14,7 +14,7 @@ ROUTERS = ("softmax", "sparsemixer")
 
 
 def softmax_topk_gate(logits_ME: torch.Tensor, topk: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(topk_ids_MK int64, topk_weights_MK float32): softmax over the logits in float32, the top-k experts,
+    """(topk_ids_MJ int64, topk_weights_MJ float32): softmax over the logits in float32, the top-k experts,
     weights renormalised to sum 1 if `normalize` (comet.core.routing.topk_gate when normalize)."""
     E = logits_ME.shape[-1]
     if not 1 <= topk <= E:
@@ -32,7 +32,7 @@ def sparsemixer_gate(logits_ME: torch.Tensor, jitter_eps: float) -> tuple[torch.
     For each of the two picks: the best remaining expert e* (score s*); experts whose score is further than
     2 jitter_eps below s*, relative to max(|score|, s*), are masked out; the weight is e*'s softmax probability
     among the unmasked remaining experts. The second pick excludes the first. Weights do not sum to 1.
-    Returns (topk_ids_MK int64 (M, 2), topk_weights_MK float32 (M, 2)).
+    Returns (topk_ids_MJ int64 (M, 2), topk_weights_MJ float32 (M, 2)).
     """
     if logits_ME.shape[-1] < 2:
         raise ValueError("sparsemixer picks two distinct experts: it needs E >= 2")

@@ -58,7 +58,7 @@ def token_bucket(M: int) -> int:
 
 def load_ratio(routing: Routing, experts_per_rank: int, ep: int) -> float:
     """Assignments of the busiest EP group over the mean (1.0: balanced). Host sync."""
-    groups = routing.topk_ids_MK.reshape(-1) // experts_per_rank
+    groups = routing.topk_ids_MJ.reshape(-1) // experts_per_rank
     counts = torch.bincount(groups, minlength=ep).double()
     return float(counts.max() / counts.mean())
 
