@@ -11,19 +11,22 @@ communication fraction (the paper's Fig. 11). --json prints a list with one summ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS, ModelConfig, profile_files
+from comet.core.config import HARDWARE, MODELS, ModelConfig, ParallelConfig, profile_files
 from comet.core.policy import Policy
 from comet.core.routing import ROUTINGS, make_routing
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.hardware_model import COPY_ENGINE_MEASURED_GBPS
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
-from sim.run import make_case, simulate, with_policy
+from sim.run import check_size, make_case, simulate, with_policy
 
 
 def _policy_overrides(text: str) -> dict:
@@ -112,6 +115,26 @@ def _trace_path(base: str, system: str, several: bool) -> Path:
     return p.with_name(f"{p.stem}.{system}{p.suffix or '.json'}") if several else p
 
 
+@contextlib.contextmanager
+def heartbeat(label: str, every_s: float = 5.0, stream=sys.stderr):
+    """While the body runs, a log line every `every_s` seconds (for runs without a terminal, where no progress
+    bar shows): '<label>: still running, 15 s'."""
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat():
+        while not done.wait(every_s):
+            print(f"{label}: still running, {time.perf_counter() - t0:.0f} s", file=stream, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def format_table(rows: list[dict], header: str) -> str:
     comet = next((r for r in rows if r["system"] == "comet"), None)
     lines = [header, f"{'system':<11} {'total us':>9} {'layer0 us':>10} {'layer1 us':>10} {'comet speedup':>14} "
@@ -149,6 +172,9 @@ def main(argv=None) -> int:
     try:
         overrides = {k: v for k, v in (("topk", a.topk), ("experts_E", a.experts)) if v is not None}
         model = ModelConfig.from_name(a.model, **overrides)
+        seconds = check_size(model, ParallelConfig(ep=a.ep, tp=a.tp), a.tokens, Policy(**pol), record=bool(a.trace))
+        if seconds > 60:
+            print(f"note: each system's simulation will take roughly {seconds:.0f} s on one core", file=sys.stderr)
         routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
         plan = make_case(model, ep=a.ep, tp=a.tp, tokens=a.tokens, hw=a.hw, routing=routing, policy=Policy(**pol),
                          ranks_per_node=a.ranks_per_node)
@@ -164,7 +190,11 @@ def main(argv=None) -> int:
             it = tqdm(systems, desc="simulating", unit="system", leave=False)
         results = {}
         for s in it:
-            results[s] = simulate(plan, system=s, options=options)
+            if progress or a.no_progress:
+                results[s] = simulate(plan, system=s, options=options)
+                continue
+            with heartbeat(f"simulating {s}"):  # no terminal: log lines instead of a bar
+                results[s] = simulate(plan, system=s, options=options)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     if a.trace:

@@ -19,7 +19,7 @@ import time
 
 from comet.core import defaults
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
-from comet.core.plan import Plan
+from comet.core.plan import Plan, plan_bounds, plan_table_bytes
 from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import Routing, make_routing
@@ -28,8 +28,55 @@ from sim.comet_system import CometSim
 from sim.options import SYSTEMS, SimOptions
 from sim.result import SimResult, build_result, config_of
 
+# What a simulation costs, per recorded event and per transfer (this project's 2-core CPU: results/sim_speed;
+# a Python tuple of 9 fields plus its floats, a flow record), and how fast the comet system runs (events / s).
+EVENT_BYTES, FLOW_BYTES, EVENTS_PER_S = 300, 250, 50_000
+
 # Policy fields the Plan's tables do not depend on (the simulator reads them at run time).
 RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of this machine (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_cost(model: ModelConfig, parallel: ParallelConfig, tokens: int, policy: Policy | None = None,
+                  record: bool = True) -> tuple[float, float]:
+    """(bytes, seconds) a plan of `tokens` tokens and one simulation of it need, estimated from the Plan's
+    bounds: the tables at their building peak (twice their size), the event records, one flow per transfer
+    and, when recording, the link rates logged at every change (4 W ports each)."""
+    pol = policy or Policy()
+    b = plan_bounds(tokens, model, parallel, pol)
+    W = parallel.world_size
+    col0 = -(-(model.ffn_K // parallel.tp) // pol.block_n0)
+    col1 = -(-model.hidden_N // pol.block_n1)
+    transfers = W * (b["C0"] + b["C1"] * col1)
+    events = W * b["B"] * (col0 + col1) + transfers
+    nbytes = 2 * plan_table_bytes(tokens, model, parallel, pol) + EVENT_BYTES * events + FLOW_BYTES * transfers
+    if record:
+        nbytes += 8 * 4 * W * transfers
+    return float(nbytes), events / EVENTS_PER_S
+
+
+def check_size(model: ModelConfig, parallel: ParallelConfig, tokens: int, policy: Policy | None = None,
+               record: bool = True) -> float:
+    """Raise ValueError, with the estimate and the knobs to turn, when a plan and its simulation would not fit
+    this machine's free memory; returns the estimated seconds of one simulation."""
+    nbytes, seconds = estimate_cost(model, parallel, tokens, policy, record)
+    free = available_memory_bytes()
+    if free is not None and nbytes > 0.8 * free:
+        raise ValueError(f"{model.name} at M={tokens} tokens on EP x TP = {parallel.ep} x {parallel.tp} needs about "
+                         f"{nbytes / 1e9:.1f} GB to plan and simulate, and this machine has {free / 1e9:.1f} GB free: "
+                         f"lower the tokens or the world size" + (" (or turn event recording off)" if record else ""))
+    return seconds
 
 
 def make_case(model: str | ModelConfig = "mixtral-8x7b", ep: int = 8, tp: int = 1, tokens: int = 16384,
@@ -44,9 +91,10 @@ def make_case(model: str | ModelConfig = "mixtral-8x7b", ep: int = 8, tp: int = 
     if isinstance(model, ModelConfig) and overrides:
         m = dataclasses.replace(m, **overrides)
     h = hw if isinstance(hw, HardwareProfile) else HardwareProfile.from_name(hw)
+    par = ParallelConfig(ep=ep, tp=tp)
+    check_size(m, par, routing.num_tokens if isinstance(routing, Routing) else tokens, policy, record=False)
     if ranks_per_node is not None and ranks_per_node != h.ranks_per_node:
         h = h.replace(ranks_per_node=ranks_per_node)
-    par = ParallelConfig(ep=ep, tp=tp)
     r = routing if isinstance(routing, Routing) else make_routing(routing, tokens, m.experts_E, m.topk, seed=seed,
                                                                    std=std)
     return make_plan(r, m, par, h, policy or Policy())

@@ -79,6 +79,7 @@ def test_module_entry_point():
     ["sim", "--ranks-per-node", "0", "--ep", "2", "--tokens", "64"],
     ["sim", "--trace", "/no/such/folder/t.json", "--ep", "2", "--tokens", "64"],
     ["sim", "--model", "deepseek-v3", "--routing", "imbalanced", "--tokens", "512"],
+    ["sim", "--tokens", "1000000000"],  # terabytes: refused from the estimate, before any planning
     ["comet.core.planner", "--ep", "3"],
     ["comet.core.planner", "--model", "no-such-model"],
     ["comet.core.planner", "--tokens", "0"],
@@ -95,3 +96,37 @@ def test_help_shows_real_defaults():
     for mod, needle in (("sim", "Policy.nc_layer1 = 28"), ("comet.core.planner", "(default: 8)")):
         r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and needle in " ".join(r.stdout.split()) and "default: None" not in r.stdout
+
+
+def test_size_guard_refuses_fast_with_the_estimate_and_the_knob(monkeypatch, capsys):
+    import time
+
+    import sim.run
+
+    monkeypatch.setattr(sim.run, "available_memory_bytes", lambda: 2 * 10**9)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"needs about [\d.]+ GB .* 2\.0 GB free: lower the tokens or the world size"):
+        main(["--tokens", "2000000", "--ep", "8"])
+    assert time.perf_counter() - t0 < 5
+
+
+def test_estimate_grows_with_tokens_and_ranks():
+    from comet.core.config import ModelConfig, ParallelConfig
+    from sim.run import estimate_cost
+
+    m = ModelConfig.from_name("mixtral-8x7b")
+    small, big = estimate_cost(m, ParallelConfig(ep=8), 4096), estimate_cost(m, ParallelConfig(ep=8), 65536)
+    assert 10 < big[0] / small[0] < 20 and big[1] > small[1] > 0
+    assert estimate_cost(m, ParallelConfig(ep=8, tp=8), 4096)[0] > small[0]
+
+
+def test_heartbeat_logs_without_a_terminal():
+    import io
+    import time
+
+    from sim.__main__ import heartbeat
+
+    buf = io.StringIO()
+    with heartbeat("simulating comet", every_s=0.02, stream=buf):
+        time.sleep(0.1)
+    assert buf.getvalue().count("simulating comet: still running") >= 2

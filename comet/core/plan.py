@@ -204,6 +204,17 @@ def plan_bounds(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) ->
             "C0": max(1, math.ceil(U / pol.comm_rows) + W), "C1": max(1, math.ceil(S / pol.comm_rows) + W)}
 
 
+def plan_table_bytes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy, ranks: int | None = None) -> int:
+    """Bytes of the Plan's tables for `ranks` ranks (default all W), from the bounds: what a plan of M tokens
+    holds in memory (building it takes about twice that at its peak)."""
+    b = plan_bounds(M, model, par, pol)
+    col0 = math.ceil((model.ffn_K // par.tp) / pol.block_n0)
+    col1 = math.ceil(model.hidden_N / pol.block_n1)
+    per_rank = 8 * (6 * b["R"] + 5 * b["B"] * col0 + 4 * b["B"] * col1 + b["U"] + 5 * b["S"] + 3 * b["C0"]
+                    + 2 * b["C1"] + 2 * par.world_size)
+    return per_rank * (par.world_size if ranks is None else ranks) + 16 * M
+
+
 def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -> BufferSizes:
     b = plan_bounds(M, model, par, pol)
     eb, N = model.dtype_bytes, model.hidden_N
