@@ -14,9 +14,9 @@ Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc pr
                           rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
                           and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
                           store through the peer table), then adds the chunk's send count to the owner's
-                          combine flag [this rank, col] (release, system scope). config PIPELINE >= 1 runs
-                          the same work as a software pipeline over (item, step) units (`_comm_pipelined`),
-                          bitwise equal.
+                          combine flag [this rank, col] (release, system scope). By default
+                          (CommConfig.pipelined) the same work runs as a software pipeline over (item, step)
+                          units (`_comm_pipelined`), bitwise equal.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
@@ -42,8 +42,9 @@ import triton.language as tl
 
 from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
-from kernels.fused_layer0 import default_config, tile_matmul
+from kernels.fused_layer0 import tile_matmul
 from kernels.grouped_gemm import sm_count
+from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
 from kernels.tma import descriptor
@@ -52,13 +53,7 @@ _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
 _WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
 _REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
 _REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
-# config PIPELINE: the communication programs' software pipeline (see _comm_pipelined). On one H200 it
-# moves ~2x the bytes per program of the item-by-item loop (Qwen2 layer1 at n_c=16: 398 vs 780 us) and ties
-# where the GEMM dominates (results/fused_layers/h200_l1_pipeline_2026-11-24.csv).
-DEFAULT_PIPELINE = 1
-# sends per reduce step on the GPU: 32 pipelined (all of a step's loads are in flight together), 16 item by
-# item (3-9% faster than 32 there); the interpreter's tests use 16
-GPU_SEND_BLOCK, GPU_ITEM_SEND_BLOCK, SMALL_SEND_BLOCK = 32, 16, 16
+# tokens per program of the owner's reduce
 GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
@@ -87,8 +82,7 @@ def _fused_layer1_kernel(
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
-    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr, INSTRUMENT: tl.constexpr = False,
-    PIPELINE: tl.constexpr = 0,
+    INSTRUMENT: tl.constexpr = False, PIPELINED: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
@@ -139,13 +133,13 @@ def _fused_layer1_kernel(
             n_rec = 0
         num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
         tiles_per_col = tl.load(tiles_per_col_ptr)
-        if PIPELINE:
+        if PIPELINED:
             n_pipe = _comm_pipelined(
                 cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
                 col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
                 sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
                 rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, COMBINE_SCOPE, PIPELINE, INSTRUMENT)
+                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
             if INSTRUMENT:
                 n_rec = n_pipe
         else:
@@ -176,34 +170,23 @@ def _fused_layer1_kernel(
                     mask_s = offs_s < end
                     r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
                     r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
-                    if GATHER_3D:
-                        # all of a send's rows in one gather: one chain of dependent loads per step, not one per row
-                        offs_j = tl.arange(0, TOPK_P2)
-                        valid2 = mask_s[:, None] & (r0[:, None] + offs_j[None, :] < r1[:, None])
-                        row2 = tl.load(rows_by_send_ptr + r0[:, None] + offs_j[None, :], mask=valid2, other=0)
-                        w2 = tl.load(row_weight_ptr + row2, mask=valid2, other=0.0)
-                        y3 = tl.load(y_ptr + row2[:, :, None] * stride_ym + offs_n[None, None, :],
-                                     mask=mask_n[None, None, :], other=0.0, cache_modifier=".cg")
-                        acc = tl.sum(tl.where(valid2[:, :, None], w2[:, :, None] * y3.to(tl.float32), 0.0), axis=1)
-                    else:
-                        acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-                        for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                            valid = mask_s & (r0 + j < r1)
-                            row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
-                            w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                            # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                            # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
-                            # of 16
-                            y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                        mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
-                            acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
+                    acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                    for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                        valid = mask_s & (r0 + j < r1)
+                        row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                        w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                        # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                        # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
+                        # of 16
+                        y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                    mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                        acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
                     tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
                     slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
                     dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
                     tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
                 peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
-                           COMBINE_SCOPE)
+                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
                 if INSTRUMENT:
                     t_end = global_timer_ns()
                     trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
@@ -236,10 +219,9 @@ def _comm_pipelined(
     max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
     send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
     row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-    BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, COMBINE_SCOPE: tl.constexpr,
-    PIPELINE: tl.constexpr, INSTRUMENT: tl.constexpr,
+    BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
 ):
-    """The communication program's work as a software pipeline over units (item, step), PIPELINE >= 1.
+    """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
 
     Unit w of this program: item cp + (w // steps) * num_comm, step w % steps (sends start + step * SEND_BLOCK
     .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing units of a
@@ -249,15 +231,12 @@ def _comm_pipelined(
         S3 unit v - 1: destination, send_row_start / end, token, slot
         S2 unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
         S1 unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one iteration)
-        S0 unit v - 4: fp32 weighted sum (same rows, order and ops as PIPELINE=0: bitwise equal), remote store;
-                       after the item's last step, signal the owner with the item's send count.
-    PIPELINE=2 also batches the signals: consecutive items of this program with the same owner and column
-    block send one signal carrying their summed count (fewer system-scope release fences; the owner's totals
-    are unchanged). Signals of an item follow the wait for the next item's column (one unit later).
+        S0 unit v - 4: fp32 weighted sum (same rows, order and ops as the item-by-item loop: bitwise equal),
+                       remote store; after the item's last step, signal the owner with the item's send count.
     INSTRUMENT: one record per item, begin = ready = its first unit's S0, end = after its last unit's S0.
     Machine code (Triton 3.6, sm_90): ptxas copies the loop-carried registers at the loop's back edge, so
     each iteration waits for the loads it issued: a unit costs about one memory latency (all its stages'
-    loads in flight together) where PIPELINE=0 pays ~3 dependent latencies per step and ~3 more per item; a
+    loads in flight together) where the item-by-item loop pays ~3 dependent latencies per step and ~3 more per item; a
     larger SEND_BLOCK now moves more data per latency.
     """
     arange_s = tl.arange(0, SEND_BLOCK)
@@ -318,7 +297,6 @@ def _comm_pipelined(
     for _j in tl.static_range(TOPK_LOCAL):
         w0 = w0 + (_zeros(row_weight_ptr, SEND_BLOCK),)
         y0 = y0 + (tl.zeros((SEND_BLOCK, BLOCK_N), y_ptr.dtype.element_ty),)
-    cnt = tl.full((), 0, tl.int64)  # sends of items stored but not signalled yet (PIPELINE=2)
     t_item = tl.full((), 0, tl.int64)
     for v_ in range(0, n_units + 4):
         v = zero_i + v_  # a tensor (the interpreter's loop index is a Python int)
@@ -367,7 +345,7 @@ def _comm_pipelined(
         y1n = ()
         for j in tl.static_range(TOPK_LOCAL):
             w1n = w1n + (tl.load(row_weight_ptr + rows1[j], mask=j < nv1, other=0.0),)
-            # as PIPELINE=0: no row mask on the gather (invalid entries read row 0; dropped in S0)
+            # as item by item: no row mask on the gather (invalid entries read row 0; dropped in S0)
             y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
                                  mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
         # ---- S0 (unit v - 4): weighted sum, remote store, signal
@@ -388,14 +366,9 @@ def _comm_pipelined(
         dst = comb_base + crow0.to(tl.int64)[:, None] * D_OUT + offs_n0[None, :]
         tl.store(dst, acc.to(comb_elem), mask=mask_s0[:, None] & mask_n0[None, :])
         if ok0 & (k0 == steps - 1):  # the item's last unit
-            cnt += en0 - st0
-            flush = True
-            if PIPELINE >= 2:  # the next unit (S1) is the next item's first: same owner and column block?
-                flush = (w1 >= n_units) | (d1 != d0) | (col1 != col0)
-            if flush:
-                peer_flags = pf0.to(tl.pointer_type(tl.int32))
-                signal_add(peer_flags + comb_flag_off + rank * col_max + col0, cnt.to(tl.int32), COMBINE_SCOPE)
-                cnt = tl.full((), 0, tl.int64)
+            sent = en0 - st0
+            peer_flags = pf0.to(tl.pointer_type(tl.int32))
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col0, sent.to(tl.int32), "sys")
             if INSTRUMENT:
                 trace_write(trace_ptr, trace_slots, pid, n_rec, t_item, t_item, global_timer_ns(), sm,
                             _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)
@@ -483,16 +456,17 @@ def _combine_reduce_kernel(
 
 # ------------------------------------------------------------------------------------------ wrappers
 def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
-                 num_programs: int | None = None, config: dict | None = None, a_tma: bool | None = None,
-                 b_tma: bool | None = None, max_spin: int | None = None, timeline=None) -> torch.Tensor:
+                 num_programs: int | None = None, tile: TileConfig | None = None, comm: CommConfig | None = None,
+                 a_tma: bool | None = None, b_tma: bool | None = None, max_spin: int | None = None,
+                 timeline=None) -> torch.Tensor:
     """Layer1 of `rank`: GEMM over the Plan's l1 tiles, top-k reduce, partial sums into the owners' combine
     buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
 
     w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
-    config: overrides of fused_layer0.default_config, plus SEND_BLOCK (sends per reduce step), GATHER_3D (one
-    gather for all of a send's rows), COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only) and
-    PIPELINE (0: item by item; 1, the default: software-pipelined communication programs, `_comm_pipelined`;
-    2: 1 plus one signal per run of items with the same owner and column block; all bitwise equal).
+    tile / comm: the GEMM programs' tile loop and the communication programs' reduce step and loop form
+    (kernels.options.TileConfig / CommConfig: send_block, pipelined; default: kernels.options.default_tile /
+    default_comm of the device). a_tma / b_tma: A / B through TMA (default: on a GPU where the rows are
+    16-byte aligned).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
     tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
@@ -518,10 +492,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
                          f"got {tuple(w1_EKN.shape)} {w1_EKN.dtype} on {w1_EKN.device}")
     check_kernel_tile("policy block_m", pol.block_m)
     check_kernel_tile("policy block_n1", pol.block_n1)
-    cfg = {**default_config(dev), **(config or {})}
-    if cfg.get("COMBINE_GPU_SCOPE") and len(ws.ranks) != ws.world_size:
-        raise ValueError("config COMBINE_GPU_SCOPE (gpu-scope combine signals) is only valid when every rank "
-                         "lives on this GPU (EmulatedWorld); peers on other GPUs need system scope")
+    tile = default_tile(dev) if tile is None else tile
+    comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)
     nc = pol.nc_layer1
     if num_programs is None:
@@ -537,20 +509,12 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         a_tma = cuda and (K * h.element_size()) % 16 == 0 and h.data_ptr() % 16 == 0
     if b_tma is None:
         b_tma = cuda and (N * w1_EKN.element_size()) % 16 == 0
-    a_desc = descriptor(h, [pol.block_m, cfg["BLOCK_K"]]) if a_tma else h
-    b_desc = descriptor(w1_EKN.view(E_loc * K, N), [cfg["BLOCK_K"], pol.block_n1]) if b_tma else w1_EKN
+    a_desc = descriptor(h, [pol.block_m, tile.block_k]) if a_tma else h
+    b_desc = descriptor(w1_EKN.view(E_loc * K, N), [tile.block_k, pol.block_n1]) if b_tma else w1_EKN
     lay = ws.layout
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
-    # GATHER_3D (an item-by-item variant) without an explicit PIPELINE means the item-by-item loop
-    pipeline = int(cfg.get("PIPELINE", 0 if cfg.get("GATHER_3D") else DEFAULT_PIPELINE))
-    send_block = cfg.get("SEND_BLOCK", (GPU_SEND_BLOCK if pipeline else GPU_ITEM_SEND_BLOCK) if cuda
-                         else SMALL_SEND_BLOCK)
-    if pipeline not in (0, 1, 2):
-        raise ValueError(f"config PIPELINE={pipeline}: 0 (item by item), 1 (pipelined units) or 2 (pipelined, "
-                         f"signals batched per owner and column block)")
-    if pipeline and cfg.get("GATHER_3D"):
-        raise ValueError("config PIPELINE and GATHER_3D are exclusive (the pipelined path gathers row by row)")
+    send_block = comm.send_block_for(dev)
     trace = (None, None, None)
     if timeline is not None:
         require_gpu_kernel(_fused_layer1_kernel, dev)
@@ -573,11 +537,9 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
         triton.cdiv(pol.comm_rows, send_block), *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
-        BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
-        A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
-        TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
-        COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys", INSTRUMENT=timeline is not None,
-        PIPELINE=pipeline, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=tile.block_k, EVEN_K=K % tile.block_k == 0,
+        A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block, INSTRUMENT=timeline is not None,
+        PIPELINED=comm.pipelined, num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
 
 

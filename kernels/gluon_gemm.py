@@ -83,6 +83,7 @@ from kernels.activations import (
     GELU_T,
     packed_gelu_asm,
 )
+from kernels.options import GemmOptions
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
 # thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
@@ -666,20 +667,14 @@ def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n
 
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
-                        activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: bool | str = False, ws_gather: bool = True, ws_tma: bool = False,
-                        split_tail: bool | None = None) -> torch.Tensor:
+                        activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
+                        block_k: int = 64) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
     (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
-    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form ("packed": on pairs of 16-bit values).
-    ws_gather: a gathered A is loaded by a
-    warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
-    (TMA). split_tail: split a short last wave's tiles into K chunks (`split_schedule`); None: where a tile
-    has at least SPLIT_MIN_K_STEPS K steps. It needs the loader partition, which it turns on for an A in
-    place (with ws_gather=False it does not apply).
-    A split tile's partial sums are added in fp32 in chunk order (bitwise reproducible for a given program
-    count, but not equal to the unsplit result). Returns out."""
+    of b_EIO. options: fast_gelu, ws_gather, ws_tma and split_tail as
+    kernels.options.GemmOptions describes them. A split needs the loader partition, which it turns on for an
+    A in place (with ws_gather=False a gathered A runs unsplit). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -689,8 +684,10 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    want_split = split_tail if split_tail is not None else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS
-    loader = (gather and ws_gather) or (not gather and (ws_tma or want_split))
+    fast_gelu = a.dtype == torch.bfloat16 if options.fast_gelu is None else options.fast_gelu
+    want_split = (options.split_tail if options.split_tail is not None
+                  else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS)
+    loader = (gather and options.ws_gather) or (not gather and (options.ws_tma or want_split))
     split = want_split and loader
     ws, cnt = _split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
