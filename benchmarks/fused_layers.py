@@ -45,8 +45,9 @@ from comet.core.policy import benchmark_policy
 from comet.core.routing import make_routing
 from comet.core.weights import ExpertWeights, shard_weights
 from kernels import grouped_gemm as gg
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 from kernels.moe import stage_tokens
 from kernels.options import GPU_COMM, CommConfig
 from kernels.timing import device_line as _device_line

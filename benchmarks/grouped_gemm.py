@@ -170,7 +170,7 @@ def _best_config_str() -> str:
 
 
 def _gluon_config_str(plan, layer: str) -> str:
-    from kernels.gluon_gemm import num_buffers_for
+    from kernels.gluon_host import num_buffers_for
 
     bn = plan.policy.block_n0 if layer == "l0" else plan.policy.block_n1
     n_b = 2 if layer == "l0" and plan.model.activation == "swiglu" else 1

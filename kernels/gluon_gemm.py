@@ -83,6 +83,7 @@ from kernels.activations import (
     GELU_T,
     packed_gelu_asm,
 )
+from kernels.gluon_host import MAX_PARTS, SPLIT_MIN_K_STEPS, num_buffers_for, split_workspace
 from kernels.options import GemmOptions
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
@@ -91,18 +92,10 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
-_SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
 # the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
 # (ptxas, Triton 3.6), and leave the multiplying warps 224
 _LOADER_WARPS, _LOADER_REGS = 4, 48
-# split tail: at most 4 K chunks per tail tile (the last part reads every part's partial sums back)
-MAX_PARTS = 4
-_MAX_PARTS = gl.constexpr(MAX_PARTS)
-# split_tail=None splits only tiles of at least this many K steps (D_IN >= 4096 with BLOCK_K 64): on the H200,
-# Qwen2's 22-32 step tiles ran up to 16% slower split, Phi's / Mixtral's 64-224 step tiles up to 7% faster
-# (results/grouped_gemm, h200_split4k). A last wave of few busy SMs runs at a higher clock under the power
-# limit, so it costs less than wave arithmetic says; the join's fixed cost needs long chunks to pay.
-SPLIT_MIN_K_STEPS = 64
+_MAX_PARTS = gl.constexpr(MAX_PARTS)  # split tail: K chunks per tail tile
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -599,73 +592,6 @@ def _grouped_gemm_hopper_kernel(
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
-def split_schedule(num_tiles: int, programs: int, k_steps: int, split_tail: bool = True) -> list[list[tuple]]:
-    """Each program's work items (tile, first K step, end K step), in order: the kernel's `_schedule` and
-    `_work_item` on the host (for tests and for reading a schedule).
-
-    Whole tiles go round-robin (t = pid, pid + G, ...). The tail, the R = T mod G tiles of a last wave that
-    would leave programs idle, is split instead where R <= G / 2: each tail tile into parts = min(G // R, 4,
-    k_steps) equal K chunks, chunk j of tail tile r run by program r * parts + j after its whole tiles. The
-    last wave so takes about 1 / parts of a tile's time; chunk j of every tail tile runs at the same time
-    (L2 reuse of shared B columns and A rows, as in a wave of whole tiles)."""
-    T, G = num_tiles, programs
-    tail = T % G
-    parts = min(G // tail, MAX_PARTS, k_steps) if split_tail and tail else 1
-    n_dp = T - tail if parts > 1 else T
-    out = []
-    for p in range(G):
-        items = [(t, 0, k_steps) for t in range(p, n_dp, G)]
-        if parts > 1 and p < tail * parts:
-            j = p % parts
-            items.append((n_dp + p // parts, j * k_steps // parts, (j + 1) * k_steps // parts))
-        out.append(items)
-    return out
-
-
-_workspaces: dict = {}
-
-
-def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
-    """fp32 partials (one per program, n_b accumulators each) and int32 counters (one per tail tile; zero,
-    and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
-    in order and share it; two split launches running at once on different streams would share counters
-    (not per stream: a CUDA graph captures on a stream of its own, and would then allocate and zero a fresh
-    set inside the graph)."""
-    key = torch.device(device)
-    need = programs * n_b * block_m * block_n
-    ws = _workspaces.get(key)
-    if ws is None or ws[0].numel() < need or ws[1].numel() < programs:
-        ws = (torch.empty(need, device=device, dtype=torch.float32),
-              torch.zeros(programs, device=device, dtype=torch.int32))
-        _workspaces[key] = ws
-    return ws
-
-
-def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
-    """Pipeline depth that fits shared memory beside the output staging tile (at most 4); n_b: B tiles per
-    step (2 for swiglu's gate and up)."""
-    stage = (block_m * block_k + n_b * block_k * block_n) * elem
-    return max(2, min(4, (_SMEM_BYTES - block_m * block_n * elem - 1024) // stage))
-
-
-def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
-    """Why this kernel cannot run the call (None if it can)."""
-    if activation not in ACTIVATIONS:
-        return f"activation {activation!r} (this kernel has {', '.join(ACTIVATIONS)})"
-    if not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] != 9:
-        return "not an sm_90 (Hopper) GPU"
-    if a.dtype not in (torch.bfloat16, torch.float16):
-        return f"dtype {a.dtype} (bf16 or fp16 only)"
-    if block_m not in (64, 128) or block_n > 256:
-        return f"tile {block_m}x{block_n} (BLOCK_M 64 or 128, BLOCK_N <= 256)"
-    if activation == "swiglu" and block_n > 128:
-        return f"swiglu with BLOCK_N={block_n} (its two accumulators need BLOCK_N <= 128 to fit the registers)"
-    for name, t in (("a", a), ("b", b_EIO), ("out", out)):
-        if t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
-            return f"{name}'s rows are not 16-byte aligned (TMA{' and 16-byte copies of gathered rows' * gather})"
-    return None
-
-
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
                         block_k: int = 64) -> torch.Tensor:
@@ -689,7 +615,7 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
                   else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS)
     loader = (gather and options.ws_gather) or (not gather and (options.ws_tma or want_split))
     split = want_split and loader
-    ws, cnt = _split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
+    ws, cnt = split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
     # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)
     launch = {"maxnreg": min(256, 65536 // (32 * warps) // 8 * 8)} if loader else {}

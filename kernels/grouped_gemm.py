@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from comet.core.policy import check_kernel_tile
+from kernels import gluon_host
 from kernels.activations import ACTIVATIONS, apply_activation
 from kernels.options import GemmOptions
 from kernels.row_gather import gather_rows
@@ -414,7 +415,7 @@ def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int
     mod = _gluon_module()
     if isinstance(mod, ImportError):
         return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({mod})"
-    return mod.supports(a, b_EIO, out, activation, gather, block_m, block_n)
+    return gluon_host.supports(a, b_EIO, out, activation, gather, block_m, block_n)
 
 
 def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:

@@ -33,8 +33,9 @@ from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import Routing
 from comet.core.weights import ExpertWeights, shard_weights
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 
 
 def stage_tokens(ws, x_MN: torch.Tensor, M: int) -> None:

@@ -76,7 +76,7 @@ class CommConfig:
     columns of a chunk; kernels/fused_layer0.py). send_block: sends (token, owner partial sums) one layer1
     communication program reduces per step; None: 32 pipelined, 16 item by item on a GPU (each loop's
     measured best), 16 in the interpreter. pipelined: layer1's communication programs run as a software
-    pipeline over (item, step) units (kernels/fused_layer1.py's `_comm_pipelined`); False: the item-by-item
+    pipeline over (item, step) units (kernels/fused_layer1_comm.py's `comm_pipelined`); False: the item-by-item
     loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both; measured:
     results/fused_layers/README.md).
     """
@@ -145,7 +145,7 @@ class GemmOptions:
     on pairs of 16-bit values, every step rounded to the 16-bit type (errors up to ~|x| 2^-7.6 where gelu(x) is
     small, x < -1), opt-in. The tl kernel always computes the accurate erf form. split_tail: split each tile of
     a last wave that is at most half full into up to 4 K chunks run by otherwise idle programs
-    (`kernels.gluon_gemm.split_schedule`); None: where a tile has >= 64 K steps; True: wherever the last wave
+    (`kernels.gluon_host.split_schedule`); None: where a tile has >= 64 K steps; True: wherever the last wave
     is short. A split tile's fp32 partial sums are added in chunk order: the result is bitwise reproducible
     for a given program count but then depends on it. pregather: copy the gathered rows of A into shared-row
     order first (kernels/row_gather.py) and read them in place; the same products, so the same result. None:

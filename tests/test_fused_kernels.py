@@ -27,8 +27,9 @@ from comet.core.reference import moe_forward
 from comet.core.routing import Routing, imbalanced, uniform
 from comet.core.tolerances import assert_close
 from comet.core.weights import ExpertWeights, random_tokens, random_weights, shard_weights
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 from kernels.moe import moe_forward_fused, stage_tokens
 from kernels.options import SMALL_COMM, CommConfig, TileConfig
 from kernels.signals import FlagTimeoutError

@@ -397,10 +397,10 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
 @pytest.mark.parametrize("gather", [False, True])
 def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
     # program counts whose last wave is at most half full: its tiles are split into K chunks run by idle
-    # programs (kernels.gluon_gemm.split_schedule), each split tile finished by whichever chunk comes last.
+    # programs (kernels.gluon_host.split_schedule), each split tile finished by whichever chunk comes last.
     # Both layers match the reference, a repeat is bitwise equal (the chunks are summed in chunk order,
     # whoever finishes), and the join counters are left at zero for the next launch.
-    from kernels.gluon_gemm import _workspaces, split_schedule
+    from kernels.gluon_host import _workspaces, split_schedule
 
     plan = _gluon_plan(activation, block_m, block_n, M=1500)
     rp = plan.rank(1)
@@ -442,7 +442,7 @@ def test_gpu_auto_picks_gluon_where_it_applies():
 
 
 class _FakeCudaTensor:
-    """What kernels.gluon_gemm.supports reads of a tensor, for checking its reasons without a GPU."""
+    """What kernels.gluon_host.supports reads of a tensor, for checking its reasons without a GPU."""
 
     def __init__(self, cols, dtype=torch.bfloat16, ptr=1024):
         self.is_cuda, self.device, self.dtype, self.shape, self._ptr = True, "cuda:0", dtype, (64, cols), ptr
@@ -469,10 +469,11 @@ class _FakeCudaTensor:
 ])
 def test_gluon_supports_names_each_limit(monkeypatch, capability, dtype, tile, activation, cols, ptr, why):
     # the dispatcher's side of the Gluon kernel (its GPU side is tested under `gpu`): which calls it takes
-    gluon_gemm = pytest.importorskip("kernels.gluon_gemm")
+    from kernels.gluon_host import supports
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     a, b, out = _FakeCudaTensor(cols, dtype, ptr), _FakeCudaTensor(64, dtype), _FakeCudaTensor(64, dtype)
-    got = gluon_gemm.supports(a, b, out, activation, False, *tile)
+    got = supports(a, b, out, activation, False, *tile)
     assert (got is None) if why is None else (why in got), got
 
 
