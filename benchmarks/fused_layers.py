@@ -176,7 +176,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         if sel.numel():
             lo = owned_range(M, W, d)[0]
             dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
-            dests.append((world.buffers(d).combine_MSN.view(-1, N), sel.cuda(), dst.cuda()))
+            dests.append((world.buffers(d).combine_MLN.view(-1, N), sel.cuda(), dst.cuda()))
     moved1 = sum(int(s.numel()) for _, s, _ in dests) * N * 2
 
     def gemm1():

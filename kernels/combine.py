@@ -67,10 +67,12 @@ def _combine_reduce_kernel(
 
 def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: torch.Tensor | None = None,
                    max_spin: int | None = None, block_tokens: int | None = None) -> torch.Tensor:
-    """The owner `rank` sums its tokens' partial sums: out[t] = sum_j combine[t, j] over j < num_slots(t).
+    """The owner `rank` sums its tokens' partial sums: out[t] = sum_j combine_MLN[t, j] over j < num_slots(t)
+    (fp32 sums, stored in out's dtype).
 
     expected_W: int64 (W,) partial sums this owner receives from each rank (the Plan's combine_expected_W).
     out_MN: (M_own, N) output rows of this rank's tokens (default: a new tensor in the workspace dtype).
+    block_tokens: tokens per program (default GPU_REDUCE_TOKENS on a GPU, SMALL_REDUCE_TOKENS elsewhere).
     Waits (bounded) on the combine flags; raise on timeout with ws.check(). No host sync.
     """
     ws.check_plan(plan)
@@ -93,7 +95,7 @@ def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: tor
     lay = ws.layout
     grid = (triton.cdiv(n_own, bt), plan.l1_col_blocks)
     _combine_reduce_kernel[grid](
-        buf.combine_MSN, buf.sflags_F, buf.flags_F, buf.status, out_MN, plan.token_num_slots_M, expected_W,
+        buf.combine_MLN, buf.sflags_F, buf.flags_F, buf.status, out_MN, plan.token_num_slots_M, expected_W,
         rank, W, lo, n_own, N, ws.sizes.slots, lay.col_max, ws.max_spin if max_spin is None else max_spin,
         lay.combine, lay.red_done, out_MN.stride(0),
         BLOCK_T=bt, BLOCK_N=bn, MAX_SLOTS=ws.sizes.slots, num_warps=4)

@@ -1,25 +1,26 @@
 """Fused layer0 of one rank: dispatch (token rows from their owners) + grouped GEMM (N -> K/TP) + activation.
 
-Shape legend (as comet/plan.py): M tokens, N hidden, K' = K/TP (gelu) or 2K/TP (swiglu: gate | up) weight
-columns, E local experts, R rows of the rank's shared tensor, T tiles, C communication chunks, U received
-token rows, W ranks.
+Shapes (docs/SHAPES.md): M tokens, N hidden, K' = K/TP (gelu) or 2K/TP (swiglu: gate | up) weight columns,
+E local experts, R rows of the rank's shared tensor, T tiles, C communication chunks, U received token rows,
+W ranks.
 
 Three variants (`Policy.layer0_comm`), one kernel (`MODE`):
-    "blocks"       (MODE 0) programs [0, nc) are communication programs: chunk i of the Plan (one source
-                   rank, rows recv_token_U[start:end]) belongs to program i % nc, which pulls those rows
-                   from the source's receive buffer (peer pointer) into this rank's receive buffer (same
-                   token-id rows) and then adds 1 to flag[source] (release). Programs [nc, nc + G) run the
-                   Plan's layer0 tiles; a tile first waits until flag[s] == l0_chunks_per_src_W[s] for
+    "blocks"       (MODE 0) programs [0, num_comm) are communication programs (num_comm =
+                   Policy.nc_layer0): chunk i of the Plan (one source rank, rows recv_token_U[start:end])
+                   belongs to program i % num_comm, which pulls those rows from the source's receive buffer
+                   (peer pointer) into this rank's receive buffer (same token-id rows), CommConfig.pull_rows
+                   x pull_cols elements a step, and then adds 1 to flag[source] (release). The next num_gemm
+                   programs run the Plan's layer0 tiles; a tile first waits until flag[s] == l0_chunks_per_src_W[s] for
                    every source s in l0_tile_src_mask_T (a bit mask of the ranks owning its rows), then
                    gathers its A rows from the local receive buffer. The last program to finish resets the
                    flags to 0, so the next call needs no host-side clearing.
     "direct"       (MODE 1) no communication programs: each tile gathers its A rows straight from the
                    owners' receive buffers through the peer-pointer table (row_src_R picks the peer).
-    "copy-engine"  (MODE 2) as the released Comet code: a side stream copies each source rank's whole
-                   shard (the rows it owns, all of them) with `copy_` and then writes flag[s] = epoch;
-                   tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM programs do not
-                   fill the GPU (SMs - Policy.copy_engine_reserved_sms) so that a copy or flag write that
-                   needs an SM can run.
+    "copy-engine"  (MODE 2) as the released Comet code (docs/PAPER_NOTES.md): a side stream copies each
+                   source rank's whole shard (the rows it owns, all of them) with `copy_` and then writes
+                   flag[s] = epoch; tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM
+                   programs do not fill the GPU (SMs - Policy.copy_engine_reserved_sms) so that a copy or
+                   flag write that needs an SM can run.
 Program order is chosen so that Triton's interpreter, which runs programs one after another in id order,
 completes every producer before its consumers: communication programs have the low ids.
 
@@ -174,7 +175,7 @@ def _fused_layer0_kernel(
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
     else:
-        # --- GEMM program: the Plan's layer0 tiles t = g, g + G, ...
+        # --- GEMM program: the Plan's layer0 tiles t = g, g + num_gemm, ...
         g = pid - num_comm
         if INSTRUMENT:
             n_rec = 0

@@ -1,37 +1,33 @@
 """Fused layer1 of one rank: grouped GEMM (K/TP -> N) + top-k weighted reduction + combine (remote stores
-into the owners' combine buffers), and the owner's final reduction of its tokens' partial sums.
+into the owners' combine buffers). The owners then sum what they received (kernels/combine.py).
 
-Shape legend (as comet/plan.py): M tokens, N hidden, K = K/TP rows of the layer1 weight, E local experts,
-R rows of the rank's shared tensor, T tiles, S sends (token, owner), C send chunks, W ranks,
-N1 layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), SL combine slots per token.
+Shapes (docs/SHAPES.md): M tokens, N hidden, K/TP rows of the layer1 weight, E local experts, R rows of the
+rank's shared tensor, T tiles, S sends (one (token, owner) partial sum each), C send chunks, W ranks, N1
+layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), L combine slots per token.
 
-Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc programs:
-    programs [0, G)       GEMM: the Plan's column-block-major tiles t = pid, pid + G, ... of
+Thread-block specialisation (docs/PAPER_NOTES.md, mechanism 3), one launch of num_gemm + num_comm programs
+(num_comm = Policy.nc_layer1):
+    programs [0, num_gemm)  GEMM: the Plan's column-block-major tiles t = pid, pid + num_gemm, ... of
                           y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
-    programs [G, G + nc)  communication: work item i = (column block i // C, send chunk i % C), in
-                          column-block-major order, belongs to program i % nc. It waits until count[col] ==
-                          l1_tiles_per_col, then for each send of the chunk sums its rows
+    the next num_comm     communication: work item i = (column block i // C, send chunk i % C), in
+                          column-block-major order, belongs to communication program i % num_comm. It waits
+                          until count[col] == l1_tiles_per_col, then for each send of the chunk sums its rows
                           rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
                           and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
                           store through the peer table), then adds the chunk's send count to the owner's
                           combine flag [this rank, col] (release, system scope). By default
                           (CommConfig.pipelined) the same work runs as a software pipeline over (item, step)
-                          units (kernels/fused_layer1_comm.py), bitwise equal.
+                          units (kernels/fused_layer1_comm.py), bitwise equal; the item-by-item loop here is
+                          a benchmark variant.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
 it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/timeline.py).
 
-The owner's reduce (`combine_reduce`, a separate small launch after every rank's layer1 was launched):
-program (token block, column block) waits until combine flag [s, col] == expected[s] for every source s
-(expected: the number of the owner's tokens that s sends to, the Plan's `combine_expected_W`), then sums slots
-0 .. token_num_slots_M[t] - 1 of each token in slot order (fp32) and stores out[t]. The last program of a
-column block subtracts the expected counts from its flags (back to 0 for the next call).
-
 Determinism: every partial sum is computed by exactly one program in a fixed row order, and the owner sums
 slots in a fixed order, with no floating-point atomics: results are bitwise reproducible run to run for a
-given routing, policy and config, whatever nc_layer1 or the number of GEMM programs (they decide who
-computes, not how). They are not bitwise equal to comet.reference (different summation order).
+given routing, policy and options, whatever nc_layer1 or the number of GEMM programs (they decide who
+computes, not how). They are not bitwise equal to comet.core.reference (different summation order).
 """
 
 from __future__ import annotations
@@ -206,7 +202,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     default_comm of the device). a_tma / b_tma: A / B through TMA (default: on a GPU where the rows are
     16-byte aligned).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
-    tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
+    tests. The owners' `kernels.combine.combine_reduce` must run after every rank's layer1 was launched. No
+    host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
     (column block, send chunk) item (GPU only).
     """
@@ -259,12 +256,12 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         lt = timeline.new_launch(
             rank=rank, layer=1, variant="blocks", num_comm=nc, num_gemm=num_programs, comm_first=False,
             max_gemm_items=rp.l1_tile_expert_T.numel(), max_comm_items=rp.l1_chunk_start_C.numel() * col_blocks,
-            device=dev, row_bytes=N * buf.combine_MSN.element_size(), hidden_N=N, block_n=pol.block_n1,
-            combine_elem_bytes=buf.combine_MSN.element_size(),
+            device=dev, row_bytes=N * buf.combine_MLN.element_size(), hidden_N=N, block_n=pol.block_n1,
+            combine_elem_bytes=buf.combine_MLN.element_size(),
             tile_rows=rp.l1_tile_row_end_T - rp.l1_tile_row_start_T)
         trace = (lt.records, lt.counts, lt.slots)
     _fused_layer1_kernel[(num_programs + nc,)](
-        h, a_desc, w1_EKN, b_desc, y, buf.combine_MSN, buf.flags_F, buf.status, buf.combine_ptrs_W,
+        h, a_desc, w1_EKN, b_desc, y, buf.combine_MLN, buf.flags_F, buf.status, buf.combine_ptrs_W,
         buf.sflag_ptrs_W,
         rp.l1_tile_expert_T, rp.l1_tile_row_start_T, rp.l1_tile_row_end_T, rp.l1_tile_col_T, rp.num_l1_tiles,
         rp.l1_tiles_per_col,

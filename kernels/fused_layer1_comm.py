@@ -54,17 +54,19 @@ def comm_pipelined(
     .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing units of a
     short chunk are empty and masked). Iteration v runs five stages, one unit each, so the dependent loads of
     one unit's chain are issued an iteration apart and overlap other units' loads:
-        S4 unit v:     chunk start / end
-        S3 unit v - 1: destination, send_row_start / end, token, slot
-        S2 unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
-        S1 unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one iteration)
-        S0 unit v - 4: fp32 weighted sum (same rows, order and ops as the item-by-item loop: bitwise equal),
-                       remote store; after the item's last step, signal the owner with the item's send count.
-    INSTRUMENT: one record per item, begin = ready = its first unit's S0, end = after its last unit's S0.
+        stage 4, unit v:     chunk start / end
+        stage 3, unit v - 1: destination, send_row_start / end, token, slot
+        stage 2, unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
+        stage 1, unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one
+                             iteration)
+        stage 0, unit v - 4: fp32 weighted sum (same rows, order and ops as the item-by-item loop: bitwise
+                             equal), remote store; after the item's last step, signal the owner with the
+                             item's send count.
+    INSTRUMENT: one record per item, begin = ready = its first unit's stage 0, end = after its last unit's.
     Machine code (Triton 3.6, sm_90): ptxas copies the loop-carried registers at the loop's back edge, so
     each iteration waits for the loads it issued: a unit costs about one memory latency (all its stages'
-    loads in flight together) where the item-by-item loop pays ~3 dependent latencies per step and ~3 more per item; a
-    larger SEND_BLOCK now moves more data per latency.
+    loads in flight together) where the item-by-item loop pays ~3 dependent latencies per step and ~3 more
+    per item; a larger SEND_BLOCK moves more data per latency.
     """
     arange_s = tl.arange(0, SEND_BLOCK)
     arange_n = tl.arange(0, BLOCK_N)
@@ -80,7 +82,7 @@ def comm_pipelined(
     # as r0 + j < r1) and its combine row (tok - first_tok) * slots + slot (int32), each computed one stage
     # after its loads arrived.
     ready_cols = tl.full((), 0, tl.int32)
-    # a unit's step, column block and item, decoded once (S4) and passed down with it
+    # a unit's step, column block and item, decoded once (stage 4) and passed down with it
     k3 = tl.full((), 0, tl.int32)
     k2 = tl.full((), 0, tl.int32)
     k1 = tl.full((), 0, tl.int32)
@@ -127,7 +129,7 @@ def comm_pipelined(
     t_item = tl.full((), 0, tl.int64)
     for v_ in range(0, n_units + 4):
         v = zero_i + v_  # a tensor (the interpreter's loop index is a Python int)
-        # ---- S4 (unit v): the item's chunk bounds
+        # ---- stage 4 (unit v): the item's chunk bounds
         ok4 = v < n_units
         q4 = tl.minimum(v, n_units) // steps
         k4n = tl.minimum(v, n_units) - q4 * steps
@@ -136,7 +138,7 @@ def comm_pipelined(
         ch4 = item4n - col4n * nch
         st4n = tl.load(chunk_start_ptr + ch4, mask=ok4, other=0)
         en4n = tl.load(chunk_end_ptr + ch4, mask=ok4, other=0)
-        # ---- S3 (unit v - 1): destination, the step's sends' row ranges, tokens and slots
+        # ---- stage 3 (unit v - 1): destination, the step's sends' row ranges, tokens and slots
         w3 = v - 1
         ok3 = (w3 >= 0) & (w3 < n_units)
         offs_s3 = st3 + k3 * SEND_BLOCK + arange_s
@@ -146,7 +148,7 @@ def comm_pipelined(
         r1_3n = tl.load(send_row_end_ptr + offs_s3, mask=mask_s3, other=0)
         tok3n = tl.load(send_token_ptr + offs_s3, mask=mask_s3, other=0)
         slot3n = tl.load(send_slot_ptr + offs_s3, mask=mask_s3, other=0)
-        # ---- S2 (unit v - 2): the sends' rows (all issued before any is used), the owner's pointers
+        # ---- stage 2 (unit v - 2): the sends' rows (all issued before any is used), the owner's pointers
         w2 = v - 2
         ok2 = (w2 >= 0) & (w2 < n_units)
         offs_s2 = st2 + k2 * SEND_BLOCK + arange_s
@@ -159,7 +161,8 @@ def comm_pipelined(
         pf2n = tl.load(sflag_peers_ptr + d2, mask=ok2, other=0)
         first_tok2 = first_owned_token(d2, M, world)
         crow2n = ((tok2 - first_tok2) * slots + slot2).to(tl.int32)  # < tokens per owner * slots
-        # ---- S1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next iteration)
+        # ---- stage 1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next
+        # iteration)
         w1 = v - 3
         ok1 = (w1 >= 0) & (w1 < n_units)
         if ok1 & (col1 >= ready_cols):
@@ -172,10 +175,10 @@ def comm_pipelined(
         y1n = ()
         for j in tl.static_range(TOPK_LOCAL):
             w1n = w1n + (tl.load(row_weight_ptr + rows1[j], mask=j < nv1, other=0.0),)
-            # as item by item: no row mask on the gather (invalid entries read row 0; dropped in S0)
+            # as item by item: no row mask on the gather (invalid entries read row 0; dropped in stage 0)
             y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
                                  mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
-        # ---- S0 (unit v - 4): weighted sum, remote store, signal
+        # ---- stage 0 (unit v - 4): weighted sum, remote store, signal
         w0u = v - 4
         ok0 = w0u >= 0
         if INSTRUMENT:

@@ -13,7 +13,7 @@ from kernels.activations import ACTIVATIONS
 SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
 # split tail: at most 4 K chunks per tail tile (the chunk that finishes last reads every chunk's partial sums)
 MAX_PARTS = 4
-# split_tail=None splits only tiles of at least this many K steps (D_IN >= 4096 with BLOCK_K 64): shorter
+# GemmOptions.split_tail=None splits only tiles of at least this many K steps (D_IN >= 4096 with BLOCK_K 64): shorter
 # tiles lost (a short last wave runs at a higher clock under the power limit, so it costs less than wave
 # arithmetic says, and the join's fixed cost needs long chunks to pay). Measured: results/grouped_gemm/README.md
 # (Split tail).
@@ -24,18 +24,18 @@ def split_schedule(num_tiles: int, programs: int, k_steps: int, split_tail: bool
     """Each program's work items (tile, first K step, end K step), in order: the kernel's `_schedule` and
     `_work_item` on the host (for tests and for reading a schedule).
 
-    Whole tiles go round-robin (t = pid, pid + G, ...). The tail, the R = T mod G tiles of a last wave that
-    would leave programs idle, is split instead where R <= G / 2: each tail tile into parts = min(G // R, 4,
-    k_steps) equal K chunks, chunk j of tail tile r run by program r * parts + j after its whole tiles. The
-    last wave so takes about 1 / parts of a tile's time; chunk j of every tail tile runs at the same time
-    (L2 reuse of shared B columns and A rows, as in a wave of whole tiles)."""
-    T, G = num_tiles, programs
-    tail = T % G
-    parts = min(G // tail, MAX_PARTS, k_steps) if split_tail and tail else 1
-    n_dp = T - tail if parts > 1 else T
+    Whole tiles go round-robin (t = pid, pid + programs, ...). The tail, the `tail` = num_tiles mod programs
+    tiles of a last wave that would leave programs idle, is split instead where tail <= programs / 2: each
+    tail tile into parts = min(programs // tail, MAX_PARTS, k_steps) equal K chunks, chunk j of tail tile i
+    run by program i * parts + j after its whole tiles. The last wave so takes about 1 / parts of a tile's
+    time; chunk j of every tail tile runs at the same time (L2 reuse of shared B columns and A rows, as in a
+    wave of whole tiles)."""
+    tail = num_tiles % programs
+    parts = min(programs // tail, MAX_PARTS, k_steps) if split_tail and tail else 1
+    n_dp = num_tiles - tail if parts > 1 else num_tiles  # tiles run whole
     out = []
-    for p in range(G):
-        items = [(t, 0, k_steps) for t in range(p, n_dp, G)]
+    for p in range(programs):
+        items = [(t, 0, k_steps) for t in range(p, n_dp, programs)]
         if parts > 1 and p < tail * parts:
             j = p % parts
             items.append((n_dp + p // parts, j * k_steps // parts, (j + 1) * k_steps // parts))

@@ -1,7 +1,7 @@
 """Persistent grouped GEMM over a Plan's tile table (one GPU): the compute half of the fused MoE kernels.
 
-Shape legend (tensor-name suffixes, as in comet/plan.py): M tokens, N hidden size, K expert FFN size
-(K' = K for gelu, 2K for swiglu: [..., :K] gate, [..., K:] up), E local experts, R rows of the rank's
+Shapes (docs/SHAPES.md): M tokens, N hidden size, K expert FFN size (K/TP on a rank), K' = K for gelu and
+2K for swiglu ([..., :K] gate, [..., K:] up), E local experts (the weights' first axis), R rows of the rank's
 shared tensor (expert-major, the Plan's order), T tiles.
 
     layer0:  out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[e(r)])      (rows gathered by token id)
@@ -10,21 +10,20 @@ shared tensor (expert-major, the Plan's order), T tiles.
 Inside the kernel the GEMM is written generically: `k` is the reduction index (N for layer0, K for
 layer1) and `n` the output column (K for layer0, N for layer1): C[r, n] = sum_k A[row(r), k] B[e, k, n].
 
-The kernel is persistent: `num_programs` programs (<= SMs, so SMs can be left to communication blocks)
-walk the tile table t = pid, pid + G, pid + 2G, ... in the Plan's execution order. The tile count is read
-from the Plan's 0-d tensor inside the kernel, so launching never syncs with the host. A tile covers rows
-[row_start, row_end) of one local expert (ragged: rows past row_end are masked) and one BLOCK_N column
-block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1), autotuning picks
-BLOCK_K, num_warps and num_stages. Accumulation is fp32; the layer0 epilogue applies the activation
-(swiglu: two accumulators, gate and up columns of the same output block, in one program).
-On Hopper (sm_90) `grouped_gemm(impl="auto")` runs the Gluon kernel of kernels/gluon_gemm.py instead (same
-tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it pipelines the
-K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no autotuning. This
-module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU) and shares its
-tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of
-the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): this kernel layer1 0.85-1.06, layer0
-(gathered, gelu) 0.70-0.83; the Gluon kernel with this module's defaults layer1 0.91-1.10, layer0 (gelu)
-0.79-0.90, 0.83-0.96 with A already in shared-row order (results of 2026-11-25).
+The kernel is persistent: num_programs programs (at most the SMs, so that SMs can be left to communication
+programs) walk the tile table t = pid, pid + num_programs, ... in the Plan's execution order. The tile count
+is read from the Plan's 0-d tensor inside the kernel, so launching never syncs with the host. A tile covers
+rows [row_start, row_end) of one local expert (ragged: rows past row_end are masked) and one BLOCK_N column
+block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1); BLOCK_K, num_warps
+and num_stages come from the autotuner or a kernels.options.TileConfig. Accumulation is fp32; the layer0
+epilogue applies the activation (swiglu: two accumulators, gate and up columns of the same output block, in
+one program).
+On Hopper (sm_90) `grouped_gemm` runs the Gluon kernel of kernels/gluon_gemm.py instead (GemmOptions.impl
+"auto"; same tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it
+pipelines the K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no
+autotuning. This module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU)
+and shares its tile code with the fused kernels. Both against cuBLAS and torch._grouped_mm:
+results/grouped_gemm/README.md.
 
     >>> import torch
     >>> from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
@@ -56,10 +55,10 @@ from kernels.row_gather import gather_rows
 from kernels.tma import descriptor, tma_ok
 
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
-# pregather=None copies gathered rows first where the weights have at least this many columns: the copy
-# (4 bytes per A element at ~3-4 TB/s) then costs <= ~8% of the GEMM, less than the in-kernel gather does.
-# H200 (results/grouped_gemm, h200_pregather): Mixtral (14336 columns) +2-9%, Phi-3.5 (6400) 0 to +15%,
-# Qwen2 (1408) -10 to -13%; swiglu counts its gate and up columns.
+# GemmOptions.pregather=None copies gathered rows first (kernels/row_gather.py) on the Gluon kernel where the
+# weights have at least this many columns (swiglu counts gate and up): the copy moves 4 bytes per A element
+# and grows with D_IN, the GEMM with D_IN x D_OUT', so only wide weights leave it cheap beside the GEMM and
+# below what the in-kernel gather costs (measured: results/grouped_gemm/README.md, Pregather).
 PREGATHER_MIN_COLS = 4096
 _sm_count_cache: dict[int, int] = {}
 
@@ -147,7 +146,6 @@ def _grouped_gemm_kernel(
             a_rows = tl.load(a_row_ptr + offs_m, mask=mask_m, other=0)
         else:
             a_rows = tl.where(mask_m, offs_m, row_start)
-        # (issue 5: a tile waits here for the arrival flags of the source ranks of its rows.)
 
         offs_n = col * BLOCK_N + arange_n
         # Columns past D_OUT read column 0 instead; the hints keep B loads vectorised (16-byte groups are

@@ -1,4 +1,4 @@
-"""The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.reference.
+"""The fused layer0 / layer1 kernels in an emulated world (W ranks in one process) against comet.core.reference.
 
 Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before the kernels
 are imported) in float32/float16 on tiny shapes (N = K = 32, M <= 64, 16-wide tiles): EP=2, EP=4, TP=2,
@@ -56,7 +56,7 @@ def _world(model, par, cap=64, dtype=torch.float32, **kw) -> EmulatedWorld:
 
 
 def _check_forward(world, model, par, routing, policy, dtype, seed=0, what="", weights=None, x=None, **kw):
-    """One fused forward against comet.reference.moe_forward (float64); returns the fused output."""
+    """One fused forward against comet.core.reference.moe_forward (float64); returns the fused output."""
     M = routing.num_tokens
     w = weights or random_weights(model, seed=seed)
     x = random_tokens(M, model.hidden_N, seed=seed + 1) if x is None else x
@@ -115,7 +115,7 @@ def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, s
         comm = SMALL_COMM.replace(pipelined=pipelined, send_block=send_block)
         outs.append(_check_forward(world, model, par, routing, policy, dtype, layer1_kwargs={"comm": comm},
                                    what=f"pipelined={pipelined} send_block={send_block} EP={ep} TP={tp}"))
-        combs.append([world.buffers(r).combine_MSN.clone() for r in world.ranks])
+        combs.append([world.buffers(r).combine_MLN.clone() for r in world.ranks])
     for i, pipelined in enumerate((True, False), start=1):
         assert torch.equal(outs[i], outs[0]), f"pipelined={pipelined}: output differs bitwise from item by item"
         for r, (a, b) in enumerate(zip(combs[i], combs[0], strict=True)):
@@ -184,7 +184,7 @@ def combine_problems(world, plan, routing, par) -> list[str]:
     problems = []
     for o in range(W):
         lo, hi = owned_range(M, W, o)
-        comb = world.buffers(o).combine_MSN.cpu().float()
+        comb = world.buffers(o).combine_MLN.cpu().float()
         for t in range(lo, hi):
             groups = sorted({int(e) // E_loc for e in routing.topk_ids_MK[t].tolist()})
             for j in range(len(groups) * par.tp):
