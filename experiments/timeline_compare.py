@@ -91,7 +91,8 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ the case
 def case_of(a) -> dict:
     return {"model": a.model, "tokens": a.tokens, "ep": a.ep, "tp": 1, "nc_layer1": a.nc, "nc_layer0": a.nc0,
-            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or defaults.GPU_HARDWARE, "rank": a.rank}
+            "variant": a.variant, "routing": a.routing, "seed": a.seed, "hw": a.hw or defaults.GPU_HARDWARE,
+            "rank": a.rank}
 
 
 def build(case: dict, hardware: HardwareProfile, device="cpu") -> tuple[Plan, object, ModelConfig, ParallelConfig]:

@@ -224,7 +224,8 @@ def emulated_profiles(ap: argparse.ArgumentParser, a: argparse.Namespace, hw: Ha
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--measured", required=True, help="CSV of benchmarks.fused_layers (emulated world, one GPU)")
-    ap.add_argument("--hw", default=defaults.GPU_HARDWARE, help="hardware profile: name or JSON (e.g. profiles/h200_x1.json)")
+    ap.add_argument("--hw", default=defaults.GPU_HARDWARE,
+                    help="hardware profile: name or JSON (e.g. profiles/h200_x1.json)")
     ap.add_argument("--calibration", default=None,
                     help="comet.calibrate CSV with comm_program_local_gbps rows (the emulated link's rates)")
     ap.add_argument("--per-program-gbps", type=float, default=None, help="override: one layer0 program's rate")

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", default="balanced", choices=ROUTINGS)
     g.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
     g.add_argument("--seed", type=int, default=0, help="routing seed")
-    g.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"hardware profile: one of {', '.join(HARDWARE)} or a .json file")
+    g.add_argument("--hw", default=defaults.SIM_HARDWARE,
+                   help=f"hardware profile: one of {', '.join(HARDWARE)} or a .json file")
     g.add_argument("--ranks-per-node", type=int, help="GPUs per node (default: the profile's); more ranks "
                                                       "than this talk over the NIC")
     g = ap.add_argument_group("schedule")

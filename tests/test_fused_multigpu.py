@@ -21,7 +21,8 @@ import pytest
 import torch
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
-    os.environ.setdefault(_k, _v)  # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
+    # before torch.distributed starts (multicast must stay off on shared machines: docs/GPU_FACTS.md)
+    os.environ.setdefault(_k, _v)
 
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig  # noqa: E402
 from comet.core.ownership import token_owner  # noqa: E402

@@ -14,8 +14,8 @@ Layer0 tile orders (`Policy.order`), applied to row blocks, then swizzled in gro
                      local-only blocks first, then those waiting on the fewest, earliest ranks;
     "arrival-order": key (max arrival pos, expert, block);
     "expert-major":  key (expert, block): a plain grouped GEMM, blind to communication.
-Layer1 tiles are column-block-major across all experts (the paper's mechanism 2, docs/PAPER_NOTES.md): column block c's tiles,
-every expert, before column block c+1's, so the top-k reduce and send of block c start early.
+Layer1 tiles are column-block-major across all experts (the paper's mechanism 2, docs/PAPER_NOTES.md): column
+block c's tiles, every expert, before column block c+1's, so the top-k reduce and send of block c start early.
 
 Communication work: layer0 chunks (source rank, range of U) in arrival order, never spanning two sources;
 chunk i belongs to communication block i % nc_layer0; flag[s] reaches `l0_chunks_per_src_W[s]` when all of

@@ -1,10 +1,10 @@
 """`auto_nc(plan, routing)`: n_c chosen by the simulator and cached per shape bucket.
 
 Comet profiles pre-compiled kernels offline and looks n_c up by shape at run time (the paper's mechanism 4,
-docs/PAPER_NOTES.md). Here the profile is a simulation (`comet.tuning.sweep.best_nc`: each layer alone, every candidate n_c) and the
-lookup is a dict keyed by a *shape bucket*: everything the best n_c depends on (model shape, EP x TP,
-hardware name and figures, the Policy's fields other than n_c, the tuning's candidates and options), with
-the token count rounded to the nearest power of two and the load imbalance (the busiest EP group's
+docs/PAPER_NOTES.md). Here the profile is a simulation (`comet.tuning.sweep.best_nc`: each layer alone, every
+candidate n_c) and the lookup is a dict keyed by a *shape bucket*: everything the best n_c depends on (model
+shape, EP x TP, hardware name and figures, the Policy's fields other than n_c, the tuning's candidates and
+options), with the token count rounded to the nearest power of two and the load imbalance (the busiest EP group's
 assignments over the mean) rounded to steps of LOAD_STEP.
 
 A miss syncs with the host, builds the plan's CPU tables if needed and runs 2 x len(candidates) layer
@@ -80,13 +80,14 @@ def hardware_fingerprint(hw) -> str:
 class NcCache:
     """Tuned n_c per shape bucket: an in-process dict, optionally backed by a JSON file.
 
-    candidates (default comet.tuning.sweep.NC_CANDIDATES) and options (SimOptions of the layer simulations) belong to the
-    cache: they are part of every key, so one file can serve caches with different settings. `hits` and
+    candidates (default comet.tuning.sweep.NC_CANDIDATES) and options (SimOptions of the layer simulations) belong
+    to the cache: they are part of every key, so one file can serve caches with different settings. `hits` and
     `misses` count lookups."""
 
     def __init__(self, path: str | os.PathLike | None = None, candidates=None, options: SimOptions | None = None):
         self.path = Path(path) if path else None
-        self.candidates = tuple(sorted(set(int(c) for c in (sweep.NC_CANDIDATES if candidates is None else candidates))))
+        given = sweep.NC_CANDIDATES if candidates is None else candidates
+        self.candidates = tuple(sorted(set(int(c) for c in given)))
         if not self.candidates:
             raise ValueError("NcCache needs at least one candidate n_c")
         self.options = (options or SimOptions()).replace(record=False)

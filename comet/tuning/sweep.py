@@ -13,9 +13,9 @@ cheap because the Plan's tables do not depend on n_c (`sim.run.with_policy`).
 
 from __future__ import annotations
 
+import sim.run  # best_nc calls sim.run.simulate by attribute: tests count its calls
 from comet.core.plan import Plan
 from sim.options import SimOptions
-import sim.run  # best_nc calls sim.run.simulate by attribute: tests count its calls
 from sim.run import with_policy
 
 # The one candidate list: the best n_c on the paper's shapes lies in 8..64 (results/nc_auto), a ~1.4x ladder
