@@ -7,18 +7,16 @@ layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), L combine slots p
 
 Thread-block specialisation (docs/PAPER_NOTES.md, mechanism 3), one launch of num_gemm + num_comm programs
 (num_comm = Policy.nc_layer1):
-    programs [0, num_gemm)  GEMM: the Plan's column-block-major tiles t = pid, pid + num_gemm, ... of
-                          y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
-    the next num_comm     communication: work item i = (column block i // C, send chunk i % C), in
-                          column-block-major order, belongs to communication program i % num_comm. It waits
-                          until count[col] == l1_tiles_per_col, then for each send of the chunk sums its rows
-                          rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
-                          and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
-                          store through the peer table), then adds the chunk's send count to the owner's
-                          combine flag [this rank, col] (release, system scope). By default
-                          (CommConfig.pipelined) the same work runs as a software pipeline over (item, step)
-                          units (kernels/fused_layer1_comm.py), bitwise equal; the item-by-item loop here is
-                          a benchmark variant.
+    GEMM programs [0, num_gemm): the Plan's column-block-major tiles t = pid, pid + num_gemm, ... of
+        y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
+    communication programs [num_gemm, num_gemm + num_comm): work item i = (column block i // C, send chunk
+        i % C), in column-block-major order, belongs to communication program i % num_comm. It waits until
+        count[col] == l1_tiles_per_col, then for each send of the chunk sums its rows
+        rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32 and stores the sum
+        into slot send_slot_S of the owner's combine buffer (a remote store through the peer table), then
+        adds the chunk's send count to the owner's combine flag [this rank, col] (release, system scope). By
+        default (CommConfig.pipelined) the same work runs as a software pipeline over (item, step) units
+        (kernels/fused_layer1_comm.py), bitwise equal; the item-by-item loop here is a benchmark variant.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item

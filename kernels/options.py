@@ -155,8 +155,9 @@ class GemmOptions:
     defaults; measured: results/grouped_gemm/README.md; the defaults are the faster choice or a tie):
     c_tma, whole output tiles of the tl kernel stored through TMA; flatten, the tl kernel's tile loop
     flattened (tl.range(flatten=True)); warp_specialize, its tile loop warp-specialised by Triton
-    (tl.range(warp_specialize=True)); ws_gather=False, the Gluon kernel's gathered A copied by the multiplying
-    warps instead of a loader partition; ws_tma, an A in place loaded by that partition too.
+    (tl.range(warp_specialize=True); Triton 3.6 compiles it to the same sm_90 code as without);
+    ws_gather=False, the Gluon kernel's gathered A copied by the multiplying warps instead of a loader
+    partition; ws_tma, an A in place loaded by that partition too.
     """
 
     impl: str = "auto"
