@@ -30,6 +30,7 @@ from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import make_routing
 from kernels import grouped_gemm as gg
+from kernels.options import GemmOptions
 from kernels.reference_gemm import expert_rows
 from kernels.timing import device_line
 
@@ -90,18 +91,18 @@ def main(argv=None) -> None:
     rows = expert_rows(plan, 0)
     zero_bias = torch.zeros(K, device="cuda", dtype=torch.bfloat16)
     impls = {
-        "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                     fast_gelu=False),
-        "gluon_gelu_fast": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                          fast_gelu=True),
-        "gluon_gelu_packed": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                            fast_gelu="packed"),
-        "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="gluon",
-                                                     activation="none"),
-        "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
-                                                      c_tma=True),
-        "triton_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, impl="triton",
-                                                      c_tma=True, activation="none"),
+        "gluon_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                     options=GemmOptions(impl="gluon", fast_gelu=False)),
+        "gluon_gelu_fast": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                          options=GemmOptions(impl="gluon", fast_gelu=True)),
+        "gluon_gelu_packed": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                            options=GemmOptions(impl="gluon", fast_gelu="packed")),
+        "gluon_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, activation="none",
+                                                     options=GemmOptions(impl="gluon")),
+        "triton_gelu": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                      options=GemmOptions(impl="triton", c_tma=True)),
+        "triton_none": lambda: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True, activation="none",
+                                                      options=GemmOptions(impl="triton", c_tma=True)),
         "cublas_loop": lambda: [torch.mm(x_RN[s:e], w0[i], out=out[s:e]) for i, (s, e) in enumerate(rows) if e > s],
         "cublas_gelu_loop": lambda: [torch._addmm_activation(zero_bias, x_RN[s:e], w0[i], use_gelu=True)
                                      for i, (s, e) in enumerate(rows) if e > s],

@@ -46,9 +46,11 @@ from comet.core.policy import benchmark_policy
 from comet.core.routing import make_routing
 from comet.core.weights import ExpertWeights, shard_weights
 from kernels import grouped_gemm as gg
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 from kernels.moe import stage_tokens
+from kernels.options import GPU_COMM, CommConfig
 from kernels.timing import device_line as _device_line
 from kernels.timing import eager_us as _eager_us
 from kernels.timing import graph_us as _graph_us
@@ -87,6 +89,8 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
 
 
 def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},)) -> None:
+    """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
+    n_c in NC1_SEND_SWEEP; {} is the default."""
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
@@ -173,7 +177,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         if sel.numel():
             lo = owned_range(M, W, d)[0]
             dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
-            dests.append((world.buffers(d).combine_MSN.view(-1, N), sel.cuda(), dst.cuda()))
+            dests.append((world.buffers(d).combine_MLN.view(-1, N), sel.cuda(), dst.cuda()))
     moved1 = sum(int(s.numel()) for _, s, _ in dests) * N * 2
 
     def gemm1():
@@ -193,7 +197,8 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     for nc in NC1:
         for cfg in l1_configs if nc in NC1_SEND_SWEEP else ({},):
             p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
-            fn = lambda p=p, cfg=cfg: fused_layer1(world, p, r0, w1, config=cfg)
+            comm = GPU_COMM.replace(**cfg)
+            fn = lambda p=p, comm=comm: fused_layer1(world, p, r0, w1, comm=comm)
             fn()
             err = _rel_err(world.buffers(r0).y_RN[:R], yref)
             note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
@@ -219,6 +224,19 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
          note="single-shot events, median of 7")
 
 
+def parse_comm_changes(text: str) -> dict:
+    """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig."""
+    fields = {f.name: f for f in dataclasses.fields(CommConfig)}
+    out = {}
+    for kv in text.split(","):
+        key, _, value = kv.partition("=")
+        if key not in fields or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--l1-configs item {kv!r}: use FIELD=INT with FIELD one of {', '.join(fields)}")
+        out[key] = bool(int(value)) if key == "pipelined" else int(value)
+    GPU_COMM.replace(**out)  # a bad value says what is wrong here, not inside the run
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fused_layers", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/fused_layers", help="output folder")
@@ -226,11 +244,11 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", default=None, help=f"comma list model:M:ep (default: {default_cases})")
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
     ap.add_argument("--l1-configs", default="",
-                    help=f"layer1 kernel configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a comma "
-                         f"list KEY=INT (e.g. 'SEND_BLOCK=16;SEND_BLOCK=16,GATHER_3D=1'); default: the default")
+                    help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
+                         f"comma list of kernels.options.CommConfig fields FIELD=INT (e.g. "
+                         f"'send_block=16;pipelined=0,send_block=16'); default: the default")
     a = ap.parse_args(argv)
-    l1_configs = [dict((kv.split("=")[0], int(kv.split("=")[1])) for kv in c.split(",")) for c in
-                  a.l1_configs.split(";") if c] or [{}]
+    l1_configs = [parse_comm_changes(c) for c in a.l1_configs.split(";") if c] or [{}]
     cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
                                            for c in a.cases.split(",")]
     out = Path(a.out)

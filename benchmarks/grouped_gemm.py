@@ -38,19 +38,22 @@ from comet.core.policy import Policy
 from comet.core.routing import make_routing
 from comet.core.tolerances import assert_close
 from kernels import grouped_gemm as gg
+from kernels.options import GemmOptions
 from kernels.reference_gemm import expert_rows, reference_layer0, reference_layer1
 from kernels.timing import device_line, eager_us, graph_us
 
 MODELS = ("mixtral-8x7b", "phi-3.5-moe", "qwen2-moe-2.7b")
 TOKENS = (16384, 4096, 8192)
-# name -> (block_m, block_n0, block_n1, group_m, kernel options). Suffix t: B through TMA (and A too in
-# layer1, which gathers nothing), f: flattened tile loop, w: warp-specialised K loop, p2: two programs per SM;
-# all run kernels/grouped_gemm.py's kernel (impl "triton") unless they say impl "gluon"
+# name -> (block_m, block_n0, block_n1, group_m, options): kernels.options.GemmOptions fields, plus the
+# benchmark's own keys a_tma_l1, programs_per_sm, balanced_programs, sorted_a and activation (`run_case`).
+# Suffix t: B through TMA (and A too in layer1, which gathers nothing), f: flattened tile loop, W: Triton's
+# warp specialisation of the tile loop, p2: two programs per SM; all run kernels/grouped_gemm.py's kernel
+# (impl "triton") unless they say impl "gluon"
 _T = {"b_tma": True, "a_tma_l1": True}
 VARIANTS = {
     "128x256": (128, 256, 256, 8, {}),
     "128x256t": (128, 256, 256, 8, _T),
-    "128x256tW": (128, 256, 256, 8, {**_T, "warp_specialize": "tile_loop"}),
+    "128x256tW": (128, 256, 256, 8, {**_T, "warp_specialize": True}),
     "128x128t": (128, 128, 128, 8, _T),
     "128x128p2": (128, 128, 128, 8, {"programs_per_sm": 2}),
     "128x128tp2": (128, 128, 128, 8, {**_T, "programs_per_sm": 2}),
@@ -167,7 +170,7 @@ def _best_config_str() -> str:
 
 
 def _gluon_config_str(plan, layer: str) -> str:
-    from kernels.gluon_gemm import num_buffers_for
+    from kernels.gluon_host import num_buffers_for
 
     bn = plan.policy.block_n0 if layer == "l0" else plan.policy.block_n1
     n_b = 2 if layer == "l0" and plan.model.activation == "swiglu" else 1
@@ -284,31 +287,37 @@ def run_case(writer, summary, model: ModelConfig, M: int, routing_kind: str, var
                         else reference_layer1(plan0, 0, h, w1, dtype=torch.float32))
         for v, plan in plans.items():
             opts = dict(variants[v][4])
-            opts["num_programs"] = opts.pop("programs_per_sm", 1) * sms
+            kw = {"num_programs": opts.pop("programs_per_sm", 1) * sms}
             if opts.pop("balanced_programs", False):  # as few programs as finish in the same number of waves
                 T = int(getattr(plan.rank(0), f"num_{layer}_tiles"))
-                opts["num_programs"] = -(-T // -(-T // sms))
+                kw["num_programs"] = -(-T // -(-T // sms))
+            if "activation" in opts:
+                kw["activation"] = opts.pop("activation")
             a_tma_l1 = opts.pop("a_tma_l1", False)
+            sorted_a = opts.pop("sorted_a", None)
             opts.setdefault("b_tma", False)  # the layer wrappers' default is TMA where possible: be explicit
             opts.setdefault("impl", "triton")  # and the Gluon kernel where it applies
             if layer == "l1":
                 opts["a_tma"] = a_tma_l1
-            sorted_a = opts.pop("sorted_a", None)
+            elif sorted_a is not None:
+                opts["a_tma"] = True
+            go = GemmOptions(**opts)
             if layer == "l0" and sorted_a == "kernel":
-                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
-                                                                         a_tma=True, **opts)
+                fn = lambda plan=plan, go=go, kw=kw: gg.grouped_gemm_layer0(plan, 0, x_RN, w0, rows_sorted=True,
+                                                                            options=go, **kw)
             elif layer == "l0" and sorted_a == "with_gather":
-                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x.index_select(0, tok_R), w0,
-                                                                         rows_sorted=True, a_tma=True, **opts)
+                fn = lambda plan=plan, go=go, kw=kw: gg.grouped_gemm_layer0(plan, 0, x.index_select(0, tok_R), w0,
+                                                                            rows_sorted=True, options=go, **kw)
             elif layer == "l0":
-                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer0(plan, 0, x, w0, **opts)
+                fn = lambda plan=plan, go=go, kw=kw: gg.grouped_gemm_layer0(plan, 0, x, w0, options=go, **kw)
             else:
-                fn = lambda plan=plan, opts=opts: gg.grouped_gemm_layer1(plan, 0, h, w1, **opts)
+                kw.pop("activation", None)  # (layer1 has none)
+                fn = lambda plan=plan, go=go, kw=kw: gg.grouped_gemm_layer1(plan, 0, h, w1, options=go, **kw)
             try:
                 out = fn()
                 if DEVICE == "cuda":
                     torch.cuda.synchronize()
-                cfg = _gluon_config_str(plan, layer) if opts["impl"] == "gluon" else _best_config_str()
+                cfg = _gluon_config_str(plan, layer) if go.impl == "gluon" else _best_config_str()
                 rel, chk = "", ""
                 if check and "noact" not in v:
                     rel = f"{_rel_err(out[:R], expected):.2e}"

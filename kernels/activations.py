@@ -24,11 +24,11 @@ AS_T = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 # folded for z = |x| / sqrt(2) and the half taken by gelu (kernels/gluon_gemm.py's epilogue): t = 1 / (1 +
 # GELU_P |x|), e/2 = t (GELU_T[0] + t (...)) 2^(GELU_E x^2): ~12 instructions and two MUFU ops an element
 # instead of ~17 (the kernels run at the board's power limit, where instructions cost time). The tl kernel
-# keeps the plain form: with the folded one ptxas spills its 128x256 epilogue (checked with Triton 3.6).
+# keeps the plain form: with the folded one ptxas (Triton 3.6) spills its 128x256 epilogue.
 GELU_P = AS_P / math.sqrt(2.0)
 GELU_T = tuple(c / 2 for c in AS_T)
 GELU_E = -0.5 / math.log(2.0)
-# Fast gelu (kernels/gluon_gemm.py, fast_gelu=True): gelu(x) ~ x/2 (1 + tanh(x (K1 + K3 x2 + K5 x2^2))),
+# Fast gelu (kernels/gluon_gemm.py, GemmOptions.fast_gelu): gelu(x) ~ x/2 (1 + tanh(x (K1 + K3 x2 + K5 x2^2))),
 # x2 = min(x^2, X2_MAX), with one tanh.approx.f32 (a single MUFU op, relative error <= 2^-11): ~7 instructions
 # an element. K1..K5: minimax fit of |error| on x in [-12, 12] (scipy Nelder-Mead, exact tanh): |error| <=
 # 2.6e-5; with tanh.approx's error, <= 2.6e-4 relative for |x| >= 0.5 (bf16 rounds at 2^-9 = 2e-3
@@ -36,12 +36,12 @@ GELU_E = -0.5 / math.log(2.0)
 # argument's sign for |x| > 11.9; past |x| = 5 the tanh is 1 to fp32 precision anyway.
 FAST_GELU_K = (0.7975078842854613, 0.0370056460224696, -0.0003515167885740765)
 FAST_GELU_X2_MAX = 25.0
-# Packed gelu (kernels/gluon_gemm.py, fast_gelu="packed"): the fast form on pairs of bf16 / fp16 values with the
-# GPU's x2 instructions (fma.rn.bf16x2, tanh.approx.bf16x2, ...), every step rounded to the 16-bit type: ~8
+# Packed gelu (kernels/gluon_gemm.py, fast_gelu="packed"): the fast form on pairs of bf16 / fp16 values with
+# the GPU's x2 instructions (fma.rn.bf16x2, tanh.approx.bf16x2, ...), every step rounded to the 16-bit type: ~8
 # instructions per pair instead of ~19, and no conversions. In bf16 the tanh's own rounding (2^-9 near +-1)
-# leaves |error| up to |x| 2^-7.6 where gelu is small (x < -1; measured on the H200, 2^-7.8 with an exact tanh),
-# relative norm error 2.0e-3 vs 1.7e-3 for the fp32 form (N(0, 1) inputs, `packed_gelu_reference`), hence
-# opt-in. fp16: |x| 2^-10.5.
+# leaves |error| up to |x| 2^-7.6 where gelu is small (x < -1; 2^-7.8 with an exact tanh: the GPU test
+# test_gpu_gluon_packed_gelu and `packed_gelu_reference`), relative norm error 2.0e-3 vs 1.7e-3 for the fp32
+# form (N(0, 1) inputs), hence opt-in. fp16: |x| 2^-10.5.
 PACKED_DTYPES = {"bfloat16": "bf16x2", "float16": "f16x2"}
 _LOG2E = tl.constexpr(1.4426950408889634)
 _P = tl.constexpr(AS_P)

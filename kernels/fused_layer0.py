@@ -1,24 +1,26 @@
 """Fused layer0 of one rank: dispatch (token rows from their owners) + grouped GEMM (N -> K/TP) + activation.
 
-Shape legend (as comet/plan.py): M tokens, N hidden, K' = K/TP (gelu) or 2K/TP (swiglu: gate | up) weight
-columns, E local experts, R rows of the rank's shared tensor, T tiles, C communication chunks, U received
-token rows, W ranks.
+Shapes (docs/SHAPES.md): M tokens, N hidden, K' = K/TP (gelu) or 2K/TP (swiglu: gate | up) weight columns,
+E local experts, R rows of the rank's shared tensor, T tiles, C communication chunks, U received token rows,
+W ranks.
 
 Three variants (`Policy.layer0_comm`), one kernel (`MODE`):
-    "blocks"       (MODE 0) programs [0, nc) are communication programs: chunk i of the Plan (one source
-                   rank, rows recv_token_U[start:end]) belongs to program i % nc, which pulls those rows
-                   from the source's receive buffer (peer pointer) into this rank's receive buffer (same
-                   token-id rows) and then adds 1 to flag[source] (release). Programs [nc, nc + G) run the
-                   Plan's layer0 tiles; a tile first waits until flag[s] == l0_chunks_per_src_W[s] for
+    "blocks"       (MODE 0) programs [0, num_comm) are communication programs (num_comm =
+                   Policy.nc_layer0): chunk i of the Plan (one source rank, rows recv_token_U[start:end])
+                   belongs to program i % num_comm, which pulls those rows from the source's receive buffer
+                   (peer pointer) into this rank's receive buffer (same token-id rows), CommConfig.pull_rows
+                   x pull_cols elements a step, and then adds 1 to flag[source] (release). The next num_gemm
+                   programs run the Plan's layer0 tiles; a tile first waits until flag[s] == l0_chunks_per_src_W[s] for
                    every source s in l0_tile_src_mask_T (a bit mask of the ranks owning its rows), then
                    gathers its A rows from the local receive buffer. The last program to finish resets the
                    flags to 0, so the next call needs no host-side clearing.
     "direct"       (MODE 1) no communication programs: each tile gathers its A rows straight from the
                    owners' receive buffers through the peer-pointer table (row_src_R picks the peer).
-    "copy-engine"  (MODE 2) as the released Comet code: a side stream copies each source rank's whole
-                   shard (the rows it owns, all of them) with `copy_` and then writes flag[s] = epoch;
-                   tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM programs do not
-                   fill the GPU (sms - Policy.copy_engine_reserved_sms) so that a copy or flag write that needs an SM can run.
+    "copy-engine"  (MODE 2) as the released Comet code (docs/PAPER_NOTES.md): a side stream copies each
+                   source rank's whole shard (the rows it owns, all of them) with `copy_` and then writes
+                   flag[s] = epoch; tiles wait for flag[s] == epoch (epoch-valued: never reset). The GEMM
+                   programs do not fill the GPU (SMs - Policy.copy_engine_reserved_sms) so that a copy or
+                   flag write that needs an SM can run.
 Program order is chosen so that Triton's interpreter, which runs programs one after another in id order,
 completes every producer before its consumers: communication programs have the low ids.
 
@@ -42,6 +44,7 @@ from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
 from kernels.activations import ACTIVATIONS, apply_activation
 from kernels.grouped_gemm import sm_count
+from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import (
     REC_GEMM0,
@@ -56,20 +59,12 @@ from kernels.timeline import (
 from kernels.tma import descriptor
 
 VARIANTS = {"blocks": 0, "direct": 1, "copy-engine": 2}
-# Fixed configs (no autotuning: the kernels have side effects on flags and peers, which an autotuner's
-# repeated trial launches would multiply). GPU: Hopper bf16; SMALL: the interpreter and tiny tests.
-GPU_CONFIG = {"BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "COMM_ROWS": 32, "COMM_COLS": 256}
-SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1, "COMM_ROWS": 16, "COMM_COLS": 16}
 
 _WAIT_L0_ARRIVAL = tl.constexpr(1)  # kernels.signals.WAIT_L0_ARRIVAL
 _WAIT_L0_COPY = tl.constexpr(2)  # kernels.signals.WAIT_L0_COPY
 _REC_GEMM0 = tl.constexpr(REC_GEMM0)  # kernels/timeline.py record kinds
 _REC_GEMM0_DIRECT = tl.constexpr(REC_GEMM0_DIRECT)
 _REC_PULL = tl.constexpr(REC_PULL)
-
-
-def default_config(device) -> dict:
-    return dict(GPU_CONFIG if torch.device(device).type == "cuda" else SMALL_CONFIG)
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -180,7 +175,7 @@ def _fused_layer0_kernel(
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
     else:
-        # --- GEMM program: the Plan's layer0 tiles t = g, g + G, ...
+        # --- GEMM program: the Plan's layer0 tiles t = g, g + num_gemm, ...
         g = pid - num_comm
         if INSTRUMENT:
             n_rec = 0
@@ -270,9 +265,9 @@ def write_flag(flags_F: torch.Tensor, index: int, value: int) -> None:
 
 
 def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | None = None,
-                 activation: str | None = None, num_programs: int | None = None, config: dict | None = None,
-                 b_tma: bool | None = None, max_spin: int | None = None, out_RK: torch.Tensor | None = None,
-                 timeline=None) -> torch.Tensor:
+                 activation: str | None = None, num_programs: int | None = None, tile: TileConfig | None = None,
+                 comm: CommConfig | None = None, b_tma: bool | None = None, max_spin: int | None = None,
+                 out_RK: torch.Tensor | None = None, timeline=None) -> torch.Tensor:
     """Layer0 of `rank` in workspace `ws`: out_RK[r] = act(x[row_token_R[r]] @ w0_ENK[expert(r)]).
 
     The token rows must already be in the owners' receive buffers (`ws.buffers(s).recv_MN`, rows indexed by
@@ -281,7 +276,10 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     (swiglu). variant: "blocks" | "direct" | "copy-engine" (default plan.policy.layer0_comm). Returns
     ws.buffers(rank).h_RK[:R_max] (or out_RK), (R_max, K/TP) in the tokens' dtype; rows past the plan's
     num_rows are not written. num_programs: GEMM programs (default: SMs - nc for blocks, SMs for direct,
-    SMs - Policy.copy_engine_reserved_sms for copy-engine). config: {"BLOCK_K", "num_warps", "num_stages", "COMM_ROWS", "COMM_COLS"}.
+    SMs - Policy.copy_engine_reserved_sms for copy-engine). tile / comm: the GEMM programs' tile loop and the
+    communication programs' pull step (kernels.options; default: kernels.options.default_tile / default_comm
+    of the device: fixed, no autotuning, since the kernel's flag and peer side effects would repeat with
+    every trial launch of an autotuner).
     No host sync; the call is asynchronous on the current stream (copy-engine: plus the rank's side stream).
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every chunk and tile
     (GPU only; the copy-engine variant's side-stream copies are not kernels and are not recorded).
@@ -313,7 +311,8 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         out_RK = buf.h_RK[:R_max]
     if out_RK.shape != (R_max, k_out) or out_RK.dtype != recv.dtype or not out_RK.is_contiguous():
         raise ValueError(f"out_RK must be a contiguous ({R_max}, {k_out}) {recv.dtype} tensor")
-    cfg = {**default_config(dev), **(config or {})}
+    tile = default_tile(dev) if tile is None else tile
+    comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)
     nc = pol.nc_layer0 if variant == "blocks" else 0
     if variant == "blocks" and nc < 1:
@@ -331,7 +330,7 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         b_tma = dev.type == "cuda" and (k_cols * w0_ENK.element_size()) % 16 == 0
     b_desc = w0_ENK
     if b_tma:
-        b_desc = descriptor(w0_ENK.view(E_loc * N, k_cols), [cfg["BLOCK_K"], pol.block_n0])
+        b_desc = descriptor(w0_ENK.view(E_loc * N, k_cols), [tile.block_k, pol.block_n0])
     epoch = ws.next_copy_epoch(rank) if variant == "copy-engine" else 0
     lay = ws.layout
     spin = ws.max_spin if max_spin is None else max_spin
@@ -363,9 +362,9 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
             recv.stride(0), w0_ENK.stride(0), w0_ENK.stride(1), w0_ENK.stride(2), out_RK.stride(0))
     _fused_layer0_kernel[(nc + num_programs,)](
         *args, MODE=VARIANTS[variant], ACTIVATION=ACTIVATIONS[act], BLOCK_M=pol.block_m, BLOCK_N=pol.block_n0,
-        BLOCK_K=cfg["BLOCK_K"], EVEN_K=N % cfg["BLOCK_K"] == 0, B_TMA=b_tma, COMM_ROWS=cfg["COMM_ROWS"],
-        COMM_COLS=cfg["COMM_COLS"], INSTRUMENT=timeline is not None, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        BLOCK_K=tile.block_k, EVEN_K=N % tile.block_k == 0, B_TMA=b_tma, COMM_ROWS=comm.pull_rows,
+        COMM_COLS=comm.pull_cols, INSTRUMENT=timeline is not None, num_warps=tile.num_warps,
+        num_stages=tile.num_stages)
     if variant == "copy-engine" and dev.type == "cuda":
         torch.cuda.current_stream(dev).wait_stream(ws.side_stream(rank))
     return out_RK

@@ -1,37 +1,31 @@
 """Fused layer1 of one rank: grouped GEMM (K/TP -> N) + top-k weighted reduction + combine (remote stores
-into the owners' combine buffers), and the owner's final reduction of its tokens' partial sums.
+into the owners' combine buffers). The owners then sum what they received (kernels/combine.py).
 
-Shape legend (as comet/plan.py): M tokens, N hidden, K = K/TP rows of the layer1 weight, E local experts,
-R rows of the rank's shared tensor, T tiles, S sends (token, owner), C send chunks, W ranks,
-N1 layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), SL combine slots per token.
+Shapes (docs/SHAPES.md): M tokens, N hidden, K/TP rows of the layer1 weight, E local experts, R rows of the
+rank's shared tensor, T tiles, S sends (one (token, owner) partial sum each), C send chunks, W ranks, N1
+layer1 column blocks (BLOCK_N = Policy.block_n1 columns each), L combine slots per token.
 
-Thread-block specialisation (PAPER.md mechanism 3), one launch, grid = G + nc programs:
-    programs [0, G)       GEMM: the Plan's column-block-major tiles t = pid, pid + G, ... of
-                          y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
-    programs [G, G + nc)  communication: work item i = (column block i // C, send chunk i % C), in
-                          column-block-major order, belongs to program i % nc. It waits until count[col] ==
-                          l1_tiles_per_col, then for each send of the chunk sums its rows
-                          rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32
-                          and stores the sum into slot send_slot_S of the owner's combine buffer (a remote
-                          store through the peer table), then adds the chunk's send count to the owner's
-                          combine flag [this rank, col] (release, system scope). config PIPELINE >= 1 runs
-                          the same work as a software pipeline over (item, step) units (`_comm_pipelined`),
-                          bitwise equal.
+Thread-block specialisation (docs/PAPER_NOTES.md, mechanism 3), one launch of num_gemm + num_comm programs
+(num_comm = Policy.nc_layer1):
+    GEMM programs [0, num_gemm): the Plan's column-block-major tiles t = pid, pid + num_gemm, ... of
+        y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
+    communication programs [num_gemm, num_gemm + num_comm): work item i = (column block i // C, send chunk
+        i % C), in column-block-major order, belongs to communication program i % num_comm. It waits until
+        count[col] == l1_tiles_per_col, then for each send of the chunk sums its rows
+        rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32 and stores the sum
+        into slot send_slot_S of the owner's combine buffer (a remote store through the peer table), then
+        adds the chunk's send count to the owner's combine flag [this rank, col] (release, system scope). By
+        default (CommConfig.pipelined) the same work runs as a software pipeline over (item, step) units
+        (kernels/fused_layer1_comm.py), bitwise equal; the item-by-item loop here is a benchmark variant.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
 communication programs wait. The last program to finish resets the column counts.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
 it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/timeline.py).
 
-The owner's reduce (`combine_reduce`, a separate small launch after every rank's layer1 was launched):
-program (token block, column block) waits until combine flag [s, col] == expected[s] for every source s
-(expected: the number of the owner's tokens that s sends to, the Plan's `combine_expected_W`), then sums slots
-0 .. token_num_slots_M[t] - 1 of each token in slot order (fp32) and stores out[t]. The last program of a
-column block subtracts the expected counts from its flags (back to 0 for the next call).
-
 Determinism: every partial sum is computed by exactly one program in a fixed row order, and the owner sums
 slots in a fixed order, with no floating-point atomics: results are bitwise reproducible run to run for a
-given routing, policy and config, whatever nc_layer1 or the number of GEMM programs (they decide who
-computes, not how). They are not bitwise equal to comet.reference (different summation order).
+given routing, policy and options, whatever nc_layer1 or the number of GEMM programs (they decide who
+computes, not how). They are not bitwise equal to comet.core.reference (different summation order).
 """
 
 from __future__ import annotations
@@ -40,36 +34,21 @@ import torch
 import triton
 import triton.language as tl
 
-from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
-from kernels.fused_layer0 import default_config, tile_matmul
+from kernels.fused_layer0 import tile_matmul
+from kernels.fused_layer1_comm import comm_pipelined, first_owned_token
 from kernels.grouped_gemm import sm_count
+from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
 from kernels.tma import descriptor
 
 _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
-_WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
 _REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
 _REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
-# config PIPELINE: the communication programs' software pipeline (see _comm_pipelined). On one H200 it
-# moves ~2x the bytes per program of the item-by-item loop (Qwen2 layer1 at n_c=16: 398 vs 780 us) and ties
-# where the GEMM dominates (results/fused_layers/h200_l1_pipeline_2026-11-24.csv).
-DEFAULT_PIPELINE = 1
-# sends per reduce step on the GPU: 32 pipelined (all of a step's loads are in flight together), 16 item by
-# item (3-9% faster than 32 there); the interpreter's tests use 16
-GPU_SEND_BLOCK, GPU_ITEM_SEND_BLOCK, SMALL_SEND_BLOCK = 32, 16, 16
-GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@triton.jit
-def first_owned_token(s, M, W):
-    """The first global token rank s owns: comet.core.ownership.owned_range(M, W, s)[0] in the kernels' language
-    (tests/test_ownership.py checks the two agree)."""
-    return (s * M + W - 1) // W
-
-
 @triton.jit(do_not_specialize=["max_spin", "trace_slots"])
 def _fused_layer1_kernel(
     # pointers
@@ -87,8 +66,7 @@ def _fused_layer1_kernel(
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
-    TOPK_P2: tl.constexpr, GATHER_3D: tl.constexpr, COMBINE_SCOPE: tl.constexpr, INSTRUMENT: tl.constexpr = False,
-    PIPELINE: tl.constexpr = 0,
+    INSTRUMENT: tl.constexpr = False, PIPELINED: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
@@ -139,13 +117,13 @@ def _fused_layer1_kernel(
             n_rec = 0
         num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
         tiles_per_col = tl.load(tiles_per_col_ptr)
-        if PIPELINE:
-            n_pipe = _comm_pipelined(
+        if PIPELINED:
+            n_pipe = comm_pipelined(
                 cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
                 col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
                 sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
                 rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, COMBINE_SCOPE, PIPELINE, INSTRUMENT)
+                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
             if INSTRUMENT:
                 n_rec = n_pipe
         else:
@@ -176,34 +154,23 @@ def _fused_layer1_kernel(
                     mask_s = offs_s < end
                     r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
                     r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
-                    if GATHER_3D:
-                        # all of a send's rows in one gather: one chain of dependent loads per step, not one per row
-                        offs_j = tl.arange(0, TOPK_P2)
-                        valid2 = mask_s[:, None] & (r0[:, None] + offs_j[None, :] < r1[:, None])
-                        row2 = tl.load(rows_by_send_ptr + r0[:, None] + offs_j[None, :], mask=valid2, other=0)
-                        w2 = tl.load(row_weight_ptr + row2, mask=valid2, other=0.0)
-                        y3 = tl.load(y_ptr + row2[:, :, None] * stride_ym + offs_n[None, None, :],
-                                     mask=mask_n[None, None, :], other=0.0, cache_modifier=".cg")
-                        acc = tl.sum(tl.where(valid2[:, :, None], w2[:, :, None] * y3.to(tl.float32), 0.0), axis=1)
-                    else:
-                        acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-                        for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                            valid = mask_s & (r0 + j < r1)
-                            row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
-                            w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                            # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                            # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
-                            # of 16
-                            y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                        mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
-                            acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
+                    acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                    for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                        valid = mask_s & (r0 + j < r1)
+                        row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                        w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                        # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                        # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
+                        # of 16
+                        y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                    mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                        acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
                     tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
                     slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
                     dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
                     tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
                 peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32),
-                           COMBINE_SCOPE)
+                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
                 if INSTRUMENT:
                     t_end = global_timer_ns()
                     trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
@@ -219,282 +186,22 @@ def _fused_layer1_kernel(
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
-@triton.jit
-def _zero(ptr):
-    """A new scalar 0 of the pointer's element type."""
-    return tl.full((), 0, ptr.dtype.element_ty)
-
-
-@triton.jit
-def _zeros(ptr, N: tl.constexpr):
-    return tl.zeros((N,), ptr.dtype.element_ty)
-
-
-@triton.jit
-def _comm_pipelined(
-    cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots, col_max,
-    max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
-    send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
-    row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-    BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, COMBINE_SCOPE: tl.constexpr,
-    PIPELINE: tl.constexpr, INSTRUMENT: tl.constexpr,
-):
-    """The communication program's work as a software pipeline over units (item, step), PIPELINE >= 1.
-
-    Unit w of this program: item cp + (w // steps) * num_comm, step w % steps (sends start + step * SEND_BLOCK
-    .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing units of a
-    short chunk are empty and masked). Iteration v runs five stages, one unit each, so the dependent loads of
-    one unit's chain are issued an iteration apart and overlap other units' loads:
-        S4 unit v:     chunk start / end
-        S3 unit v - 1: destination, send_row_start / end, token, slot
-        S2 unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
-        S1 unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one iteration)
-        S0 unit v - 4: fp32 weighted sum (same rows, order and ops as PIPELINE=0: bitwise equal), remote store;
-                       after the item's last step, signal the owner with the item's send count.
-    PIPELINE=2 also batches the signals: consecutive items of this program with the same owner and column
-    block send one signal carrying their summed count (fewer system-scope release fences; the owner's totals
-    are unchanged). Signals of an item follow the wait for the next item's column (one unit later).
-    INSTRUMENT: one record per item, begin = ready = its first unit's S0, end = after its last unit's S0.
-    Machine code (Triton 3.6, sm_90): ptxas copies the loop-carried registers at the loop's back edge, so
-    each iteration waits for the loads it issued: a unit costs about one memory latency (all its stages'
-    loads in flight together) where PIPELINE=0 pays ~3 dependent latencies per step and ~3 more per item; a
-    larger SEND_BLOCK now moves more data per latency.
-    """
-    arange_s = tl.arange(0, SEND_BLOCK)
-    arange_n = tl.arange(0, BLOCK_N)
-    comb_elem = comb_ptr.dtype.element_ty
-    nch = tl.maximum(num_chunks, 1).to(tl.int32)
-    n_units = ((num_chunks * col_blocks - cp + num_comm - 1) // num_comm * steps).to(tl.int32)
-    n_rec = 0
-    zero_i = tl.full((), 0, tl.int32)
-    # loop-carried state, named by the stage that consumes it next. Every initial value is a distinct zero:
-    # the compiler keeps a variable loop-carried only if its value object changes in the body, which a
-    # shift `a = b` of two variables bound to one shared zero would not do (they would fold to the constant).
-    # Per-send vectors are carried compactly: a send's row count nv (int32; its rows' validity is j < nv,
-    # as r0 + j < r1) and its combine row (tok - first_tok) * slots + slot (int32), each computed one stage
-    # after its loads arrived.
-    ready_cols = tl.full((), 0, tl.int32)
-    # a unit's step, column block and item, decoded once (S4) and passed down with it
-    k3 = tl.full((), 0, tl.int32)
-    k2 = tl.full((), 0, tl.int32)
-    k1 = tl.full((), 0, tl.int32)
-    k0 = tl.full((), 0, tl.int32)
-    col1 = tl.full((), 0, tl.int32)
-    col0 = tl.full((), 0, tl.int32)
-    col2 = tl.full((), 0, tl.int32)
-    col3 = tl.full((), 0, tl.int32)
-    item3 = tl.full((), 0, tl.int32)
-    item2 = tl.full((), 0, tl.int32)
-    item1 = tl.full((), 0, tl.int32)
-    item0 = tl.full((), 0, tl.int32)
-    st3 = _zero(chunk_start_ptr)
-    en3 = _zero(chunk_start_ptr)
-    st2 = _zero(chunk_start_ptr)
-    en2 = _zero(chunk_start_ptr)
-    d2 = _zero(send_dest_ptr)
-    r0_2 = _zeros(send_row_start_ptr, SEND_BLOCK)
-    r1_2 = _zeros(send_row_end_ptr, SEND_BLOCK)
-    tok2 = _zeros(send_token_ptr, SEND_BLOCK)
-    slot2 = _zeros(send_slot_ptr, SEND_BLOCK)
-    en1 = _zero(chunk_start_ptr)
-    st1 = _zero(chunk_start_ptr)
-    d1 = _zero(send_dest_ptr)
-    cb1 = _zero(comb_peers_ptr)
-    pf1 = _zero(sflag_peers_ptr)
-    nv1 = tl.zeros((SEND_BLOCK,), tl.int32)
-    crow1 = tl.zeros((SEND_BLOCK,), tl.int32)
-    rows1 = ()
-    for _j in tl.static_range(TOPK_LOCAL):
-        rows1 = rows1 + (_zeros(rows_by_send_ptr, SEND_BLOCK),)
-    en0 = _zero(chunk_start_ptr)
-    st0 = _zero(chunk_start_ptr)
-    d0 = _zero(send_dest_ptr)
-    cb0 = _zero(comb_peers_ptr)
-    pf0 = _zero(sflag_peers_ptr)
-    nv0 = tl.zeros((SEND_BLOCK,), tl.int32)
-    crow0 = tl.zeros((SEND_BLOCK,), tl.int32)
-    w0 = ()
-    y0 = ()
-    for _j in tl.static_range(TOPK_LOCAL):
-        w0 = w0 + (_zeros(row_weight_ptr, SEND_BLOCK),)
-        y0 = y0 + (tl.zeros((SEND_BLOCK, BLOCK_N), y_ptr.dtype.element_ty),)
-    cnt = tl.full((), 0, tl.int64)  # sends of items stored but not signalled yet (PIPELINE=2)
-    t_item = tl.full((), 0, tl.int64)
-    for v_ in range(0, n_units + 4):
-        v = zero_i + v_  # a tensor (the interpreter's loop index is a Python int)
-        # ---- S4 (unit v): the item's chunk bounds
-        ok4 = v < n_units
-        q4 = tl.minimum(v, n_units) // steps
-        k4n = tl.minimum(v, n_units) - q4 * steps
-        item4n = cp + q4 * num_comm
-        col4n = item4n // nch
-        ch4 = item4n - col4n * nch
-        st4n = tl.load(chunk_start_ptr + ch4, mask=ok4, other=0)
-        en4n = tl.load(chunk_end_ptr + ch4, mask=ok4, other=0)
-        # ---- S3 (unit v - 1): destination, the step's sends' row ranges, tokens and slots
-        w3 = v - 1
-        ok3 = (w3 >= 0) & (w3 < n_units)
-        offs_s3 = st3 + k3 * SEND_BLOCK + arange_s
-        mask_s3 = offs_s3 < tl.where(ok3, en3, -1)  # offs_s3 >= 0
-        d3n = tl.load(send_dest_ptr + st3, mask=ok3, other=0)  # one destination per chunk
-        r0_3n = tl.load(send_row_start_ptr + offs_s3, mask=mask_s3, other=0)
-        r1_3n = tl.load(send_row_end_ptr + offs_s3, mask=mask_s3, other=0)
-        tok3n = tl.load(send_token_ptr + offs_s3, mask=mask_s3, other=0)
-        slot3n = tl.load(send_slot_ptr + offs_s3, mask=mask_s3, other=0)
-        # ---- S2 (unit v - 2): the sends' rows (all issued before any is used), the owner's pointers
-        w2 = v - 2
-        ok2 = (w2 >= 0) & (w2 < n_units)
-        offs_s2 = st2 + k2 * SEND_BLOCK + arange_s
-        mask_s2 = offs_s2 < tl.where(ok2, en2, -1)
-        nv2n = tl.where(mask_s2, r1_2 - r0_2, 0).to(tl.int32)
-        rows2n = ()
-        for j in tl.static_range(TOPK_LOCAL):
-            rows2n = rows2n + (tl.load(rows_by_send_ptr + r0_2 + j, mask=j < nv2n, other=0),)
-        cb2n = tl.load(comb_peers_ptr + d2, mask=ok2, other=0)
-        pf2n = tl.load(sflag_peers_ptr + d2, mask=ok2, other=0)
-        first_tok2 = first_owned_token(d2, M, world)
-        crow2n = ((tok2 - first_tok2) * slots + slot2).to(tl.int32)  # < tokens per owner * slots
-        # ---- S1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next iteration)
-        w1 = v - 3
-        ok1 = (w1 >= 0) & (w1 < n_units)
-        if ok1 & (col1 >= ready_cols):
-            wait_flag(flags_ptr + l1_col_off + col1, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
-                      col1, rank, False, "gpu")
-            ready_cols = col1 + 1
-        offs_n1 = col1 * BLOCK_N + arange_n
-        mask_n1 = offs_n1 < D_OUT
-        w1n = ()
-        y1n = ()
-        for j in tl.static_range(TOPK_LOCAL):
-            w1n = w1n + (tl.load(row_weight_ptr + rows1[j], mask=j < nv1, other=0.0),)
-            # as PIPELINE=0: no row mask on the gather (invalid entries read row 0; dropped in S0)
-            y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
-                                 mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
-        # ---- S0 (unit v - 4): weighted sum, remote store, signal
-        w0u = v - 4
-        ok0 = w0u >= 0
-        if INSTRUMENT:
-            if ok0 & (k0 == 0):
-                t_item = global_timer_ns()
-        offs_s0 = st0 + k0 * SEND_BLOCK + arange_s
-        mask_s0 = offs_s0 < tl.where(ok0, en0, -1)
-        offs_n0 = col0 * BLOCK_N + arange_n
-        mask_n0 = offs_n0 < D_OUT
-        acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-        for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-            acc += tl.where((j < nv0)[:, None], w0[j][:, None] * y0[j].to(tl.float32), 0.0)
-        # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
-        comb_base = tl.multiple_of(cb0.to(tl.pointer_type(comb_elem)), 16)
-        dst = comb_base + crow0.to(tl.int64)[:, None] * D_OUT + offs_n0[None, :]
-        tl.store(dst, acc.to(comb_elem), mask=mask_s0[:, None] & mask_n0[None, :])
-        if ok0 & (k0 == steps - 1):  # the item's last unit
-            cnt += en0 - st0
-            flush = True
-            if PIPELINE >= 2:  # the next unit (S1) is the next item's first: same owner and column block?
-                flush = (w1 >= n_units) | (d1 != d0) | (col1 != col0)
-            if flush:
-                peer_flags = pf0.to(tl.pointer_type(tl.int32))
-                signal_add(peer_flags + comb_flag_off + rank * col_max + col0, cnt.to(tl.int32), COMBINE_SCOPE)
-                cnt = tl.full((), 0, tl.int64)
-            if INSTRUMENT:
-                trace_write(trace_ptr, trace_slots, pid, n_rec, t_item, t_item, global_timer_ns(), sm,
-                            _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)
-                n_rec += 1
-        # ---- advance the pipeline
-        k0 = k1
-        col0 = col1
-        item0 = item1
-        k1 = k2
-        col1 = col2
-        item1 = item2
-        k2 = k3
-        col2 = col3
-        item2 = item3
-        k3 = k4n
-        col3 = col4n
-        item3 = item4n
-        st0 = st1
-        en0 = en1
-        d0 = d1
-        cb0 = cb1
-        pf0 = pf1
-        nv0 = nv1
-        crow0 = crow1
-        w0 = w1n
-        y0 = y1n
-        st1 = st2
-        en1 = en2
-        d1 = d2
-        cb1 = cb2n
-        pf1 = pf2n
-        nv1 = nv2n
-        crow1 = crow2n
-        rows1 = rows2n
-        st2 = st3
-        en2 = en3
-        d2 = d3n
-        r0_2 = r0_3n
-        r1_2 = r1_3n
-        tok2 = tok3n
-        slot2 = slot3n
-        st3 = st4n
-        en3 = en4n
-    return n_rec
-
-
-@triton.jit(do_not_specialize=["max_spin"])
-def _combine_reduce_kernel(
-    comb_ptr, sflags_ptr, flags_ptr, status_ptr, out_ptr, num_slots_ptr, expected_ptr,
-    rank, world, first_tok, n_own, D_OUT, slots, col_max, max_spin, comb_flag_off, red_done_off,
-    stride_om,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, MAX_SLOTS: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    col = tl.program_id(1)
-    # --- wait for every source's partial sums of this column block
-    for s in range(0, world):
-        e = tl.load(expected_ptr + s)
-        if e > 0:
-            wait_flag(sflags_ptr + comb_flag_off + s * col_max + col, e, max_spin, status_ptr, _WAIT_COMBINE,
-                      s * col_max + col, rank, False, "sys")
-    # --- out[t] = sum of slots 0 .. n_slots(t) - 1, in slot order (fp32)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask_t = offs_t < n_own
-    offs_n = col * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < D_OUT
-    n_slots = tl.load(num_slots_ptr + first_tok + offs_t, mask=mask_t, other=0)
-    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
-    for j in tl.static_range(MAX_SLOTS):
-        valid = mask_t & (j < n_slots)
-        v = tl.load(comb_ptr + (offs_t * slots + j)[:, None] * D_OUT + offs_n[None, :],
-                    mask=valid[:, None] & mask_n[None, :], other=0.0, cache_modifier=".cv")
-        acc += v.to(tl.float32)
-    tl.store(out_ptr + offs_t[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=mask_t[:, None] & mask_n[None, :])
-    # --- the column block's last program returns its flags to 0
-    if finish_program(flags_ptr + red_done_off + col, tl.num_programs(0)):
-        for s in range(0, world):
-            e = tl.load(expected_ptr + s)
-            if e != 0:
-                tl.atomic_add(sflags_ptr + comb_flag_off + s * col_max + col, (-e).to(tl.int32), sem="relaxed",
-                              scope="sys")
-        tl.atomic_xchg(flags_ptr + red_done_off + col, 0, sem="relaxed", scope="gpu")
-
-
 # ------------------------------------------------------------------------------------------ wrappers
 def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
-                 num_programs: int | None = None, config: dict | None = None, a_tma: bool | None = None,
-                 b_tma: bool | None = None, max_spin: int | None = None, timeline=None) -> torch.Tensor:
+                 num_programs: int | None = None, tile: TileConfig | None = None, comm: CommConfig | None = None,
+                 a_tma: bool | None = None, b_tma: bool | None = None, max_spin: int | None = None,
+                 timeline=None) -> torch.Tensor:
     """Layer1 of `rank`: GEMM over the Plan's l1 tiles, top-k reduce, partial sums into the owners' combine
     buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
 
     w1_EKN: (E_local, K/TP, N) this rank's shard. h_RK: layer0's output (default ws.buffers(rank).h_RK).
-    config: overrides of fused_layer0.default_config, plus SEND_BLOCK (sends per reduce step), GATHER_3D (one
-    gather for all of a send's rows), COMBINE_GPU_SCOPE (gpu-scope combine signals; emulated world only) and
-    PIPELINE (0: item by item; 1, the default: software-pipelined communication programs, `_comm_pipelined`;
-    2: 1 plus one signal per run of items with the same owner and column block; all bitwise equal).
+    tile / comm: the GEMM programs' tile loop and the communication programs' reduce step and loop form
+    (kernels.options.TileConfig / CommConfig: send_block, pipelined; default: kernels.options.default_tile /
+    default_comm of the device). a_tma / b_tma: A / B through TMA (default: on a GPU where the rows are
+    16-byte aligned).
     num_programs: GEMM programs (default SMs - nc_layer1). Returns the intermediate y_RN (R_max, N), for
-    tests. The owners' `combine_reduce` must run after every rank's layer1 was launched. No host sync.
+    tests. The owners' `kernels.combine.combine_reduce` must run after every rank's layer1 was launched. No
+    host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
     (column block, send chunk) item (GPU only).
     """
@@ -518,10 +225,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
                          f"got {tuple(w1_EKN.shape)} {w1_EKN.dtype} on {w1_EKN.device}")
     check_kernel_tile("policy block_m", pol.block_m)
     check_kernel_tile("policy block_n1", pol.block_n1)
-    cfg = {**default_config(dev), **(config or {})}
-    if cfg.get("COMBINE_GPU_SCOPE") and len(ws.ranks) != ws.world_size:
-        raise ValueError("config COMBINE_GPU_SCOPE (gpu-scope combine signals) is only valid when every rank "
-                         "lives on this GPU (EmulatedWorld); peers on other GPUs need system scope")
+    tile = default_tile(dev) if tile is None else tile
+    comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)
     nc = pol.nc_layer1
     if num_programs is None:
@@ -537,32 +242,24 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         a_tma = cuda and (K * h.element_size()) % 16 == 0 and h.data_ptr() % 16 == 0
     if b_tma is None:
         b_tma = cuda and (N * w1_EKN.element_size()) % 16 == 0
-    a_desc = descriptor(h, [pol.block_m, cfg["BLOCK_K"]]) if a_tma else h
-    b_desc = descriptor(w1_EKN.view(E_loc * K, N), [cfg["BLOCK_K"], pol.block_n1]) if b_tma else w1_EKN
+    a_desc = descriptor(h, [pol.block_m, tile.block_k]) if a_tma else h
+    b_desc = descriptor(w1_EKN.view(E_loc * K, N), [tile.block_k, pol.block_n1]) if b_tma else w1_EKN
     lay = ws.layout
     col_blocks = plan.l1_col_blocks
     topk_local = min(plan.model.topk, E_loc)
-    # GATHER_3D (an item-by-item variant) without an explicit PIPELINE means the item-by-item loop
-    pipeline = int(cfg.get("PIPELINE", 0 if cfg.get("GATHER_3D") else DEFAULT_PIPELINE))
-    send_block = cfg.get("SEND_BLOCK", (GPU_SEND_BLOCK if pipeline else GPU_ITEM_SEND_BLOCK) if cuda
-                         else SMALL_SEND_BLOCK)
-    if pipeline not in (0, 1, 2):
-        raise ValueError(f"config PIPELINE={pipeline}: 0 (item by item), 1 (pipelined units) or 2 (pipelined, "
-                         f"signals batched per owner and column block)")
-    if pipeline and cfg.get("GATHER_3D"):
-        raise ValueError("config PIPELINE and GATHER_3D are exclusive (the pipelined path gathers row by row)")
+    send_block = comm.send_block_for(dev)
     trace = (None, None, None)
     if timeline is not None:
         require_gpu_kernel(_fused_layer1_kernel, dev)
         lt = timeline.new_launch(
             rank=rank, layer=1, variant="blocks", num_comm=nc, num_gemm=num_programs, comm_first=False,
             max_gemm_items=rp.l1_tile_expert_T.numel(), max_comm_items=rp.l1_chunk_start_C.numel() * col_blocks,
-            device=dev, row_bytes=N * buf.combine_MSN.element_size(), hidden_N=N, block_n=pol.block_n1,
-            combine_elem_bytes=buf.combine_MSN.element_size(),
+            device=dev, row_bytes=N * buf.combine_MLN.element_size(), hidden_N=N, block_n=pol.block_n1,
+            combine_elem_bytes=buf.combine_MLN.element_size(),
             tile_rows=rp.l1_tile_row_end_T - rp.l1_tile_row_start_T)
         trace = (lt.records, lt.counts, lt.slots)
     _fused_layer1_kernel[(num_programs + nc,)](
-        h, a_desc, w1_EKN, b_desc, y, buf.combine_MSN, buf.flags_F, buf.status, buf.combine_ptrs_W,
+        h, a_desc, w1_EKN, b_desc, y, buf.combine_MLN, buf.flags_F, buf.status, buf.combine_ptrs_W,
         buf.sflag_ptrs_W,
         rp.l1_tile_expert_T, rp.l1_tile_row_start_T, rp.l1_tile_row_end_T, rp.l1_tile_col_T, rp.num_l1_tiles,
         rp.l1_tiles_per_col,
@@ -573,44 +270,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
         triton.cdiv(pol.comm_rows, send_block), *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
-        BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=cfg["BLOCK_K"], EVEN_K=K % cfg["BLOCK_K"] == 0,
-        A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block,
-        TOPK_P2=triton.next_power_of_2(topk_local), GATHER_3D=bool(cfg.get("GATHER_3D", False)),
-        COMBINE_SCOPE="gpu" if cfg.get("COMBINE_GPU_SCOPE") else "sys", INSTRUMENT=timeline is not None,
-        PIPELINE=pipeline, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=tile.block_k, EVEN_K=K % tile.block_k == 0,
+        A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block, INSTRUMENT=timeline is not None,
+        PIPELINED=comm.pipelined, num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y
-
-
-def combine_reduce(ws, plan, rank: int, expected_W: torch.Tensor, *, out_MN: torch.Tensor | None = None,
-                   max_spin: int | None = None, block_tokens: int | None = None) -> torch.Tensor:
-    """The owner `rank` sums its tokens' partial sums: out[t] = sum_j combine[t, j] over j < num_slots(t).
-
-    expected_W: int64 (W,) partial sums this owner receives from each rank (the Plan's combine_expected_W).
-    out_MN: (M_own, N) output rows of this rank's tokens (default: a new tensor in the workspace dtype).
-    Waits (bounded) on the combine flags; raise on timeout with ws.check(). No host sync.
-    """
-    ws.check_plan(plan)
-    M, W, N = plan.num_tokens, plan.world_size, plan.model.hidden_N
-    buf = ws.buffers(rank)
-    dev = buf.recv_MN.device
-    lo, hi = owned_range(M, W, rank)
-    n_own = hi - lo
-    if out_MN is None:
-        out_MN = torch.empty(n_own, N, dtype=ws.dtype, device=dev)
-    if out_MN.shape != (n_own, N) or out_MN.device != dev or out_MN.stride(1) != 1:
-        raise ValueError(f"out_MN must be ({n_own}, N={N}) rows with unit column stride on {dev}; got "
-                         f"{tuple(out_MN.shape)}")
-    if expected_W.shape != (W,) or expected_W.dtype != torch.int64 or expected_W.device != dev:
-        raise ValueError(f"expected_W must be an int64 ({W},) tensor on {dev}")
-    if n_own == 0:
-        return out_MN
-    bt = block_tokens or (GPU_REDUCE_TOKENS if dev.type == "cuda" else SMALL_REDUCE_TOKENS)
-    bn = plan.policy.block_n1
-    lay = ws.layout
-    grid = (triton.cdiv(n_own, bt), plan.l1_col_blocks)
-    _combine_reduce_kernel[grid](
-        buf.combine_MSN, buf.sflags_F, buf.flags_F, buf.status, out_MN, plan.token_num_slots_M, expected_W,
-        rank, W, lo, n_own, N, ws.sizes.slots, lay.col_max, ws.max_spin if max_spin is None else max_spin,
-        lay.combine, lay.red_done, out_MN.stride(0),
-        BLOCK_T=bt, BLOCK_N=bn, MAX_SLOTS=ws.sizes.slots, num_warps=4)
-    return out_MN

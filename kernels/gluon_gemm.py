@@ -1,10 +1,15 @@
 """Hopper (sm_90) grouped GEMM in Gluon over the Plan's tile table: the K loops of a program's tiles run as
 one software pipeline, and a tile's activation runs while the next tile's wgmmas execute.
 
+One kernel, hence one module over 500 lines: its stages (loads, wgmma pipeline, staged epilogue, split-tail
+join) share the buffers, barriers and layouts a Gluon kernel passes between helpers by hand. Its host side
+(which calls it takes, pipeline depth, split schedule and workspace) is kernels/gluon_host.py.
+
 Why a second kernel. kernels/grouped_gemm.py (Triton's tl) refills its pipeline after every tile and puts
 the activation between two tiles' K loops; layer0's K loop is short (hidden size N = 2048-4096), so that
 fixed cost per tile matters. Gluon exposes the Hopper pieces (TMA copies, mbarriers, asynchronous wgmma),
-and this kernel schedules them by hand. A program walks its tiles t = pid, pid + G, ... in the Plan's order:
+and this kernel schedules them by hand. A program walks its tiles t = pid, pid + num_programs, ... in the
+Plan's order:
 
     step s of its flat (tile, k) sequence: wait for slot s's operands -> wgmma (async) -> [one slice of
     the previous tile's activation] -> wait until at most one wgmma is in flight -> refill slot s-1 (its
@@ -14,46 +19,42 @@ and this kernel schedules them by hand. A program walks its tiles t = pid, pid +
     activation then acts there in 8-row slices during the next K loop (one slice per step).
 
 Gelu so acts on the rounded GEMM result (what an unfused PyTorch layer computes: a bf16 matmul, then
-gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance (worst relative norm
-error 2.6e-3 vs 1.7e-3 in results/grouped_gemm). Results are bitwise reproducible; with split_tail=False they
-are also independent of the program count (each tile's reduction order is fixed).
+gelu); the tl kernel applies it to the fp32 accumulator. Both meet the bf16 tolerance
+(results/grouped_gemm/README.md). Results are bitwise reproducible; without a split tail they are also
+independent of the program count (each tile's reduction order is fixed).
 
-Split tail (the default for tiles of >= 64 K steps): a persistent kernel whose last wave holds few tiles
-leaves most SMs idle for a whole tile's time (Phi-3.5 at M=4096: 400 tiles on 132 SMs, 4 waves for 3.03
-waves of work). Where the last wave is at most half full, each of its tiles is split into up to 4 K chunks
-run by otherwise idle programs (`split_schedule`); the chunk that finishes last sums the others' fp32
-partials from a workspace in chunk order and finishes the tile (`_join_split_tile`: no program waits for
-another). A first version spread the
-last two waves evenly over all programs (stream-K): the programs then ran at unrelated K offsets, lost the
-L2 reuse of a wave in step, and ran up to 27% slower (dev/LOG.md, session 6).
+Split tail (GemmOptions.split_tail; by default for tiles of >= 64 K steps): a persistent kernel whose last
+wave holds few tiles leaves most SMs idle for a whole tile's time (e.g. 400 tiles on 132 SMs: 4 waves for
+3.03 waves of work). Where the last wave is at most half full, each of its tiles is split into up to 4 K
+chunks run by otherwise idle programs (`kernels.gluon_host.split_schedule`); chunk j of every tail tile runs
+at the same K steps, so the tail tiles still share their B columns (A rows) in L2 as a wave of whole tiles
+does. The chunk that finishes last sums the others' fp32 partials from a workspace in chunk order and
+finishes the tile (`_join_split_tile`: no program waits for another). Spreading the tail's K steps evenly
+over all programs instead (stream-K) loses that L2 reuse and ran slower (dev/LOG.md).
 
 A: through TMA where its rows are in place (layer1; layer0 with rows already in shared-row order), or
 gathered by token id (layer0's default) with 16-byte cp.async copies. A gathered A is loaded by default by a
 warp-specialised loader partition (LOADER_WARPS > 0: 4 extra warps gather A and load B, each
 slot's `ready` mbarrier counting every loader thread's copies and B's bytes, an `empty` mbarrier handing the
-slot back), so the multiplying warps never wait for copies they issued themselves; ws_gather=False keeps the
-copies in the multiplying warps (one commit group per step, a CTA barrier before the wgmma). B (the
-(E * D_IN, D_OUT') view of the weights) and C through TMA; rows must be 16-byte aligned. bf16/fp16,
-BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no autotuning. Activation none, gelu, or
-swiglu (gate and up column blocks of one output block per tile, two accumulators, so BLOCK_N <= 128;
-silu(gate) * up in registers at the tile's end, on the fp32 accumulators). gelu is A&S's erf form, or with
-fast_gelu (the default for bf16) kernels/activations.py's fitted tanh form: one tanh.approx, |error| <=
-2.6e-5 + 2^-12 |x|, well inside bf16's rounding. Everything else (fp32, the interpreter, other GPUs) stays
-with kernels/grouped_gemm.py, whose semantics this kernel shares: rows past a tile's row_end read valid rows
-and are never stored; a reduction tail past D_IN reads zeros of A.
-`kernels.grouped_gemm.grouped_gemm(impl="auto")` picks this kernel where `supports` allows.
+slot back), so the multiplying warps never wait for copies they issued themselves; the benchmark variant
+GemmOptions(ws_gather=False) keeps the copies in the multiplying warps (one commit group per step, a CTA
+barrier before the wgmma). B (the (E * D_IN, D_OUT') view of the weights) and C through TMA; rows must be
+16-byte aligned. bf16/fp16, BLOCK_M = 16 * num_warps (64 or 128), BLOCK_N <= 256, BLOCK_K 64, no
+autotuning. Activation none, gelu, or swiglu (gate and up column blocks of one output block per tile, two
+accumulators, so BLOCK_N <= 128; silu(gate) * up in registers at the tile's end, on the fp32 accumulators).
+gelu is A&S's erf form, or with fast_gelu (the default for bf16) kernels/activations.py's fitted tanh form:
+one tanh.approx, |error| <= 2.6e-5 + 2^-12 |x|, well inside bf16's rounding; "packed" computes that form on
+pairs of 16-bit values. Everything else (fp32, the interpreter, other GPUs) stays with
+kernels/grouped_gemm.py, whose semantics this kernel shares: rows past a tile's row_end read valid rows and
+are never stored; a reduction tail past D_IN reads zeros of A. `kernels.grouped_gemm.grouped_gemm` (impl
+"auto") picks this kernel where `kernels.gluon_host.supports` allows.
 
-Measured on one H200 (results/grouped_gemm/README.md) against the better of a cuBLAS loop and
-torch._grouped_mm (GEMM only), with kernels.grouped_gemm's defaults (split tail, pregather for wide weights):
-layer1 0.91-1.10; layer0 with gelu Mixtral 0.82-0.90, Phi-3.5 0.79-0.86, Qwen2 0.80-0.83; with A already in
-shared-row order 0.83-0.96; layer0 with swiglu (128x128 tiles) 0.79-0.95. The
-card runs at its 700 W limit during these GEMMs: instructions cost time however they are overlapped
-(h200_activation_power), which is why the cheaper gelu and the separate loader pay, and fast_gelu="packed"
-(the same form on bf16 / fp16 pairs) 1-3% more. cuBLAS's kernels run thread-block clusters with TMA multicast
-(fewer L2-to-SM bytes, so a higher clock at the same power) and per-shape tiles; Triton 3.6 has no TMA
-multicast (results/grouped_gemm/README.md, session 7).
+The GPU runs these GEMMs at its power limit, so instructions cost time however well they are overlapped:
+hence the cheaper gelu forms and the separate loader. Measured against cuBLAS and torch._grouped_mm, and
+why cuBLAS stays ahead (thread-block clusters with TMA multicast, which Triton 3.6 cannot express):
+results/grouped_gemm/README.md.
 
-Gluon is experimental: written against Triton 3.6 (the GPU machines) and compiled for sm_90 with 3.6 and
+Gluon is experimental: written against Triton 3.6 and compiled for sm_90 with 3.6 and
 3.9 (renamed functions are looked up under both names). Importing this module raises ImportError where
 Gluon's Hopper API is missing; `kernels.grouped_gemm.gluon_unsupported` reports that.
 """
@@ -83,6 +84,8 @@ from kernels.activations import (
     GELU_T,
     packed_gelu_asm,
 )
+from kernels.gluon_host import MAX_PARTS, SPLIT_MIN_K_STEPS, num_buffers_for, split_workspace
+from kernels.options import GemmOptions
 
 # Triton 3.6 names the copies async_copy_global_to_shared / async_copy_shared_to_global and the CTA barrier
 # thread_barrier; later versions async_load / async_store / barrier (and raise on the old names)
@@ -90,18 +93,10 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after 3.6)
-_SMEM_BYTES = 227 * 1024  # sm_90's opt-in shared memory per block
 # the gather's loader partition: one warpgroup; 48 registers hold its 8 row offsets and copies without spills
 # (ptxas, Triton 3.6), and leave the multiplying warps 224
 _LOADER_WARPS, _LOADER_REGS = 4, 48
-# split tail: at most 4 K chunks per tail tile (the last part reads every part's partial sums back)
-MAX_PARTS = 4
-_MAX_PARTS = gl.constexpr(MAX_PARTS)
-# split_tail=None splits only tiles of at least this many K steps (D_IN >= 4096 with BLOCK_K 64): on the H200,
-# Qwen2's 22-32 step tiles ran up to 16% slower split, Phi's / Mixtral's 64-224 step tiles up to 7% faster
-# (results/grouped_gemm, h200_split4k). A last wave of few busy SMs runs at a higher clock under the power
-# limit, so it costs less than wave arithmetic says; the join's fixed cost needs long chunks to pay.
-SPLIT_MIN_K_STEPS = 64
+_MAX_PARTS = gl.constexpr(MAX_PARTS)  # split tail: K chunks per tail tile
 # gelu: Abramowitz & Stegun 7.1.26 with kernels/activations.py's folded constants (the tl twin is there)
 _P = gl.constexpr(GELU_P)
 _T0, _T1, _T2, _T3, _T4 = (gl.constexpr(c) for c in GELU_T)
@@ -209,9 +204,10 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 
 @gluon.jit
 def _schedule(num_tiles_ptr, max_tiles, k_steps, SPLIT_TAIL: gl.constexpr):
-    """This program's work items (see `split_schedule`, the same arithmetic on the host): whole tiles t = pid,
-    pid + G, ... below n_dp, then with SPLIT_TAIL at most one K chunk of a tail tile. Returns (items, n_dp,
-    my_dp, parts): the last T - n_dp tiles are each split into `parts` K chunks (parts = 1: no split)."""
+    """This program's work items (kernels.gluon_host.split_schedule, the same arithmetic on the host; G here
+    is the program count): whole tiles t = pid, pid + G, ... below n_dp, then with SPLIT_TAIL at most one K
+    chunk of a tail tile. Returns (items, n_dp, my_dp, parts): the last T - n_dp tiles are each split into
+    `parts` K chunks (parts = 1: no split)."""
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
@@ -556,7 +552,7 @@ def _grouped_gemm_hopper_kernel(
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
     many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): each tile of a
-    last wave that is at most half full is split into K chunks run by idle programs (`split_schedule`);
+    last wave that is at most half full is split into K chunks run by idle programs (gluon_host.split_schedule);
     ws_ptr / cnt_ptr are its workspace (fp32 partial accumulators, int32 counters that start at zero and are
     left at zero)."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
@@ -598,88 +594,15 @@ def _grouped_gemm_hopper_kernel(
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
-def split_schedule(num_tiles: int, programs: int, k_steps: int, split_tail: bool = True) -> list[list[tuple]]:
-    """Each program's work items (tile, first K step, end K step), in order: the kernel's `_schedule` and
-    `_work_item` on the host (for tests and for reading a schedule).
-
-    Whole tiles go round-robin (t = pid, pid + G, ...). The tail, the R = T mod G tiles of a last wave that
-    would leave programs idle, is split instead where R <= G / 2: each tail tile into parts = min(G // R, 4,
-    k_steps) equal K chunks, chunk j of tail tile r run by program r * parts + j after its whole tiles. The
-    last wave so takes about 1 / parts of a tile's time; chunk j of every tail tile runs at the same time
-    (L2 reuse of shared B columns and A rows, as in a wave of whole tiles)."""
-    T, G = num_tiles, programs
-    tail = T % G
-    parts = min(G // tail, MAX_PARTS, k_steps) if split_tail and tail else 1
-    n_dp = T - tail if parts > 1 else T
-    out = []
-    for p in range(G):
-        items = [(t, 0, k_steps) for t in range(p, n_dp, G)]
-        if parts > 1 and p < tail * parts:
-            j = p % parts
-            items.append((n_dp + p // parts, j * k_steps // parts, (j + 1) * k_steps // parts))
-        out.append(items)
-    return out
-
-
-_workspaces: dict = {}
-
-
-def _split_workspace(device, programs: int, block_m: int, block_n: int, n_b: int):
-    """fp32 partials (one per program, n_b accumulators each) and int32 counters (one per tail tile; zero,
-    and left at zero by every launch), one set per device, grown on demand. Launches in one stream run
-    in order and share it; two split launches running at once on different streams would share counters
-    (not per stream: a CUDA graph captures on a stream of its own, and would then allocate and zero a fresh
-    set inside the graph)."""
-    key = torch.device(device)
-    need = programs * n_b * block_m * block_n
-    ws = _workspaces.get(key)
-    if ws is None or ws[0].numel() < need or ws[1].numel() < programs:
-        ws = (torch.empty(need, device=device, dtype=torch.float32),
-              torch.zeros(programs, device=device, dtype=torch.int32))
-        _workspaces[key] = ws
-    return ws
-
-
-def num_buffers_for(block_m: int, block_n: int, block_k: int, elem: int, n_b: int = 1) -> int:
-    """Pipeline depth that fits shared memory beside the output staging tile (at most 4); n_b: B tiles per
-    step (2 for swiglu's gate and up)."""
-    stage = (block_m * block_k + n_b * block_k * block_n) * elem
-    return max(2, min(4, (_SMEM_BYTES - block_m * block_n * elem - 1024) // stage))
-
-
-def supports(a, b_EIO, out, activation: str, gather: bool, block_m: int, block_n: int) -> str | None:
-    """Why this kernel cannot run the call (None if it can)."""
-    if activation not in ACTIVATIONS:
-        return f"activation {activation!r} (this kernel has {', '.join(ACTIVATIONS)})"
-    if not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] != 9:
-        return "not an sm_90 (Hopper) GPU"
-    if a.dtype not in (torch.bfloat16, torch.float16):
-        return f"dtype {a.dtype} (bf16 or fp16 only)"
-    if block_m not in (64, 128) or block_n > 256:
-        return f"tile {block_m}x{block_n} (BLOCK_M 64 or 128, BLOCK_N <= 256)"
-    if activation == "swiglu" and block_n > 128:
-        return f"swiglu with BLOCK_N={block_n} (its two accumulators need BLOCK_N <= 128 to fit the registers)"
-    for name, t in (("a", a), ("b", b_EIO), ("out", out)):
-        if t.data_ptr() % 16 or (t.shape[-1] * t.element_size()) % 16:
-            return f"{name}'s rows are not 16-byte aligned (TMA{' and 16-byte copies of gathered rows' * gather})"
-    return None
-
-
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
-                        activation: str, num_programs: int, a_rows_R=None, block_k: int = 64,
-                        fast_gelu: bool | str = False, ws_gather: bool = True, ws_tma: bool = False,
-                        split_tail: bool | None = None) -> torch.Tensor:
+                        activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
+                        block_k: int = 64) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
-    `supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) = a_rows_R[r] if given
-    (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up columns [D_OUT, 2 D_OUT)
-    of b_EIO. fast_gelu: gelu by kernels/activations.py's fast form ("packed": on pairs of 16-bit values).
-    ws_gather: a gathered A is loaded by a
-    warp-specialised loader partition (else by the multiplying warps themselves); ws_tma: so is an A in place
-    (TMA). split_tail: split a short last wave's tiles into K chunks (`split_schedule`); None: where a tile
-    has at least SPLIT_MIN_K_STEPS K steps. It needs the loader partition, which it turns on for an A in
-    place (with ws_gather=False it does not apply).
-    A split tile's partial sums are added in fp32 in chunk order (bitwise reproducible for a given program
-    count, but not equal to the unsplit result). Returns out."""
+    `kernels.gluon_host.supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) =
+    a_rows_R[r] if given (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up
+    columns [D_OUT, 2 D_OUT) of b_EIO. options: fast_gelu, ws_gather, ws_tma and split_tail as
+    kernels.options.GemmOptions describes them. A split needs the loader partition, which it turns on for an
+    A in place (with ws_gather=False a gathered A runs unsplit). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -689,10 +612,12 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     n_b = 2 if activation == "swiglu" else 1
     nb = num_buffers_for(block_m, block_n, block_k, a.element_size(), n_b)
     gather = a_rows_R is not None
-    want_split = split_tail if split_tail is not None else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS
-    loader = (gather and ws_gather) or (not gather and (ws_tma or want_split))
+    fast_gelu = a.dtype == torch.bfloat16 if options.fast_gelu is None else options.fast_gelu
+    want_split = (options.split_tail if options.split_tail is not None
+                  else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS)
+    loader = (gather and options.ws_gather) or (not gather and (options.ws_tma or want_split))
     split = want_split and loader
-    ws, cnt = _split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
+    ws, cnt = split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
     # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)
     launch = {"maxnreg": min(256, 65536 // (32 * warps) // 8 * 8)} if loader else {}

@@ -1,7 +1,7 @@
 """Persistent grouped GEMM over a Plan's tile table (one GPU): the compute half of the fused MoE kernels.
 
-Shape legend (tensor-name suffixes, as in comet/plan.py): M tokens, N hidden size, K expert FFN size
-(K' = K for gelu, 2K for swiglu: [..., :K] gate, [..., K:] up), E local experts, R rows of the rank's
+Shapes (docs/SHAPES.md): M tokens, N hidden size, K expert FFN size (K/TP on a rank), K' = K for gelu and
+2K for swiglu ([..., :K] gate, [..., K:] up), E local experts (the weights' first axis), R rows of the rank's
 shared tensor (expert-major, the Plan's order), T tiles.
 
     layer0:  out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[e(r)])      (rows gathered by token id)
@@ -10,21 +10,20 @@ shared tensor (expert-major, the Plan's order), T tiles.
 Inside the kernel the GEMM is written generically: `k` is the reduction index (N for layer0, K for
 layer1) and `n` the output column (K for layer0, N for layer1): C[r, n] = sum_k A[row(r), k] B[e, k, n].
 
-The kernel is persistent: `num_programs` programs (<= SMs, so SMs can be left to communication blocks)
-walk the tile table t = pid, pid + G, pid + 2G, ... in the Plan's execution order. The tile count is read
-from the Plan's 0-d tensor inside the kernel, so launching never syncs with the host. A tile covers rows
-[row_start, row_end) of one local expert (ragged: rows past row_end are masked) and one BLOCK_N column
-block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1), autotuning picks
-BLOCK_K, num_warps and num_stages. Accumulation is fp32; the layer0 epilogue applies the activation
-(swiglu: two accumulators, gate and up columns of the same output block, in one program).
-On Hopper (sm_90) `grouped_gemm(impl="auto")` runs the Gluon kernel of kernels/gluon_gemm.py instead (same
-tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it pipelines the
-K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no autotuning. This
-module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU) and shares its
-tile code with the fused kernels. Measured on one H200 (results/grouped_gemm/README.md), as a fraction of
-the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): this kernel layer1 0.85-1.06, layer0
-(gathered, gelu) 0.70-0.83; the Gluon kernel with this module's defaults layer1 0.91-1.10, layer0 (gelu)
-0.79-0.90, 0.83-0.96 with A already in shared-row order (results of 2026-11-25).
+The kernel is persistent: num_programs programs (at most the SMs, so that SMs can be left to communication
+programs) walk the tile table t = pid, pid + num_programs, ... in the Plan's execution order. The tile count
+is read from the Plan's 0-d tensor inside the kernel, so launching never syncs with the host. A tile covers
+rows [row_start, row_end) of one local expert (ragged: rows past row_end are masked) and one BLOCK_N column
+block; BLOCK_M / BLOCK_N are the Plan's tile grid (Policy.block_m, block_n0 / block_n1); BLOCK_K, num_warps
+and num_stages come from the autotuner or a kernels.options.TileConfig. Accumulation is fp32; the layer0
+epilogue applies the activation (swiglu: two accumulators, gate and up columns of the same output block, in
+one program).
+On Hopper (sm_90) `grouped_gemm` runs the Gluon kernel of kernels/gluon_gemm.py instead (GemmOptions.impl
+"auto"; same tile table and semantics; bf16/fp16; gelu, swiglu with BLOCK_N <= 128, or no activation): it
+pipelines the K loops of consecutive tiles, overlaps gelu with the next tile's wgmmas, and needs no
+autotuning. This module's kernel runs everything else (fp32, other GPUs, Triton's interpreter on the CPU)
+and shares its tile code with the fused kernels. Both against cuBLAS and torch._grouped_mm:
+results/grouped_gemm/README.md.
 
     >>> import torch
     >>> from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
@@ -34,8 +33,9 @@ the better of cuBLAS per expert and torch._grouped_mm (128x256 tiles): this kern
     >>> model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=2, topk=1, layers=1)
     >>> plan = make_plan(balanced(M=16, E=2, topk=1), model, ParallelConfig(ep=1),
     ...                  HardwareProfile.from_name("h800"), Policy(block_m=16, block_n0=16, block_n1=16))
+    >>> from kernels.options import SMALL_TILE, GemmOptions
     >>> x_MN, w0_ENK = torch.randn(16, 32), torch.randn(2, 32, 32)
-    >>> grouped_gemm_layer0(plan, 0, x_MN, w0_ENK, config=SMALL_CONFIG).shape  # doctest: +SKIP
+    >>> grouped_gemm_layer0(plan, 0, x_MN, w0_ENK, options=GemmOptions(tile=SMALL_TILE)).shape  # doctest: +SKIP
     torch.Size([16, 32])
 """
 
@@ -48,19 +48,17 @@ import triton
 import triton.language as tl
 
 from comet.core.policy import check_kernel_tile
+from kernels import gluon_host
 from kernels.activations import ACTIVATIONS, apply_activation
+from kernels.options import GemmOptions
 from kernels.row_gather import gather_rows
 from kernels.tma import descriptor, tma_ok
 
-WARP_SPECIALIZE = {"none": 0, "k_loop": 1, "tile_loop": 2}
-IMPLS = ("auto", "triton", "gluon")
-# A fixed config for tests and the interpreter (BLOCK_K 16 exercises the reduction tail on small sizes).
-SMALL_CONFIG = {"BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
-# pregather=None copies gathered rows first where the weights have at least this many columns: the copy
-# (4 bytes per A element at ~3-4 TB/s) then costs <= ~8% of the GEMM, less than the in-kernel gather does.
-# H200 (results/grouped_gemm, h200_pregather): Mixtral (14336 columns) +2-9%, Phi-3.5 (6400) 0 to +15%,
-# Qwen2 (1408) -10 to -13%; swiglu counts its gate and up columns.
+# GemmOptions.pregather=None copies gathered rows first (kernels/row_gather.py) on the Gluon kernel where the
+# weights have at least this many columns (swiglu counts gate and up): the copy moves 4 bytes per A element
+# and grows with D_IN, the GEMM with D_IN x D_OUT', so only wide weights leave it cheap beside the GEMM and
+# below what the in-kernel gather costs (measured: results/grouped_gemm/README.md, Pregather).
 PREGATHER_MIN_COLS = 4096
 _sm_count_cache: dict[int, int] = {}
 
@@ -121,7 +119,8 @@ def _grouped_gemm_kernel(
     # meta
     GATHER: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    FLATTEN: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr, C_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+    FLATTEN: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr, C_TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     # num_programs: the grid size (an argument, not tl.num_programs, so the autotuner can key on it)
     pid = tl.program_id(0)
@@ -132,7 +131,7 @@ def _grouped_gemm_kernel(
     arange_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
 
-    for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN, warp_specialize=WARP_SPEC == 2):
+    for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
         # --- the tile: local expert, rows [row_start, row_end) of the shared tensor, output column block
         expert = tl.load(tile_expert_ptr + t)
         row_start = tl.load(tile_row_start_ptr + t)
@@ -147,7 +146,6 @@ def _grouped_gemm_kernel(
             a_rows = tl.load(a_row_ptr + offs_m, mask=mask_m, other=0)
         else:
             a_rows = tl.where(mask_m, offs_m, row_start)
-        # (issue 5: a tile waits here for the arrival flags of the source ranks of its rows.)
 
         offs_n = col * BLOCK_N + arange_n
         # Columns past D_OUT read column 0 instead; the hints keep B loads vectorised (16-byte groups are
@@ -171,7 +169,7 @@ def _grouped_gemm_kernel(
         a_row0 = row_start.to(tl.int32)
 
         # --- K loop: fp32 accumulation; only the reduction tail is masked
-        for ks in tl.range(k_steps, warp_specialize=WARP_SPEC == 1):
+        for ks in tl.range(k_steps):
             if A_TMA:
                 a = a_desc.load([a_row0, ks * BLOCK_K])
             elif EVEN_K:
@@ -221,7 +219,7 @@ _kernel_fixed = triton.heuristics({"EVEN_K": lambda args: args["D_IN"] % args["B
 _kernel_tuned = triton.autotune(
     configs=_configs(),
     key=["D_IN", "D_OUT", "num_programs", "BLOCK_M", "BLOCK_N", "ACTIVATION", "GATHER", "FLATTEN", "A_TMA", "B_TMA",
-         "C_TMA", "WARP_SPEC"],
+         "C_TMA", "WARP_SPECIALIZE"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_kernel_fixed)
 
@@ -260,11 +258,7 @@ def _check_tiles(tiles: dict[str, torch.Tensor], n_experts: int, n_rows_out: int
 def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, block_n: int,
                  a_rows_R: torch.Tensor | None = None, n_rows_out: int | None = None,
                  activation: str = "none", out=None, num_programs: int | None = None,
-                 config: dict | None = None, flatten: bool = False, a_tma: bool = False, b_tma: bool = False,
-                 c_tma: bool = False, warp_specialize: str = "none", validate: bool = False,
-                 impl: str = "auto", fast_gelu: bool | None = None, ws_gather: bool = True,
-                 ws_tma: bool = False, split_tail: bool | None = None,
-                 pregather: bool | None = None) -> torch.Tensor:
+                 options: GemmOptions | None = None, validate: bool = False) -> torch.Tensor:
     """Run a tile table: out[r, n] = act(sum_k a[row(r), k] * b_EIO[e(r), k, n]) for the tiles' rows.
 
     a: (rows of A, D_IN); row(r) = a_rows_R[r] if given (gather), else r. b_EIO: (E, D_IN, D_OUT'),
@@ -272,50 +266,16 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     "row_end", "col" (length T) and "num" (0-d valid count), all on a's device. Returns out, (n_rows_out,
     D_OUT) in a's dtype; rows that no tile covers are left as they were (uninitialised if allocated here).
     n_rows_out defaults to len(a_rows_R) (gather) or a.shape[0]. block_m / block_n must be the tile grid
-    the table was built with. config: {"BLOCK_K", "num_warps", "num_stages"} to skip autotuning.
-    num_programs: persistent programs (default: SMs, at most T). flatten: let Triton flatten the tile and
-    K loops into one software pipeline. a_tma / b_tma: load A / B tiles with the copy engine (tensor
-    descriptors over a and the (E * D_IN, D_OUT') view of b; rows must be 16-byte aligned; a_tma only
-    without a gather). c_tma: store whole tiles with the copy engine (tiles cut short by their expert's
-    end keep the masked store). warp_specialize: Triton's automatic warp specialisation of the "k_loop" or the
-    "tile_loop" (or "none").
+    the table was built with. num_programs: persistent programs (default: SMs, at most T).
+    options: which kernel runs and how (kernels.options.GemmOptions; default GemmOptions()).
     validate: check the table's contents (one host sync); shapes, dtypes, devices and contiguity are
     always checked.
-    impl: "auto" runs the Gluon Hopper kernel (kernels/gluon_gemm.py: bf16/fp16 on sm_90; B, C and A in place
-    through TMA, so a_tma / b_tma / c_tma do not apply) where it can (`gluon_unsupported`) and no option of
-    this module's kernel alone is set (config, flatten, warp_specialize), else this module's kernel;
-    "triton" always this module's kernel; "gluon" the Gluon kernel or a ValueError that says why not.
-    fast_gelu: let the Gluon kernel compute gelu by kernels/activations.py's fast form (one tanh.approx: error
-    <= 2.6e-5 + 2.5e-4 |x|, below bfloat16's rounding; 2-3% faster on H200); None: for bfloat16 only (fp16's
-    rounding is finer). "packed": the fast form on pairs of bf16 / fp16 values, every step rounded to the
-    16-bit type (kernels.activations.packed_gelu_reference): 1-2% faster than True on the H200, with errors
-    up to ~|x| 2^-8 where gelu(x) is small (x < -1), hence opt-in. This module's kernel always computes the
-    accurate form.
-    ws_gather: the Gluon kernel gathers A in a warp-specialised loader partition (False: the multiplying warps
-    issue the copies themselves). ws_tma: so does it load an A in place (TMA); off by default, as it measured
-    within +-2% of the inline loads (results/grouped_gemm/README.md).
-    split_tail: the Gluon kernel splits each tile of a last wave that is at most half full into up to 4 K
-    chunks run by otherwise idle programs (kernels.gluon_gemm.split_schedule; with the loader partition, which
-    it turns on for an A in place). None (default): only where a tile has >= 64 K steps (D_IN >= 4096), where
-    it measured faster; True: wherever the last wave is short. The chunks' fp32 partial sums are added in
-    chunk order: the result stays bitwise reproducible for a given program count but then depends on it.
-    pregather: copy the gathered rows of A into shared-row order first (kernels.row_gather; a bandwidth-bound
-    copy of n_rows_out x D_IN elements into a temporary) and run the GEMM on them in place (through TMA in the
-    Gluon kernel); the same products, so the same result. None (default): where the Gluon kernel runs and
-    the weights have >= PREGATHER_MIN_COLS columns, so that the copy is cheap beside the GEMM.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl {impl!r}: use one of {IMPLS}")
+    opts = GemmOptions() if options is None else options
+    if not isinstance(opts, GemmOptions):
+        raise ValueError(f"options must be a kernels.options.GemmOptions, got {type(opts).__name__}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not supported; use one of {tuple(ACTIVATIONS)}")
-    if not (split_tail is None or isinstance(split_tail, bool)):
-        raise ValueError(f"split_tail {split_tail!r}: use None (where tiles are long), True or False")
-    if not (pregather is None or isinstance(pregather, bool)):
-        raise ValueError(f"pregather {pregather!r}: use None (for wide weights on the Gluon kernel), True or False")
-    if not (fast_gelu is None or isinstance(fast_gelu, bool) or fast_gelu == "packed"):
-        raise ValueError(f"fast_gelu {fast_gelu!r}: use None (fast for bfloat16), True, False or 'packed'")
-    if warp_specialize not in WARP_SPECIALIZE:
-        raise ValueError(f"warp_specialize {warp_specialize!r}: use one of {tuple(WARP_SPECIALIZE)}")
     if a.dim() != 2 or b_EIO.dim() != 3:
         raise ValueError(f"a must be 2-D (rows, D_IN) and b 3-D (E, D_IN, D_OUT'); got {tuple(a.shape)} and "
                          f"{tuple(b_EIO.shape)}")
@@ -379,26 +339,30 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
     if T == 0:
         return out
     programs = max(1, min(num_programs, T))
+    # TMA where tma_ok allows unless told (A only in place); decided before a pregather puts A in place
+    a_tma = (a_rows_R is None and tma_ok(a)) if opts.a_tma is None else opts.a_tma
+    b_tma = tma_ok(b_EIO) if opts.b_tma is None else opts.b_tma
     use_gluon = False
-    if impl != "triton":
+    if opts.impl != "triton":
         why = gluon_unsupported(a, b_EIO, out, activation, a_rows_R is not None, block_m, block_n)
-        if why is None and (config is not None or flatten or warp_specialize != "none"):
-            why = "config / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
-        if why is not None and impl == "gluon":
+        if why is None and opts.tl_only():
+            why = "tile / flatten / warp_specialize are options of kernels/grouped_gemm.py's kernel"
+        if why is not None and opts.impl == "gluon":
             raise ValueError(f"impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
         use_gluon = why is None
+    pregather = opts.pregather
     if pregather is None:  # (only the Gluon kernel's TMA path was measured to gain from it)
         pregather = use_gluon and D_OUT_B >= PREGATHER_MIN_COLS
     if pregather and a_rows_R is not None:
         a, a_rows_R = gather_rows(a, a_rows_R[:n_rows_out]), None
     if use_gluon:
-        fast = a.dtype == torch.bfloat16 if fast_gelu is None else fast_gelu
+        fast = a.dtype == torch.bfloat16 if opts.fast_gelu is None else opts.fast_gelu
         return _gluon_module().grouped_gemm_hopper(a, b_EIO, tiles, out, block_m=block_m, block_n=block_n,
                                                    activation=activation, num_programs=programs, a_rows_R=a_rows_R,
-                                                   fast_gelu=fast, ws_gather=ws_gather, ws_tma=ws_tma,
-                                                   split_tail=split_tail)
+                                                   options=opts.replace(fast_gelu=fast))
     a_desc, b_desc = a, b_EIO
-    bk = config["BLOCK_K"] if config is not None else 64  # the autotuner's pre_hook resets the boxes
+    tile = opts.tile
+    bk = tile.block_k if tile is not None else 64  # the autotuner's pre_hook resets the boxes
     if a_tma:
         if a_rows_R is not None:
             raise ValueError("a_tma needs A rows in place (layer1); a gathered A (layer0) cannot use TMA")
@@ -412,7 +376,7 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
                              f"{b_EIO.element_size()} bytes; use b_tma=False")
         b_desc = descriptor(b_EIO.view(E * D_IN, D_OUT_B), [bk, block_n])
     c_desc = out
-    if c_tma:
+    if opts.c_tma:
         if (D_OUT * out.element_size()) % 16 or out.data_ptr() % 16:
             raise ValueError(f"c_tma needs 16-byte aligned output rows: D_OUT={D_OUT} columns of "
                              f"{out.element_size()} bytes; use c_tma=False")
@@ -423,14 +387,14 @@ def grouped_gemm(a, b_EIO, tiles: dict[str, torch.Tensor], *, block_m: int, bloc
             a.stride(0), a.stride(1), b_EIO.stride(0), b_EIO.stride(1), b_EIO.stride(2),
             out.stride(0), out.stride(1))
     meta = dict(GATHER=a_rows_R is not None, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m,
-                BLOCK_N=block_n, FLATTEN=flatten, A_TMA=a_tma, B_TMA=b_tma, C_TMA=c_tma,
-                WARP_SPEC=WARP_SPECIALIZE[warp_specialize])
+                BLOCK_N=block_n, FLATTEN=opts.flatten, A_TMA=a_tma, B_TMA=b_tma, C_TMA=opts.c_tma,
+                WARP_SPECIALIZE=opts.warp_specialize)
     grid = (programs,)
-    if config is None:
+    if tile is None:
         _kernel_tuned[grid](*args, **meta)
     else:
-        _kernel_fixed[grid](*args, **meta, BLOCK_K=config["BLOCK_K"], num_warps=config["num_warps"],
-                            num_stages=config["num_stages"])
+        _kernel_fixed[grid](*args, **meta, BLOCK_K=tile.block_k, num_warps=tile.num_warps,
+                            num_stages=tile.num_stages)
     return out
 
 
@@ -449,7 +413,7 @@ def gluon_unsupported(a, b_EIO, out, activation: str, gather: bool, block_m: int
     mod = _gluon_module()
     if isinstance(mod, ImportError):
         return f"Gluon's Hopper API is missing in Triton {triton.__version__} ({mod})"
-    return mod.supports(a, b_EIO, out, activation, gather, block_m, block_n)
+    return gluon_host.supports(a, b_EIO, out, activation, gather, block_m, block_n)
 
 
 def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:
@@ -460,17 +424,18 @@ def _tiles(rank_plan, layer: str) -> dict[str, torch.Tensor]:
 
 
 def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activation: str | None = None,
-                        rows_sorted: bool = False, **kwargs) -> torch.Tensor:
+                        rows_sorted: bool = False, num_programs: int | None = None,
+                        options: GemmOptions | None = None, validate: bool = False) -> torch.Tensor:
     """Layer0 of `rank`: out_RK[r] = act(x_MN[row_token_R[r]] @ w0_ENK[expert(r)]) over the Plan's l0 tiles.
 
     x_MN: (M, N) token rows indexed by global token id (the receive buffer), gathered by row_token_R in the
     kernel. rows_sorted=True: x is instead x_RN (R_max, N), already in shared-row order (e.g. written there
-    by the dispatch): no gather, so A may come through TMA (a_tma=True). w0_ENK: (E_local, N, K'),
-    K' = K/TP (gelu) or 2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major
-    shared-row order; rows past the plan's num_rows are not written. activation defaults to the model's.
-    Other keywords go to `grouped_gemm` (num_programs, config, flatten, a_tma, b_tma, warp_specialize,
-    validate). By default B (and A when rows_sorted) come through TMA where `tma_ok` allows: the faster
-    device time on H200; it costs ~0.1 ms of host time per eager call (pass b_tma=False for tiny eager calls).
+    by the dispatch): no gather, so A may come through TMA. w0_ENK: (E_local, N, K'), K' = K/TP (gelu) or
+    2K/TP (swiglu: gate | up). Returns (R_max, K/TP) in x's dtype, expert-major shared-row order; rows past
+    the plan's num_rows are not written. activation defaults to the model's. num_programs, options, validate:
+    as `grouped_gemm`; by default B (and A when rows_sorted) come through TMA where `tma_ok` allows, the
+    faster device time on H200, at ~0.1 ms of host time per eager call (GemmOptions(b_tma=False) for tiny
+    eager calls).
     """
     rp = plan.rank(rank)
     act = activation or plan.model.activation
@@ -483,20 +448,18 @@ def grouped_gemm_layer0(plan, rank: int, x_MN, w0_ENK, *, out_RK=None, activatio
     if x_MN.dim() != 2 or x_MN.shape != (rows, plan.model.hidden_N):
         what = "x_RN (rows_sorted) must be (R_max" if rows_sorted else "x_MN must be (M"
         raise ValueError(f"{what}={rows}, N={plan.model.hidden_N}); got {tuple(x_MN.shape)}")
-    kwargs.setdefault("b_tma", tma_ok(w0_ENK))
-    if rows_sorted:
-        kwargs.setdefault("a_tma", tma_ok(x_MN))
     return grouped_gemm(x_MN, w0_ENK, _tiles(rp, "l0"), block_m=plan.policy.block_m, block_n=plan.policy.block_n0,
                         a_rows_R=None if rows_sorted else rp.row_token_R, n_rows_out=R_max, activation=act,
-                        out=out_RK, **kwargs)
+                        out=out_RK, num_programs=num_programs, options=options, validate=validate)
 
 
-def grouped_gemm_layer1(plan, rank: int, h_RK, w1_EKN, *, out_RN=None, **kwargs) -> torch.Tensor:
+def grouped_gemm_layer1(plan, rank: int, h_RK, w1_EKN, *, out_RN=None, num_programs: int | None = None,
+                        options: GemmOptions | None = None, validate: bool = False) -> torch.Tensor:
     """Layer1 of `rank`: out_RN[r] = h_RK[r] @ w1_EKN[expert(r)] over the Plan's l1 tiles (column-block-major).
 
     h_RK: (R_max, K/TP) activation in shared-row order (layer0's output). w1_EKN: (E_local, K/TP, N).
-    Returns (R_max, N) in h's dtype; rows past num_rows are not written. Keywords as `grouped_gemm`; by
-    default A and B come through TMA where `tma_ok` allows (see grouped_gemm_layer0).
+    Returns (R_max, N) in h's dtype; rows past num_rows are not written. num_programs, options, validate: as
+    `grouped_gemm`; by default A and B come through TMA where `tma_ok` allows (see grouped_gemm_layer0).
     """
     rp = plan.rank(rank)
     R_max = rp.row_token_R.numel()
@@ -505,7 +468,6 @@ def grouped_gemm_layer1(plan, rank: int, h_RK, w1_EKN, *, out_RN=None, **kwargs)
                          f"N={plan.model.hidden_N}); got {tuple(w1_EKN.shape)}")
     if h_RK.dim() != 2 or h_RK.shape != (R_max, plan.ffn_local):
         raise ValueError(f"h_RK must be (R_max={R_max}, K={plan.ffn_local}); got {tuple(h_RK.shape)}")
-    kwargs.setdefault("a_tma", tma_ok(h_RK))
-    kwargs.setdefault("b_tma", tma_ok(w1_EKN))
     return grouped_gemm(h_RK, w1_EKN, _tiles(rp, "l1"), block_m=plan.policy.block_m,
-                        block_n=plan.policy.block_n1, out=out_RN, **kwargs)
+                        block_n=plan.policy.block_n1, out=out_RN, num_programs=num_programs, options=options,
+                        validate=validate)

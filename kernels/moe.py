@@ -2,8 +2,8 @@
 combine) -> owners' reduce, for every emulated rank (EmulatedWorld) or this process's rank
 (SymmetricWorkspace).
 
-Shape legend: M tokens of the whole group, N hidden, E experts, W ranks; weights follow comet/reference.py
-(w0_ENK (E, N, K') with K' = K or 2K for swiglu [gate | up], w1_EKN (E, K, N)).
+Shapes (docs/SHAPES.md): M tokens of the whole group, N hidden, E experts, W ranks; weights follow
+comet/core/reference.py (w0_ENK (E, N, K') with K' = K or 2K for swiglu [gate | up], w1_EKN (E, K, N)).
 
     >>> import torch
     >>> from comet.core.config import ModelConfig, ParallelConfig
@@ -33,8 +33,9 @@ from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import Routing
 from comet.core.weights import ExpertWeights, shard_weights
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 
 
 def stage_tokens(ws, x_MN: torch.Tensor, M: int) -> None:
@@ -54,7 +55,7 @@ def stage_tokens(ws, x_MN: torch.Tensor, M: int) -> None:
 
 def rank_shards(weights: ExpertWeights | Sequence[ExpertWeights] | Mapping[int, ExpertWeights], model: ModelConfig,
                 parallel: ParallelConfig, ranks: Sequence[int]) -> dict[int, ExpertWeights]:
-    """Each rank's weight shard: from all E experts (sharded with comet.reference.shard_weights, copies), from
+    """Each rank's weight shard: from all E experts (sharded with comet.core.weights.shard_weights, copies), from
     a sequence holding one shard per rank (index = rank), from a mapping rank -> shard holding at least `ranks`,
     or this rank's shard on a one-rank process."""
     E_loc, K_loc = model.experts_E // parallel.ep, model.ffn_K // parallel.tp
@@ -99,6 +100,8 @@ def moe_forward_fused(ws, x_MN: torch.Tensor, routing: Routing,
     checked: call ws.check() after the layer (one host sync) so a timed-out wait raises here.
     plan: a Plan already built from this routing for this workspace's ranks (skips make_plan; e.g. to time the
     kernels alone); it must have been made with `policy`.
+    layer0_kwargs / layer1_kwargs: keywords for every rank's kernels.fused_layer0.fused_layer0 /
+    kernels.fused_layer1.fused_layer1 call (e.g. {"num_programs": 1}, {"comm": kernels.options.CommConfig(...)}).
     timeline: a kernels.timeline.TimelineRecorder: both layers' kernels run instrumented and record every
     tile and communication item into it (GPU only; `timeline.events()` decodes them).
     """

@@ -1,7 +1,7 @@
-"""Slow references for the grouped GEMM kernels, one layer at a time, following comet/reference.py's
+"""Slow references for the grouped GEMM kernels, one layer at a time, following comet/core/reference.py's
 semantics (gelu exact erf; swiglu silu(x @ gate) * (x @ up) with w0's columns [gate | up]).
 
-Shape legend as in kernels/grouped_gemm.py: M tokens, N hidden, K FFN (K' = 2K for swiglu), E local
+Shapes (docs/SHAPES.md): M tokens, N hidden, K FFN (K' = 2K for swiglu), E local
 experts, R rows of the rank's shared tensor (only the plan's num_rows valid rows are returned).
 These sync with the host (they read the plan's counts); for tests and benchmark checks only.
 """

@@ -1,9 +1,10 @@
 """Rows of a matrix gathered by index into a new matrix: out[r] = x[rows[r]] (rows[r] < 0: out[r] untouched).
 
 Layer0's A operand is the token rows in the Plan's shared-row order. The grouped GEMM can gather them itself
-(cp.async by token id) or, with `grouped_gemm(pregather=True)`, read them in place through TMA after this
-copy. torch.index_select reached ~1.4 TB/s on the H200 for these shapes (results/grouped_gemm, GS+g); a
-plain row copy with 16-byte accesses is bandwidth-bound instead.
+(cp.async by token id) or, with GemmOptions(pregather=True) (kernels/options.py), read them in place
+through TMA after this copy. A plain row copy with 16-byte accesses runs at the memory's bandwidth, where
+torch.index_select fell well short of it for these shapes (measured: results/grouped_gemm/README.md,
+Pregather).
 """
 
 from __future__ import annotations

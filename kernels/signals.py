@@ -12,8 +12,8 @@ Status record (int32): [code (0 ok, 1 timeout), wait id, flag index, rank, value
 program id, spins]. `FlagTimeoutError` / `describe_status` decode it; `Workspace.check()` raises it.
 
 Producers signal with `tl.debug_barrier()` (all threads' stores issued) then an atomic add (or exchange)
-with release semantics: scope "gpu" for flags of this GPU, "sys" for flags on a peer GPU (GPU.md: this
-pattern was seen correct across 4 H200s with Triton 3.6).
+with release semantics: scope "gpu" for flags of this GPU, "sys" for flags on a peer GPU (that pattern
+across GPUs, and its latency: docs/GPU_FACTS.md).
 """
 
 from __future__ import annotations

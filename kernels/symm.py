@@ -1,19 +1,18 @@
 """`SymmetricWorkspace`: the fused kernels' workspace on a real process group (one GPU per process),
 through torch.distributed._symmetric_memory; and a device-side barrier kernel.
 
-One symmetric allocation per process holds [recv_MN | combine_MSN | sflags_F] at the same offsets on every
-rank; `rendezvous` gives every rank's address of it (shared/GPU.md: Triton loads and stores through those
-addresses cross NVLink). Local buffers (flags_F, status, h_RK, y_RN) are ordinary allocations. Layout and
+One symmetric allocation per process holds [recv_MN | combine_MLN | sflags_F] at the same offsets on every
+rank; `rendezvous` gives every rank's address of it (Triton loads and stores through those addresses cross
+NVLink: docs/GPU_FACTS.md). Local buffers (flags_F, status, h_RK, y_RN) are ordinary allocations. Layout and
 lifetimes as kernels/workspace.py.
 
-Launch with torchrun, one process per GPU, NVLS/multicast off (shared/GPU.md):
+Launch with torchrun, one process per GPU, NVLS/multicast off (docs/GPU_FACTS.md):
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
         torchrun --nproc-per-node=4 -m pytest -m multigpu tests/test_fused_multigpu.py
 Each call: stage own rows -> barrier -> layer0 -> layer1 -> reduce -> barrier (kernels.moe). The two
 barriers are device-side (one small kernel each, no host sync): the first makes every owner's rows visible
 before peers pull them, the second keeps the next call from overwriting receive or combine buffers that
-a peer still reads. Cost: one NVLink round trip each (a few microseconds; not measured: no multi-GPU
-machine was lent when this was written).
+a peer still reads. Cost: one NVLink round trip each (a flag's one-way latency: docs/GPU_FACTS.md).
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ class SymmetricWorkspace(Workspace):
         missing = [k for k, v in NVLS_ENV.items() if os.environ.get(k) != v]
         if missing:
             warnings.warn(f"SymmetricWorkspace: {missing} not set to {NVLS_ENV}; NVLS/multicast must stay off on "
-                          f"these machines (shared/GPU.md)", stacklevel=2)
+                          f"machines shared with other jobs (docs/GPU_FACTS.md)", stacklevel=2)
         self.group = group or dist.group.WORLD
         world = dist.get_world_size(self.group)
         parallel.validate(model, world)
@@ -105,7 +104,7 @@ class SymmetricWorkspace(Workspace):
         self.rank = rank
         self.ranks = (rank,)
         self._bufs[rank] = RankBuffers(
-            rank=rank, recv_MN=recv, combine_MSN=comb, sflags_F=sflags,
+            rank=rank, recv_MN=recv, combine_MLN=comb, sflags_F=sflags,
             flags_F=torch.zeros(lay.local_len, dtype=torch.int32, device=device),
             status=torch.zeros(STATUS_LEN, dtype=torch.int32, device=device),
             h_RK=torch.full((sz.rows, sz.ffn_local), float("nan"), dtype=dtype, device=device),

@@ -33,10 +33,10 @@ some set-ups; tens of ns on others): items shorter than that read as zero length
 
 Events (`events_frame`) have SimResult.events' columns (rank, track "SM 017" = the real SM, kind, category,
 layer, start_us, end_us, bytes, peer, cause = -1, dur_us) and: program, block (the simulator's numbering
-of the launch's blocks: compute blocks 0..G-1, then the communication blocks), sm, item, col, rows,
+of the launch's blocks: compute blocks 0 .. num_gemm - 1, then the communication blocks), sm, item, col, rows,
 begin_us (t_begin: the event itself starts at t_ready, as the simulator's do), wait_us (t_ready - t_begin),
 launch. Times in microseconds from the recording's earliest t_begin. This module imports nothing of sim/
-(the GPU machines lack simpy); both speak comet/core/events.py's vocabulary.
+(it runs where simpy is not installed); both speak comet/core/events.py's vocabulary.
 """
 
 from __future__ import annotations

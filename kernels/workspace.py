@@ -1,28 +1,29 @@
 """The fused kernels' workspace: buffers, flags, peer-address tables and status, created once per process
 group and reused by every call and layer; and `EmulatedWorld`, W ranks in one process.
 
-Shape legend: M tokens (M_cap: the capacity), N hidden, K/TP layer0 output columns, R rows of a rank's shared
-tensor (R_max = M_cap * min(topk, E_local)), S combine slots per token (min(topk, EP) * TP), W ranks,
-F flags.
+Shapes (docs/SHAPES.md): M tokens (M_cap: the capacity; M_own = ceil(M_cap / W) owned by a rank), N hidden,
+K/TP layer0 output columns, R rows of a rank's shared tensor (R_max = M_cap * min(topk, E_local)), L combine
+slots per token (min(topk, EP) * TP), W ranks, F flags.
 
 Per rank:
     recv_MN      (M_cap, N)      symmetric  token rows by global token id (the owner's own rows, then those
-                                            pulled in layer0); PAPER.md Table 3's M x N buffer
-    combine_MSN  (M_own, S, N)   symmetric  partial sums arriving at the owner, slot = Plan.send_slot_S
+                                            pulled in layer0); the paper's M x N symmetric buffer
+                                            (docs/PAPER_NOTES.md, memory)
+    combine_MLN  (M_own, L, N)   symmetric  partial sums arriving at the owner, slot = Plan.send_slot_S
     sflags_F     int32           symmetric  [combine flags W x col_max | barrier flags W]: written by peers
     flags_F      int32           local      [layer0 arrival W | layer0 copy-engine W | layer1 column counts
                                             col_max | done counters 3 | reduce done per column col_max]
     status       int32 (8,)      local      timeout record (kernels/signals.py)
     h_RK         (R_max, K/TP)   local      layer0 output = layer1 input
     y_RN         (R_max, N)      local      layer1 GEMM output before the top-k reduction
-    *_ptrs_W     int64 (W,)      local      every rank's address of recv_MN / combine_MSN / sflags_F
-Sizes come from comet.plan.plan_bounds for the capacity; the combine buffer uses `combine_dtype` (the
+    *_ptrs_W     int64 (W,)      local      every rank's address of recv_MN / combine_MLN / sflags_F
+Sizes come from comet.core.plan.plan_bounds for the capacity; the combine buffer uses `combine_dtype` (the
 tokens' dtype unless asked otherwise). col_max = ceil(N / 16), enough for any block_n1.
 
 Flags need no host-side clearing between calls: count flags are reset by the last program of the launch
 that consumed them, copy-engine flags hold a per-rank epoch (a host-side counter advanced at every
-copy-engine launch, so no sync). Buffers are
-poisoned with NaN at creation so that an unwritten row shows up in tests.
+copy-engine launch, so no sync). Buffers are poisoned with NaN at creation so that an unwritten row shows
+up in tests.
 
 `check()` reads every status buffer (one host sync: ~10-50 us plus draining the stream, so call it in debug
 runs, tests, or every few hundred calls) and raises FlagTimeoutError naming the flag; `reset()` clears
@@ -105,7 +106,7 @@ class WorkspaceSizes:
     tokens: int  # M_cap
     recv_rows: int  # M_cap
     own_rows: int  # ceil(M_cap / W)
-    slots: int
+    slots: int  # L: combine slots per token
     rows: int  # R_max
     hidden: int
     ffn_local: int
@@ -133,7 +134,7 @@ class RankBuffers:
 
     rank: int
     recv_MN: torch.Tensor
-    combine_MSN: torch.Tensor
+    combine_MLN: torch.Tensor
     sflags_F: torch.Tensor
     flags_F: torch.Tensor
     status: torch.Tensor
@@ -284,7 +285,7 @@ class EmulatedWorld(Workspace):
         >>> from comet.core.config import ModelConfig, ParallelConfig
         >>> m = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1)
         >>> world = EmulatedWorld(m, ParallelConfig(ep=2), capacity_tokens=64, dtype=torch.float32)
-        >>> world.buffers(1).recv_MN.shape, world.buffers(1).combine_MSN.shape
+        >>> world.buffers(1).recv_MN.shape, world.buffers(1).combine_MLN.shape
         (torch.Size([64, 32]), torch.Size([32, 2, 32]))
     """
 
@@ -306,7 +307,7 @@ class EmulatedWorld(Workspace):
         self.ranks = tuple(range(W))
         for r in range(W):
             self._bufs[r] = RankBuffers(
-                rank=r, recv_MN=recv[r], combine_MSN=comb[r], sflags_F=sflags[r],
+                rank=r, recv_MN=recv[r], combine_MLN=comb[r], sflags_F=sflags[r],
                 flags_F=torch.zeros(lay.local_len, dtype=torch.int32, device=dev),
                 status=torch.zeros(STATUS_LEN, dtype=torch.int32, device=dev),
                 h_RK=_poisoned((sz.rows, sz.ffn_local), dtype, dev), y_RN=_poisoned((sz.rows, sz.hidden), dtype, dev),

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import grouped_gemm as bench
 from comet.core.config import ModelConfig
-from kernels.grouped_gemm import SMALL_CONFIG
+from kernels.options import SMALL_TILE
 
 
 def test_run_case_rows_and_summary(monkeypatch):
@@ -22,8 +22,8 @@ def test_run_case_rows_and_summary(monkeypatch):
     monkeypatch.setattr(bench, "_bench_both", lambda fn: (fn(), next(times))[1:] * 2)
     monkeypatch.setattr(bench.gg, "sm_count", lambda device: 4)
     model = ModelConfig("small", hidden_N=64, ffn_K=48, experts_E=8, topk=2, layers=1, activation="gelu")
-    variants = {"32x32": (32, 32, 32, 8, {"config": SMALL_CONFIG}),
-                "32x32S+g": (32, 32, 32, 8, {"config": SMALL_CONFIG, "sorted_a": "with_gather"})}
+    variants = {"32x32": (32, 32, 32, 8, {"tile": SMALL_TILE}),
+                "32x32S+g": (32, 32, 32, 8, {"tile": SMALL_TILE, "sorted_a": "with_gather"})}
     buf, summary = io.StringIO(), []
     writer = csv.DictWriter(buf, fieldnames=bench.FIELDS)
     writer.writeheader()

@@ -19,6 +19,7 @@ import torch
 
 from comet.calibrate import assemble, cli, comm, fit, gpu, measurements, settings
 from comet.core.config import HardwareProfile
+from kernels.options import GPU_COMM
 from kernels.probes import peer_copy
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -248,7 +249,7 @@ def test_comm_only_plan_moves_rows_and_computes_nothing():
     from comet.core.planner import make_plan
     from comet.core.policy import Policy
     from comet.core.routing import make_routing
-    from kernels.fused_layer0 import SMALL_CONFIG, fused_layer0
+    from kernels.fused_layer0 import fused_layer0
     from kernels.moe import stage_tokens
     from kernels.workspace import EmulatedWorld
 
@@ -261,7 +262,7 @@ def test_comm_only_plan_moves_rows_and_computes_nothing():
     stage_tokens(world, x, M)
     p = comm.comm_only_plan(plan, 0, nc=3)
     assert p.policy.nc_layer0 == 3 and [r.rank for r in p.ranks] == [0] and int(p.rank(0).num_l0_tiles) == 0
-    fused_layer0(world, p, 0, torch.zeros(2, 32, 32), variant="blocks", num_programs=1, config=SMALL_CONFIG)
+    fused_layer0(world, p, 0, torch.zeros(2, 32, 32), variant="blocks", num_programs=1)
     world.check()
     t = plan.rank(0).trimmed()
     need = t["recv_token_U"]
@@ -326,10 +327,8 @@ def test_quick_calibration_on_the_gpu(tmp_path):
 
 
 def test_item_cost_fit_and_the_kernels_default_config():
-    from kernels.fused_layer1 import DEFAULT_PIPELINE, GPU_SEND_BLOCK
-
     fixed, gbps = fit.item_cost_fit(2.0 + 4096 / 7.4e3, 4096, 2.0 + 16384 / 7.4e3, 16384)
     assert fixed == pytest.approx(2.0) and gbps == pytest.approx(7.4)
     assert fit.item_cost_fit(1.0, 100, 1.0, 400) == (1.0, math.inf)  # no per-byte cost at all
-    assert settings.L1_DEFAULT_CONFIG == (DEFAULT_PIPELINE, GPU_SEND_BLOCK)
+    assert settings.L1_DEFAULT_CONFIG == (int(GPU_COMM.pipelined), GPU_COMM.send_block_for("cuda"))
     assert settings.L1_DEFAULT_CONFIG in settings.L1_COMM_CONFIGS

@@ -27,9 +27,11 @@ from comet.core.reference import moe_forward
 from comet.core.routing import Routing, imbalanced, uniform
 from comet.core.tolerances import assert_close
 from comet.core.weights import ExpertWeights, random_tokens, random_weights, shard_weights
+from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
-from kernels.fused_layer1 import combine_reduce, fused_layer1
+from kernels.fused_layer1 import fused_layer1
 from kernels.moe import moe_forward_fused, stage_tokens
+from kernels.options import SMALL_COMM, CommConfig, TileConfig
 from kernels.signals import FlagTimeoutError
 from kernels.workspace import EmulatedWorld, WorkspaceCapacityError
 
@@ -89,17 +91,7 @@ def test_matches_reference(ep, tp, act, variant, dtype, dispatch):
     _check_forward(_world(model, par, dtype=dtype), model, par, routing, policy, dtype)
 
 
-@pytest.mark.parametrize("topk,ep", [(3, 2), (2, 1)])
-def test_layer1_one_gather_per_send_matches_reference(topk, ep):
-    # GATHER_3D: a send's rows in one 3-D gather (TOPK_P2 = 4 > 3 local rows pads with masked rows)
-    model = _model("swiglu", E=8, topk=topk)
-    par = ParallelConfig(ep=ep)
-    routing = imbalanced(M=40, E=8, topk=topk, std=0.05, seed=topk)
-    _check_forward(_world(model, par), model, par, routing, SMALL, torch.float32,
-                   layer1_kwargs={"config": {"GATHER_3D": True}}, what=f"GATHER_3D topk={topk} EP={ep}")
-
-
-PIPELINE_CASES = [  # (ep, tp, topk, E, dtype, SEND_BLOCK, comm_rows, nc_layer1)
+PIPELINE_CASES = [  # (ep, tp, topk, E, dtype, send_block, comm_rows, nc_layer1)
     (2, 1, 2, 4, torch.float32, 4, 10, 2),  # 3 steps per chunk, short last chunks (empty units)
     (4, 1, 2, 4, torch.float16, 16, 8, 3),  # one step per chunk
     (2, 2, 2, 4, torch.float32, 2, 8, 1),  # TP=2, one program, 4 steps per chunk
@@ -110,39 +102,37 @@ PIPELINE_CASES = [  # (ep, tp, topk, E, dtype, SEND_BLOCK, comm_rows, nc_layer1)
 
 @pytest.mark.parametrize("ep,tp,topk,E,dtype,send_block,comm_rows,nc", PIPELINE_CASES)
 def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, send_block, comm_rows, nc):
-    """config PIPELINE=1/2 (software-pipelined communication programs; 2 batches the combine signals): the
-    owners' combine buffers and combine_reduce outputs are bitwise those of PIPELINE=0, and match the
-    reference; the calls share one workspace (the combine flags return to 0 after every call)."""
+    """CommConfig(pipelined=True) (software-pipelined communication programs, the default): the owners'
+    combine buffers and combine_reduce outputs are bitwise those of the item-by-item loop (pipelined=False),
+    and match the reference; the calls share one workspace (the combine flags return to 0 after every call)."""
     model = _model("swiglu", E=E, topk=topk)
     par = ParallelConfig(ep=ep, tp=tp)
     world = _world(model, par, dtype=dtype)
     routing = imbalanced(M=44, E=E, topk=topk, std=0.05, seed=ep * 7 + topk)
     policy = SMALL.replace(comm_rows=comm_rows, nc_layer1=nc)
     outs, combs = [], []
-    for pipeline in (0, 1, 2, 0):
-        cfg = {"PIPELINE": pipeline, "SEND_BLOCK": send_block}
-        outs.append(_check_forward(world, model, par, routing, policy, dtype, layer1_kwargs={"config": cfg},
-                                   what=f"PIPELINE={pipeline} SEND_BLOCK={send_block} EP={ep} TP={tp}"))
-        combs.append([world.buffers(r).combine_MSN.clone() for r in world.ranks])
-    for i, pipeline in enumerate((1, 2, 0), start=1):
-        assert torch.equal(outs[i], outs[0]), f"PIPELINE={pipeline} output differs bitwise from PIPELINE=0"
+    for pipelined in (False, True, False):
+        comm = SMALL_COMM.replace(pipelined=pipelined, send_block=send_block)
+        outs.append(_check_forward(world, model, par, routing, policy, dtype, layer1_kwargs={"comm": comm},
+                                   what=f"pipelined={pipelined} send_block={send_block} EP={ep} TP={tp}"))
+        combs.append([world.buffers(r).combine_MLN.clone() for r in world.ranks])
+    for i, pipelined in enumerate((True, False), start=1):
+        assert torch.equal(outs[i], outs[0]), f"pipelined={pipelined}: output differs bitwise from item by item"
         for r, (a, b) in enumerate(zip(combs[i], combs[0], strict=True)):
             # bytes: slots no send writes hold the workspace's NaN fill
             assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
-                f"PIPELINE={pipeline}: rank {r}'s combine buffer differs from PIPELINE=0"
+                f"pipelined={pipelined}: rank {r}'s combine buffer differs from item by item"
 
 
-def test_layer1_pipeline_config_errors():
-    model = _model()
-    par = ParallelConfig(ep=2)
-    world = _world(model, par)
-    routing = uniform(M=32, E=4, topk=2, seed=1)
-    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL)
-    w1 = torch.zeros(2, 32, 32, device=DEVICE)
-    with pytest.raises(ValueError, match="PIPELINE=3"):
-        fused_layer1(world, plan, 0, w1, config={"PIPELINE": 3})
-    with pytest.raises(ValueError, match="PIPELINE and GATHER_3D"):
-        fused_layer1(world, plan, 0, w1, config={"PIPELINE": 1, "GATHER_3D": True})
+def test_comm_and_tile_config_errors_say_what_to_use():
+    with pytest.raises(ValueError, match="CommConfig pipelined=2: use True"):
+        CommConfig(pipelined=2)
+    with pytest.raises(ValueError, match=r"CommConfig send_block=24: a tl.arange size, so a power of two"):
+        SMALL_COMM.replace(send_block=24)
+    with pytest.raises(ValueError, match="CommConfig pull_rows=0"):
+        CommConfig(pull_rows=0)
+    with pytest.raises(ValueError, match="TileConfig num_stages=0: needs an int >= 1"):
+        TileConfig(num_stages=0)
 
 
 def test_program_counts_send_blocks_and_tiles():
@@ -194,7 +184,7 @@ def combine_problems(world, plan, routing, par) -> list[str]:
     problems = []
     for o in range(W):
         lo, hi = owned_range(M, W, o)
-        comb = world.buffers(o).combine_MSN.cpu().float()
+        comb = world.buffers(o).combine_MLN.cpu().float()
         for t in range(lo, hi):
             groups = sorted({int(e) // E_loc for e in routing.topk_ids_MJ[t].tolist()})
             for j in range(len(groups) * par.tp):

@@ -3,7 +3,8 @@
 Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before the kernels
 are imported) in float32/float16 on small shapes: ragged experts, an expert with zero rows, a rank with no
 rows, tile sizes that divide none of the sizes. The same logic tests run on the GPU when there is one;
-`gpu` tests add bf16, Hopper-sized tiles, autotuning and the flattened tile loop.
+`gpu` tests add bf16, Hopper-sized tiles, autotuning and the benchmark variants (TMA stores, flattened and
+warp-specialised tile loops).
 Tolerances come from comet.core.tolerances (one table); failures print max and mean errors.
 """
 
@@ -19,18 +20,17 @@ from comet.core.planner import make_plan
 from comet.core.policy import ORDERS, Policy
 from comet.core.routing import Routing, imbalanced
 from comet.core.tolerances import assert_close
-from kernels.grouped_gemm import (
-    SMALL_CONFIG,
-    grouped_gemm,
-    grouped_gemm_layer0,
-    grouped_gemm_layer1,
-)
+from kernels.grouped_gemm import grouped_gemm, grouped_gemm_layer0, grouped_gemm_layer1
+from kernels.options import SMALL_TILE, GemmOptions, TileConfig
 from kernels.reference_gemm import reference_layer0, reference_layer1
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
 HW = HardwareProfile.from_name("h200")
 SMALL_POLICY = Policy(block_m=16, block_n0=16, block_n1=16)  # divides none of N=40, K=24
+SMALL = GemmOptions(tile=SMALL_TILE)  # the tl kernel with the interpreter's tile loop
+GLUON = GemmOptions(impl="gluon")
+GPU_TILE_4 = TileConfig(block_k=64, num_warps=8, num_stages=4)
 
 
 def _tol_key(dtype: torch.dtype):
@@ -56,22 +56,25 @@ def _tokens(M, N, dtype, seed=1):
     return torch.randn(M, N, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
 
 
-def _check_layers(plan, rank, dtype, activation=None, a_tma=False, **kw):
-    """Run layer0 then layer1 (a_tma: A through TMA, layer1 only) on poisoned outputs; compare valid rows
-    with the reference, and check that rows past num_rows were left alone."""
+def _check_layers(plan, rank, dtype, activation=None, a_tma=False, num_programs=None, **opts):
+    """Run layer0 then layer1 (a_tma: A through TMA, layer1 only; opts: GemmOptions fields) on poisoned
+    outputs; compare valid rows with the reference, and check that rows past num_rows were left alone."""
+    o = GemmOptions(**opts)
     act = activation or plan.model.activation
     w0, w1 = _weights(plan, act, dtype)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
     rp = plan.rank(rank)
     R_max, R = rp.row_token_R.numel(), int(rp.num_rows)
     h = torch.full((R_max, plan.ffn_local), float("nan"), device=DEVICE, dtype=dtype)
-    out = grouped_gemm_layer0(plan, rank, x, w0, out_RK=h, activation=act, validate=True, **kw)
+    out = grouped_gemm_layer0(plan, rank, x, w0, out_RK=h, activation=act, num_programs=num_programs, options=o,
+                              validate=True)
     assert out.data_ptr() == h.data_ptr()
     assert_close(h[:R], reference_layer0(plan, rank, x, w0, act), _tol_key(dtype), f"layer0 {act} rank {rank}")
     assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
     y = torch.full((R_max, plan.model.hidden_N), float("nan"), device=DEVICE, dtype=dtype)
     h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
-    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, validate=True, a_tma=a_tma, **kw)
+    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, num_programs=num_programs, options=o.replace(a_tma=a_tma),
+                        validate=True)
     assert_close(y[:R], reference_layer1(plan, rank, h_in, w1), _tol_key(dtype), f"layer1 rank {rank}")
     assert bool(y[R:].isnan().all()), "layer1 wrote rows past num_rows"
     return h, y
@@ -89,7 +92,7 @@ def test_ragged_experts_match_reference(dtype, activation, b_tma):
     assert len(set(counts)) > 1, f"routing should be ragged, got {counts}"
     for rank in (0, 1):  # b_tma: the reduction tail of an expert reads the next expert's B rows (A is 0);
         # c_tma: whole tiles stored by TMA next to masked stores of the tiles an expert's end cuts short
-        _check_layers(plan, rank, dtype, config=SMALL_CONFIG, b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
+        _check_layers(plan, rank, dtype, tile=SMALL_TILE, b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
 
 
 def test_expert_with_zero_rows_and_rank_with_none():
@@ -103,7 +106,7 @@ def test_expert_with_zero_rows_and_rank_with_none():
     assert plan.rank(0).expert_offsets_E1.tolist()[1:] == [20, 20]
     assert int(plan.rank(2).num_rows) == 0 and int(plan.rank(2).num_l0_tiles) == 0
     for rank in (0, 1, 2):
-        _check_layers(plan, rank, torch.float32, config=SMALL_CONFIG)
+        _check_layers(plan, rank, torch.float32, tile=SMALL_TILE)
 
 
 @pytest.mark.parametrize("a_tma", [False, True])
@@ -116,11 +119,11 @@ def test_layer0_rows_sorted(a_tma):
     rp = plan.rank(1)
     x_RN = x[rp.row_token_R.clamp(min=0)]
     R = int(rp.num_rows)
-    h = grouped_gemm_layer0(plan, 1, x_RN, w0, rows_sorted=True, a_tma=a_tma, b_tma=a_tma, config=SMALL_CONFIG,
-                            validate=True)
+    h = grouped_gemm_layer0(plan, 1, x_RN, w0, rows_sorted=True, validate=True,
+                            options=GemmOptions(a_tma=a_tma, b_tma=a_tma, tile=SMALL_TILE))
     assert_close(h[:R], reference_layer0(plan, 1, x, w0), _tol_key(torch.float32), "layer0 rows_sorted")
     with pytest.raises(ValueError, match="rows_sorted"):
-        grouped_gemm_layer0(plan, 1, x, w0, rows_sorted=True, config=SMALL_CONFIG)
+        grouped_gemm_layer0(plan, 1, x, w0, rows_sorted=True, options=SMALL)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
@@ -132,8 +135,8 @@ def test_layer0_pregather_equals_the_fused_gather(activation):
     w0, _ = _weights(plan, activation, torch.float32)
     x = _tokens(50, 40, torch.float32)
     R = int(plan.rank(1).num_rows)
-    fused = grouped_gemm_layer0(plan, 1, x, w0, config=SMALL_CONFIG)
-    pre = grouped_gemm_layer0(plan, 1, x, w0, config=SMALL_CONFIG, pregather=True)
+    fused = grouped_gemm_layer0(plan, 1, x, w0, options=SMALL)
+    pre = grouped_gemm_layer0(plan, 1, x, w0, options=SMALL.replace(pregather=True))
     assert torch.equal(pre[:R], fused[:R])
     assert_close(pre[:R], reference_layer0(plan, 1, x, w0), _tol_key(torch.float32), "layer0 pregather")
 
@@ -144,7 +147,7 @@ def test_tile_orders_and_program_counts(order, num_programs):
     model = _small_model()
     routing = imbalanced(M=40, E=4, topk=2, std=0.05, seed=7)
     plan = make_plan(routing, model, ParallelConfig(ep=4), HW, SMALL_POLICY.replace(order=order, group_m=2))
-    _check_layers(plan, 3, torch.float32, config=SMALL_CONFIG, num_programs=num_programs)
+    _check_layers(plan, 3, torch.float32, tile=SMALL_TILE, num_programs=num_programs)
 
 
 @pytest.mark.parametrize("policy", [Policy(block_m=32, block_n0=16, block_n1=32), Policy(block_m=16, block_n0=32,
@@ -155,7 +158,7 @@ def test_tp_shard_and_other_tiles(policy):
     routing = imbalanced(M=45, E=2, topk=1, std=0.1, seed=11)
     plan = make_plan(routing, model, ParallelConfig(ep=1, tp=2), HW, policy)
     assert plan.ffn_local == 24
-    _check_layers(plan, 1, torch.float16, config={"BLOCK_K": 32, "num_warps": 4, "num_stages": 1})
+    _check_layers(plan, 1, torch.float16, tile=TileConfig(block_k=32, num_warps=4, num_stages=1))
 
 
 def test_errors_are_clear():
@@ -164,38 +167,40 @@ def test_errors_are_clear():
     w0, w1 = _weights(plan, "gelu", torch.float32)
     x = _tokens(20, 40, torch.float32)
     with pytest.raises(ValueError, match="w0_ENK must be"):
-        grouped_gemm_layer0(plan, 0, x, w0[:, :, :20], config=SMALL_CONFIG)
+        grouped_gemm_layer0(plan, 0, x, w0[:, :, :20], options=SMALL)
     with pytest.raises(ValueError, match="share one dtype"):
-        grouped_gemm_layer0(plan, 0, x.half(), w0, config=SMALL_CONFIG)
+        grouped_gemm_layer0(plan, 0, x.half(), w0, options=SMALL)
     with pytest.raises(ValueError, match="contiguous"):
-        grouped_gemm_layer0(plan, 0, x, w0.transpose(1, 2).contiguous().transpose(1, 2), config=SMALL_CONFIG)
+        grouped_gemm_layer0(plan, 0, x, w0.transpose(1, 2).contiguous().transpose(1, 2), options=SMALL)
     with pytest.raises(ValueError, match="x_MN must be"):
-        grouped_gemm_layer0(plan, 0, x[:10], w0, config=SMALL_CONFIG)
+        grouped_gemm_layer0(plan, 0, x[:10], w0, options=SMALL)
     bad_plan = make_plan(imbalanced(M=20, E=4, topk=2, std=0.0), model, ParallelConfig(ep=2), HW,
                          Policy(block_m=24, block_n0=16, block_n1=16))
     with pytest.raises(ValueError, match="power of two"):
-        grouped_gemm_layer0(bad_plan, 0, x, w0, config=SMALL_CONFIG)
+        grouped_gemm_layer0(bad_plan, 0, x, w0, options=SMALL)
     # tile-table bounds (validate=True): an expert past the weight's experts, a column block past D_OUT
     rp = plan.rank(0)
     tiles = {"expert": rp.l0_tile_expert_T.clone(), "row_start": rp.l0_tile_row_start_T,
              "row_end": rp.l0_tile_row_end_T, "col": rp.l0_tile_col_T, "num": rp.num_l0_tiles}
     tiles["expert"][0] = 5
     with pytest.raises(ValueError, match="tile 0: expert=5 out of bounds"):
-        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, a_rows_R=rp.row_token_R, config=SMALL_CONFIG,
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, a_rows_R=rp.row_token_R, options=SMALL,
                      validate=True)
     tiles["expert"] = rp.l0_tile_expert_T
     with pytest.raises(ValueError, match="col=1 out of bounds"):  # a table built for block_n=16, run with 32
-        grouped_gemm(x, w0, tiles, block_m=16, block_n=32, a_rows_R=rp.row_token_R, config=SMALL_CONFIG,
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=32, a_rows_R=rp.row_token_R, options=SMALL,
                      validate=True)
     with pytest.raises(ValueError, match="1-D int64"):
         grouped_gemm(x, w0, {**tiles, "col": tiles["col"].int()}, block_m=16, block_n=16,
-                     a_rows_R=rp.row_token_R, config=SMALL_CONFIG)
+                     a_rows_R=rp.row_token_R, options=SMALL)
     with pytest.raises(ValueError, match="a gathered A"):
-        grouped_gemm_layer0(plan, 0, x, w0, config=SMALL_CONFIG, a_tma=True)
+        grouped_gemm_layer0(plan, 0, x, w0, options=SMALL.replace(a_tma=True))
     with pytest.raises(ValueError, match="activation"):
         grouped_gemm(x, w0, tiles, block_m=16, block_n=16, activation="relu")
-    with pytest.raises(ValueError, match="impl 'cuda'"):
-        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, a_rows_R=rp.row_token_R, impl="cuda")
+    with pytest.raises(ValueError, match="impl='cuda': use one of auto, triton, gluon"):
+        GemmOptions(impl="cuda")
+    with pytest.raises(ValueError, match="options must be a kernels.options.GemmOptions, got dict"):
+        grouped_gemm(x, w0, tiles, block_m=16, block_n=16, options={"impl": "triton"})
 
 
 def test_gluon_impl_says_why_it_cannot_run():
@@ -207,12 +212,12 @@ def test_gluon_impl_says_why_it_cannot_run():
     x = _tokens(20, 40, torch.float32)
     why = "not an sm_90" if DEVICE == "cpu" else "dtype torch.float32"
     with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
-        grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")
+        grouped_gemm_layer0(plan, 0, x, w0, options=GLUON)
     h = torch.randn(plan.rank(0).row_token_R.numel(), 24, device=DEVICE)
     with pytest.raises(ValueError, match=f"impl='gluon' cannot run this call: {why}"):
-        grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")
+        grouped_gemm_layer1(plan, 0, h, w1, options=GLUON)
     R = int(plan.rank(0).num_rows)
-    y = grouped_gemm_layer1(plan, 0, h, w1, impl="auto", a_tma=False, b_tma=False)
+    y = grouped_gemm_layer1(plan, 0, h, w1, options=GemmOptions(a_tma=False, b_tma=False))
     assert_close(y[:R], reference_layer1(plan, 0, h, w1), _tol_key(torch.float32), "layer1 auto")
 
 
@@ -232,8 +237,7 @@ def _gpu_plan(activation, M=700, block_n0=128, order="comet", block_m=128, block
 def test_gpu_bf16(activation, block_n0, b_tma):
     plan = _gpu_plan(activation, block_n0=block_n0)
     for rank in (0, 1):
-        _check_layers(plan, rank, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                      b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
+        _check_layers(plan, rank, torch.bfloat16, tile=TileConfig(), b_tma=b_tma, a_tma=b_tma, c_tma=b_tma)
 
 
 @pytest.mark.gpu
@@ -245,11 +249,11 @@ def test_gpu_bf16_autotuned(activation, b_tma):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("activation,where", [("gelu", "k_loop"), ("swiglu", "k_loop"), ("gelu", "tile_loop")])
-def test_gpu_warp_specialized(activation, where):
+@pytest.mark.parametrize("activation,b_tma", [("gelu", True), ("swiglu", True), ("gelu", False)])
+def test_gpu_warp_specialized(activation, b_tma):
+    # (a benchmark variant: Triton's warp specialisation of the tile loop)
     plan = _gpu_plan(activation, block_n0=128 if activation == "gelu" else 64)
-    _check_layers(plan, 0, torch.bfloat16, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-                  b_tma=True, a_tma=True, warp_specialize=where)
+    _check_layers(plan, 0, torch.bfloat16, tile=TileConfig(), b_tma=b_tma, a_tma=b_tma, warp_specialize=True)
 
 
 @pytest.mark.gpu
@@ -258,13 +262,13 @@ def test_gpu_program_counts_and_flatten(flatten):
     plan = _gpu_plan("gelu", M=1500, order="expert-major")
     for num_programs in (1, 17, 132, 264, 10_000):
         _check_layers(plan, 1, torch.bfloat16, num_programs=num_programs, flatten=flatten, b_tma=flatten,
-                      a_tma=flatten, config={"BLOCK_K": 64, "num_warps": 8, "num_stages": 4})
+                      a_tma=flatten, tile=GPU_TILE_4)
 
 
 @pytest.mark.gpu
 def test_gpu_chain_matches_comet_reference():
     """layer0 then layer1 on one rank equals comet.core.reference.expert_ffn on each expert's rows."""
-    ref = pytest.importorskip("comet.core.reference")
+    from comet.core import reference as ref
     plan = _gpu_plan("swiglu", block_n0=64)
     w0, w1 = _weights(plan, "swiglu", torch.bfloat16)
     x = _tokens(plan.num_tokens, 512, torch.bfloat16)
@@ -286,9 +290,11 @@ def _gluon_plan(activation, block_m, block_n, K=328, M=900, order="comet"):
     return _gpu_plan(activation, M=M, block_n0=block_n, order=order, block_m=block_m, block_n1=block_n, K=K)
 
 
-def _check_gluon(plan, rank, activation, gather=False, **kw):
+def _check_gluon(plan, rank, activation, gather=False, num_programs=None, **opts):
     """layer0 (rows gathered by token id, or already in shared-row order) and layer1, both forced onto the
-    Gluon kernel, on poisoned outputs: valid rows match the reference, rows past num_rows are left alone."""
+    Gluon kernel (opts: the other GemmOptions fields), on poisoned outputs: valid rows match the reference,
+    rows past num_rows are left alone."""
+    kw = {"num_programs": num_programs, "options": GemmOptions(impl="gluon", **opts)}
     dtype = torch.bfloat16
     w0, w1 = _weights(plan, activation, dtype)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
@@ -297,12 +303,12 @@ def _check_gluon(plan, rank, activation, gather=False, **kw):
     x_RN = x[rp.row_token_R.clamp(min=0)].contiguous()
     h = torch.full((R_max, plan.ffn_local), float("nan"), device=DEVICE, dtype=dtype)
     grouped_gemm_layer0(plan, rank, x if gather else x_RN, w0, out_RK=h, activation=activation,
-                        rows_sorted=not gather, impl="gluon", validate=True, **kw)
+                        rows_sorted=not gather, validate=True, **kw)
     assert_close(h[:R], reference_layer0(plan, rank, x, w0, activation), dtype, f"gluon layer0 rank {rank}")
     assert bool(h[R:].isnan().all()), "layer0 wrote rows past num_rows"
     h_in = torch.where(h.isnan(), torch.zeros_like(h), h)
     y = torch.full((R_max, plan.model.hidden_N), float("nan"), device=DEVICE, dtype=dtype)
-    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, impl="gluon", validate=True, **kw)
+    grouped_gemm_layer1(plan, rank, h_in, w1, out_RN=y, validate=True, **kw)
     assert_close(y[:R], reference_layer1(plan, rank, h_in, w1), dtype, f"gluon layer1 rank {rank}")
     assert bool(y[R:].isnan().all()), "layer1 wrote rows past num_rows"
     return y
@@ -347,14 +353,14 @@ def test_gpu_gluon_loader_partition_agrees(activation, block_m, block_n):
     R = int(plan.rank(1).num_rows)
     _check_gluon(plan, 1, activation, gather=True, ws_gather=False)
     # (split_tail=False: a split needs the loader partition, so the inline loads would run unsplit)
-    run = lambda ws: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon", ws_gather=ws,
-                                         split_tail=False)[:R]
+    run = lambda ws: grouped_gemm_layer0(plan, 1, x, w0, activation=activation,
+                                         options=GLUON.replace(ws_gather=ws, split_tail=False))[:R]
     assert torch.equal(run(True), run(False))
     # A in place (TMA) through the loader partition too (ws_tma): both layers, and equal to the inline loads
     _check_gluon(plan, 1, activation, gather=False, ws_tma=True)
     x_RN = x[plan.rank(1).row_token_R.clamp(min=0)].contiguous()
-    run = lambda ws: grouped_gemm_layer0(plan, 1, x_RN, w0, activation=activation, rows_sorted=True, impl="gluon",
-                                         ws_tma=ws, split_tail=False)[:R]
+    run = lambda ws: grouped_gemm_layer0(plan, 1, x_RN, w0, activation=activation, rows_sorted=True,
+                                         options=GLUON.replace(ws_tma=ws, split_tail=False))[:R]
     assert torch.equal(run(True), run(False))
 
 
@@ -367,10 +373,11 @@ def test_gpu_gluon_pregather_equals_the_fused_gather(activation, block_n):
     w0, _ = _weights(plan, activation, torch.bfloat16)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, torch.bfloat16)
     R = int(plan.rank(1).num_rows)
-    for kw in ({}, {"num_programs": 9, "split_tail": True}):
-        run = lambda pre, kw=kw: grouped_gemm_layer0(plan, 1, x, w0, activation=activation, impl="gluon",
-                                                     pregather=pre, **kw)[:R]
-        assert torch.equal(run(True), run(False)), kw
+    for programs, split in ((None, None), (9, True)):
+        run = lambda pre, p=programs, st=split: grouped_gemm_layer0(
+            plan, 1, x, w0, activation=activation, num_programs=p,
+            options=GLUON.replace(pregather=pre, split_tail=st))[:R]
+        assert torch.equal(run(True), run(False)), (programs, split)
 
 
 @pytest.mark.gpu
@@ -390,10 +397,10 @@ def test_gpu_gluon_program_counts_and_bitwise_repeat():
 @pytest.mark.parametrize("gather", [False, True])
 def test_gpu_gluon_split_tail(activation, block_m, block_n, gather):
     # program counts whose last wave is at most half full: its tiles are split into K chunks run by idle
-    # programs (kernels.gluon_gemm.split_schedule), each split tile finished by whichever chunk comes last.
+    # programs (kernels.gluon_host.split_schedule), each split tile finished by whichever chunk comes last.
     # Both layers match the reference, a repeat is bitwise equal (the chunks are summed in chunk order,
     # whoever finishes), and the join counters are left at zero for the next launch.
-    from kernels.gluon_gemm import _workspaces, split_schedule
+    from kernels.gluon_host import _workspaces, split_schedule
 
     plan = _gluon_plan(activation, block_m, block_n, M=1500)
     rp = plan.rank(1)
@@ -421,20 +428,21 @@ def test_gpu_auto_picks_gluon_where_it_applies():
     rp = plan.rank(0)
     R = int(rp.num_rows)  # (rows past R are not written: uninitialised)
     h = torch.randn(rp.row_token_R.numel(), plan.ffn_local, device=DEVICE, dtype=torch.bfloat16)
-    assert torch.equal(grouped_gemm_layer1(plan, 0, h, w1)[:R], grouped_gemm_layer1(plan, 0, h, w1, impl="gluon")[:R])
+    assert torch.equal(grouped_gemm_layer1(plan, 0, h, w1)[:R], grouped_gemm_layer1(plan, 0, h, w1, options=GLUON)[:R])
     x = _tokens(plan.num_tokens, 512, torch.bfloat16)
-    assert torch.equal(grouped_gemm_layer0(plan, 0, x, w0)[:R], grouped_gemm_layer0(plan, 0, x, w0, impl="gluon")[:R])
+    assert torch.equal(grouped_gemm_layer0(plan, 0, x, w0)[:R], grouped_gemm_layer0(plan, 0, x, w0, options=GLUON)[:R])
     sw = _gluon_plan("swiglu", 128, 128)
     w0_sw, _ = _weights(sw, "swiglu", torch.bfloat16)
     R = int(sw.rank(0).num_rows)
-    assert torch.equal(grouped_gemm_layer0(sw, 0, x, w0_sw)[:R], grouped_gemm_layer0(sw, 0, x, w0_sw, impl="gluon")[:R])
+    assert torch.equal(grouped_gemm_layer0(sw, 0, x, w0_sw)[:R],
+                       grouped_gemm_layer0(sw, 0, x, w0_sw, options=GLUON)[:R])
     wide = _gluon_plan("swiglu", 128, 256)
     with pytest.raises(ValueError, match="swiglu with BLOCK_N=256"):
-        grouped_gemm_layer0(wide, 0, x, _weights(wide, "swiglu", torch.bfloat16)[0], impl="gluon")
+        grouped_gemm_layer0(wide, 0, x, _weights(wide, "swiglu", torch.bfloat16)[0], options=GLUON)
 
 
 class _FakeCudaTensor:
-    """What kernels.gluon_gemm.supports reads of a tensor, for checking its reasons without a GPU."""
+    """What kernels.gluon_host.supports reads of a tensor, for checking its reasons without a GPU."""
 
     def __init__(self, cols, dtype=torch.bfloat16, ptr=1024):
         self.is_cuda, self.device, self.dtype, self.shape, self._ptr = True, "cuda:0", dtype, (64, cols), ptr
@@ -461,10 +469,11 @@ class _FakeCudaTensor:
 ])
 def test_gluon_supports_names_each_limit(monkeypatch, capability, dtype, tile, activation, cols, ptr, why):
     # the dispatcher's side of the Gluon kernel (its GPU side is tested under `gpu`): which calls it takes
-    gluon_gemm = pytest.importorskip("kernels.gluon_gemm")
+    from kernels.gluon_host import supports
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     a, b, out = _FakeCudaTensor(cols, dtype, ptr), _FakeCudaTensor(64, dtype), _FakeCudaTensor(64, dtype)
-    got = gluon_gemm.supports(a, b, out, activation, False, *tile)
+    got = supports(a, b, out, activation, False, *tile)
     assert (got is None) if why is None else (why in got), got
 
 
@@ -488,7 +497,8 @@ def test_gpu_gluon_fast_gelu(gather):
     R = int(rp.num_rows)
     if not gather:
         x = x[rp.row_token_R.clamp(min=0)].contiguous()
-    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, rows_sorted=not gather, impl="gluon", **kw)[:R]
+    run = lambda activation=None, **kw: grouped_gemm_layer0(plan, 0, x, w0, rows_sorted=not gather,
+                                                             activation=activation, options=GLUON.replace(**kw))[:R]
     z, y = run(activation="none"), run(fast_gelu=True)
     exact = _exact_gelu(z)
     fit_err = 2.6e-5 + 2.0 ** -12 * z.double().abs()
@@ -515,7 +525,8 @@ def test_gpu_gluon_packed_gelu(dtype, exact_bound, ref_bound):
     w0, _ = _weights(plan, "gelu", dtype)
     x = _tokens(plan.num_tokens, plan.model.hidden_N, dtype)
     R = int(plan.rank(0).num_rows)
-    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, impl="gluon", **kw)[:R]
+    run = lambda activation=None, **kw: grouped_gemm_layer0(plan, 0, x, w0, activation=activation,
+                                                             options=GLUON.replace(**kw))[:R]
     z, y = run(activation="none"), run(fast_gelu="packed")
     zabs = z.double().abs()
     floor = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # the subnormal step
@@ -537,15 +548,15 @@ def test_fast_gelu_and_split_tail_are_allowances_the_tl_kernel_ignores():
     w0, _ = _weights(plan, "gelu", torch.float32)
     x = _tokens(50, 40, torch.float32)
     R = int(plan.rank(0).num_rows)
-    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, config=SMALL_CONFIG, impl="triton", **kw)[:R]
+    run = lambda **kw: grouped_gemm_layer0(plan, 0, x, w0, options=SMALL.replace(impl="triton", **kw))[:R]
     assert torch.equal(run(fast_gelu=True), run())
-    with pytest.raises(ValueError, match="fast_gelu 'tanh': use None"):
+    with pytest.raises(ValueError, match="fast_gelu='tanh': use None"):
         run(fast_gelu="tanh")
     # so are the Gluon kernel's split_tail (the tl kernel never splits); a wrong value of either tri-state says so
     assert torch.equal(run(split_tail=True), run())
-    with pytest.raises(ValueError, match="split_tail 'auto': use None"):
+    with pytest.raises(ValueError, match="split_tail='auto': use None"):
         run(split_tail="auto")
-    with pytest.raises(ValueError, match="pregather 1.0: use None"):
+    with pytest.raises(ValueError, match="pregather=1.0: use None"):
         run(pregather=1.0)
 
 
@@ -574,7 +585,7 @@ def test_gluon_dispatch_pregathers_wide_weights(monkeypatch, K, pregather, expec
     w0, _ = _weights(plan, "gelu", torch.float32)
     x = _tokens(50, 40, torch.float32)
     rp = plan.rank(1)
-    grouped_gemm_layer0(plan, 1, x, w0, b_tma=False, pregather=pregather)
+    grouped_gemm_layer0(plan, 1, x, w0, options=GemmOptions(b_tma=False, pregather=pregather))
     if expect_gather_in_kernel:
         assert seen["a"] is x and torch.equal(seen["a_rows_R"], rp.row_token_R)
     else:

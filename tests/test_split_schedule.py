@@ -1,14 +1,12 @@
-"""kernels.gluon_gemm.split_schedule: the Gluon kernel's work split (the kernel's `_schedule` / `_work_item`
+"""kernels.gluon_host.split_schedule: the Gluon kernel's work split (the kernel's `_schedule` / `_work_item`
 on the host). The GPU tests in test_grouped_gemm.py check the kernel against the reference on split tails."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-gluon_gemm = pytest.importorskip("kernels.gluon_gemm", reason="needs Triton's Gluon Hopper API")
-split_schedule = gluon_gemm.split_schedule
+from kernels.gluon_host import MAX_PARTS, split_schedule
 
 
 def _makespan(items):
@@ -33,7 +31,7 @@ def test_every_step_once_in_aligned_chunks(T, programs, k_steps, split):
         assert [0] + [k1 for _, k1 in chunks] == [k0 for k0, _ in chunks] + [k_steps], (t, chunks)
     if split_tiles:
         n = {len(parts) for parts in split_tiles.values()}
-        assert len(n) == 1 and 2 <= n.pop() <= gluon_gemm.MAX_PARTS
+        assert len(n) == 1 and 2 <= n.pop() <= MAX_PARTS
         first = min(split_tiles)
         assert sorted(split_tiles) == list(range(first, T)), "only the last tiles are split"
         # the kernel's join: tail tile r's chunk j in program r * parts + j, as that program's last item
@@ -56,7 +54,7 @@ def test_split_only_a_short_last_wave_and_then_faster(T, programs, k_steps):
     if tail == 0 or 2 * tail > programs or k_steps == 1:
         assert split == whole
     else:
-        parts = min(programs // tail, gluon_gemm.MAX_PARTS, k_steps)
+        parts = min(programs // tail, MAX_PARTS, k_steps)
         assert _makespan(split) == (T // programs) * k_steps + -(-k_steps // parts) < _makespan(whole)
 
 

@@ -41,6 +41,7 @@ from comet.core.routing import make_routing
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
 from kernels.moe import stage_tokens
+from kernels.options import GPU_COMM
 from kernels.probes import peer_copy, ping_pong
 from kernels.timing import graph_us
 from kernels.workspace import EmulatedWorld
@@ -130,14 +131,14 @@ def measure_l1_comm_programs(ctx: Context) -> None:
     short_items = int(short.rank(0).num_l1_chunks) * short.l1_col_blocks
 
     def time_us(p, cfg) -> float:
-        fn = lambda: fused_layer1(world, p, 0, w1, num_programs=1, config=cfg)
+        fn = lambda: fused_layer1(world, p, 0, w1, num_programs=1, comm=cfg)
         fn()
         world.check()
         return graph_us(fn, rep_ms=40)
 
     ncs = QUICK_COMM_NCS if ctx.quick else COMM_NCS
     for pipeline, send_block in L1_COMM_CONFIGS:
-        cfg = {"SEND_BLOCK": send_block, "PIPELINE": pipeline}
+        cfg = GPU_COMM.replace(pipelined=bool(pipeline), send_block=send_block)
         us_by_nc = {}
         for nc in progress(ncs, f"d. layer1 comm programs (local), PIPELINE={pipeline} SEND_BLOCK={send_block}",
                            ctx.main_rank):

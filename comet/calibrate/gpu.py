@@ -45,6 +45,7 @@ from comet.calibrate.settings import (
     TILE_TARGET_FLOPS,
 )
 from kernels import grouped_gemm as gg
+from kernels.options import GemmOptions
 from kernels.probes import empty_kernel
 from kernels.timing import graph_us
 
@@ -75,11 +76,12 @@ def time_tile_problem(prob: TileProblem, layer0: bool = False) -> tuple[float, s
     row_start = (t // prob.col_blocks) * prob.bm
     tiles = {"expert": torch.zeros_like(t), "row_start": row_start, "row_end": row_start + prob.bm,
              "col": t % prob.col_blocks, "num": torch.tensor(prob.tiles, device="cuda")}
-    a_tma, b_tma = gg.tma_ok(a) and not layer0, gg.tma_ok(b)
     gather = dict(a_rows_R=torch.randperm(prob.rows, device="cuda"), activation="gelu") if layer0 else {}
-    # impl "triton": the tl kernel, whose tile code the fused kernels share (the simulator models those)
+    # impl "triton": the tl kernel, whose tile code the fused kernels share (the simulator models those); A and B
+    # through TMA where allowed (a gathered A cannot)
+    options = GemmOptions(impl="triton")
     us = graph_us(lambda: gg.grouped_gemm(a, b, tiles, block_m=prob.bm, block_n=prob.bn, out=out,
-                                          num_programs=prob.sms, a_tma=a_tma, b_tma=b_tma, impl="triton", **gather),
+                                          num_programs=prob.sms, options=options, **gather),
                   rep_ms=40)
     best = getattr(gg._kernel_tuned, "best_config", None)
     cfg = f"BK{best.kwargs.get('BLOCK_K')}_w{best.num_warps}_s{best.num_stages}" if best else "?"

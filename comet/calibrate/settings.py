@@ -17,7 +17,7 @@ COMM_NCS = (1, 2, 4, 8, 16, 32)
 QUICK_COMM_NCS = (1, 8, 32)
 # layer1 communication-program configs (PIPELINE, SEND_BLOCK): item by item (0) and software-pipelined (1)
 L1_COMM_CONFIGS = ((0, 16), (0, 64), (1, 32))
-L1_DEFAULT_CONFIG = (1, 32)  # kernels.fused_layer1's GPU default (DEFAULT_PIPELINE, GPU_SEND_BLOCK)
+L1_DEFAULT_CONFIG = (1, 32)  # kernels.options.GPU_COMM on a GPU: pipelined, 32 sends per step
 L1_ITEM_ROWS_SHORT = 16  # sends per chunk of the short items of the fixed-cost fit (the Plan's default: 64)
 
 # --- part e, link (comet/calibrate/comm.py): programs copying to one peer (and the SM count, to all peers)

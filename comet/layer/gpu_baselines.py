@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -59,6 +60,10 @@ from comet.core.policy import DISPATCHES, Policy
 from comet.core.routing import Routing
 from comet.core.weights import ExpertWeights
 from kernels import grouped_gemm as gg
+from kernels.options import SMALL_TILE, GemmOptions
+
+if TYPE_CHECKING:
+    from kernels.options import TileConfig
 
 SYSTEMS = ("comet", "sequential", "chunked")
 FORMS = DISPATCHES  # ("all-to-all", "all-gather")
@@ -191,20 +196,21 @@ def prepare(routing: Routing, model: ModelConfig, parallel: ParallelConfig, rank
 # ------------------------------------------------------------------------------------------------ runner
 class BaselineRunner:
     """Runs the baselines' stages for one collectives object (one per layer or per world; holds the side
-    stream of the chunked schedule). config: the grouped GEMMs' fixed {"BLOCK_K", "num_warps",
-    "num_stages"} (default: kernels.grouped_gemm.SMALL_CONFIG on the CPU, autotuning on a GPU)."""
+    stream of the chunked schedule). tile: the grouped GEMMs' fixed tile loop, a kernels.options.TileConfig
+    (default: kernels.options.SMALL_TILE on the CPU; on a GPU none, so kernels.grouped_gemm picks its kernel
+    and autotunes)."""
 
-    def __init__(self, coll, model: ModelConfig, parallel: ParallelConfig, *, config: dict | None = None):
+    def __init__(self, coll, model: ModelConfig, parallel: ParallelConfig, *, tile: TileConfig | None = None):
         if coll.world_size != parallel.world_size:
             raise ValueError(f"the collectives span {coll.world_size} ranks but ep*tp = {parallel.world_size}")
         parallel.validate(model)
         self.coll, self.model, self.parallel = coll, model, parallel
         self.ranks = coll.ranks
-        self.config = config
+        self.tile = tile
         self._comm_stream: torch.cuda.Stream | None = None
 
-    def _gemm_config(self, device) -> dict | None:
-        return self.config if self.config is not None or device.type == "cuda" else gg.SMALL_CONFIG
+    def _gemm_options(self, device):
+        return GemmOptions(tile=self.tile if self.tile is not None or device.type == "cuda" else SMALL_TILE)
 
     # --- the three stages of one chunk ----------------------------------------------------------------
     def dispatch(self, meta: ChunkMeta, x_own: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -228,12 +234,11 @@ class BaselineRunner:
                 rows = meta.recv_rows[r] if reduce else 0
                 out[r] = torch.zeros(rows, self.model.hidden_N, dtype=a.dtype, device=a.device)
                 continue
-            cfg = self._gemm_config(a.device)
+            opts = self._gemm_options(a.device)  # (A and B through TMA where tma_ok allows)
             h_RK = gg.grouped_gemm(a, sh.w0_ENK, gg._tiles(rp, "l0"), block_m=plan.policy.block_m,
                                    block_n=plan.policy.block_n0, a_rows_R=meta.a_rows_R[r],
-                                   n_rows_out=rp.row_token_R.numel(), activation=act, config=cfg,
-                                   b_tma=gg.tma_ok(sh.w0_ENK))
-            y_RN = gg.grouped_gemm_layer1(plan, r, h_RK, sh.w1_EKN, config=cfg)
+                                   n_rows_out=rp.row_token_R.numel(), activation=act, options=opts)
+            y_RN = gg.grouped_gemm_layer1(plan, r, h_RK, sh.w1_EKN, options=opts)
             if not reduce:
                 out[r] = y_RN
                 continue
