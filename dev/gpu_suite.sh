@@ -5,8 +5,8 @@
 #
 # Wheels in .whl/ (e.g. simpy, which the simulator's test modules import) are installed into /tmp/site first.
 # Writes $OUT/status.txt and $OUT/run.tgz holding run/: device.txt, gpu_tests.log, and bench logs / CSVs when
-# BENCH is set (a shell command run after the tests, with $RUN the output folder). Env: T_TESTS (seconds),
-# TESTS (pytest selection, default tests/), BENCH.
+# BENCH is set (a shell command run before the tests, with $RUN the output folder). Env: T_TESTS, T_BENCH
+# (seconds), TESTS (pytest selection, default tests/), BENCH.
 set -u
 FINAL=${OUT:?set OUT to an output directory}
 RUN=$FINAL/run
@@ -21,15 +21,16 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --format=csv,noheader
     python3 -c "import torch, triton, platform; print('torch', torch.__version__, 'triton', triton.__version__, 'python', platform.python_version(), 'gpus', torch.cuda.device_count())"
 } > "$RUN/device.txt" 2>&1
-timeout "${T_TESTS:-420}" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE ${TESTS:-tests/} > "$RUN/gpu_tests.log" 2>&1
-tests_rc=$?
 bench_rc=skipped
-if [ -n "${BENCH:-}" ]; then
+if [ -n "${BENCH:-}" ]; then  # first: a test run that overruns its limit must not cost the measurements
     export RUN
-    bash -c "$BENCH" > "$RUN/bench.log" 2>&1
+    timeout "${T_BENCH:-200}" bash -c "$BENCH" > "$RUN/bench.log" 2>&1
     bench_rc=$?
 fi
+# -v: one line per test as it ends, so a run stopped at its limit still says what passed
+timeout "${T_TESTS:-420}" python3 -m pytest -v -p no:cacheprovider -m gpu -rfE ${TESTS:-tests/} > "$RUN/gpu_tests.log" 2>&1
+tests_rc=$?
 echo "gpu tests rc=$tests_rc, bench rc=$bench_rc (124: timed out)" | tee "$RUN/status.txt"
-tail -n 15 "$RUN/gpu_tests.log"
+grep -E "passed|failed|FAILED|ERROR" "$RUN/gpu_tests.log" | tail -n 25
 tail -n 30 "$RUN/bench.log" 2>/dev/null
 tar -czf "$FINAL/run.tgz" -C "$FINAL" run && cp "$RUN/status.txt" "$FINAL/status.txt" && rm -rf "$RUN"
