@@ -122,8 +122,8 @@ class CometMoE(nn.Module):
     (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
     CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps:
     see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
-    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the Triton
-    planner on CUDA, the torch one on the CPU).
+    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the torch
+    planner; "triton": the Triton one).
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
     process group), collectives and runner (comet.layer.gpu_baselines' EmulatedCollectives / DistCollectives and
@@ -153,7 +153,7 @@ class CometMoE(nn.Module):
         self.capacity_tokens = capacity_tokens
         self.hardware = hardware if isinstance(hardware, HardwareProfile) else HardwareProfile.from_name(hardware)
         self.system, self.chunks = system, chunks
-        self.plan_backend = plan_backend  # make_plan's backend: "auto" (Triton kernels on CUDA), "torch", "triton"
+        self.plan_backend = plan_backend  # make_plan's backend: "auto" (torch for now), "torch", "triton"
         self._check_system()
 
         # --- the world: which ranks run here, their collectives, the fused kernels' workspace
