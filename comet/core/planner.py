@@ -280,9 +280,9 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
     backend: "torch" (this module's torch ops, ~250 small launches per rank), "triton" (six kernels per rank,
     comet/core/planner_triton.py; bit-for-bit the same tables under Triton's interpreter; on a GPU with Triton
     3.6 its _scan kernel does not compile yet), "auto": torch. A bad routing (comet.core.routing.routing_problems_MJ:
-    an id outside [0, E), an expert repeated within a token, a negative or non-finite weight) raises ValueError at once on the CPU (torch backend, one
-    host sync); elsewhere its bad entries are dropped, `Plan.routing_error` records the first bad token and
-    `Plan.check()` raises."""
+    an id outside [0, E), an expert repeated within a token, a negative or non-finite weight) raises ValueError
+    at once on the CPU (torch backend, one host sync); elsewhere its bad entries are dropped,
+    `Plan.routing_error` records the first bad token and `Plan.check()` raises."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     model, parallel, hardware = as_model(model), as_parallel(parallel), as_hardware(hardware)
