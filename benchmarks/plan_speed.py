@@ -15,6 +15,7 @@ import csv
 import datetime
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -95,7 +96,12 @@ def main(argv=None):
             model, par = ModelConfig.from_name(name), ParallelConfig(ep=ep)
             for ranks, label in ((None, "all ranks"), ([0], "one rank")):
                 n = par.world_size if ranks is None else len(ranks)
-                ms, launches = time_plan(model, par, M, a.device, ranks, backend, a.repeats)
+                try:
+                    ms, launches = time_plan(model, par, M, a.device, ranks, backend, a.repeats)
+                except Exception as e:  # noqa: BLE001 - a backend that fails must not lose the others' rows
+                    print(f"{a.device:5} {backend:6} {name:15} EP={ep} M={M:6} {label:9} failed: {type(e).__name__}: "
+                          f"{str(e).splitlines()[-1][:160]}")
+                    break
                 rows.append({"device": a.device, "backend": backend, "model": name, "ep": ep, "tokens": M,
                              "ranks": label, "median_ms": round(ms, 4), "us_per_rank": round(1e3 * ms / n, 1),
                              "launches_per_rank": launches if launches < 0 else round(launches / n, 2)})
@@ -106,7 +112,7 @@ def main(argv=None):
         hw = "cpu" if a.device == "cpu" else torch.cuda.get_device_name(0).split()[-1].lower()
         path = Path(a.out) / f"{hw}_{datetime.date.today().isoformat()}.csv"
         with open(path, "w", newline="") as f:
-            f.write(f"# {line}\n")
+            f.write(f"# {line}\n# command: python -m benchmarks.plan_speed {' '.join(sys.argv[1:])}\n")
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
