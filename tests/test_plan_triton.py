@@ -21,9 +21,7 @@ from comet.core.routing import BAD_WEIGHT, OUT_OF_RANGE, REPEATED, Routing, bala
 HW = HardwareProfile.from_name("h200")
 # inf - inf in the kernels' finiteness test warns under the interpreter (numpy)
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")
-# Measured on the H200 (Triton 3.6): _scan fails to compile ("Mismatched type for run between then block and else
-# block"); the interpreter accepts it. A known failure, kept strict so that the fix shows.
-TRITON36 = pytest.mark.xfail(strict=True, reason="the Triton planner's _scan does not compile with Triton 3.6")
+
 
 
 def _routing(M, E, topk, seed, kind, ep=1):
@@ -222,7 +220,6 @@ def _gpu_case(name, ep, tp, M, seed=0):
 
 
 @pytest.mark.gpu
-@TRITON36
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_gpu_backends_agree(case, order):
@@ -232,7 +229,6 @@ def test_gpu_backends_agree(case, order):
 
 
 @pytest.mark.gpu
-@TRITON36
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_M=3000))
 def test_gpu_backends_agree_random(case):
@@ -241,7 +237,6 @@ def test_gpu_backends_agree_random(case):
 
 
 @pytest.mark.gpu
-@TRITON36
 def test_gpu_no_sync_graph_and_launches():
     routing, model, par = _gpu_case("mixtral-8x7b", 8, 1, 16384)
     ref = make_plan(routing, model, par, HW, ranks=[3], backend="torch")
@@ -269,7 +264,6 @@ def test_gpu_no_sync_graph_and_launches():
 
 
 @pytest.mark.gpu
-@TRITON36
 @pytest.mark.parametrize("kind", BAD)
 def test_gpu_bad_routing(kind):
     routing, first, bits = _bad(kind)

@@ -104,6 +104,7 @@ def _scan(hist_ptr, blk_ptr, hgrp_ptr, errt_ptr, errb_ptr, cnt_ptr, scal_ptr, ex
           P, E_loc, M, W, TP, n_eb, SHARED: tl.constexpr, BP: tl.constexpr, BE: tl.constexpr, GB: tl.constexpr,
           WB: tl.constexpr):
     pid = tl.program_id(0)
+    # the two branches name their values apart: Triton's compiler merges same-named values of an if / else
     if pid < n_eb:  # BE experts' columns of the histogram
         ev = pid * BE + tl.arange(0, BE)
         run = tl.zeros((BE,), tl.int64)
@@ -117,26 +118,26 @@ def _scan(hist_ptr, blk_ptr, hgrp_ptr, errt_ptr, errb_ptr, cnt_ptr, scal_ptr, ex
     else:  # local pairs, sends, received tokens; own tokens' groups; the first bad token
         c = tl.arange(0, 4)
         gv = tl.arange(0, GB)
-        run = tl.zeros((4,), tl.int64)
+        tot = tl.zeros((4,), tl.int64)
         hg = tl.zeros((GB,), tl.int64)
         tmin = M + tl.zeros((), tl.int64)
         eb = tl.zeros((), tl.int64)
         for p0 in range(0, P, BP):
-            pv = p0 + tl.arange(0, BP)
-            pm = pv < P
-            x = tl.load(blk_ptr + pv[:, None] * 4 + c[None, :], mask=pm[:, None], other=0)
-            tl.store(blk_ptr + pv[:, None] * 4 + c[None, :], tl.cumsum(x, 0) - x + run[None, :], mask=pm[:, None])
-            run += tl.sum(x, 0)
-            hg += tl.sum(tl.load(hgrp_ptr + pv[:, None] * GB + gv[None, :], mask=pm[:, None], other=0), 0)
-            et = tl.load(errt_ptr + pv, mask=pm, other=M)
+            qv = p0 + tl.arange(0, BP)
+            pm = qv < P
+            y = tl.load(blk_ptr + qv[:, None] * 4 + c[None, :], mask=pm[:, None], other=0)
+            tl.store(blk_ptr + qv[:, None] * 4 + c[None, :], tl.cumsum(y, 0) - y + tot[None, :], mask=pm[:, None])
+            tot += tl.sum(y, 0)
+            hg += tl.sum(tl.load(hgrp_ptr + qv[:, None] * GB + gv[None, :], mask=pm[:, None], other=0), 0)
+            et = tl.load(errt_ptr + qv, mask=pm, other=M)
             cmin = tl.min(et, 0)
-            cb = tl.reduce(tl.where(et == cmin, tl.load(errb_ptr + pv, mask=pm, other=0), 0), 0, _or)
+            cb = tl.reduce(tl.where(et == cmin, tl.load(errb_ptr + qv, mask=pm, other=0), 0), 0, _or)
             take = cmin < tmin
             eb = tl.where(take, cb, eb)
             tmin = tl.where(take, cmin, tmin)
-        tl.store(blk_ptr + P * 4 + c, run)  # totals after the last block
+        tl.store(blk_ptr + P * 4 + c, tot)  # totals after the last block
         where = tl.where(c == 0, SC_ROWS, tl.where(c == 1, SC_SENDS, SC_RECV))
-        tl.store(scal_ptr + where, run, mask=c < 3)
+        tl.store(scal_ptr + where, tot, mask=c < 3)
         sv = tl.arange(0, WB)
         exp = tl.sum(tl.where(gv[None, :] == (sv // TP)[:, None], hg[None, :], 0), 1)
         tl.store(expected_ptr + sv, exp, mask=sv < W)
