@@ -112,8 +112,10 @@ def routing_error(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, E: i
     bits_M = torch.zeros_like(bits_MJ[:, 0])
     for k in range(bits_MJ.shape[1]):
         bits_M = bits_M | bits_MJ[:, k]
-    first = torch.argmax((bits_M != 0).to(torch.int8))  # the first maximum: the first bad token, else 0
-    return torch.stack([bits_M[first], torch.where(bits_M[first] != 0, first, 0)])
+    # the first maximum: the first bad token, else 0; index_select, not bits_M[first]: a 0-d index is a host sync
+    first = torch.argmax((bits_M != 0).to(torch.int8)).reshape(1)
+    bits = bits_M.index_select(0, first)
+    return torch.cat([bits, torch.where(bits != 0, first, 0)])
 
 
 def describe_routing_error(bits: int, token: int, E: int, dropped: bool = False) -> str:
