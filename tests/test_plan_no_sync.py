@@ -5,13 +5,13 @@ seen through a TorchFunctionMode. The GPU tests check the real thing with torch.
 from __future__ import annotations
 
 import torch
+from helpers.sim_cases import toy_hardware
 from torch.overrides import TorchFunctionMode
 
 from comet.core.config import ModelConfig, ParallelConfig
 from comet.core.planner import make_plan
 from comet.core.policy import Policy
 from comet.core.routing import uniform
-from helpers.sim_cases import toy_hardware
 
 SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
            torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.Tensor.cpu,
