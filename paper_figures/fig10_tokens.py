@@ -30,6 +30,7 @@ def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "laye
         a.set_xlabel(xlabel)
         if logx:
             a.set_xscale("log", base=2)
+            style.data_ticks(a, df[x].tolist())
     a0.set_yscale("log")
     style.plain_log(a0)
     a0.set_ylabel("MoE layer time (us)")

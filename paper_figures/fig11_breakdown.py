@@ -33,7 +33,7 @@ def draw(df, paper):
         left += v
     a0.set_yticks(y, [_label(r) + (" (best)" if r.system == "chunked" and r.is_best else "") for r in rows])
     a0.set_xlabel("time per rank (us, mean over ranks)")
-    a0.legend(loc="lower right")
+    a0.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the bars
     # hidden fraction: ours per run, paper's per system as stars at their counterpart (or its own slot)
     labels = [_label(r) for r in rows]
     x = np.arange(len(rows))

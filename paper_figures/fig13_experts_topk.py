@@ -15,7 +15,9 @@ def draw(df, paper):
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.8]},
                              layout="constrained")
     es, ks = sorted(df["experts"].unique()), sorted(df["topk"].unique())
-    vmax = max(2.0, float(df["comet_speedup"].max()))
+    # diverging around 1 (no gain), spread to the data: the colours resolve 1.1 against 1.3
+    half = max(0.05, 1.05 * float((df["comet_speedup"] - 1).abs().max()))
+    vmax = 1 + half
     for ax, s in zip(axes[:2], ("sequential", "chunked"), strict=True):
         g = df[df["system"] == s].pivot(index="experts", columns="topk", values="comet_speedup").loc[es, ks]
         im = ax.imshow(g.to_numpy(), cmap="RdBu", vmin=2 - vmax, vmax=vmax, origin="lower", aspect="auto")

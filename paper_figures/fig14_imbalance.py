@@ -15,6 +15,8 @@ def draw(df, paper):
     for ax in fig.axes:
         ax.axvline(prod, color=style.PAPER_COLOR, ls="--", lw=1, label=f"paper: production std {prod}")
         ax.legend()
+    fig.axes[1].text(0.98, 0.97, "paper (Fig. 14 left): Comet ahead of every baseline at every std",
+                      transform=fig.axes[1].transAxes, ha="right", va="top", fontsize=7, color=style.PAPER_COLOR)
     fig.suptitle(f"{df['model'].iloc[0]}, EP={df['ep'].iloc[0]}, M={df['tokens'].iloc[0]}: one MoE layer vs "
                  "routing imbalance")
     fig.tight_layout()

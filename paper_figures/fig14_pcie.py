@@ -28,8 +28,8 @@ def bars_and_speedup(df, paper, band: str | None = "layer_speedup"):
         a.set_xticks(x, labels)
     a0.set_ylabel("MoE layer time (us)")
     a1.set_ylabel("Comet speedup (baseline / Comet)")
-    a0.legend()
-    a1.legend()
+    for a in (a0, a1):  # below the axes, off the bars
+        a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False, fontsize=7)
     return fig
 
 

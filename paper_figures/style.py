@@ -106,11 +106,27 @@ def entry_point(module_name: str):
 
 
 def plain_log(ax, axis: str = "y") -> None:
-    """A log axis labelled with plain numbers (200, 400, ...) instead of powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    """A log axis labelled with plain numbers (200, 400, ...) instead of powers of ten; within less than a
+    decade every 1-9 multiple is labelled, so the axis never shows a single tick."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    if hi < 3 * lo:  # a narrow range: evenly spaced round numbers
+        target.set_major_locator(MaxNLocator(nbins=5))
+    else:
+        subs = (1.0, 2.0, 5.0) if hi > 12 * lo else tuple(float(k) for k in range(1, 10))
+        target.set_major_locator(LogLocator(base=10, subs=subs))
     target.set_major_formatter(fmt)
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def data_ticks(ax, values, axis: str = "x") -> None:
+    """Label a (log) axis at the data's own values, as plain numbers."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator(sorted(set(values))))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
