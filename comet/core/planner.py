@@ -47,7 +47,7 @@ from comet.core.config import (
 from comet.core.ownership import combine_expected, token_groups, token_owner
 from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
 from comet.core.policy import DISPATCHES, ORDERS, Policy
-from comet.core.routing import ROUTINGS, Routing, make_routing, routing_error, routing_problems_MJ
+from comet.core.routing import ROUTINGS, Routing, first_problem, make_routing, routing_problems_MJ
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -332,8 +332,9 @@ def _plan_torch(routing: Routing, model: ModelConfig, parallel: ParallelConfig, 
     ids, w = routing.topk_ids_MJ, routing.topk_weights_MJ
     M, E, W = ids.shape[0], model.experts_E, parallel.world_size
     E_loc = E // parallel.ep
-    error = routing_error(ids, w, E)
-    ids = torch.where(routing_problems_MJ(ids, w, E) != 0, E, ids)
+    bits_MJ = routing_problems_MJ(ids, w, E)  # once: the error and the dropping both read it
+    error = first_problem(bits_MJ)
+    ids = torch.where(bits_MJ != 0, E, ids)
     owner = token_owner(M, W, ids.device)
     # token_groups with one more column for the dropped entries (id E), cut off again
     groups_MG = token_groups(ids, E_loc, parallel.ep + 1)[:, :parallel.ep]

@@ -108,7 +108,11 @@ def routing_problems_MJ(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor
 def routing_error(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, E: int) -> torch.Tensor:
     """int64 (2,): [problem bits of the first bad token (OR over its slots), that token]; [0, 0] when every
     entry is fine. On the routing's device, no host sync (`Plan.routing_error`)."""
-    bits_MJ = routing_problems_MJ(topk_ids_MJ, topk_weights_MJ, E)
+    return first_problem(routing_problems_MJ(topk_ids_MJ, topk_weights_MJ, E))
+
+
+def first_problem(bits_MJ: torch.Tensor) -> torch.Tensor:
+    """`routing_error` from the entries' problem bits (`routing_problems_MJ`), for a caller that has them."""
     bits_M = torch.zeros_like(bits_MJ[:, 0])
     for k in range(bits_MJ.shape[1]):
         bits_M = bits_M | bits_MJ[:, k]
