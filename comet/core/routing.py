@@ -209,23 +209,23 @@ def _counts_with_std(z: torch.Tensor, std: float, M: int, total: int) -> torch.T
         return _round_to_total(w / w.sum() * total, total, cap=M)
 
     # the std grows with sigma until the cap at M assignments (and float range) flattens it: scan, then bisect
-    sigmas = [2.0 ** k for k in range(8)]  # 1 .. 128; beyond, exp(sigma * z) underflows for most experts
-    stds = [_share_std(lognormal(x), total) for x in sigmas]
-    reached = [x for x, got in zip(sigmas, stds, strict=True) if got >= std]
+    scan = [(x, lognormal(x)) for x in (2.0 ** k for k in range(8))]  # 1 .. 128; beyond, exp(sigma z) underflows
+    stds = [_share_std(c, total) for _, c in scan]
+    reached = [(x, c, got) for (x, c), got in zip(scan, stds, strict=True) if got >= std]
     if not reached:
         if max(stds) >= std - tol:
-            return lognormal(sigmas[stds.index(max(stds))])
+            return scan[stds.index(max(stds))][1]
         raise ValueError(f"imbalanced routing cannot reach a load-share std of {std} with E={E} experts, "
                          f"M={M} tokens and topk={total // M} (an expert holds at most M assignments); the largest "
                          f"it reaches here is {max(stds):.4g}: ask for at most that")
-    hi = reached[0]
-    lo, best = 0.0, lognormal(hi)
+    hi, best, got = reached[0]
+    lo, best_err = 0.0, abs(got - std)
     for _ in range(60):
         mid = (lo + hi) / 2
         counts = lognormal(mid)
         got = _share_std(counts, total)
-        if abs(got - std) < abs(_share_std(best, total) - std):
-            best = counts
+        if abs(got - std) < best_err:
+            best, best_err = counts, abs(got - std)
         if got < std:
             lo = mid
         else:
