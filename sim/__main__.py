@@ -19,10 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS, ModelConfig, ParallelConfig, profile_files
+from comet.core.case_args import add_case_arguments, case_model, case_routing
+from comet.core.config import ParallelConfig
 from comet.core.policy import Policy
-from comet.core.routing import ROUTINGS, make_routing
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.hardware_model import COPY_ENGINE_MEASURED_GBPS
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
@@ -60,21 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sim", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = ap.add_argument_group("case")
-    g.add_argument("--model", default="mixtral-8x7b", help=f"one of {', '.join(MODELS)}")
-    g.add_argument("--ep", type=int, default=8, help="expert-parallel degree")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (ranks = ep x tp)")
-    g.add_argument("--tokens", type=int, default=16384, help="M, tokens in the layer over the whole group (>= 1)")
-    g.add_argument("--topk", type=int, default=argparse.SUPPRESS,
-                   help="override the model's topk (default: the model's)")
-    g.add_argument("--experts", type=int, default=argparse.SUPPRESS,
-                   help="override the model's expert count E (default: the model's)")
-    g.add_argument("--routing", default="balanced", choices=ROUTINGS,
-                   help="seeded synthetic routing: equal loads, uniform picks, or load shares with std --std")
-    g.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
-    g.add_argument("--seed", type=int, default=0, help="routing seed")
-    g.add_argument("--hw", default=defaults.SIM_HARDWARE,
-                   help=f"hardware profile: one of {', '.join(HARDWARE)}, a measured one of profiles/ "
-                        f"({', '.join(profile_files()) or 'none'}) or a .json file")
+    add_case_arguments(g, tokens=16384)
     g.add_argument("--ranks-per-node", type=int, default=argparse.SUPPRESS,
                    help="GPUs per node, >= 1 (default: the profile's, 8 for the built-in ones); ranks on other "
                         "nodes talk over the NIC")
@@ -150,7 +135,7 @@ def format_table(rows: list[dict], header: str) -> str:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    for name in ("nc", "nc0", "ranks_per_node", "topk", "experts", "copy_engine_gbps", "trace"):
+    for name in ("nc", "nc0", "ranks_per_node", "copy_engine_gbps", "trace"):
         setattr(a, name, getattr(a, name, None))
     a.policy = getattr(a, "policy", "")
     if a.trace and not Path(a.trace).resolve().parent.is_dir():
@@ -170,12 +155,11 @@ def main(argv=None) -> int:
     options = SimOptions(layers=a.layers, chunks=a.chunks, tile_schedule=a.tile_schedule, tile_rows=a.tile_rows,
                          fuse_activation=fuse, copy_engine_gbps=a.copy_engine_gbps)
     try:
-        overrides = {k: v for k, v in (("topk", a.topk), ("experts_E", a.experts)) if v is not None}
-        model = ModelConfig.from_name(a.model, **overrides)
+        model = case_model(a)
         seconds = check_size(model, ParallelConfig(ep=a.ep, tp=a.tp), a.tokens, Policy(**pol), record=bool(a.trace))
         if seconds > 60:
             print(f"note: each system's simulation will take roughly {seconds:.0f} s on one core", file=sys.stderr)
-        routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
+        routing = case_routing(a, model)
         plan = make_case(model, ep=a.ep, tp=a.tp, tokens=a.tokens, hw=a.hw, routing=routing, policy=Policy(**pol),
                          ranks_per_node=a.ranks_per_node)
         progress = not a.no_progress and sys.stderr.isatty()

@@ -33,10 +33,8 @@ import math
 
 import torch
 
-from comet.core import defaults
+from comet.core.case_args import add_case_arguments, case_model, case_routing
 from comet.core.config import (
-    HARDWARE,
-    MODELS,
     HardwareProfile,
     ModelConfig,
     ParallelConfig,
@@ -47,7 +45,7 @@ from comet.core.config import (
 from comet.core.ownership import combine_expected, token_groups, token_owner
 from comet.core.plan import Plan, RankPlan, buffer_sizes, format_summary, plan_bounds
 from comet.core.policy import DISPATCHES, ORDERS, Policy
-from comet.core.routing import ROUTINGS, Routing, first_problem, make_routing, routing_problems_MJ
+from comet.core.routing import Routing, first_problem, routing_problems_MJ
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -350,29 +348,15 @@ def main(argv=None) -> None:
     """`python -m comet.core.planner`: build one Plan from names and print its per-rank summary."""
     ap = argparse.ArgumentParser(prog="python -m comet.core.planner", description="Build and summarise a Plan.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="mixtral-8x7b", help=f"one of {', '.join(MODELS)}")
-    ap.add_argument("--ep", type=int, default=8, help="expert-parallel degree (a divisor of the model's E)")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (a divisor of the model's K)")
-    ap.add_argument("--tokens", type=int, default=8192, help="M, tokens in the layer over the whole group (>= 1)")
-    ap.add_argument("--topk", type=int, default=argparse.SUPPRESS,
-                    help="override the model's topk (default: the model's)")
-    ap.add_argument("--experts", type=int, default=argparse.SUPPRESS,
-                    help="override the model's expert count E (default: the model's)")
-    ap.add_argument("--routing", default="balanced", choices=ROUTINGS,
-                    help="seeded synthetic routing: equal loads, uniform picks, or load shares with std --std")
-    ap.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
-    ap.add_argument("--seed", type=int, default=0, help="routing seed")
-    ap.add_argument("--hw", default=defaults.SIM_HARDWARE, help=f"one of {', '.join(HARDWARE)}, a profile name "
-                                                                  f"of profiles/ or a .json file")
+    add_case_arguments(ap, tokens=8192)
     ap.add_argument("--order", default="comet", choices=ORDERS, help="layer0 tile order")
     ap.add_argument("--dispatch", default="all-to-all", choices=DISPATCHES, help="how token rows reach the experts")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
-    overrides = {k: getattr(a, n) for k, n in (("topk", "topk"), ("experts_E", "experts")) if hasattr(a, n)}
     try:
-        model = ModelConfig.from_name(a.model, **overrides)
+        model = case_model(a)
         par = ParallelConfig(ep=a.ep, tp=a.tp)
-        routing = make_routing(a.routing, a.tokens, model.experts_E, model.topk, seed=a.seed, std=a.std)
+        routing = case_routing(a, model)
         plan = make_plan(routing, model, par, HardwareProfile.from_name(a.hw),
                          Policy(order=a.order, dispatch=a.dispatch))
     except ValueError as e:
