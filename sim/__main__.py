@@ -174,10 +174,9 @@ def main(argv=None) -> int:
             it = tqdm(systems, desc="simulating", unit="system", leave=False)
         results = {}
         for s in it:
-            if progress or a.no_progress:
-                results[s] = simulate(plan, system=s, options=options)
-                continue
-            with heartbeat(f"simulating {s}"):  # no terminal: log lines instead of a bar
+            # no terminal (and progress not turned off): log lines instead of a bar
+            beat = contextlib.nullcontext() if progress or a.no_progress else heartbeat(f"simulating {s}")
+            with beat:
                 results[s] = simulate(plan, system=s, options=options)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
