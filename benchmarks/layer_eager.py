@@ -70,8 +70,8 @@ def run_case(spec: str, backend: str, reps: int) -> dict:
     model, ep, M = MODELS[name](), int(ep), int(M)
     par = ParallelConfig(ep=ep)
     policy = benchmark_policy(model.activation)
-    layer = CometMoE(model, par, capacity_tokens=M, dtype=torch.bfloat16, device="cuda", policy=policy)
-    layer.plan_backend = backend
+    layer = CometMoE(model, par, capacity_tokens=M, dtype=torch.bfloat16, device="cuda", policy=policy,
+                     plan_backend=backend)
     x = torch.randn(M, model.hidden_N, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         fwd = lambda: layer(x)
