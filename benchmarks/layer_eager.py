@@ -7,7 +7,9 @@ eager, in an emulated world on one GPU (bf16). Also the kernel launches per forw
 Per case (model, EP, M): eager_us (median of CUDA events around each forward, Python and the Plan's build
 included), graph_us (the same forward captured once and replayed), sequential_eager_us (system="sequential"
 eagerly: its one host sync per call included), launches (CUDA kernels one eager forward runs, counted with
-torch.profiler), eager_over_graph and eager_over_sequential. The planner backend is make_plan's (--backend).
+torch.profiler), eager_over_graph and eager_over_sequential. The planner backend is make_plan's (--backend);
+plan_graphs says whether the eager call replays a CUDA graph of the planner (CometMoE's default) or runs
+make_plan (--plan-graphs on off).
 CSV: results/layer_eager/<gpu>_<date>.csv with the device line and the command as comment lines.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -65,13 +68,13 @@ def _launches(fn) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def run_case(spec: str, backend: str, reps: int) -> dict:
+def run_case(spec: str, backend: str, plan_graphs: bool, reps: int) -> dict:
     name, ep, M = spec.split(":")
     model, ep, M = MODELS[name](), int(ep), int(M)
     par = ParallelConfig(ep=ep)
     policy = benchmark_policy(model.activation)
     layer = CometMoE(model, par, capacity_tokens=M, dtype=torch.bfloat16, device="cuda", policy=policy,
-                     plan_backend=backend)
+                     plan_backend=backend, plan_graphs=plan_graphs)
     x = torch.randn(M, model.hidden_N, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         fwd = lambda: layer(x)
@@ -84,7 +87,7 @@ def run_case(spec: str, backend: str, reps: int) -> dict:
         layer.system = "sequential"
         layer(x)
         sequential = _events_us(fwd, reps)
-    return {"case": spec, "model": model.name, "ep": ep, "tokens": M, "backend": backend,
+    return {"case": spec, "model": model.name, "ep": ep, "tokens": M, "backend": backend, "plan_graphs": plan_graphs,
             "eager_us": round(eager, 1), "graph_us": round(graph, 1), "sequential_eager_us": round(sequential, 1),
             "launches": launches, "eager_over_graph": round(eager / graph, 3),
             "eager_over_sequential": round(eager / sequential, 3)}
@@ -94,7 +97,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.layer_eager", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=list(CASES), help="model:EP:M, model in " + ", ".join(MODELS))
-    ap.add_argument("--backend", nargs="+", default=["triton", "torch"], help="make_plan backends to compare")
+    ap.add_argument("--backend", nargs="+", default=["triton"], help="make_plan backends to compare")
+    ap.add_argument("--plan-graphs", nargs="+", choices=["on", "off"], default=["on", "off"],
+                    help="CometMoE(plan_graphs=...) variants to compare")
     ap.add_argument("--reps", type=int, default=20, help="timed calls per measurement (median)")
     ap.add_argument("--out", type=Path, help="folder of the CSV (default: print only)")
     a = ap.parse_args(argv)
@@ -102,11 +107,12 @@ def main(argv=None) -> None:
         raise SystemExit("error: benchmarks.layer_eager times CometMoE on a CUDA GPU; torch sees none here")
     rows = []
     for spec in a.cases:
-        for backend in a.backend:
+        for backend, graphs in itertools.product(a.backend, a.plan_graphs):
             try:
-                row = run_case(spec, backend, a.reps)
+                row = run_case(spec, backend, graphs == "on", a.reps)
             except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
-                row = {"case": spec, "backend": backend, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                row = {"case": spec, "backend": backend, "plan_graphs": graphs == "on",
+                       "error": f"{type(e).__name__}: {str(e)[:200]}"}
             rows.append(row)
             print(row, flush=True)
             torch.cuda.empty_cache()

@@ -229,7 +229,8 @@ def test_gpu_backends_agree(case, order):
 
 
 @pytest.mark.gpu
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# few examples: each new shape compiles the six kernels again (their block sizes are compile-time constants)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_M=3000))
 def test_gpu_backends_agree_random(case):
     routing, model, par, policy, ranks = case

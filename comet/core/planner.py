@@ -275,11 +275,12 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
     nc: None keeps the Policy's nc_layer0 / nc_layer1; an int sets both, a pair (nc_layer0, nc_layer1) each.
     To choose n_c by simulation, pass the plan to comet.tuning.auto_nc (the floor above the simulator).
 
-    backend: "torch" (this module's torch ops, ~250 small launches per rank), "triton" (six kernels per rank,
-    comet/core/planner_triton.py; bit-for-bit the same tables under Triton's interpreter; compiled for sm_90 with
-    Triton 3.6, not yet run on a GPU), "auto": torch. A bad routing (comet.core.routing.routing_problems_MJ:
-    an id outside [0, E), an expert repeated within a token, a negative or non-finite weight) raises ValueError
-    at once on the CPU (torch backend, one host sync); elsewhere its bad entries are dropped,
+    backend: "torch" (this module's torch ops, ~430 small launches per rank), "triton" (six kernels per rank,
+    comet/core/planner_triton.py; bit for bit the same tables, on the CPU under Triton's interpreter and on the
+    H200), "auto": triton for CUDA routings, torch for CPU ones (the interpreter is slow). A bad routing
+    (comet.core.routing.routing_problems_MJ: an id outside [0, E), an expert repeated within a token, a negative
+    or non-finite weight) raises ValueError at once on the CPU (torch backend, one host sync); elsewhere its bad
+    entries are dropped,
     `Plan.routing_error` records the first bad token and `Plan.check()` raises."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -308,7 +309,7 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
         if not 0 <= r < W:
             raise ValueError(f"rank {r} out of range for world size {W}")
     if backend == "auto":
-        backend = "torch"  # the Triton planner: opt-in until its GPU tests have passed (dev/LOG.md, 2026-12-03)
+        backend = "triton" if ids.is_cuda else "torch"
     if backend == "torch" and not ids.is_cuda:
         routing.check_entries()  # the CPU path: raise at once (one host sync)
     bounds = plan_bounds(M, model, parallel, policy)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
 from comet.core.config import ModelConfig, ParallelConfig
 from comet.core.plan import RankPlan
@@ -58,15 +57,17 @@ def _launch(kernel, grid, *args, **meta):
 
 
 def _carve(buf: torch.Tensor, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
-    out, at = {}, 0
-    for name, n in sizes.items():
-        out[name] = buf[at:at + n]
-        at += n
-    return out
+    """Consecutive views of buf, one per entry of sizes (one split call: slicing one by one costs a few us each)."""
+    return dict(zip(sizes, buf.split(list(sizes.values())), strict=True))
 
 
+# plain integer helpers: triton.cdiv / next_power_of_2 go through Triton's constexpr machinery on every call
 def _p2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: Policy, ranks: list[int],
@@ -80,9 +81,9 @@ def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: P
     E_loc = E // par.ep
     KP = _p2(J)
     BT = max(1, PAIRS // KP)
-    P = triton.cdiv(M, BT)
+    P = _cdiv(M, BT)
     BE, GB, WB, EB = min(_p2(E_loc), 64), _p2(par.ep), _p2(W), _p2(E_loc)
-    n_eb = triton.cdiv(E_loc, BE)
+    n_eb = _cdiv(E_loc, BE)
     C0 = math.ceil((model.ffn_K // TP) / pol.block_n0)
     C1 = math.ceil(model.hidden_N / pol.block_n1)
     R, B, U, S, CC0, CC1 = (bounds[k] for k in ("R", "B", "U", "S", "C0", "C1"))
@@ -93,24 +94,25 @@ def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: P
     BB = max(1, 2048 // BMP)
     BC, BL = 64, 256
     e_steps, u_steps = int(E_loc).bit_length() + 1, int(M).bit_length() + 1
+    sizes = {  # the same for every rank: bounds from shapes only
+        "row_token_R": R, "row_slot_R": R, "row_src_R": R, "rows_by_send_R": R, "expert_offsets_E1": E_loc + 1,
+        "l0_tile_expert_T": B * C0, "l0_tile_row_start_T": B * C0, "l0_tile_row_end_T": B * C0,
+        "l0_tile_col_T": B * C0, "l0_tile_src_mask_T": B * C0, "recv_token_U": U, "l0_chunk_src_C": CC0,
+        "l0_chunk_start_C": CC0, "l0_chunk_end_C": CC0, "l0_chunks_per_src_W": W,
+        "l1_tile_expert_T": B * C1, "l1_tile_row_start_T": B * C1, "l1_tile_row_end_T": B * C1,
+        "l1_tile_col_T": B * C1, "send_token_S": S, "send_dest_S": S, "send_slot_S": S,
+        "send_row_start_S": S, "send_row_end_S": S, "l1_chunk_start_C": CC1, "l1_chunk_end_C": CC1,
+        "combine_expected_W": W, "scalars": len(SCALARS),
+        # scratch
+        "hist": P * E_loc, "hgrp": P * GB, "errt": P, "errb": P, "blk": 4 * (P + 1), "cnt": E_loc,
+        "cumnb": E_loc, "rb": 6 * B}
+    total = sum(sizes.values())
     plans = []
     for n_rank, r in enumerate(ranks):
         g, tp_rank = par.ep_rank(r), par.tp_rank(r)
         lo_r, hi_r = (r * M + W - 1) // W, ((r + 1) * M + W - 1) // W
-        t = _carve(_workspace(R, torch.float32, dev), {"row_weight_R": R})
-        sizes = {
-            "row_token_R": R, "row_slot_R": R, "row_src_R": R, "rows_by_send_R": R, "expert_offsets_E1": E_loc + 1,
-            "l0_tile_expert_T": B * C0, "l0_tile_row_start_T": B * C0, "l0_tile_row_end_T": B * C0,
-            "l0_tile_col_T": B * C0, "l0_tile_src_mask_T": B * C0, "recv_token_U": U, "l0_chunk_src_C": CC0,
-            "l0_chunk_start_C": CC0, "l0_chunk_end_C": CC0, "l0_chunks_per_src_W": W,
-            "l1_tile_expert_T": B * C1, "l1_tile_row_start_T": B * C1, "l1_tile_row_end_T": B * C1,
-            "l1_tile_col_T": B * C1, "send_token_S": S, "send_dest_S": S, "send_slot_S": S,
-            "send_row_start_S": S, "send_row_end_S": S, "l1_chunk_start_C": CC1, "l1_chunk_end_C": CC1,
-            "combine_expected_W": W, "scalars": len(SCALARS),
-            # scratch
-            "hist": P * E_loc, "hgrp": P * GB, "errt": P, "errb": P, "blk": 4 * (P + 1), "cnt": E_loc,
-            "cumnb": E_loc, "rb": 6 * B}
-        t |= _carve(_workspace(sum(sizes.values()), torch.int64, dev), sizes)
+        t = {"row_weight_R": _workspace(R, torch.float32, dev)}
+        t |= _carve(_workspace(total, torch.int64, dev), sizes)
         common = (ids, w, *strides)
         first = n_rank == 0
         _launch(_count, (P,), *common, t["hist"], t["blk"], t["hgrp"], t["errt"], t["errb"], shared["owner"],
@@ -126,19 +128,19 @@ def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: P
                 t["send_token_S"], t["send_dest_S"], t["send_slot_S"], t["send_row_start_S"], t["send_row_end_S"],
                 t["recv_token_U"], M, J, E, E_loc, g, r, W, TP, tp_rank, lo_r, R, S, U,
                 ALL_GATHER=all_gather, BT=BT, KP=KP)
-        n_stat, n_l1 = triton.cdiv(B, BB), triton.cdiv(B * C1, BL)
-        _launch(_blocks, (n_stat + n_l1 + triton.cdiv(CC0, BC) + triton.cdiv(CC1, BC),),
+        n_stat, n_l1 = _cdiv(B, BB), _cdiv(B * C1, BL)
+        _launch(_blocks, (n_stat + n_l1 + _cdiv(CC0, BC) + _cdiv(CC1, BC),),
                 t["cumnb"], t["expert_offsets_E1"], t["scalars"], t["row_src_R"], t["rb"], B,
                 t["l1_tile_expert_T"], t["l1_tile_row_start_T"], t["l1_tile_row_end_T"], t["l1_tile_col_T"], C1,
                 t["recv_token_U"], t["l0_chunk_src_C"], t["l0_chunk_start_C"], t["l0_chunk_end_C"],
                 t["l0_chunks_per_src_W"], CC0, t["send_dest_S"], t["l1_chunk_start_C"], t["l1_chunk_end_C"], CC1,
                 E_loc, pol.block_m, r, M, W, pol.comm_rows, n_stat, n_l1,
                 BB=BB, BMP=BMP, BL=BL, BC=BC, WB=WB, E_STEPS=e_steps, U_STEPS=u_steps)
-        _launch(_l0_tiles, (triton.cdiv(B, 32),), t["rb"], t["scalars"], B, t["l0_tile_expert_T"],
+        _launch(_l0_tiles, (_cdiv(B, 32),), t["rb"], t["scalars"], B, t["l0_tile_expert_T"],
                 t["l0_tile_row_start_T"], t["l0_tile_row_end_T"], t["l0_tile_col_T"], t["l0_tile_src_mask_T"],
                 C0, W, pol.group_m, ORDER=ORDER_CODE[pol.order], BB=32, BJ=64, BCOL=min(_p2(C0), 128),
                 BPAD=256)
-        sc = {k: t["scalars"][i] for i, k in enumerate(SCALARS)}
+        sc = dict(zip(SCALARS, t["scalars"].unbind(), strict=True))
         tables = {k: v for k, v in t.items() if k not in SCRATCH}
         plans.append(RankPlan(rank=r, ep_rank=g, tp_rank=tp_rank, **tables, **sc))
     return shared["owner"], shared["slots"], shared["error"], tuple(plans)

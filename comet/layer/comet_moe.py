@@ -30,7 +30,8 @@ needed and available. It does not grow: on a process group the workspace is a co
 that every rank would have to redo together, and a captured CUDA graph keeps its addresses.
 
 Per call (system "comet"): gate -> routing (on a process group: the routing of every rank's tokens, one
-all-gather) -> Plan built on the device (comet.core.planner.make_plan; no host sync) -> kernels.moe.moe_forward_fused.
+all-gather) -> Plan built on the device (comet.core.planner.make_plan, or on CUDA the replay of its graph for
+this token count, comet/layer/plan_graphs.py; no host sync) -> kernels.moe.moe_forward_fused.
 The baselines need one host sync per call (their split sizes, comet.layer.gpu_baselines.prepare).
 
 Autograd: the Triton kernels have no backward. Under torch.no_grad() / torch.inference_mode() (or with no
@@ -42,7 +43,7 @@ implementation: the output is shaped like x); the router and the shared expert a
 torch.compile traces around it.
 
 CUDA graphs: system "comet" can be captured (warm up with one eager call first: Triton compiles on the first
-launch; the capture fixes the token count). The plan is built by torch ops in the graph's pool, the kernels
+launch; the capture fixes the token count). The plan is built by the planner's kernels in the graph's pool, the kernels
 reset their count flags themselves, and the process-group barrier keeps its value in device memory. Not
 capturable, with a clear error: layer0_comm="copy-engine" (its flags take a host-side epoch per launch, which a
 replay would freeze, so a replayed tile could read rows before they arrive) and the baselines through this
@@ -78,6 +79,7 @@ from comet.core.weights import ExpertWeights, shard_weights
 from comet.layer import hf
 from comet.layer.collectives import DistCollectives, EmulatedCollectives
 from comet.layer.gpu_baselines import SYSTEMS, BaselineRunner, prepare
+from comet.layer.plan_graphs import PlanGraphs
 from comet.layer.routers import ROUTERS, softmax_topk_gate, sparsemixer_gate
 from kernels.moe import moe_forward_fused
 from kernels.symm import SymmetricWorkspace
@@ -122,8 +124,10 @@ class CometMoE(nn.Module):
     (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
     CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps:
     see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
-    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the torch
-    planner; "triton": the Triton one).
+    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the Triton
+    planner on CUDA, the torch one on the CPU); plan_graphs: on CUDA, build an eager call's Plan by replaying a
+    CUDA graph of make_plan captured once per token count (comet/layer/plan_graphs.py; the first call of each
+    M captures it, at most 8 kept); False builds it through make_plan every call.
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
     process group), collectives and runner (comet.layer.gpu_baselines' EmulatedCollectives / DistCollectives and
@@ -135,7 +139,7 @@ class CometMoE(nn.Module):
                  policy: Policy | None = None, chunks: int = 4, router: str = "softmax", normalize_topk: bool = True,
                  router_jitter_eps: float = 0.01, shared_ffn_K: int | None = None, workspace=None,
                  hardware: str | HardwareProfile = defaults.GPU_HARDWARE, max_spin: int | None = None,
-                 plan_backend: str = "auto"):
+                 plan_backend: str = "auto", plan_graphs: bool = True):
         super().__init__()
         parallel = parallel or ParallelConfig()
         parallel.validate(model)
@@ -153,7 +157,7 @@ class CometMoE(nn.Module):
         self.capacity_tokens = capacity_tokens
         self.hardware = hardware if isinstance(hardware, HardwareProfile) else HardwareProfile.from_name(hardware)
         self.system, self.chunks = system, chunks
-        self.plan_backend = plan_backend  # make_plan's backend: "auto" (torch for now), "torch", "triton"
+        self.plan_backend = plan_backend  # make_plan's backend: "auto" (triton on CUDA), "torch", "triton"
         self._check_system()
 
         # --- the world: which ranks run here, their collectives, the fused kernels' workspace
@@ -174,6 +178,8 @@ class CometMoE(nn.Module):
         self.policy = policy or (Policy() if self.device.type == "cuda" else CPU_POLICY)
         self.runner = BaselineRunner(self.collectives, model, parallel)
         self.workspace = self._make_workspace(workspace, max_spin)
+        self.plan_graphs = (PlanGraphs(model, parallel, self.ranks)
+                            if plan_graphs and self.device.type == "cuda" else None)
 
         # --- parameters
         P, E_loc, K_loc, N = len(self.ranks), model.experts_E // parallel.ep, model.ffn_K // parallel.tp, model.hidden_N
@@ -360,8 +366,11 @@ class CometMoE(nn.Module):
             if capturing and self.policy.layer0_comm == "copy-engine":
                 raise RuntimeError("layer0_comm='copy-engine' cannot be captured in a CUDA graph: its flags take a "
                                    "host-side epoch per launch, which a replay would freeze; use 'blocks' or 'direct'")
-            plan = make_plan(routing, self.model, self.parallel, self.hardware, self.policy, ranks=list(self.ranks),
-                             backend=self.plan_backend)
+            if self.plan_graphs is not None and not capturing:
+                plan = self.plan_graphs.plan(routing, self.hardware, self.policy, self.plan_backend)
+            else:
+                plan = make_plan(routing, self.model, self.parallel, self.hardware, self.policy,
+                                 ranks=list(self.ranks), backend=self.plan_backend)
             return moe_forward_fused(self.workspace, x_MN, routing, shards, self.model, self.parallel, self.policy,
                                      plan=plan)
         if capturing:
