@@ -18,6 +18,7 @@ from comet.core.reference import moe_forward
 from comet.core.routing import Routing
 from comet.core.tolerances import assert_close
 from comet.core.weights import random_tokens, random_weights
+from comet.layer.collectives import DistCollectives
 from comet.layer.comet_moe import CPU_POLICY, CometMoE
 
 W, M = 2, 36
@@ -37,6 +38,13 @@ def _worker(rank: int, port: int) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
     try:
+        coll = DistCollectives()  # the routing's one all-gather: ids and float32 weights bit for bit
+        weights = [torch.tensor([[0.25, float("nan")], [-0.0, 1e-30], [3.5, float("inf")]]) * (r + 1)
+                   for r in range(W)]
+        ids, w = coll.gather_routing(torch.arange(6).reshape(3, 2) + 10 * rank, weights[rank])
+        assert torch.equal(ids, torch.cat([torch.arange(6).reshape(3, 2) + 10 * r for r in range(W)]))
+        assert w.dtype == torch.float32
+        assert torch.equal(w.view(torch.int32), torch.cat(weights).view(torch.int32))
         m = M // W
         for ep, tp, act, system, form, chunks in CASES:
             model = ModelConfig("tiny", hidden_N=32, ffn_K=32, experts_E=4, topk=2, layers=1, activation=act)

@@ -96,7 +96,15 @@ class DistCollectives:
         return {self.rank: out}
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """All ranks' (m, ...) tensors stacked in rank order: (W m, ...) (the routing of every token)."""
+        """All ranks' (m, ...) tensors stacked in rank order: (W m, ...)."""
         out = t.new_empty(self.world_size * t.shape[0], *t.shape[1:])
         self._gather(out, t.contiguous())
         return out
+
+    def gather_routing(self, ids_mJ: torch.Tensor, w_mJ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's routing, (ids_MJ int64, weights_MJ float32) in rank order, in one all-gather: the float32
+        weights travel bit for bit as int64 columns beside the ids."""
+        J = ids_mJ.shape[1]
+        bits_mJ = w_mJ.float().contiguous().view(torch.int32).long()
+        both = self.gather_rows(torch.cat([ids_mJ.long(), bits_mJ], 1))
+        return both[:, :J].contiguous(), both[:, J:].int().view(torch.float32)

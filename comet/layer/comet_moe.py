@@ -350,7 +350,7 @@ class CometMoE(nn.Module):
         """The body of comet::moe_experts (see the module docstring for what runs per system)."""
         self._check_system()
         if not self.emulated:  # every rank's routing: the plan of any rank depends on all tokens
-            ids_MJ, w_MJ = self.collectives.gather_rows(ids_MJ), self.collectives.gather_rows(w_MJ.float())
+            ids_MJ, w_MJ = self.collectives.gather_routing(ids_MJ, w_MJ)
         M = ids_MJ.shape[0]
         if M > self.capacity_tokens:
             if self.workspace is not None:
