@@ -128,8 +128,8 @@ class CometMoE(nn.Module):
     CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps /
     n_group / topk_group / routed_scaling_factor / router_dtype: see the module docstring; shared_ffn_K: K_s of
     a shared expert (None: none), shared_gated: its sigmoid gate (Qwen2-MoE) or none (DeepSeek-V3); workspace:
-    an existing one to share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the torch
-    planner; "triton": the Triton one).
+    an existing one to share; hardware: the profile the planner records; plan_backend: make_plan's backend
+    ("auto": the torch planner; "triton": the Triton one).
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
     process group), collectives and runner (comet.layer.gpu_baselines' EmulatedCollectives / DistCollectives and

@@ -87,8 +87,8 @@ UNSUPPORTED = {
                "swiglu_limit); ModelConfig 'gpt-oss-20b' / 'gpt-oss-120b' give its shapes to the simulator and planner",
 }
 _ALIASES = {"phi-3.5-moe": "phimoe", "phi3.5-moe": "phimoe", "qwen2-moe": "qwen2_moe", "qwen2moe": "qwen2_moe",
-            "qwen3-moe": "qwen3_moe", "qwen3moe": "qwen3_moe", "deepseek-v3": "deepseek_v3", "deepseekv3": "deepseek_v3",
-            "kimi_k2": "deepseek_v3", "gpt-oss": "gpt_oss"}
+            "qwen3-moe": "qwen3_moe", "qwen3moe": "qwen3_moe", "deepseek-v3": "deepseek_v3",
+            "deepseekv3": "deepseek_v3", "kimi_k2": "deepseek_v3", "gpt-oss": "gpt_oss"}
 
 
 def hf_arch(arch: str) -> HFArch:
@@ -279,7 +279,8 @@ def hf_config_options(config, layer: int | None = None) -> dict[str, Any]:
         scoring = _field(config, "scoring_func", "sigmoid")
         if scoring != "sigmoid":
             raise ValueError(f"deepseek_v3 with scoring_func={scoring!r}: only 'sigmoid' (DeepSeek-V3's) is supported")
-        opts.update(n_group=int(_field(config, "n_group", 1) or 1), topk_group=int(_field(config, "topk_group", 1) or 1),
+        opts.update(n_group=int(_field(config, "n_group", 1) or 1),
+                    topk_group=int(_field(config, "topk_group", 1) or 1),
                     routed_scaling_factor=float(_field(config, "routed_scaling_factor", 1.0)))
     if layer is not None:
         layers = _field(config, "num_hidden_layers")
