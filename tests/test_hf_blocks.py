@@ -214,3 +214,23 @@ def test_gpu_block_matches_transformers_bf16(family, ep, tp):
         out = layer(x)
     want = block_forward(block, x)
     assert_close(out, want.double(), torch.bfloat16, f"CometMoE vs transformers' {family} block (bf16) EP={ep} TP={tp}")
+
+
+def test_registered_shapes_agree_with_transformers_defaults():
+    """transformers' default configs are the released models' (its docs name them): an independent check of the
+    figures copied from config.json into comet.core.config.MODELS."""
+    import transformers
+
+    from comet.core.config import ModelConfig
+
+    ds, oss, q3 = transformers.DeepseekV3Config(), transformers.GptOssConfig(), transformers.Qwen3MoeConfig()
+    m = ModelConfig.from_name("deepseek-v3")
+    assert (m.hidden_N, m.ffn_K, m.experts_E, m.topk, m.layers, m.shared_ffn_K) == (
+        ds.hidden_size, ds.moe_intermediate_size, ds.n_routed_experts, ds.num_experts_per_tok,
+        ds.num_hidden_layers - ds.first_k_dense_replace, ds.n_shared_experts * ds.moe_intermediate_size)
+    m = ModelConfig.from_name("gpt-oss-120b")
+    assert (m.hidden_N, m.ffn_K, m.experts_E, m.topk, m.layers) == (
+        oss.hidden_size, oss.intermediate_size, oss.num_local_experts, oss.num_experts_per_tok, oss.num_hidden_layers)
+    m = ModelConfig.from_name("qwen3-30b-a3b")  # transformers' default has fewer layers than the release
+    assert (m.hidden_N, m.ffn_K, m.experts_E, m.topk) == (q3.hidden_size, q3.moe_intermediate_size, q3.num_experts,
+                                                         q3.num_experts_per_tok)
