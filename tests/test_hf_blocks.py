@@ -71,6 +71,20 @@ def test_deepseek_bias_and_scaling_matter():
             assert_close(out, want, torch.float32, what)
 
 
+@pytest.mark.skipif(not CPU, reason="the CPU comparison runs under Triton's interpreter")
+def test_deepseek_float16_block_keeps_its_router_float32():
+    """The layer takes the experts' dtype (float16) and keeps DeepSeek-V3's router in float32, as transformers
+    does: the comparison at float16 tolerance holds with the same routing."""
+    block, _, config, _ = hf_block("deepseek_v3", seed=2, dtype=torch.float16)
+    layer = _load(block.state_dict(), config, "", ParallelConfig(ep=2), "cpu", policy=CPU_POLICY)
+    assert (layer.dtype, layer.gate_weight.dtype, layer.gate_bias.dtype) == (torch.float16, torch.float32,
+                                                                             torch.float32)
+    x = random_tokens(24, 32, seed=6, dtype=torch.float16)
+    with torch.no_grad():
+        out = layer(x)
+    assert_close(out, block_forward(block.double(), x.double()), torch.float16, "DeepSeek-V3 block in float16")
+
+
 # ------------------------------------------------------------------------------------------ routers
 @pytest.mark.parametrize("n_group,topk_group,topk,normalize,scaling", [
     (1, 1, 4, True, 1.0), (4, 2, 3, True, 2.5), (8, 3, 5, False, 1.0), (4, 4, 8, True, 0.5)])

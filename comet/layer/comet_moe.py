@@ -424,8 +424,8 @@ class CometMoE(nn.Module):
         ("mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "deepseek_v3") and topk (num_experts_per_tok);
         normalize_topk then defaults to transformers' config default (True for Mixtral and DeepSeek-V3, False for
         the Qwen families: pass the checkpoint's norm_topk_prob). Keywords given override the config's. dtype
-        defaults to the state dict's; other keywords (system, policy, router_jitter_eps, n_group, ...) go to
-        CometMoE. DeepSeek-V3's router weight and bias stay float32, as transformers keeps them.
+        defaults to the experts' in the state dict; other keywords (system, policy, router_jitter_eps, n_group, ...)
+        go to CometMoE. DeepSeek-V3's router weight and bias stay float32, as transformers keeps them.
         """
         opts = hf.hf_config_options(config, layer) if config is not None else {}
         arch = arch or opts.get("arch")
@@ -445,7 +445,7 @@ class CometMoE(nn.Module):
         s = hf.hf_block_shapes(state_dict, arch, prefix)
         parallel = parallel or ParallelConfig()
         gate_w = hf.hf_router_weight(state_dict, arch, prefix)
-        dtype = dtype or gate_w.dtype
+        dtype = dtype or hf.hf_expert_dtype(state_dict, arch, prefix)
         router_dtype = torch.float32 if a.router == "sigmoid-group" else dtype
         model = ModelConfig(name or f"hf-{a.name}", hidden_N=s.hidden_N, ffn_K=s.ffn_K, experts_E=s.experts_E,
                             topk=topk, layers=1, activation="swiglu", dtype=str(dtype).removeprefix("torch."),

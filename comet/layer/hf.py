@@ -51,7 +51,7 @@ from comet.core.config import ParallelConfig
 from comet.core.weights import ExpertWeights
 
 __all__ = ["HF_ARCHS", "UNSUPPORTED", "HFArch", "HFBlockShapes", "hf_arch", "hf_block_shapes", "hf_config_options",
-           "hf_rank_shard", "hf_router_bias", "hf_router_weight", "hf_shared_expert"]
+           "hf_expert_dtype", "hf_rank_shard", "hf_router_bias", "hf_router_weight", "hf_shared_expert"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,17 @@ def hf_block_shapes(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: s
     if a.shared:  # part of every such block: a missing one is an error, not a block without it
         shared = _shape(state_dict, prefix + a.shared + "gate_proj.weight", f"{a.name}'s shared expert")[0]
     return HFBlockShapes(int(E), int(N), int(K), None if shared is None else int(shared), fused)
+
+
+def hf_expert_dtype(state_dict: Mapping[str, torch.Tensor], arch: str, prefix: str = "") -> torch.dtype:
+    """The experts' dtype (one expert's rows read): the layer's default, where the router's may differ
+    (DeepSeek-V3 keeps its router in float32)."""
+    a = hf_arch(arch)
+    s = hf_block_shapes(state_dict, arch, prefix)
+    if s.fused:
+        return _expert_rows(state_dict, prefix + "experts.gate_up_proj", 0, 1, "the experts' dtype").dtype
+    key = next(k for k in (f"{prefix}experts.{e}.{a.gate}.weight" for e in range(s.experts_E)) if k in state_dict)
+    return _get(state_dict, key, "the experts' dtype").dtype
 
 
 def hf_rank_shard(state_dict: Mapping[str, torch.Tensor], arch: str, parallel: ParallelConfig, rank: int, *,
