@@ -23,7 +23,7 @@ FAMILIES = ("mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "deepseek_v3")
 
 # (config class, block class, config fields) per family and size; real: the checkpoints' N, K (K_s) and topk
 # (mixtral-8x7b, Phi-3.5-MoE, Qwen1.5-MoE-A2.7B, Qwen3-30B-A3B, DeepSeek-V3; comet.core.config.MODEL_SOURCES)
-# with 8-16 experts, so that one GPU holds them.
+# with 8-32 experts, so that one GPU holds them (DeepSeek-V3: 8 groups of 4, 4 groups kept, 8 of their 16 chosen).
 _SPECS = {
     "mixtral": (transformers.MixtralConfig, MixtralSparseMoeBlock, {
         "tiny": dict(hidden_size=32, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
@@ -47,7 +47,7 @@ _SPECS = {
         "tiny": dict(hidden_size=32, moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=3,
                      n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
                      first_k_dense_replace=1, num_hidden_layers=4),
-        "real": dict(hidden_size=7168, moe_intermediate_size=2048, n_routed_experts=16, num_experts_per_tok=8,
+        "real": dict(hidden_size=7168, moe_intermediate_size=2048, n_routed_experts=32, num_experts_per_tok=8,
                      n_group=8, topk_group=4, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
                      first_k_dense_replace=3, num_hidden_layers=61)}),
 }
