@@ -3,6 +3,7 @@ eager, in an emulated world on one GPU (bf16). Also the kernel launches per forw
 
     python -m benchmarks.layer_eager --out results/layer_eager            # one GPU, a few minutes
     python -m benchmarks.layer_eager --cases mixtral:4:4096 --backend torch
+    python -m benchmarks.layer_eager --cases qwen3-30b-a3b:4:4096 deepseek-v3:8:4096
 
 Per case (model, EP, M): eager_us (median of CUDA events around each forward, Python and the Plan's build
 included), graph_us (the same forward captured once and replayed), sequential_eager_us (system="sequential"
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from comet.core.config import MODELS as REGISTERED
 from comet.core.config import ModelConfig, ParallelConfig
 from comet.core.policy import benchmark_policy
 from comet.layer.comet_moe import CometMoE
@@ -33,6 +35,11 @@ from kernels.timing import device_line
 E128 = ModelConfig("e128-top8", hidden_N=2048, ffn_K=768, experts_E=128, topk=8, layers=1, activation="swiglu")
 CASES = ("mixtral:4:4096", "mixtral:4:16384", "e128:4:4096", "e128:8:4096")
 MODELS = {"mixtral": lambda: ModelConfig.from_name("mixtral-8x7b"), "e128": lambda: E128}
+
+
+def _model(name: str) -> ModelConfig:
+    """A short name of MODELS, or any registered model (comet.core.config.MODELS, e.g. qwen3-30b-a3b)."""
+    return MODELS[name]() if name in MODELS else ModelConfig.from_name(name)
 
 
 def _events_us(fn, reps: int) -> float:
@@ -70,7 +77,7 @@ def _launches(fn) -> int:
 
 def run_case(spec: str, backend: str, plan_graphs: bool, reps: int) -> dict:
     name, ep, M = spec.split(":")
-    model, ep, M = MODELS[name](), int(ep), int(M)
+    model, ep, M = _model(name), int(ep), int(M)
     par = ParallelConfig(ep=ep)
     policy = benchmark_policy(model.activation)
     layer = CometMoE(model, par, capacity_tokens=M, dtype=torch.bfloat16, device="cuda", policy=policy,
@@ -97,7 +104,8 @@ def run_case(spec: str, backend: str, plan_graphs: bool, reps: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.layer_eager", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=list(CASES), help="model:EP:M, model in " + ", ".join(MODELS))
+    ap.add_argument("--cases", nargs="+", default=list(CASES),
+                    help=f"model:EP:M, model in {', '.join(MODELS)} or a registered one ({', '.join(REGISTERED)})")
     ap.add_argument("--backend", nargs="+", default=["triton"], help="make_plan backends to compare")
     ap.add_argument("--plan-graphs", nargs="+", choices=["on", "off"], default=["on", "off"],
                     help="CometMoE(plan_graphs=...) variants to compare")

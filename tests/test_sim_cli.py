@@ -130,3 +130,18 @@ def test_heartbeat_logs_without_a_terminal():
     with heartbeat("simulating comet", every_s=0.02, stream=buf):
         time.sleep(0.1)
     assert buf.getvalue().count("simulating comet: still running") >= 2
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x22b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-20b",
+                                  "gpt-oss-120b"])
+def test_released_models_in_both_command_lines(name, capsys):
+    """The released models' entries (comet.core.config.MODELS, each with its config.json source) run in the
+    simulator's and the planner's command lines."""
+    from comet.core.config import MODEL_SOURCES, MODELS
+    from comet.core.planner import main as plan_main
+
+    assert MODEL_SOURCES[name].startswith("config.json of ") and set(MODEL_SOURCES) == set(MODELS)
+    assert main(["--model", name, "--ep", "4", "--tokens", "128", "--systems", "comet", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"{name}  M=128  EP=4 TP=1")
+    plan_main(["--model", name, "--ep", "2", "--tp", "2", "--tokens", "64"])
+    assert capsys.readouterr().out.startswith(f"{name}  M=64  EP=2 TP=2")

@@ -33,6 +33,9 @@ class ModelConfig:
 
     hidden_N: embedding size N; ffn_K: expert FFN size K; experts_E: E; topk: experts per token.
     activation: "gelu" (one up-projection) or "swiglu" (gate and up projections, 2K columns in layer0).
+    shared_ffn_K: K_s of the shared experts (one dense swiglu MLP every token passes through, e.g. DeepSeek-V3's),
+    None without. A record of the shape: the simulator, the planner and the fused kernels model the routed
+    experts; CometMoE runs a shared expert outside them, on each rank's own tokens (its shared_ffn_K argument).
     """
 
     name: str
@@ -43,11 +46,14 @@ class ModelConfig:
     layers: int
     activation: str = "gelu"
     dtype: str = "bfloat16"
+    shared_ffn_K: int | None = None
 
     def __post_init__(self):
         for f in ("hidden_N", "ffn_K", "experts_E", "topk", "layers"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)}")
+        if self.shared_ffn_K is not None and self.shared_ffn_K < 1:
+            raise ValueError(f"{self.name}: shared_ffn_K must be >= 1 or None, got {self.shared_ffn_K}")
         if self.topk > self.experts_E:
             raise ValueError(
                 f"{self.name}: topk={self.topk} > experts_E={self.experts_E}: a token cannot pick more "
@@ -75,19 +81,47 @@ class ModelConfig:
         return dataclasses.replace(MODELS[name], **overrides) if overrides else MODELS[name]
 
 
-# Shapes of the Comet paper's evaluation (docs/PAPER_NOTES.md). The paper runs every model with gelu
-# (its scripts' default); the Hugging Face checkpoints use swiglu, so `activation="swiglu"` is an override.
-# deepseek-v3: config.json of deepseek-ai/DeepSeek-V3 (hidden 7168, moe_intermediate 2048, 256 routed
-# experts, 8 per token, 58 MoE layers of 61); shared experts are not modelled.
+# Shapes of the Comet paper's evaluation (docs/PAPER_NOTES.md): mixtral-8x7b, qwen2-moe-2.7b, phi-3.5-moe. The paper
+# runs every model with gelu (its scripts' default); the Hugging Face checkpoints use swiglu, so
+# `activation="swiglu"` is an override. The other entries are the checkpoints as released (swiglu; gpt-oss's
+# clamped variant has the same shapes), each figure from the model's config.json on the Hugging Face hub
+# (MODEL_SOURCES). layers counts the MoE layers only.
 MODELS: dict[str, ModelConfig] = {
     m.name: m
     for m in (
         ModelConfig("mixtral-8x7b", hidden_N=4096, ffn_K=14336, experts_E=8, topk=2, layers=32),
         ModelConfig("qwen2-moe-2.7b", hidden_N=2048, ffn_K=1408, experts_E=64, topk=4, layers=24),
         ModelConfig("phi-3.5-moe", hidden_N=4096, ffn_K=6400, experts_E=16, topk=2, layers=32),
-        ModelConfig("deepseek-v3", hidden_N=7168, ffn_K=2048, experts_E=256, topk=8, layers=58,
+        ModelConfig("mixtral-8x22b", hidden_N=6144, ffn_K=16384, experts_E=8, topk=2, layers=56, activation="swiglu"),
+        ModelConfig("qwen3-30b-a3b", hidden_N=2048, ffn_K=768, experts_E=128, topk=8, layers=48, activation="swiglu"),
+        ModelConfig("qwen3-235b-a22b", hidden_N=4096, ffn_K=1536, experts_E=128, topk=8, layers=94,
                     activation="swiglu"),
+        ModelConfig("deepseek-v3", hidden_N=7168, ffn_K=2048, experts_E=256, topk=8, layers=58, activation="swiglu",
+                    shared_ffn_K=2048),
+        ModelConfig("gpt-oss-20b", hidden_N=2880, ffn_K=2880, experts_E=32, topk=4, layers=24, activation="swiglu"),
+        ModelConfig("gpt-oss-120b", hidden_N=2880, ffn_K=2880, experts_E=128, topk=4, layers=36, activation="swiglu"),
     )
+}
+_PAPER = "the Comet paper's evaluation shapes (docs/PAPER_NOTES.md)"
+MODEL_SOURCES: dict[str, str] = {
+    "mixtral-8x7b": _PAPER,
+    "qwen2-moe-2.7b": _PAPER,
+    "phi-3.5-moe": _PAPER,
+    "mixtral-8x22b": "config.json of mistralai/Mixtral-8x22B-v0.1: hidden_size 6144, intermediate_size 16384, "
+                     "num_local_experts 8, num_experts_per_tok 2, num_hidden_layers 56",
+    "qwen3-30b-a3b": "config.json of Qwen/Qwen3-30B-A3B: hidden_size 2048, moe_intermediate_size 768, num_experts 128, "
+                     "num_experts_per_tok 8, num_hidden_layers 48 (decoder_sparse_step 1, mlp_only_layers []: all "
+                     "MoE), norm_topk_prob true, no shared expert",
+    "qwen3-235b-a22b": "config.json of Qwen/Qwen3-235B-A22B: hidden_size 4096, moe_intermediate_size 1536, num_experts "
+                       "128, num_experts_per_tok 8, num_hidden_layers 94 (all MoE), norm_topk_prob true",
+    "deepseek-v3": "config.json of deepseek-ai/DeepSeek-V3: hidden_size 7168, moe_intermediate_size 2048, "
+                   "n_routed_experts 256, num_experts_per_tok 8, n_shared_experts 1 (K_s = 1 x 2048), "
+                   "num_hidden_layers 61 of which first_k_dense_replace 3 dense: 58 MoE; router n_group 8, "
+                   "topk_group 4, routed_scaling_factor 2.5, norm_topk_prob true, scoring_func sigmoid",
+    "gpt-oss-20b": "config.json of openai/gpt-oss-20b: hidden_size 2880, intermediate_size 2880, num_local_experts 32, "
+                   "num_experts_per_tok 4, num_hidden_layers 24 (every layer MoE), swiglu_limit 7.0",
+    "gpt-oss-120b": "config.json of openai/gpt-oss-120b: hidden_size 2880, intermediate_size 2880, num_local_experts "
+                    "128, num_experts_per_tok 4, num_hidden_layers 36 (every layer MoE), swiglu_limit 7.0",
 }
 
 

@@ -35,6 +35,7 @@ Token t is owned by rank `comet.core.ownership.token_owner(M, W)[t]`. `emulate_r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -333,3 +334,26 @@ def emulate_ranks(x_MN: torch.Tensor, routing: Routing, weights: ExpertWeights, 
         rows = expert_compute(recv_x[r], meta.ranks[r], shard, meta.local_experts(r).start, model.activation)
         partials.append(topk_reduce(rows, meta.ranks[r]))
     return combine(partials, meta)
+
+
+def grouped_sigmoid_gate_loop(logits_ME: torch.Tensor, topk: int, correction_bias_E: torch.Tensor, n_group: int,
+                              topk_group: int, normalize: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's group-limited router, one token at a time in Python (the twin of
+    comet.layer.routers.grouped_sigmoid_gate): the groups whose two best biased scores sum highest, then the
+    best biased scores among their experts; weights from the unbiased sigmoid. Returns the ids sorted
+    ascending per token, with their weights (float64): compare as sets."""
+    E = logits_ME.shape[1]
+    per = E // n_group
+    ids_rows, w_rows = [], []
+    for row in logits_ME.double().tolist():
+        s = [1.0 / (1.0 + math.exp(-v)) for v in row]
+        c = [s[e] + float(correction_bias_E[e]) for e in range(E)]
+        group_score = [sum(sorted(c[g * per:(g + 1) * per])[-2:]) for g in range(n_group)]
+        groups = sorted(range(n_group), key=lambda g: -group_score[g])[:topk_group]
+        allowed = [e for g in groups for e in range(g * per, (g + 1) * per)]
+        chosen = sorted(sorted(allowed, key=lambda e: -c[e])[:topk])
+        w = [s[e] for e in chosen]
+        total = sum(w) + 1e-20 if normalize else 1.0
+        ids_rows.append(chosen)
+        w_rows.append([scaling * v / total for v in w])
+    return torch.tensor(ids_rows, dtype=torch.int64), torch.tensor(w_rows, dtype=torch.float64)

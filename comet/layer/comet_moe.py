@@ -16,13 +16,18 @@ Parameters (requires_grad False: the kernels are forward-only):
     gate_weight         (E, N)                router, the same on every rank
     w0                  (P, E/EP, N, K'/TP)   layer0 shard of every rank this process runs (comet.core.reference layout)
     w1                  (P, E/EP, K/TP, N)    layer1 shard
-    shared_w0 / _w1     (N, 2 K_s) / (K_s, N) optional dense shared expert ([gate | up], swiglu), Qwen2-MoE style:
-    shared_gate_weight  (1, N)                out += sigmoid(x @ shared_gate_weight.T) * shared_expert(x); each rank
-                                              runs it on its own tokens with the whole (replicated) weights
-Routers: "softmax" (softmax over the logits in float32, top-k, weights renormalised to sum 1 when
-normalize_topk, as comet.core.routing.topk_gate; Mixtral renormalises, Qwen2-MoE by default not) and "sparsemixer"
-(Phi-3.5-MoE's top-2 router in its inference form, `sparsemixer_gate`). Logits are x @ gate_weight.T in x's
-dtype, as Hugging Face's blocks compute them.
+    gate_bias           (E,) float32          router "sigmoid-group" only: DeepSeek-V3's e_score_correction_bias
+    shared_w0 / _w1     (N, 2 K_s) / (K_s, N) optional dense shared expert ([gate | up], swiglu), run by each rank
+                                              on its own tokens with the whole (replicated) weights:
+    shared_gate_weight  (1, N)                shared_gated (Qwen2-MoE): out += sigmoid(x @ shared_gate_weight.T) *
+                                              shared_expert(x); not shared_gated (DeepSeek-V3): out += shared_expert(x)
+Routers (comet/layer/routers.py): "softmax" (softmax over the logits in float32, top-k, weights renormalised to
+sum 1 when normalize_topk, as comet.core.routing.topk_gate; Mixtral and Qwen3-MoE checkpoints renormalise,
+Qwen1.5-MoE not), "sparsemixer" (Phi-3.5-MoE's top-2 router in its inference form, `sparsemixer_gate`),
+"sigmoid-group" (DeepSeek-V3's: sigmoid scores, gate_bias for the choice only, n_group / topk_group group-limited
+top-k, renormalised when normalize_topk, times routed_scaling_factor; `grouped_sigmoid_gate`) and "topk-softmax"
+(gpt-oss's: softmax over the top-k logits). Logits are x @ gate_weight.T in gate_weight's dtype (router_dtype,
+default the layer's: as Hugging Face's blocks compute them; DeepSeek-V3 keeps its router in float32).
 
 Workspace. Created once (or passed in and shared by every layer of a model) for `capacity_tokens` tokens of
 the whole group; a call with more tokens raises kernels.workspace.WorkspaceCapacityError naming the bytes
@@ -80,7 +85,7 @@ from comet.layer import hf
 from comet.layer.collectives import DistCollectives, EmulatedCollectives
 from comet.layer.gpu_baselines import SYSTEMS, BaselineRunner, prepare
 from comet.layer.plan_graphs import PlanGraphs
-from comet.layer.routers import ROUTERS, softmax_topk_gate, sparsemixer_gate
+from comet.layer.routers import ROUTERS, grouped_sigmoid_gate, softmax_topk_gate, sparsemixer_gate, topk_softmax_gate
 from kernels.moe import moe_forward_fused
 from kernels.symm import SymmetricWorkspace
 from kernels.workspace import DEFAULT_MAX_SPIN, EmulatedWorld, WorkspaceCapacityError
@@ -122,12 +127,13 @@ class CometMoE(nn.Module):
     the whole group per call; dtype: parameters and tokens (default the model's); device: default CUDA if
     available (on a group: the current CUDA device), else the CPU; system: "comet" | "sequential" | "chunked"
     (changeable later); policy: tiles, n_c, layer0 variant, dispatch form (default Policy() on CUDA,
-    CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps:
-    see the module docstring; shared_ffn_K: K_s of a shared expert (None: none); workspace: an existing one to
-    share; hardware: the profile the planner records; plan_backend: make_plan's backend ("auto": the Triton
-    planner on CUDA, the torch one on the CPU); plan_graphs: on CUDA, build an eager call's Plan by replaying a
-    CUDA graph of make_plan captured once per token count (comet/layer/plan_graphs.py; the first call of each
-    M captures it, at most 8 kept); False builds it through make_plan every call.
+    CPU_POLICY on the CPU); chunks: Q of the chunked baseline; router / normalize_topk / router_jitter_eps /
+    n_group / topk_group / routed_scaling_factor / router_dtype: see the module docstring; shared_ffn_K: K_s of
+    a shared expert (None: none), shared_gated: its sigmoid gate (Qwen2-MoE) or none (DeepSeek-V3); workspace:
+    an existing one to share; hardware: the profile the planner records; plan_backend: make_plan's backend
+    ("auto": the Triton planner on CUDA, the torch one on the CPU); plan_graphs: on CUDA, build an eager call's
+    Plan by replaying a CUDA graph of make_plan captured once per token count (comet/layer/plan_graphs.py; the
+    first call of each M captures it, at most 8 kept); False builds it through make_plan every call.
 
     Attributes besides the parameters: ranks (the ranks run here), workspace (the fused kernels'; None on a CPU
     process group), collectives and runner (comet.layer.gpu_baselines' EmulatedCollectives / DistCollectives and
@@ -137,7 +143,9 @@ class CometMoE(nn.Module):
     def __init__(self, model: ModelConfig, parallel: ParallelConfig | None = None, *, world="emulated",
                  capacity_tokens: int, dtype: torch.dtype | None = None, device=None, system: str = "comet",
                  policy: Policy | None = None, chunks: int = 4, router: str = "softmax", normalize_topk: bool = True,
-                 router_jitter_eps: float = 0.01, shared_ffn_K: int | None = None, workspace=None,
+                 router_jitter_eps: float = 0.01, n_group: int = 1, topk_group: int = 1,
+                 routed_scaling_factor: float = 1.0, router_dtype: torch.dtype | None = None,
+                 shared_ffn_K: int | None = None, shared_gated: bool = True, workspace=None,
                  hardware: str | HardwareProfile = defaults.GPU_HARDWARE, max_spin: int | None = None,
                  plan_backend: str = "auto", plan_graphs: bool = True):
         super().__init__()
@@ -147,6 +155,9 @@ class CometMoE(nn.Module):
             raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
         if router == "sparsemixer" and model.topk != 2:
             raise ValueError(f"the sparsemixer router picks exactly 2 experts; {model.name} has topk={model.topk}")
+        if router == "sigmoid-group":  # its own checks of n_group / topk_group against E and topk, on one token
+            grouped_sigmoid_gate(torch.zeros(1, model.experts_E), model.topk, torch.zeros(model.experts_E), n_group,
+                                 topk_group)
         if capacity_tokens < 1:
             raise ValueError(f"capacity_tokens must be >= 1, got {capacity_tokens}")
         if shared_ffn_K is not None and shared_ffn_K < 1:
@@ -154,6 +165,7 @@ class CometMoE(nn.Module):
         self.model, self.parallel = model, parallel
         self.dtype = dtype or getattr(torch, model.dtype)
         self.router, self.normalize_topk, self.router_jitter_eps = router, normalize_topk, router_jitter_eps
+        self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
         self.capacity_tokens = capacity_tokens
         self.hardware = hardware if isinstance(hardware, HardwareProfile) else HardwareProfile.from_name(hardware)
         self.system, self.chunks = system, chunks
@@ -185,17 +197,21 @@ class CometMoE(nn.Module):
         P, E_loc, K_loc, N = len(self.ranks), model.experts_E // parallel.ep, model.ffn_K // parallel.tp, model.hidden_N
         k0 = model.layer0_cols // parallel.tp
 
-        def param(*shape):
-            return nn.Parameter(torch.empty(*shape, dtype=self.dtype, device=self.device), requires_grad=False)
+        def param(*shape, dtype=None):
+            return nn.Parameter(torch.empty(*shape, dtype=dtype or self.dtype, device=self.device),
+                                requires_grad=False)
 
-        self.gate_weight = param(model.experts_E, N)
+        self.gate_weight = param(model.experts_E, N, dtype=router_dtype)
+        if router == "sigmoid-group":
+            self.gate_bias = param(model.experts_E, dtype=torch.float32)
         self.w0 = param(P, E_loc, N, k0)
         self.w1 = param(P, E_loc, K_loc, N)
-        self.shared_ffn_K = shared_ffn_K
+        self.shared_ffn_K, self.shared_gated = shared_ffn_K, shared_gated and shared_ffn_K is not None
         if shared_ffn_K is not None:
             self.shared_w0 = param(N, 2 * shared_ffn_K)
             self.shared_w1 = param(shared_ffn_K, N)
-            self.shared_gate_weight = param(1, N)
+            if self.shared_gated:
+                self.shared_gate_weight = param(1, N)
         self.reset_parameters()
         self._handle = next(_HANDLES)
         _LAYERS[self._handle] = weakref.ref(self)
@@ -247,6 +263,8 @@ class CometMoE(nn.Module):
         N, K = self.model.hidden_N, self.model.ffn_K
         gen.manual_seed(seed)
         self.gate_weight.copy_(torch.randn(self.gate_weight.shape, generator=gen, device=dev) / math.sqrt(N))
+        if self.router == "sigmoid-group":
+            self.gate_bias.zero_()
         for i, r in enumerate(self.ranks):
             for j, e in enumerate(self._local_experts(r)):
                 gen.manual_seed(seed * 1_000_003 + 1 + e)
@@ -257,7 +275,8 @@ class CometMoE(nn.Module):
                 self.w1[i, j].copy_(one.w1_EKN[0])
         if self.shared_ffn_K is not None:
             gen.manual_seed(seed + 7)
-            for p, fan_in in ((self.shared_w0, N), (self.shared_w1, self.shared_ffn_K), (self.shared_gate_weight, N)):
+            shared = [(self.shared_w0, N), (self.shared_w1, self.shared_ffn_K)]
+            for p, fan_in in shared + ([(self.shared_gate_weight, N)] if self.shared_gated else []):
                 p.copy_(torch.randn(p.shape, generator=gen, device=dev) / math.sqrt(fan_in))
 
     def _local_experts(self, rank: int) -> range:
@@ -266,10 +285,11 @@ class CometMoE(nn.Module):
 
     @torch.no_grad()
     def load_experts(self, weights: ExpertWeights | Mapping[int, ExpertWeights], gate_weight_EN: torch.Tensor,
-                     shared: Mapping[str, torch.Tensor] | None = None) -> None:
+                     shared: Mapping[str, torch.Tensor] | None = None, gate_bias_E: torch.Tensor | None = None) -> None:
         """Copy weights in: `weights` holds all E experts (comet.core.reference layout; each rank here keeps its
         shard) or maps each rank run here to its shard; gate_weight_EN (E, N); shared: {"w0": (N, 2 K_s),
-        "w1": (K_s, N), "gate_weight": (1, N)} when the layer has a shared expert."""
+        "w1": (K_s, N), "gate_weight": (1, N) (shared_gated only)} when the layer has a shared expert;
+        gate_bias_E (E,): the "sigmoid-group" router's correction bias (None: keep the current one)."""
         if isinstance(weights, ExpertWeights):
             if (weights.num_experts, weights.hidden_N, weights.ffn_K, weights.activation) != (
                     self.model.experts_E, self.model.hidden_N, self.model.ffn_K, self.model.activation):
@@ -290,10 +310,16 @@ class CometMoE(nn.Module):
             raise ValueError(f"gate_weight_EN must be {tuple(self.gate_weight.shape)}, got "
                              f"{tuple(gate_weight_EN.shape)}")
         self.gate_weight.copy_(gate_weight_EN)
+        if gate_bias_E is not None:
+            if self.router != "sigmoid-group":
+                raise ValueError(f"gate_bias_E is the 'sigmoid-group' router's; this layer's router is {self.router!r}")
+            if tuple(gate_bias_E.shape) != tuple(self.gate_bias.shape):
+                raise ValueError(f"gate_bias_E must be {tuple(self.gate_bias.shape)}, got {tuple(gate_bias_E.shape)}")
+            self.gate_bias.copy_(gate_bias_E)
         if (shared is None) != (self.shared_ffn_K is None):
             raise ValueError("give `shared` weights exactly when the layer was built with shared_ffn_K")
         if shared is not None:
-            for name in ("w0", "w1", "gate_weight"):
+            for name in ("w0", "w1") + (("gate_weight",) if self.shared_gated else ()):
                 p = getattr(self, f"shared_{name}")
                 if name not in shared or tuple(shared[name].shape) != tuple(p.shape):
                     got = tuple(shared[name].shape) if name in shared else "missing"
@@ -318,9 +344,14 @@ class CometMoE(nn.Module):
     # --------------------------------------------------------------------------------------------- forward
     def route(self, x_MN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(topk_ids_MJ int64, topk_weights_MJ float32) of tokens x_MN with this layer's router."""
-        logits_ME = F.linear(x_MN, self.gate_weight)
+        logits_ME = F.linear(x_MN.to(self.gate_weight.dtype), self.gate_weight)
         if self.router == "sparsemixer":
             return sparsemixer_gate(logits_ME, self.router_jitter_eps)
+        if self.router == "sigmoid-group":
+            return grouped_sigmoid_gate(logits_ME, self.model.topk, self.gate_bias, self.n_group, self.topk_group,
+                                        self.normalize_topk, self.routed_scaling_factor)
+        if self.router == "topk-softmax":
+            return topk_softmax_gate(logits_ME, self.model.topk)
         return softmax_topk_gate(logits_ME, self.model.topk, self.normalize_topk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -343,7 +374,10 @@ class CometMoE(nn.Module):
         if self.shared_ffn_K is not None:
             h = x_MN @ self.shared_w0
             h = F.silu(h[:, :self.shared_ffn_K]) * h[:, self.shared_ffn_K:]
-            out_MN = out_MN + torch.sigmoid(F.linear(x_MN, self.shared_gate_weight)) * (h @ self.shared_w1)
+            shared = h @ self.shared_w1
+            if self.shared_gated:
+                shared = torch.sigmoid(F.linear(x_MN, self.shared_gate_weight)) * shared
+            out_MN = out_MN + shared
         return out_MN.reshape(x.shape)
 
     def _experts(self, x_MN, ids_MJ, w_MJ, w0, w1) -> torch.Tensor:
@@ -385,31 +419,53 @@ class CometMoE(nn.Module):
 
     # ------------------------------------------------------------------------------------- constructors
     @classmethod
-    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str, *, topk: int,
+    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], arch: str | None = None, *,
+                           topk: int | None = None, config=None, layer: int | None = None,
                            parallel: ParallelConfig | None = None, prefix: str = "", capacity_tokens: int,
                            world="emulated", dtype: torch.dtype | None = None, device=None,
-                           normalize_topk: bool | None = None, router_jitter_eps: float = 0.01,
-                           name: str | None = None, **layer_kwargs) -> CometMoE:
-        """A layer holding this process's shards of a Hugging Face Mixtral / Phi-3.5-MoE / Qwen2-MoE block
-        (comet/layer/hf.py reads the state dict; keys relative to `prefix`).
+                           normalize_topk: bool | None = None, name: str | None = None, **layer_kwargs) -> CometMoE:
+        """A layer holding this process's shards of one Hugging Face MoE block (comet/layer/hf.py reads the
+        state dict; keys relative to `prefix`): Mixtral, Phi-3.5-MoE, Qwen2-MoE, Qwen3-MoE or DeepSeek-V3.
 
-        arch: "mixtral", "phimoe" (Phi-3.5-MoE) or "qwen2_moe"; topk: the config's num_experts_per_tok;
-        normalize_topk: renormalise the top-k weights (default: True for Mixtral, False for Qwen2-MoE: pass its
-        config's norm_topk_prob); router_jitter_eps: Phi-3.5-MoE's router_jitter_noise. dtype defaults to the
-        state dict's; other keywords (system, policy, ...) go to CometMoE.
+        config: the model's transformers config or its config.json as a dict; it gives arch (model_type), topk,
+        normalize_topk (norm_topk_prob) and the router's settings (router_jitter_noise; n_group, topk_group,
+        routed_scaling_factor), and with `layer` a dense (non-MoE) layer is refused. Without it pass arch
+        ("mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "deepseek_v3") and topk (num_experts_per_tok);
+        normalize_topk then defaults to transformers' config default (True for Mixtral and DeepSeek-V3, False for
+        the Qwen families: pass the checkpoint's norm_topk_prob). Keywords given override the config's. dtype
+        defaults to the experts' in the state dict; other keywords (system, policy, router_jitter_eps, n_group, ...)
+        go to CometMoE. DeepSeek-V3's router weight and bias stay float32, as transformers keeps them.
         """
+        opts = hf.hf_config_options(config, layer) if config is not None else {}
+        arch = arch or opts.get("arch")
+        if arch is None:
+            raise ValueError("from_hf_state_dict needs the block's arch (e.g. 'qwen3_moe') or the model's config")
+        topk = topk or opts.get("topk")
+        if topk is None:
+            raise ValueError("from_hf_state_dict needs topk (the config's num_experts_per_tok) or the model's config")
         a = hf.hf_arch(arch)
+        if opts and opts["arch"] != a.name:
+            raise ValueError(f"arch {arch!r} disagrees with the config's model_type ({opts['arch']!r})")
+        for k in ("router_jitter_eps", "n_group", "topk_group", "routed_scaling_factor"):
+            if k in opts:
+                layer_kwargs.setdefault(k, opts[k])
+        if normalize_topk is None:
+            normalize_topk = opts.get("normalize_topk", a.normalize_topk)
         s = hf.hf_block_shapes(state_dict, arch, prefix)
         parallel = parallel or ParallelConfig()
-        gate_w = state_dict[prefix + "gate.weight"]
-        dtype = dtype or gate_w.dtype
+        gate_w = hf.hf_router_weight(state_dict, arch, prefix)
+        dtype = dtype or hf.hf_expert_dtype(state_dict, arch, prefix)
+        router_dtype = torch.float32 if a.router == "sigmoid-group" else dtype
         model = ModelConfig(name or f"hf-{a.name}", hidden_N=s.hidden_N, ffn_K=s.ffn_K, experts_E=s.experts_E,
-                            topk=topk, layers=1, activation="swiglu", dtype=str(dtype).removeprefix("torch."))
-        layer = cls(model, parallel, world=world, capacity_tokens=capacity_tokens, dtype=dtype, device=device,
-                    router=a.router, normalize_topk=a.normalize_topk if normalize_topk is None else normalize_topk,
-                    router_jitter_eps=router_jitter_eps, shared_ffn_K=s.shared_ffn_K, **layer_kwargs)
-        shards = {r: hf.hf_rank_shard(state_dict, arch, parallel, r, prefix=prefix, dtype=dtype, device=layer.device)
-                  for r in layer.ranks}
-        shared = hf.hf_shared_expert(state_dict, prefix, dtype, layer.device) if s.shared_ffn_K is not None else None
-        layer.load_experts(shards, gate_w.to(layer.device, dtype), shared)
-        return layer
+                            topk=topk, layers=1, activation="swiglu", dtype=str(dtype).removeprefix("torch."),
+                            shared_ffn_K=s.shared_ffn_K)
+        layer_ = cls(model, parallel, world=world, capacity_tokens=capacity_tokens, dtype=dtype, device=device,
+                     router=a.router, normalize_topk=normalize_topk, router_dtype=router_dtype,
+                     shared_ffn_K=s.shared_ffn_K, shared_gated=a.shared_gate is not None, **layer_kwargs)
+        shards = {r: hf.hf_rank_shard(state_dict, arch, parallel, r, prefix=prefix, dtype=dtype, device=layer_.device)
+                  for r in layer_.ranks}
+        shared = (hf.hf_shared_expert(state_dict, prefix, dtype, layer_.device, arch=arch)
+                  if s.shared_ffn_K is not None else None)
+        layer_.load_experts(shards, gate_w.to(layer_.device, router_dtype), shared,
+                            gate_bias_E=hf.hf_router_bias(state_dict, arch, prefix, layer_.device))
+        return layer_
