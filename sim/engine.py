@@ -87,25 +87,30 @@ class SystemSim:
                 best, best_end = idx, self.records[idx][5]
         return best
 
-    def gemm_kernel(self, r: int, layer: int, dur_T: list[float], cause: int, blocks: int | None = None):
+    def gemm_kernel(self, r: int, layer: int, dur_T: list[float], cause: int, blocks: int | None = None,
+                    nccl=None):
         """A GEMM kernel without dependencies: `blocks` (default: all SMs) blocks take the tiles in order
-        (atomic counter, or round-robin with options.tile_schedule="static"). Returns the last record."""
+        (atomic counter, or round-robin with options.tile_schedule="static"). Returns the last record.
+        `nccl` (sim.collectives.NcclSMs): blocks on the SMs NCCL's kernels hold take no tile while one runs."""
         blocks = self.sms if blocks is None else blocks
         counter = [0]
         kind = K["gemm0" if layer == 0 else "gemm1"]
-        procs = [self.env.process(self._gemm_block(r, b, blocks, layer, kind, dur_T, counter, cause))
+        procs = [self.env.process(self._gemm_block(r, b, blocks, layer, kind, dur_T, counter, cause,
+                                                   nccl if nccl is not None and nccl.gated(b) else None))
                  for b in range(blocks)]
         vals = yield self.env.all_of(procs)
         self.tile_events += len(dur_T)
         return self.last_of(vals.values(), cause)
 
-    def _gemm_block(self, r, b, blocks, layer, kind, dur_T, counter, cause):
+    def _gemm_block(self, r, b, blocks, layer, kind, dur_T, counter, cause, nccl=None):
         env, rec = self.env, self.records
         timeout, append = env.timeout, rec.append
         n = len(dur_T)
         dynamic = self.options.tile_schedule == "dynamic"
         t = b
         while True:
+            while nccl is not None and nccl.active[r] and (counter[0] if dynamic else t) < n:
+                yield nccl.free[r]  # this SM is NCCL's while a collective runs on rank r
             if dynamic:
                 t = counter[0]
                 counter[0] = t + 1

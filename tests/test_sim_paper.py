@@ -45,13 +45,31 @@ def test_comet_beats_both_baselines_at_ep8(model):
     assert lat["comet"] < lat["sequential"] and lat["comet"] < lat["chunked"], lat
 
 
+def _hidden_fig11(M=4096):
+    plan = make_case("mixtral-8x7b", ep=8, tokens=M, hw="h800")
+    h = {s: simulate(plan, system=s).hidden_comm_fraction for s in SYSTEMS if s != "tutel"}
+    tutel = {q: simulate(plan, system="tutel", options=SimOptions(chunks=q)) for q in (1, 2, 4, 8)}
+    fastest = min(tutel, key=lambda q: (tutel[q].latency_us, q))
+    h["tutel"] = tutel[fastest].hidden_comm_fraction
+    return h
+
+
 def test_hidden_comm_ordering_fig11():
-    # Fig. 11 (EP=8, M=16384 there; 4096 here): Comet hides most communication, the chunked pipeline some,
-    # the sequential baseline none
-    plan = make_case("mixtral-8x7b", ep=8, tokens=4096, hw="h800")
-    h = {s: simulate(plan, system=s).hidden_comm_fraction for s in SYSTEMS}
-    assert h["sequential"] == 0.0
-    assert h["comet"] > 0.5 and h["chunked"] > 0.3, h
+    # Fig. 11 (EP=8, M=16384 there; 4096 here): Comet hides most communication, FasterMoE some, Megatron and
+    # the sequential bound none
+    h = _hidden_fig11()
+    for s in ("sequential", "megatron-cutlass", "megatron-te"):
+        assert h[s] == pytest.approx(0.0, abs=1e-12), h
+    assert h["comet"] > h["fastermoe"] > 0.2 and h["chunked"] > 0.3, h
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Tutel's fastest pipeline degree in the model is 1 (no overlap) at M=4096 and 16384: each extra chunk "
+    "costs two NCCL fixed costs (55 us each) and GEMM waves, more than the overlap saves when communication "
+    "is 15-25% of the layer; so Tutel hides nothing at its adaptive choice (72% at degree 4, slower)."))
+def test_tutel_hides_more_than_fastermoe_fig11():
+    h = _hidden_fig11()
+    assert h["tutel"] > h["fastermoe"], h
 
 
 def _gemm0_busy_us(res, rank=0):
