@@ -9,7 +9,8 @@ on a rank's stream, as an eager PyTorch framework issues them.
 - expert GEMMs are either one grouped GEMM over every local expert ("grouped": one launch, one tile queue,
   Transformer Engine / Tutel's batched matmul) or one GEMM per expert ("loop": a launch and a wave tail per
   expert, as a per-expert loop of CUTLASS / cuBLAS GEMMs runs them);
-- collectives are sim.collectives.GroupCollective (NCCL: fixed cost, then the link rate; its SMs held).
+- collectives are sim.collectives.GroupCollective (NCCL: fixed cost, then the link rate; its SMs held);
+  a pipelined system's GEMMs (Q > 1) run beside them and have link_gbps less HBM bandwidth for their floor.
 
 Rows here are (token, expert) pairs, as these frameworks move them: a token routed to two experts of one rank
 is sent twice (the Plan's all-to-all sends it once; comet reads it once).
@@ -82,7 +83,8 @@ class FrameworkSim(SystemSim):
         groups = [rows_E] if self.gemm_form == "grouped" else [np.where(np.arange(rows_E.size) == e, rows_E, 0)
                                                                  for e in np.flatnonzero(rows_E)]
         for g in groups:
-            tiles = grouped_gemm_tiles(self.plan, layer, g, self.padded)
+            tiles = grouped_gemm_tiles(self.plan, layer, g, self.padded, self.options.memory_floor,
+                                       self.hw.link_gbps if self.Q > 1 else 0.0)
             if tiles:
                 cause = yield from self.launch(r, layer, cause)
                 cause = yield from self.gemm_kernel(r, layer, tiles, cause, nccl=self.nccl)

@@ -49,6 +49,9 @@ class SimOptions:
     record: keep the event list (DataFrame, Chrome trace, critical path, hidden-communication fraction).
     dispatcher: Megatron-core's token dispatcher for megatron-cutlass / megatron-te: "allgather" (what the
         paper's runs use) or "alltoall".
+    memory_floor: every GEMM tile takes at least its share of the kernel's HBM traffic at hbm_gbps (the
+        weights read once per expert and column block: weight-bound when experts have few rows;
+        sim.workload.tile_memory_floor_us). Every system's GEMMs get it.
     """
 
     layers: str = "both"
@@ -60,6 +63,7 @@ class SimOptions:
     permute: bool = True
     record: bool = True
     dispatcher: str = "allgather"
+    memory_floor: bool = True
 
     def __post_init__(self):
         for name, value, allowed in (("layers", self.layers, LAYERS), ("dispatcher", self.dispatcher, DISPATCHERS),

@@ -135,6 +135,13 @@ def simulate(plan: Plan | None = None, system: str = "comet", options: SimOption
     return build_result(sim, time.perf_counter() - t0, config_of(plan, options))
 
 
+def runnable_systems(tp: int, layers: str = "both") -> list[str]:
+    """The systems that simulate a case of this TP degree and `layers`: the paper's baselines run the whole
+    layer only, FasterMoE and Tutel TP = 1 only."""
+    return [s for s in SYSTEMS if s not in MEGATRON_SYSTEMS and s not in PIPELINED_SYSTEMS
+            or (layers == "both" and (tp == 1 or s in MEGATRON_SYSTEMS))]
+
+
 def _system_sim(plan: Plan, options: SimOptions, system: str):
     if system == "comet":
         return CometSim(plan, options)

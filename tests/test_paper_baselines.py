@@ -18,6 +18,7 @@ from sim.options import SimOptions
 from sim.run import make_case, simulate
 
 TAU = 0.131072  # one toy 1 x 128 x 128 tile (tests/test_sim_exact.py)
+TOY = SimOptions(memory_floor=False)  # the toy's 4 GB/s of HBM would make its tiles weight-bound
 
 
 def _toy(**hw):
@@ -36,7 +37,7 @@ def test_megatron_allgather_closed_form():
                 + mem(6 * rows * rb + M * rb)  # unpermute into a zeroed M x N buffer
                 + coll(own * rb))  # reduce-scatter
     for system in ("megatron-cutlass", "megatron-te"):
-        r = simulate(_toy(), system=system)
+        r = simulate(_toy(), system=system, options=TOY)
         assert r.latency_us == pytest.approx(expected, abs=1e-9), system
         assert r.hidden_comm_fraction == 0.0
 
@@ -49,7 +50,7 @@ def test_megatron_alltoall_closed_form():
     rb, act_rb = 256, (128 + 128) * 2
     expected = (mem(2 * 2 * rb) + coll(8) + 2.0 + coll(rb) + (1.0 + TAU) + mem(2 * act_rb) + (1.0 + TAU)
                 + coll(rb) + mem(2 * 2 * rb + 2 * rb))
-    r = simulate(_toy(), system="megatron-te", options=SimOptions(dispatcher="alltoall"))
+    r = simulate(_toy(), system="megatron-te", options=TOY.replace(dispatcher="alltoall"))
     assert r.latency_us == pytest.approx(expected, abs=1e-9)
 
 
@@ -64,7 +65,7 @@ def _two_experts_per_rank():
 def test_cutlass_loop_pays_a_launch_and_a_wave_per_expert():
     # two experts of 2 rows: grouped = one launch, 4 tiles in one wave on 4 SMs; loop = two launches, two waves
     plan = _two_experts_per_rank()
-    te, cutlass = (simulate(plan, system=s) for s in ("megatron-te", "megatron-cutlass"))
+    te, cutlass = (simulate(plan, system=s, options=TOY) for s in ("megatron-te", "megatron-cutlass"))
     assert cutlass.latency_us - te.latency_us == pytest.approx(2 * (1.0 + TAU), abs=1e-9)
     launches = {s: int((r.events["kind"] == "launch").sum()) for s, r in (("te", te), ("cutlass", cutlass))}
     assert launches["cutlass"] == launches["te"] + 2 * 2  # one more per layer per rank
