@@ -1,6 +1,8 @@
-"""The baselines: kernel-by-kernel execution on two streams with NCCL-style collectives.
+"""The bounds: kernel-by-kernel execution on two streams with ideal NCCL-style collectives.
 
-`sequential` (Megatron style) and `chunked` (Tutel / FasterMoE style) are one pipeline with Q token
+`sequential` (no overlap at all) and `chunked` (an ideal token-chunk pipeline) are bounds, not the paper's
+baselines (those are sim/megatron.py and sim/pipelined_moe.py): they move the Plan's bytes with the fewest
+kernels, no host syncs, no metadata collectives, and NCCL taking no SM. They are one pipeline with Q token
 chunks: each owner's tokens split into Q contiguous parts (`SimOptions.chunks`; sequential is Q = 1).
 Both move the same data as `comet` (the Plan's receive and send tables: all-to-all or all-gather
 dispatch, top-k-reduced partial sums combined at the owner), so only the schedule differs.
@@ -103,7 +105,7 @@ class _Collective:
 
 
 class StagedSim(SystemSim):
-    """The `sequential` (chunks = 1) and `chunked` baselines."""
+    """The `sequential` (chunks = 1) and `chunked` bounds."""
 
     def __init__(self, plan: Plan, options: SimOptions, name: str):
         self.name = name
