@@ -26,7 +26,61 @@ NAMES = {"megatron-cutlass": "Megatron-Cutlass", "megatron-te": "Megatron-TE", "
 WITHIN = 0.20  # a headline number agrees when ours is within 20% of the paper's
 
 # Why ours agrees or differs, per claim id (mechanisms, not numbers: the numbers are computed).
-NOTES = {}  # filled below, after the claims
+NOTES = {
+    "fig08": "No M trend, and the TP trend reversed (tests/test_sim_paper.py keeps the M trend as a strict xfail). "
+             "Layer1's GEMM work per GPU is the same for every TP (M x topk x N x K / W) while the partial sums each "
+             "GPU sends grow with TP (it holds M x topk / EP rows), so more TP needs more blocks; GEMM and sends both "
+             "scale with M, and the measured 0.71 us per item adds the same share at every M.",
+    "fig09_speedup": "Agrees on average, for reasons that differ by baseline. Megatron's all-gather dispatcher moves "
+                     "every token to every GPU and reduce-scatters an M x N buffer (about 4x an all-to-all's bytes at "
+                     "topk 2 of 8 experts), exposed, plus four NCCL fixed costs (55 us each, measured on H200) and a "
+                     "host sync per layer. The per-expert GEMM loop (Megatron-Cutlass, FasterMoE) pays a launch and a "
+                     "wave tail per local expert: up to 6.3x for Qwen2-MoE at EP=1 (64 experts per GPU). Tutel moves "
+                     "about Comet's bytes, so over it Comet gains its overlap only. The non-MoE part is modelled.",
+    "fig09_cut": "Megatron-TE and FasterMoE within 20%; Megatron-Cutlass cut more (its loop over Qwen2-MoE's 8-64 "
+                 "local experts), Tutel less (its all-to-all and batched GEMM are near Comet's kernels, and its "
+                 "adaptive degree mostly picks no pipelining, see Fig. 11).",
+    "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass (transfer phases only; the 55 us "
+                  "fixed costs count as overhead) over a modelled forward. NCCL is given the full link rate (160 GB/s "
+                  "per direction); a slower all-gather on the H800 would raise the share.",
+    "fig10": "Trend reproduced over FasterMoE only (1.48x at M=2048 to 1.15x: its per-chunk collectives' fixed cost "
+             "weighs most at small M). Over Megatron it grows with M: the all-gather bytes grow with M, while its "
+             "fixed costs are a third of its time at M=2048, and Comet's own small-M time is high: layer1's 128 "
+             "tiles of 128 x 128 (92 us each at K=14336) take two waves once n_c SMs are taken. The paper's Comet "
+             "picks pre-compiled tile shapes per case, ours does not: with 64-wide layer1 tiles and 16-row chunks "
+             "(a what-if, dev/LOG.md) Comet takes 317 us at M=2048, 2.14x over Megatron-Cutlass, the largest of the "
+             "sweep.",
+    "headline": "Within 20% of 1.96x: the paper's Megatron configuration (all-gather dispatch, reduce-scatter combine, "
+                "collectives on the compute stream) exposes about 4x the bytes Comet moves, which Comet mostly hides. "
+                "Over Tutel, whose all-to-all moves what Comet moves, only 1.16x: the overlap alone. The bounds "
+                "(ideal kernels) sit at 1.2x.",
+    "fig11_comet": "Within 20% but higher: communication blocks take HBM from the GEMM's memory floor, which binds "
+                   "only for small row counts; L2 contention between the two is not modelled.",
+    "fig11_tutel": "Tutel's adaptive degree picks 1 (no pipelining) here: each extra chunk adds two NCCL fixed costs "
+                   "(55 us), smaller GEMM waves and NCCL's 20 SMs taken from the GEMM, more than the overlap saves "
+                   "when communication is about 17% of the layer. At degree 4 it hides 72.4% (the paper's 68.6%) "
+                   "but is 10% slower. A real all-to-all slower than the link rate would make pipelining pay.",
+    "fig11_fastermoe": "Degree 2 overlaps the second half's dispatch and the first half's combine with expert work, "
+                       "so half the bytes hide when the GEMMs are longer than the transfers (they are, 4x here); the "
+                       "paper's 29.2% implies transfers longer than the GEMMs beside them, which the model's NCCL at "
+                       "the link rate does not give.",
+    "fig11_megatron": "Agrees: Megatron-core runs its collectives on the compute stream, so nothing overlaps.",
+    "fig11_order": "Comet first and Megatron at zero agree; Tutel falls below FasterMoE because its adaptive degree "
+                   "chooses no pipelining (Tutel row).",
+    "fig12": "Agrees. Every system's GEMMs lose efficiency with TP (layer1's reduction is K/TP long, layer0 has "
+             "K/TP columns) and Megatron's collectives keep their size, so its time grows with TP; Comet's grows "
+             "less, as it streams its partial sums (more rows per GPU at higher TP) under the GEMM.",
+    "fig13": "In the paper's range over Megatron and FasterMoE; the speedup falls with topk (the GEMM work grows with "
+             "topk, the all-gather does not) and barely moves with E. Over Tutel, 1.12-1.22x.",
+    "fig14_imb": "Agrees: Comet ahead of every baseline at every imbalance; the imbalanced ranks' extra rows slow "
+                 "every system alike.",
+    "fig14_pcie": "Agrees in the mean and in the order: on 25 GB/s PCIe the L20's GEMMs are 8x slower than the H800's, "
+                  "so communication is a smaller share and the gain over Megatron (1.24-1.45x) is below NVLink's; over "
+                  "FasterMoE and Tutel at EP=8 only 1.02x. The l20 profile's NCCL figures are assumptions (not "
+                  "measured on PCIe).",
+    "table3": "Ours is larger by design: besides the M x N receive buffer (= the paper's 2MN bytes) our kernels keep a "
+              "combine buffer of partial sums (M/W tokens x slots x N), so layer1 can push instead of pull.",
+}
 
 
 def _csv(results: Path, name: str, hw: str = "h800") -> pd.DataFrame:
@@ -126,12 +180,13 @@ def claims(results: Path = style.RESULTS) -> list[dict]:
     base12 = f12[f12["system"].isin(BASELINES)]
     fastest12 = int((base12.groupby(["ep", "tp"])["comet_speedup"].min() > 1).sum())
     n12 = base12[["ep", "tp"]].drop_duplicates().shape[0]
-    meg = f12[f12["system"] == "megatron-cutlass"].sort_values("tp")["comet_speedup"].to_numpy()
-    worse_tp = (meg[1:] >= meg[:-1] - 1e-9).all()
+    meg = f12[f12["system"] == "megatron-cutlass"].sort_values("tp")
+    lat = meg["latency_us"].to_numpy()
+    worse_tp = (lat[1:] > lat[:-1]).all()
     add("fig12", "Fig. 12: Comet fastest at every (EP, TP), EP x TP = 8; baselines worse as TP grows",
-        "Comet fastest everywhere", f"fastest in {fastest12} of {n12} (EP, TP); over Megatron-Cutlass by TP "
-        + ", ".join(f"{x:.2f}x" for x in meg) + "; " + _per_baseline(f12), _verdict(fastest12 == n12 and worse_tp,
-                                                                                  fastest12 == n12))
+        "Comet fastest everywhere", f"fastest in {fastest12} of {n12} (EP, TP); Megatron-Cutlass at TP "
+        + ", ".join(f"{r.tp}: {r.latency_us:.0f} us" for r in meg.itertuples()) + "; " + _per_baseline(f12),
+        _verdict(fastest12 == n12 and worse_tp, fastest12 == n12))
 
     f13 = _csv(results, "fig13_experts_topk")
     s13 = f13[f13["system"].isin(BASELINES)]["comet_speedup"]
@@ -161,8 +216,8 @@ def claims(results: Path = style.RESULTS) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| claim | paper (8 x H800) | ours, simulated (h800) | verdict | why, from the model | ours, measured (H200) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| claim | paper (8 x H800) | ours, simulated (h800) | verdict | why, from the model "
+             "| ours, measured (H200) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['verdict']} | {NOTES.get(r['id'], '')} | {H200} |"
               for r in rows]
     return "\n".join(lines) + "\n"

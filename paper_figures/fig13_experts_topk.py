@@ -37,8 +37,9 @@ def draw(df, paper):
         ax.scatter(np.full(v.size, i) + np.linspace(-0.15, 0.15, v.size), v, color=style.COLORS[s],
                    marker=style.MARKERS[s], s=14)
     style.speedup_band(ax, paper)
-    ax.set_xticks(range(len(shown)), [style.LABELS[s].removesuffix(" (sim)").replace(" ", "\n").replace("-", "-\n")
-                                      for s in shown], fontsize=6)
+    short = {"megatron-cutlass": "Megatron\nCutlass", "megatron-te": "Megatron\nTE", "fastermoe": "Faster\nMoE",
+             "tutel": "Tutel", "sequential": "seq.\nbound", "chunked": "chunked\nbound"}
+    ax.set_xticks(range(len(shown)), [short[s] for s in shown], fontsize=6)
     ax.set_xlim(-0.6, len(shown) - 0.4)
     ax.set_ylabel("Comet speedup")
     ax.legend(loc="upper right")

@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Policy overrides key=value[,key=value], e.g. order=expert-major,layer0_comm=copy-engine,"
                         "comm_rows=32 (default: none, comet.core.policy.Policy's fields)")
     g.add_argument("--chunks", type=int, default=SimOptions.chunks, help="token chunks of the chunked baseline")
-    g.add_argument("--systems", default=argparse.SUPPRESS, help="comma-separated subset of " + ",".join(SYSTEMS) + " (default: every system "
-                                      "that runs the case: the paper's baselines need --layers both, FasterMoE and "
-                                      "Tutel TP = 1)")
+    g.add_argument("--systems", default=argparse.SUPPRESS,
+                   help="comma-separated subset of " + ",".join(SYSTEMS) + " (default: every system that runs the "
+                        "case: the paper's baselines need --layers both, FasterMoE and Tutel TP = 1)")
     g.add_argument("--layers", default="both", choices=LAYERS, help="the whole layer, or layer0/layer1 alone")
     g.add_argument("--tile-schedule", default="dynamic", choices=TILE_SCHEDULES,
                    help="compute blocks take tiles from an atomic counter (dynamic) or round-robin (static)")

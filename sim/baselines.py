@@ -115,8 +115,9 @@ class StagedSim(SystemSim):
         W = self.W
         self.chunks = [chunk_work(plan, r, Q) for r in range(W)]  # [rank][chunk]
         padded = options.tile_rows == "padded"
-        self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded, options.memory_floor) for cw in ch] for ch in self.chunks]
-        self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded, options.memory_floor) for cw in ch] for ch in self.chunks]
+        floor = options.memory_floor
+        self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
+        self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
         self.dispatch = [_Collective(self, "dispatch", 0, [[self.chunks[d][q].recv_bytes_W[s] for d in range(W)]
                                                            for s in range(W)]) for q in range(Q)]
         self.combine = [_Collective(self, "combine", 1, [[self.chunks[s][q].send_bytes_W[d] for d in range(W)]

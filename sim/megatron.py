@@ -43,7 +43,7 @@ class MegatronSim(FrameworkSim):
         self.gemm_form = MEGATRON_SYSTEMS[name]
         super().__init__(plan, options)
         self.dispatcher = options.dispatcher
-        W, tp = self.W, plan.parallel.tp
+        W = self.W
         rb, topk = self.row_bytes, plan.model.topk
         everyone = list(range(W))
         own = {r: float(self.owned_tokens_W[r]) for r in everyone}

@@ -26,8 +26,8 @@ from comet.core.routing import Routing, make_routing
 from sim.baselines import StagedSim
 from sim.comet_system import CometSim
 from sim.megatron import MEGATRON_SYSTEMS, MegatronSim
-from sim.pipelined_moe import PIPELINED_SYSTEMS, PipelinedSim
 from sim.options import SYSTEMS, SimOptions
+from sim.pipelined_moe import PIPELINED_SYSTEMS, PipelinedSim
 from sim.result import SimResult, build_result, config_of
 
 # What a simulation costs, per recorded event and per transfer (this project's 2-core CPU: results/sim_speed;
