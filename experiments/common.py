@@ -10,8 +10,10 @@ and ends with `main = common.entry_point(__name__)`. `run(module, ...)` runs the
 DataFrame; `main(argv)` writes it to results/<NAME>/<hw>-<backend>_<date>.csv.
 
 Systems compared (sim/): "comet" (the fused schedule; nc_layer1 picked by simulating layer1 alone over a
-few candidates, as Comet picks n_c by offline profiling), "sequential" (Megatron style, no overlap) and
-"chunked" (Tutel / FasterMoE style: Q token chunks on two streams; Q picked as the fastest of a small sweep).
+few candidates, as Comet picks n_c by offline profiling); the paper's baselines "megatron-cutlass",
+"megatron-te" (all-gather dispatcher, as the paper ran them), "fastermoe" (TP = 1 only) and "tutel" (TP = 1
+only; its adaptive pipeline degree: the fastest of TUTEL_DEGREES); and two bounds, "sequential" (ideal
+kernels, no overlap) and "chunked" (an ideal token-chunk pipeline; Q the fastest of a small sweep).
 Every time is in microseconds.
 """
 
@@ -29,6 +31,7 @@ from comet.core import defaults
 from comet.core.plan import Plan
 from comet.tuning.sweep import best_nc
 from sim.options import SimOptions
+from sim.pipelined_moe import FASTERMOE_DEGREE
 from sim.run import make_case, simulate, with_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +42,8 @@ BACKENDS = ("sim", "gpu")
 CHUNK_SWEEP = (2, 4, 8)  # Q of the chunked baseline (Q = 1 is `sequential`)
 NC_SWEEP = (8, 16, 28)  # Comet's layer1 communication blocks (28: the released code's default)
 QUICK_CHUNK_SWEEP = (2, 4)
+TUTEL_DEGREES = (1, 2, 4, 8)  # Tutel's adaptive pipeline degree picks among these at run time
+QUICK_TUTEL_DEGREES = (1, 2)
 QUICK_NC_SWEEP = (16, 28)
 
 # Columns of a system-comparison row (after the experiment's own case columns).
@@ -48,23 +53,36 @@ _OPTIONS = SimOptions(record=False)
 
 
 # ------------------------------------------------------------------------------------------ systems
+def fastest(plan: Plan, system: str, degrees: tuple[int, ...], opts: SimOptions):
+    """(Q, result) of the fastest of `system` over pipeline degrees Q (ties: the smaller Q)."""
+    runs = {q: simulate(plan, system, opts.replace(chunks=q)) for q in degrees}
+    q = min(runs, key=lambda c: (runs[c].latency_us, c))
+    return q, runs[q]
+
+
 def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None = None,
                     ncs: tuple[int, ...] | None = None) -> list[dict]:
-    """One row per system (comet, sequential, chunked) on `plan`: columns SYSTEM_COLUMNS.
+    """One row per system on `plan` (comet, the bounds, the paper's baselines that run it): SYSTEM_COLUMNS.
 
     comet: nc_layer1 from comet.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
-    alone; nc_layer0 as the Policy says. chunked: the fastest Q of CHUNK_SWEEP; `chunks` records it.
+    alone; nc_layer0 as the Policy says. chunked: the fastest Q of CHUNK_SWEEP, tutel the fastest of
+    TUTEL_DEGREES; `chunks` records Q. fastermoe and tutel only at TP = 1 (expert parallelism only).
     comet_speedup = latency / comet's latency (how much faster Comet is; 1 for comet itself)."""
     opts = (options or _OPTIONS).replace(record=False)
     ncs = ncs or (QUICK_NC_SWEEP if quick else NC_SWEEP)
     nc = best_nc(plan, 1, ncs, opts)[0] if len(ncs) > 1 else ncs[0]
-    comet = simulate(with_policy(plan, nc_layer1=nc), "comet", opts)
-    seq = simulate(plan, "sequential", opts)
-    chunked = {c: simulate(plan, "chunked", opts.replace(chunks=c)) for c in (QUICK_CHUNK_SWEEP if quick
-                                                                              else CHUNK_SWEEP)}
-    best_c = min(chunked, key=lambda c: (chunked[c].latency_us, c))
+    runs = [(simulate(with_policy(plan, nc_layer1=nc), "comet", opts), math.nan, nc),
+            (simulate(plan, "sequential", opts), 1, math.nan)]
+    best_c, chunked = fastest(plan, "chunked", QUICK_CHUNK_SWEEP if quick else CHUNK_SWEEP, opts)
+    runs.append((chunked, best_c, math.nan))
+    runs += [(simulate(plan, s, opts), 1, math.nan) for s in ("megatron-cutlass", "megatron-te")]
+    if plan.parallel.tp == 1:
+        runs.append((simulate(plan, "fastermoe", opts), FASTERMOE_DEGREE, math.nan))
+        q, tutel = fastest(plan, "tutel", QUICK_TUTEL_DEGREES if quick else TUTEL_DEGREES, opts)
+        runs.append((tutel, q, math.nan))
+    comet = runs[0][0]
     rows = []
-    for res, chunks, nc_ in ((comet, math.nan, nc), (seq, 1, math.nan), (chunked[best_c], best_c, math.nan)):
+    for res, chunks, nc_ in runs:
         rows.append({"system": res.system, "latency_us": res.latency_us, "layer0_us": res.layer0_us,
                      "layer1_us": res.layer1_us, "hidden_comm_fraction": res.hidden_comm_fraction,
                      "exposed_comm_us": res.exposed_comm_us, "chunks": chunks, "nc_layer1": nc_,

@@ -5,8 +5,8 @@ under computation: Comet 86.5%, Tutel 68.6%, FasterMoE 29.2%, Megatron 0%.
 Per rank r (then averaged over ranks): compute_us = |union of r's compute events|, comm_us = |union of r's
 communication events|, overlapped_us = |both at once|, exposed_comm_us = comm_us - overlapped_us,
 other_us = latency_us - |compute or comm| (launch gaps, collective fixed costs, waits).
-hidden_comm_fraction is sim.result's: sum_r overlapped / sum_r comm. The chunked baseline is recorded for
-every C of the sweep; is_best marks its fastest C (and is True for comet and sequential).
+hidden_comm_fraction is sim.result's: sum_r overlapped / sum_r comm. The chunked bound and Tutel are recorded
+for every pipeline degree of their sweeps; is_best marks each system's fastest run (True for the others).
 CSV: model, ep, tp, tokens, system, chunks, nc_layer1, is_best, latency_us, compute_us, comm_us,
 overlapped_us, exposed_comm_us, other_us, hidden_comm_fraction.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from comet.tuning.sweep import best_nc
 from experiments import common
 from sim.options import SimOptions
+from sim.pipelined_moe import FASTERMOE_DEGREE
 from sim.result import SimResult, union_length
 from sim.run import make_case, simulate, with_policy
 
@@ -55,10 +56,15 @@ def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
             ("sequential", 1, math.nan, simulate(plan, "sequential", opts))]
     runs += [("chunked", c, math.nan, simulate(plan, "chunked", opts.replace(chunks=c)))
              for c in (common.QUICK_CHUNK_SWEEP if quick else common.CHUNK_SWEEP)]
-    best_chunked = min(r[3].latency_us for r in runs if r[0] == "chunked")
-    return [{**case, "system": name, "chunks": c, "nc_layer1": n,
-             "is_best": name != "chunked" or res.latency_us == best_chunked, **breakdown(res)}
-            for name, c, n, res in runs]
+    runs += [(s, 1, math.nan, simulate(plan, s, opts)) for s in ("megatron-cutlass", "megatron-te")]
+    runs.append(("fastermoe", FASTERMOE_DEGREE, math.nan, simulate(plan, "fastermoe", opts)))
+    runs += [("tutel", c, math.nan, simulate(plan, "tutel", opts.replace(chunks=c)))
+             for c in (common.QUICK_TUTEL_DEGREES if quick else common.TUTEL_DEGREES)]
+    best = {}
+    for name, _, _, res in runs:
+        best[name] = min(best.get(name, math.inf), res.latency_us)
+    return [{**case, "system": name, "chunks": c, "nc_layer1": n, "is_best": res.latency_us == best[name],
+             **breakdown(res)} for name, c, n, res in runs]
 
 
 main = common.entry_point(__name__)

@@ -1,8 +1,9 @@
 """Reproduce the paper's evaluation on the simulator: every experiment, then every figure.
 
     python -m experiments.reproduce            # full grids: results/<experiment>/<hw>-sim_<date>.csv,
-                                               # figures in paper_figures/out/ (4.7 minutes on 2 CPU cores)
-    python -m experiments.reproduce --quick    # small grids under out/quick/ (17 s)
+                                               # figures in paper_figures/out/ (about 21 minutes as two
+                                               # parallel --only halves on 2 CPU cores)
+    python -m experiments.reproduce --quick    # small grids under out/quick/ (70 s)
 
 One progress bar counts the grid points of all experiments. At the end it prints each experiment's time
 and its slowest simulation, and writes paper_figures/out/claims.md (the paper's claims beside ours); the full

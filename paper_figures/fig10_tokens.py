@@ -17,11 +17,11 @@ def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "laye
         g = df[df["system"] == s].sort_values(x)
         if g.empty:
             continue
-        a0.plot(g[x], g["latency_us"], marker=style.MARKERS[s], color=style.COLORS[s], label=style.LABELS[s])
+        kw = {"marker": style.MARKERS[s], "color": style.COLORS[s], "ls": style.line_style(s)}
+        a0.plot(g[x], g["latency_us"], label=style.LABELS[s], **kw)
         if s != "comet":
-            a1.plot(g[x], g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s],
-                    label=f"Comet over {s}")
-            if s == "chunked":
+            a1.plot(g[x], g["comet_speedup"], label=f"over {style.LABELS[s].removesuffix(' (sim)')}", **kw)
+            if s in style.PIPELINED:
                 for r in g.itertuples():
                     a1.annotate(f"Q={int(r.chunks)}", (getattr(r, x), r.comet_speedup), fontsize=6,
                                 textcoords="offset points", xytext=(2, 4), color=style.COLORS[s])
@@ -35,8 +35,8 @@ def latency_and_speedup(df, x: str, xlabel: str, paper, band: str | None = "laye
     style.plain_log(a0)
     a0.set_ylabel("MoE layer time (us)")
     a1.set_ylabel("Comet speedup (baseline time / Comet time)")
-    a0.legend()
-    a1.legend()
+    a0.legend(fontsize=7)
+    a1.legend(fontsize=7)
     return fig
 
 

@@ -13,23 +13,28 @@ DEFAULT_HW = "l20"
 
 
 def bars_and_speedup(df, paper, band: str | None = "layer_speedup"):
-    """Left: latency bars per (EP, TP) and system; right: comet_speedup of each baseline (paper band)."""
+    """Left: latency bars per (EP, TP) and system (bounds hatched; FasterMoE and Tutel at TP = 1 only); right:
+    comet_speedup of each baseline (paper band)."""
     keys = df[["ep", "tp"]].drop_duplicates().sort_values("ep", ascending=False)
     x = np.arange(len(keys))
     labels = [f"EP={r.ep}\nTP={r.tp}" for r in keys.itertuples()]
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, s in enumerate(style.SYSTEMS):
-        g = df[df["system"] == s].set_index(["ep", "tp"]).loc[list(keys.itertuples(index=False))]
-        a0.bar(x + (i - 1) * 0.27, g["latency_us"], 0.27, color=style.COLORS[s], label=style.LABELS[s])
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    systems = [s for s in style.SYSTEMS if (df["system"] == s).any()]
+    w = 0.8 / len(systems)
+    for i, s in enumerate(systems):
+        g = style.rows_at(df, s, keys)
+        a0.bar(x + (i - (len(systems) - 1) / 2) * w, g["latency_us"], w, color=style.COLORS[s], label=style.LABELS[s],
+               hatch="//" if s in style.BOUNDS else None)
         if s != "comet":
-            a1.plot(x, g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s], label=f"Comet over {s}")
+            a1.plot(x, g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s], ls=style.line_style(s),
+                    label=f"over {style.LABELS[s].removesuffix(' (sim)')}")
     style.speedup_band(a1, paper, band)
     for a in (a0, a1):
         a.set_xticks(x, labels)
     a0.set_ylabel("MoE layer time (us)")
     a1.set_ylabel("Comet speedup (baseline / Comet)")
     for a in (a0, a1):  # below the axes, off the bars
-        a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False, fontsize=7)
+        a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, fontsize=7)
     return fig
 
 

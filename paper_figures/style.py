@@ -21,12 +21,31 @@ RESULTS = REPO / "results"
 OUT = Path(__file__).resolve().parent / "out"
 PAPER_VALUES = Path(__file__).resolve().parent / "paper_values.csv"
 
-# Our simulated systems and the paper baselines they stand for (paper_figures/README.md says how well).
-LABELS = {"comet": "Comet (sim)", "sequential": "sequential ~ Megatron (sim)",
-          "chunked": "chunked ~ Tutel/FasterMoE (sim)"}
-COLORS = {"comet": "#d62728", "sequential": "#1f77b4", "chunked": "#2ca02c"}
-MARKERS = {"comet": "o", "sequential": "s", "chunked": "^"}
-SYSTEMS = ("comet", "sequential", "chunked")
+# Our simulated systems: Comet, the paper's baselines as they ran, and two bounds (ideal kernels: no overlap,
+# and an ideal token-chunk pipeline), drawn dashed (paper_figures/README.md says what each is).
+LABELS = {"comet": "Comet (sim)", "megatron-cutlass": "Megatron-Cutlass (sim)", "megatron-te": "Megatron-TE (sim)",
+          "fastermoe": "FasterMoE (sim)", "tutel": "Tutel (sim)", "sequential": "sequential bound (sim)",
+          "chunked": "chunked bound (sim)"}
+COLORS = {"comet": "#d62728", "megatron-cutlass": "#1f77b4", "megatron-te": "#17becf", "fastermoe": "#ff7f0e",
+          "tutel": "#2ca02c", "sequential": "#7f7f7f", "chunked": "#bcbd22"}
+MARKERS = {"comet": "o", "megatron-cutlass": "s", "megatron-te": "D", "fastermoe": "v", "tutel": "^",
+           "sequential": "x", "chunked": "+"}
+BASELINES = ("megatron-cutlass", "megatron-te", "fastermoe", "tutel")
+BOUNDS = ("sequential", "chunked")
+SYSTEMS = ("comet", *BASELINES, *BOUNDS)
+PIPELINED = ("chunked", "tutel")  # runs labelled with their pipeline degree Q
+
+
+def line_style(system: str) -> str:
+    return "--" if system in BOUNDS else "-"
+
+
+def rows_at(df, system: str, keys: pd.DataFrame):
+    """`system`'s rows at each row of `keys` (NaN where it did not run, e.g. FasterMoE at TP > 1)."""
+    cols = list(keys.columns)
+    return df[df["system"] == system].set_index(cols).reindex(list(keys.itertuples(index=False)))
+
+
 PAPER_COLOR = "0.35"
 PAPER_BAND = {"color": "0.6", "alpha": 0.25, "lw": 0}
 PAPER_MARKER = {"marker": "*", "s": 140, "color": "k", "zorder": 5}

@@ -23,6 +23,8 @@ def draw_sweep(ax_time, ax_speedup, df) -> None:
     name = df["sweep"].iloc[0]
     for s in style.SYSTEMS:
         g = df[df["system"] == s].sort_values("value")
+        if g.empty:
+            continue
         ax_time.plot(g["value"], g["latency_us"], marker=style.MARKERS[s], color=style.COLORS[s], label=style.LABELS[s])
         if s != "comet":
             ax_speedup.plot(g["value"], g["comet_speedup"], marker=style.MARKERS[s], color=style.COLORS[s],

@@ -25,7 +25,7 @@ from comet.core.policy import Policy
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.hardware_model import COPY_ENGINE_MEASURED_GBPS
 from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
-from sim.run import check_size, make_case, simulate, with_policy
+from sim.run import check_size, make_case, runnable_systems, simulate, with_policy
 
 
 def _policy_overrides(text: str) -> dict:
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Policy overrides key=value[,key=value], e.g. order=expert-major,layer0_comm=copy-engine,"
                         "comm_rows=32 (default: none, comet.core.policy.Policy's fields)")
     g.add_argument("--chunks", type=int, default=SimOptions.chunks, help="token chunks of the chunked baseline")
-    g.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    g.add_argument("--systems", default=argparse.SUPPRESS,
+                   help="comma-separated subset of " + ",".join(SYSTEMS) + " (default: every system that runs the "
+                        "case: the paper's baselines need --layers both, FasterMoE and Tutel TP = 1)")
     g.add_argument("--layers", default="both", choices=LAYERS, help="the whole layer, or layer0/layer1 alone")
     g.add_argument("--tile-schedule", default="dynamic", choices=TILE_SCHEDULES,
                    help="compute blocks take tiles from an atomic counter (dynamic) or round-robin (static)")
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
     if a.trace and not Path(a.trace).resolve().parent.is_dir():
         raise SystemExit(f"error: --trace {a.trace}: the folder {Path(a.trace).resolve().parent} does not exist; "
                          f"create it or write the trace elsewhere")
-    systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    systems = ([s.strip() for s in a.systems.split(",") if s.strip()] if getattr(a, "systems", "")
+               else runnable_systems(a.tp, a.layers))
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
         raise SystemExit(f"--systems: unknown {bad}; choose from {', '.join(SYSTEMS)}")

@@ -1,6 +1,8 @@
-"""The baselines: kernel-by-kernel execution on two streams with NCCL-style collectives.
+"""The bounds: kernel-by-kernel execution on two streams with ideal NCCL-style collectives.
 
-`sequential` (Megatron style) and `chunked` (Tutel / FasterMoE style) are one pipeline with Q token
+`sequential` (no overlap at all) and `chunked` (an ideal token-chunk pipeline) are bounds, not the paper's
+baselines (those are sim/megatron.py and sim/pipelined_moe.py): they move the Plan's bytes with the fewest
+kernels, no host syncs, no metadata collectives, and NCCL taking no SM. They are one pipeline with Q token
 chunks: each owner's tokens split into Q contiguous parts (`SimOptions.chunks`; sequential is Q = 1).
 Both move the same data as `comet` (the Plan's receive and send tables: all-to-all or all-gather
 dispatch, top-k-reduced partial sums combined at the owner), so only the schedule differs.
@@ -103,7 +105,7 @@ class _Collective:
 
 
 class StagedSim(SystemSim):
-    """The `sequential` (chunks = 1) and `chunked` baselines."""
+    """The `sequential` (chunks = 1) and `chunked` bounds."""
 
     def __init__(self, plan: Plan, options: SimOptions, name: str):
         self.name = name
@@ -113,8 +115,9 @@ class StagedSim(SystemSim):
         W = self.W
         self.chunks = [chunk_work(plan, r, Q) for r in range(W)]  # [rank][chunk]
         padded = options.tile_rows == "padded"
-        self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded) for cw in ch] for ch in self.chunks]
-        self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded) for cw in ch] for ch in self.chunks]
+        floor = options.memory_floor
+        self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
+        self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
         self.dispatch = [_Collective(self, "dispatch", 0, [[self.chunks[d][q].recv_bytes_W[s] for d in range(W)]
                                                            for s in range(W)]) for q in range(Q)]
         self.combine = [_Collective(self, "combine", 1, [[self.chunks[s][q].send_bytes_W[d] for d in range(W)]

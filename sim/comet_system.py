@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from comet.core.events import TRACK_COPY, TRACK_STREAM, K
 from comet.core.plan import Plan
 from sim.engine import SystemSim, block_hbm_bytes_per_us
 from sim.hardware_model import GBPS, copy_engine_gbps
 from sim.options import SimOptions
-from sim.workload import RankWork, plan_work, tile_us
+from sim.workload import RankWork, plan_work, tile_memory_floor_us, tile_us
 
 _K_GEMM0, _K_GEMM1, _K_PULL = K["gemm0"], K["gemm1"], K["pull"]
 _K_SEND, _K_LOCAL, _K_DIRECT = K["reduce_send"], K["reduce_local"], K["gemm0_direct"]
@@ -87,8 +89,8 @@ class CometSim(SystemSim):
         self.ranks = []
         for r, w in enumerate(self.works):
             st = _Rank(r, w)
-            st.dur0 = tile_us(plan, 0, w.l0_tile_rows_T, w.l0_tile_cols_T, padded).tolist()
-            st.dur1 = tile_us(plan, 1, w.l1_tile_rows_T, w.l1_tile_cols_T, padded).tolist()
+            st.dur0 = self._tile_times(0, w.l0_tile_rows_T, w.l0_tile_cols_T, w.l0_tile_expert_rows_T, padded)
+            st.dur1 = self._tile_times(1, w.l1_tile_rows_T, w.l1_tile_cols_T, w.l1_tile_expert_rows_T, padded)
             st.flag_ev = [env.event() for _ in range(self.W)]
             st.flag_cnt = [0] * self.W
             for s in range(self.W):  # own rows are in place; sources with nothing to send are complete
@@ -111,6 +113,18 @@ class CometSim(SystemSim):
         self.combine_col_bytes = [
             [(w.combine_read_bytes + w.combine_write_bytes) * min(bn, N - c * bn) / N for c in range(ncol)]
             for w in self.works]
+
+    def _tile_times(self, layer: int, rows_T, cols_T, expert_rows_T, padded: bool) -> list[float]:
+        """Compute time of each tile, no less than its share of the kernel's HBM traffic (SimOptions.memory_floor;
+        the compute blocks of the layer, or every tile if fewer, share the bandwidth the communication blocks
+        leave: each of them moves up to per_block_link_gbps through this GPU's memory)."""
+        dur = tile_us(self.plan, layer, rows_T, cols_T, padded)
+        if self.options.memory_floor and rows_T.size:
+            nc = self.nc0 if layer == 0 else self.nc1
+            comm_gbps = nc * self.block_cap_gbps if layer == 1 or self.mode == "blocks" else self.hw.link_gbps
+            dur = np.maximum(dur, tile_memory_floor_us(self.plan, layer, rows_T, cols_T, expert_rows_T,
+                                                       min(self.sms - nc, rows_T.size), comm_gbps))
+        return dur.tolist()
 
     def _check_blocks(self) -> None:
         sms, pol = self.sms, self.plan.policy

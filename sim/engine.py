@@ -17,7 +17,7 @@ from comet.core.events import CATEGORY, TRACK_STREAM, K
 from comet.core.plan import Plan
 from sim.hardware_model import GBPS, LinkNetwork, hbm_us
 from sim.options import SimOptions
-from sim.workload import tile_us
+from sim.workload import tile_memory_floor_us, tile_us
 
 
 class SystemSim:
@@ -87,25 +87,30 @@ class SystemSim:
                 best, best_end = idx, self.records[idx][5]
         return best
 
-    def gemm_kernel(self, r: int, layer: int, dur_T: list[float], cause: int, blocks: int | None = None):
+    def gemm_kernel(self, r: int, layer: int, dur_T: list[float], cause: int, blocks: int | None = None,
+                    nccl=None):
         """A GEMM kernel without dependencies: `blocks` (default: all SMs) blocks take the tiles in order
-        (atomic counter, or round-robin with options.tile_schedule="static"). Returns the last record."""
+        (atomic counter, or round-robin with options.tile_schedule="static"). Returns the last record.
+        `nccl` (sim.collectives.NcclSMs): blocks on the SMs NCCL's kernels hold take no tile while one runs."""
         blocks = self.sms if blocks is None else blocks
         counter = [0]
         kind = K["gemm0" if layer == 0 else "gemm1"]
-        procs = [self.env.process(self._gemm_block(r, b, blocks, layer, kind, dur_T, counter, cause))
+        procs = [self.env.process(self._gemm_block(r, b, blocks, layer, kind, dur_T, counter, cause,
+                                                   nccl if nccl is not None and nccl.gated(b) else None))
                  for b in range(blocks)]
         vals = yield self.env.all_of(procs)
         self.tile_events += len(dur_T)
         return self.last_of(vals.values(), cause)
 
-    def _gemm_block(self, r, b, blocks, layer, kind, dur_T, counter, cause):
+    def _gemm_block(self, r, b, blocks, layer, kind, dur_T, counter, cause, nccl=None):
         env, rec = self.env, self.records
         timeout, append = env.timeout, rec.append
         n = len(dur_T)
         dynamic = self.options.tile_schedule == "dynamic"
         t = b
         while True:
+            while nccl is not None and nccl.active[r] and (counter[0] if dynamic else t) < n:
+                yield nccl.free[r]  # this SM is NCCL's while a collective runs on rank r
             if dynamic:
                 t = counter[0]
                 counter[0] = t + 1
@@ -119,23 +124,32 @@ class SystemSim:
             if not dynamic:
                 t += blocks
 
-def grouped_gemm_tiles(plan: Plan, layer: int, rows_E: np.ndarray, padded: bool) -> list[float]:
+def grouped_gemm_tiles(plan: Plan, layer: int, rows_E: np.ndarray, padded: bool, memory_floor: bool = True,
+                       other_hbm_gbps: float = 0.0) -> list[float]:
     """Tile times of a plain grouped GEMM (expert-major: each expert's row blocks, all column blocks)
-    over `rows_E` rows per local expert; the baselines' GEMM kernels."""
+    over `rows_E` rows per local expert; the baselines' GEMM kernels. `memory_floor`: no tile faster than
+    its share of the kernel's HBM traffic (sim.workload.tile_memory_floor_us, all SMs busy or every tile),
+    of what `other_hbm_gbps` (a collective running beside it) leaves."""
     pol = plan.policy
     bm = pol.block_m
     bn = pol.block_n0 if layer == 0 else pol.block_n1
     total = plan.ffn_local if layer == 0 else plan.model.hidden_N
     ncol = math.ceil(total / bn)
-    rows = []
+    rows, experts = [], []
     for n in rows_E.tolist():
         full, rest = divmod(int(n), bm)
         rows.extend([bm] * full + ([rest] if rest else []))
+        experts.extend([n] * (full + (1 if rest else 0)))
     if not rows:
         return []
     rows_T = np.repeat(np.asarray(rows, dtype=np.int64), ncol)
     cols_T = np.tile(np.minimum(bn, total - np.arange(ncol) * bn), len(rows))
-    return tile_us(plan, layer, rows_T, cols_T, padded).tolist()
+    dur = tile_us(plan, layer, rows_T, cols_T, padded)
+    if memory_floor:
+        expert_rows_T = np.repeat(np.asarray(experts, dtype=np.int64), ncol)
+        dur = np.maximum(dur, tile_memory_floor_us(plan, layer, rows_T, cols_T, expert_rows_T, rows_T.size,
+                                                   other_hbm_gbps))
+    return dur.tolist()
 
 
 def block_hbm_bytes_per_us(plan: Plan) -> float:

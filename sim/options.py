@@ -14,7 +14,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SYSTEMS = ("comet", "sequential", "chunked")
+# comet; the bounds (sequential: no overlap at all, chunked: an ideal token-chunk pipeline), which move the
+# Plan's bytes with ideal kernels; and the paper's baselines as they ran (sim/megatron.py, sim/pipelined_moe.py)
+BOUNDS = ("sequential", "chunked")
+PAPER_BASELINES = ("megatron-cutlass", "megatron-te", "fastermoe", "tutel")
+SYSTEMS = ("comet", *BOUNDS, *PAPER_BASELINES)
+DISPATCHERS = ("allgather", "alltoall")
 LAYERS = ("both", "layer0", "layer1")
 TILE_SCHEDULES = ("dynamic", "static")
 TILE_ROWS = ("padded", "actual")
@@ -28,7 +33,8 @@ class SimOptions:
     """Modelling choices of one simulation (every time in microseconds, bandwidth in GB/s).
 
     layers: "both" (the whole MoE layer), "layer0" or "layer1" alone (every rank starts it at t = 0).
-    chunks: Q, the token chunks of the `chunked` baseline (`sequential` is the same pipeline with Q = 1).
+    chunks: Q, the token chunks of the `chunked` bound (`sequential` is the same pipeline with Q = 1) and
+        Tutel's pipeline degree.
     tile_schedule: how a persistent kernel's compute blocks get tiles: "dynamic" (an atomic tile counter:
         the next free block takes the next tile of the Plan's order) or "static" (block b walks tiles
         b, b + n, b + 2n, ... for n compute blocks, as kernels/grouped_gemm.py does).
@@ -41,6 +47,11 @@ class SimOptions:
     permute: the baselines pay a memory-bound permute kernel that gathers the rows they send into
         contiguous per-destination buffers (what NCCL's all-to-all needs); the fused kernel reads in place.
     record: keep the event list (DataFrame, Chrome trace, critical path, hidden-communication fraction).
+    dispatcher: Megatron-core's token dispatcher for megatron-cutlass / megatron-te: "allgather" (what the
+        paper's runs use) or "alltoall".
+    memory_floor: every GEMM tile takes at least its share of the kernel's HBM traffic at hbm_gbps (the
+        weights read once per expert and column block: weight-bound when experts have few rows;
+        sim.workload.tile_memory_floor_us). Every system's GEMMs get it.
     """
 
     layers: str = "both"
@@ -51,9 +62,11 @@ class SimOptions:
     copy_engine_gbps: float | None = None
     permute: bool = True
     record: bool = True
+    dispatcher: str = "allgather"
+    memory_floor: bool = True
 
     def __post_init__(self):
-        for name, value, allowed in (("layers", self.layers, LAYERS),
+        for name, value, allowed in (("layers", self.layers, LAYERS), ("dispatcher", self.dispatcher, DISPATCHERS),
                                      ("tile_schedule", self.tile_schedule, TILE_SCHEDULES),
                                      ("tile_rows", self.tile_rows, TILE_ROWS)):
             if value not in allowed:

@@ -35,6 +35,7 @@ KIND_COLORS = {
     "permute": "#bcbd22", "topk_reduce": "#8c564b", "reduce_local": "#9467bd", "combine_reduce": "#e377c2",
     "pull": "#ff7f0e", "copy": "#ffbb78", "reduce_send": "#d62728", "dispatch": "#ff7f0e", "combine": "#d62728",
     "launch": "#dddddd", "collective_fixed": "#c7c7c7", "sync_wait": "#f0f0f0", "arrival_wait": "#aaaaaa",
+    "host_sync": "#b0b0b0", "unpermute": "#dbdb8d", "metadata": "#ff9896",
 }
 PORT_STYLES = {"egress": ("#d62728", "-"), "ingress": ("#1f77b4", "-"), "nic_out": ("#d62728", ":"),
                "nic_in": ("#1f77b4", ":")}

@@ -25,7 +25,9 @@ from comet.core.policy import Policy
 from comet.core.routing import Routing, make_routing
 from sim.baselines import StagedSim
 from sim.comet_system import CometSim
+from sim.megatron import MEGATRON_SYSTEMS, MegatronSim
 from sim.options import SYSTEMS, SimOptions
+from sim.pipelined_moe import PIPELINED_SYSTEMS, PipelinedSim
 from sim.result import SimResult, build_result, config_of
 
 # What a simulation costs, per recorded event and per transfer (this project's 2-core CPU: results/sim_speed;
@@ -112,7 +114,9 @@ def with_policy(plan: Plan, **changes) -> Plan:
 def simulate(plan: Plan | None = None, system: str = "comet", options: SimOptions | None = None,
              **case) -> SimResult:
     """Simulate one MoE layer of `plan` (or of `make_case(**case)`) under `system`:
-    "comet" (the fused schedule), "sequential" or "chunked" (the baselines; chunks in options.chunks).
+    "comet" (the fused schedule), "sequential" or "chunked" (the bounds; chunks in options.chunks), or the
+    paper's baselines "megatron-cutlass", "megatron-te" (options.dispatcher), "fastermoe", "tutel"
+    (its pipeline degree in options.chunks).
 
     Raises ValueError for a schedule that cannot run (e.g. comet with Policy.nc_layer1 = 0)."""
     if plan is None:
@@ -126,9 +130,26 @@ def simulate(plan: Plan | None = None, system: str = "comet", options: SimOption
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; choose one of {', '.join(SYSTEMS)}")
     t0 = time.perf_counter()
-    sim = CometSim(plan, options) if system == "comet" else StagedSim(plan, options, system)
+    sim = _system_sim(plan, options, system)
     sim.run()
     return build_result(sim, time.perf_counter() - t0, config_of(plan, options))
+
+
+def runnable_systems(tp: int, layers: str = "both") -> list[str]:
+    """The systems that simulate a case of this TP degree and `layers`: the paper's baselines run the whole
+    layer only, FasterMoE and Tutel TP = 1 only."""
+    return [s for s in SYSTEMS if s not in MEGATRON_SYSTEMS and s not in PIPELINED_SYSTEMS
+            or (layers == "both" and (tp == 1 or s in MEGATRON_SYSTEMS))]
+
+
+def _system_sim(plan: Plan, options: SimOptions, system: str):
+    if system == "comet":
+        return CometSim(plan, options)
+    if system in MEGATRON_SYSTEMS:
+        return MegatronSim(plan, options, system)
+    if system in PIPELINED_SYSTEMS:
+        return PipelinedSim(plan, options, system)
+    return StagedSim(plan, options, system)
 
 
 def simulate_all(plan: Plan, options: SimOptions | None = None, systems=SYSTEMS, progress: bool = False

@@ -36,6 +36,7 @@ class RankWork:
     l0_tile_rows_T: np.ndarray  # int64 rows of each tile (<= BM)
     l0_tile_cols_T: np.ndarray  # int64 output columns of each tile (<= BN0)
     l0_tile_block_T: np.ndarray  # int64 row-block id of each tile (index into l0_block_src_rows)
+    l0_tile_expert_rows_T: np.ndarray  # int64 rows of the tile's expert (for the memory floor)
     l0_block_src_rows: np.ndarray  # int64 (blocks, W) rows of each row block owned by each rank
     l0_chunk_src_C: np.ndarray  # int64 source rank of each chunk
     l0_chunk_bytes_C: np.ndarray  # float64
@@ -47,6 +48,7 @@ class RankWork:
     l1_tile_rows_T: np.ndarray
     l1_tile_cols_T: np.ndarray
     l1_tiles_per_col: int
+    l1_tile_expert_rows_T: np.ndarray  # int64 rows of the tile's expert
     l1_item_col_I: np.ndarray  # int64
     l1_item_dest_I: np.ndarray  # int64 owner rank the partial sums go to
     l1_item_read_bytes_I: np.ndarray  # float64 GEMM-output bytes the top-k reduction reads
@@ -115,6 +117,8 @@ def rank_work(plan: Plan, r: int) -> RankWork:
     item_chunk = np.tile(np.arange(nch), N1)
     send_dest = t["send_dest_S"]
 
+    rows_E = np.diff(t["expert_offsets_E1"])
+
     # --- combine at the owner: every owned token sums its partial-sum slots
     own = owner == r
     slots = plan.token_num_slots_M.numpy()[own]
@@ -126,6 +130,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
         l0_tile_rows_T=re - rs,
         l0_tile_cols_T=_tile_cols(t["l0_tile_col_T"], pol.block_n0, plan.ffn_local),
         l0_tile_block_T=block_T.astype(np.int64),
+        l0_tile_expert_rows_T=rows_E[t["l0_tile_expert_T"]],
         l0_block_src_rows=block_src_rows,
         l0_chunk_src_C=c_src,
         l0_chunk_bytes_C=c_bytes,
@@ -136,6 +141,7 @@ def rank_work(plan: Plan, r: int) -> RankWork:
         l1_tile_rows_T=t["l1_tile_row_end_T"] - t["l1_tile_row_start_T"],
         l1_tile_cols_T=_tile_cols(t["l1_tile_col_T"], bn1, N),
         l1_tiles_per_col=int(rp.l1_tiles_per_col),
+        l1_tile_expert_rows_T=rows_E[t["l1_tile_expert_T"]],
         l1_item_col_I=item_col,
         l1_item_dest_I=chunk_dest[item_chunk] if nch else np.zeros(0, np.int64),
         l1_item_read_bytes_I=(chunk_rows[item_chunk] * width * eb).astype(np.float64),
@@ -188,6 +194,27 @@ def tile_us(plan: Plan, layer: int, rows: np.ndarray, cols: np.ndarray, padded: 
             v = cache[key] = mult * hw.tile_time_us(key[0], key[1], k)
         out[i] = v
     return out
+
+
+def tile_memory_floor_us(plan: Plan, layer: int, rows: np.ndarray, cols: np.ndarray, expert_rows: np.ndarray,
+                         active: int, other_hbm_gbps: float = 0.0) -> np.ndarray:
+    """The least time (us) each tile needs to move its share of the kernel's HBM traffic: the weight panel of
+    its column block read once per expert and shared by that expert's row blocks, its A rows read once and
+    shared by the column blocks, its output written; `active` tiles run at once and share `hbm_gbps` evenly.
+    Weight-bound when an expert has few rows (one row block reads a whole BN x K panel for one tile).
+    swiglu layer0: the panel is gate and up (2 BN columns). `other_hbm_gbps`: HBM bandwidth that communication
+    running beside the GEMM takes (its bytes are read from or written to this GPU's memory)."""
+    hw, pol, model = plan.hardware, plan.policy, plan.model
+    eb = model.dtype_bytes
+    k = model.hidden_N if layer == 0 else plan.ffn_local
+    total = plan.ffn_local if layer == 0 else model.hidden_N
+    bn = pol.block_n0 if layer == 0 else pol.block_n1
+    ncol = -(-total // bn)
+    w_cols = 2.0 if (layer == 0 and model.activation == "swiglu") else 1.0
+    row_blocks = np.maximum(1, -(-expert_rows // pol.block_m))
+    nbytes = (w_cols * cols * k / row_blocks + rows * k / ncol + rows * cols) * eb
+    share = max(hw.hbm_gbps - other_hbm_gbps, 0.1 * hw.hbm_gbps) * 1e3 / max(1, min(hw.sms, active))
+    return nbytes / share
 
 
 # -------------------------------------------------------------------------------- baseline chunks

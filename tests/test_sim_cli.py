@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sim.__main__ import main
+from sim.options import SYSTEMS
 
 SMALL = ["--model", "mixtral-8x7b", "--ep", "2", "--tokens", "256", "--no-progress"]
 
@@ -17,7 +18,7 @@ def test_table(capsys):
     assert main(SMALL) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("mixtral-8x7b  M=256  EP=2 TP=1  hw=h800")
-    assert [line.split()[0] for line in out[2:]] == ["comet", "sequential", "chunked"]
+    assert [line.split()[0] for line in out[2:]] == list(SYSTEMS)
     assert out[2].split()[4] == "1.00x"
 
 
@@ -26,7 +27,7 @@ def test_json(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["config"]["tokens"] == 256
     rows = {r["system"]: r for r in data["systems"]}
-    assert set(rows) == {"comet", "sequential", "chunked"}
+    assert set(rows) == set(SYSTEMS)
     for r in rows.values():
         for key in ("latency_us", "layer0_us", "layer1_us", "hidden_comm_fraction", "comet_speedup"):
             assert key in r
@@ -56,7 +57,7 @@ def test_trace_files(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--policy", "order"], "key=value"),
     (["--policy", "colour=blue"], "unknown field"),
-    (["--systems", "tutel"], "unknown"),
+    (["--systems", "deepspeed"], "unknown"),
     (["--nc", "0"], "nc_layer1"),
 ])
 def test_errors(args, message, capsys):

@@ -3,7 +3,7 @@
 Toy figures: tile 1 x 128 x 128 takes TAU = 2*128*128 / (1e6 * 0.25) = 0.131072 us; a 256-byte row
 moves at 500 bytes/us on one communication block (0.512 us) or 1000 bytes/us uncapped (0.256 us);
 memory streams at 1000 bytes/us per SM, 4000 bytes/us for the whole GPU; latency 1 us; launch 1 us;
-collective 3 us.
+collective 3 us. Without the GEMM memory floor (SimOptions.memory_floor, tested on its own below).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from sim.options import SimOptions
 from sim.run import simulate
 
 TAU = 0.131072
+# the toy's 4 GB/s of HBM would make every tile weight-bound: these traces check the schedule, not the tile model
+TOY = SimOptions(memory_floor=False)
 
 
 def trace(res, rank):
@@ -44,14 +46,14 @@ def test_gemm0_slowdown_scales_layer0_tiles_only():
     for padded in (True, False):
         assert tile_us(slow, 0, rows, cols, padded) == pytest.approx(1.25 * tile_us(plan, 0, rows, cols, padded))
         assert tile_us(slow, 1, rows, cols, padded) == pytest.approx(tile_us(plan, 1, rows, cols, padded))
-    assert simulate(slow, system="comet").layer0_us > simulate(plan, system="comet").layer0_us
+    assert simulate(slow, system="comet", options=TOY).layer0_us > simulate(plan, system="comet", options=TOY).layer0_us
 
 
 def test_l1_item_overhead_delays_each_layer1_item():
 
     plan = toy_plan()
     slow = dataclasses.replace(plan, hardware=plan.hardware.replace(l1_item_overhead_us=0.25))
-    ev, ev_slow = (simulate(p, system="comet").events for p in (plan, slow))
+    ev, ev_slow = (simulate(p, system="comet", options=TOY).events for p in (plan, slow))
     for kind in ("reduce_local", "reduce_send"):
         d = (ev[ev.kind == kind].end_us - ev[ev.kind == kind].start_us).to_numpy()
         d_slow = (ev_slow[ev_slow.kind == kind].end_us - ev_slow[ev_slow.kind == kind].start_us).to_numpy()
@@ -63,7 +65,7 @@ def test_l1_item_overhead_delays_each_layer1_item():
 
 
 def test_comet_exact_trace():
-    res = simulate(toy_plan(), system="comet")
+    res = simulate(toy_plan(), system="comet", options=TOY)
     pull_end = 1 + 1 + 0.512  # launch, link latency, 256 B at the block's 500 B/us
     l1 = pull_end + TAU + 1  # layer0 ends with the remote tile; layer1's launch
     red = l1 + TAU  # both layer1 tiles run at once on SMs 0 and 1
@@ -89,7 +91,7 @@ def test_comet_exact_trace():
 
 def test_comet_combine_waits_for_the_last_push():
     # a slower link latency (3 us) outlasts the combine's launch (1 us): the owner waits 2 us
-    res = simulate(toy_plan(toy_hardware(link_latency_us=3.0)), system="comet")
+    res = simulate(toy_plan(toy_hardware(link_latency_us=3.0)), system="comet", options=TOY)
     tr = trace(res, 0)
     kinds = [k for _, k, _, _ in tr]
     assert kinds[-3:] == ["launch", "arrival_wait", "combine_reduce"]
@@ -98,7 +100,7 @@ def test_comet_combine_waits_for_the_last_push():
 
 
 def test_sequential_exact_trace():
-    res = simulate(toy_plan(), system="sequential")
+    res = simulate(toy_plan(), system="sequential", options=TOY)
     g0 = 1 + 0.128 + 3 + 0.256 + 1 + 1  # launch, permute 512 B, collective, 256 B uncapped, latency, launch
     a = g0 + TAU + 1
     g1 = a + 0.256 + 1
@@ -130,26 +132,26 @@ def test_sequential_exact_trace():
 
 
 def test_chunked_with_one_chunk_is_sequential():
-    a = simulate(toy_plan(), system="sequential")
-    b = simulate(toy_plan(), system="chunked", options=SimOptions(chunks=1))
+    a = simulate(toy_plan(), system="sequential", options=TOY)
+    b = simulate(toy_plan(), system="chunked", options=TOY.replace(chunks=1))
     assert trace(a, 0) == trace(b, 0) and a.latency_us == b.latency_us
 
 
 def test_copy_engine_exact():
     # one copy of the source's whole shard (2 rows, 512 B) at min(link, 112 GB/s) = 1 GB/s: 0.512 us after
     # 1 us latency; no SM reserved here, so the waiting tile runs on SM 1
-    res = simulate(toy_plan(layer0_comm="copy-engine", copy_engine_reserved_sms=0), system="comet")
+    res = simulate(toy_plan(layer0_comm="copy-engine", copy_engine_reserved_sms=0), system="comet", options=TOY)
     tr = trace(res, 0)
     assert ("copy engine", "copy", 1.0, 2.512) in tr
     assert ("SM 001", "gemm0", 2.512, round(2.512 + TAU, 6)) in tr
     # with the kernels' 8 reserved SMs (of 4 here), one compute block is left: both tiles on SM 0
-    tr = trace(simulate(toy_plan(layer0_comm="copy-engine"), system="comet"), 0)
+    tr = trace(simulate(toy_plan(layer0_comm="copy-engine"), system="comet", options=TOY), 0)
     assert [(t, k) for t, k, _, _ in tr if k == "gemm0"] == [("SM 000", "gemm0")] * 2
 
 
 def test_direct_exact():
     # the remote tile reads its row itself: max(TAU, transfer 0.512 + latency 1)
-    res = simulate(toy_plan(layer0_comm="direct"), system="comet")
+    res = simulate(toy_plan(layer0_comm="direct"), system="comet", options=TOY)
     tr = trace(res, 0)
     assert ("SM 001", "gemm0_direct", 1.0, 2.512) in tr
     assert ("SM 000", "gemm0_direct", 1.0, round(1 + TAU, 6)) in tr
@@ -158,7 +160,7 @@ def test_direct_exact():
 def test_nic_between_nodes():
     # one rank per node: the row crosses the NIC (0.25 GB/s, 4 us latency) instead of the link
     plan = toy_plan(toy_hardware(ranks_per_node=1))
-    res = simulate(plan, system="comet")
+    res = simulate(plan, system="comet", options=TOY)
     assert ("SM 003", "pull", 1.0, 1 + 4 + 256 / 250) in trace(res, 0)
     assert res.link_bytes[2].sum() == pytest.approx(4 * 256)  # nic_out: 2 rows pulled, 2 sums pushed
     assert res.link_bytes[3].sum() == pytest.approx(4 * 256)  # nic_in
@@ -207,3 +209,32 @@ def test_late_arrival_reshares():
     env.run()
     assert done["b"] == pytest.approx(3.0)
     assert a.value == pytest.approx(4.0)  # 100 B left at t=3, alone: 1 us
+
+
+def test_memory_floor_on_the_toy():
+    # a layer1 tile of the toy: its expert has 2 rows (2 row blocks of 1), one 128-column block, K = 128:
+    # weights 128 x 128 shared by 2 tiles, 1 row of A, 1 row of output: 16896 bytes, 2 tiles share 4000 B/us
+    from sim.engine import grouped_gemm_tiles
+
+    plan = toy_plan()
+    floor_us = (128 * 128 / 2 + 128 + 128) * 2 / (4000 / 2)
+    assert grouped_gemm_tiles(plan, 1, np.array([2]), True) == pytest.approx([floor_us, floor_us])
+    assert grouped_gemm_tiles(plan, 1, np.array([2]), True, memory_floor=False) == pytest.approx([TAU, TAU])
+    assert simulate(plan, system="comet").latency_us > simulate(plan, system="comet", options=TOY).latency_us
+
+
+def test_memory_floor_is_the_weights_at_hbm_rate_for_one_row_block():
+    # Mixtral layer0 (gelu), one expert of 128 rows: 112 tiles (K / 128) read the 4096 x 14336 weights once; the
+    # kernel cannot beat (weights + A + output) / hbm_gbps = 40.7 us, more than a tile's compute (27.4 us); with
+    # 4096 rows the tiles stay compute-bound
+    from sim.engine import grouped_gemm_tiles
+    from sim.run import make_case
+
+    plan = make_case("mixtral-8x7b", ep=8, tokens=512, hw="h800")
+    N, K, hbm = 4096, 14336, plan.hardware.hbm_gbps * 1e3
+    small = grouped_gemm_tiles(plan, 0, np.array([128]), True)
+    assert len(small) == 112
+    assert max(small) == pytest.approx((N * K + 128 * N + 128 * K) * 2 / hbm, rel=1e-12)
+    assert max(small) > 1.4 * grouped_gemm_tiles(plan, 0, np.array([128]), True, memory_floor=False)[0]
+    big = grouped_gemm_tiles(plan, 0, np.array([4096]), True)
+    assert big == pytest.approx(grouped_gemm_tiles(plan, 0, np.array([4096]), True, memory_floor=False))

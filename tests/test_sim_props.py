@@ -11,17 +11,23 @@ import pytest
 from helpers.sim_cases import random_case, toy_plan
 
 from comet.core.planner import make_plan
-from sim.options import SYSTEMS, SimOptions
+from sim.options import BOUNDS, SYSTEMS, SimOptions
+from sim.pipelined_moe import PIPELINED_SYSTEMS
 from sim.run import make_case, simulate, with_policy
 
 SEEDS = range(12)
 EPS = 1e-9
 
 
+def _systems(plan):
+    """The systems that run `plan` (FasterMoE and Tutel: TP = 1 only)."""
+    return [s for s in SYSTEMS if plan.parallel.tp == 1 or s not in PIPELINED_SYSTEMS]
+
+
 def _results(seed, options=None):
     plan = random_case(seed)
     opts = options or SimOptions(chunks=3)
-    return plan, {s: simulate(plan, system=s, options=opts) for s in SYSTEMS}
+    return plan, {s: simulate(plan, system=s, options=opts) for s in _systems(plan)}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -47,7 +53,7 @@ def test_more_bandwidth_or_sms_never_slower(seed):
     more_sms = dataclasses.replace(plan, hardware=hw.replace(  # same per-SM figures, twice the SMs
         sms=2 * hw.sms, peak_tflops=2 * hw.peak_tflops, hbm_gbps=2 * hw.hbm_gbps))
     opts = SimOptions(chunks=2, record=False)
-    for s in SYSTEMS:
+    for s in _systems(plan):
         base = simulate(plan, system=s, options=opts).latency_us
         assert simulate(faster_links, system=s, options=opts).latency_us <= base + EPS, s
         assert simulate(more_sms, system=s, options=opts).latency_us <= base + EPS, s
@@ -67,6 +73,8 @@ def test_bytes_conserved(seed):
         expected[s, :] += w.send_bytes_W
     np.fill_diagonal(expected, 0.0)
     for name, r in results.items():
+        if name not in ("comet", *BOUNDS):  # the paper's baselines move their own bytes (test_paper_baselines)
+            continue
         sent = np.zeros((W, W))
         for _, src, dst, nbytes, start, end in r.flows:
             assert end >= start, name  # every transfer finished
@@ -80,12 +88,13 @@ def test_bytes_conserved(seed):
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_deterministic(system):
-    plan = random_case(3)
+    seed = 5 if system in PIPELINED_SYSTEMS else 3  # FasterMoE and Tutel need TP = 1 (seed 3 has TP = 2)
+    plan = random_case(seed)
     a = simulate(plan, system=system)
     b = simulate(plan, system=system)
     assert a._records == b._records
     assert a.events.equals(b.events)
-    c = simulate(random_case(3), system=system)  # a fresh plan from the same seed
+    c = simulate(random_case(seed), system=system)  # a fresh plan from the same seed
     assert c._records == a._records
 
 
@@ -142,7 +151,7 @@ def test_simulate_from_names_and_errors():
     r = simulate(system="sequential", model="phi-3.5-moe", ep=2, tokens=128)
     assert r.config["model"] == "phi-3.5-moe" and r.latency_us > 0
     with pytest.raises(ValueError, match="unknown system"):
-        simulate(toy_plan(), system="tutel")
+        simulate(toy_plan(), system="deepspeed")
     with pytest.raises(TypeError):
         simulate(toy_plan(), tokens=4)
 

@@ -172,7 +172,7 @@ class ParallelConfig:
 
 
 # ------------------------------------------------------------------------------------------- hardware
-_MAY_BE_ZERO = ("l1_item_overhead_us",)  # the other figures must be positive
+_MAY_BE_ZERO = ("l1_item_overhead_us", "host_sync_us", "nccl_sms")  # the other figures must be positive
 
 @dataclass(frozen=True)
 class HardwareProfile:
@@ -206,6 +206,11 @@ class HardwareProfile:
     # a layer1 communication block's fixed time per work item (column block x send chunk) on top of its
     # bytes: the chain of dependent index loads and the signal (comet.calibrate measures it)
     l1_item_overhead_us: float = 0.0
+    # the paper's baselines (sim/megatron.py, sim/pipelined_moe.py): what a device-to-host copy of split
+    # sizes costs the GPU's stream (it drains, then waits for the copy), and the SMs one NCCL kernel holds
+    # while it runs (a concurrent GEMM cannot use them)
+    host_sync_us: float = 0.0
+    nccl_sms: int = 0
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
@@ -313,6 +318,17 @@ _ASSUMED_EFF = "assumption (typical Hopper CUTLASS GEMM curve); comet.calibrate 
 _ASSUMED_BLOCK = ("assumption: one SM's load/store stream over NVLink; set so ~25 blocks saturate the link, "
                   "near Comet's default of 28 communication blocks (docs/PAPER_NOTES.md)")
 _ASSUMED_FW = "assumption: typical PyTorch launch (~5 us); NCCL fixed cost measured ~50-60 us (docs/GPU_FACTS.md)"
+_MEASURED_L1_ITEM = ("measured on H200 (same SM as H100 / H800): a layer1 communication item's fixed cost 0.71 us "
+                     "(comet.calibrate, results/calibration/h200_x1_2026-11-24.csv, l1_item_overhead_us)")
+_HOST_SYNC = ("public source: one small cudaMemcpyAsync costs ~5-7 us per call (DualPath, arXiv 2602.21548, sec. 5.2; "
+              "https://arxiv.org/abs/2602.21548); 6 us taken. Not measured in this repository")
+_NCCL_SMS = ("public report: one NCCL kernel alone keeps ~15% of the SMs active, ~20 of 132 "
+             "(https://github.com/NVIDIA/nccl/issues/1432; NCCL runs one CTA per channel, 16-32 channels on "
+             "8-GPU NVSwitch hosts). Not measured in this repository")
+_MEASURED_NCCL_FIXED = ("measured on H200 (Hopper + NVSwitch + NCCL, the H800's stack; the H800 itself not measured): "
+                        "NCCL all_to_all_single fixed cost ~50-60 us on 4 x H200 (docs/GPU_FACTS.md; 77 us on 2, "
+                        "results/calibration/h200_x2_2026-11-24.csv); a fixed + bytes / link_gbps fit of the 4-rank "
+                        "sizes 1-256 MiB gives 58 us")
 _COMMON_SOURCES = {
     "gemm_k_half": _ASSUMED_EFF,
     "tile_area_half": _ASSUMED_EFF,
@@ -321,9 +337,11 @@ _COMMON_SOURCES = {
     "nic_latency_us": "assumption: ~5 us GPU-initiated RDMA put",
     "ranks_per_node": "8 GPUs per HGX node",
     "launch_overhead_us": _ASSUMED_FW,
-    "collective_overhead_us": _ASSUMED_FW,
+    "collective_overhead_us": _MEASURED_NCCL_FIXED,
     "gemm0_slowdown": "assumption: layer0 tiles cost as much as plain ones (comet.calibrate measures it)",
-    "l1_item_overhead_us": "assumption: none, bytes only (comet.calibrate measures it)",
+    "l1_item_overhead_us": _MEASURED_L1_ITEM,
+    "host_sync_us": _HOST_SYNC,
+    "nccl_sms": _NCCL_SMS,
 }
 
 HARDWARE: dict[str, HardwareProfile] = {
@@ -333,7 +351,8 @@ HARDWARE: dict[str, HardwareProfile] = {
             name="h800", sms=132, peak_tflops=989.0, gemm_efficiency=0.78, gemm_k_half=256.0,
             tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=160.0, link_latency_us=2.0,
             per_block_link_gbps=7.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
-            launch_overhead_us=5.0, collective_overhead_us=25.0,
+            launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71,
+            host_sync_us=6.0, nccl_sms=20,
             sources={
                 **_COMMON_SOURCES,
                 "sms": "H800 SXM = H100 SXM die: 132 SMs",
@@ -343,14 +362,14 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "link_gbps": "H800 NVLink 400 GB/s bidirectional = 200 per direction; ~80% achievable "
                              "(assumption; DeepEP's README reports ~153-158 GB/s per GPU on H800)",
                 "per_block_link_gbps": _ASSUMED_BLOCK,
-                "collective_overhead_us": "assumption: NCCL all-to-all fixed cost on H800 (~25 us)",
             },
         ),
         HardwareProfile(
             name="h100", sms=132, peak_tflops=989.0, gemm_efficiency=0.78, gemm_k_half=256.0,
             tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=360.0, link_latency_us=2.0,
             per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
-            launch_overhead_us=5.0, collective_overhead_us=25.0,
+            launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71,
+            host_sync_us=6.0, nccl_sms=20,
             sources={
                 **_COMMON_SOURCES,
                 "sms": _DS_H100, "peak_tflops": _DS_H100,
@@ -359,14 +378,14 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "link_gbps": "H100 NVLink4 900 GB/s bidirectional = 450 per direction; ~80% achievable "
                              "(assumption)",
                 "per_block_link_gbps": _ASSUMED_BLOCK,
-                "collective_overhead_us": "assumption: NCCL all-to-all fixed cost (~25 us)",
             },
         ),
         HardwareProfile(
             name="h200", sms=132, peak_tflops=989.0, gemm_efficiency=0.80, gemm_k_half=256.0,
             tile_area_half=2048.0, hbm_gbps=4300.0, link="nvlink", link_gbps=320.0, link_latency_us=2.0,
             per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
-            launch_overhead_us=5.0, collective_overhead_us=55.0,
+            launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71, host_sync_us=6.0,
+            nccl_sms=20,
             sources={
                 **_COMMON_SOURCES,
                 "sms": "measured: torch reports 132 multiprocessors on H200 "
@@ -388,7 +407,7 @@ HARDWARE: dict[str, HardwareProfile] = {
             name="l20", sms=92, peak_tflops=119.5, gemm_efficiency=0.75, gemm_k_half=256.0,
             tile_area_half=2048.0, hbm_gbps=780.0, link="pcie", link_gbps=25.0, link_latency_us=5.0,
             per_block_link_gbps=2.0, nic_gbps=25.0, nic_latency_us=10.0, ranks_per_node=8,
-            launch_overhead_us=5.0, collective_overhead_us=40.0,
+            launch_overhead_us=5.0, collective_overhead_us=40.0, host_sync_us=6.0, nccl_sms=20,
             sources={
                 **_COMMON_SOURCES,
                 "sms": "NVIDIA L20 (AD102): 92 SMs",
@@ -400,7 +419,9 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "per_block_link_gbps": "assumption: ~12 blocks saturate PCIe",
                 "nic_gbps": "assumption: 200 Gb/s NIC on PCIe hosts",
                 "nic_latency_us": "assumption",
-                "collective_overhead_us": "assumption: NCCL over PCIe fixed cost ~40 us",
+                "collective_overhead_us": "assumption: NCCL over PCIe fixed cost ~40 us (not measured)",
+                "l1_item_overhead_us": "not measured on Ada: none, bytes only",
+                "nccl_sms": _NCCL_SMS + "; on PCIe NCCL may use fewer channels (not measured)",
             },
         ),
     )

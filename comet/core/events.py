@@ -33,6 +33,9 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("collective_fixed", "overhead"),  # fixed cost of one collective (sync + protocol)
     ("sync_wait", "overhead"),  # waiting for the other ranks to join a collective
     ("arrival_wait", "overhead"),  # waiting for the last partial sums to land (link latency)
+    ("host_sync", "overhead"),  # the paper's baselines: the stream drained and a device-to-host copy of counts
+    ("unpermute", "compute"),  # the paper's baselines: rows scattered back to token order (memory-bound)
+    ("metadata", "comm"),  # the paper's baselines: a collective of routing indices, probabilities or counts
 )
 K = {name: i for i, (name, _) in enumerate(KINDS)}
 CATEGORY = tuple(c for _, c in KINDS)
