@@ -29,8 +29,8 @@ def test_fig8_layer1_time_has_an_interior_optimum():
 @pytest.mark.xfail(strict=True, reason=(
     "With h800 as written the best n_c does not grow with M (Mixtral EP=8, results/fig08_comm_blocks: 20 at "
     "M=4096, 12 at 8192 and 16384): GEMM and sends both scale with M, so the large-M optimum is M-independent, "
-    "and at small M the few-wave GEMM finishes every column block at once, exposing the sends and favouring more blocks. "
-    "See dev/LOG.md 2026-11-24 (simulator) for the what-ifs tried."))
+    "and at small M the few-wave GEMM finishes every column block at once, exposing the sends and favouring more "
+    "blocks. See dev/LOG.md 2026-11-24 (simulator) for the what-ifs tried."))
 def test_fig8_best_nc_grows_with_M():
     candidates = (4, 8, 12, 16, 24, 32)
     small = best_nc(make_case("mixtral-8x7b", ep=8, tokens=2048), 1, candidates)[0]
