@@ -1,19 +1,12 @@
-"""Max-min fair rates of one group of transfer classes sharing ports (progressive filling).
+"""Max-min fair rates of transfer classes sharing ports (progressive filling).
 
 A class is a set of transfers with the same two ports and the same rate cap: max-min fairness gives them
-one rate. Callers pass the classes of one connected group of ports (`LinkNetwork` keeps one group per node's
-link ports and one for the NIC ports: they share no port, so their rates are independent); the functions set
-each class's `rate` (bytes/us) and touch nothing else.
-
-Progressive filling raises every unfrozen rate together; a class freezes at its cap, or at the level where
-one of its ports is full. The lowest port share (capacity left / transfers unfrozen) is kept in a heap with
-stale entries skipped: a share only rises while the fill runs (a class frozen at level x <= share takes
-x per transfer), so an entry whose share is not the port's current one is out of date.
+one rate. The functions set each class's `rate` (bytes/us) and touch nothing else. Progressive filling raises every
+unfrozen rate together; a class freezes at its cap, or at the level where one of its ports is full.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 
 INF = math.inf
@@ -32,50 +25,12 @@ def _port_state(classes, port_cap: list[float]) -> tuple[dict, dict]:
     return left, cnt
 
 
-def fill_one_cap_heap(classes, at_port: list[list], port_cap: list[float], cap: float, stamp: int) -> None:
+def fill_one_cap(classes, at_port: list[list], left: dict, cnt: dict, cap: float, stamp: int, member: int) -> None:
     """Progressive filling when every class has the same cap: freeze the classes of the port(s) with the
-    lowest share at that share, update their other ports, repeat until the lowest share reaches the cap.
-    `at_port[p]` lists the classes on port p (exactly those of `classes` on it); `stamp` marks frozen ones."""
-    left, cnt = _port_state(classes, port_cap)
-    heap = [(left[p] / n, p) for p, n in cnt.items()]
-    heapq.heapify(heap)
-    pop, push = heapq.heappop, heapq.heappush
-    while heap:
-        level, p = heap[0]
-        if cnt[p] == 0 or left[p] / cnt[p] != level:  # stale: the port's share rose, or it is done
-            pop(heap)
-            continue
-        if cap <= level * (1 + REL):
-            break
-        bound = level * (1 + REL)
-        while heap:  # freeze every port at (or within REL of) this level
-            share, p = heap[0]
-            if cnt[p] == 0 or left[p] / cnt[p] != share:
-                pop(heap)
-                continue
-            if share > bound:
-                break
-            pop(heap)
-            for c in at_port[p]:
-                if c.stamp == stamp:
-                    continue
-                c.stamp, c.rate = stamp, level
-                n, x = c.n, c.n * level
-                for q in (c.pa, c.pb):
-                    left[q] -= x
-                    cnt[q] -= n
-                    if q != p and cnt[q] > 0:
-                        push(heap, (left[q] / cnt[q], q))
-            cnt[p] = 0
-    for c in classes:
-        if c.stamp != stamp:
-            c.rate = cap
-
-
-def fill_one_cap(classes, at_port: list[list], port_cap: list[float], cap: float, stamp: int) -> None:
-    """Progressive filling when every class has the same cap: freeze the classes of the port(s) with the
-    lowest share, update their other ports, repeat until the lowest share reaches the cap."""
-    left, cnt = _port_state(classes, port_cap)
+    lowest share, update their other ports, repeat until the lowest share reaches the cap. `classes` are
+    those with `c.member == member`; `left` / `cnt` hold, for each of their ports, the capacity they may use
+    and their transfers; `at_port[p]` lists every class on port p (others are skipped); `stamp` marks
+    frozen classes."""
     ports = list(cnt)
     while ports:
         level = INF
@@ -88,7 +43,7 @@ def fill_one_cap(classes, at_port: list[list], port_cap: list[float], cap: float
             break
         for p in [p for p in ports if left[p] / cnt[p] <= bound]:
             for c in at_port[p]:
-                if c.stamp == stamp:
+                if c.stamp == stamp or c.member != member:
                     continue
                 c.stamp = stamp
                 c.rate = level

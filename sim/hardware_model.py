@@ -43,6 +43,7 @@ from sim.options import COPY_ENGINE_MEASURED_GBPS
 
 GBPS = 1e3  # bytes per microsecond in one GB/s
 INF = math.inf
+_CHECK_REL = 1e-10  # relative slack of the bottleneck check (float sums of ~100 terms err by ~1e-14)
 _DONE_BYTES = 1e-6  # a transfer with fewer bytes left than this is complete (float residue)
 
 PORT_KINDS = ("egress", "ingress", "nic_out", "nic_in")
@@ -56,12 +57,13 @@ class _Class:
     entry in the network's heap of due times."""
 
     __slots__ = ("key", "pa", "pb", "cap", "group", "n", "rate", "s0", "t0", "heap", "stamp", "ver", "new",
-                 "active")
+                 "active", "member")
 
     def __init__(self, key, pa, pb, cap, group):
         self.key, self.pa, self.pb, self.cap, self.group = key, pa, pb, cap, group
         self.n, self.rate, self.s0, self.t0, self.heap, self.stamp, self.ver = 0, 0.0, 0.0, 0.0, [], 0, 0
         self.new = False  # activated at the current instant (no rate yet)
+        self.member = 0  # marker of the refill that includes it
         self.active = False  # in its group (it has transfers, or lost its last one at this instant)
 
     def served(self, now: float) -> float:
@@ -108,6 +110,8 @@ class LinkNetwork:
     checks finish times against a per-transfer fluid reference to 1e-9.
     """
 
+    local_min_classes = 64  # groups this small are refilled whole (cheaper than refilling around a change)
+
     def __init__(self, env: simpy.Environment, parallel: ParallelConfig, hw: HardwareProfile,
                  record_rates: bool = False):
         self.env = env
@@ -141,6 +145,7 @@ class LinkNetwork:
         self.updates = 0
         self.fills = 0
         self._stamp = 0  # frozen marker of the current fair-share computation
+        self._member = 0  # marker of the classes of the current refill
 
     # ------------------------------------------------------------------------------------ topology
     def same_node(self, src: int, dst: int) -> bool:
@@ -312,12 +317,24 @@ class LinkNetwork:
                     if c.new:
                         c.set_rate(now, cap)
                 return
-        old = [(c, c.rate) for c in group.values()]
         self.fills += 1
-        if len(caps) == 1:
+        if len(caps) == 1 and len(group) > self.local_min_classes:
+            old = self._refill_around(group, changed, next(iter(caps)))
+        elif len(caps) == 1:
+            old = [(c, c.rate) for c in group.values()]
+            self._member += 1
+            left, cnt = {}, {}
+            for c in group.values():
+                c.member = self._member
+                for p in (c.pa, c.pb):
+                    if p in cnt:
+                        cnt[p] += c.n
+                    else:
+                        cnt[p], left[p] = c.n, self.port_cap[p]
             self._stamp += 1
-            fill_one_cap(group.values(), self._at_port, self.port_cap, next(iter(caps)), self._stamp)
+            fill_one_cap(group.values(), self._at_port, left, cnt, next(iter(caps)), self._stamp, self._member)
         else:
+            old = [(c, c.rate) for c in group.values()]
             fill_general(group.values(), self.port_cap)
         for c, r in old:
             if c.rate != r:
@@ -325,6 +342,98 @@ class LinkNetwork:
                 c.set_rate(now, new)
                 touched[id(c)] = c
                 changed_ports[c.pa] = changed_ports[c.pb] = None
+
+    def _refill_around(self, group: dict, changed: list[_Class], cap: float) -> list[tuple[_Class, float]]:
+        """Max-min rates with one cap, refilling only around the change: the classes on a set of ports S
+        (first the changed classes' ports) are filled with what the other classes leave of their ports;
+        the result is kept when every class it can affect still has a bottleneck (its cap, or a full port
+        where no class runs faster): with a feasible allocation that is the max-min one. Else S grows by
+        the ports of the classes without one, up to the whole group. Returns (class, old rate) of every
+        class refilled."""
+        at_port, port_cap = self._at_port, self.port_cap
+        ports = {}
+        for c in changed:
+            ports[c.pa] = ports[c.pb] = None
+        old, hs = [], []  # hs: the classes refilled (those on `ports`), with their old rates in `old`
+        self._member += 1
+        member = self._member
+        while True:
+            for p in ports:
+                for c in at_port[p]:
+                    if c.member != member:
+                        c.member = member
+                        hs.append(c)
+                        old.append((c, c.rate))
+            left, cnt = {}, {}
+            for c in hs:
+                for p in (c.pa, c.pb):
+                    if p in cnt:
+                        cnt[p] += c.n
+                    else:
+                        cnt[p] = c.n
+                        x = port_cap[p]
+                        for o in at_port[p]:
+                            if o.member != member:
+                                x -= o.n * o.rate
+                        left[p] = x
+            self._stamp += 1
+            fill_one_cap(hs, at_port, left, cnt, cap, self._stamp, member)
+            if len(old) == len(group):
+                return old
+            grow = self._without_bottleneck(hs, old, changed, ports, cap)
+            if grow is None:  # a float corner (cannot happen in exact arithmetic): refill the whole group
+                grow = [p for c in group.values() for p in (c.pa, c.pb)]
+            elif not grow:
+                return old
+            for p in grow:
+                ports[p] = None
+
+    def _without_bottleneck(self, hs: list[_Class], old: list[tuple[_Class, float]], changed: list[_Class],
+                            ports: dict, cap: float) -> list[int] | None:
+        """Ports (outside `ports`) of the classes that the refill of `hs` left without a bottleneck. Only the
+        classes on a port whose load or rates moved (a refilled class changed rate, or a changed class's
+        count) can have lost theirs. None where a refilled class has none but all its ports are in `ports`."""
+        at_port, port_cap, tol = self._at_port, self.port_cap, _CHECK_REL
+        moved = {}
+        for c, r in old:
+            if c.rate != r:
+                moved[c.pa] = moved[c.pb] = None
+        for c in changed:
+            moved[c.pa] = moved[c.pb] = None
+        info = {}
+        grow, stuck = {}, False
+        floor = cap * (1 - tol)
+        seen = set()
+        for q in moved:
+            for c in at_port[q]:
+                if id(c) in seen:
+                    continue
+                seen.add(id(c))
+                if c.rate >= floor:
+                    continue
+                ok = False
+                for p in (c.pa, c.pb):
+                    i = info.get(p)
+                    if i is None:
+                        load = top = 0.0
+                        for o in at_port[p]:
+                            load += o.n * o.rate
+                            if o.rate > top:
+                                top = o.rate
+                        i = info[p] = (load >= port_cap[p] * (1 - tol), top * (1 - tol))
+                    if i[0] and c.rate >= i[1]:
+                        ok = True
+                        break
+                if ok:
+                    continue
+                new = [p for p in (c.pa, c.pb) if p not in ports]
+                if not new:
+                    stuck = True
+                for p in new:
+                    grow[p] = None
+        if stuck and not grow:
+            return None
+        return list(grow)
 
     def _fits_at_cap(self, changed: list[_Class], cap: float) -> bool:
         """Whether the classes that gained transfers all run at `cap` (or are new) and their ports have room
