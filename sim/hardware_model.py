@@ -20,6 +20,7 @@ for its first bytes, a push lands `latency` after its last byte leaves).
 
     >>> import simpy
     >>> from comet.core.config import HardwareProfile, ParallelConfig
+from sim.options import COPY_ENGINE_MEASURED_GBPS
     >>> env = simpy.Environment()
     >>> net = LinkNetwork(env, ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
     >>> a, b = net.transfer(0, 1, 160e3), net.transfer(0, 1, 320e3)  # share egress(0): 80 GB/s each
@@ -30,6 +31,7 @@ for its first bytes, a push lands `latency` after its last byte leaves).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 
@@ -37,13 +39,11 @@ import numpy as np
 import simpy
 
 from comet.core.config import HardwareProfile, ParallelConfig
-from sim.fair_share import REL as _REL
-from sim.fair_share import fill_general, fill_one_cap
 from sim.options import COPY_ENGINE_MEASURED_GBPS
 
 GBPS = 1e3  # bytes per microsecond in one GB/s
 INF = math.inf
-_CHECK_REL = 1e-10  # relative slack of the bottleneck check (float sums of ~100 terms err by ~1e-14)
+_REL = 1e-12  # relative slack when comparing fair-share levels
 _DONE_BYTES = 1e-6  # a transfer with fewer bytes left than this is complete (float residue)
 
 PORT_KINDS = ("egress", "ingress", "nic_out", "nic_in")
@@ -51,27 +51,19 @@ PORT_KINDS = ("egress", "ingress", "nic_out", "nic_in")
 
 class _Class:
     """Transfers in flight with the same ports and cap: max-min fairness gives them one rate, so they are
-    kept together. Served bytes (what each of them has moved since the class was created) are kept only
-    when the rate changes: `served(now) = s0 + rate * (now - t0)`. A transfer that joined when the class had
-    served x and carries b bytes is done when it reaches x + b (a heap of targets). `ver` dates the class's
-    entry in the network's heap of due times."""
+    kept together. `served` is the bytes each of them has moved since the class was created (as of
+    `LinkNetwork._t_rate`); a transfer that joined when it was x and carries b bytes is done when it
+    reaches x + b (a heap of targets). `due` is when the heap's front finishes at the current rate."""
 
-    __slots__ = ("key", "pa", "pb", "cap", "group", "n", "rate", "s0", "t0", "heap", "stamp", "ver", "new",
-                 "active", "member")
+    __slots__ = ("key", "pa", "pb", "cap", "n", "rate", "served", "heap", "due", "stamp")
 
-    def __init__(self, key, pa, pb, cap, group):
-        self.key, self.pa, self.pb, self.cap, self.group = key, pa, pb, cap, group
-        self.n, self.rate, self.s0, self.t0, self.heap, self.stamp, self.ver = 0, 0.0, 0.0, 0.0, [], 0, 0
-        self.new = False  # activated at the current instant (no rate yet)
-        self.member = 0  # marker of the refill that includes it
-        self.active = False  # in its group (it has transfers, or lost its last one at this instant)
+    def __init__(self, key, pa, pb, cap):
+        self.key, self.pa, self.pb, self.cap = key, pa, pb, cap
+        self.n, self.rate, self.served, self.heap, self.due, self.stamp = 0, 0.0, 0.0, [], INF, 0
 
-    def served(self, now: float) -> float:
-        return self.s0 + self.rate * (now - self.t0)
 
-    def set_rate(self, now: float, rate: float) -> None:
-        self.s0 += self.rate * (now - self.t0)
-        self.t0, self.rate = now, rate
+def _class_key(c: _Class) -> tuple:
+    return c.key
 
 
 class _Late(simpy.events.Event):
@@ -91,26 +83,16 @@ class LinkNetwork:
     `transfer(src, dst, nbytes, cap_gbps)` returns a SimPy event that succeeds, with the simulated time,
     when the last byte is through. Counters, per port (index `kind * W + rank`, kinds in `PORT_KINDS`):
     `port_bytes` moved, `port_busy_us` time with a transfer in flight. `flows` logs every transfer as
-    [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps, at every instant some
-    port's rate changes, (time_us, those ports, their new rates in GB/s) (the Chrome trace's counter tracks).
+    [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps (time_us, ports, their
+    rates in GB/s) at every recompute where some port's rate changed, only the ports that changed (every
+    port in the first entry), for the Chrome trace's counter tracks and `sim.plots.link_rates`.
 
-    Speed (the network is most of the comet system's simulation time; see dev/LOG.md, 2026-12-03):
-    - transfers with the same (ports, cap) share one rate, so fair shares are computed over these classes;
-    - the ports form independent groups (each node's link ports; all NIC ports): a change refills only its
-      group, and skips the fill where the answer is known without it (below);
-    - a class's served bytes and a port's byte / busy counters are brought up to date only when its rate
-      changes; a heap of due times finds the next transfer to finish (no per-instant pass over classes);
-    - rates are recomputed at most once per simulated instant, after every process woken at that instant
-      has started its next transfers.
-    Shortcuts that are exact for max-min fairness with one cap in a group: a transfer leaving a class at its
-    cap changes no other rate (it was nobody's bottleneck); a transfer joining a class at its cap (or a new
-    class) whose two ports still have room for it at the cap runs at the cap and changes nothing else.
-    Rates are then computed in a different order than a refill would, so results can differ from the
-    earlier every-class-every-instant model by float rounding (~1e-16 relative): tests/test_link_model.py
-    checks finish times against a per-transfer fluid reference to 1e-9.
+    Speed (the network is most of the comet system's simulation time): transfers with the same (ports,
+    cap) always share one rate, so fair shares are computed over these classes (at most 4 W^2 per cap
+    value) in plain Python, and a transfer's progress is its class's served bytes (no per-transfer
+    update). Per-port transfer counts are kept incrementally. Rates are recomputed at most once per
+    simulated instant, after every process woken at that instant has started its next transfers.
     """
-
-    local_min_classes = 64  # groups this small are refilled whole (cheaper than refilling around a change)
 
     def __init__(self, env: simpy.Environment, parallel: ParallelConfig, hw: HardwareProfile,
                  record_rates: bool = False):
@@ -122,19 +104,14 @@ class LinkNetwork:
         self.link_latency_us = hw.link_latency_us
         self.nic_latency_us = hw.nic_latency_us
         self._node = [hw.node_of(r) for r in range(W)]
-        self._nic_group = max(self._node) + 1
         self._classes: dict[tuple, _Class] = {}
-        self._groups: list[dict[tuple, _Class]] = [{} for _ in range(self._nic_group + 1)]  # active classes
-        self._group_caps: list[dict[float, int]] = [{} for _ in range(self._nic_group + 1)]  # classes per cap
+        self._active: list[_Class] = []  # classes with transfers in flight, sorted by key (cap first)
         self._at_port: list[list[_Class]] = [[] for _ in range(self.P)]  # active classes touching each port
         self._n_port = [0] * self.P  # transfers in flight per port
-        self._load = [0.0] * self.P  # bytes/us through each port now
-        self._port_t0 = [0.0] * self.P  # when the port's counters were last brought up to date
+        self._caps: dict[float, int] = {}  # active classes per cap value
+        self._port_rate: list[tuple[int, float]] = []  # (port, bytes/us) of ports in use
         self._new: list[tuple] = []
-        self._dirty: dict[int, list[_Class]] = {}  # group -> classes whose transfers changed this instant
-        self._left_below_cap: set[int] = set()  # groups where a transfer left a class below its cap, this instant
-        self._due: list[tuple] = []  # (due_us, seq, ver, class): when each class's front transfer finishes
-        self._seq = 0
+        self._t_rate = 0.0  # when rates and served bytes were last brought up to date
         self._recompute_pending = False
         self._version = 0
         self._n_in_flight = 0
@@ -142,10 +119,11 @@ class LinkNetwork:
         self._port_busy = [0.0] * self.P
         self.flows: list[list] = []
         self.rate_log: list[tuple[float, np.ndarray, np.ndarray]] | None = [] if record_rates else None
+        self._logged = [math.nan] * self.P  # each port's last logged rate (GB/s)
+        self._logged_busy: list[int] = []  # ports in use at the last log
         self.updates = 0
-        self.fills = 0
+        self._has_empty = False  # some active class has no transfer left (dropped at the next recompute)
         self._stamp = 0  # frozen marker of the current fair-share computation
-        self._member = 0  # marker of the classes of the current refill
 
     # ------------------------------------------------------------------------------------ topology
     def same_node(self, src: int, dst: int) -> bool:
@@ -160,14 +138,11 @@ class LinkNetwork:
 
     @property
     def port_bytes(self) -> np.ndarray:
-        now = self.env.now
-        return np.array([b + r * (now - t) for b, r, t in zip(self._port_bytes, self._load, self._port_t0)])
+        return np.array(self._port_bytes)
 
     @property
     def port_busy_us(self) -> np.ndarray:
-        now = self.env.now
-        return np.array([b + (now - t if r > 0 else 0.0)
-                         for b, r, t in zip(self._port_busy, self._load, self._port_t0)])
+        return np.array(self._port_busy)
 
     def in_flight(self) -> int:
         return self._n_in_flight + len(self._new)
@@ -195,69 +170,61 @@ class LinkNetwork:
             self._recompute_pending = True
             _Late(self.env, self._recompute)
 
-    def _touch(self, c: _Class) -> None:
-        d = self._dirty.get(c.group)
-        if d is None:
-            self._dirty[c.group] = [c]
-        else:
-            d.append(c)
-
     def _on_wake(self, event) -> None:
-        """The front transfer of some class is due: retire every transfer that is through."""
+        """A class's front transfer is due: retire every transfer that is through."""
         if event.value != self._version:  # stale: rates changed since this wake-up was set
             return
         self.updates += 1
         now = self.env.now
-        due, retired = self._due, []
-        while due and due[0][0] <= now + 1e-9:
-            _, _, ver, c = heapq.heappop(due)
-            if ver != c.ver:
-                continue
-            c.ver += 1  # its entry is used up; the recompute pushes the next one
-            self._touch(c)
-            served = c.served(now)
-            h, tol = c.heap, _DONE_BYTES + c.rate * 1e-9
-            while h and h[0][0] - served <= tol:
-                _, fid, ev = heapq.heappop(h)
-                retired.append((fid, ev, c))
+        dt = now - self._t_rate
+        retired = []
+        for c in self._active:
+            if c.due <= now + 1e-9:
+                served = c.served + c.rate * dt
+                h, tol = c.heap, _DONE_BYTES + c.rate * 1e-9
+                while h and h[0][0] - served <= tol:
+                    _, fid, ev = heapq.heappop(h)
+                    retired.append((fid, ev, c))
+        if not retired:  # float residue kept the front just short of done: re-arm the wake-up
+            self._request_recompute()
+            return
         retired.sort(key=lambda x: x[0])  # deterministic: by transfer id
         n_port, flows = self._n_port, self.flows
+        self._has_empty = True
         for fid, ev, c in retired:
             c.n -= 1
             n_port[c.pa] -= 1
             n_port[c.pb] -= 1
-            if c.rate < c.cap:
-                self._left_below_cap.add(c.group)
             flows[fid][5] = now
             ev.succeed(now)
         self._n_in_flight -= len(retired)
-        self._request_recompute()  # also re-arms the wake-up where float residue kept a front short of done
-
-    def _activate(self, c: _Class, now: float) -> None:
-        self._groups[c.group][c.key] = c
-        self._at_port[c.pa].append(c)
-        self._at_port[c.pb].append(c)
-        caps = self._group_caps[c.group]
-        caps[c.cap] = caps.get(c.cap, 0) + 1
-        c.set_rate(now, 0.0)
-        c.new = c.active = True
-
-    def _deactivate(self, c: _Class, now: float) -> None:
-        del self._groups[c.group][c.key]
-        self._at_port[c.pa].remove(c)
-        self._at_port[c.pb].remove(c)
-        caps = self._group_caps[c.group]
-        caps[c.cap] -= 1
-        if not caps[c.cap]:
-            del caps[c.cap]
-        c.set_rate(now, 0.0)
-        c.active = False
+        self._request_recompute()
 
     def _recompute(self, _event) -> None:
-        """Admit new transfers, recompute the fair rates of the groups that changed, re-arm the wake-up."""
+        """Bring served bytes up to now, drop empty classes, admit new transfers, recompute fair rates."""
         self._recompute_pending = False
         self.updates += 1
-        now = self.env.now
+        env = self.env
+        now = env.now
+        dt = now - self._t_rate
+        if dt > 0:
+            for c in self._active:
+                c.served += c.rate * dt
+            pb, busy = self._port_bytes, self._port_busy
+            for p, rate in self._port_rate:
+                pb[p] += rate * dt
+                busy[p] += dt
+        self._t_rate = now
+        if self._has_empty:
+            self._has_empty = False
+            for c in self._active:
+                if c.n == 0:
+                    self._at_port[c.pa].remove(c)
+                    self._at_port[c.pb].remove(c)
+                    self._caps[c.cap] -= 1
+                    if not self._caps[c.cap]:
+                        del self._caps[c.cap]
+            self._active = [c for c in self._active if c.n]
         if self._new:
             classes, n_port = self._classes, self._n_port
             for src, dst, nbytes, cap, fid, ev in self._new:
@@ -265,214 +232,138 @@ class LinkNetwork:
                 key = (cap, pa, pb)
                 c = classes.get(key)
                 if c is None:
-                    group = self._node[src] if pa < 2 * self.W else self._nic_group
-                    c = classes[key] = _Class(key, pa, pb, cap, group)
-                if not c.active:
-                    self._activate(c, now)
-                heapq.heappush(c.heap, (c.served(now) + nbytes, fid, ev))
+                    c = classes[key] = _Class(key, pa, pb, cap)
+                if c.n == 0:  # (re)activated: empty classes were dropped above
+                    bisect.insort(self._active, c, key=_class_key)
+                    self._at_port[pa].append(c)
+                    self._at_port[pb].append(c)
+                    self._caps[cap] = self._caps.get(cap, 0) + 1
+                heapq.heappush(c.heap, (c.served + nbytes, fid, ev))
                 c.n += 1
                 n_port[pa] += 1
                 n_port[pb] += 1
-                self._touch(c)
             self._n_in_flight += len(self._new)
             self._new = []
-        changed_ports: dict[int, None] = {}
-        touched: dict[int, _Class] = {}
-        for g, cs in self._dirty.items():
-            for c in cs:
-                touched[id(c)] = c
-            for c in cs:
-                if c.n == 0 and c.active:
-                    self._deactivate(c, now)
-                    changed_ports[c.pa] = changed_ports[c.pb] = None
-            self._rates_of_group(g, cs, now, touched, changed_ports)
-        self._dirty = {}
-        self._left_below_cap.clear()
-        for c in touched.values():
-            c.new = False
-            c.ver += 1
-            if c.n:
-                self._seq += 1
-                heapq.heappush(self._due, (now + (c.heap[0][0] - c.served(now)) / c.rate, self._seq, c.ver, c))
-        self._port_loads(changed_ports, now)
+        self._fair_rates()
+        if self.rate_log is not None:
+            self._log_rates(now)
         self._version += 1
-        due = self._due
-        while due and due[0][2] != due[0][3].ver:
-            heapq.heappop(due)
-        if due:
-            self.env.timeout(max(due[0][0] - now, 0.0), value=self._version).callbacks.append(self._on_wake)
+        if self._active:
+            first = INF
+            for c in self._active:
+                c.due = now + (c.heap[0][0] - c.served) / c.rate
+                if c.due < first:
+                    first = c.due
+            env.timeout(max(first - now, 0.0), value=self._version).callbacks.append(self._on_wake)
 
-    def _rates_of_group(self, g: int, changed: list[_Class], now: float, touched: dict, changed_ports: dict) -> None:
-        """New max-min rates of group g after the transfers of `changed` classes came or went; classes whose
-        rate moves join `touched`, their ports `changed_ports`."""
-        group, caps = self._groups[g], self._group_caps[g]
-        for c in changed:
-            changed_ports[c.pa] = changed_ports[c.pb] = None
-        if not group:
-            return
-        if len(caps) == 1 and g not in self._left_below_cap:
-            cap = next(iter(caps))
-            if self._fits_at_cap(changed, cap):
-                for c in changed:
-                    if c.new:
-                        c.set_rate(now, cap)
-                return
-        self.fills += 1
-        if len(caps) == 1 and len(group) > self.local_min_classes:
-            old = self._refill_around(group, changed, next(iter(caps)))
-        elif len(caps) == 1:
-            old = [(c, c.rate) for c in group.values()]
-            self._member += 1
-            left, cnt = {}, {}
-            for c in group.values():
-                c.member = self._member
-                for p in (c.pa, c.pb):
-                    if p in cnt:
-                        cnt[p] += c.n
-                    else:
-                        cnt[p], left[p] = c.n, self.port_cap[p]
-            self._stamp += 1
-            fill_one_cap(group.values(), self._at_port, left, cnt, next(iter(caps)), self._stamp, self._member)
-        else:
-            old = [(c, c.rate) for c in group.values()]
-            fill_general(group.values(), self.port_cap)
-        for c, r in old:
-            if c.rate != r:
-                new, c.rate = c.rate, r
-                c.set_rate(now, new)
-                touched[id(c)] = c
-                changed_ports[c.pa] = changed_ports[c.pb] = None
-
-    def _refill_around(self, group: dict, changed: list[_Class], cap: float) -> list[tuple[_Class, float]]:
-        """Max-min rates with one cap, refilling only around the change: the classes on a set of ports S
-        (first the changed classes' ports) are filled with what the other classes leave of their ports;
-        the result is kept when every class it can affect still has a bottleneck (its cap, or a full port
-        where no class runs faster): with a feasible allocation that is the max-min one. Else S grows by
-        the ports of the classes without one, up to the whole group. Returns (class, old rate) of every
-        class refilled."""
-        at_port, port_cap = self._at_port, self.port_cap
-        ports = {}
-        for c in changed:
-            ports[c.pa] = ports[c.pb] = None
-        old, hs = [], []  # hs: the classes refilled (those on `ports`), with their old rates in `old`
-        self._member += 1
-        member = self._member
-        while True:
+    def _log_rates(self, now: float) -> None:
+        """Append (now, ports, GB/s) for the ports whose rate differs from the last logged one (every port at
+        the first call): a dense row of 4 W rates per recompute would need ~57 GB at 256 GPUs."""
+        logged, moved = self._logged, {}
+        for p in self._logged_busy:
+            moved[p] = 0.0  # in use at the last log; 0 unless in use now
+        for p, rate in self._port_rate:
+            moved[p] = rate / GBPS
+        self._logged_busy = [p for p, _ in self._port_rate]
+        if not self.rate_log:
+            moved = {p: moved.get(p, 0.0) for p in range(self.P)}
+        ports = sorted(p for p, v in moved.items() if logged[p] != v)
+        if ports:
             for p in ports:
+                logged[p] = moved[p]
+            self.rate_log.append((now, np.array(ports, dtype=np.int64), np.array([moved[p] for p in ports])))
+
+    def _fair_rates(self) -> None:
+        """Max-min fair rates (bytes/us) of the active classes under their caps and the port capacities
+        (progressive filling: raise every unfrozen rate together; freeze a class at its cap, or when one
+        of its ports is saturated)."""
+        act, cap_p, n_port = self._active, self.port_cap, self._n_port
+        if not act:
+            self._port_rate = []
+            return
+        ports = [p for p in range(self.P) if n_port[p]]
+        if len(self._caps) == 1:
+            cap = act[0].cap
+            if all(n_port[p] * cap <= cap_p[p] * (1 + _REL) for p in ports):
+                for c in act:  # no port oversubscribed: every transfer runs at its cap
+                    c.rate = cap
+                self._port_rate = [(p, n_port[p] * cap) for p in ports]
+                return
+            self._fill_one_cap(cap, ports)
+        else:
+            self._fill_general(ports)
+        rate_p = [0.0] * self.P
+        for c in act:
+            x = c.n * c.rate
+            rate_p[c.pa] += x
+            rate_p[c.pb] += x
+        self._port_rate = [(p, rate_p[p]) for p in ports]
+
+    def _fill_one_cap(self, cap: float, ports: list[int]) -> None:
+        """Progressive filling when every class has the same cap: freeze the classes of the port(s) with
+        the lowest share, update their other ports, repeat until the lowest share reaches the cap."""
+        left = list(self.port_cap)
+        cnt = list(self._n_port)
+        at_port = self._at_port
+        self._stamp += 1
+        stamp = self._stamp
+        while ports:
+            shares = [left[p] / cnt[p] for p in ports]  # once per round: the freezes below change left / cnt
+            level = min(shares)
+            bound = level * (1 + _REL)
+            if cap <= bound:
+                break
+            for p in [p for p, x in zip(ports, shares) if x <= bound]:
                 for c in at_port[p]:
-                    if c.member != member:
-                        c.member = member
-                        hs.append(c)
-                        old.append((c, c.rate))
-            left, cnt = {}, {}
-            for c in hs:
-                for p in (c.pa, c.pb):
-                    if p in cnt:
-                        cnt[p] += c.n
+                    if c.stamp == stamp:
+                        continue
+                    c.stamp = stamp
+                    c.rate = level
+                    n, x = c.n, c.n * level
+                    left[c.pa] -= x
+                    left[c.pb] -= x
+                    cnt[c.pa] -= n
+                    cnt[c.pb] -= n
+            ports = [p for p in ports if cnt[p] > 0]
+        for c in self._active:
+            if c.stamp != stamp:
+                c.rate = cap
+
+    def _fill_general(self, ports: list[int]) -> None:
+        """Progressive filling with mixed caps (classes sorted by cap: caps come in order)."""
+        left = list(self.port_cap)
+        cnt = list(self._n_port)
+        live = self._active
+        while live:
+            level = min(left[p] / cnt[p] for p in ports)
+            bound = level * (1 + _REL)
+            if live[0].cap <= bound:  # freeze every class capped below the lowest port share
+                k = 0
+                while k < len(live) and live[k].cap <= bound:
+                    c = live[k]
+                    c.rate = c.cap
+                    n, x = c.n, c.n * c.cap
+                    left[c.pa] -= x
+                    left[c.pb] -= x
+                    cnt[c.pa] -= n
+                    cnt[c.pb] -= n
+                    k += 1
+                live = live[k:]
+            else:  # freeze every class on a port saturated at this level
+                sat = {p for p in ports if left[p] / cnt[p] <= bound}
+                keep = []
+                for c in live:
+                    if c.pa in sat or c.pb in sat:
+                        c.rate = level
+                        n, x = c.n, c.n * level
+                        left[c.pa] -= x
+                        left[c.pb] -= x
+                        cnt[c.pa] -= n
+                        cnt[c.pb] -= n
                     else:
-                        cnt[p] = c.n
-                        x = port_cap[p]
-                        for o in at_port[p]:
-                            if o.member != member:
-                                x -= o.n * o.rate
-                        left[p] = x
-            self._stamp += 1
-            fill_one_cap(hs, at_port, left, cnt, cap, self._stamp, member)
-            if len(old) == len(group):
-                return old
-            grow = self._without_bottleneck(hs, old, changed, ports, cap)
-            if grow is None:  # a float corner (cannot happen in exact arithmetic): refill the whole group
-                grow = [p for c in group.values() for p in (c.pa, c.pb)]
-            elif not grow:
-                return old
-            for p in grow:
-                ports[p] = None
-
-    def _without_bottleneck(self, hs: list[_Class], old: list[tuple[_Class, float]], changed: list[_Class],
-                            ports: dict, cap: float) -> list[int] | None:
-        """Ports (outside `ports`) of the classes that the refill of `hs` left without a bottleneck. Only the
-        classes on a port whose load or rates moved (a refilled class changed rate, or a changed class's
-        count) can have lost theirs. None where a refilled class has none but all its ports are in `ports`."""
-        at_port, port_cap, tol = self._at_port, self.port_cap, _CHECK_REL
-        moved = {}
-        for c, r in old:
-            if c.rate != r:
-                moved[c.pa] = moved[c.pb] = None
-        for c in changed:
-            moved[c.pa] = moved[c.pb] = None
-        info = {}
-        grow, stuck = {}, False
-        floor = cap * (1 - tol)
-        seen = set()
-        for q in moved:
-            for c in at_port[q]:
-                if id(c) in seen:
-                    continue
-                seen.add(id(c))
-                if c.rate >= floor:
-                    continue
-                ok = False
-                for p in (c.pa, c.pb):
-                    i = info.get(p)
-                    if i is None:
-                        load = top = 0.0
-                        for o in at_port[p]:
-                            load += o.n * o.rate
-                            if o.rate > top:
-                                top = o.rate
-                        i = info[p] = (load >= port_cap[p] * (1 - tol), top * (1 - tol))
-                    if i[0] and c.rate >= i[1]:
-                        ok = True
-                        break
-                if ok:
-                    continue
-                new = [p for p in (c.pa, c.pb) if p not in ports]
-                if not new:
-                    stuck = True
-                for p in new:
-                    grow[p] = None
-        if stuck and not grow:
-            return None
-        return list(grow)
-
-    def _fits_at_cap(self, changed: list[_Class], cap: float) -> bool:
-        """Whether the classes that gained transfers all run at `cap` (or are new) and their ports have room
-        for every transfer of theirs at `cap` with the other classes' rates as they are."""
-        if cap == INF:
-            return False
-        ports = {}
-        for c in changed:
-            if c.n and not c.new and c.rate != cap:
-                return False
-            ports[c.pa] = ports[c.pb] = None
-        for p in ports:
-            load = 0.0
-            for c in self._at_port[p]:
-                load += c.n * (cap if c.new else c.rate)
-            if load > self.port_cap[p] * (1 + _REL):
-                return False
-        return True
-
-    def _port_loads(self, ports: dict, now: float) -> None:
-        """Bring the counters of `ports` up to now and set their new loads (logging the ones that moved)."""
-        load, t0, pbytes, busy, at_port = self._load, self._port_t0, self._port_bytes, self._port_busy, self._at_port
-        moved = []
-        for p in ports:
-            x = 0.0
-            for c in at_port[p]:
-                x += c.n * c.rate
-            dt = now - t0[p]
-            if dt > 0:
-                pbytes[p] += load[p] * dt
-                if load[p] > 0:
-                    busy[p] += dt
-            t0[p] = now
-            if x != load[p]:
-                load[p] = x
-                moved.append(p)
-        if self.rate_log is not None and moved:
-            moved.sort()
-            self.rate_log.append((now, np.array(moved), np.array([load[p] / GBPS for p in moved])))
+                        keep.append(c)
+                live = keep
+            ports = [p for p in ports if cnt[p] > 0]
 
 
 # ---------------------------------------------------------------------------------------- memory

@@ -88,9 +88,9 @@ def link_rates(res: SimResult, rank: int = 0) -> pd.DataFrame:
     cols = {}
     for k, kind in enumerate(PORT_KINDS):
         m = p_all == k * W + rank
-        # each port's rate holds from its change until the next (the last change at one time wins)
+        # a port's rate holds from its change until its next one (the last change at one time wins)
         at = np.searchsorted(t_all[m], times, side="right") - 1
-        cols[kind] = np.where(at >= 0, np.concatenate([[0.0], v_all[m]])[at + 1], 0.0)
+        cols[kind] = np.concatenate([[0.0], v_all[m]])[at + 1]
     return pd.DataFrame({"time_us": times, **{k: v for k, v in cols.items() if v.any()}})
 
 
