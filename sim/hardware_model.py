@@ -308,12 +308,15 @@ class LinkNetwork:
         self._stamp += 1
         stamp = self._stamp
         while ports:
-            shares = [left[p] / cnt[p] for p in ports]  # once per round: the freezes below change left / cnt
-            level = min(shares)
+            level = INF
+            for p in ports:
+                x = left[p] / cnt[p]
+                if x < level:
+                    level = x
             bound = level * (1 + _REL)
             if cap <= bound:
                 break
-            for p in [p for p, x in zip(ports, shares) if x <= bound]:
+            for p in [p for p in ports if left[p] / cnt[p] <= bound]:
                 for c in at_port[p]:
                     if c.stamp == stamp:
                         continue
