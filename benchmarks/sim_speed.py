@@ -22,8 +22,11 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 
+import numpy
+import simpy
 import torch
 
 from sim.options import SYSTEMS, SimOptions
@@ -48,6 +51,18 @@ def pin_one_core() -> str:
         os.sched_setaffinity(0, {core})
         return f"core {core}"
     return "not pinned"
+
+
+def machine(pinned: str) -> str:
+    """CPU model, cores, Python, numpy and simpy versions: the first (comment) line of the CSV."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, pinned to {pinned}, python {platform.python_version()}, "
+            f"numpy {numpy.__version__}, simpy {simpy.__version__}")
 
 
 def bench(plan, system: str, options: SimOptions, repeat: int, warmup: bool = True) -> dict:
@@ -108,6 +123,7 @@ def main(argv=None) -> None:
     if a.csv:
         date = datetime.date.today().isoformat()
         with open(a.csv, "w", newline="") as f:
+            f.write(f"# {machine(pinned)}; command: python -m benchmarks.sim_speed {' '.join(argv or sys.argv[1:])}\n")
             w = csv.DictWriter(f, fieldnames=["date", "case", "model", "ep", "tp", "tokens", "hw", "record",
                                               "plan_s", *[k for k in rows[0] if k not in
                                                           ("case", "model", "ep", "tp", "plan_s")]])
