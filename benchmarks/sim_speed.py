@@ -85,7 +85,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="mixtral-8x7b")
     ap.add_argument("--ep", type=int, default=8)
     ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--case", help=f"a named case ({', '.join(CASES)}) or 'all'; overrides --model/--ep/--tp")
+    ap.add_argument("--case", help=f"a named case ({', '.join(CASES)}), several with commas, or 'all'; overrides "
+                                   f"--model/--ep/--tp")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (for large cases)")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hw", default="h800")
@@ -98,7 +99,10 @@ def main(argv=None) -> None:
     if a.case is None:
         cases = [(f"ep{a.ep}" + (f"-tp{a.tp}" if a.tp > 1 else ""), a.model, a.ep, a.tp)]
     else:
-        names = list(CASES) if a.case == "all" else [a.case]
+        names = list(CASES) if a.case == "all" else [n.strip() for n in a.case.split(",")]
+        bad = [n for n in names if n not in CASES]
+        if bad:
+            ap.error(f"unknown case {bad[0]!r}; choose from {', '.join(CASES)}, a comma-separated list, or 'all'")
         cases = [(n, *CASES[n][:3]) for n in names]
     options = SimOptions(record=not a.no_record)
     rows = []
