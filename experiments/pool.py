@@ -52,9 +52,11 @@ def label(case: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in case.items() if k != "model")[:60]
 
 
-def run_cases(module_name: str, cases: list[dict], hw: str, quick: bool, jobs: int = 1, bar=None) -> list[list[dict]]:
+def run_cases(module_name: str, cases: list[dict], hw: str, quick: bool, jobs: int = 1, bar=None,
+              first: list[int] | None = None) -> list[list[dict]]:
     """The rows of every case (one list per case, in the order of `cases`); `bar` (tqdm-like: update,
-    set_postfix_str) advances once per case done."""
+    set_postfix_str) advances once per case done. `first`: the order in which workers take the cases (e.g.
+    the longest first, so that no long case starts last); default the cases' order."""
     jobs = min(check_jobs(jobs), max(1, len(cases)))
     if jobs == 1:
         out = []
@@ -68,7 +70,8 @@ def run_cases(module_name: str, cases: list[dict], hw: str, quick: bool, jobs: i
     out: list = [None] * len(cases)
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker) as ex:
-        futures = {ex.submit(_run_case, module_name, case, hw, quick): i for i, case in enumerate(cases)}
+        order = range(len(cases)) if first is None else first
+        futures = {ex.submit(_run_case, module_name, cases[i], hw, quick): i for i in order}
         try:
             for fut in cf.as_completed(futures):
                 i = futures[fut]
