@@ -22,8 +22,11 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 
+import numpy
+import simpy
 import torch
 
 from sim.options import SYSTEMS, SimOptions
@@ -50,6 +53,18 @@ def pin_one_core() -> str:
     return "not pinned"
 
 
+def machine(pinned: str) -> str:
+    """CPU model, cores, Python, numpy and simpy versions: the first (comment) line of the CSV."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, pinned to {pinned}, python {platform.python_version()}, "
+            f"numpy {numpy.__version__}, simpy {simpy.__version__}")
+
+
 def bench(plan, system: str, options: SimOptions, repeat: int, warmup: bool = True) -> dict:
     if warmup:
         simulate(plan, system=system, options=options)
@@ -70,7 +85,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="mixtral-8x7b")
     ap.add_argument("--ep", type=int, default=8)
     ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--case", help=f"a named case ({', '.join(CASES)}) or 'all'; overrides --model/--ep/--tp")
+    ap.add_argument("--case", help=f"a named case ({', '.join(CASES)}), several with commas, or 'all'; overrides "
+                                   f"--model/--ep/--tp")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (for large cases)")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hw", default="h800")
@@ -83,7 +99,10 @@ def main(argv=None) -> None:
     if a.case is None:
         cases = [(f"ep{a.ep}" + (f"-tp{a.tp}" if a.tp > 1 else ""), a.model, a.ep, a.tp)]
     else:
-        names = list(CASES) if a.case == "all" else [a.case]
+        names = list(CASES) if a.case == "all" else [n.strip() for n in a.case.split(",")]
+        bad = [n for n in names if n not in CASES]
+        if bad:
+            ap.error(f"unknown case {bad[0]!r}; choose from {', '.join(CASES)}, a comma-separated list, or 'all'")
         cases = [(n, *CASES[n][:3]) for n in names]
     options = SimOptions(record=not a.no_record)
     rows = []
@@ -108,6 +127,7 @@ def main(argv=None) -> None:
     if a.csv:
         date = datetime.date.today().isoformat()
         with open(a.csv, "w", newline="") as f:
+            f.write(f"# {machine(pinned)}; command: python -m benchmarks.sim_speed {' '.join(argv or sys.argv[1:])}\n")
             w = csv.DictWriter(f, fieldnames=["date", "case", "model", "ep", "tp", "tokens", "hw", "record",
                                               "plan_s", *[k for k in rows[0] if k not in
                                                           ("case", "model", "ep", "tp", "plan_s")]])

@@ -6,8 +6,9 @@ An experiment module defines
     COLUMNS   the CSV's columns, in order
     cases(quick: bool) -> list[dict]        the grid (quick: a few small points, same columns)
     run_case(case: dict, hw: str, quick: bool) -> list[dict]   the CSV rows of one grid point
-and ends with `main = common.entry_point(__name__)`. `run(module, ...)` runs the grid and returns a
-DataFrame; `main(argv)` writes it to results/<NAME>/<hw>-<backend>_<date>.csv.
+and ends with `main = common.entry_point(__name__)`. `run(module, ...)` runs the grid (its cases in `jobs`
+worker processes: experiments/pool.py) and returns a DataFrame; `main(argv)` writes it to
+results/<NAME>/<hw>-<backend>_<date>.csv (`--jobs`, default every core).
 
 Systems compared (sim/): "comet" (the fused schedule; nc_layer1 picked by simulating layer1 alone over a
 few candidates, as Comet picks n_c by offline profiling); the paper's baselines "megatron-cutlass",
@@ -30,6 +31,7 @@ import pandas as pd
 from comet.core import defaults
 from comet.core.plan import Plan
 from comet.tuning.sweep import best_nc
+from experiments import pool
 from sim.options import SimOptions
 from sim.pipelined_moe import FASTERMOE_DEGREE
 from sim.run import make_case, simulate, with_policy
@@ -109,31 +111,26 @@ def gpu_backend(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run(module, quick: bool = False, hw: str = defaults.SIM_HARDWARE, bar=None) -> pd.DataFrame:
+def run(module, quick: bool = False, hw: str = defaults.SIM_HARDWARE, bar=None, jobs: int = 1) -> pd.DataFrame:
     """Every case of `module`'s grid on the simulator, as a DataFrame with module.COLUMNS.
-    `bar`: a tqdm bar to advance once per case (None: a bar of its own)."""
+    `bar`: a progress bar to advance once per case (None: one of its own, experiments.pool.progress);
+    `jobs`: worker processes (experiments.pool.run_cases; 1: here, one case after the other)."""
     cases = module.cases(quick)
     own = bar is None
     if own:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cases), desc=module.NAME, unit="case", file=sys.stderr)
-    rows = []
-    for case in cases:
-        bar.set_postfix_str(_label(case), refresh=False)
-        rows.extend(module.run_case(case, hw, quick))
-        bar.update(1)
-    if own:
-        bar.close()
-    df = pd.DataFrame(rows)
+        bar = pool.progress(len(cases), module.NAME)
+    try:
+        # by its import name: under `python -m experiments.x` the module is __main__, which workers cannot import
+        name = module.__spec__.name if getattr(module, "__spec__", None) else module.__name__
+        per_case = pool.run_cases(name, cases, hw, quick, jobs=jobs, bar=bar)
+    finally:
+        if own:
+            bar.close()
+    df = pd.DataFrame([row for rows in per_case for row in rows])
     missing = [c for c in module.COLUMNS if c not in df.columns]
     if missing:
         raise RuntimeError(f"{module.NAME}: rows lack columns {missing}")
     return df[module.COLUMNS]
-
-
-def _label(case: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in case.items() if k != "model")[:60]
 
 
 QUICK_RESULTS = REPO / "out" / "quick" / "results"  # --quick runs: never beside the full results
@@ -173,14 +170,27 @@ def parser(module) -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv; "
                                              "with --quick under out/quick/results/)")
     ap.add_argument("--date", help="date in the default file name (default: today, ISO)")
+    add_jobs_argument(ap)
     return ap
 
 
+def add_jobs_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--jobs", type=int, default=pool.default_jobs(),
+                    help="worker processes running the cases (default: every core; 1: one after the other)")
+
+
+def check_jobs_argument(ap: argparse.ArgumentParser, jobs: int) -> None:
+    if jobs < 1:
+        ap.error(f"--jobs must be >= 1 (1 runs the cases one after the other), got {jobs}")
+
+
 def main(module, argv=None) -> Path:
-    a = parser(module).parse_args(argv)
+    ap = parser(module)
+    a = ap.parse_args(argv)
+    check_jobs_argument(ap, a.jobs)
     if a.backend == "gpu":
         gpu_backend(module.NAME)
-    df = run(module, quick=a.quick, hw=a.hw)
+    df = run(module, quick=a.quick, hw=a.hw, jobs=a.jobs)
     path = write_csv(df, a.out or csv_path(module.NAME, a.hw, a.backend, a.date, quick=a.quick))
     print(f"wrote {path} ({len(df)} rows)")
     return path

@@ -10,7 +10,7 @@ of experiments.reproduce. For each grid point (model, EP x TP, M, routing):
 Each is the simulated latency of the whole layer (both layers, comet system). plan_fixed_s, plan_miss_s and
 plan_hit_s time make_plan without auto, with auto on a cold cache, with auto on the warm cache.
 
-    python -m experiments.nc_auto [--quick] [--hw h200] [--jobs 2]
+    python -m experiments.nc_auto [--quick] [--hw h200] [--jobs 2]   # --jobs: default every core
 CSV: model, ep, tp, tokens, routing, load_ratio, {default,auto,exact}_nc{0,1}, {default,auto,exact}_us,
 auto_speedup (default / auto), auto_over_exact (auto / exact), cache_hit, plan_fixed_s, plan_miss_s,
 plan_hit_s. The run ends with a summary (summarise).
@@ -18,8 +18,6 @@ plan_hit_s. The run ends with a summary (summarise).
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import sys
 import time
 
@@ -32,7 +30,7 @@ from comet.core.policy import Policy
 from comet.core.routing import make_routing
 from comet.tuning.cache import NcCache, auto_nc, load_ratio
 from comet.tuning.sweep import NC_CANDIDATES, QUICK_NC_CANDIDATES
-from experiments import common
+from experiments import common, pool
 from sim.options import SimOptions
 from sim.run import simulate, with_policy
 
@@ -138,39 +136,21 @@ def format_summary(s: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ running
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one simulation per core
-
-
 def run(quick: bool = False, hw: str = defaults.SIM_HARDWARE, jobs: int = 1) -> pd.DataFrame:
-    """The grid, over `jobs` processes (each case owns its caches, so they are independent); rows in grid
-    order. The largest M go first, so that no long case starts last."""
-    from tqdm import tqdm
-
+    """The grid, over `jobs` processes (each case owns its caches, so they are independent; experiments/pool.py);
+    rows in grid order. The largest M go first, so that no long case starts last."""
     grid = cases(quick)
-    out: dict[int, list[dict]] = {}
-    with tqdm(total=len(grid), desc=f"{NAME} {hw}", unit="case", file=sys.stderr) as bar:
-        if jobs <= 1:
-            for i, case in enumerate(grid):
-                out[i] = run_case(case, hw, quick)
-                bar.update(1)
-        else:
-            ctx = multiprocessing.get_context("fork")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-                heavy_first = sorted(range(len(grid)), key=lambda i: -grid[i]["tokens"])
-                futures = {pool.submit(run_case, grid[i], hw, quick): i for i in heavy_first}
-                for f in concurrent.futures.as_completed(futures):
-                    out[futures[f]] = f.result()
-                    bar.update(1)
-    return pd.DataFrame([row for i in range(len(grid)) for row in out[i]])[COLUMNS]
+    heavy_first = sorted(range(len(grid)), key=lambda i: -grid[i]["tokens"])
+    with pool.progress(len(grid), f"{NAME} {hw}") as bar:
+        per_case = pool.run_cases(__spec__.name if __spec__ else __name__, grid, hw, quick, jobs=jobs, bar=bar,
+                                  first=heavy_first)
+    return pd.DataFrame([row for rows in per_case for row in rows])[COLUMNS]
 
 
 def main(argv=None):
     ap = common.parser(sys.modules[__name__])
-    ap.add_argument("--jobs", type=int, default=2, help="processes (one simulation each; this box has 2 cores)")
     a = ap.parse_args(argv)
+    common.check_jobs_argument(ap, a.jobs)
     if a.backend == "gpu":
         common.gpu_backend(NAME)
     t0 = time.perf_counter()

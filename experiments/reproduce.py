@@ -5,7 +5,9 @@
                                                # parallel --only halves on 2 CPU cores)
     python -m experiments.reproduce --quick    # small grids under out/quick/ (70 s)
 
-One progress bar counts the grid points of all experiments. At the end it prints each experiment's time
+The cases of each experiment run in `--jobs` worker processes (default: every core; results do not depend on
+it). One progress bar counts the grid points of all experiments (a line per case where there is no
+terminal). At the end it prints each experiment's time
 and its slowest simulation, and writes paper_figures/out/claims.md (the paper's claims beside ours); the full
 run into the default results/ also refreshes that table in paper_figures/README.md.
 `--backend gpu` exits at once: the GPU backend needs the experiments' cases run through experiments.layer_bench
@@ -16,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from comet.core import defaults
-from experiments import common
+from experiments import common, pool
 
 EXPERIMENTS = ("fig08_comm_blocks", "fig09_end_to_end", "fig10_tokens", "fig11_breakdown", "fig12_parallelism",
                "fig13_experts_topk", "fig14_imbalance", "fig14_pcie", "table3_memory")
@@ -42,7 +41,9 @@ def main(argv=None) -> dict[str, Path]:
     ap.add_argument("--results", type=Path, help="results root (default results/, or out/quick/results)")
     ap.add_argument("--figures", type=Path, help="figure directory (default paper_figures/out, or out/quick/figures)")
     ap.add_argument("--no-figures", action="store_true", help="run the experiments only")
+    common.add_jobs_argument(ap)
     a = ap.parse_args(argv)
+    common.check_jobs_argument(ap, a.jobs)
     if a.backend == "gpu":
         common.gpu_backend("reproduce")
     results = a.results or (QUICK_ROOT / "results" if a.quick else common.RESULTS)
@@ -52,12 +53,12 @@ def main(argv=None) -> dict[str, Path]:
     total = sum(len(m.cases(a.quick)) for m in modules.values())
     paths, report = {}, []
     t_all = time.perf_counter()
-    with tqdm(total=total, desc="reproduce", unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
+    with pool.progress(total, "reproduce") as bar:
         for name, mod in modules.items():
             hw = getattr(mod, "DEFAULT_HW", defaults.SIM_HARDWARE)
             bar.set_description(name)
             t0 = time.perf_counter()
-            df = common.run(mod, quick=a.quick, hw=hw, bar=bar)
+            df = common.run(mod, quick=a.quick, hw=hw, bar=bar, jobs=a.jobs)
             path = common.csv_path(name, hw, "sim", a.date)
             paths[name] = common.write_csv(df, results / path.relative_to(common.RESULTS))
             slow = f"{df['sim_wall_s'].max():.1f} s" if "sim_wall_s" in df else "-"

@@ -83,8 +83,9 @@ class LinkNetwork:
     `transfer(src, dst, nbytes, cap_gbps)` returns a SimPy event that succeeds, with the simulated time,
     when the last byte is through. Counters, per port (index `kind * W + rank`, kinds in `PORT_KINDS`):
     `port_bytes` moved, `port_busy_us` time with a transfer in flight. `flows` logs every transfer as
-    [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps (time_us, rates per
-    port in GB/s) at every rate change (for the Chrome trace's counter tracks).
+    [id, src, dst, bytes, start_us, end_us]. With `record_rates`, `rate_log` keeps (time_us, ports, their
+    rates in GB/s) at every recompute where some port's rate changed, only the ports that changed (every
+    port in the first entry), for the Chrome trace's counter tracks and `sim.plots.link_rates`.
 
     Speed (the network is most of the comet system's simulation time): transfers with the same (ports,
     cap) always share one rate, so fair shares are computed over these classes (at most 4 W^2 per cap
@@ -117,7 +118,9 @@ class LinkNetwork:
         self._port_bytes = [0.0] * self.P
         self._port_busy = [0.0] * self.P
         self.flows: list[list] = []
-        self.rate_log: list[tuple[float, np.ndarray]] | None = [] if record_rates else None
+        self.rate_log: list[tuple[float, np.ndarray, np.ndarray]] | None = [] if record_rates else None
+        self._logged = [math.nan] * self.P  # each port's last logged rate (GB/s)
+        self._logged_busy: list[int] = []  # ports in use at the last log
         self.updates = 0
         self._has_empty = False  # some active class has no transfer left (dropped at the next recompute)
         self._stamp = 0  # frozen marker of the current fair-share computation
@@ -243,10 +246,7 @@ class LinkNetwork:
             self._new = []
         self._fair_rates()
         if self.rate_log is not None:
-            rates = np.zeros(self.P)
-            for p, rate in self._port_rate:
-                rates[p] = rate / GBPS
-            self.rate_log.append((now, rates))
+            self._log_rates(now)
         self._version += 1
         if self._active:
             first = INF
@@ -255,6 +255,23 @@ class LinkNetwork:
                 if c.due < first:
                     first = c.due
             env.timeout(max(first - now, 0.0), value=self._version).callbacks.append(self._on_wake)
+
+    def _log_rates(self, now: float) -> None:
+        """Append (now, ports, GB/s) for the ports whose rate differs from the last logged one (every port at
+        the first call): a dense row of 4 W rates per recompute would need ~57 GB at 256 GPUs."""
+        logged, moved = self._logged, {}
+        for p in self._logged_busy:
+            moved[p] = 0.0  # in use at the last log; 0 unless in use now
+        for p, rate in self._port_rate:
+            moved[p] = rate / GBPS
+        self._logged_busy = [p for p, _ in self._port_rate]
+        if not self.rate_log:
+            moved = {p: moved.get(p, 0.0) for p in range(self.P)}
+        ports = sorted(p for p, v in moved.items() if logged[p] != v)
+        if ports:
+            for p in ports:
+                logged[p] = moved[p]
+            self.rate_log.append((now, np.array(ports, dtype=np.int64), np.array([moved[p] for p in ports])))
 
     def _fair_rates(self) -> None:
         """Max-min fair rates (bytes/us) of the active classes under their caps and the port capacities

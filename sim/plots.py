@@ -81,11 +81,18 @@ def link_rates(res: SimResult, rank: int = 0) -> pd.DataFrame:
     if not res.rate_log:
         raise ValueError("this result has no link rates: simulate with SimOptions(record=True) to draw them")
     W = len(res.rank_end_us)
-    times = np.array([t for t, _ in res.rate_log])
-    rates = np.stack([r for _, r in res.rate_log])  # (changes, 4 W): port p = kind * W + rank
-    cols = {kind: rates[:, k * W + rank] for k, kind in enumerate(PORT_KINDS)}
-    df = pd.DataFrame({"time_us": times, **{k: v for k, v in cols.items() if v.any()}})
-    return df.drop_duplicates("time_us", keep="last").reset_index(drop=True)
+    log = res.rate_log  # (time_us, ports, GB/s): only the ports whose rate changed at that time
+    times = np.unique([t for t, _, _ in log])
+    t_all = np.concatenate([np.full(len(ports), t) for t, ports, _ in log])
+    p_all = np.concatenate([ports for _, ports, _ in log])
+    v_all = np.concatenate([rates for _, _, rates in log])
+    cols = {}
+    for k, kind in enumerate(PORT_KINDS):
+        m = p_all == k * W + rank
+        # a port's rate holds from its change until its next one (the last change at one time wins)
+        at = np.searchsorted(t_all[m], times, side="right") - 1
+        cols[kind] = np.concatenate([[0.0], v_all[m]])[at + 1]
+    return pd.DataFrame({"time_us": times, **{k: v for k, v in cols.items() if v.any()}})
 
 
 def draw_gantt(ax, res: SimResult, rank: int = 0, sm_group: int = 1) -> None:

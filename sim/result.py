@@ -66,7 +66,7 @@ class SimResult:
     config: dict  # model, parallelism, hardware (name, SM count), policy, options (plain values)
     link_bytes: np.ndarray = field(repr=False)  # (4, W): bytes through egress, ingress, nic_out, nic_in
     flows: list = field(repr=False, default_factory=list)  # (id, src, dst, bytes, start_us, end_us)
-    rate_log: list | None = field(repr=False, default=None)
+    rate_log: list | None = field(repr=False, default=None)  # (time_us, ports, GB/s) where rates changed
     _records: list = field(repr=False, default_factory=list)
     _events: pd.DataFrame | None = field(repr=False, default=None)
 
@@ -129,14 +129,10 @@ class SimResult:
         out = chrome_trace_events(self._records, {r: f"{self.system} rank {r}" for r in range(len(self.rank_end_us))})
         if self.rate_log:
             W = len(self.rank_end_us)
-            prev = None
-            for t, rates in self.rate_log:
-                for p in range(rates.size):
-                    v = float(rates[p])
-                    if prev is None or prev[p] != v:
-                        out.append({"ph": "C", "name": f"{PORT_KINDS[p // W]} GB/s", "pid": p % W, "ts": t,
-                                    "args": {"GB/s": round(v, 3)}})
-                prev = rates
+            for t, ports, rates in self.rate_log:  # only the ports whose rate changed at t
+                for p, v in zip(ports.tolist(), rates.tolist(), strict=True):
+                    out.append({"ph": "C", "name": f"{PORT_KINDS[p // W]} GB/s", "pid": p % W, "ts": t,
+                                "args": {"GB/s": round(v, 3)}})
         return {"traceEvents": out,
                 "otherData": {"system": self.system, **{k: str(v) for k, v in self.config.items()}}}
 

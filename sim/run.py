@@ -33,6 +33,7 @@ from sim.result import SimResult, build_result, config_of
 # What a simulation costs, per recorded event and per transfer (this project's 2-core CPU: results/sim_speed;
 # a Python tuple of 9 fields plus its floats, a flow record), and how fast the comet system runs (events / s).
 EVENT_BYTES, FLOW_BYTES, EVENTS_PER_S = 300, 250, 50_000
+RATE_ENTRY_BYTES = 300  # a rate-log entry: a tuple and two small numpy arrays
 
 # Policy fields the Plan's tables do not depend on (the simulator reads them at run time).
 RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm")
@@ -54,7 +55,7 @@ def estimate_cost(model: ModelConfig, parallel: ParallelConfig, tokens: int, pol
                   record: bool = True) -> tuple[float, float]:
     """(bytes, seconds) a plan of `tokens` tokens and one simulation of it need, estimated from the Plan's
     bounds: the tables at their building peak (twice their size), the event records, one flow per transfer
-    and, when recording, the link rates logged at every change (4 W ports each)."""
+    and, when recording, the link rates logged at every change (the ports that changed)."""
     pol = policy or Policy()
     b = plan_bounds(tokens, model, parallel, pol)
     W = parallel.world_size
@@ -63,8 +64,9 @@ def estimate_cost(model: ModelConfig, parallel: ParallelConfig, tokens: int, pol
     transfers = W * (b["C0"] + b["C1"] * col1)
     events = W * b["B"] * (col0 + col1) + transfers
     nbytes = 2 * plan_table_bytes(tokens, model, parallel, pol) + EVENT_BYTES * events + FLOW_BYTES * transfers
-    if record:
-        nbytes += 8 * 4 * W * transfers
+    if record:  # the rate log: about one entry per transfer, holding the ports whose rate changed (measured
+        # 0.3-0.8 W of them per transfer at 8-32 GPUs: W counted here), 16 bytes each, ~300 bytes of entry
+        nbytes += (16 * W + RATE_ENTRY_BYTES) * transfers
     return float(nbytes), events / EVENTS_PER_S
 
 

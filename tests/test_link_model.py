@@ -46,3 +46,34 @@ def test_link_network_matches_plain_max_min(seed):
                                    cap=t["cap_gbps"] * GBPS) for t in transfers], port_cap)
     assert got == pytest.approx(ref, rel=1e-9)
     assert sorted(f[5] for f in net.flows) == sorted(got)  # the flow log holds the same finish times
+
+
+def test_rate_log_keeps_only_the_ports_that_changed():
+    """The first entry holds every port; later ones only ports whose rate moved; forward-filled, the log's rates
+    integrate to each port's bytes."""
+    hw = toy_hardware(link_gbps=1.0, nic_gbps=0.5, ranks_per_node=2)
+    env = simpy.Environment()
+    net = LinkNetwork(env, ParallelConfig(ep=4), hw, record_rates=True)
+    rng = random.Random(3)
+
+    def start(s, d, t, nbytes):
+        yield env.timeout(t)
+        yield net.transfer(s, d, nbytes, rng.choice([math.inf, 0.4]))
+
+    for _ in range(30):
+        s = rng.randrange(4)
+        env.process(start(s, rng.choice([q for q in range(4) if q != s]), rng.uniform(0, 300), rng.uniform(10, 500)))
+    env.run()
+    log = net.rate_log
+    assert log[0][1].tolist() == list(range(net.P))
+    last = dict(zip(log[0][1].tolist(), log[0][2].tolist(), strict=True))
+    moved = [0.0] * net.P
+    t_prev = log[0][0]
+    for t, ports, rates in log[1:]:
+        for p in range(net.P):
+            moved[p] += last[p] * (t - t_prev)
+        assert len(ports) > 0 and all(last[p] != v for p, v in zip(ports.tolist(), rates.tolist(), strict=True))
+        last.update(zip(ports.tolist(), rates.tolist(), strict=True))
+        t_prev = t
+    assert all(v == 0.0 for v in last.values())  # everything is through
+    assert [m * GBPS for m in moved] == pytest.approx(net.port_bytes.tolist(), rel=1e-9, abs=1e-6)
