@@ -124,13 +124,14 @@ def heartbeat(label: str, every_s: float = 5.0, stream=sys.stderr):
 
 def format_table(rows: list[dict], header: str) -> str:
     comet = next((r for r in rows if r["system"] == "comet"), None)
-    lines = [header, f"{'system':<11} {'total us':>9} {'layer0 us':>10} {'layer1 us':>10} {'comet speedup':>14} "
+    w = max([len("system")] + [len(r["system"]) for r in rows])  # the paper's names are long (megatron-cutlass)
+    lines = [header, f"{'system':<{w}} {'total us':>9} {'layer0 us':>10} {'layer1 us':>10} {'comet speedup':>14} "
                      f"{'hidden comm':>12}"]
     for r in rows:
         speed = f"{r['latency_us'] / comet['latency_us']:.2f}x" if comet else "-"
         hidden = r["hidden_comm_fraction"]
         hidden_s = "-" if hidden != hidden else f"{100 * hidden:.1f}%"
-        lines.append(f"{r['system']:<11} {r['latency_us']:>9.1f} {r['layer0_us']:>10.1f} {r['layer1_us']:>10.1f} "
+        lines.append(f"{r['system']:<{w}} {r['latency_us']:>9.1f} {r['layer0_us']:>10.1f} {r['layer1_us']:>10.1f} "
                      f"{speed:>14} {hidden_s:>12}")
     return "\n".join(lines)
 
