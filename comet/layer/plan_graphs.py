@@ -29,6 +29,8 @@ class _Entry:
 
 
 class PlanGraphs:
+    """make_plan for fixed model, parallelism and ranks, as graph replays keyed by the routing's shape."""
+
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, ranks: list[int], max_graphs: int = MAX_GRAPHS):
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
@@ -51,6 +53,8 @@ class PlanGraphs:
             entry = self._capture(routing, hardware, policy, backend)
             self._entries[key] = entry
             if len(self._entries) > self.max_graphs:
+                # safe to free: torch.cuda.graph synchronised the device before this capture, so no kernel
+                # still reads the evicted plan's tables
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
