@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import math
 import sys
 from pathlib import Path
@@ -144,14 +145,20 @@ def csv_path(name: str, hw: str = defaults.SIM_HARDWARE, backend: str = "sim", d
     return (QUICK_RESULTS if quick else RESULTS) / name / f"{Path(hw).stem}-{backend}_{date}.csv"
 
 
+def _without_wall_clock(csv_text: str) -> str:
+    df = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
+    return df.drop(columns=[c for c in df.columns if c.endswith("wall_s")]).to_csv(index=False)
+
+
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
     """Write df to path, unless the newest CSV of the same experiment, hardware and backend (an earlier date)
-    already holds exactly these rows: then that file is kept and returned, so re-running the main job leaves
-    tracked results unchanged unless their content changed."""
+    already holds exactly these rows, wall-clock columns (`*wall_s`: how long this machine took) aside: then
+    that file is kept and returned, so re-running the main job leaves tracked results unchanged unless their
+    content changed."""
     text = df.to_csv(index=False, float_format="%.6g")
     prefix = path.name.rsplit("_", 1)[0]
     earlier = sorted(path.parent.glob(f"{prefix}_*.csv"))
-    if earlier and earlier[-1].read_text() == text:
+    if earlier and _without_wall_clock(earlier[-1].read_text()) == _without_wall_clock(text):
         return earlier[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

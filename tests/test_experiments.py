@@ -241,6 +241,13 @@ def test_unchanged_results_keep_their_file(tmp_path):
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["h800-sim_2026-01-01.csv"]
     changed = common.write_csv(df.assign(b=[0.5, 0.3]), tmp_path / "x" / "h800-sim_2026-03-03.csv")
     assert changed.name == "h800-sim_2026-03-03.csv" and changed.exists()
+    # how long the run took is no result: a new wall clock alone keeps the file and its bytes
+    timed = df.assign(b=[0.5, 0.3], sim_wall_s=[1.0, 2.0])
+    first = common.write_csv(timed, tmp_path / "y" / "h800-sim_2026-01-01.csv")
+    text = first.read_text()
+    assert common.write_csv(timed.assign(sim_wall_s=[3.0, 4.0]), tmp_path / "y" / "h800-sim_2026-01-01.csv") == first
+    assert first.read_text() == text
+    assert common.write_csv(timed.assign(a=[1, 3]), tmp_path / "y" / "h800-sim_2026-04-04.csv").exists()
 
 
 def test_figures_are_rewritten_only_when_they_change(tmp_path):
