@@ -27,81 +27,11 @@ modelled: the SMs NCCL's kernels take from a concurrent GEMM (optimistic for `ch
 
 from __future__ import annotations
 
-from comet.core.events import TRACK_NCCL, K
 from comet.core.plan import Plan
+from sim.collectives import GroupCollective
 from sim.engine import SystemSim, grouped_gemm_tiles
-from sim.hardware_model import INF
 from sim.options import SimOptions
 from sim.workload import chunk_work
-
-
-class _Collective:
-    """One NCCL-style collective over all ranks: `pair_bytes[s][d]` bytes from rank s to rank d."""
-
-    def __init__(self, sim: StagedSim, kind: str, layer: int, pair_bytes: list[list[float]]):
-        self.sim, self.kind, self.layer, self.pair = sim, kind, layer, pair_bytes
-        W = sim.W
-        env = sim.env
-        self.joined = [None] * W  # (time, cause) when each rank joins
-        self.n_joined = 0
-        self.done = [env.event() for _ in range(W)]
-
-    def join(self, r: int, cause: int):
-        """Rank r joins; returns the event that fires (value: record index) when its part is done."""
-        self.joined[r] = (self.sim.env.now, cause)
-        self.n_joined += 1
-        if self.n_joined == self.sim.W:
-            self.sim.env.process(self._run())
-        return self.done[r]
-
-    def _run(self):
-        sim = self.sim
-        env, net, W = sim.env, sim.net, sim.W
-        t0 = env.now
-        last = max(range(W), key=lambda q: (self.joined[q][0], q))
-        last_cause = self.joined[last][1]
-        fixed = []
-        for r in range(W):
-            tj, c = self.joined[r]
-            if tj < t0:
-                c = sim.record(r, TRACK_NCCL, K["sync_wait"], self.layer, tj, t0, cause=last_cause)
-            fixed.append(c)
-        yield env.timeout(sim.hw.collective_overhead_us)
-        t1 = env.now
-        fixed = [sim.record(r, TRACK_NCCL, K["collective_fixed"], self.layer, t0, t1, cause=fixed[r])
-                 for r in range(W)]
-        pending = [0] * W
-        lat = [0.0] * W
-        sent = [0.0] * W
-        flows = []
-        for s in range(W):
-            for d in range(W):
-                b = self.pair[s][d]
-                if s != d and b > 0:
-                    flows.append((s, d, net.transfer(s, d, b, INF)))
-                    pending[s] += 1
-                    pending[d] += 1
-                    sent[s] += b
-                    for q in (s, d):
-                        lat[q] = max(lat[q], net.latency_us(s, d))
-        for r in range(W):
-            if pending[r] == 0:
-                self._finish(r, t1, fixed[r], sent[r])
-        for s, d, ev in flows:
-            if ev.callbacks is not None:
-                yield ev
-            for q in (s, d):
-                pending[q] -= 1
-                if pending[q] == 0:
-                    env.process(self._land(q, t1, lat[q], fixed[q], sent[q]))
-
-    def _land(self, r, t1, lat, cause, sent):
-        yield self.sim.env.timeout(lat)
-        self._finish(r, t1, cause, sent)
-
-    def _finish(self, r, t1, cause, sent):
-        idx = self.sim.record(r, TRACK_NCCL, K[self.kind], self.layer, t1, self.sim.env.now, sent, cause=cause)
-        self.done[r].succeed(idx)
 
 
 class StagedSim(SystemSim):
@@ -118,10 +48,13 @@ class StagedSim(SystemSim):
         floor = options.memory_floor
         self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
         self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
-        self.dispatch = [_Collective(self, "dispatch", 0, [[self.chunks[d][q].recv_bytes_W[s] for d in range(W)]
-                                                           for s in range(W)]) for q in range(Q)]
-        self.combine = [_Collective(self, "combine", 1, [[self.chunks[s][q].send_bytes_W[d] for d in range(W)]
-                                                         for s in range(W)]) for q in range(Q)]
+        ranks = list(range(W))  # every rank, NCCL holding no SM (a bound)
+        self.dispatch = [GroupCollective(self, "dispatch", 0, ranks, {(s, d): self.chunks[d][q].recv_bytes_W[s]
+                                                                      for s in ranks for d in ranks})
+                         for q in range(Q)]
+        self.combine = [GroupCollective(self, "combine", 1, ranks, {(s, d): self.chunks[s][q].send_bytes_W[d]
+                                                                    for s in ranks for d in ranks})
+                        for q in range(Q)]
         owner, slots = plan.token_owner_M.numpy(), plan.token_num_slots_M.numpy()
         # the owner reads every partial-sum slot of its tokens and writes one row per token
         self.combine_bytes = [float(slots[owner == r].sum() + (owner == r).sum()) * self.row_bytes
