@@ -101,11 +101,7 @@ class PipelinedSim(FrameworkSim):
         cause = yield from self.memory_step(r, "permute", 0, 2 * pairs * rb, cause)
         self.permuted[r].succeed(cause)
         for q in range(Q):
-            for step in self.dispatch[q]:
-                ev = step[r].done[r]
-                if ev.callbacks is not None:
-                    yield ev
-                    cause = ev.value
+            cause = yield from self._wait_steps(self.dispatch[q], r, cause)
             rows_E = self.rows_QE[r][q]
             rows = float(rows_E.sum())
             cause = yield from self.expert_gemm(r, 0, rows_E, cause)
@@ -116,14 +112,21 @@ class PipelinedSim(FrameworkSim):
             cause = yield from self.expert_gemm(r, 1, rows_E, cause)
             self.computed[r][q].succeed(cause)
         for q in range(Q):
-            for step in self.combine[q]:
-                ev = step[r].done[r]
-                if ev.callbacks is not None:
-                    yield ev
-                    cause = ev.value
+            cause = yield from self._wait_steps(self.combine[q], r, cause)
         nbytes = pairs * rb + float(self.owned_tokens_W[r]) * rb  # read every returned row, write one per token
         cause = yield from self.memory_step(r, "unpermute", 1, nbytes, cause)
         self.end[r] = env.now
+
+    @staticmethod
+    def _wait_steps(steps, r: int, cause: int):
+        """Wait until rank r's part of every step's collective is done (the comm stream runs them); returns the
+        record index of the last part it had to wait for, else `cause`."""
+        for step in steps:
+            ev = step[r].done[r]
+            if ev.callbacks is not None:
+                yield ev
+                cause = ev.value
+        return cause
 
     def _comm_stream(self, r: int):
         ev = self.permuted[r]
