@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
 from comet.core.ownership import owned_range
 from kernels.signals import finish_program, wait_flag
 
@@ -26,7 +27,7 @@ _WAIT_COMBINE = tl.constexpr(4)  # kernels.signals.WAIT_COMBINE
 GPU_REDUCE_TOKENS, SMALL_REDUCE_TOKENS = 32, 16
 
 
-@triton.jit(do_not_specialize=["max_spin"])
+@jit(specialise=("comb_ptr", "out_ptr", "D_OUT", "stride_om"))
 def _combine_reduce_kernel(
     comb_ptr, sflags_ptr, flags_ptr, status_ptr, out_ptr, num_slots_ptr, expected_ptr,
     rank, world, first_tok, n_own, D_OUT, slots, col_max, max_spin, comb_flag_off, red_done_off,

@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
 from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
 from kernels.activations import ACTIVATIONS, apply_activation
@@ -118,7 +119,8 @@ def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn,
     return acc
 
 
-@triton.jit(do_not_specialize=["epoch", "max_spin", "trace_slots"])
+@jit(specialise=("recv_ptr", "b_ptr", "c_ptr", "D_IN", "D_OUT", "up_col", "stride_rm", "stride_be", "stride_bk",
+                  "stride_bn", "stride_cm"))
 def _fused_layer0_kernel(
     # pointers: this rank's receive buffer, the peer table of receive buffers, weights, output, flags
     recv_ptr, recv_peers_ptr, b_ptr, b_desc, c_ptr, flags_ptr, status_ptr,

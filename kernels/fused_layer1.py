@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
 from comet.core.policy import check_kernel_tile
 from kernels.fused_layer0 import tile_matmul
 from kernels.fused_layer1_comm import comm_pipelined, first_owned_token
@@ -49,7 +50,8 @@ _REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["max_spin", "trace_slots"])
+@jit(specialise=("a_ptr", "b_ptr", "y_ptr", "comb_ptr", "D_IN", "D_OUT", "stride_am", "stride_be", "stride_bk",
+                  "stride_bn", "stride_ym"))
 def _fused_layer1_kernel(
     # pointers
     a_ptr, a_desc, b_ptr, b_desc, y_ptr, comb_ptr, flags_ptr, status_ptr, comb_peers_ptr, sflag_peers_ptr,

@@ -75,6 +75,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from comet.core.jit import jit
 from kernels.activations import (
     ACTIVATIONS,
     FAST_GELU_K,
@@ -542,7 +543,7 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
     tma.store_wait(pendings=0)
 
 
-@gluon.jit
+@jit(specialise=("c_ptr", "a_ptr", "ws_ptr", "D_IN", "D_OUT", "up_col", "stride_am", "stride_cm"), decorator=gluon.jit)
 def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr,

@@ -47,6 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
 from comet.core.policy import check_kernel_tile
 from kernels import gluon_host
 from kernels.activations import ACTIVATIONS, apply_activation
@@ -107,7 +108,8 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------- kernel
-@triton.jit
+@jit(specialise=("a_ptr", "b_ptr", "c_ptr", "D_IN", "D_OUT", "up_col", "stride_am", "stride_ak", "stride_be",
+                  "stride_bk", "stride_bn", "stride_cm", "stride_cn"))
 def _grouped_gemm_kernel(
     # pointers
     a_ptr, a_desc, a_row_ptr, b_ptr, b_desc, c_ptr, c_desc,

@@ -13,10 +13,12 @@ import torch
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
+
 _BLOCK_R = 16
 
 
-@triton.jit
+@jit(specialise=("x_ptr", "out_ptr", "D", "stride_x", "stride_out"))
 def _gather_rows_kernel(x_ptr, rows_ptr, out_ptr, n_rows, D, stride_x, stride_out,
                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)

@@ -21,10 +21,10 @@ import os
 import warnings
 
 import torch
-import triton
 import triton.language as tl
 
 from comet.core.config import ModelConfig, ParallelConfig
+from comet.core.jit import jit
 from kernels.signals import STATUS_LEN, wait_flag
 from kernels.workspace import DEFAULT_MAX_SPIN, RankBuffers, Workspace
 
@@ -33,7 +33,7 @@ NVLS_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "N
 _ALIGN = 512
 
 
-@triton.jit(do_not_specialize=["max_spin"])
+@jit()
 def _barrier_kernel(sflag_peers_ptr, sflags_ptr, status_ptr, count_ptr, rank, world, barrier_off, max_spin):
     # --- this barrier's value: a per-rank counter in device memory (no host counter: CUDA-graph replays
     # advance it too); every rank passes the same barriers, so the counters agree

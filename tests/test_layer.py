@@ -356,6 +356,39 @@ def test_gpu_three_systems_bf16(ep, tp, act):
     layer.check()
 
 
+def _compiled_variants() -> dict[str, int]:
+    """Compiled variants of every Triton / Gluon kernel the layer launches, by name (the JIT caches)."""
+    import importlib
+
+    from triton.runtime.jit import JITFunction
+    counts = {}
+    for name in ("comet.core.planner_kernels", "kernels.fused_layer0", "kernels.fused_layer1", "kernels.combine",
+                 "kernels.symm", "kernels.grouped_gemm", "kernels.row_gather", "kernels.gluon_gemm"):
+        for attr, fn in vars(importlib.import_module(name)).items():
+            if isinstance(fn, JITFunction) and fn.device_caches:
+                counts[f"{name}.{attr}"] = sum(len(c[0]) for c in fn.device_caches.values())
+    return counts
+
+
+@pytest.mark.gpu
+def test_gpu_new_token_counts_compile_nothing():
+    """After one call, new token counts (odd, divisible by 16, one token) and every rank's plan compile no new
+    kernel variant: no recompiling per shape, and no minutes-long first calls (comet/core/jit.py)."""
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=2, layers=1, activation="swiglu")
+    layer, w = _gpu_layer(model, ParallelConfig(ep=4), cap=4096)
+    x = random_tokens(4096, 512, seed=0, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        layer(x[:1000])
+        torch.cuda.synchronize()
+        before = _compiled_variants()
+        for M in (700, 1003, 4096, 2048, 1):
+            out = layer(x[:M])
+            assert_close(out, _gpu_reference(layer, w, x[:M]), torch.bfloat16, f"M={M}")
+    after = _compiled_variants()
+    assert before and after == before, {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+    layer.check()
+
+
 def _capture_and_replay(layer, w, x, replays: int, what: str) -> None:
     """Capture layer(x) once, then replay on new values of x (new routing each time) against the reference."""
     g = torch.cuda.CUDAGraph()

@@ -1,12 +1,16 @@
 """The triton planner's six kernels (comet/core/planner_triton.py launches them and says what each does).
 One program per token block, row block, tile block or chunk block; every output element is written by one
-program, no atomics. Shape letters: docs/SHAPES.md; the conventions of the tables: comet/core/plan.py."""
+program, no atomics. Shape letters: docs/SHAPES.md; the conventions of the tables: comet/core/plan.py.
+No runtime argument is specialised (comet/core/jit.py): the kernels are launch-bound, and a new token count,
+rank or table offset compiles nothing; the binary searches take their step counts at run time for the same
+reason."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from comet.core.jit import jit
 from comet.core.routing import BAD_WEIGHT, OUT_OF_RANGE, REPEATED
 
 # 0-d counts, one int64 vector per rank: their index in it
@@ -63,7 +67,7 @@ def _token_sums(i, k, ok, grp, local, g, KP: tl.constexpr):
     return n_loc, first, n_grp, before
 
 
-@triton.jit
+@jit()
 def _count(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, hist_ptr, blk_ptr, hgrp_ptr, errt_ptr, errb_ptr,
            owner_ptr, slots_ptr, M, J, E, E_loc, g, r, W, TP, lo_r, m_r,
            SHARED: tl.constexpr, ALL_GATHER: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr,
@@ -99,7 +103,7 @@ def _count(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, hist_ptr, blk_ptr, hgrp_ptr, 
         tl.store(slots_ptr + t, n_grp * TP, mask=leader)
 
 
-@triton.jit
+@jit()
 def _scan(hist_ptr, blk_ptr, hgrp_ptr, errt_ptr, errb_ptr, cnt_ptr, scal_ptr, expected_ptr, err_ptr,
           P, E_loc, M, W, TP, n_eb, SHARED: tl.constexpr, BP: tl.constexpr, BE: tl.constexpr, GB: tl.constexpr,
           WB: tl.constexpr):
@@ -147,7 +151,7 @@ def _scan(hist_ptr, blk_ptr, hgrp_ptr, errt_ptr, errb_ptr, cnt_ptr, scal_ptr, ex
             tl.store(err_ptr + two, tl.where(two == 0, tl.where(found, eb, 0), tl.where(found, tmin, 0)))
 
 
-@triton.jit
+@jit()
 def _experts(cnt_ptr, off_ptr, cumnb_ptr, scal_ptr, E_loc, BM, C0, C1, EB: tl.constexpr):
     ev = tl.arange(0, EB)
     em = ev < E_loc
@@ -162,7 +166,7 @@ def _experts(cnt_ptr, off_ptr, cumnb_ptr, scal_ptr, E_loc, BM, C0, C1, EB: tl.co
     tl.store(scal_ptr + where, tl.where(c == 0, n_rb * C0, tl.where(c == 1, n_rb * C1, n_rb)), mask=c < 3)
 
 
-@triton.jit
+@jit()
 def _scatter(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, hist_ptr, blk_ptr, off_ptr, scal_ptr,
              row_token_ptr, row_slot_ptr, row_src_ptr, row_weight_ptr, by_send_ptr, send_token_ptr,
              send_dest_ptr, send_slot_ptr, send_start_ptr, send_end_ptr, recv_ptr,
@@ -220,11 +224,11 @@ def _scatter(ids_ptr, w_ptr, s_im, s_ik, s_wm, s_wk, hist_ptr, blk_ptr, off_ptr,
 
 
 @triton.jit
-def _count_le(a_ptr, n, x, STEPS: tl.constexpr):
+def _count_le(a_ptr, n, x, steps):
     """#{i < n : a[i] <= x} for a nondecreasing a (searchsorted right), elementwise over x."""
-    lo = tl.zeros_like(x)
+    lo = tl.zeros_like(x).to(tl.int64)  # a loop-carried value keeps one type
     hi = lo + n
-    for _ in tl.static_range(STEPS):
+    for _ in range(steps):
         active = lo < hi
         mid = (lo + hi) // 2
         go = active & (tl.load(a_ptr + mid, mask=active, other=0) <= x)
@@ -234,11 +238,11 @@ def _count_le(a_ptr, n, x, STEPS: tl.constexpr):
 
 
 @triton.jit
-def _pos_below(a_ptr, n, q, r, M, W, IS_TOKEN: tl.constexpr, STEPS: tl.constexpr):
+def _pos_below(a_ptr, n, q, r, M, W, steps, IS_TOKEN: tl.constexpr):
     """#{i < n : arrival pos of a[i] < q} for a sorted by arrival pos (a: token ids or owner ranks)."""
-    lo = tl.zeros_like(q)
+    lo = tl.zeros_like(q).to(tl.int64)
     hi = lo + n
-    for _ in tl.static_range(STEPS):
+    for _ in range(steps):
         active = lo < hi
         mid = (lo + hi) // 2
         v = tl.load(a_ptr + mid, mask=active, other=0)
@@ -251,9 +255,9 @@ def _pos_below(a_ptr, n, q, r, M, W, IS_TOKEN: tl.constexpr, STEPS: tl.constexpr
 
 
 @triton.jit
-def _row_block(b, cumnb_ptr, off_ptr, E_loc, BM, E_STEPS: tl.constexpr):
+def _row_block(b, cumnb_ptr, off_ptr, E_loc, BM, e_steps):
     """(local expert, first row, end row) of row blocks b: BM rows of one expert, expert-major."""
-    e = tl.minimum(_count_le(cumnb_ptr, E_loc, b, E_STEPS), E_loc - 1)
+    e = tl.minimum(_count_le(cumnb_ptr, E_loc, b, e_steps), E_loc - 1)
     j = b - tl.load(cumnb_ptr + e - 1, mask=e > 0, other=0)
     start = tl.load(off_ptr + e) + j * BM
     return e, start, tl.minimum(start + BM, tl.load(off_ptr + e + 1))
@@ -261,11 +265,11 @@ def _row_block(b, cumnb_ptr, off_ptr, E_loc, BM, E_STEPS: tl.constexpr):
 
 @triton.jit
 def _chunk_table(a_ptr, n, cb, r, M, W, rows, C_max, src_ptr, start_ptr, end_ptr, per_src_ptr, num_ptr,
-                 IS_TOKEN: tl.constexpr, WB: tl.constexpr, BC: tl.constexpr, STEPS: tl.constexpr):
+                 steps, IS_TOKEN: tl.constexpr, WB: tl.constexpr, BC: tl.constexpr):
     """Chunks cb*BC.. of <= rows entries of a (sorted by arrival pos), never spanning two positions."""
     q = tl.arange(0, WB)
-    lb = _pos_below(a_ptr, n, q, r, M, W, IS_TOKEN, STEPS)
-    cnt = tl.where(q < W, _pos_below(a_ptr, n, q + 1, r, M, W, IS_TOKEN, STEPS) - lb, 0)
+    lb = _pos_below(a_ptr, n, q, r, M, W, steps, IS_TOKEN)
+    cnt = tl.where(q < W, _pos_below(a_ptr, n, q + 1, r, M, W, steps, IS_TOKEN) - lb, 0)
     per = (cnt + rows - 1) // rows
     cum = tl.cumsum(per, 0)
     n_chunks = tl.sum(per, 0)
@@ -287,19 +291,18 @@ def _chunk_table(a_ptr, n, cb, r, M, W, rows, C_max, src_ptr, start_ptr, end_ptr
     tl.store(num_ptr + q, n_chunks + tl.zeros_like(q), mask=(q == 0) & (q * 0 + cb == 0))
 
 
-@triton.jit
+@jit()
 def _blocks(cumnb_ptr, off_ptr, scal_ptr, row_src_ptr, rb_ptr, B_max,
             l1e_ptr, l1s_ptr, l1end_ptr, l1c_ptr, C1,
             recv_ptr, c0src_ptr, c0s_ptr, c0e_ptr, per_src_ptr, C0_max, send_dest_ptr, c1s_ptr, c1e_ptr, C1_max,
-            E_loc, BM, r, M, W, rows, n_stat, n_l1,
-            BB: tl.constexpr, BMP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, WB: tl.constexpr,
-            E_STEPS: tl.constexpr, U_STEPS: tl.constexpr):
+            E_loc, BM, r, M, W, rows, n_stat, n_l1, e_steps, u_steps,
+            BB: tl.constexpr, BMP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
     n_rb = tl.load(scal_ptr + SC_PERCOL)
     if pid < n_stat:  # row blocks: sources (bit mask, count) and max arrival pos of their rows
         b = pid * BB + tl.arange(0, BB)
         vb = b < n_rb
-        e, start, end = _row_block(b, cumnb_ptr, off_ptr, E_loc, BM, E_STEPS)
+        e, start, end = _row_block(b, cumnb_ptr, off_ptr, E_loc, BM, e_steps)
         ri = start[:, None] + tl.arange(0, BMP)[None, :]
         rm = vb[:, None] & (ri < end[:, None])
         src = tl.load(row_src_ptr + ri, mask=rm, other=0)
@@ -316,7 +319,7 @@ def _blocks(cumnb_ptr, off_ptr, scal_ptr, row_src_ptr, rb_ptr, B_max,
         t1 = (pid - n_stat) * BL + tl.arange(0, BL)
         nrb1 = tl.maximum(n_rb, 1)
         ok = t1 < n_rb * C1
-        e, start, end = _row_block(t1 % nrb1, cumnb_ptr, off_ptr, E_loc, BM, E_STEPS)
+        e, start, end = _row_block(t1 % nrb1, cumnb_ptr, off_ptr, E_loc, BM, e_steps)
         tm = t1 < B_max * C1
         tl.store(l1e_ptr + t1, tl.where(ok, e, -1), mask=tm)
         tl.store(l1s_ptr + t1, tl.where(ok, start, -1), mask=tm)
@@ -327,13 +330,13 @@ def _blocks(cumnb_ptr, off_ptr, scal_ptr, row_src_ptr, rb_ptr, B_max,
         n0 = (C0_max + BC - 1) // BC
         if cb < n0:
             _chunk_table(recv_ptr, tl.load(scal_ptr + SC_RECV), cb, r, M, W, rows, C0_max, c0src_ptr, c0s_ptr,
-                         c0e_ptr, per_src_ptr, scal_ptr + SC_L0C, True, WB, BC, U_STEPS)
+                         c0e_ptr, per_src_ptr, scal_ptr + SC_L0C, u_steps, True, WB, BC)
         else:
             _chunk_table(send_dest_ptr, tl.load(scal_ptr + SC_SENDS), cb - n0, r, M, W, rows, C1_max, c0src_ptr,
-                         c1s_ptr, c1e_ptr, per_src_ptr, scal_ptr + SC_L1C, False, WB, BC, U_STEPS)
+                         c1s_ptr, c1e_ptr, per_src_ptr, scal_ptr + SC_L1C, u_steps, False, WB, BC)
 
 
-@triton.jit
+@jit()
 def _l0_tiles(rb_ptr, scal_ptr, B_max, e_ptr, s_ptr, end_ptr, col_ptr, mask_ptr, C0, W, GM,
               ORDER: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BCOL: tl.constexpr, BPAD: tl.constexpr):
     pid = tl.program_id(0)
