@@ -132,9 +132,11 @@ def main(argv=None):
                              "host_us_per_rank": round(host_us / n, 1),
                              "kernel_us_per_rank": kernel_us if kernel_us < 0 else round(kernel_us / n, 1),
                              "launches_per_rank": launches if launches < 0 else round(launches / n, 2)})
+                split = (f"(host {host_us / n:7.1f}, kernels {kernel_us / n:7.1f})" if kernel_us >= 0
+                         else "(no kernels)")  # torch ops on the CPU: nothing to split or count
+                launched = f"{rows[-1]['launches_per_rank']:>7} launches/rank" if launches >= 0 else ""
                 print(f"{a.device:5} {backend:6} {name:15} EP={ep} M={M:6} {label:9} {ms:8.3f} ms "
-                      f"{1e3 * ms / n:9.1f} us/rank (host {host_us / n:7.1f}, kernels {kernel_us / n:7.1f}) "
-                      f"{rows[-1]['launches_per_rank']:>7} launches/rank")
+                      f"{1e3 * ms / n:9.1f} us/rank {split} {launched}".rstrip())
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         hw = "cpu" if a.device == "cpu" else torch.cuda.get_device_name(0).split()[-1].lower()

@@ -310,30 +310,36 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
             raise ValueError(f"rank {r} out of range for world size {W}")
     if backend == "auto":
         backend = "triton" if ids.is_cuda else "torch"
-    if backend == "torch" and not ids.is_cuda:
-        routing.check_entries()  # the CPU path: raise at once (one host sync)
+    checked = backend == "torch" and not ids.is_cuda
+    if checked:
+        routing.check_entries()  # the CPU path: raise at once (one host sync); then nothing is dropped
     bounds = plan_bounds(M, model, parallel, policy)
     if backend == "triton" and rank_list:
         from comet.core.planner_triton import plan_ranks  # deferred: Triton is heavy and optional here
 
         owner, num_slots, error, rank_plans = plan_ranks(routing, model, parallel, policy, rank_list, bounds)
     else:
-        owner, num_slots, error, rank_plans = _plan_torch(routing, model, parallel, policy, rank_list, bounds)
+        owner, num_slots, error, rank_plans = _plan_torch(routing, model, parallel, policy, rank_list, bounds,
+                                                          checked=checked)
     return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
                 token_owner_M=owner, token_num_slots_M=num_slots, ranks=rank_plans,
                 buffers=buffer_sizes(M, model, parallel, policy), routing_error=error)
 
 
 def _plan_torch(routing: Routing, model: ModelConfig, parallel: ParallelConfig, policy: Policy,
-                rank_list: list[int], bounds: dict):
+                rank_list: list[int], bounds: dict, checked: bool = False):
     """The torch planner: (token_owner_M, token_num_slots_M, routing_error, rank plans). Bad entries
-    (routing_problems_MJ) are dropped: their id becomes E, which is no rank's expert and no EP group's."""
+    (routing_problems_MJ) are dropped: their id becomes E, which is no rank's expert and no EP group's.
+    checked: the caller has checked the routing (Routing.check_entries): there is nothing to drop."""
     ids, w = routing.topk_ids_MJ, routing.topk_weights_MJ
     M, E, W = ids.shape[0], model.experts_E, parallel.world_size
     E_loc = E // parallel.ep
-    bits_MJ = routing_problems_MJ(ids, w, E)  # once: the error and the dropping both read it
-    error = first_problem(bits_MJ)
-    ids = torch.where(bits_MJ != 0, E, ids)
+    if checked:
+        error = torch.zeros(2, dtype=torch.int64, device=ids.device)
+    else:
+        bits_MJ = routing_problems_MJ(ids, w, E)  # once: the error and the dropping both read it
+        error = first_problem(bits_MJ)
+        ids = torch.where(bits_MJ != 0, E, ids)
     owner = token_owner(M, W, ids.device)
     # token_groups with one more column for the dropped entries (id E), cut off again
     groups_MG = token_groups(ids, E_loc, parallel.ep + 1)[:, :parallel.ep]
