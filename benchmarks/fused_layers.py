@@ -130,7 +130,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     h_ref = torch.empty(rp.row_token_R.numel(), plan.ffn_local, device="cuda", dtype=torch.bfloat16)
 
     def gemm0():
-        gg.grouped_gemm_layer0(plan, r0, recv0, w0, out_RK=h_ref, b_tma=True)
+        gg.grouped_gemm_layer0(plan, r0, recv0, w0, out_RK=h_ref)  # A, B through TMA where allowed
 
     def seq0():
         for s, idx in by_src:
@@ -181,7 +181,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     moved1 = sum(int(s.numel()) for _, s, _ in dests) * N * 2
 
     def gemm1():
-        gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y_ref, b_tma=True, a_tma=True)
+        gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y_ref)
 
     def seq1():
         gemm1()
