@@ -198,9 +198,17 @@ def main(module, argv=None) -> Path:
     if a.backend == "gpu":
         gpu_backend(module.NAME)
     df = run(module, quick=a.quick, hw=a.hw, jobs=a.jobs)
-    path = write_csv(df, a.out or csv_path(module.NAME, a.hw, a.backend, a.date, quick=a.quick))
-    print(f"wrote {path} ({len(df)} rows)")
+    wanted = a.out or csv_path(module.NAME, a.hw, a.backend, a.date, quick=a.quick)
+    path = write_csv(df, wanted)
+    print(written_message(path, wanted, len(df)))
     return path
+
+
+def written_message(path: Path, wanted: Path, rows: int) -> str:
+    """What write_csv did: wrote `wanted`, or kept the earlier file `path` that holds the same rows."""
+    if Path(path) == Path(wanted):
+        return f"wrote {path} ({rows} rows)"
+    return f"kept {path} ({rows} rows): this run's rows are the same (wall-clock columns aside)"
 
 
 def entry_point(module_name: str):

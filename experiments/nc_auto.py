@@ -155,8 +155,9 @@ def main(argv=None):
         common.gpu_backend(NAME)
     t0 = time.perf_counter()
     df = run(quick=a.quick, hw=a.hw, jobs=a.jobs)
-    path = common.write_csv(df, a.out or common.csv_path(NAME, a.hw, a.backend, a.date, quick=a.quick))
-    print(f"wrote {path} ({len(df)} rows) in {time.perf_counter() - t0:.0f} s")
+    wanted = a.out or common.csv_path(NAME, a.hw, a.backend, a.date, quick=a.quick)
+    path = common.write_csv(df, wanted)
+    print(f"{common.written_message(path, wanted, len(df))} in {time.perf_counter() - t0:.0f} s")
     print(format_summary(summarise(df)))
     return path
 

@@ -55,7 +55,8 @@ def _averages_beside(ax, df, x: str, paper, quantity: str) -> None:
     lo, hi = style.paper_value(paper, quantity)
     xs = sorted(df[x].unique())
     at = xs[-1] * 2.0  # one octave past the data on the log2 axis
-    ax.vlines(at, lo, hi, color=style.PAPER_COLOR, lw=6, alpha=0.35, label=f"paper: {lo:.2f}-{hi:.2f}x (averages over M)")
+    ax.vlines(at, lo, hi, color=style.PAPER_COLOR, lw=6, alpha=0.35,
+              label=f"paper: {lo:.2f}-{hi:.2f}x (averages over M)")
     for s in style.SYSTEMS:
         g = df[df["system"] == s]
         if s == "comet" or g.empty:

@@ -239,6 +239,8 @@ def test_unchanged_results_keep_their_file(tmp_path):
     first = common.write_csv(df, tmp_path / "x" / "h800-sim_2026-01-01.csv")
     assert common.write_csv(df, tmp_path / "x" / "h800-sim_2026-02-02.csv") == first
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["h800-sim_2026-01-01.csv"]
+    assert common.written_message(first, tmp_path / "x" / "h800-sim_2026-02-02.csv", 2).startswith("kept ")
+    assert common.written_message(first, first, 2).startswith("wrote ")
     changed = common.write_csv(df.assign(b=[0.5, 0.3]), tmp_path / "x" / "h800-sim_2026-03-03.csv")
     assert changed.name == "h800-sim_2026-03-03.csv" and changed.exists()
     # how long the run took is no result: a new wall clock alone keeps the file and its bytes
@@ -250,7 +252,7 @@ def test_unchanged_results_keep_their_file(tmp_path):
     assert common.write_csv(timed.assign(a=[1, 3]), tmp_path / "y" / "h800-sim_2026-04-04.csv").exists()
 
 
-def test_figures_are_rewritten_only_when_they_change(tmp_path):
+def test_figures_are_rewritten_only_when_they_change(tmp_path, capsys):
     from paper_figures import fig10_tokens, style
 
     csv = style.latest_csv("fig10_tokens")
@@ -260,6 +262,7 @@ def test_figures_are_rewritten_only_when_they_change(tmp_path):
     time.sleep(0.01)
     fig10_tokens.main(["--csv", str(csv), "--out", str(tmp_path)])
     assert png.stat().st_mtime_ns == stamp
+    assert "kept (unchanged)" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_timeline_compare_sim_only_works_on_a_fresh_folder(tmp_path):
