@@ -215,8 +215,10 @@ def plan_table_bytes(M: int, model: ModelConfig, par: ParallelConfig, pol: Polic
     return per_rank * (par.world_size if ranks is None else ranks) + 16 * M
 
 
-def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) -> BufferSizes:
-    b = plan_bounds(M, model, par, pol)
+def buffer_sizes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy, bounds: dict | None = None
+                 ) -> BufferSizes:
+    """The symmetric and local buffers' bytes; bounds: plan_bounds(M, model, par, pol) when the caller has it."""
+    b = bounds or plan_bounds(M, model, par, pol)
     eb, N = model.dtype_bytes, model.hidden_N
     W = par.world_size
     slots = min(model.topk, par.ep) * par.tp

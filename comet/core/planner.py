@@ -323,7 +323,7 @@ def make_plan(routing: Routing, model: ModelConfig | str, parallel: ParallelConf
                                                           checked=checked)
     return Plan(model=model, parallel=parallel, hardware=hardware, policy=policy, num_tokens=M,
                 token_owner_M=owner, token_num_slots_M=num_slots, ranks=rank_plans,
-                buffers=buffer_sizes(M, model, parallel, policy), routing_error=error)
+                buffers=buffer_sizes(M, model, parallel, policy, bounds), routing_error=error)
 
 
 def _plan_torch(routing: Routing, model: ModelConfig, parallel: ParallelConfig, policy: Policy,
