@@ -37,16 +37,16 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import triton
 import triton.language as tl
 
 from comet.core.jit import jit
 from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
-from kernels.activations import ACTIVATIONS, apply_activation
+from kernels.activations import ACTIVATIONS
 from kernels.grouped_gemm import sm_count
 from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
+from kernels.tile_matmul import tile_matmul
 from kernels.timeline import (
     REC_GEMM0,
     REC_GEMM0_DIRECT,
@@ -69,56 +69,6 @@ _REC_PULL = tl.constexpr(REC_PULL)
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@triton.jit
-def tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn, b_desc, b_row, b_col, up_col,
-                D_IN, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, A_TMA: tl.constexpr, B_TMA: tl.constexpr,
-                A_CACHE: tl.constexpr):
-    """One output tile: act(sum_k A[rows, k] B[k, cols]) in fp32 (the grouped GEMM's K loop and epilogue).
-
-    a_ptrs (BLOCK_M, BLOCK_K) / b_ptrs (BLOCK_K, BLOCK_N): first K step's pointers (unused with TMA);
-    A_TMA / B_TMA: load through tensor descriptors at (a_row0, k) / (b_row + k, b_col). swiglu
-    (ACTIVATION 2): a second accumulator over the up columns (b_col + up_col). A_CACHE: cache modifier of
-    the A loads (".cg" when A was written by other programs of this launch).
-    """
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if ACTIVATION == 2:
-        b_up_ptrs = b_ptrs + up_col * stride_bn
-        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ks in range(tl.cdiv(D_IN, BLOCK_K)):
-        mask_k = offs_k < D_IN - ks * BLOCK_K
-        if A_TMA:
-            a = a_desc.load([a_row0, ks * BLOCK_K])
-        elif EVEN_K:
-            a = tl.load(a_ptrs, cache_modifier=A_CACHE)
-        else:
-            a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0, cache_modifier=A_CACHE)
-        if B_TMA:
-            b = b_desc.load([b_row + ks * BLOCK_K, b_col])
-        elif EVEN_K:
-            b = tl.load(b_ptrs)
-        else:
-            b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
-        acc = tl.dot(a, b, acc)
-        if ACTIVATION == 2:
-            if B_TMA:
-                b_up = b_desc.load([b_row + ks * BLOCK_K, b_col + up_col])
-            elif EVEN_K:
-                b_up = tl.load(b_up_ptrs)
-            else:
-                b_up = tl.load(b_up_ptrs, mask=mask_k[:, None], other=0.0)
-            acc_up = tl.dot(a, b_up, acc_up)
-            b_up_ptrs += BLOCK_K * stride_bk
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    if ACTIVATION == 2:
-        acc = apply_activation(acc, acc_up, ACTIVATION)
-    else:
-        acc = apply_activation(acc, acc, ACTIVATION)
-    return acc
-
-
 @jit(specialise=("recv_ptr", "b_ptr", "c_ptr", "D_IN", "D_OUT", "up_col", "stride_rm", "stride_be", "stride_bk",
                   "stride_bn", "stride_cm"))
 def _fused_layer0_kernel(
@@ -229,7 +179,8 @@ def _fused_layer0_kernel(
             b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
             acc = tile_matmul(a_ptrs, 1, b_desc, 0, b_ptrs, stride_bk, stride_bn, b_desc,
                               expert.to(tl.int32) * D_IN, (col * BLOCK_N).to(tl.int32), up_col, D_IN,
-                              ACTIVATION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, False, B_TMA, ".cg")
+                              tl.cdiv(D_IN, BLOCK_K), ACTIVATION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, False, B_TMA,
+                              ".cg")
             c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :])
             mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
             tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)

@@ -36,11 +36,11 @@ import triton.language as tl
 
 from comet.core.jit import jit
 from comet.core.policy import check_kernel_tile
-from kernels.fused_layer0 import tile_matmul
 from kernels.fused_layer1_comm import comm_pipelined, first_owned_token
 from kernels.grouped_gemm import sm_count
 from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
+from kernels.tile_matmul import tile_matmul
 from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
 from kernels.tma import descriptor
 
@@ -100,7 +100,7 @@ def _fused_layer1_kernel(
             b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
             acc = tile_matmul(a_ptrs, 1, a_desc, row_start.to(tl.int32), b_ptrs, stride_bk, stride_bn, b_desc,
                               expert.to(tl.int32) * D_IN, (col * BLOCK_N).to(tl.int32), 0, D_IN,
-                              0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, A_TMA, B_TMA, "")
+                              tl.cdiv(D_IN, BLOCK_K), 0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, A_TMA, B_TMA, "")
             y_ptrs = y_ptr + (offs_m[:, None] * stride_ym + offs_n[None, :])
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_n < D_OUT)[None, :])
             signal_add(flags_ptr + l1_col_off + col, 1, "gpu")

@@ -50,9 +50,10 @@ import triton.language as tl
 from comet.core.jit import jit
 from comet.core.policy import check_kernel_tile
 from kernels import gluon_host
-from kernels.activations import ACTIVATIONS, apply_activation
+from kernels.activations import ACTIVATIONS
 from kernels.options import GemmOptions
 from kernels.row_gather import gather_rows
+from kernels.tile_matmul import tile_matmul
 from kernels.tma import descriptor, tma_ok
 
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
@@ -156,11 +157,6 @@ def _grouped_gemm_kernel(
         offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
         a_ptrs = a_ptr + (a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak)
         b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if ACTIVATION == 2:
-            b_up_ptrs = b_ptrs + up_col * stride_bn
-            acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-
         # B through the copy engine (TMA): row = expert * D_IN + k of the (E * D_IN, D_OUT') view. A tail
         # step past D_IN reads the next expert's rows (or zeros past the end): A is zero there.
         b_row = expert.to(tl.int32) * D_IN
@@ -170,39 +166,11 @@ def _grouped_gemm_kernel(
         # tile's end belong to the next tile and are never stored; columns past D_IN are zero-filled.
         a_row0 = row_start.to(tl.int32)
 
-        # --- K loop: fp32 accumulation; only the reduction tail is masked
-        for ks in tl.range(k_steps):
-            if A_TMA:
-                a = a_desc.load([a_row0, ks * BLOCK_K])
-            elif EVEN_K:
-                a = tl.load(a_ptrs)
-            else:
-                mask_k = offs_k < D_IN - ks * BLOCK_K
-                a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
-            if B_TMA:
-                b = b_desc.load([b_row + ks * BLOCK_K, b_col])
-            elif EVEN_K:
-                b = tl.load(b_ptrs)
-            else:
-                b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
-            acc = tl.dot(a, b, acc)
-            if ACTIVATION == 2:
-                if B_TMA:
-                    b_up = b_desc.load([b_row + ks * BLOCK_K, b_col + up_col])
-                elif EVEN_K:
-                    b_up = tl.load(b_up_ptrs)
-                else:
-                    b_up = tl.load(b_up_ptrs, mask=mask_k[:, None], other=0.0)
-                acc_up = tl.dot(a, b_up, acc_up)
-                b_up_ptrs += BLOCK_K * stride_bk
-            a_ptrs += BLOCK_K * stride_ak
-            b_ptrs += BLOCK_K * stride_bk
+        # --- K loop (fp32 accumulation, only the reduction tail masked) and the activation in fp32
+        acc = tile_matmul(a_ptrs, stride_ak, a_desc, a_row0, b_ptrs, stride_bk, stride_bn, b_desc, b_row, b_col,
+                          up_col, D_IN, k_steps, ACTIVATION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, A_TMA, B_TMA, "")
 
-        # --- epilogue: activation in fp32, then one masked store in the shared-row layout
-        if ACTIVATION == 2:
-            acc = apply_activation(acc, acc_up, ACTIVATION)
-        else:
-            acc = apply_activation(acc, acc, ACTIVATION)
+        # --- epilogue: one masked store in the shared-row layout
         c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn)
         mask_c = mask_m[:, None] & (offs_n < D_OUT)[None, :]
         if C_TMA:

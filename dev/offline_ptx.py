@@ -1,0 +1,96 @@
+"""PTX of kernels for sm_90 with the GPU machines' Triton, on a machine without a GPU: a cheap proof that a
+refactor changes no instruction, and a way to see what a new kernel compiles to before a GPU run.
+
+    pip download triton==3.6.0 --no-deps --only-binary=:all: -d /tmp/wheel && pip install --no-deps \\
+        --target /tmp/triton36 /tmp/wheel/triton-3.6.0-*.whl
+    PYTHONPATH=/tmp/triton36:. python dev/offline_ptx.py /tmp/before      # on the old tree
+    PYTHONPATH=/tmp/triton36:. python dev/offline_ptx.py /tmp/after       # on the new tree
+    python dev/offline_ptx.py --compare /tmp/before /tmp/after
+
+A stand-in driver reports an sm_90 target; `JITFunction.warmup` then specialises on CPU tensors (same classes as
+CUDA tensors of the same shapes) and compiles without launching. Compared: the instructions, without line
+information, debug labels and debug sections. Covers the tl grouped GEMM over gather / activation / EVEN_K /
+TMA forms (20 variants, ~2 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+from pathlib import Path
+
+
+def _fake_driver():
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    class Sm90:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 64)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_active_torch_device(self):
+            import torch
+            return torch.device("cpu")
+
+    triton.runtime.driver.set_active(Sm90())
+
+
+def instructions(ptx: str) -> str:
+    """PTX without line info, debug labels and debug sections."""
+    ptx = ptx.split(".section\t.debug", 1)[0].split(".section .debug", 1)[0]
+    lines = [ln for ln in ptx.splitlines() if ln.strip() and not re.match(r"\s*\.(loc|file)\b", ln)
+             and not re.match(r"\$L__tmp\d+:", ln)]
+    return "\n".join(lines)
+
+
+def grouped_gemm_variants(out: Path) -> None:
+    import torch
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kernels import grouped_gemm as gg
+    E, D_OUT, R, BM, BN, BK = 4, 1024, 256, 128, 128, 64
+    for gather, act, even, (at, bt, ct) in itertools.product((0, 1), (1, 2), (True, False),
+                                                            ((0, 0, 0), (0, 1, 0), (1, 1, 1))):
+        if at and gather:  # TMA loads of A need rows in place
+            continue
+        d_in = 512 if even else 504
+        cols = 2 * D_OUT if act == 2 else D_OUT
+        a = torch.empty(R, d_in, dtype=torch.bfloat16)
+        b = torch.empty(E, d_in, cols, dtype=torch.bfloat16)
+        c = torch.empty(R, D_OUT, dtype=torch.bfloat16)
+        desc = lambda t, box, on: TensorDescriptor.from_tensor(t, box) if on else None  # noqa: E731
+        tables = [torch.empty(64, dtype=torch.int64) for _ in range(4)]
+        compiled = gg._grouped_gemm_kernel.warmup(
+            a, desc(a, [BM, BK], at), torch.empty(R, dtype=torch.int64), b, desc(b.view(E * d_in, cols), [BK, BN], bt),
+            c, desc(c, [BM, BN], ct), *tables, torch.empty((), dtype=torch.int64), 64, 132, d_in, D_OUT,
+            D_OUT if act == 2 else 0, *a.stride(), *b.stride(), *c.stride(),
+            GATHER=bool(gather), ACTIVATION=act, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, EVEN_K=even, FLATTEN=False,
+            A_TMA=bool(at), B_TMA=bool(bt), C_TMA=bool(ct), WARP_SPECIALIZE=False, num_warps=8, num_stages=3,
+            grid=(1,))
+        name = f"grouped_gemm_g{gather}_a{act}_e{int(even)}_tma{at}{bt}{ct}.ptx"
+        (out / name).write_text(compiled.asm["ptx"])
+        print(name, flush=True)
+
+
+def compare(before: Path, after: Path) -> int:
+    names = sorted(p.name for p in before.glob("*.ptx"))
+    differ = [n for n in names if not (after / n).exists()
+              or instructions((before / n).read_text()) != instructions((after / n).read_text())]
+    print(f"{len(names) - len(differ)} of {len(names)} kernels compile to the same instructions"
+          + (f"; differ: {', '.join(differ)}" if differ else ""))
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--compare"]:
+        sys.exit(compare(Path(sys.argv[2]), Path(sys.argv[3])))
+    _fake_driver()
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    grouped_gemm_variants(folder)
