@@ -1,0 +1,123 @@
+"""The fused kernels against their GEMM alone and against their floor, from a `benchmarks.fused_layers` CSV.
+
+    python -m benchmarks.fused_layers_summary results/fused_layers/h200_jit_2026-12-03.csv
+
+Per case (model, M) and layer, graph-replay times of one rank:
+  gemm_us            the grouped GEMM alone on the same rows (the Gluon kernel)
+  fused_us, best_nc  the best fused time over the n_c swept (layer0: the "blocks" mechanism; direct_us: the
+                     "direct" one, GEMM tiles reading peers' rows, n_c 0)
+  over_gemm          fused_us / gemm_us, and the goal for it (`GOALS`)
+  floor_us           max(gemm_us, HBM bytes / the measured HBM bandwidth): A rows, the local experts' weights
+                     and C, plus the communication's bytes read and written once
+  of_floor           floor_us / fused_us (1: at the floor)
+  prog_gbps_low_nc   bytes moved / (time x n_c) at the smallest n_c swept: the per-program communication
+                     rate where communication bounds the kernel (a lower bound: it assumes the programs
+                     move data for the whole kernel; low_nc_over_gemm well above 1 says it is comm-bound)
+Writes <csv stem>_summary.csv and <csv stem>_l1_nc.png (layer1 time over its GEMM alone against n_c, the
+kernel's own Fig. 8 curve on one GPU) beside the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+import pandas as pd
+
+from comet.core.config import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+# the fused-over-GEMM goals of the fused-kernel work: (layer, model) -> ratio
+GOALS = {("l0", "mixtral-8x7b"): 1.05, ("l0", "phi-3.5-moe"): 1.05, ("l0", "qwen2-moe-2.7b"): 1.10,
+         ("l1", "mixtral-8x7b"): 1.10, ("l1", "phi-3.5-moe"): 1.10, ("l1", "qwen2-moe-2.7b"): 1.35}
+FUSED = {"l0": "fused_blocks", "l1": "fused"}
+
+
+def measured_hbm_gbps(profile: Path = REPO / "profiles" / "h200_x1.json") -> float:
+    return float(json.loads(profile.read_text())["hbm_gbps"])
+
+
+def _gemm_bytes(model: ModelConfig, ep: int, layer: str, rows: int) -> float:
+    """HBM bytes of one rank's grouped GEMM read and written once: A, the local experts' weights, C (bf16)."""
+    N, k0, K, E_loc = model.hidden_N, model.layer0_cols, model.ffn_K, model.experts_E // ep
+    d_in, d_w, d_out = (N, k0, k0 // (2 if model.activation == "swiglu" else 1)) if layer == "l0" else (K, N, N)
+    return 2.0 * (rows * d_in + E_loc * d_in * d_w + rows * d_out)
+
+
+def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
+    g = df[df["timing"] == "graph"]
+    out = []
+    for (model, M, ep, layer), case in g.groupby(["model", "tokens_M", "ep", "layer"], sort=False):
+        gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
+        fused = case[case["impl"] == FUSED[layer]].sort_values("nc")
+        fused = fused[fused["note"].fillna("default config") == "default config"] if layer == "l1" else fused
+        if fused.empty or pd.isna(gemm):
+            continue
+        best = fused.loc[fused["time_us"].idxmin()]
+        rows, moved = int(best["rows"]), float(best["moved_bytes"])
+        floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows) + 2 * moved)
+                    / (hbm_gbps * 1e3))
+        low = fused.iloc[0]
+        direct = case[case["impl"] == "fused_direct"]["time_us"]
+        out.append({"model": model, "tokens_M": M, "ep": ep, "layer": layer, "rows": rows,
+                    "gemm_us": gemm, "fused_us": best["time_us"], "best_nc": int(best["nc"]),
+                    "direct_us": float(direct.min()) if len(direct) else float("nan"),
+                    "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
+                    "floor_us": round(floor, 1), "of_floor": round(floor / best["time_us"], 3),
+                    "low_nc": int(low["nc"]), "low_nc_over_gemm": round(low["time_us"] / gemm, 3),
+                    "prog_gbps_low_nc": round(moved / (low["time_us"] * low["nc"]) / 1e3, 2)})
+    res = pd.DataFrame(out)
+    res["meets_goal"] = res["over_gemm"] <= res["goal"]
+    return res
+
+
+def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = df[(df["timing"] == "graph") & (df["layer"] == "l1")]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for (model, M), case in g.groupby(["model", "tokens_M"], sort=False):
+        gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
+        f = case[(case["impl"] == "fused") & (case["note"].fillna("default config") == "default config")]
+        f = f.sort_values("nc")
+        ax.plot(f["nc"], f["time_us"] / gemm, marker="o", label=f"{model} M={M}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16]))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(g["nc"].dropna().unique()), [f"{int(v)}" for v in sorted(g["nc"].dropna().unique())])
+    ax.set_xlabel("n_c (communication programs of layer1)")
+    ax.set_ylabel("fused layer1 time / its GEMM alone")
+    ax.set_title("Fused layer1 against n_c (one H200, emulated EP=4, graph replay)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fused_layers_summary", description=__doc__.split("\n")[0])
+    ap.add_argument("csv", type=Path, help="a benchmarks.fused_layers CSV")
+    ap.add_argument("--hbm-gbps", type=float, default=None,
+                    help="HBM bandwidth for the floor in GB/s (default: the measured one of profiles/h200_x1.json)")
+    a = ap.parse_args(argv)
+    if not a.csv.exists():
+        raise SystemExit(f"error: {a.csv} does not exist; give a CSV written by benchmarks.fused_layers")
+    df = pd.read_csv(a.csv, comment="#")
+    res = summarise(df, a.hbm_gbps or measured_hbm_gbps())
+    out = a.csv.with_name(a.csv.stem + "_summary.csv")
+    res.to_csv(out, index=False)
+    plot_l1_nc(df, a.csv.with_name(a.csv.stem + "_l1_nc.png"))
+    print(res.to_string(index=False))
+    print(f"wrote {out} and {a.csv.stem}_l1_nc.png")
+
+
+if __name__ == "__main__":
+    main()
