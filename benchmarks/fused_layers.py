@@ -6,7 +6,7 @@ numbers say what the fusion costs or saves on the compute side (and how layer1 t
 communication is nearly free); they are NOT multi-GPU measurements (experiments.layer_bench under torchrun
 measures those).
 
-Per case (model, M, EP; balanced routing; bf16) and for rank 0:
+Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and for rank 0:
   layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one kernel
           fused_direct          GEMM tiles load remote rows through peer pointers
           fused_copy_engine     side-stream copy_ of whole source shards + flags, GEMM waits (eager only)
@@ -32,6 +32,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import itertools
 import math
 import sys
 import time
@@ -61,7 +62,7 @@ CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 
 NC1 = (4, 8, 16, 28, 32, 48, 64)
 NC0 = (8, 16, 32)
 NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
-FIELDS = ["gpu", "model", "tokens_M", "ep", "rank", "layer", "activation", "rows", "impl", "nc", "block",
+FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rank", "layer", "activation", "rows", "impl", "nc", "block",
           "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
 HW = HardwareProfile.from_name("h200")
 
@@ -88,14 +89,15 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
     return ExpertWeights(w0, w1)
 
 
-def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},)) -> None:
+def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},),
+             routing_kind: str = "balanced") -> None:
     """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
     n_c in NC1_SEND_SWEEP; {} is the default."""
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
     act = model.activation
-    routing = make_routing("balanced", M, model.experts_E, model.topk, seed=0).to("cuda")
+    routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
     policy = benchmark_policy(act)
     plan = make_plan(routing, model, par, HW, policy)
     world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda")
@@ -109,7 +111,8 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     R = int(rp.num_rows)
     owner = plan.token_owner_M.cpu()
     gpu = torch.cuda.get_device_name(0)
-    base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "rank": r0, "activation": act, "rows": R}
+    base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "routing": routing_kind, "rank": r0,
+            "activation": act, "rows": R}
 
     def emit(layer, impl, us, timing, flops, moved=0, nc="", block="", err="", note=""):
         tf = flops / us / 1e6 if us > 0 else 0.0
@@ -247,6 +250,9 @@ def main(argv=None) -> None:
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
                          f"comma list of kernels.options.CommConfig fields FIELD=INT (e.g. "
                          f"'send_block=16;pipelined=0,send_block=16'); default: the default")
+    ap.add_argument("--routing", nargs="+", default=["balanced"], choices=["balanced", "imbalanced"],
+                    help="routings of every case (imbalanced: expert load-share std 0.032, the paper's production "
+                         "figure)")
     a = ap.parse_args(argv)
     l1_configs = [parse_comm_changes(c) for c in a.l1_configs.split(";") if c] or [{}]
     cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
@@ -272,11 +278,11 @@ def main(argv=None) -> None:
                 f"local HBM); command: python -m benchmarks.fused_layers {' '.join(sys.argv[1:])}\n")
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        for name, M, ep in cases:
+        for (name, M, ep), kind in itertools.product(cases, a.routing):
             try:
-                run_case(writer, name, M, ep, ceiling, log, l1_configs)
+                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind)
             except Exception as e:  # keep the other cases' rows; the log says what failed
-                log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
+                log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
             f.flush()
             torch.cuda.empty_cache()
     log(f"wrote {path} in {time.time() - t0:.0f} s")

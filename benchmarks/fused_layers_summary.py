@@ -49,8 +49,11 @@ def _gemm_bytes(model: ModelConfig, ep: int, layer: str, rows: int) -> float:
 
 def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
     g = df[df["timing"] == "graph"]
+    if "routing" not in g:  # CSVs from before the --routing option: balanced
+        g = g.assign(routing="balanced")
     out = []
-    for (model, M, ep, layer), case in g.groupby(["model", "tokens_M", "ep", "layer"], sort=False):
+    for (model, M, ep, routing, layer), case in g.groupby(["model", "tokens_M", "ep", "routing", "layer"],
+                                                          sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
         fused = case[case["impl"] == FUSED[layer]].sort_values("nc")
         fused = fused[fused["note"].fillna("default config") == "default config"] if layer == "l1" else fused
@@ -62,7 +65,7 @@ def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
                     / (hbm_gbps * 1e3))
         low = fused.iloc[0]
         direct = case[case["impl"] == "fused_direct"]["time_us"]
-        out.append({"model": model, "tokens_M": M, "ep": ep, "layer": layer, "rows": rows,
+        out.append({"model": model, "tokens_M": M, "ep": ep, "routing": routing, "layer": layer, "rows": rows,
                     "gemm_us": gemm, "fused_us": best["time_us"], "best_nc": int(best["nc"]),
                     "direct_us": float(direct.min()) if len(direct) else float("nan"),
                     "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
@@ -79,12 +82,15 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     g = df[(df["timing"] == "graph") & (df["layer"] == "l1")]
+    if "routing" not in g:
+        g = g.assign(routing="balanced")
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for (model, M), case in g.groupby(["model", "tokens_M"], sort=False):
+    for (model, M, routing), case in g.groupby(["model", "tokens_M", "routing"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
         f = case[(case["impl"] == "fused") & (case["note"].fillna("default config") == "default config")]
         f = f.sort_values("nc")
-        ax.plot(f["nc"], f["time_us"] / gemm, marker="o", label=f"{model} M={M}")
+        ax.plot(f["nc"], f["time_us"] / gemm, marker="o", ls="-" if routing == "balanced" else "--",
+                label=f"{model} M={M}" + ("" if routing == "balanced" else f" ({routing})"))
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16]))

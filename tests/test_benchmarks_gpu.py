@@ -9,11 +9,13 @@ import pytest
 @pytest.mark.gpu
 def test_gpu_fused_layers_benchmark_runs(tmp_path):
     from benchmarks import fused_layers
-    fused_layers.main(["--cases", "qwen2-moe-2.7b:1024:2", "--out", str(tmp_path), "--tag", "smoke"])
+    fused_layers.main(["--cases", "qwen2-moe-2.7b:1024:2", "--routing", "balanced", "imbalanced", "--out",
+                       str(tmp_path), "--tag", "smoke"])
     with open(tmp_path / "smoke.csv") as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
     impls = {(r["layer"], r["impl"]) for r in rows}
     assert {("l0", "gemm_alone"), ("l0", "sequential"), ("l0", "fused_blocks"), ("l0", "fused_direct"),
             ("l1", "gemm_alone"), ("l1", "fused"), ("l1", "owner_reduce")} <= impls, impls
+    assert {r["routing"] for r in rows} == {"balanced", "imbalanced"}
     errs = [float(r["rel_err"]) for r in rows if r["rel_err"]]
     assert errs and max(errs) < 1e-2
