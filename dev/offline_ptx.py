@@ -10,7 +10,9 @@ refactor changes no instruction, and a way to see what a new kernel compiles to 
 A stand-in driver reports an sm_90 target; `JITFunction.warmup` then specialises on CPU tensors (same classes as
 CUDA tensors of the same shapes) and compiles without launching. Compared: the instructions, without line
 information, debug labels and debug sections. Covers the tl grouped GEMM over gather / activation / EVEN_K /
-TMA forms (20 variants, ~2 minutes on 2 cores)."""
+TMA forms (20 variants, ~2 minutes on 2 cores), and the fused layer0 (blocks, direct) and layer1 kernels as
+their host wrappers launch them for a small swiglu case in an emulated world of CPU tensors (every launch is
+compiled, none runs)."""
 
 from __future__ import annotations
 
@@ -78,6 +80,48 @@ def grouped_gemm_variants(out: Path) -> None:
         print(name, flush=True)
 
 
+def fused_variants(out: Path) -> None:
+    """The fused kernels as kernels/fused_layer0.py and fused_layer1.py launch them (GPU tile and comm options,
+    TMA on), each launch compiled and not run."""
+    import torch
+    from triton.runtime.jit import JITFunction
+
+    from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
+    from comet.core.planner import make_plan
+    from comet.core.policy import benchmark_policy
+    from comet.core.routing import balanced
+    from comet.core.weights import random_weights, shard_weights
+    from kernels.fused_layer0 import fused_layer0
+    from kernels.fused_layer1 import fused_layer1
+    from kernels.options import GPU_COMM, GPU_TILE
+    from kernels.workspace import EmulatedWorld
+
+    compiled = []
+    run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kw):
+        kernel = run(self, *args, grid=grid, warmup=True, **kw)
+        compiled.append((self.fn.__name__, kernel))
+        return kernel
+
+    JITFunction.run = compile_only
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=2, layers=1, activation="swiglu")
+    par = ParallelConfig(ep=4)
+    plan = make_plan(balanced(1024, 8, 2, 0), model, par, HardwareProfile.from_name("h200"),
+                     benchmark_policy("swiglu"), backend="torch")
+    world = EmulatedWorld(model, par, 1024, dtype=torch.bfloat16, device="cpu")
+    shard = shard_weights(random_weights(model, seed=0).to(torch.bfloat16), par, 0)
+    try:
+        for variant in ("blocks", "direct"):
+            fused_layer0(world, plan, 0, shard.w0_ENK, variant=variant, tile=GPU_TILE, comm=GPU_COMM, b_tma=True)
+        fused_layer1(world, plan, 0, shard.w1_EKN, tile=GPU_TILE, comm=GPU_COMM, a_tma=True, b_tma=True)
+    finally:
+        JITFunction.run = run
+    for i, (name, kernel) in enumerate(compiled):
+        (out / f"fused_{i:02d}{name}.ptx").write_text(kernel.asm["ptx"])
+        print(f"fused_{i:02d}{name}.ptx", flush=True)
+
+
 def compare(before: Path, after: Path) -> int:
     names = sorted(p.name for p in before.glob("*.ptx"))
     differ = [n for n in names if not (after / n).exists()
@@ -94,3 +138,4 @@ if __name__ == "__main__":
     folder = Path(sys.argv[1])
     folder.mkdir(parents=True, exist_ok=True)
     grouped_gemm_variants(folder)
+    fused_variants(folder)
