@@ -46,7 +46,7 @@ from kernels.activations import ACTIVATIONS
 from kernels.grouped_gemm import sm_count
 from kernels.options import CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
-from kernels.tile_matmul import tile_matmul
+from kernels.tile_matmul import b_tile_ptrs, tile_at, tile_matmul
 from kernels.timeline import (
     REC_GEMM0,
     REC_GEMM0_DIRECT,
@@ -139,12 +139,8 @@ def _fused_layer0_kernel(
         for t in range(g, num_tiles, num_gemm):
             if INSTRUMENT:
                 t_begin = global_timer_ns()
-            expert = tl.load(tile_expert_ptr + t)
-            row_start = tl.load(tile_row_start_ptr + t)
-            row_end = tl.load(tile_row_end_ptr + t)
-            col = tl.load(tile_col_ptr + t)
-            offs_m = row_start + arange_m
-            mask_m = offs_m < row_end
+            expert, row_start, row_end, col, offs_m, mask_m = tile_at(t, tile_expert_ptr, tile_row_start_ptr,
+                                                                      tile_row_end_ptr, tile_col_ptr, arange_m)
             # rows past row_end read the tile's first row (valid), their results are never stored
             rows = tl.where(mask_m, offs_m, row_start)
             tok = tl.load(row_token_ptr + rows)
@@ -173,10 +169,8 @@ def _fused_layer0_kernel(
             else:
                 a_ptrs = recv_ptr + (tok[:, None] * stride_rm + offs_k[None, :])
 
-            offs_n = col * BLOCK_N + arange_n
-            offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
-            offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
-            b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+            offs_n, b_ptrs = b_tile_ptrs(b_ptr, expert, col, offs_k, arange_n, D_OUT, stride_be, stride_bk,
+                                         stride_bn, BLOCK_N)
             acc = tile_matmul(a_ptrs, 1, b_desc, 0, b_ptrs, stride_bk, stride_bn, b_desc,
                               expert.to(tl.int32) * D_IN, (col * BLOCK_N).to(tl.int32), up_col, D_IN,
                               tl.cdiv(D_IN, BLOCK_K), ACTIVATION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, False, B_TMA,

@@ -53,7 +53,7 @@ from kernels import gluon_host
 from kernels.activations import ACTIVATIONS
 from kernels.options import GemmOptions
 from kernels.row_gather import gather_rows
-from kernels.tile_matmul import tile_matmul
+from kernels.tile_matmul import b_tile_ptrs, tile_at, tile_matmul
 from kernels.tma import descriptor, tma_ok
 
 _SMEM_BYTES = 220 * 1024  # H100/H200 allow 227 KB per block; keep a margin for Triton's own buffers
@@ -136,12 +136,8 @@ def _grouped_gemm_kernel(
 
     for t in tl.range(pid, num_tiles, num_programs, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
         # --- the tile: local expert, rows [row_start, row_end) of the shared tensor, output column block
-        expert = tl.load(tile_expert_ptr + t)
-        row_start = tl.load(tile_row_start_ptr + t)
-        row_end = tl.load(tile_row_end_ptr + t)
-        col = tl.load(tile_col_ptr + t)
-        offs_m = row_start + arange_m
-        mask_m = offs_m < row_end
+        expert, row_start, row_end, col, offs_m, mask_m = tile_at(t, tile_expert_ptr, tile_row_start_ptr,
+                                                                  tile_row_end_ptr, tile_col_ptr, arange_m)
 
         # --- which A row each tile row reads. Rows past row_end read a valid row (token 0, or the tile's
         # first row) so the K loop needs no row mask; their results are never stored.
@@ -150,13 +146,9 @@ def _grouped_gemm_kernel(
         else:
             a_rows = tl.where(mask_m, offs_m, row_start)
 
-        offs_n = col * BLOCK_N + arange_n
-        # Columns past D_OUT read column 0 instead; the hints keep B loads vectorised (16-byte groups are
-        # wholly in or out of range when D_OUT is a multiple of 8, the only case Triton vectorises).
-        offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
-        offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
         a_ptrs = a_ptr + (a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak)
-        b_ptrs = b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+        offs_n, b_ptrs = b_tile_ptrs(b_ptr, expert, col, offs_k, arange_n, D_OUT, stride_be, stride_bk, stride_bn,
+                                     BLOCK_N)
         # B through the copy engine (TMA): row = expert * D_IN + k of the (E * D_IN, D_OUT') view. A tail
         # step past D_IN reads the next expert's rows (or zeros past the end): A is zero there.
         b_row = expert.to(tl.int32) * D_IN

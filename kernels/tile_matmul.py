@@ -1,7 +1,8 @@
-"""One output tile of the grouped GEMM in Triton's tl language: the K loop and the activation epilogue, shared by
-the standalone tl grouped GEMM (kernels/grouped_gemm.py) and the fused layer0 / layer1 kernels' compute
-programs (kernels/fused_layer0.py, fused_layer1.py). One source, so the three multiply the same way and the
-CPU interpreter tests of one cover the others' arithmetic."""
+"""One output tile of the grouped GEMM in Triton's tl language: where it is (`tile_at`), its weights' pointers
+(`b_tile_ptrs`), the K loop and the activation epilogue (`tile_matmul`), shared by the standalone tl grouped
+GEMM (kernels/grouped_gemm.py) and the fused layer0 / layer1 kernels' compute programs (kernels/fused_layer0.py,
+fused_layer1.py). One source, so the three multiply the same way and the CPU interpreter tests of one cover the
+others' arithmetic."""
 
 from __future__ import annotations
 
@@ -9,6 +10,30 @@ import triton
 import triton.language as tl
 
 from kernels.activations import apply_activation
+
+
+@triton.jit
+def tile_at(t, tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, arange_m):
+    """Tile t of a Plan's tile table: (local expert, first row, end row, column block, the tile's BLOCK_M row
+    indices from the first row, which of them are < the end row)."""
+    expert = tl.load(tile_expert_ptr + t)
+    row_start = tl.load(tile_row_start_ptr + t)
+    row_end = tl.load(tile_row_end_ptr + t)
+    col = tl.load(tile_col_ptr + t)
+    offs_m = row_start + arange_m
+    return expert, row_start, row_end, col, offs_m, offs_m < row_end
+
+
+@triton.jit
+def b_tile_ptrs(b_ptr, expert, col, offs_k, arange_n, D_OUT, stride_be, stride_bk, stride_bn,
+                BLOCK_N: tl.constexpr):
+    """(output columns, B pointers of the first K step) of column block col of expert's weights. Columns past
+    D_OUT read column 0 instead; the hints keep B loads vectorised (16-byte groups are wholly in or out of range
+    when D_OUT is a multiple of 8, the only case Triton vectorises)."""
+    offs_n = col * BLOCK_N + arange_n
+    offs_bn = tl.where(offs_n < D_OUT, offs_n, 0)
+    offs_bn = tl.max_contiguous(tl.multiple_of(offs_bn, BLOCK_N), BLOCK_N)
+    return offs_n, b_ptr + expert * stride_be + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
 
 
 @triton.jit
