@@ -10,6 +10,12 @@ correlation, the n_c the simulator picks and its measured cost against the best 
 both. The targets (GOALS): MAPE <= 10% per layer, the simulator's n_c within 3% of the best measured, rank
 correlation >= 0.9.
 
+Every configuration belongs to one half, "fit" or "held-out", by a hash of its case (model, M, EP, routing):
+a case's n_c sweeps stay together, and a case keeps its half when others are added. Calibrate on the fit half
+only, report on the held-out half; <tag>_splits.csv has, per layer (or system) and half: n_configs, mape_pct,
+max_ape_pct, spearman_min (over the half's n_c sweeps) and nc_within_3pct_frac (sweeps where the simulator's
+n_c costs at most 3 % over the best measured).
+
 It reads two kinds of CSV. `experiments.layer_bench` output (real multi-GPU runs under torchrun): the whole
 MoE layer of comet, sequential and chunked against the simulator on the same Plans, with the profile as given
 (calibrate the link on those GPUs first; measured so far: 2 x H200, results/validation/README.md).
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +58,18 @@ from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
 
 GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
-COLUMNS = ["model", "tokens_M", "ep", "layer", "impl", "nc", "measured_us", "predicted_us", "error_pct"]
+COLUMNS = ["model", "tokens_M", "ep", "routing", "split", "layer", "impl", "nc", "measured_us", "predicted_us",
+           "error_pct"]
+SPLITS = ("fit", "held-out")
+SPLIT_COLUMNS = ["layer", "system", "split", "n_configs", "mape_pct", "max_ape_pct", "spearman_min",
+                 "nc_within_3pct_frac"]
+
+
+def split_of(model: str, tokens_M: int, ep: int, routing: str = "balanced") -> str:
+    """The half a case belongs to: a stable hash of the case (not Python's salted hash), so a case keeps its
+    half across runs and when other cases are added."""
+    key = f"{model}|{int(tokens_M)}|{int(ep)}|{routing}".encode()
+    return SPLITS[hashlib.sha256(key).digest()[0] & 1]
 
 
 def _is_l1_config(parameters: pd.Series, pipeline: int, send_block: int) -> pd.Series:
@@ -99,12 +117,13 @@ def l1_item_cost(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_bloc
     return found["l1_item_fixed_us"], found["l1_item_marginal_gbps"]
 
 
-def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile):
-    """The Plan benchmarks.fused_layers times: balanced routing, seed 0, the benchmarks' Policy."""
+def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile, routing: str = "balanced"):
+    """The Plan benchmarks.fused_layers times: its routing (balanced, or imbalanced at its default std), seed 0,
+    the benchmarks' Policy."""
     from comet.core.config import ModelConfig
 
     policy = benchmark_policy(ModelConfig.from_name(model).activation)
-    return make_case(model, ep=ep, tokens=tokens, hw=hw, routing="balanced", seed=0, policy=policy)
+    return make_case(model, ep=ep, tokens=tokens, hw=hw, routing=routing, seed=0, policy=policy)
 
 
 # the fused kernels' own work in the simulator's events: not the launch gap, not the owner's separate reduce
@@ -124,10 +143,13 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
     simulated on hw_by_layer[l] (same Plan tables: only the link figures differ)."""
     m = measured[(measured["timing"] == "graph") & (measured["rank"] == 0)]
     m = m[(m["note"].fillna("default config") == "default config") | (m["layer"] == "l0")]
+    if "routing" not in m:  # CSVs from before benchmarks.fused_layers' --routing: balanced
+        m = m.assign(routing="balanced")
     rows = []
-    cases = list(m.groupby(["model", "tokens_M", "ep"], sort=False))
-    for (model, tokens, ep), g in tqdm(cases, desc="validate", unit="case", disable=not progress):
-        plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"])  # the tables do not depend on the hardware
+    cases = list(m.groupby(["model", "tokens_M", "ep", "routing"], sort=False))
+    for (model, tokens, ep, routing), g in tqdm(cases, desc="validate", unit="case", disable=not progress):
+        # the tables do not depend on the hardware
+        plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"], routing)
 
         def predict(layer: str, plan=plan, **policy) -> float:
             hw = hw_by_layer["l0" if layer == "layer0" else "l1"]
@@ -143,7 +165,8 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
                 meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc))
             else:
                 continue
-            rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "layer": r.layer, "impl": r.impl,
+            rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "routing": routing,
+                         "split": split_of(model, tokens, ep, routing), "layer": r.layer, "impl": r.impl,
                          "nc": "" if pd.isna(r.nc) else int(r.nc), "measured_us": round(float(meas), 2),
                          "predicted_us": round(pred, 2), "error_pct": round(100 * (pred - meas) / meas, 2)})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -173,7 +196,8 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
                 continue
             chunks = int(r.chunked_best_C) if system == "chunked" else 1
             pred = simulate(plan, system, SimOptions(chunks=chunks, record=False)).latency_us
-            rows.append({"model": r.model, "tokens_M": int(r.tokens_M), "ep": int(r.ep), "layer": system,
+            rows.append({"model": r.model, "tokens_M": int(r.tokens_M), "ep": int(r.ep), "routing": r.routing,
+                         "split": split_of(r.model, r.tokens_M, r.ep, f"{r.routing} tp={int(r.tp)}"), "layer": system,
                          "impl": f"moe layer tp={int(r.tp)} {r.routing}", "nc": "",
                          "measured_us": round(float(meas), 2), "predicted_us": round(pred, 2),
                          "error_pct": round(100 * (pred - float(meas)) / float(meas), 2)})
@@ -182,24 +206,49 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
 
 def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     """Per layer: MAPE and worst |error|; per n_c sweep: Spearman rho, the simulator's pick and its cost."""
+    if "routing" not in cmp:
+        cmp = cmp.assign(routing="balanced")
     out = []
     for layer, g in cmp.groupby("layer"):
         err = g["error_pct"].abs()
         out.append({"scope": f"{layer} all", "n": len(g), "mape_pct": round(err.mean(), 2),
                     "worst_pct": round(err.max(), 2)})
     sweeps = cmp[cmp["nc"] != ""]
-    for (model, tokens, layer), g in sweeps.groupby(["model", "tokens_M", "layer"], sort=False):
+    for (model, tokens, routing, layer), g in sweeps.groupby(["model", "tokens_M", "routing", "layer"], sort=False):
         if len(g) < 3:
             continue
         rho = spearmanr(g["measured_us"], g["predicted_us"]).statistic
         pick = g.loc[g["predicted_us"].idxmin()]
         best = g.loc[g["measured_us"].idxmin()]
         err = g["error_pct"].abs()
-        out.append({"scope": f"{layer} {model} M={tokens} n_c sweep", "n": len(g),
+        scope = f"{layer} {model} M={tokens}" + ("" if routing == "balanced" else f" {routing}") + " n_c sweep"
+        out.append({"scope": scope, "n": len(g),
                     "mape_pct": round(err.mean(), 2), "worst_pct": round(err.max(), 2),
                     "spearman": round(float(rho), 3), "sim_nc": int(pick["nc"]), "best_nc": int(best["nc"]),
                     "pick_cost_pct": round(100 * (pick["measured_us"] / best["measured_us"] - 1), 2)})
     return pd.DataFrame(out)
+
+
+def split_summary(cmp: pd.DataFrame) -> pd.DataFrame:
+    """Per layer (fused-kernel rows: l0, l1; system "comet") or system (layer_bench rows: layer "moe") and half:
+    the columns SPLIT_COLUMNS. spearman_min and nc_within_3pct_frac cover the half's n_c sweeps of >= 3 points
+    (empty when it has none)."""
+    out = []
+    for (layer, half), g in cmp.groupby(["layer", "split"], sort=True):
+        fused = layer in ("l0", "l1")
+        err = g["error_pct"].abs()
+        rhos, within = [], []
+        for _, sweep in g[g["nc"] != ""].groupby(["model", "tokens_M", "ep", "routing", "impl"], sort=False):
+            if len(sweep) < 3:
+                continue
+            rhos.append(float(spearmanr(sweep["measured_us"], sweep["predicted_us"]).statistic))
+            pick = sweep.loc[sweep["predicted_us"].idxmin(), "measured_us"]
+            within.append(pick <= 1.03 * sweep["measured_us"].min())
+        out.append({"layer": layer if fused else "moe", "system": "comet" if fused else layer, "split": half,
+                    "n_configs": len(g), "mape_pct": round(err.mean(), 2), "max_ape_pct": round(err.max(), 2),
+                    "spearman_min": round(min(rhos), 3) if rhos else "",
+                    "nc_within_3pct_frac": round(sum(within) / len(within), 3) if within else ""})
+    return pd.DataFrame(out, columns=SPLIT_COLUMNS)
 
 
 def emulated_profiles(ap: argparse.ArgumentParser, a: argparse.Namespace, hw: HardwareProfile
@@ -258,18 +307,19 @@ def main(argv=None) -> None:
     if cmp.empty:
         raise SystemExit(f"{a.measured}: no rows this script can compare (needs benchmarks.fused_layers' or "
                          f"experiments.layer_bench's CSV)")
-    summary = summarize(cmp)
+    summary, splits = summarize(cmp), split_summary(cmp)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = a.tag or f"{default_stem}_{datetime.date.today().isoformat()}"
-    for name, df in ((f"{stem}.csv", cmp), (f"{stem}_summary.csv", summary)):
+    for name, df in ((f"{stem}.csv", cmp), (f"{stem}_summary.csv", summary), (f"{stem}_splits.csv", splits)):
         with open(out / name, "w") as f:
             f.write(header)
             df.to_csv(f, index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(cmp.to_string(index=False))
         print(summary.to_string(index=False))
-    print(f"goals: {GOALS}; wrote {out / (stem + '.csv')} and the summary")
+        print(splits.to_string(index=False))
+    print(f"goals: {GOALS}; wrote {out / (stem + '.csv')}, the summary and the splits")
 
 
 if __name__ == "__main__":

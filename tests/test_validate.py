@@ -119,3 +119,28 @@ def test_layer_bench_rows_are_compared_per_system_and_emulated_rows_skipped():
     assert list(cmp.measured_us) == [300.0, 400.0, 380.0] and (cmp.predicted_us > 0).all()
     summary = validate.summarize(cmp).set_index("scope")
     assert set(summary.index) == {"comet all", "sequential all", "chunked all"}
+
+
+def test_a_case_keeps_its_half_and_both_halves_occur():
+    halves = {validate.split_of("mixtral-8x7b", M, 4, r) for M in (2048, 4096, 8192, 16384, 32768)
+              for r in ("balanced", "imbalanced")}
+    assert halves == {"fit", "held-out"}
+    assert validate.split_of("mixtral-8x7b", 4096, 4) == validate.split_of("mixtral-8x7b", 4096, 4, "balanced")
+
+
+def test_split_summary_per_layer_and_half():
+    rows = []
+    for M, half, meas, pred in ((1, "fit", (400.0, 200.0, 150.0), (380.0, 210.0, 140.0)),
+                                (2, "held-out", (300.0, 100.0, 120.0), (330.0, 90.0, 80.0))):
+        for nc, m, p in zip((4, 8, 16), meas, pred, strict=True):
+            rows.append({"model": "m", "tokens_M": M, "ep": 4, "routing": "balanced", "split": half, "layer": "l1",
+                         "impl": "fused", "nc": nc, "measured_us": m, "predicted_us": p,
+                         "error_pct": 100 * (p - m) / m})
+    s = validate.split_summary(pd.DataFrame(rows)).set_index("split")
+    assert list(s.columns) == validate.SPLIT_COLUMNS[:2] + validate.SPLIT_COLUMNS[3:]
+    assert s.loc["fit", "n_configs"] == 3 and s.loc["fit", "spearman_min"] == 1.0
+    assert s.loc["fit", "nc_within_3pct_frac"] == 1.0  # picks n_c 16, the best measured
+    held = s.loc["held-out"]
+    assert held["nc_within_3pct_frac"] == 0.0  # picks 16 (120 us) where 8 (100 us) is best: 20 % over
+    assert held["max_ape_pct"] == pytest.approx(100 * 40 / 120, abs=0.01)
+    assert held["mape_pct"] == pytest.approx((10 + 10 + 100 * 40 / 120) / 3, abs=0.01)
