@@ -13,7 +13,8 @@ layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0
                 engine's bandwidth (taking no SM), and fires flag[s] after it; the GEMM leaves
                 `Policy.copy_engine_reserved_sms` SMs free.
   "direct"      all SMs compute; a tile loads its remote rows itself: its time is max(compute, link
-                latency + the transfer of its remote rows at the block's link cap). No flags.
+                latency + the transfer of its remote rows at HardwareProfile.direct_read_gbps, by default the
+                block's link cap; inf: the rows are local memory and cost only the compute). No flags.
   A compute block takes the next tile (atomic counter, or round-robin), waits on the flag events of the
   remote sources in its `l0_tile_src_mask_T` (rows of this rank are in place from the start), then holds
   its SM for the tile's time.
@@ -81,6 +82,7 @@ class CometSim(SystemSim):
         self.nc1 = pol.nc_layer1
         self.dynamic = options.tile_schedule == "dynamic"
         self.block_cap_gbps = hw.per_block_link_gbps
+        self.direct_cap_gbps = hw.direct_read_gbps or hw.per_block_link_gbps
         self.block_hbm = block_hbm_bytes_per_us(plan)
         self.ce_gbps = copy_engine_gbps(hw, options.copy_engine_gbps)
         self._check_blocks()
@@ -266,10 +268,10 @@ class CometSim(SystemSim):
             if t >= n:
                 return cause
             start = env.now
-            remote = srcs[t]
+            remote = srcs[t] if self.direct_cap_gbps != math.inf else ()  # inf: rows already local memory
             nbytes = 0.0
             if remote:
-                cap = self.block_cap_gbps / len(remote)
+                cap = self.direct_cap_gbps / len(remote)
                 evs = []
                 for s in remote:
                     sb = float(src_rows[blk[t], s]) * row_bytes

@@ -190,3 +190,21 @@ def test_summary_and_json():
     s = json.loads(r.to_json())
     for key in ("system", "latency_us", "layer0_us", "layer1_us", "hidden_comm_fraction"):
         assert key in s
+
+
+def test_direct_reads_in_an_emulated_world_cost_only_the_tiles():
+    """layer0 "direct": with the rows in local memory (emulated world, direct_read_gbps = inf) a tile moves
+    nothing over the link and takes its compute time; priced at a slow read rate the same plan is slower."""
+    plan = make_case("mixtral-8x7b", ep=4, tokens=2048, hw="h200")
+    local = plan.hardware.emulated_world(20.0, 1500.0)
+    opts = SimOptions(layers="layer0")
+
+    def run(hw):
+        res = simulate(with_policy(dataclasses.replace(plan, hardware=hw), layer0_comm="direct"), "comet", opts)
+        ev = res.events[(res.events["rank"] == 0) & (res.events["kind"] == "gemm0_direct")]
+        return ev, float(ev["end_us"].max() - ev["start_us"].min())
+
+    ev, span = run(local)
+    assert (ev["bytes"] == 0).all()
+    slow_ev, slow_span = run(local.replace(direct_read_gbps=1.0))
+    assert (slow_ev["bytes"] > 0).any() and slow_span > 1.5 * span

@@ -28,6 +28,7 @@ NEVER_MEASURED = {
     "nic_gbps": "one node: no traffic between nodes measured",
     "nic_latency_us": "one node: no traffic between nodes measured",
     "ranks_per_node": "a property of the node, not measured",
+    "direct_read_gbps": "no probe of a GEMM tile reading a peer's rows yet (unset: per_block_link_gbps)",
 }
 
 
@@ -65,6 +66,10 @@ def assemble_profile(base: HardwareProfile, name: str, rows: Iterable[Measuremen
     return HardwareProfile(name=name, link=base.link, sources=sources, **values)
 
 
+def _value(v) -> str:
+    return f"{'-':>12s}" if v is None else f"{v:12.5g}"  # None: an optional figure left to its fallback
+
+
 def profile_table(profile: HardwareProfile, base: HardwareProfile) -> str:
     """A short text table: field, value, base value, measured or kept (and why)."""
     lines = [f"{'field':24s} {'value':>12s} {'base ' + base.name:>12s}  source",
@@ -73,7 +78,7 @@ def profile_table(profile: HardwareProfile, base: HardwareProfile) -> str:
         src = profile.sources[f]
         how = "measured" if src.startswith("measured: comet.calibrate") else "kept: " + (
             src.rsplit("(not calibrated: ", 1)[-1].rstrip(")") if "(not calibrated: " in src else src)
-        lines.append(f"{f:24s} {getattr(profile, f):12.5g} {getattr(base, f):12.5g}  {how[:80]}")
+        lines.append(f"{f:24s} {_value(getattr(profile, f))} {_value(getattr(base, f))}  {how[:80]}")
     return "\n".join(lines)
 
 

@@ -211,11 +211,17 @@ class HardwareProfile:
     # while it runs (a concurrent GEMM cannot use them)
     host_sync_us: float = 0.0
     nccl_sms: int = 0
+    # how fast one GEMM tile of layer0's "direct" mechanism reads its remote rows (None: per_block_link_gbps,
+    # one SM's link rate; inf: the rows are this GPU's memory, read by the tile's own loads, which its compute
+    # time already includes, as in the emulated world)
+    direct_read_gbps: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
         numeric = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "link", "sources")]
         for f in numeric:
+            if getattr(self, f) is None:  # optional figures (direct_read_gbps): a documented fallback
+                continue
             if getattr(self, f) < 0 or (getattr(self, f) == 0 and f not in _MAY_BE_ZERO):
                 bound = ">= 0" if f in _MAY_BE_ZERO else "> 0"
                 raise ValueError(f"hardware {self.name}: {f} must be {bound}, got {getattr(self, f)}")
@@ -274,8 +280,12 @@ class HardwareProfile:
         return self.replace(name=f"{self.name}-emulated-world", sms=sms,
                             link_gbps=local_gbps or self.hbm_gbps / 2,
                             per_block_link_gbps=per_block_gbps or self.hbm_gbps / sms, link_latency_us=latency_us,
+                            direct_read_gbps=math.inf,
                             sources={**self.sources, "link_gbps": why, "per_block_link_gbps": why,
-                                     "link_latency_us": "emulated world: assumption, a DRAM round trip and a flag"})
+                                     "link_latency_us": "emulated world: assumption, a DRAM round trip and a flag",
+                                     "direct_read_gbps": "emulated world: peers' rows are this GPU's memory; a "
+                                     "direct tile reads them with its own loads, as the GEMM alone reads its "
+                                     "rows (no link in between)"})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
