@@ -2,11 +2,11 @@
 
 Triton compiles a new variant of a kernel for every new combination of runtime-argument classes: an int equal
 to 1 or divisible by 16, a pointer 16-byte aligned or not. For arguments that change from call to call (a
-rank, a token count, a table's offset in a workspace, a program count) that means compiling again, 2-60 s a
-kernel, on new shapes: a user sees a hang, and "any shape without recompiling" fails. Such arguments are loop
-bounds and indices, whose classes buy nothing; the classes that do pay (vectorised loads and stores) come
-from the data pointers, the feature sizes and the strides, which a caller names in `specialise`. TMA
-descriptors (names ending in `_desc`) always keep theirs."""
+rank, a token count, a table's offset in a workspace, a program count) that means compiling again, seconds a
+kernel and up to a minute a shape: a user sees a hang, and "any shape without recompiling" fails. Such
+arguments are loop bounds and indices, whose classes buy nothing; the classes that do pay (vectorised loads
+and stores) come from the data pointers, the feature sizes and the strides, which a caller names in
+`specialise`. TMA descriptors (names ending in `_desc`) always keep theirs."""
 
 from __future__ import annotations
 
