@@ -90,19 +90,19 @@ def speedup_band(ax, paper: pd.DataFrame, quantity: str | None = "layer_speedup"
         ax.axhline(lo, color=PAPER_COLOR, ls="--", lw=1.2, label=f"paper: {lo:.2f}x")
 
 
-def save(fig, name: str, out: Path = OUT) -> tuple[list[Path], bool]:
-    """(the .png and .pdf paths, whether either was written): each is written only when the picture changed,
-    so a re-run on the same data leaves the files alone."""
+def save(fig, name: str, out: Path = OUT) -> tuple[list[Path], list[Path]]:
+    """(the .png and .pdf paths, those of them written): each is written only when the picture changed, so a
+    re-run on the same data leaves the files alone."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    written = False
+    written = []
     for p in paths:
         buf = io.BytesIO()
         fig.savefig(buf, format=p.suffix[1:], bbox_inches="tight",
                     metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
         if not (p.exists() and p.read_bytes() == buf.getvalue()):
             p.write_bytes(buf.getvalue())
-            written = True
+            written.append(p)
     plt.close(fig)
     return paths, written
 
@@ -119,7 +119,10 @@ def main(module, argv=None) -> list[Path]:
     fig = module.draw(pd.read_csv(path), paper_values(module.NAME))
     fig.text(0.995, 0.005, f"ours: {path.name}", ha="right", va="bottom", fontsize=6, color="0.5")
     paths, written = save(fig, module.NAME, a.out)
-    print(f"{'wrote' if written else 'kept (unchanged)'} {paths[0]} (+ .pdf) from {path}")
+    kept = [p.suffix for p in paths if p not in written]
+    done = (f"wrote {', '.join(p.name for p in written)}" if written else "") + (
+        f"{'; ' if written else ''}kept (unchanged) {' and '.join(kept)}" if kept else "")
+    print(f"{module.NAME}: {done} in {a.out} from {path}")
     return paths
 
 
