@@ -49,6 +49,12 @@ from comet.core.routing import Routing, first_problem, routing_problems_MJ
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _argsort(key: torch.Tensor, bound: int, stable: bool = False) -> torch.Tensor:
+    """torch.argsort of integer keys in [0, bound): in int32 where they fit (a third faster on the CPU), the
+    same permutation either way."""
+    return torch.argsort(key.to(torch.int32) if bound <= 2**31 - 1 else key, stable=stable)
+
+
 def _ceil_div(a, b):
     return (a + b - 1) // b
 
@@ -123,7 +129,7 @@ def _plan_rank(r: int, ids_MJ, w_MJ, owner_M, groups_MG, expected_W, model: Mode
     pos = (owner_M[tok] - r) % W
     big = E_loc * W * M * topk
     key = torch.where(local, (e_loc * W + pos) * (M * topk) + pair, big + pair)
-    order = torch.argsort(key)[:R_max]
+    order = _argsort(key, big + M * topk)[:R_max]
     num_rows = local.sum()
     row_ok = torch.arange(R_max, device=dev) < num_rows
     neg_R = torch.full((R_max,), -1, dtype=i64, device=dev)
@@ -194,7 +200,7 @@ def _plan_rank(r: int, ids_MJ, w_MJ, owner_M, groups_MG, expected_W, model: Mode
     need_M = need_M & (tok_pos > 0)  # own rows are in place
     U_max = bounds["U"]
     recv_key = torch.where(need_M, tok_pos * M + tok_M, W * M + tok_M)
-    recv_order = torch.argsort(recv_key)[:U_max]
+    recv_order = _argsort(recv_key, (W + 1) * M)[:U_max]
     n_recv = need_M.sum()
     u_ok = torch.arange(U_max, device=dev) < n_recv
     recv_token = torch.where(u_ok, recv_order, torch.full_like(recv_order, -1))
@@ -206,7 +212,7 @@ def _plan_rank(r: int, ids_MJ, w_MJ, owner_M, groups_MG, expected_W, model: Mode
     # --- layer1 sends: (token, owner) entries, by destination arrival pos then token
     S_max = bounds["S"]
     sort_key = torch.where(row_ok, ((row_src - r) % W) * M + row_token, W * M)
-    by_send = torch.argsort(sort_key * topk + torch.where(row_ok, row_slot, 0), stable=True)
+    by_send = _argsort(sort_key * topk + torch.where(row_ok, row_slot, 0), (W * M + 1) * topk, stable=True)
     rows_by_send = torch.where(row_ok, by_send, neg_R)
     st = sort_key[by_send]
     first = torch.ones(R_max, dtype=torch.bool, device=dev)
