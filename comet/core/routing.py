@@ -67,10 +67,10 @@ class Routing:
     def check_entries(self) -> None:
         """Raise ValueError naming the first bad token (host sync): an expert id outside [0, E), an expert
         repeated within a token, a negative or non-finite weight (`routing_problems_MJ`)."""
-        ids, w = self.topk_ids_MJ, self.topk_weights_MJ
-        if ids.numel() == 0 or _plainly_fine(ids, w, self.num_experts):  # the usual case, without the per-entry bits
+        bits_MJ = routing_problems_MJ(self.topk_ids_MJ, self.topk_weights_MJ, self.num_experts)
+        if not bool(bits_MJ.any()):  # the usual case: no need to find the first bad token
             return
-        err = routing_error(ids, w, self.num_experts).tolist()
+        err = first_problem(bits_MJ).tolist()
         if err[0]:
             t = err[1]
             raise ValueError(describe_routing_error(err[0], t, self.num_experts) + f": expert ids "
@@ -92,16 +92,6 @@ OUT_OF_RANGE, REPEATED, BAD_WEIGHT = 1, 2, 4
 PROBLEMS = {OUT_OF_RANGE: "an expert id outside [0, E) (expert ids must lie in [0, E))",
             REPEATED: "an expert repeated within the token (experts must be distinct within a token)",
             BAD_WEIGHT: "a negative or non-finite gate weight"}
-
-
-def _plainly_fine(ids_MJ: torch.Tensor, w_MJ: torch.Tensor, E: int) -> bool:
-    """No entry has a problem (routing_problems_MJ is all zero), by a few whole-tensor reductions (host sync)."""
-    if int(ids_MJ.min()) < 0 or int(ids_MJ.max()) >= E:
-        return False
-    if not bool(((w_MJ >= 0) & (w_MJ < float("inf"))).all()):  # NaN fails both
-        return False
-    s = ids_MJ.sort(dim=1).values
-    return not bool((s[:, 1:] == s[:, :-1]).any())
 
 
 def routing_problems_MJ(topk_ids_MJ: torch.Tensor, topk_weights_MJ: torch.Tensor, E: int) -> torch.Tensor:
