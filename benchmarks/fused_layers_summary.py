@@ -47,16 +47,19 @@ def _gemm_bytes(model: ModelConfig, ep: int, layer: str, rows: int) -> float:
     return 2.0 * (rows * d_in + E_loc * d_in * d_w + rows * d_out)
 
 
+def graph_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The graph-replay rows in the kernels' default configuration (not --l1-configs' variants), with a routing
+    column (CSVs from before benchmarks.fused_layers' --routing: balanced)."""
+    g = df[(df["timing"] == "graph") & (df["note"].fillna("default config") == "default config")]
+    return g if "routing" in g else g.assign(routing="balanced")
+
+
 def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
-    g = df[df["timing"] == "graph"]
-    if "routing" not in g:  # CSVs from before the --routing option: balanced
-        g = g.assign(routing="balanced")
     out = []
-    for (model, M, ep, routing, layer), case in g.groupby(["model", "tokens_M", "ep", "routing", "layer"],
-                                                          sort=False):
+    for (model, M, ep, routing, layer), case in graph_rows(df).groupby(
+            ["model", "tokens_M", "ep", "routing", "layer"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
         fused = case[case["impl"] == FUSED[layer]].sort_values("nc")
-        fused = fused[fused["note"].fillna("default config") == "default config"] if layer == "l1" else fused
         if fused.empty or pd.isna(gemm):
             continue
         best = fused.loc[fused["time_us"].idxmin()]
@@ -81,14 +84,12 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = df[(df["timing"] == "graph") & (df["layer"] == "l1")]
-    if "routing" not in g:
-        g = g.assign(routing="balanced")
+    g = graph_rows(df)
+    g = g[g["layer"] == "l1"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for (model, M, routing), case in g.groupby(["model", "tokens_M", "routing"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
-        f = case[(case["impl"] == "fused") & (case["note"].fillna("default config") == "default config")]
-        f = f.sort_values("nc")
+        f = case[case["impl"] == "fused"].sort_values("nc")
         ax.plot(f["nc"], f["time_us"] / gemm, marker="o", ls="-" if routing == "balanced" else "--",
                 label=f"{model} M={M}" + ("" if routing == "balanced" else f" ({routing})"))
     ax.axhline(1.0, color="k", lw=0.8)
