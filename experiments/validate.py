@@ -204,6 +204,19 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+SWEEP_KEYS = ["model", "tokens_M", "ep", "routing", "layer", "impl"]
+
+
+def _sweeps(cmp: pd.DataFrame):
+    """The n_c sweeps of >= 3 points: (their key as a dict, their rows, Spearman rho of measured against
+    predicted, the row the simulator picks, the best measured row)."""
+    for key, g in cmp[cmp["nc"] != ""].groupby(SWEEP_KEYS, sort=False):
+        if len(g) >= 3:
+            rho = float(spearmanr(g["measured_us"], g["predicted_us"]).statistic)
+            pick, best = g.loc[g["predicted_us"].idxmin()], g.loc[g["measured_us"].idxmin()]
+            yield dict(zip(SWEEP_KEYS, key, strict=True)), g, rho, pick, best
+
+
 def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     """Per layer: MAPE and worst |error|; per n_c sweep: Spearman rho, the simulator's pick and its cost."""
     if "routing" not in cmp:
@@ -213,18 +226,13 @@ def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
         err = g["error_pct"].abs()
         out.append({"scope": f"{layer} all", "n": len(g), "mape_pct": round(err.mean(), 2),
                     "worst_pct": round(err.max(), 2)})
-    sweeps = cmp[cmp["nc"] != ""]
-    for (model, tokens, routing, layer), g in sweeps.groupby(["model", "tokens_M", "routing", "layer"], sort=False):
-        if len(g) < 3:
-            continue
-        rho = spearmanr(g["measured_us"], g["predicted_us"]).statistic
-        pick = g.loc[g["predicted_us"].idxmin()]
-        best = g.loc[g["measured_us"].idxmin()]
+    for k, g, rho, pick, best in _sweeps(cmp):
         err = g["error_pct"].abs()
-        scope = f"{layer} {model} M={tokens}" + ("" if routing == "balanced" else f" {routing}") + " n_c sweep"
+        scope = (f"{k['layer']} {k['model']} M={k['tokens_M']}"
+                 + ("" if k["routing"] == "balanced" else f" {k['routing']}") + " n_c sweep")
         out.append({"scope": scope, "n": len(g),
                     "mape_pct": round(err.mean(), 2), "worst_pct": round(err.max(), 2),
-                    "spearman": round(float(rho), 3), "sim_nc": int(pick["nc"]), "best_nc": int(best["nc"]),
+                    "spearman": round(rho, 3), "sim_nc": int(pick["nc"]), "best_nc": int(best["nc"]),
                     "pick_cost_pct": round(100 * (pick["measured_us"] / best["measured_us"] - 1), 2)})
     return pd.DataFrame(out)
 
@@ -237,17 +245,11 @@ def split_summary(cmp: pd.DataFrame) -> pd.DataFrame:
     for (layer, half), g in cmp.groupby(["layer", "split"], sort=True):
         fused = layer in ("l0", "l1")
         err = g["error_pct"].abs()
-        rhos, within = [], []
-        for _, sweep in g[g["nc"] != ""].groupby(["model", "tokens_M", "ep", "routing", "impl"], sort=False):
-            if len(sweep) < 3:
-                continue
-            rhos.append(float(spearmanr(sweep["measured_us"], sweep["predicted_us"]).statistic))
-            pick = sweep.loc[sweep["predicted_us"].idxmin(), "measured_us"]
-            within.append(pick <= 1.03 * sweep["measured_us"].min())
+        sweeps = [(rho, pick["measured_us"] <= 1.03 * best["measured_us"]) for _, _, rho, pick, best in _sweeps(g)]
         out.append({"layer": layer if fused else "moe", "system": "comet" if fused else layer, "split": half,
                     "n_configs": len(g), "mape_pct": round(err.mean(), 2), "max_ape_pct": round(err.max(), 2),
-                    "spearman_min": round(min(rhos), 3) if rhos else "",
-                    "nc_within_3pct_frac": round(sum(within) / len(within), 3) if within else ""})
+                    "spearman_min": round(min(r for r, _ in sweeps), 3) if sweeps else "",
+                    "nc_within_3pct_frac": round(sum(w for _, w in sweeps) / len(sweeps), 3) if sweeps else ""})
     return pd.DataFrame(out, columns=SPLIT_COLUMNS)
 
 
