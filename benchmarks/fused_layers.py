@@ -13,8 +13,10 @@ Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and
           sequential            index_copy of the rows from each source, then the grouped GEMM
                                 (kernels/grouped_gemm.py, B through TMA)
           gemm_alone            the grouped GEMM on rows already in place
-  layer1  fused[nc1]            GEMM + top-k reduce + stores into the owners' combine buffers, one kernel,
+  layer1  fused[nc1]            GEMM + top-k reduce + stores into the owners' combine buffers, one tl kernel,
                                 nc1 in {4, 8, 16, 28, 32, 48, 64} communication programs
+          fused_gluon[nc1]      the same work as the Gluon GEMM on SMs - nc1 programs beside a communication
+                                kernel of nc1 programs (kernels/fused_layer1_gluon.py)
           sequential            the grouped GEMM, then a torch top-k reduce (index_add in fp32) and
                                 index_copy into each owner's combine buffer
           gemm_alone            the grouped GEMM alone
@@ -62,6 +64,8 @@ CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 
 NC1 = (4, 8, 16, 28, 32, 48, 64)
 NC0 = (8, 16, 32)
 NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
+# layer1's two forms (kernels.fused_layer1.fused_layer1 impl): one tl launch; the Gluon GEMM + a communication kernel
+L1_IMPLS = (("fused", "triton"), ("fused_gluon", "gluon"))
 FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rank", "layer", "activation", "rows", "impl", "nc", "block",
           "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
 HW = HardwareProfile.from_name("h200")
@@ -198,15 +202,16 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         emit("l1", impl, _eager_us(fn), "eager", flops1, moved, block="128x128")
     yref = y_ref[:R].clone()
     for nc in NC1:
-        for cfg in l1_configs if nc in NC1_SEND_SWEEP else ({},):
-            p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
-            comm = GPU_COMM.replace(**cfg)
-            fn = lambda p=p, comm=comm: fused_layer1(world, p, r0, w1, comm=comm)
-            fn()
-            err = _rel_err(world.buffers(r0).y_RN[:R], yref)
-            note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
-            emit("l1", "fused", _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
-            emit("l1", "fused", _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
+        for name, impl in L1_IMPLS:
+            for cfg in l1_configs if nc in NC1_SEND_SWEEP else ({},):
+                p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
+                comm = GPU_COMM.replace(**cfg)
+                fn = lambda p=p, comm=comm, impl=impl: fused_layer1(world, p, r0, w1, comm=comm, impl=impl)
+                fn()
+                err = _rel_err(world.buffers(r0).y_RN[:R], yref)
+                note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
+                emit("l1", name, _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
+                emit("l1", name, _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
     world.reset()
 
     # --- owner's reduce: every rank's layer1 once, then rank 0's reduce timed once per round
@@ -228,9 +233,11 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
 
 
 def parse_comm_changes(text: str) -> dict:
-    """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig."""
+    """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig; 'default' -> {}."""
     fields = {f.name: f for f in dataclasses.fields(CommConfig)}
     out = {}
+    if text == "default":
+        return out
     for kv in text.split(","):
         key, _, value = kv.partition("=")
         if key not in fields or not value.lstrip("-").isdigit():
@@ -248,8 +255,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
     ap.add_argument("--l1-configs", default="",
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
-                         f"comma list of kernels.options.CommConfig fields FIELD=INT (e.g. "
-                         f"'send_block=16;pipelined=0,send_block=16'); default: the default")
+                         f"comma list of kernels.options.CommConfig fields FIELD=INT, or 'default' (e.g. "
+                         f"'default;send_block=16;pipelined=0,send_block=16'); default: the default alone")
     ap.add_argument("--routing", nargs="+", default=["balanced"], choices=["balanced", "imbalanced"],
                     help="routings of every case (imbalanced: expert load-share std 0.032, the paper's production "
                          "figure)")

@@ -4,6 +4,8 @@
 
 Per case (model, M) and layer, graph-replay times of one rank:
   gemm_us            the grouped GEMM alone on the same rows (the Gluon kernel)
+  kernel             the fused kernel (`FUSED`): layer0 "fused_blocks"; layer1 "fused" (one tl launch) or
+                     "fused_gluon" (the Gluon GEMM beside a communication kernel)
   fused_us, best_nc  the best fused time over the n_c swept (layer0: the "blocks" mechanism; direct_us: the
                      "direct" one, GEMM tiles reading peers' rows, n_c 0)
   over_gemm          fused_us / gemm_us, and the goal for it (`GOALS`)
@@ -33,7 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the fused-over-GEMM goals of the fused-kernel work: (layer, model) -> ratio
 GOALS = {("l0", "mixtral-8x7b"): 1.05, ("l0", "phi-3.5-moe"): 1.05, ("l0", "qwen2-moe-2.7b"): 1.10,
          ("l1", "mixtral-8x7b"): 1.10, ("l1", "phi-3.5-moe"): 1.10, ("l1", "qwen2-moe-2.7b"): 1.35}
-FUSED = {"l0": "fused_blocks", "l1": "fused"}
+# the fused kernels summarised per layer (benchmarks.fused_layers impl names): layer0's "blocks" mechanism;
+# layer1's one tl launch and its Gluon form (CSVs from before the Gluon form have only "fused")
+FUSED = {"l0": ("fused_blocks",), "l1": ("fused", "fused_gluon")}
 
 
 def measured_hbm_gbps(profile: Path = REPO / "profiles" / "h200_x1.json") -> float:
@@ -59,25 +63,34 @@ def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
     for (model, M, ep, routing, layer), case in graph_rows(df).groupby(
             ["model", "tokens_M", "ep", "routing", "layer"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
-        fused = case[case["impl"] == FUSED[layer]].sort_values("nc")
-        if fused.empty or pd.isna(gemm):
-            continue
-        best = fused.loc[fused["time_us"].idxmin()]
-        rows, moved = int(best["rows"]), float(best["moved_bytes"])
-        floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows) + 2 * moved)
-                    / (hbm_gbps * 1e3))
-        low = fused.iloc[0]
-        direct = case[case["impl"] == "fused_direct"]["time_us"]
-        out.append({"model": model, "tokens_M": M, "ep": ep, "routing": routing, "layer": layer, "rows": rows,
-                    "gemm_us": gemm, "fused_us": best["time_us"], "best_nc": int(best["nc"]),
-                    "direct_us": float(direct.min()) if len(direct) else float("nan"),
-                    "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
-                    "floor_us": round(floor, 1), "of_floor": round(floor / best["time_us"], 3),
-                    "low_nc": int(low["nc"]), "low_nc_over_gemm": round(low["time_us"] / gemm, 3),
-                    "prog_gbps_low_nc": round(moved / (low["time_us"] * low["nc"]) / 1e3, 2)})
+        for kernel in FUSED[layer]:
+            row = _summary_row(case, kernel, gemm, model, M, ep, routing, layer, hbm_gbps)
+            if row is not None:
+                out.append(row)
     res = pd.DataFrame(out)
     res["meets_goal"] = res["over_gemm"] <= res["goal"]
     return res
+
+
+def _summary_row(case: pd.DataFrame, kernel: str, gemm: float, model, M, ep, routing, layer,
+                 hbm_gbps: float) -> dict | None:
+    """One case's summary for one fused kernel (None: the CSV has no rows of it)."""
+    fused = case[case["impl"] == kernel].sort_values("nc")
+    if fused.empty or pd.isna(gemm):
+        return None
+    best = fused.loc[fused["time_us"].idxmin()]
+    rows, moved = int(best["rows"]), float(best["moved_bytes"])
+    floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows) + 2 * moved)
+                / (hbm_gbps * 1e3))
+    low = fused.iloc[0]
+    direct = case[case["impl"] == "fused_direct"]["time_us"]
+    return {"model": model, "tokens_M": M, "ep": ep, "routing": routing, "layer": layer, "kernel": kernel,
+            "rows": rows, "gemm_us": gemm, "fused_us": best["time_us"], "best_nc": int(best["nc"]),
+            "direct_us": float(direct.min()) if len(direct) else float("nan"),
+            "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
+            "floor_us": round(floor, 1), "of_floor": round(floor / best["time_us"], 3),
+            "low_nc": int(low["nc"]), "low_nc_over_gemm": round(low["time_us"] / gemm, 3),
+            "prog_gbps_low_nc": round(moved / (low["time_us"] * low["nc"]) / 1e3, 2)}
 
 
 def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
@@ -89,9 +102,16 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for (model, M, routing), case in g.groupby(["model", "tokens_M", "routing"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
-        f = case[case["impl"] == "fused"].sort_values("nc")
-        ax.plot(f["nc"], f["time_us"] / gemm, marker="o", ls="-" if routing == "balanced" else "--",
-                label=f"{model} M={M}" + ("" if routing == "balanced" else f" ({routing})"))
+        color = None
+        for kernel in FUSED["l1"]:
+            f = case[case["impl"] == kernel].sort_values("nc")
+            if f.empty:
+                continue
+            line, = ax.plot(f["nc"], f["time_us"] / gemm, marker="o" if kernel == "fused_gluon" else ".",
+                            ls="-" if routing == "balanced" else "--", color=color, alpha=1 if color is None else 0.45,
+                            label=f"{model} M={M}" + ("" if routing == "balanced" else f" ({routing})")
+                            + ("" if kernel == "fused_gluon" else ", one tl launch"))
+            color = line.get_color()  # a case's second kernel in the same colour, paler
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16]))

@@ -5,6 +5,7 @@ refactor changes no instruction, and a way to see what a new kernel compiles to 
         --target /tmp/triton36 /tmp/wheel/triton-3.6.0-*.whl
     PYTHONPATH=/tmp/triton36:. python dev/offline_ptx.py /tmp/before      # on the old tree
     PYTHONPATH=/tmp/triton36:. python dev/offline_ptx.py /tmp/after       # on the new tree
+    (... DIR --fused-only: the fused kernels alone, ~30 s)
     python dev/offline_ptx.py --compare /tmp/before /tmp/after
 
 A stand-in driver reports an sm_90 target; `JITFunction.warmup` then specialises on CPU tensors (same classes as
@@ -116,6 +117,19 @@ def fused_variants(out: Path) -> None:
         for variant in ("blocks", "direct"):
             fused_layer0(world, plan, 0, shard.w0_ENK, variant=variant, tile=GPU_TILE, comm=GPU_COMM, b_tma=True)
         fused_layer1(world, plan, 0, shard.w1_EKN, tile=GPU_TILE, comm=GPU_COMM, a_tma=True, b_tma=True)
+        # layer1's Gluon form: its communication kernel, and the Gluon GEMM counting tiles per column block
+        from kernels import fused_layer1_gluon
+        from kernels.gluon_gemm import grouped_gemm_hopper
+        from kernels.grouped_gemm import _tiles
+        from kernels.options import GemmOptions
+
+        buf, R_max = world.buffers(0), plan.rank(0).row_token_R.numel()
+        fused_layer1_gluon.launch_comm(world, plan, 0, buf.y_RN[:R_max], comm=GPU_COMM,
+                                       send_block=GPU_COMM.send_block_for("cuda"), max_spin=world.max_spin)
+        grouped_gemm_hopper(buf.h_RK[:R_max], shard.w1_EKN, _tiles(plan.rank(0), "l1"), buf.y_RN[:R_max],
+                            block_m=128, block_n=128, activation="none", num_programs=116,
+                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True),
+                            col_counts=buf.flags_F[:plan.l1_col_blocks])
     finally:
         JITFunction.run = run
     for i, (name, kernel) in enumerate(compiled):
@@ -149,5 +163,6 @@ if __name__ == "__main__":
     _fake_driver()
     folder = Path(sys.argv[1])
     folder.mkdir(parents=True, exist_ok=True)
-    grouped_gemm_variants(folder)
+    if sys.argv[2:3] != ["--fused-only"]:
+        grouped_gemm_variants(folder)
     fused_variants(folder)

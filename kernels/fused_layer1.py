@@ -36,17 +36,16 @@ import triton.language as tl
 
 from comet.core.jit import jit
 from comet.core.policy import check_kernel_tile
-from kernels.fused_layer1_comm import comm_pipelined, first_owned_token
-from kernels.grouped_gemm import sm_count
-from kernels.options import CommConfig, TileConfig, default_comm, default_tile
-from kernels.signals import finish_program, signal_add, wait_flag
+from kernels import fused_layer1_gluon
+from kernels.fused_layer1_comm import comm_program, first_owned_token  # noqa: F401 (first_owned_token: tests)
+from kernels.grouped_gemm import gluon_unsupported, sm_count
+from kernels.options import IMPLS, CommConfig, TileConfig, default_comm, default_tile
+from kernels.signals import finish_program, signal_add
 from kernels.tile_matmul import b_tile_ptrs, tile_at, tile_matmul
-from kernels.timeline import REC_GEMM1, REC_REDUCE_SEND, global_timer_ns, require_gpu_kernel, sm_id, trace_write
+from kernels.timeline import REC_GEMM1, global_timer_ns, require_gpu_kernel, sm_id, trace_write
 from kernels.tma import descriptor
 
-_WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
 _REC_GEMM1 = tl.constexpr(REC_GEMM1)  # kernels/timeline.py record kinds
-_REC_REDUCE_SEND = tl.constexpr(REC_REDUCE_SEND)
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -108,70 +107,12 @@ def _fused_layer1_kernel(
             tl.store(trace_count_ptr + pid, n_rec)
     else:
         # --- communication program: (column block, send chunk) items; top-k reduce, remote store, signal
-        cp = pid - num_gemm
-        if INSTRUMENT:
-            n_rec = 0
-        num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
-        tiles_per_col = tl.load(tiles_per_col_ptr)
-        if PIPELINED:
-            n_pipe = comm_pipelined(
-                cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
-                col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
-                sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
-                rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-                BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
-            if INSTRUMENT:
-                n_rec = n_pipe
-        else:
-            arange_s = tl.arange(0, SEND_BLOCK)
-            comb_elem = comb_ptr.dtype.element_ty
-            ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
-            for i in range(cp, num_chunks * col_blocks, num_comm):
-                if INSTRUMENT:
-                    t_begin = global_timer_ns()
-                col = i // num_chunks
-                ch = i % num_chunks
-                if col >= ready_cols:
-                    wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
-                              col, rank, False, "gpu")
-                    ready_cols = (col + 1).to(tl.int64)
-                if INSTRUMENT:
-                    t_ready = global_timer_ns()
-                start = tl.load(chunk_start_ptr + ch)
-                end = tl.load(chunk_end_ptr + ch)
-                dest = tl.load(send_dest_ptr + start)  # one destination per chunk
-                first_tok = first_owned_token(dest, M, world)
-                # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
-                comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
-                offs_n = col * BLOCK_N + arange_n
-                mask_n = offs_n < D_OUT
-                for s0 in range(start, end, SEND_BLOCK):
-                    offs_s = s0 + arange_s
-                    mask_s = offs_s < end
-                    r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
-                    r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
-                    acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
-                    for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                        valid = mask_s & (r0 + j < r1)
-                        row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
-                        w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                        # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                        # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
-                        # of 16
-                        y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                    mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
-                        acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
-                    tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
-                    slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
-                    dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
-                    tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
-                peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-                signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
-                if INSTRUMENT:
-                    t_end = global_timer_ns()
-                    trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
-                                dest, end - start, col)
-                    n_rec += 1
+        n_rec = comm_program(
+            pid - num_gemm, pid, sm, num_comm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps,
+            rank, world, M, D_OUT, slots, col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr,
+            comb_ptr, comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr,
+            send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr,
+            trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED)
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
 
@@ -183,10 +124,23 @@ def _fused_layer1_kernel(
 
 
 # ------------------------------------------------------------------------------------------ wrappers
+def _gluon_unsupported(h, w1_EKN, y, pol, tile, a_tma, b_tma, timeline, impl: str) -> str | None:
+    """Why fused_layer1 runs the one-launch tl kernel (None: it runs kernels/fused_layer1_gluon.py)."""
+    if impl not in IMPLS:
+        raise ValueError(f"fused_layer1 impl={impl!r}: use one of {', '.join(IMPLS)}")
+    if impl == "triton":
+        return "impl='triton'"
+    given = [name for name, v in (("tile", tile), ("a_tma", a_tma), ("b_tma", b_tma), ("timeline", timeline))
+             if v is not None]
+    if given:
+        return f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the tl kernel"
+    return gluon_unsupported(h, w1_EKN, y, "none", False, pol.block_m, pol.block_n1)
+
+
 def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tensor | None = None,
                  num_programs: int | None = None, tile: TileConfig | None = None, comm: CommConfig | None = None,
                  a_tma: bool | None = None, b_tma: bool | None = None, max_spin: int | None = None,
-                 timeline=None) -> torch.Tensor:
+                 timeline=None, impl: str = "auto") -> torch.Tensor:
     """Layer1 of `rank`: GEMM over the Plan's l1 tiles, top-k reduce, partial sums into the owners' combine
     buffers (slot send_slot_S), signalled per (this rank, column block) on the owner.
 
@@ -200,6 +154,10 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     host sync.
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every tile and
     (column block, send chunk) item (GPU only).
+    impl: "triton", the one-launch tl kernel of this module; "gluon", the Gluon GEMM and a communication
+    kernel beside it (kernels/fused_layer1_gluon.py; Hopper, bf16/fp16), or a ValueError that says why it
+    cannot run the call; "auto", "gluon" where it can run and none of the tl kernel's own options (tile, a_tma,
+    b_tma, timeline) is given, else "triton". Both write the same combine buffers for the same y.
     """
     pol = plan.policy
     if pol.nc_layer1 < 1:
@@ -221,6 +179,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
                          f"got {tuple(w1_EKN.shape)} {w1_EKN.dtype} on {w1_EKN.device}")
     check_kernel_tile("policy block_m", pol.block_m)
     check_kernel_tile("policy block_n1", pol.block_n1)
+    tile_given = tile
     tile = default_tile(dev) if tile is None else tile
     comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)
@@ -234,6 +193,14 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
                          f"on each other and must all be resident; lower num_programs or nc_layer1")
     y = buf.y_RN[:R_max]
     cuda = dev.type == "cuda"
+    why = _gluon_unsupported(h, w1_EKN, y, pol, tile_given, a_tma, b_tma, timeline, impl)
+    if impl == "gluon" and why is not None:
+        raise ValueError(f"fused_layer1 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
+    if why is None:
+        fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs, comm=comm,
+                                  send_block=comm.send_block_for(dev),
+                                  max_spin=ws.max_spin if max_spin is None else max_spin)
+        return y
     if a_tma is None:
         a_tma = cuda and (K * h.element_size()) % 16 == 0 and h.data_ptr() % 16 == 0
     if b_tma is None:

@@ -30,6 +30,87 @@ def first_owned_token(s, M, W):
 
 
 @triton.jit
+def comm_program(
+    cp, pid, sm, num_comm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M, D_OUT,
+    slots, col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+    sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
+    rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
+    BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
+    PIPELINED: tl.constexpr,
+):
+    """Communication program cp of num_comm (pid: its program id, sm: its SM for the timeline): its (column
+    block, send chunk) items i = cp, cp + num_comm, ... in column-block-major order. Each waits until the
+    column block's GEMM tiles are all counted (l1 column count == tiles_per_col), sums each send's rows
+    weighted in fp32, stores the sum into the owner's combine buffer and signals the owner. PIPELINED: as
+    `comm_pipelined`; else item by item (the plain order, bitwise the same). Returns the timeline records
+    written (INSTRUMENT)."""
+    n_rec = 0
+    arange_n = tl.arange(0, BLOCK_N)
+    num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
+    tiles_per_col = tl.load(tiles_per_col_ptr)
+    if PIPELINED:
+        n_pipe = comm_pipelined(
+            cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
+            col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+            sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
+            rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
+            BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
+        if INSTRUMENT:
+            n_rec = n_pipe
+    else:
+        arange_s = tl.arange(0, SEND_BLOCK)
+        comb_elem = comb_ptr.dtype.element_ty
+        ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
+        for i in range(cp, num_chunks * col_blocks, num_comm):
+            if INSTRUMENT:
+                t_begin = global_timer_ns()
+            col = i // num_chunks
+            ch = i % num_chunks
+            if col >= ready_cols:
+                wait_flag(flags_ptr + l1_col_off + col, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
+                          col, rank, False, "gpu")
+                ready_cols = (col + 1).to(tl.int64)
+            if INSTRUMENT:
+                t_ready = global_timer_ns()
+            start = tl.load(chunk_start_ptr + ch)
+            end = tl.load(chunk_end_ptr + ch)
+            dest = tl.load(send_dest_ptr + start)  # one destination per chunk
+            first_tok = first_owned_token(dest, M, world)
+            # peers' buffers are 16-byte aligned (workspace allocations): say so, or the stores go out scalar
+            comb_base = tl.multiple_of(tl.load(comb_peers_ptr + dest).to(tl.pointer_type(comb_elem)), 16)
+            offs_n = col * BLOCK_N + arange_n
+            mask_n = offs_n < D_OUT
+            for s0 in range(start, end, SEND_BLOCK):
+                offs_s = s0 + arange_s
+                mask_s = offs_s < end
+                r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
+                r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
+                acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
+                    valid = mask_s & (r0 + j < r1)
+                    row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                    w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
+                    # invalid entries read row 0 and are dropped by the where: a row mask on this gather
+                    # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
+                    # of 16
+                    y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
+                                mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                    acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
+                tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
+                slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
+                dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
+                tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
+            peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
+            if INSTRUMENT:
+                t_end = global_timer_ns()
+                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
+                            dest, end - start, col)
+                n_rec += 1
+    return n_rec
+
+
+@triton.jit
 def _zero(ptr):
     """A new scalar 0 of the pointer's element type."""
     return tl.full((), 0, ptr.dtype.element_ty)

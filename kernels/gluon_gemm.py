@@ -160,47 +160,65 @@ def _activate_slice(c_smem, j: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: g
 
 
 @gluon.jit
-def _store_tile(c_desc, c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SLICES: gl.constexpr,
-                SLICE_ROWS: gl.constexpr, layout: gl.constexpr):
+def _store_tile(c_desc, c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, count_ptr, SLICES: gl.constexpr,
+                SLICE_ROWS: gl.constexpr, layout: gl.constexpr, COUNT_COLS: gl.constexpr):
     """The staged tile to out[row0:row_end, col0:col0 + BLOCK_N]: a whole tile through TMA (it clips columns
-    past D_OUT); a tile cut short by its expert's end shares rows with the next tile: masked stores."""
+    past D_OUT); a tile cut short by its expert's end shares rows with the next tile: masked stores.
+    COUNT_COLS: every tile by masked stores, then count[column block] += 1 (release, GPU scope) for the
+    programs that wait on whole column blocks (kernels/fused_layer1_gluon.py). Triton 3.6's TMA store wait
+    only waits until shared memory is read, not until the writes are visible, so a counted tile does not go
+    through TMA."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
-    if row_end - row0 >= BLOCK_M:
+    if COUNT_COLS:
+        _store_rows(c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
+        _cta_barrier()  # every thread's stores issued, then one release
+        gl.atomic_add(count_ptr + col0 // BLOCK_N, 1, sem="release", scope="gpu")
+    elif row_end - row0 >= BLOCK_M:
         fence_async_shared()
         _tma_store(c_desc, [row0, col0], c_smem)
     else:
-        offs_n = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-        for j in gl.static_range(SLICES):
-            offs_m = row0 + j * SLICE_ROWS + gl.arange(0, SLICE_ROWS, layout=gl.SliceLayout(1, layout))
-            v = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0).load(layout)
-            ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-            gl.store(ptrs, v, mask=(offs_m < row_end)[:, None] & (offs_n < D_OUT)[None, :])
+        _store_rows(c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
 
 
 @gluon.jit
-def _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k_steps,
+def _store_rows(c_smem, c_ptr, row0, row_end, col0, D_OUT, stride_cm, SLICES: gl.constexpr, SLICE_ROWS: gl.constexpr,
+                layout: gl.constexpr):
+    """The staged tile's rows below row_end and columns below D_OUT by masked stores, one 8-row slice at a time."""
+    BLOCK_N: gl.constexpr = c_smem.type.shape[1]
+    offs_n = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    for j in gl.static_range(SLICES):
+        offs_m = row0 + j * SLICE_ROWS + gl.arange(0, SLICE_ROWS, layout=gl.SliceLayout(1, layout))
+        v = c_smem.slice(j * SLICE_ROWS, SLICE_ROWS, dim=0).load(layout)
+        ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+        gl.store(ptrs, v, mask=(offs_m < row_end)[:, None] & (offs_n < D_OUT)[None, :])
+
+
+@gluon.jit
+def _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr, k_steps,
                          SLICES: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr,
-                         SLICED_ACT: gl.constexpr, FAST_GELU: gl.constexpr):
+                         SLICED_ACT: gl.constexpr, FAST_GELU: gl.constexpr, COUNT_COLS: gl.constexpr):
     """At the end of a tile's K loop: the activation's slices that loop was too short for, then the previous
     tile (staged in c_smem) to memory; c_smem is free again when this returns."""
     if SLICED_ACT != 0:
         for j in gl.static_range(SLICES):
             if j >= k_steps:
                 _activate_slice(c_smem, j, SLICE_ROWS, layout, SLICED_ACT, FAST_GELU)
-    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
+    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr, SLICES, SLICE_ROWS,
+                layout, COUNT_COLS)
     tma.store_wait(pendings=0)  # the copy engine has read c_smem
 
 
 @gluon.jit
-def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES: gl.constexpr,
-                     SLICE_ROWS: gl.constexpr, layout: gl.constexpr, SLICED_ACT: gl.constexpr,
-                     FAST_GELU: gl.constexpr):
+def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr,
+                     SLICES: gl.constexpr, SLICE_ROWS: gl.constexpr, layout: gl.constexpr, SLICED_ACT: gl.constexpr,
+                     FAST_GELU: gl.constexpr, COUNT_COLS: gl.constexpr):
     """A program's last tile: nothing left to overlap its activation with."""
     if SLICED_ACT != 0:
         for j in gl.static_range(SLICES):
             _activate_slice(c_smem, j, SLICE_ROWS, layout, SLICED_ACT, FAST_GELU)
-    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS, layout)
+    _store_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr, SLICES, SLICE_ROWS,
+                layout, COUNT_COLS)
 
 
 @gluon.jit
@@ -424,10 +442,11 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
 
 @gluon.jit
 def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr,
-             items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT, stride_cm, a_desc,
+             items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT, stride_cm, count_ptr, a_desc,
              b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0,
              l_offs, ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr, GATHER: gl.constexpr,
-             INLINE_LOADS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr):
+             INLINE_LOADS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
+             num_warps: gl.constexpr):
     """The multiplying warps: this program's work items (`_schedule`), one K loop each. INLINE_LOADS: they
     also issue the loads (NUM_BUFFERS - 1 steps ahead, from the loader state l_* the prologue left; `ready` is
     the slots' one barrier set; whole tiles only); else a loader partition does and the slots go back to it
@@ -516,8 +535,8 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
                 mbarrier.arrive(empty.index((s + NUM_BUFFERS - 1) % NUM_BUFFERS), pred=s > 0)
             s += 1
         if staged != 0:
-            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, k1 - k0,
-                                 SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU)
+            _store_previous_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr,
+                                 k1 - k0, SLICES, SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU, COUNT_COLS)
         if SWIGLU:
             acc, acc_up = warpgroup_mma_wait(0, (acc, acc_up))
         else:
@@ -538,24 +557,26 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
             p_row_end = c_row_end
             p_col0 = c_col0
     if staged != 0:
-        _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, SLICES, SLICE_ROWS,
-                         slice_layout, SLICED_ACT, FAST_GELU)
+        _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr, SLICES,
+                         SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU, COUNT_COLS)
     tma.store_wait(pendings=0)
 
 
 @jit(specialise=("c_ptr", "a_ptr", "ws_ptr", "D_IN", "D_OUT", "up_col", "stride_am", "stride_cm"), decorator=gluon.jit)
 def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
-    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr,
+    tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr, count_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
-    LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, num_warps: gl.constexpr,
+    LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
     many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): each tile of a
     last wave that is at most half full is split into K chunks run by idle programs (gluon_host.split_schedule);
     ws_ptr / cnt_ptr are its workspace (fp32 partial accumulators, int32 counters that start at zero and are
-    left at zero)."""
+    left at zero). COUNT_COLS: each finished tile adds 1 to count_ptr[its column block] once its rows are
+    stored (release), for a kernel beside this one that waits on whole column blocks."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -574,8 +595,9 @@ def _grouped_gemm_hopper_kernel(
             tile_row_end_ptr, tile_col_ptr, items, max_tiles, D_IN, up_col, stride_am, GATHER, num_warps)
         _consume(a_bufs, b_bufs, c_smem, ready, ready, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
                  tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT,
-                 stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile,
-                 l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True, False, num_warps)
+                 stride_cm, count_ptr, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k,
+                 l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True, False, COUNT_COLS,
+                 num_warps)
         for i in gl.static_range(NUM_BUFFERS):
             mbarrier.invalidate(ready.index(i))
     else:
@@ -587,8 +609,9 @@ def _grouped_gemm_hopper_kernel(
         gl.warp_specialize([  # (the consumer's loader state l_* is unused: zeros)
             (_consume, (a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start_ptr, tile_row_end_ptr,
                         tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN,
-                        D_OUT, stride_cm, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am,
-                        0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False, SPLIT_TAIL, num_warps)),
+                        D_OUT, stride_cm, count_ptr, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col,
+                        stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False, SPLIT_TAIL, COUNT_COLS,
+                        num_warps)),
             (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
                           tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts,
                           D_IN, up_col, stride_am, GATHER, LOADER_WARPS)),
@@ -597,13 +620,15 @@ def _grouped_gemm_hopper_kernel(
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
-                        block_k: int = 64) -> torch.Tensor:
+                        block_k: int = 64, col_counts=None) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `kernels.gluon_host.supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) =
     a_rows_R[r] if given (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up
     columns [D_OUT, 2 D_OUT) of b_EIO. options: fast_gelu, ws_gather, ws_tma and split_tail as
     kernels.options.GemmOptions describes them. A split needs the loader partition, which it turns on for an
-    A in place (with ws_gather=False a gathered A runs unsplit). Returns out."""
+    A in place (with ws_gather=False a gathered A runs unsplit). col_counts: an int32 tensor of a count per
+    output column block: each finished tile adds 1 to its column block's count once its rows are stored
+    (release at GPU scope; stored by plain stores, not TMA: see `_store_tile`). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -625,11 +650,12 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"], ws, cnt,
-        tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
+        cnt if col_counts is None else col_counts, tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0,
+        a.stride(0), out.stride(0),
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
         FAST_GELU=2 if fast_gelu == "packed" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
-        num_warps=block_m // 16, **launch)
+        COUNT_COLS=col_counts is not None, num_warps=block_m // 16, **launch)
     return out
 
 

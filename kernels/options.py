@@ -78,13 +78,16 @@ class CommConfig:
     measured best), 16 in the interpreter. pipelined: layer1's communication programs run as a software
     pipeline over (item, step) units (kernels/fused_layer1_comm.py's `comm_pipelined`); False: the item-by-item
     loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both; measured:
-    results/fused_layers/README.md).
+    results/fused_layers/README.md). num_warps: warps of a layer1 communication program where they have a
+    launch of their own (kernels/fused_layer1_gluon.py); in the one-launch tl kernel they have the GEMM
+    programs' TileConfig.num_warps.
     """
 
     pull_rows: int = 32
     pull_cols: int = 256
     send_block: int | None = None
     pipelined: bool = True
+    num_warps: int = 8
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -96,6 +99,9 @@ class CommConfig:
         if sb is not None and (not _is_int(sb) or sb < 1 or sb & (sb - 1)):
             raise ValueError(f"CommConfig send_block={sb!r}: a tl.arange size, so a power of two >= 1 (16 or 32 "
                              f"measured best), or None for the device's default")
+        if not _is_int(self.num_warps) or self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
+                             f"8 or 16")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

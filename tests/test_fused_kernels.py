@@ -124,6 +124,61 @@ def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, s
                 f"pipelined={pipelined}: rank {r}'s combine buffer differs from item by item"
 
 
+@pytest.mark.parametrize("pipelined,num_warps", [(True, 4), (False, 2)])
+def test_layer1_comm_kernel_alone_matches_the_one_launch_kernel(pipelined, num_warps):
+    """kernels/fused_layer1_gluon.py's communication kernel (the Gluon path's second launch), given the
+    one-launch kernel's y and the column counts the Gluon GEMM leaves (every column block complete), writes
+    bitwise the same combine buffers, and its last program resets the counts and its done counter."""
+    from kernels import fused_layer1_gluon
+
+    model = _model("swiglu", E=4, topk=2)
+    par = ParallelConfig(ep=2, tp=2)
+    world = _world(model, par, dtype=torch.float16)
+    routing = imbalanced(M=44, E=4, topk=2, std=0.05, seed=5)
+    policy = SMALL.replace(nc_layer1=3)
+    comm = SMALL_COMM.replace(pipelined=pipelined, num_warps=num_warps)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, policy)
+    w = random_weights(model, seed=4).to(torch.float16, DEVICE)
+    shards = [shard_weights(w, par, r) for r in world.ranks]
+    stage_tokens(world, random_tokens(44, 32, seed=5).to(DEVICE, torch.float16), 44)
+    for r in world.ranks:
+        fused_layer0(world, plan, r, shards[r].w0_ENK)
+    for r in world.ranks:
+        fused_layer1(world, plan, r, shards[r].w1_EKN, comm=comm, impl="triton")
+    one_launch = [world.buffers(r).combine_MLN.clone() for r in world.ranks]
+    for r in world.ranks:
+        combine_reduce(world, plan, r, plan.rank(r).combine_expected_W)
+    lay = world.layout
+    for r in world.ranks:  # (every owner's buffer cleared before any rank sends to it)
+        world.buffers(r).combine_MLN.fill_(float("nan"))
+    for r in world.ranks:
+        buf = world.buffers(r)
+        buf.flags_F[lay.l1_col: lay.l1_col + plan.l1_col_blocks] = plan.rank(r).l1_tiles_per_col.to(torch.int32)
+        fused_layer1_gluon.launch_comm(world, plan, r, buf.y_RN[: plan.rank(r).row_token_R.numel()], comm=comm,
+                                       send_block=comm.send_block_for(DEVICE), max_spin=world.max_spin)
+    for r in world.ranks:
+        buf = world.buffers(r)
+        assert torch.equal(buf.combine_MLN.view(torch.uint8), one_launch[r].view(torch.uint8)), \
+            f"rank {r}: the communication kernel's combine buffer differs from the one-launch kernel's"
+        f = buf.flags_F.cpu()
+        assert f[lay.l1_col:].eq(0).all(), f"rank {r}: counts / done counters not reset: {f.tolist()}"
+        combine_reduce(world, plan, r, plan.rank(r).combine_expected_W)
+    world.check()
+
+
+def test_fused_layer1_impl_errors():
+    model = _model("swiglu")
+    par = ParallelConfig(ep=2)
+    world = _world(model, par)
+    plan = make_plan(uniform(M=8, E=4, topk=2, seed=0).to(DEVICE), model, par, HW, SMALL)
+    w1 = shard_weights(random_weights(model, seed=0).to(torch.float32, DEVICE), par, 0).w1_EKN
+    with pytest.raises(ValueError, match="impl='cuda': use one of auto, triton, gluon"):
+        fused_layer1(world, plan, 0, w1, impl="cuda")
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="impl='gluon' cannot run this call: .*use impl='auto' or 'triton'"):
+            fused_layer1(world, plan, 0, w1, impl="gluon")
+
+
 def test_comm_and_tile_config_errors_say_what_to_use():
     with pytest.raises(ValueError, match="CommConfig pipelined=2: use True"):
         CommConfig(pipelined=2)
