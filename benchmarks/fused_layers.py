@@ -7,7 +7,9 @@ communication is nearly free); they are NOT multi-GPU measurements (experiments.
 measures those).
 
 Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and for rank 0:
-  layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one kernel
+  layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one tl kernel
+          fused_blocks_gluon[nc0]  the same as nc0 pull programs beside the Gluon GEMM, whose loader waits
+                                for the tiles' source ranks (kernels/fused_layer0_gluon.py)
           fused_direct          GEMM tiles load remote rows through peer pointers
           fused_copy_engine     side-stream copy_ of whole source shards + flags, GEMM waits (eager only)
           sequential            index_copy of the rows from each source, then the grouped GEMM
@@ -64,7 +66,8 @@ CASES = (("mixtral-8x7b", 4096, 4), ("mixtral-8x7b", 16384, 4), ("phi-3.5-moe", 
 NC1 = (4, 8, 16, 28, 32, 48, 64)
 NC0 = (8, 16, 32)
 NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
-# layer1's two forms (kernels.fused_layer1.fused_layer1 impl): one tl launch; the Gluon GEMM + a communication kernel
+# each layer's two forms (the fused kernels' impl): one tl launch; the Gluon GEMM beside a communication kernel
+L0_IMPLS = (("fused_blocks", "triton"), ("fused_blocks_gluon", "gluon"))
 L1_IMPLS = (("fused", "triton"), ("fused_gluon", "gluon"))
 FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rank", "layer", "activation", "rows", "impl", "nc", "block",
           "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
@@ -94,9 +97,9 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
 
 
 def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},),
-             routing_kind: str = "balanced") -> None:
+             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP) -> None:
     """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
-    n_c in NC1_SEND_SWEEP; {} is the default."""
+    n_c in sweep_nc; {} is the default."""
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
@@ -148,13 +151,13 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         emit("l0", impl, _graph_us(fn), "graph", flops0, moved, block=f"128x{policy.block_n0}")
         emit("l0", impl, _eager_us(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
     href = h_ref[:R].clone()
-    for nc in NC0:
+    for nc, (name, impl) in itertools.product(NC0, L0_IMPLS):
         p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
-        fn = lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks")
+        fn = lambda p=p, impl=impl: fused_layer0(world, p, r0, w0, variant="blocks", impl=impl)
         fn()
         err = _rel_err(world.buffers(r0).h_RK[:R], href)
-        emit("l0", "fused_blocks", _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}")
-        emit("l0", "fused_blocks", _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}")
+        emit("l0", name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}")
+        emit("l0", name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}")
     fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
     fn()
     err = _rel_err(world.buffers(r0).h_RK[:R], href)
@@ -203,7 +206,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     yref = y_ref[:R].clone()
     for nc in NC1:
         for name, impl in L1_IMPLS:
-            for cfg in l1_configs if nc in NC1_SEND_SWEEP else ({},):
+            for cfg in l1_configs if nc in sweep_nc else ({},):
                 p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
                 comm = GPU_COMM.replace(**cfg)
                 fn = lambda p=p, comm=comm, impl=impl: fused_layer1(world, p, r0, w1, comm=comm, impl=impl)
@@ -257,11 +260,17 @@ def main(argv=None) -> None:
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
                          f"comma list of kernels.options.CommConfig fields FIELD=INT, or 'default' (e.g. "
                          f"'default;send_block=16;pipelined=0,send_block=16'); default: the default alone")
+    ap.add_argument("--l1-sweep-nc", default=",".join(map(str, NC1_SEND_SWEEP)),
+                    help="comma list of the n_c at which --l1-configs are swept (default %(default)s)")
     ap.add_argument("--routing", nargs="+", default=["balanced"], choices=["balanced", "imbalanced"],
                     help="routings of every case (imbalanced: expert load-share std 0.032, the paper's production "
                          "figure)")
     a = ap.parse_args(argv)
     l1_configs = [parse_comm_changes(c) for c in a.l1_configs.split(";") if c] or [{}]
+    try:
+        sweep_nc = tuple(int(v) for v in a.l1_sweep_nc.split(","))
+    except ValueError:
+        raise SystemExit(f"--l1-sweep-nc {a.l1_sweep_nc!r}: use a comma list of ints, e.g. 4,8,16") from None
     cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
                                            for c in a.cases.split(",")]
     out = Path(a.out)
@@ -287,7 +296,7 @@ def main(argv=None) -> None:
         writer.writeheader()
         for (name, M, ep), kind in itertools.product(cases, a.routing):
             try:
-                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind)
+                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc)
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
             f.flush()

@@ -130,6 +130,19 @@ def fused_variants(out: Path) -> None:
                             block_m=128, block_n=128, activation="none", num_programs=116,
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True),
                             col_counts=buf.flags_F[:plan.l1_col_blocks])
+        # layer0's Gluon form: its pull kernel, and the Gluon GEMM whose loader waits on the arrival flags
+        from kernels import fused_layer0_gluon
+        from kernels.gluon_gemm import SourceWaits
+
+        rp, lay = plan.rank(0), world.layout
+        fused_layer0_gluon.launch_pull(world, plan, 0, comm=GPU_COMM, done_total=132)
+        waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:],
+                            targets=rp.l0_chunks_per_src_W, status=buf.status, done=buf.flags_F[lay.done_l0:],
+                            rank=0, world=4, max_spin=world.max_spin, done_total=132)
+        grouped_gemm_hopper(buf.recv_MN, shard.w0_ENK, _tiles(rp, "l0"), buf.h_RK[:R_max], block_m=128,
+                            block_n=plan.policy.block_n0, activation="swiglu", num_programs=116,
+                            a_rows_R=rp.row_token_R, options=GemmOptions(impl="gluon", split_tail=False),
+                            wait_sources=waits)
     finally:
         JITFunction.run = run
     for i, (name, kernel) in enumerate(compiled):

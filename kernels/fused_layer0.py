@@ -37,14 +37,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import triton
 import triton.language as tl
 
 from comet.core.jit import jit
 from comet.core.ownership import owned_range
 from comet.core.policy import check_kernel_tile
 from kernels.activations import ACTIVATIONS
-from kernels.grouped_gemm import sm_count
-from kernels.options import CommConfig, TileConfig, default_comm, default_tile
+from kernels.grouped_gemm import gluon_unsupported, sm_count
+from kernels.options import IMPLS, CommConfig, TileConfig, default_comm, default_tile
 from kernels.signals import finish_program, signal_add, wait_flag
 from kernels.tile_matmul import b_tile_ptrs, tile_at, tile_matmul
 from kernels.timeline import (
@@ -69,6 +70,46 @@ _REC_PULL = tl.constexpr(REC_PULL)
 
 
 # ------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def pull_chunks(pid, num_comm, recv_ptr, recv_peers_ptr, flags_ptr, recv_token_ptr, chunk_src_ptr, chunk_start_ptr,
+                chunk_end_ptr, num_chunks_ptr, max_chunks, D_IN, arrive_off, trace_ptr, trace_slots, sm, stride_rm,
+                COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr, INSTRUMENT: tl.constexpr):
+    """Communication program pid of num_comm: the Plan's chunks i = pid, pid + num_comm, ... (one source rank
+    each), its rows pulled from the source's receive buffer (peer pointer) into this rank's, COMM_ROWS x
+    COMM_COLS elements a step, then flag[source] += 1 (release). Returns the timeline records written
+    (INSTRUMENT)."""
+    n_rec = 0  # this program's items so far: its next record's slot (INSTRUMENT)
+    elem = recv_ptr.dtype.element_ty
+    num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
+    arange_u = tl.arange(0, COMM_ROWS)
+    arange_c = tl.arange(0, COMM_COLS)
+    for i in range(pid, num_chunks, num_comm):
+        if INSTRUMENT:
+            t_begin = global_timer_ns()
+        src = tl.load(chunk_src_ptr + i)
+        start = tl.load(chunk_start_ptr + i)
+        end = tl.load(chunk_end_ptr + i)
+        # peers' buffers are 16-byte aligned (workspace allocations): say so, or the loads go out scalar
+        peer = tl.multiple_of(tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem)), 16)
+        for u0 in range(start, end, COMM_ROWS):
+            offs_u = u0 + arange_u
+            mask_u = offs_u < end
+            tok = tl.load(recv_token_ptr + offs_u, mask=mask_u, other=0)
+            for c0 in range(0, D_IN, COMM_COLS):
+                offs_c = c0 + arange_c
+                mask = mask_u[:, None] & (offs_c < D_IN)[None, :]
+                off = tok[:, None] * stride_rm + offs_c[None, :]
+                v = tl.load(peer + off, mask=mask, cache_modifier=".cg")
+                tl.store(recv_ptr + off, v, mask=mask)
+        signal_add(flags_ptr + arrive_off + src, 1, "gpu")
+        if INSTRUMENT:
+            t_end = global_timer_ns()
+            trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_begin, t_end, sm, _REC_PULL, i, src,
+                        end - start, 0)
+            n_rec += 1
+    return n_rec
+
+
 @jit(specialise=("recv_ptr", "b_ptr", "c_ptr", "D_IN", "D_OUT", "up_col", "stride_rm", "stride_be", "stride_bk",
                   "stride_bn", "stride_cm"))
 def _fused_layer0_kernel(
@@ -93,37 +134,13 @@ def _fused_layer0_kernel(
     elem = recv_ptr.dtype.element_ty
     if INSTRUMENT:
         sm = sm_id()
+    else:
+        sm = pid  # unused
     if pid < num_comm:  # num_comm is 0 unless MODE 0
         # --- communication program: pull whole chunks (one source each) into this rank's buffer
-        if INSTRUMENT:
-            n_rec = 0  # this program's items so far: its next record's slot
-        num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
-        arange_u = tl.arange(0, COMM_ROWS)
-        arange_c = tl.arange(0, COMM_COLS)
-        for i in range(pid, num_chunks, num_comm):
-            if INSTRUMENT:
-                t_begin = global_timer_ns()
-            src = tl.load(chunk_src_ptr + i)
-            start = tl.load(chunk_start_ptr + i)
-            end = tl.load(chunk_end_ptr + i)
-            # peers' buffers are 16-byte aligned (workspace allocations): say so, or the loads go out scalar
-            peer = tl.multiple_of(tl.load(recv_peers_ptr + src).to(tl.pointer_type(elem)), 16)
-            for u0 in range(start, end, COMM_ROWS):
-                offs_u = u0 + arange_u
-                mask_u = offs_u < end
-                tok = tl.load(recv_token_ptr + offs_u, mask=mask_u, other=0)
-                for c0 in range(0, D_IN, COMM_COLS):
-                    offs_c = c0 + arange_c
-                    mask = mask_u[:, None] & (offs_c < D_IN)[None, :]
-                    off = tok[:, None] * stride_rm + offs_c[None, :]
-                    v = tl.load(peer + off, mask=mask, cache_modifier=".cg")
-                    tl.store(recv_ptr + off, v, mask=mask)
-            signal_add(flags_ptr + arrive_off + src, 1, "gpu")
-            if INSTRUMENT:
-                t_end = global_timer_ns()
-                trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_begin, t_end, sm, _REC_PULL, i, src,
-                            end - start, 0)
-                n_rec += 1
+        n_rec = pull_chunks(pid, num_comm, recv_ptr, recv_peers_ptr, flags_ptr, recv_token_ptr, chunk_src_ptr,
+                            chunk_start_ptr, chunk_end_ptr, num_chunks_ptr, max_chunks, D_IN, arrive_off, trace_ptr,
+                            trace_slots, sm, stride_rm, COMM_ROWS, COMM_COLS, INSTRUMENT)
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
     else:
@@ -214,7 +231,7 @@ def write_flag(flags_F: torch.Tensor, index: int, value: int) -> None:
 def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | None = None,
                  activation: str | None = None, num_programs: int | None = None, tile: TileConfig | None = None,
                  comm: CommConfig | None = None, b_tma: bool | None = None, max_spin: int | None = None,
-                 out_RK: torch.Tensor | None = None, timeline=None) -> torch.Tensor:
+                 out_RK: torch.Tensor | None = None, timeline=None, impl: str = "auto") -> torch.Tensor:
     """Layer0 of `rank` in workspace `ws`: out_RK[r] = act(x[row_token_R[r]] @ w0_ENK[expert(r)]).
 
     The token rows must already be in the owners' receive buffers (`ws.buffers(s).recv_MN`, rows indexed by
@@ -230,6 +247,10 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     No host sync; the call is asynchronous on the current stream (copy-engine: plus the rank's side stream).
     timeline: a kernels.timeline.TimelineRecorder: run the instrumented build and record every chunk and tile
     (GPU only; the copy-engine variant's side-stream copies are not kernels and are not recorded).
+    impl: "triton", the one-launch tl kernel of this module; "gluon" ("blocks" only), the pull programs and the
+    Gluon GEMM as two launches side by side (kernels/fused_layer0_gluon.py; Hopper, bf16/fp16), or a
+    ValueError that says why it cannot run the call; "auto", "gluon" where it can run and none of the tl
+    kernel's own options (tile, b_tma, timeline) is given, else "triton".
     """
     pol = plan.policy
     variant = variant or pol.layer0_comm
@@ -258,6 +279,9 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         out_RK = buf.h_RK[:R_max]
     if out_RK.shape != (R_max, k_out) or out_RK.dtype != recv.dtype or not out_RK.is_contiguous():
         raise ValueError(f"out_RK must be a contiguous ({R_max}, {k_out}) {recv.dtype} tensor")
+    why = _gluon_unsupported(recv, w0_ENK, out_RK, act, pol, variant, tile, b_tma, timeline, impl)
+    if impl == "gluon" and why is not None:
+        raise ValueError(f"fused_layer0 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     tile = default_tile(dev) if tile is None else tile
     comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)
@@ -273,6 +297,13 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     if dev.type == "cuda" and nc + num_programs > sms:
         raise ValueError(f"{nc} communication + {num_programs} GEMM programs exceed the {sms} SMs: programs wait "
                          f"on each other and must all be resident; lower num_programs or nc_layer0")
+    spin = ws.max_spin if max_spin is None else max_spin
+    if why is None:
+        from kernels import fused_layer0_gluon  # (it imports pull_chunks from here)
+
+        fused_layer0_gluon.launch(ws, plan, rank, w0_ENK, out_RK, activation=act, num_programs=num_programs,
+                                  comm=comm, max_spin=spin)
+        return out_RK
     if b_tma is None:
         b_tma = dev.type == "cuda" and (k_cols * w0_ENK.element_size()) % 16 == 0
     b_desc = w0_ENK
@@ -280,7 +311,6 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
         b_desc = descriptor(w0_ENK.view(E_loc * N, k_cols), [tile.block_k, pol.block_n0])
     epoch = ws.next_copy_epoch(rank) if variant == "copy-engine" else 0
     lay = ws.layout
-    spin = ws.max_spin if max_spin is None else max_spin
 
     trace = (None, None, None)
     if timeline is not None:
@@ -315,6 +345,21 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     if variant == "copy-engine" and dev.type == "cuda":
         torch.cuda.current_stream(dev).wait_stream(ws.side_stream(rank))
     return out_RK
+
+
+def _gluon_unsupported(recv, w0_ENK, out_RK, act: str, pol, variant: str, tile, b_tma, timeline,
+                       impl: str) -> str | None:
+    """Why fused_layer0 runs the one-launch tl kernel (None: it runs kernels/fused_layer0_gluon.py)."""
+    if impl not in IMPLS:
+        raise ValueError(f"fused_layer0 impl={impl!r}: use one of {', '.join(IMPLS)}")
+    if impl == "triton":
+        return "impl='triton'"
+    if variant != "blocks":
+        return f"the {variant!r} mechanism has no Gluon form (only 'blocks')"
+    given = [name for name, v in (("tile", tile), ("b_tma", b_tma), ("timeline", timeline)) if v is not None]
+    if given:
+        return f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the tl kernel"
+    return gluon_unsupported(recv, w0_ENK, out_RK, act, True, pol.block_m, pol.block_n0)
 
 
 def _copy_engine_dispatch(ws, plan, rank: int, epoch: int) -> None:

@@ -16,8 +16,11 @@ Ordering: a counted tile's rows go out by plain stores, then the GEMM program's 
 one release adds 1 to the column block's count (kernels/gluon_gemm.py `_store_tile`); a communication program
 acquires the count (`wait_flag`) before it reads the rows. The last communication program to finish waits
 until every column block is complete (so that no GEMM program still adds to a count) and resets the counts
-for the next call. The side stream forks from the caller's stream and joins it again, so the call is one
-step of the caller's stream and CUDA-graph capture records both kernels as parallel branches.
+for the next call. The communication kernel runs on the rank's side stream (Workspace.side_stream), which
+forks from the caller's stream before the GEMM and joins it again after, so the call is one step of the
+caller's stream and CUDA-graph capture records both kernels as parallel branches. The GEMM is launched
+first: a first call compiles each kernel as it is launched, and communication programs already spinning
+would count that compile time against their bounded waits.
 
 Results are bitwise reproducible run to run and whatever n_c or the program count: the GEMM runs without its
 split tail, so each tile's reduction order is fixed by its own K loop, and the communication code is the
@@ -38,7 +41,6 @@ from kernels.options import CommConfig, GemmOptions
 from kernels.signals import finish_program, wait_flag
 
 _WAIT_L1_COLUMN = tl.constexpr(3)  # kernels.signals.WAIT_L1_COLUMN
-_side_streams: dict[int, torch.cuda.Stream] = {}
 
 
 @jit(specialise=("y_ptr", "comb_ptr", "D_OUT", "stride_ym"))
@@ -68,13 +70,6 @@ def _layer1_comm_kernel(
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _side_streams:
-        _side_streams[idx] = torch.cuda.Stream(device=idx)
-    return _side_streams[idx]
-
-
 def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.Tensor, *, num_programs: int,
            comm: CommConfig, send_block: int, max_spin: int) -> None:
     """Both kernels of the module docstring for `rank` (kernels.fused_layer1.fused_layer1 has checked the
@@ -87,17 +82,21 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
     pol = plan.policy
     lay = ws.layout
     here = torch.cuda.current_stream(h.device)
-    side = _side_stream(h.device)
-    side.wait_stream(here)
-    with torch.cuda.stream(side):
-        launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
+    side = ws.side_stream(rank)
+    fork = torch.cuda.Event()
+    fork.record(here)
     counts = ws.buffers(rank).flags_F[lay.l1_col: lay.l1_col + plan.l1_col_blocks]
     tiles = _tiles(plan.rank(rank), "l1")
     max_tiles = tiles["expert"].numel()
+    # the GEMM first: a first call compiles each kernel at its launch, and communication programs already
+    # spinning would count that time against their bounded waits
     if max_tiles:  # (none: no rows, nothing counted, and the communication programs have no items)
         grouped_gemm_hopper(h, w1_EKN, tiles, y, block_m=pol.block_m, block_n=pol.block_n1, activation="none",
                             num_programs=min(num_programs, max_tiles),
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
+    side.wait_event(fork)  # (not on the GEMM: the two run side by side)
+    with torch.cuda.stream(side):
+        launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
     here.wait_stream(side)
 
 

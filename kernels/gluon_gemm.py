@@ -61,6 +61,8 @@ Gluon's Hopper API is missing; `kernels.grouped_gemm.gluon_unsupported` reports 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -392,6 +394,61 @@ def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_ex
     return l_k, l_tile, l_row0, l_brow0, l_col0, l_offs
 
 
+# ----------------------------------------------------------------------------- waits on other kernels
+# (layer0's Gluon form, kernels/fused_layer0_gluon.py: the loader waits until the source ranks of a tile's rows
+# have arrived; kernels/signals.py's wait_flag in Gluon, with the same status record on a timeout)
+_WAIT_L0_ARRIVAL = gl.constexpr(1)  # kernels.signals.WAIT_L0_ARRIVAL
+
+
+@gluon.jit
+def _wait_at_least(flag_ptr, target, max_spin, status_ptr, wait_id: gl.constexpr, index, rank):
+    """Spin until *flag_ptr >= target, at most max_spin polls (volatile loads), then one acquire; on a timeout
+    the first waiter writes the status record (kernels/signals.py) and every later wait gives up at once."""
+    bad = gl.load(status_ptr, volatile=True)
+    seen = gl.load(flag_ptr, volatile=True)
+    it = 0
+    while ((seen - target) < 0) & (it < max_spin) & (bad == 0):
+        seen = gl.load(flag_ptr, volatile=True)
+        it += 1
+        if (it & 1023) == 0:
+            bad = gl.load(status_ptr, volatile=True)
+    seen = gl.atomic_add(flag_ptr, 0, sem="acquire", scope="gpu")  # (used: an unused atomic is removed)
+    if ((seen - target) < 0) & (bad == 0):
+        if gl.atomic_cas(status_ptr, 0, 1, sem="acq_rel", scope="gpu") == 0:
+            gl.store(status_ptr + 1, wait_id)
+            gl.store(status_ptr + 2, index)
+            gl.store(status_ptr + 3, rank)
+            gl.store(status_ptr + 4, seen.to(gl.int32))
+            gl.store(status_ptr + 5, target.to(gl.int32))
+            gl.store(status_ptr + 6, gl.program_id(0))
+            gl.store(status_ptr + 7, it)
+
+
+@gluon.jit
+def _wait_tile_sources(t, ready, tile_src_ptr, flag_ptr, flag_target_ptr, world, max_spin, status_ptr, rank):
+    """Tile t's rows come from the ranks in its source mask: wait for each one not yet known complete
+    (flag[s] >= flag_target[s]); returns the sources known complete."""
+    need = gl.load(tile_src_ptr + t) & ~ready
+    if need != 0:
+        for s in range(0, world):
+            if ((need >> s) & 1) != 0:
+                _wait_at_least(flag_ptr + s, gl.load(flag_target_ptr + s), max_spin, status_ptr, _WAIT_L0_ARRIVAL,
+                               s, rank)
+        ready = ready | need
+    return ready
+
+
+@gluon.jit
+def _finish_and_reset(done_ptr, done_total, flag_ptr, world):
+    """Count this program as finished (its waits are all done); the last of done_total programs of both
+    kernels resets the flags and the counter for the next call."""
+    _cta_barrier()
+    if gl.atomic_add(done_ptr, 1, sem="acq_rel", scope="gpu") == done_total - 1:
+        for s in range(0, world):
+            gl.atomic_xchg(flag_ptr + s, 0, sem="relaxed", scope="gpu")
+        gl.atomic_xchg(done_ptr, 0, sem="relaxed", scope="gpu")
+
+
 # ----------------------------------------------------------------------------- loader partition
 # A and B loaded by a loader partition: LOADER_WARPS extra warps gather A rows by cp.async (each thread's
 # copies arrive on the slot's `ready` mbarrier when they land: cp.async.mbarrier.arrive.noinc), or load an A
@@ -401,8 +458,9 @@ def _prime_loads(a_desc, b_desc, a_bufs, b_bufs, bars, a_ptr, a_row_ptr, tile_ex
 # need one to see every thread's copies).
 @gluon.jit
 def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, tile_row_start_ptr,
-               tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts, D_IN, up_col, stride_am,
-               GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr):
+               tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts, D_IN, up_col, stride_am, tile_src_ptr,
+               flag_ptr, flag_target_ptr, status_ptr, rank, world, max_spin,
+               GATHER: gl.constexpr, LOADER_WARPS: gl.constexpr, WAIT_SOURCES: gl.constexpr):
     """The loader partition: every (tile, K step) of this program's work items, in the consumer's order, into
     the slot the consumer has released."""
     NUM_BUFFERS: gl.constexpr = a_bufs.type.shape[0]
@@ -414,8 +472,12 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
     row_layout: gl.constexpr = gl.SliceLayout(1, gather_layout)
     k_steps = gl.cdiv(D_IN, BLOCK_K)
     s = 0
+    known = (rank * 0 + 1).to(gl.int64) << rank  # WAIT_SOURCES: source ranks known complete (own rows in place)
     for it in range(items):
         t, k0, k1 = _work_item(it, n_dp, my_dp, parts, k_steps)
+        if WAIT_SOURCES:
+            known = _wait_tile_sources(t, known, tile_src_ptr, flag_ptr, flag_target_ptr, world, max_spin, status_ptr,
+                                       rank)
         row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
         if GATHER:
             offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,
@@ -446,7 +508,7 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
              b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k, l_tile, l_row0, l_brow0, l_col0,
              l_offs, ACTIVATION: gl.constexpr, FAST_GELU: gl.constexpr, GATHER: gl.constexpr,
              INLINE_LOADS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
-             num_warps: gl.constexpr):
+             WAIT_SOURCES: gl.constexpr, done_ptr, done_total, flag_ptr, world, num_warps: gl.constexpr):
     """The multiplying warps: this program's work items (`_schedule`), one K loop each. INLINE_LOADS: they
     also issue the loads (NUM_BUFFERS - 1 steps ahead, from the loader state l_* the prologue left; `ready` is
     the slots' one barrier set; whole tiles only); else a loader partition does and the slots go back to it
@@ -560,23 +622,29 @@ def _consume(a_bufs, b_bufs, c_smem, ready, empty, c_desc, c_ptr, tile_row_start
         _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, stride_cm, count_ptr, SLICES,
                          SLICE_ROWS, slice_layout, SLICED_ACT, FAST_GELU, COUNT_COLS)
     tma.store_wait(pendings=0)
+    if WAIT_SOURCES:  # (the loader's waits came before the loads this partition consumed)
+        _finish_and_reset(done_ptr, done_total, flag_ptr, world)
 
 
 @jit(specialise=("c_ptr", "a_ptr", "ws_ptr", "D_IN", "D_OUT", "up_col", "stride_am", "stride_cm"), decorator=gluon.jit)
 def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr, count_ptr,
-    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm,
+    tile_src_ptr, flag_ptr, flag_target_ptr, status_ptr, done_ptr,
+    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm, rank, world, max_spin, done_total,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
     LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
-    num_warps: gl.constexpr,
+    WAIT_SOURCES: gl.constexpr, num_warps: gl.constexpr,
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
     many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): each tile of a
     last wave that is at most half full is split into K chunks run by idle programs (gluon_host.split_schedule);
     ws_ptr / cnt_ptr are its workspace (fp32 partial accumulators, int32 counters that start at zero and are
     left at zero). COUNT_COLS: each finished tile adds 1 to count_ptr[its column block] once its rows are
-    stored (release), for a kernel beside this one that waits on whole column blocks."""
+    stored (release), for a kernel beside this one that waits on whole column blocks. WAIT_SOURCES (with a
+    loader partition): before a tile's loads the loader waits until flag[s] >= flag_target[s] for every source
+    rank s in tile_src[t] (rows pulled by a kernel beside this one); the last of done_total programs of both
+    kernels to finish resets flag[0:world] and *done_ptr."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -597,7 +665,7 @@ def _grouped_gemm_hopper_kernel(
                  tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN, D_OUT,
                  stride_cm, count_ptr, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col, stride_am, l_k,
                  l_tile, l_row0, l_brow0, l_col0, l_offs, ACTIVATION, FAST_GELU, GATHER, True, False, COUNT_COLS,
-                 num_warps)
+                 False, done_ptr, done_total, flag_ptr, world, num_warps)
         for i in gl.static_range(NUM_BUFFERS):
             mbarrier.invalidate(ready.index(i))
     else:
@@ -611,16 +679,17 @@ def _grouped_gemm_hopper_kernel(
                         tile_col_ptr, items, n_dp, my_dp, parts, ws_ptr, cnt_ptr, max_tiles, D_IN,
                         D_OUT, stride_cm, count_ptr, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr, up_col,
                         stride_am, 0, 0, 0, 0, 0, 0, ACTIVATION, FAST_GELU, GATHER, False, SPLIT_TAIL, COUNT_COLS,
-                        num_warps)),
+                        WAIT_SOURCES, done_ptr, done_total, flag_ptr, world, num_warps)),
             (_ws_loader, (a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, tile_expert_ptr,
                           tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, items, n_dp, my_dp, parts,
-                          D_IN, up_col, stride_am, GATHER, LOADER_WARPS)),
+                          D_IN, up_col, stride_am, tile_src_ptr, flag_ptr, flag_target_ptr, status_ptr, rank, world,
+                          max_spin, GATHER, LOADER_WARPS, WAIT_SOURCES)),
         ], [LOADER_WARPS], [LOADER_REGS])
 
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
-                        block_k: int = 64, col_counts=None) -> torch.Tensor:
+                        block_k: int = 64, col_counts=None, wait_sources=None) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `kernels.gluon_host.supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) =
     a_rows_R[r] if given (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up
@@ -628,7 +697,9 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     kernels.options.GemmOptions describes them. A split needs the loader partition, which it turns on for an
     A in place (with ws_gather=False a gathered A runs unsplit). col_counts: an int32 tensor of a count per
     output column block: each finished tile adds 1 to its column block's count once its rows are stored
-    (release at GPU scope; stored by plain stores, not TMA: see `_store_tile`). Returns out."""
+    (release at GPU scope; stored by plain stores, not TMA: see `_store_tile`). wait_sources: a `SourceWaits`:
+    each tile's loads wait until the source ranks of its rows have arrived (needs the loader partition: a
+    gathered A with ws_gather, or an A in place with ws_tma or a split). Returns out."""
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -643,6 +714,9 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
                   else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS)
     loader = (gather and options.ws_gather) or (not gather and (options.ws_tma or want_split))
     split = want_split and loader
+    if wait_sources is not None and not loader:
+        raise ValueError("wait_sources needs the loader partition: use ws_gather=True (gathered A) or ws_tma=True")
+    w = wait_sources
     ws, cnt = split_workspace(a.device, num_programs, block_m, block_n, n_b) if split else (out, tiles["num"])
     warps = block_m // 16 + (_LOADER_WARPS if loader else 0)
     # a loader partition: registers per thread at launch sized so that every warp fits (setmaxnreg moves them)
@@ -650,13 +724,34 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     _grouped_gemm_hopper_kernel[(num_programs,)](
         a_desc, b_desc, c_desc, out, a, a_rows_R if gather else tiles["row_start"],
         tiles["expert"], tiles["row_start"], tiles["row_end"], tiles["col"], tiles["num"], ws, cnt,
-        cnt if col_counts is None else col_counts, tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0,
-        a.stride(0), out.stride(0),
+        cnt if col_counts is None else col_counts,
+        *((cnt,) * 5 if w is None else (w.tile_src, w.flags, w.targets, w.status, w.done)),
+        tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
+        *((0, 0, 0, 0) if w is None else (w.rank, w.world, w.max_spin, w.done_total)),
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
         FAST_GELU=2 if fast_gelu == "packed" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
-        COUNT_COLS=col_counts is not None, num_warps=block_m // 16, **launch)
+        COUNT_COLS=col_counts is not None, WAIT_SOURCES=w is not None, num_warps=block_m // 16, **launch)
     return out
+
+
+@dataclass(frozen=True)
+class SourceWaits:
+    """What grouped_gemm_hopper's wait_sources needs: per tile a bit mask of the source ranks of its rows
+    (tile_src, int64), per source the flag (flags: int32, world of them) and the value it reaches when the
+    source has arrived (targets, int64), the status record for a timeout (kernels/signals.py), and the done
+    counter that the last of done_total programs (this kernel's and the producer kernel's) resets with the
+    flags."""
+
+    tile_src: torch.Tensor
+    flags: torch.Tensor
+    targets: torch.Tensor
+    status: torch.Tensor
+    done: torch.Tensor
+    rank: int
+    world: int
+    max_spin: int
+    done_total: int
 
 
 def _nvmma_descriptor(t, block_shape, gdt):

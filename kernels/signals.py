@@ -94,8 +94,14 @@ def wait_flag(flag_ptr, target, max_spin, status_ptr, wait_id, index, rank,
         it += 1
         if (it & 1023) == 0:
             bad = tl.load(status_ptr, volatile=True)
-    # acquire: the producer's data released before its signal is visible to this program's later loads
-    tl.atomic_add(flag_ptr, 0, sem="acquire", scope=SCOPE)
+    # acquire: the producer's data released before its signal is visible to this program's later loads. Its
+    # value decides (an atomic whose result is unused is removed by the compiler: Triton 3.6 on sm_90 kept no
+    # acquire of the earlier form, only the volatile loads)
+    seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope=SCOPE)
+    if EQ:
+        pending = seen != target
+    else:
+        pending = (seen - target) < 0
     if pending & (bad == 0):
         old = tl.atomic_cas(status_ptr, 0, 1)
         if old == 0:

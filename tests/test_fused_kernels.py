@@ -166,6 +166,35 @@ def test_layer1_comm_kernel_alone_matches_the_one_launch_kernel(pipelined, num_w
     world.check()
 
 
+def test_layer0_pull_kernel_alone_fills_the_rows_and_counts_the_sources():
+    """kernels/fused_layer0_gluon.py's pull kernel (the Gluon path's second launch): every row a rank's tiles
+    read arrives in its receive buffer as the owner holds it, each source's arrival flag reaches the value
+    the Gluon GEMM's loader waits for, and the done counter counts its programs (the GEMM's programs, which
+    would reset both, are not run here)."""
+    from kernels import fused_layer0_gluon
+
+    model = _model("gelu")
+    par = ParallelConfig(ep=4)
+    world = _world(model, par, dtype=torch.float16)
+    M = 50
+    routing = imbalanced(M=M, E=4, topk=2, std=0.05, seed=6)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(nc_layer0=3))
+    x = random_tokens(M, 32, seed=6).to(DEVICE, torch.float16)
+    stage_tokens(world, x, M)
+    lay = world.layout
+    for r in world.ranks:
+        rp = plan.rank(r)
+        fused_layer0_gluon.launch_pull(world, plan, r, comm=SMALL_COMM, done_total=1000)
+        buf = world.buffers(r)
+        rows = rp.row_token_R[: int(rp.num_rows)].long()
+        assert torch.equal(buf.recv_MN[rows], x[rows]), f"rank {r}: pulled rows differ from the owners'"
+        f = buf.flags_F.cpu()
+        assert torch.equal(f[lay.arrive: lay.arrive + par.world_size].long(), rp.l0_chunks_per_src_W.cpu()), \
+            f"rank {r}: arrival flags {f[lay.arrive: lay.arrive + par.world_size].tolist()}"
+        assert int(f[lay.done_l0]) == 3, f"rank {r}: done counter {int(f[lay.done_l0])}, expected 3 programs"
+    world.reset()
+
+
 def test_fused_layer1_impl_errors():
     model = _model("swiglu")
     par = ParallelConfig(ep=2)

@@ -1,0 +1,99 @@
+"""Fused layer0 of one rank on a Hopper GPU, "blocks" mechanism, as two launches that run side by side: a
+communication kernel of n_c programs that pulls the Plan's chunks of token rows from their owners into this
+rank's receive buffer and counts each source's chunks on its arrival flag (the one-launch kernel's code:
+kernels/fused_layer0.py's `pull_chunks`), and the Gluon grouped GEMM (kernels/gluon_gemm.py) on SMs - n_c
+programs, whose loader partition waits, before a tile's first loads, until every source rank of the tile's
+rows has arrived, then gathers the rows by token id (cp.async) while the multiplying warps never spin.
+
+Why two launches, not one launch with roles by program id (kernels/fused_layer0.py, the paper's form): a
+Gluon kernel cannot call tl code, and the pull programs are tl code that the CPU interpreter tests; a launch
+of their own gives them their own warps. Every waiting program stays resident: the communication programs
+wait on nothing, and the GEMM grid leaves them n_c SMs (a GEMM program fills an SM). The communication
+kernel is launched first, so that a first call's compile of the GEMM (at its launch) happens while the rows
+are already moving, and no waiting program exists before its producer was launched.
+
+The Plan orders each tile's rows local rows first and the chunks by source in arrival order; a tile waits
+only for the sources in its mask that it has not yet seen complete. The arrival flags and the done counter
+are the one-launch kernel's (kernels/workspace.py); the last program of either kernel to finish resets them,
+so no host-side clearing is needed. The communication kernel runs on the rank's side stream, forked from
+the caller's stream and joined again after the GEMM (one step of the caller's stream; CUDA-graph capture
+records two parallel branches).
+
+Results: the Gluon GEMM of the grouped GEMM alone on the same rows, without its split tail, so bitwise
+independent of the program count and of n_c; equal to the unfused path's GEMM (kernels.grouped_gemm with the
+Gluon kernel) wherever that one does not split its tail either.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from comet.core.jit import jit
+from kernels.fused_layer0 import pull_chunks
+from kernels.options import CommConfig, GemmOptions
+from kernels.signals import finish_program
+
+
+@jit(specialise=("recv_ptr", "D_IN", "stride_rm"))
+def _layer0_pull_kernel(
+    recv_ptr, recv_peers_ptr, flags_ptr, recv_token_ptr, chunk_src_ptr, chunk_start_ptr, chunk_end_ptr,
+    num_chunks_ptr, max_chunks, num_comm, D_IN, arrive_off, done_off, done_total, world, stride_rm,
+    COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr,
+):
+    """n_c pull programs of layer0 (module docstring); the last of done_total programs of this kernel and the
+    GEMM beside it resets the arrival flags."""
+    pid = tl.program_id(0)
+    pull_chunks(pid, num_comm, recv_ptr, recv_peers_ptr, flags_ptr, recv_token_ptr, chunk_src_ptr, chunk_start_ptr,
+                chunk_end_ptr, num_chunks_ptr, max_chunks, D_IN, arrive_off, None, None, pid, stride_rm, COMM_ROWS,
+                COMM_COLS, False)
+    if finish_program(flags_ptr + done_off, done_total):
+        for s in range(0, world):
+            tl.atomic_xchg(flags_ptr + arrive_off + s, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
+
+
+def gemm_programs(plan, rank: int, num_programs: int) -> int:
+    """The GEMM programs the Gluon form launches (none without tiles: then the pull programs count alone)."""
+    return min(num_programs, plan.rank(rank).l0_tile_expert_T.numel())
+
+
+def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, activation: str,
+           num_programs: int, comm: CommConfig, max_spin: int) -> None:
+    """Both kernels of the module docstring for `rank` (kernels.fused_layer0.fused_layer0 has checked the
+    operands and that the Gluon kernel supports them)."""
+    from kernels.gluon_gemm import SourceWaits, grouped_gemm_hopper  # Gluon's Hopper API: only where supported
+    from kernels.grouped_gemm import _tiles
+
+    pol = plan.policy
+    rp = plan.rank(rank)
+    buf = ws.buffers(rank)
+    lay = ws.layout
+    programs = gemm_programs(plan, rank, num_programs)
+    here = torch.cuda.current_stream(buf.recv_MN.device)
+    side = ws.side_stream(rank)
+    side.wait_stream(here)
+    with torch.cuda.stream(side):
+        launch_pull(ws, plan, rank, comm=comm, done_total=pol.nc_layer0 + programs)
+    if programs:
+        waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:],
+                            targets=rp.l0_chunks_per_src_W, status=buf.status, done=buf.flags_F[lay.done_l0:],
+                            rank=rank, world=plan.world_size, max_spin=max_spin, done_total=pol.nc_layer0 + programs)
+        grouped_gemm_hopper(buf.recv_MN, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
+                            activation=activation, num_programs=programs, a_rows_R=rp.row_token_R,
+                            options=GemmOptions(impl="gluon", split_tail=False), wait_sources=waits)
+    here.wait_stream(side)
+
+
+def launch_pull(ws, plan, rank: int, *, comm: CommConfig, done_total: int) -> None:
+    """The pull kernel alone, on the current stream (done_total: programs of both kernels that count as
+    finished before the flags are reset)."""
+    rp = plan.rank(rank)
+    buf = ws.buffers(rank)
+    lay = ws.layout
+    recv = buf.recv_MN
+    _layer0_pull_kernel[(plan.policy.nc_layer0,)](
+        recv, buf.recv_ptrs_W, buf.flags_F, rp.recv_token_U, rp.l0_chunk_src_C, rp.l0_chunk_start_C,
+        rp.l0_chunk_end_C, rp.num_l0_chunks, rp.l0_chunk_src_C.numel(), plan.policy.nc_layer0, plan.model.hidden_N,
+        lay.arrive, lay.done_l0, done_total, plan.world_size, recv.stride(0),
+        COMM_ROWS=comm.pull_rows, COMM_COLS=comm.pull_cols, num_warps=comm.num_warps)
