@@ -90,13 +90,17 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
     max_tiles = tiles["expert"].numel()
     # the GEMM first: a first call compiles each kernel at its launch, and communication programs already
     # spinning would count that time against their bounded waits
+    side.wait_event(fork)  # (not on the GEMM: the two run side by side)
+    if comm.l1_comm_first:  # (benchmark variant)
+        with torch.cuda.stream(side):
+            launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
     if max_tiles:  # (none: no rows, nothing counted, and the communication programs have no items)
         grouped_gemm_hopper(h, w1_EKN, tiles, y, block_m=pol.block_m, block_n=pol.block_n1, activation="none",
                             num_programs=min(num_programs, max_tiles),
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
-    side.wait_event(fork)  # (not on the GEMM: the two run side by side)
-    with torch.cuda.stream(side):
-        launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
+    if not comm.l1_comm_first:
+        with torch.cuda.stream(side):
+            launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
     here.wait_stream(side)
 
 
