@@ -245,7 +245,7 @@ def parse_comm_changes(text: str) -> dict:
         key, _, value = kv.partition("=")
         if key not in fields or not value.lstrip("-").isdigit():
             raise SystemExit(f"--l1-configs item {kv!r}: use FIELD=INT with FIELD one of {', '.join(fields)}")
-        out[key] = bool(int(value)) if key in ("pipelined", "l1_comm_first") else int(value)
+        out[key] = bool(int(value)) if key == "pipelined" else int(value)
     GPU_COMM.replace(**out)  # a bad value says what is wrong here, not inside the run
     return out
 

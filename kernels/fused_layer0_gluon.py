@@ -1,7 +1,7 @@
 """Fused layer0 of one rank on a Hopper GPU, "blocks" mechanism, as two launches that run side by side: a
 communication kernel of n_c programs that pulls the Plan's chunks of token rows from their owners into this
 rank's receive buffer and counts each source's chunks on its arrival flag (the one-launch kernel's code:
-kernels/fused_layer0.py's `pull_chunks`), and the Gluon grouped GEMM (kernels/gluon_gemm.py) on SMs - n_c
+kernels/fused_layer0_comm.py's `pull_chunks`), and the Gluon grouped GEMM (kernels/gluon_gemm.py) on SMs - n_c
 programs, whose loader partition waits, before a tile's first loads, until every source rank of the tile's
 rows has arrived, then gathers the rows by token id (cp.async) while the multiplying warps never spin.
 
@@ -30,7 +30,8 @@ import torch
 import triton.language as tl
 
 from comet.core.jit import jit
-from kernels.fused_layer0 import pull_chunks
+from kernels.fused_layer0_comm import pull_chunks
+from kernels.grouped_gemm import _tiles
 from kernels.options import CommConfig, GemmOptions
 from kernels.signals import finish_program
 
@@ -63,7 +64,6 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
     """Both kernels of the module docstring for `rank` (kernels.fused_layer0.fused_layer0 has checked the
     operands and that the Gluon kernel supports them)."""
     from kernels.gluon_gemm import SourceWaits, grouped_gemm_hopper  # Gluon's Hopper API: only where supported
-    from kernels.grouped_gemm import _tiles
 
     pol = plan.policy
     rp = plan.rank(rank)

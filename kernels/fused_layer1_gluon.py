@@ -20,7 +20,8 @@ for the next call. The communication kernel runs on the rank's side stream (Work
 forks from the caller's stream before the GEMM and joins it again after, so the call is one step of the
 caller's stream and CUDA-graph capture records both kernels as parallel branches. The GEMM is launched
 first: a first call compiles each kernel as it is launched, and communication programs already spinning
-would count that compile time against their bounded waits.
+would count that compile time against their bounded waits (a first call timed out so on the H200). Launched
+the other way round, the replays ran at the same speed (results/fused_layers/README.md).
 
 Results are bitwise reproducible run to run and whatever n_c or the program count: the GEMM runs without its
 split tail, so each tile's reduction order is fixed by its own K loop, and the communication code is the
@@ -37,6 +38,7 @@ import triton.language as tl
 
 from comet.core.jit import jit
 from kernels.fused_layer1_comm import comm_program
+from kernels.grouped_gemm import _tiles
 from kernels.options import CommConfig, GemmOptions
 from kernels.signals import finish_program, wait_flag
 
@@ -77,7 +79,6 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
     not depend on the program count (bitwise reproducible whatever n_c), and with its loader partition (as the
     GEMM alone runs where it splits: ws_tma)."""
     from kernels.gluon_gemm import grouped_gemm_hopper  # Gluon's Hopper API: only where supported
-    from kernels.grouped_gemm import _tiles
 
     pol = plan.policy
     lay = ws.layout
@@ -90,17 +91,13 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
     max_tiles = tiles["expert"].numel()
     # the GEMM first: a first call compiles each kernel at its launch, and communication programs already
     # spinning would count that time against their bounded waits
-    side.wait_event(fork)  # (not on the GEMM: the two run side by side)
-    if comm.l1_comm_first:  # (benchmark variant)
-        with torch.cuda.stream(side):
-            launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
     if max_tiles:  # (none: no rows, nothing counted, and the communication programs have no items)
         grouped_gemm_hopper(h, w1_EKN, tiles, y, block_m=pol.block_m, block_n=pol.block_n1, activation="none",
                             num_programs=min(num_programs, max_tiles),
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
-    if not comm.l1_comm_first:
-        with torch.cuda.stream(side):
-            launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
+    side.wait_event(fork)  # (not on the GEMM: the two run side by side)
+    with torch.cuda.stream(side):
+        launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
     here.wait_stream(side)
 
 

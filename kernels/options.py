@@ -80,9 +80,7 @@ class CommConfig:
     loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both; measured:
     results/fused_layers/README.md). num_warps: warps of a layer1 communication program where they have a
     launch of their own (kernels/fused_layer1_gluon.py); in the one-launch tl kernel they have the GEMM
-    programs' TileConfig.num_warps. l1_comm_first (benchmark variant): in that form, the communication kernel
-    is launched before the GEMM instead of after it (a first call then compiles the GEMM while the
-    communication programs already spin, which can exhaust their bounded waits).
+    programs' TileConfig.num_warps.
     """
 
     pull_rows: int = 32
@@ -90,8 +88,6 @@ class CommConfig:
     send_block: int | None = None
     pipelined: bool = True
     num_warps: int = 8
-    # benchmark variant
-    l1_comm_first: bool = False
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -106,8 +102,6 @@ class CommConfig:
         if not _is_int(self.num_warps) or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
                              f"8 or 16")
-        if not isinstance(self.l1_comm_first, bool):
-            raise ValueError(f"CommConfig l1_comm_first={self.l1_comm_first!r}: use True or False")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

@@ -275,6 +275,7 @@ def test_sim_only_step_draws_a_fake_recording(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ GPU
 GPU_POLICY = Policy(block_m=128, block_n0=128, block_n1=128, nc_layer0=16, nc_layer1=28, comm_rows=64)
+_TL = {"layer0_kwargs": {"impl": "triton"}, "layer1_kwargs": {"impl": "triton"}}  # the kernels a timeline records
 
 
 def _gpu_case(variant):
@@ -291,7 +292,8 @@ def _gpu_case(variant):
 @pytest.mark.parametrize("variant", ["blocks", "direct", "copy-engine"])
 def test_gpu_every_item_recorded_once(variant):
     model, par, routing, world, w, x, pol = _gpu_case(variant)
-    plain, plan = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True, return_plan=True)
+    # the instrumented build is the one-launch tl kernels': the plain build of the same kernels to compare with
+    plain, plan = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True, return_plan=True, **_TL)
     rec = TimelineRecorder()
     got = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True, plan=plan, timeline=rec)
     assert torch.equal(got, plain), "instrumented outputs differ from the plain build's"
@@ -324,7 +326,7 @@ def test_gpu_every_item_recorded_once(variant):
 @pytest.mark.gpu
 def test_gpu_overflow_is_counted_not_written_past():
     model, par, routing, world, w, x, pol = _gpu_case("blocks")
-    plain = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True)
+    plain = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True, **_TL)
     rec = TimelineRecorder(slots=1)
     got = moe_forward_fused(world, x, routing, w, model, par, pol, checked=True, timeline=rec)
     assert torch.equal(got, plain)
