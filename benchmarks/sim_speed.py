@@ -29,7 +29,7 @@ import numpy
 import simpy
 import torch
 
-from sim.options import SYSTEMS, SimOptions
+from sim.options import LINK_MODELS, SYSTEMS, SimOptions
 from sim.run import make_case, simulate
 
 # name: (model, EP, TP, target wall seconds of the comet system)
@@ -93,6 +93,8 @@ def main(argv=None) -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per system (median reported)")
     ap.add_argument("--no-record", action="store_true", help="skip the event list (what sweeps can do)")
+    ap.add_argument("--link-model", default="auto", choices=LINK_MODELS,
+                    help="SimOptions.link_model (auto: max-min on one node, independent ports across nodes)")
     ap.add_argument("--csv", help="also write the rows to this CSV file")
     a = ap.parse_args(argv)
     pinned = pin_one_core()
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
         if bad:
             ap.error(f"unknown case {bad[0]!r}; choose from {', '.join(CASES)}, a comma-separated list, or 'all'")
         cases = [(n, *CASES[n][:3]) for n in names]
-    options = SimOptions(record=not a.no_record)
+    options = SimOptions(record=not a.no_record, link_model=a.link_model)
     rows = []
     for case, model, ep, tp in cases:
         t0 = time.perf_counter()
@@ -116,7 +118,8 @@ def main(argv=None) -> None:
               f"{'transfers':>9} {'latency us':>10}")
         for s in [x.strip() for x in a.systems.split(",") if x.strip()]:
             row = bench(plan, s, options, a.repeat, warmup=not a.no_warmup)
-            rows.append({"case": case, "model": model, "ep": ep, "tp": tp, "plan_s": plan_s, **row})
+            rows.append({"case": case, "model": model, "ep": ep, "tp": tp, "plan_s": plan_s,
+                         "link_model": options.link_model_for(plan.hardware.nodes(plan.world_size)), **row})
             print(f"{s:<11} {row['wall_s']:>7.2f} {row['tiles']:>7} {row['tile_events_per_s']:>10.0f} "
                   f"{row['events']:>7} {row['events_per_s']:>9.0f} {row['transfers']:>9} "
                   f"{row['latency_us']:>10.1f}", flush=True)

@@ -24,7 +24,7 @@ from comet.core.config import ParallelConfig
 from comet.core.policy import Policy
 from comet.tuning.sweep import NC_CANDIDATES, best_nc
 from sim.hardware_model import COPY_ENGINE_MEASURED_GBPS
-from sim.options import LAYERS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
+from sim.options import LAYERS, LINK_MODELS, SYSTEMS, TILE_ROWS, TILE_SCHEDULES, SimOptions
 from sim.run import check_size, make_case, runnable_systems, simulate, with_policy
 
 
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--copy-engine-gbps", type=float, default=argparse.SUPPRESS,
                    help="copy-engine bandwidth in GB/s for layer0_comm=copy-engine (default: min(link, "
                         f"{COPY_ENGINE_MEASURED_GBPS:g} GB/s measured))")
+    g.add_argument("--link-model", default="auto", choices=LINK_MODELS,
+                   help="how transfers share ports: exact max-min, independent processor-sharing ports (fast at "
+                        "many GPUs), or auto (max-min on one node, independent ports across nodes)")
     g = ap.add_argument_group("output")
     g.add_argument("--trace", metavar="FILE", default=argparse.SUPPRESS,
                    help="write a Chrome trace JSON (Perfetto); with several systems, one file each: FILE's stem + "
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
             pol[key] = value
     fuse = {"auto": None, "fused": True, "separate": False}[a.activation_kernel]
     options = SimOptions(layers=a.layers, chunks=a.chunks, tile_schedule=a.tile_schedule, tile_rows=a.tile_rows,
-                         fuse_activation=fuse, copy_engine_gbps=a.copy_engine_gbps)
+                         fuse_activation=fuse, copy_engine_gbps=a.copy_engine_gbps, link_model=a.link_model)
     try:
         model = case_model(a)
         seconds = check_size(model, ParallelConfig(ep=a.ep, tp=a.tp), a.tokens, Policy(**pol), record=bool(a.trace))

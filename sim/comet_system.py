@@ -56,7 +56,7 @@ class _Rank:
     """Mutable state of one rank during a simulation (flags, counters, arrivals at this owner)."""
 
     __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "col_ev", "col_cnt", "l1_next",
-                 "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx")
+                 "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
 
     def __init__(self, r: int, w: RankWork):
         self.r, self.w = r, w
@@ -68,6 +68,14 @@ class _Rank:
         self.arrived_ev = [None] * ncol
         self.last_arrival = [-math.inf] * ncol
         self.last_arrival_idx = [-1] * ncol
+        self._lists: dict[str, list] = {}
+
+    def listed(self, name: str) -> list:
+        """RankWork's array `name` as a Python list, converted once per rank (every block walks it)."""
+        v = self._lists.get(name)
+        if v is None:
+            v = self._lists[name] = getattr(self.w, name).tolist()
+        return v
 
 
 class CometSim(SystemSim):
@@ -226,7 +234,7 @@ class CometSim(SystemSim):
     def _l0_comm_block(self, st: _Rank, j: int, cause: int):
         env, net, rec = self.env, self.net, self.records
         w, r = st.w, st.r
-        src, nbytes, per_src = w.l0_chunk_src_C.tolist(), w.l0_chunk_bytes_C.tolist(), w.l0_chunks_per_src_W
+        src, nbytes, per_src = st.listed("l0_chunk_src_C"), st.listed("l0_chunk_bytes_C"), w.l0_chunks_per_src_W
         track = self.sms - self.nc0 + j
         for i in range(j, len(src), self.nc0):
             s = src[i]
@@ -258,7 +266,7 @@ class CometSim(SystemSim):
     def _l0_direct_block(self, st: _Rank, b: int, blocks: int, cause: int):
         env, net, rec = self.env, self.net, self.records
         w, r, dur = st.w, st.r, st.dur0
-        srcs, blk, src_rows = w.l0_tile_srcs, w.l0_tile_block_T.tolist(), w.l0_block_src_rows
+        srcs, blk, src_rows = w.l0_tile_srcs, st.listed("l0_tile_block_T"), w.l0_block_src_rows
         n, dynamic, row_bytes = len(dur), self.dynamic, self.row_bytes
         t = b
         while True:
@@ -296,7 +304,7 @@ class CometSim(SystemSim):
     def _l1_compute_block(self, st: _Rank, b: int, blocks: int, cause: int):
         env, rec = self.env, self.records
         timeout, append = env.timeout, rec.append
-        dur, col = st.dur1, st.w.l1_tile_col_T.tolist()
+        dur, col = st.dur1, st.listed("l1_tile_col_T")
         col_cnt, col_ev, per_col, r = st.col_cnt, st.col_ev, st.w.l1_tiles_per_col, st.r
         n, dynamic = len(dur), self.dynamic
         t = b
@@ -322,8 +330,8 @@ class CometSim(SystemSim):
         env, net, rec = self.env, self.net, self.records
         timeout, append = env.timeout, rec.append
         w, r, owners = st.w, st.r, self.ranks
-        col, dest = w.l1_item_col_I.tolist(), w.l1_item_dest_I.tolist()
-        rd, wr = w.l1_item_read_bytes_I.tolist(), w.l1_item_write_bytes_I.tolist()
+        col, dest = st.listed("l1_item_col_I"), st.listed("l1_item_dest_I")
+        rd, wr = st.listed("l1_item_read_bytes_I"), st.listed("l1_item_write_bytes_I")
         col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps
         overhead = self.hw.l1_item_overhead_us
         for i in range(j, len(col), self.nc1):

@@ -8,6 +8,7 @@ and checks that every rank finished: a schedule that cannot make progress raises
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ from comet.core.events import CATEGORY, TRACK_STREAM, K
 from comet.core.plan import Plan
 from sim.hardware_model import GBPS, LinkNetwork, hbm_us
 from sim.options import SimOptions
+from sim.independent_ports import IndependentPortsNetwork
 from sim.workload import tile_memory_floor_us, tile_us
 
 
@@ -33,7 +35,9 @@ class SystemSim:
         self.W = plan.world_size
         self.sms = self.hw.sms
         self.env = simpy.Environment()
-        self.net = LinkNetwork(self.env, plan.parallel, self.hw, record_rates=options.record)
+        self.link_model = options.link_model_for(self.hw.nodes(self.W))
+        network = IndependentPortsNetwork if self.link_model == "independent-ports" else LinkNetwork
+        self.net = network(self.env, plan.parallel, self.hw, record_rates=options.record)
         self.records: list[tuple] = []
         self.do_l0 = options.layers in ("both", "layer0")
         self.do_l1 = options.layers in ("both", "layer1")
@@ -54,7 +58,16 @@ class SystemSim:
     def run(self) -> None:
         for r in range(self.W):
             self.env.process(self.rank_process(r))
-        self.env.run()
+        # The run allocates millions of events beside millions of live records and flows; the cyclic garbage
+        # collector would rescan the live ones again and again (at 256 GPUs most of the run's time). The run's
+        # own garbage is freed by reference counts, what cycles it leaves by the collection after it.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run()
+        finally:
+            if was_enabled:
+                gc.enable()
         stuck = [r for r in range(self.W) if math.isnan(self.end[r])]
         if stuck:
             raise RuntimeError(f"{self.name}: ranks {stuck} never finished (simulated time "

@@ -23,6 +23,7 @@ DISPATCHERS = ("allgather", "alltoall")
 LAYERS = ("both", "layer0", "layer1")
 TILE_SCHEDULES = ("dynamic", "static")
 TILE_ROWS = ("padded", "actual")
+LINK_MODELS = ("auto", "max-min", "independent-ports")
 
 # One copy engine, tensor.copy_ GPU0 -> GPU1, 256 MiB, H200: 112 GB/s (docs/GPU_FACTS.md).
 COPY_ENGINE_MEASURED_GBPS = 112.0
@@ -52,6 +53,14 @@ class SimOptions:
     memory_floor: every GEMM tile takes at least its share of the kernel's HBM traffic at hbm_gbps (the
         weights read once per expert and column block: weight-bound when experts have few rows;
         sim.workload.tile_memory_floor_us). Every system's GEMMs get it.
+    link_model: how transfers share the link and NIC ports: "max-min" (sim.hardware_model.LinkNetwork: exact
+        max-min fairness, every rate recomputed by progressive filling whenever a transfer starts or ends),
+        "independent-ports" (sim.independent_ports: each port a processor-sharing server of its own, a transfer
+        through once both of its ports have served it; an event changes the rates of two ports only, which
+        keeps simulations of 64 or more GPUs fast), or "auto": max-min when every rank is on one node,
+        independent-ports across nodes (where max-min's cost grows with W^2 once the NICs are saturated). The
+        two agree where no port is oversubscribed and within 0.2-1.4 % on Mixtral layers of 16 and 32 GPUs
+        (dev/LOG.md).
     """
 
     layers: str = "both"
@@ -64,11 +73,13 @@ class SimOptions:
     record: bool = True
     dispatcher: str = "allgather"
     memory_floor: bool = True
+    link_model: str = "auto"
 
     def __post_init__(self):
         for name, value, allowed in (("layers", self.layers, LAYERS), ("dispatcher", self.dispatcher, DISPATCHERS),
                                      ("tile_schedule", self.tile_schedule, TILE_SCHEDULES),
-                                     ("tile_rows", self.tile_rows, TILE_ROWS)):
+                                     ("tile_rows", self.tile_rows, TILE_ROWS),
+                                     ("link_model", self.link_model, LINK_MODELS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.chunks < 1:
@@ -78,6 +89,12 @@ class SimOptions:
 
     def replace(self, **changes) -> SimOptions:
         return dataclasses.replace(self, **changes)
+
+    def link_model_for(self, nodes: int) -> str:
+        """The link model a simulation over `nodes` nodes runs ("auto" resolved)."""
+        if self.link_model != "auto":
+            return self.link_model
+        return "max-min" if nodes == 1 else "independent-ports"
 
     def fused_activation(self, system: str) -> bool:
         return (system == "comet") if self.fuse_activation is None else self.fuse_activation

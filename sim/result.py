@@ -206,4 +206,5 @@ def build_result(sim, wall_s: float, config: dict) -> SimResult:
 def config_of(plan, options) -> dict:
     return {"model": plan.model.name, "tokens": plan.num_tokens, "ep": plan.parallel.ep, "tp": plan.parallel.tp,
             "hardware": plan.hardware.name, "sms": plan.hardware.sms, "policy": dataclasses.asdict(plan.policy),
-            "options": dataclasses.asdict(options)}
+            "options": dataclasses.asdict(options),
+            "link_model": options.link_model_for(plan.hardware.nodes(plan.world_size))}

@@ -1,0 +1,245 @@
+"""A link model whose events are local: every port a processor-sharing server of its own.
+
+`IndependentPortsNetwork` has the ports, caps, latencies, counters and records of
+sim.hardware_model.LinkNetwork (the max-min model) and one different rule. Each port serves the transfers
+through it as a processor-sharing queue: its capacity is water-filled over them (each gets the same level,
+a transfer capped below the level gets its cap), whatever the transfer's other port does; a transfer is
+through when both of its ports (egress and ingress, or NIC out and NIC in) have served its bytes, and it
+leaves each port as soon as that port has served it. So the two ports of a transfer are coupled only by its
+end, as if the switch buffered what one side is ahead of the other.
+
+Against max-min: a transfer held back by one port takes, here, its full share of the other port for a
+shorter time instead of part of it for longer (the same bytes on that port, moved earlier), so the other
+transfers through that port are ahead earlier; where every busy port's transfers are held by that port
+(symmetric all-to-alls, one saturated port), the two models agree. What it buys: a transfer that starts
+or ends changes the rate of its two ports only, one level per port and cap value, so an event costs a
+few heap operations however many transfers share a port (the max-min model refills every port of a NIC
+group at every event: dev/LOG.md, 2026-12-03). Choose it with `SimOptions(link_model="independent-ports")`.
+
+Per (port, cap) group: every member moves at one rate, so a group keeps one clock of bytes served per member
+(`served`, as of `t`) and a heap of its members' targets; one heap of due times over the groups (stale
+entries skipped by a version) wakes the network. Deterministic: every order is by transfer id, group
+creation or a sequence number.
+
+    >>> import simpy
+    >>> from comet.core.config import HardwareProfile, ParallelConfig
+    >>> env = simpy.Environment()
+    >>> net = IndependentPortsNetwork(env, ParallelConfig(ep=2), HardwareProfile.from_name("h800"))
+    >>> a, b = net.transfer(0, 1, 160e3), net.transfer(0, 1, 320e3)  # share egress(0): 80 GB/s each
+    >>> env.run()
+    >>> (a.value, b.value)  # a at 2 us, then b alone at 160 GB/s
+    (2.0, 3.0)
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import simpy
+
+from comet.core.config import HardwareProfile, ParallelConfig
+from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
+
+
+class _Group:
+    """The transfers through one port with one cap: one rate. `served` is the bytes each member has moved
+    here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b."""
+
+    __slots__ = ("port", "cap", "n", "rate", "served", "t", "heap", "version")
+
+    def __init__(self, port: int, cap: float):
+        self.port, self.cap = port, cap
+        self.n, self.rate, self.served, self.t, self.heap, self.version = 0, 0.0, 0.0, 0.0, [], 0
+
+    def settle(self, now: float) -> None:
+        self.served += self.rate * (now - self.t)
+        self.t = now
+
+
+class IndependentPortsNetwork(LinkNetwork):
+    """The ports of LinkNetwork as independent processor-sharing servers (module docstring); same interface
+    and counters."""
+
+    def __init__(self, env: simpy.Environment, parallel: ParallelConfig, hw: HardwareProfile,
+                 record_rates: bool = False):
+        super().__init__(env, parallel, hw, record_rates)
+        P = self.P
+        self._groups: list[dict[float, _Group]] = [{} for _ in range(P)]  # per port: cap -> group, by cap
+        self._rate_p = [0.0] * P  # bytes/us through each port now
+        self._t_p = [0.0] * P  # when the port's bytes and busy time were last brought up to date
+        self._sides_left: dict[int, int] = {}  # transfer id -> ports still serving it
+        self._events: dict[int, simpy.Event] = {}
+        self._due: list[tuple] = []  # (due time, sequence, group, version)
+        self._seq = 0
+        self._wake_at = INF
+        self._wake_id = 0
+        self._log_pending: dict[int, None] = {}  # ports touched at `_log_t`, not yet logged
+        self._log_t = 0.0
+
+    @property
+    def rate_log(self):
+        """(time_us, ports, GB/s) as LinkNetwork's, built from the flat lists the run appends to."""
+        if self._log_flat is None:
+            return None
+        self._flush_log()
+        times, counts, ports, rates = self._log_flat
+        if len(self._log_built) != len(times):
+            ends = np.cumsum(counts)
+            p_all, v_all = np.array(ports, dtype=np.int64), np.array(rates)
+            self._log_built = [(t, p_all[e - n:e], v_all[e - n:e]) for t, n, e in zip(times, counts, ends.tolist())]
+        return self._log_built
+
+    @rate_log.setter
+    def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
+        self._log_flat = None if value is None else ([], [], [], [])
+        self._log_built = []
+
+    # ------------------------------------------------------------------------------------ events
+    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF) -> simpy.Event:
+        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`."""
+        now = self.env.now
+        ev = self.env.event()
+        fid = len(self.flows)
+        self.flows.append([fid, src, dst, float(nbytes), now, math.nan])
+        if nbytes <= 0:
+            self.flows[fid][5] = now
+            ev.succeed(now)
+            return ev
+        cap = cap_gbps * GBPS
+        self._log_instant(now)
+        self._events[fid] = ev
+        self._sides_left[fid] = 2
+        self._n_in_flight += 1
+        ports = self.ports(src, dst)
+        for p in ports:
+            g = self._groups[p].get(cap)
+            if g is None:
+                g = self._groups[p][cap] = _Group(p, cap)
+                self._groups[p] = dict(sorted(self._groups[p].items()))
+            g.settle(now)
+            heapq.heappush(g.heap, (g.served + float(nbytes), fid))
+            g.n += 1
+            self._n_port[p] += 1
+            self._level(p, now)
+        self._log(now, ports)
+        self._arm(now)
+        return ev
+
+    def _level(self, p: int, now: float) -> None:
+        """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
+        self.updates += 1
+        dt = now - self._t_p[p]
+        if dt > 0:
+            rate = self._rate_p[p]
+            self._port_bytes[p] += rate * dt
+            if rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
+        left, count, total = self.port_cap[p], self._n_port[p], 0.0
+        due = self._due
+        for g in self._groups[p].values():
+            g.settle(now)
+            g.version += 1
+            if not g.n:
+                g.rate = 0.0
+                continue
+            share = left / count
+            rate = g.rate = g.cap if g.cap <= share else share
+            left -= rate * g.n
+            count -= g.n
+            total += rate * g.n
+            self._seq += 1
+            heapq.heappush(due, (now + max(g.heap[0][0] - g.served, 0.0) / rate, self._seq, g, g.version))
+        self._rate_p[p] = total if self._n_port[p] else 0.0
+
+    def _arm(self, now: float) -> None:
+        """One wake-up at the earliest valid due time (stale heap entries dropped)."""
+        due = self._due
+        while due and due[0][3] != due[0][2].version:
+            heapq.heappop(due)
+        if due and due[0][0] < self._wake_at:
+            self._wake_at = t = due[0][0]
+            self._wake_id += 1
+            self.env.timeout(max(t - now, 0.0), value=self._wake_id).callbacks.append(self._on_wake)
+
+    def _on_wake(self, event) -> None:
+        """Groups are due: every member a port has served leaves it; a transfer both ports have served is done."""
+        if event.value != self._wake_id:
+            return
+        now = self.env.now
+        self._wake_at = INF
+        due, out = self._due, []
+        while due and due[0][0] <= now + 1e-9:
+            _, _, g, version = heapq.heappop(due)
+            if version != g.version:
+                continue
+            served = g.served + g.rate * (now - g.t)
+            h, tol, found = g.heap, _DONE_BYTES + g.rate * 1e-9, False
+            while h and h[0][0] - served <= tol:
+                out.append((heapq.heappop(h)[1], g))
+                found = True
+            g.version += 1
+            if not found:  # float residue kept the front just short of done
+                self._seq += 1
+                heapq.heappush(due, (now + (h[0][0] - served) / g.rate, self._seq, g, g.version))
+        out.sort(key=lambda x: (x[0], x[1].port))  # deterministic: by transfer id, then port
+        self._log_instant(now)
+        touched: dict[int, None] = {}
+        done = []
+        for fid, g in out:
+            g.n -= 1
+            self._n_port[g.port] -= 1
+            touched[g.port] = None
+            left = self._sides_left[fid] - 1
+            if left:
+                self._sides_left[fid] = left
+            else:
+                del self._sides_left[fid]
+                done.append(fid)
+        for p in touched:
+            self._level(p, now)
+        self._log(now, touched)
+        self._n_in_flight -= len(done)
+        flows, events = self.flows, self._events
+        for fid in done:
+            flows[fid][5] = now
+            events.pop(fid).succeed(now)
+        self._arm(now)
+
+    # ------------------------------------------------------------------------------------ rate log
+    def _log_instant(self, now: float) -> None:
+        """Before rates change at `now`: write the previous instant's entry if time has moved on."""
+        if self._log_flat is not None and now != self._log_t:
+            self._flush_log()
+            self._log_t = now
+
+    def _log(self, now: float, ports) -> None:
+        """Mark ports whose rate may have changed at `now` (one log entry per instant, written when time moves on)."""
+        if self._log_flat is not None:
+            for p in ports:
+                self._log_pending[p] = None
+
+    def _flush_log(self) -> None:
+        """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
+        the first entry)."""
+        times, counts, ports, rates = self._log_flat
+        if not self._log_pending and times:
+            return
+        logged, rate_p = self._logged, self._rate_p
+        n = 0
+        for p in (sorted(self._log_pending) if times else range(self.P)):
+            v = rate_p[p] / GBPS
+            if logged[p] != v:
+                logged[p] = v
+                ports.append(p)
+                rates.append(v)
+                n += 1
+        self._log_pending = {}
+        if n:
+            times.append(self._log_t)
+            counts.append(n)
+
+
+__all__ = ["IndependentPortsNetwork"]
