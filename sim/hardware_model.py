@@ -15,6 +15,10 @@ transfers changes, once per distinct simulated time (arrivals at one instant are
 transfer finishes exactly when its bytes are through. Everything is deterministic: no randomness, ties
 resolved by transfer id.
 
+This exact model costs a progressive filling over every port of a group at every event, which grows with
+W^2 once NICs are saturated; across nodes the simulator runs sim.independent_ports instead (SimOptions.link_model
+"auto"), whose events touch two ports only.
+
 Latency is not part of a transfer here: callers add it where the real operation pays it (a pull waits
 for its first bytes, a push lands `latency` after its last byte leaves).
 

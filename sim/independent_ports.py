@@ -47,11 +47,12 @@ class _Group:
     """The transfers through one port with one cap: one rate. `served` is the bytes each member has moved
     here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b."""
 
-    __slots__ = ("port", "cap", "n", "rate", "served", "t", "heap", "version")
+    __slots__ = ("port", "cap", "n", "rate", "served", "t", "heap", "version", "front")
 
     def __init__(self, port: int, cap: float):
         self.port, self.cap = port, cap
         self.n, self.rate, self.served, self.t, self.heap, self.version = 0, 0.0, 0.0, 0.0, [], 0
+        self.front = None  # the target a valid due entry of this version is for (None: none)
 
     def settle(self, now: float) -> None:
         self.served += self.rate * (now - self.t)
@@ -137,11 +138,35 @@ class IndependentPortsNetwork(LinkNetwork):
             if rate > 0:
                 self._port_busy[p] += dt
         self._t_p[p] = now
+        groups = self._groups[p]
+        if len(groups) == 1:  # one cap through the port (the usual case): keep what has not changed
+            g = next(iter(groups.values()))
+            if g.n:
+                share = self.port_cap[p] / g.n
+                rate = g.cap if g.cap <= share else share
+                if rate != g.rate:
+                    g.settle(now)
+                    g.rate, g.front = rate, None
+                    g.version += 1
+                front = g.heap[0][0]
+                if front != g.front:
+                    g.front = front
+                    self._seq += 1
+                    left = front - g.served - rate * (now - g.t)
+                    heapq.heappush(self._due, (now + max(left, 0.0) / rate, self._seq, g, g.version))
+                self._rate_p[p] = rate * g.n
+            else:
+                g.settle(now)
+                g.rate, g.front = 0.0, None
+                g.version += 1
+                self._rate_p[p] = 0.0
+            return
         left, count, total = self.port_cap[p], self._n_port[p], 0.0
         due = self._due
-        for g in self._groups[p].values():
+        for g in groups.values():
             g.settle(now)
             g.version += 1
+            g.front = None
             if not g.n:
                 g.rate = 0.0
                 continue
@@ -151,7 +176,8 @@ class IndependentPortsNetwork(LinkNetwork):
             count -= g.n
             total += rate * g.n
             self._seq += 1
-            heapq.heappush(due, (now + max(g.heap[0][0] - g.served, 0.0) / rate, self._seq, g, g.version))
+            g.front = g.heap[0][0]
+            heapq.heappush(due, (now + max(g.front - g.served, 0.0) / rate, self._seq, g, g.version))
         self._rate_p[p] = total if self._n_port[p] else 0.0
 
     def _arm(self, now: float) -> None:
@@ -181,8 +207,10 @@ class IndependentPortsNetwork(LinkNetwork):
                 out.append((heapq.heappop(h)[1], g))
                 found = True
             g.version += 1
+            g.front = None
             if not found:  # float residue kept the front just short of done
                 self._seq += 1
+                g.front = h[0][0]
                 heapq.heappush(due, (now + (h[0][0] - served) / g.rate, self._seq, g, g.version))
         out.sort(key=lambda x: (x[0], x[1].port))  # deterministic: by transfer id, then port
         self._log_instant(now)
