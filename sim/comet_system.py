@@ -329,7 +329,7 @@ class CometSim(SystemSim):
     def _l1_comm_block(self, st: _Rank, j: int, track: int, cause: int):
         env, net, rec = self.env, self.net, self.records
         timeout, append = env.timeout, rec.append
-        w, r, owners = st.w, st.r, self.ranks
+        r, owners = st.r, self.ranks
         col, dest = st.listed("l1_item_col_I"), st.listed("l1_item_dest_I")
         rd, wr = st.listed("l1_item_read_bytes_I"), st.listed("l1_item_write_bytes_I")
         col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps

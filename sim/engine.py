@@ -17,8 +17,8 @@ import simpy
 from comet.core.events import CATEGORY, TRACK_STREAM, K
 from comet.core.plan import Plan
 from sim.hardware_model import GBPS, LinkNetwork, hbm_us
-from sim.options import SimOptions
 from sim.independent_ports import IndependentPortsNetwork
+from sim.options import SimOptions
 from sim.workload import tile_memory_floor_us, tile_us
 
 

@@ -89,7 +89,8 @@ class IndependentPortsNetwork(LinkNetwork):
         if len(self._log_built) != len(times):
             ends = np.cumsum(counts)
             p_all, v_all = np.array(ports, dtype=np.int64), np.array(rates)
-            self._log_built = [(t, p_all[e - n:e], v_all[e - n:e]) for t, n, e in zip(times, counts, ends.tolist())]
+            self._log_built = [(t, p_all[e - n:e], v_all[e - n:e])
+                               for t, n, e in zip(times, counts, ends.tolist(), strict=True)]
         return self._log_built
 
     @rate_log.setter

@@ -13,7 +13,7 @@ from helpers.port_queues import port_queue_finish_times
 from helpers.sim_cases import toy_hardware
 
 from comet.core.config import ParallelConfig
-from sim.hardware_model import GBPS, LinkNetwork
+from sim.hardware_model import GBPS
 from sim.independent_ports import IndependentPortsNetwork
 from sim.options import SimOptions
 from sim.run import make_case, simulate
