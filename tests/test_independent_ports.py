@@ -7,42 +7,15 @@ import math
 import random
 
 import pytest
-import simpy
+from helpers.link_cases import random_transfers, run_transfers
 from helpers.max_min import fluid_finish_times
 from helpers.port_queues import port_queue_finish_times
 from helpers.sim_cases import toy_hardware
 
-from comet.core.config import ParallelConfig
 from sim.hardware_model import GBPS
 from sim.independent_ports import IndependentPortsNetwork
 from sim.options import SimOptions
 from sim.run import make_case, simulate
-
-
-def _random_transfers(rng: random.Random, W: int, caps: list[float]) -> list[dict]:
-    out = []
-    for _ in range(rng.randint(5, 60)):
-        s = rng.randrange(W)
-        d = rng.choice([q for q in range(W) if q != s])
-        start = rng.choice([0.0, 0.0, round(rng.uniform(0, 500), 1), round(rng.uniform(0, 2000), 3)])
-        out.append(dict(src=s, dst=d, bytes=rng.choice([64.0, 100.0, rng.uniform(1, 2000)]), start=start,
-                        cap_gbps=rng.choice(caps)))
-    return out
-
-
-def _run(network, W: int, hw, transfers: list[dict], record: bool = False):
-    env = simpy.Environment()
-    net = network(env, ParallelConfig(ep=W), hw, record_rates=record)
-    got = [None] * len(transfers)
-
-    def start(i, t):
-        yield env.timeout(t["start"])
-        got[i] = yield net.transfer(t["src"], t["dst"], t["bytes"], t["cap_gbps"])
-
-    for i, t in enumerate(transfers):
-        env.process(start(i, t))
-    env.run()
-    return net, got
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -52,8 +25,8 @@ def test_independent_ports_match_the_plain_reference(seed):
     rng = random.Random(seed)
     W = rng.choice([2, 3, 4, 6, 8])
     hw = toy_hardware(link_gbps=1.0, nic_gbps=rng.choice([0.25, 0.6, 1.0]), ranks_per_node=rng.choice([2, 4, 8]))
-    transfers = _random_transfers(rng, W, [math.inf, 0.5, 0.2, 0.35] if seed % 3 else [0.3])
-    net, got = _run(IndependentPortsNetwork, W, hw, transfers)
+    transfers = random_transfers(rng, W, [math.inf, 0.5, 0.2, 0.35] if seed % 3 else [0.3])
+    net, got = run_transfers(IndependentPortsNetwork, W, hw, transfers)
     ref = port_queue_finish_times([dict(ports=net.ports(t["src"], t["dst"]), bytes=t["bytes"], start=t["start"],
                                         cap=t["cap_gbps"] * GBPS) for t in transfers], dict(enumerate(net.port_cap)))
     assert got == pytest.approx(ref, rel=1e-9)
@@ -75,7 +48,7 @@ def test_agrees_with_max_min_when_one_port_holds_everything(seed):
     hw = toy_hardware(link_gbps=1.0)
     transfers = [dict(src=0, dst=1 + k % (W - 1), bytes=rng.uniform(10, 900), start=round(rng.uniform(0, 300), 1),
                       cap_gbps=rng.choice([math.inf, 0.4])) for k in range(5)]  # distinct ingresses: only egress(0)
-    _, a = _run(IndependentPortsNetwork, W, hw, transfers)
+    _, a = run_transfers(IndependentPortsNetwork, W, hw, transfers)
     ref = fluid_finish_times([dict(ports=(0, W + t["dst"]), bytes=t["bytes"], start=t["start"],
                                    cap=t["cap_gbps"] * 1e3) for t in transfers], {p: 1e3 for p in range(4 * W)})
     assert a == pytest.approx(ref, rel=1e-9)
@@ -86,8 +59,8 @@ def test_never_slower_to_finish_than_its_bytes_at_its_caps_and_never_over_a_port
     rng = random.Random(7)
     W = 8
     hw = toy_hardware(link_gbps=1.0, nic_gbps=0.4, ranks_per_node=4)
-    transfers = _random_transfers(rng, W, [math.inf, 0.5, 0.2])
-    net, got = _run(IndependentPortsNetwork, W, hw, transfers, record=True)
+    transfers = random_transfers(rng, W, [math.inf, 0.5, 0.2])
+    net, got = run_transfers(IndependentPortsNetwork, W, hw, transfers, record=True)
     for t, end in zip(transfers, got, strict=True):
         fastest = min([t["cap_gbps"] * GBPS] + [net.port_cap[p] for p in net.ports(t["src"], t["dst"])])
         assert end - t["start"] >= t["bytes"] / fastest * (1 - 1e-12)
@@ -101,7 +74,7 @@ def test_rate_log_integrates_to_the_port_bytes():
     the rates integrate to each port's bytes."""
     rng = random.Random(3)
     hw = toy_hardware(link_gbps=1.0, nic_gbps=0.5, ranks_per_node=2)
-    net, _ = _run(IndependentPortsNetwork, 4, hw, _random_transfers(rng, 4, [math.inf, 0.4]), record=True)
+    net, _ = run_transfers(IndependentPortsNetwork, 4, hw, random_transfers(rng, 4, [math.inf, 0.4]), record=True)
     log = net.rate_log
     assert log[0][1].tolist() == list(range(net.P))
     last = dict(zip(log[0][1].tolist(), log[0][2].tolist(), strict=True))
