@@ -18,7 +18,8 @@ Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and
   layer1  fused[nc1]            GEMM + top-k reduce + stores into the owners' combine buffers, one tl kernel,
                                 nc1 in {4, 8, 16, 28, 32, 48, 64} communication programs
           fused_gluon[nc1]      the same work as the Gluon GEMM on SMs - nc1 programs beside a communication
-                                kernel of nc1 programs (kernels/fused_layer1_gluon.py)
+                                kernel of nc1 programs, and the tail after the GEMM (Policy.l1_tail; note
+                                "l1_tail=False" without it) (kernels/fused_layer1_gluon.py)
           sequential            the grouped GEMM, then a torch top-k reduce (index_add in fp32) and
                                 index_copy into each owner's combine buffer
           gemm_alone            the grouped GEMM alone
@@ -97,9 +98,9 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
 
 
 def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},),
-             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP) -> None:
+             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP, l0_configs=({},)) -> None:
     """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
-    n_c in sweep_nc; {} is the default."""
+    n_c in sweep_nc; l0_configs: the same for layer0's Gluon form at every n_c; {} is the default."""
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
@@ -152,12 +153,16 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         emit("l0", impl, _eager_us(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
     href = h_ref[:R].clone()
     for nc, (name, impl) in itertools.product(NC0, L0_IMPLS):
-        p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
-        fn = lambda p=p, impl=impl: fused_layer0(world, p, r0, w0, variant="blocks", impl=impl)
-        fn()
-        err = _rel_err(world.buffers(r0).h_RK[:R], href)
-        emit("l0", name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}")
-        emit("l0", name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}")
+        for cfg in l0_configs if impl == "gluon" else ({},):
+            p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
+            comm = GPU_COMM.replace(**cfg)
+            fn = lambda p=p, impl=impl, comm=comm: fused_layer0(world, p, r0, w0, variant="blocks", impl=impl,
+                                                                comm=comm)
+            fn()
+            err = _rel_err(world.buffers(r0).h_RK[:R], href)
+            note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
+            emit("l0", name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
+            emit("l0", name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
     fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
     fn()
     err = _rel_err(world.buffers(r0).h_RK[:R], href)
@@ -207,8 +212,10 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     for nc in NC1:
         for name, impl in L1_IMPLS:
             for cfg in l1_configs if nc in sweep_nc else ({},):
-                p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc))
-                comm = GPU_COMM.replace(**cfg)
+                changes = dict(cfg)
+                p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc,
+                                                                    l1_tail=changes.pop("l1_tail", True)))
+                comm = GPU_COMM.replace(**changes)
                 fn = lambda p=p, comm=comm, impl=impl: fused_layer1(world, p, r0, w1, comm=comm, impl=impl)
                 fn()
                 err = _rel_err(world.buffers(r0).y_RN[:R], yref)
@@ -235,9 +242,13 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
          note="single-shot events, median of 7")
 
 
+BOOL_FIELDS = ("pipelined", "l1_tail")
+
+
 def parse_comm_changes(text: str) -> dict:
-    """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig; 'default' -> {}."""
-    fields = {f.name: f for f in dataclasses.fields(CommConfig)}
+    """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig; 'default' -> {}.
+    l1_tail=0|1 is the Policy's field of that name (the tail of communication programs after the GEMM)."""
+    fields = [f.name for f in dataclasses.fields(CommConfig)] + ["l1_tail"]
     out = {}
     if text == "default":
         return out
@@ -245,8 +256,8 @@ def parse_comm_changes(text: str) -> dict:
         key, _, value = kv.partition("=")
         if key not in fields or not value.lstrip("-").isdigit():
             raise SystemExit(f"--l1-configs item {kv!r}: use FIELD=INT with FIELD one of {', '.join(fields)}")
-        out[key] = bool(int(value)) if key == "pipelined" else int(value)
-    GPU_COMM.replace(**out)  # a bad value says what is wrong here, not inside the run
+        out[key] = bool(int(value)) if key in BOOL_FIELDS else int(value)
+    GPU_COMM.replace(**{k: v for k, v in out.items() if k != "l1_tail"})  # a bad value says what is wrong here
     return out
 
 
@@ -258,8 +269,12 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
     ap.add_argument("--l1-configs", default="",
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
-                         f"comma list of kernels.options.CommConfig fields FIELD=INT, or 'default' (e.g. "
-                         f"'default;send_block=16;pipelined=0,send_block=16'); default: the default alone")
+                         f"comma list of kernels.options.CommConfig fields FIELD=INT (or the Policy's l1_tail), or "
+                         f"'default' (e.g. 'default;send_block=16;pipelined=0,send_block=16;l1_tail=0'); default: "
+                         f"the default alone")
+    ap.add_argument("--l0-configs", default="",
+                    help="layer0 communication configs of the Gluon form (pull_rows, pull_cols, num_warps), swept at "
+                         "every layer0 n_c, as --l1-configs; default: the default alone")
     ap.add_argument("--l1-sweep-nc", default=",".join(map(str, NC1_SEND_SWEEP)),
                     help="comma list of the n_c at which --l1-configs are swept (default %(default)s)")
     ap.add_argument("--routing", nargs="+", default=["balanced"], choices=["balanced", "imbalanced"],
@@ -267,6 +282,9 @@ def main(argv=None) -> None:
                          "figure)")
     a = ap.parse_args(argv)
     l1_configs = [parse_comm_changes(c) for c in a.l1_configs.split(";") if c] or [{}]
+    l0_configs = [parse_comm_changes(c) for c in a.l0_configs.split(";") if c] or [{}]
+    if any("l1_tail" in c for c in l0_configs):
+        raise SystemExit("--l0-configs: l1_tail is a layer1 field; give it in --l1-configs")
     try:
         sweep_nc = tuple(int(v) for v in a.l1_sweep_nc.split(","))
     except ValueError:
@@ -296,7 +314,7 @@ def main(argv=None) -> None:
         writer.writeheader()
         for (name, M, ep), kind in itertools.product(cases, a.routing):
             try:
-                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc)
+                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc, l0_configs)
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
             f.flush()

@@ -124,8 +124,9 @@ def fused_variants(out: Path) -> None:
         from kernels.options import GemmOptions
 
         buf, R_max = world.buffers(0), plan.rank(0).row_token_R.numel()
-        fused_layer1_gluon.launch_comm(world, plan, 0, buf.y_RN[:R_max], comm=GPU_COMM,
-                                       send_block=GPU_COMM.send_block_for("cuda"), max_spin=world.max_spin)
+        fused_layer1_gluon.launch_comm(world, plan, 0, buf.y_RN[:R_max], programs=16, total_programs=16 + 132,
+                                       comm=GPU_COMM, send_block=GPU_COMM.send_block_for("cuda"),
+                                       max_spin=world.max_spin)
         grouped_gemm_hopper(buf.h_RK[:R_max], shard.w1_EKN, _tiles(plan.rank(0), "l1"), buf.y_RN[:R_max],
                             block_m=128, block_n=128, activation="none", num_programs=116,
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True),

@@ -10,7 +10,8 @@ Thread-block specialisation (docs/PAPER_NOTES.md, mechanism 3), one launch of nu
     GEMM programs [0, num_gemm): the Plan's column-block-major tiles t = pid, pid + num_gemm, ... of
         y_RN = h_RK @ w1_EKN[expert]; after each tile, count[col] += 1 (release).
     communication programs [num_gemm, num_gemm + num_comm): work item i = (column block i // C, send chunk
-        i % C), in column-block-major order, belongs to communication program i % num_comm. It waits until
+        i % C), in column-block-major order; each program claims the next unclaimed item (an atomic counter)
+        until none is left. It waits until
         count[col] == l1_tiles_per_col, then for each send of the chunk sums its rows
         rows_by_send_R[send_row_start_S:send_row_end_S] weighted by row_weight_R in fp32 and stores the sum
         into slot send_slot_S of the owner's combine buffer (a remote store through the peer table), then
@@ -18,7 +19,7 @@ Thread-block specialisation (docs/PAPER_NOTES.md, mechanism 3), one launch of nu
         default (CommConfig.pipelined) the same work runs as a software pipeline over (item, step) units
         (kernels/fused_layer1_comm.py), bitwise equal; the item-by-item loop here is a benchmark variant.
 GEMM programs have the low ids so that Triton's interpreter (programs in id order) finishes them before the
-communication programs wait. The last program to finish resets the column counts.
+communication programs wait. The last program to finish resets the column counts and the claim counter.
 INSTRUMENT (constexpr, off unless `timeline=` is given; GPU only): every program records each tile and work item
 it ran (SM, %globaltimer start / ready / end) into the launch's buffer (kernels/timeline.py).
 
@@ -59,7 +60,7 @@ def _fused_layer1_kernel(
     row_weight_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr,
     # sizes
     rank, world, M, max_tiles, max_chunks, num_gemm, num_comm, D_IN, D_OUT, col_blocks, slots, col_max,
-    max_spin, l1_col_off, done_off, comb_flag_off, steps,
+    max_spin, l1_col_off, claim_off, done_off, comb_flag_off, steps,
     # timeline records (kernels/timeline.py; None unless INSTRUMENT)
     trace_ptr, trace_count_ptr, trace_slots,
     # strides
@@ -108,18 +109,20 @@ def _fused_layer1_kernel(
     else:
         # --- communication program: (column block, send chunk) items; top-k reduce, remote store, signal
         n_rec = comm_program(
-            pid - num_gemm, pid, sm, num_comm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps,
-            rank, world, M, D_OUT, slots, col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr,
+            pid, sm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps,
+            rank, world, M, D_OUT, slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr,
+            status_ptr, y_ptr,
             comb_ptr, comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr,
             send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr,
             trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED)
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
 
-    # --- the last program to finish resets the column counts for the next call
+    # --- the last program to finish resets the column counts and the claims for the next call
     if finish_program(flags_ptr + done_off, num_gemm + num_comm):
         for c in range(0, col_blocks):
             tl.atomic_xchg(flags_ptr + l1_col_off + c, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(flags_ptr + claim_off, 0, sem="relaxed", scope="gpu")
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
@@ -197,7 +200,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     if impl == "gluon" and why is not None:
         raise ValueError(f"fused_layer1 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     if why is None:
-        fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs, comm=comm,
+        fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs,
+                                  tail_programs=num_programs if pol.l1_tail else 0, comm=comm,
                                   send_block=comm.send_block_for(dev),
                                   max_spin=ws.max_spin if max_spin is None else max_spin)
         return y
@@ -230,7 +234,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         rp.rows_by_send_R, rp.row_weight_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks,
         rank, plan.world_size, plan.num_tokens, rp.l1_tile_expert_T.numel(), rp.l1_chunk_start_C.numel(),
         num_programs, nc, K, N, col_blocks, ws.sizes.slots, lay.col_max,
-        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.done_l1, lay.combine,
+        ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.l1_claim, lay.done_l1, lay.combine,
         triton.cdiv(pol.comm_rows, send_block), *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=tile.block_k, EVEN_K=K % tile.block_k == 0,

@@ -31,27 +31,29 @@ def first_owned_token(s, M, W):
 
 @triton.jit
 def comm_program(
-    cp, pid, sm, num_comm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M, D_OUT,
-    slots, col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+    pid, sm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M, D_OUT,
+    slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
     sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
     PIPELINED: tl.constexpr,
 ):
-    """Communication program cp of num_comm (pid: its program id, sm: its SM for the timeline): its (column
-    block, send chunk) items i = cp, cp + num_comm, ... in column-block-major order. Each waits until the
-    column block's GEMM tiles are all counted (l1 column count == tiles_per_col), sums each send's rows
-    weighted in fp32, stores the sum into the owner's combine buffer and signals the owner. PIPELINED: as
-    `comm_pipelined`; else item by item (the plain order, bitwise the same). Returns the timeline records
-    written (INSTRUMENT)."""
+    """A communication program (pid: its slot in the timeline, sm: its SM there): it claims (column block,
+    send chunk) items one at a time from the launch's claim counter (flag claim_off: item i = column block
+    i // chunks, chunk i % chunks, so claims run in column-block-major order) until none is left. Each item
+    waits until the column block's GEMM tiles are all counted (l1 column count == tiles_per_col), sums each
+    send's rows weighted in fp32, stores the sum into the owner's combine buffer and signals the owner.
+    Whoever claims an item computes the same sums in the same order, so the combine buffers do not depend on
+    which program, or which launch, took it. PIPELINED: as `comm_pipelined`; else item by item (the plain
+    order, bitwise the same). Returns the timeline records written (INSTRUMENT)."""
     n_rec = 0
     arange_n = tl.arange(0, BLOCK_N)
     num_chunks = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
     tiles_per_col = tl.load(tiles_per_col_ptr)
     if PIPELINED:
         n_pipe = comm_pipelined(
-            cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
-            col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+            pid, sm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
+            col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
             sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
             rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
             BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
@@ -61,7 +63,9 @@ def comm_program(
         arange_s = tl.arange(0, SEND_BLOCK)
         comb_elem = comb_ptr.dtype.element_ty
         ready_cols = tl.full((), 0, tl.int64)  # column blocks [0, ready_cols) known complete (column order)
-        for i in range(cp, num_chunks * col_blocks, num_comm):
+        n_items = num_chunks * col_blocks
+        i = claim_item(flags_ptr + claim_off)
+        while i < n_items:
             if INSTRUMENT:
                 t_begin = global_timer_ns()
             col = i // num_chunks
@@ -107,7 +111,15 @@ def comm_program(
                 trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
                             dest, end - start, col)
                 n_rec += 1
+            i = claim_item(flags_ptr + claim_off)
     return n_rec
+
+
+@triton.jit
+def claim_item(claim_ptr):
+    """The next unclaimed item of the launch (one atomic; relaxed: the item's data are ordered by its column
+    block's acquire, not by the claim)."""
+    return tl.atomic_add(claim_ptr, 1, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -123,19 +135,21 @@ def _zeros(ptr, N: tl.constexpr):
 
 @triton.jit
 def comm_pipelined(
-    cp, pid, sm, num_comm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots, col_max,
-    max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
+    pid, sm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots, col_max,
+    max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
     send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
     row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
 ):
     """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
 
-    Unit w of this program: item cp + (w // steps) * num_comm, step w % steps (sends start + step * SEND_BLOCK
-    .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing units of a
-    short chunk are empty and masked). Iteration v runs five stages, one unit each, so the dependent loads of
-    one unit's chain are issued an iteration apart and overlap other units' loads:
-        stage 4, unit v:     chunk start / end
+    Unit w of this program: step w % steps of the (w // steps)-th item it claimed (sends start + step *
+    SEND_BLOCK .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing
+    units of a short chunk are empty and masked). Items are claimed one ahead (the claim's latency is not on
+    the path of the item's first loads) and the loop runs until its last claimed unit has left stage 0.
+    Iteration v runs five stages, one unit each, so the dependent loads of one unit's chain are issued an
+    iteration apart and overlap other units' loads:
+        stage 4, unit v:     the item (claimed at its first step), chunk start / end
         stage 3, unit v - 1: destination, send_row_start / end, token, slot
         stage 2, unit v - 2: rows_by_send (all TOPK_LOCAL rows), the owner's buffer and flags pointers
         stage 1, unit v - 3: wait for the column block (when new), row weights and y rows (prefetched one
@@ -153,9 +167,9 @@ def comm_pipelined(
     arange_n = tl.arange(0, BLOCK_N)
     comb_elem = comb_ptr.dtype.element_ty
     nch = tl.maximum(num_chunks, 1).to(tl.int32)
-    n_units = ((num_chunks * col_blocks - cp + num_comm - 1) // num_comm * steps).to(tl.int32)
+    n_items = (num_chunks * col_blocks).to(tl.int32)
+    claim_ptr = flags_ptr + claim_off
     n_rec = 0
-    zero_i = tl.full((), 0, tl.int32)
     # loop-carried state, named by the stage that consumes it next. Every initial value is a distinct zero:
     # the compiler keeps a variable loop-carried only if its value object changes in the body, which a
     # shift `a = b` of two variables bound to one shared zero would not do (they would fold to the constant).
@@ -163,8 +177,15 @@ def comm_pipelined(
     # as r0 + j < r1) and its combine row (tok - first_tok) * slots + slot (int32), each computed one stage
     # after its loads arrived.
     ready_cols = tl.full((), 0, tl.int32)
-    # a unit's step, column block and item, decoded once (stage 4) and passed down with it
-    k3 = tl.full((), 0, tl.int32)
+    nxt = claim_item(claim_ptr).to(tl.int32)  # the item this program takes next
+    # whether a stage's unit is work (a claimed item's), passed down with it
+    ok3 = tl.full((), 0, tl.int1)
+    ok2 = tl.full((), 0, tl.int1)
+    ok1 = tl.full((), 0, tl.int1)
+    ok0 = tl.full((), 0, tl.int1)
+    # a unit's step, column block and item, decoded once (stage 4) and passed down with it; k3 starts at the
+    # last step so that the first unit is an item's first
+    k3 = tl.full((), 0, tl.int32) + (steps - 1)
     k2 = tl.full((), 0, tl.int32)
     k1 = tl.full((), 0, tl.int32)
     k0 = tl.full((), 0, tl.int32)
@@ -208,20 +229,22 @@ def comm_pipelined(
         w0 = w0 + (_zeros(row_weight_ptr, SEND_BLOCK),)
         y0 = y0 + (tl.zeros((SEND_BLOCK, BLOCK_N), y_ptr.dtype.element_ty),)
     t_item = tl.full((), 0, tl.int64)
-    for v_ in range(0, n_units + 4):
-        v = zero_i + v_  # a tensor (the interpreter's loop index is a Python int)
-        # ---- stage 4 (unit v): the item's chunk bounds
-        ok4 = v < n_units
-        q4 = tl.minimum(v, n_units) // steps
-        k4n = tl.minimum(v, n_units) - q4 * steps
-        item4n = cp + q4 * num_comm
+    live = tl.full((), 1, tl.int1)
+    while live:
+        # ---- stage 4 (unit v): its item (a new claim at an item's first step), the item's chunk bounds
+        k4n = (k3 + 1) % steps
+        item4n = item3
+        if k4n == 0:
+            item4n = nxt
+            if nxt < n_items:  # once none is left, claim no more
+                nxt = claim_item(claim_ptr).to(tl.int32)
+        ok4 = item4n < n_items
+        item4n = tl.minimum(item4n, n_items)  # (beyond the last item: masked, and no index overflows)
         col4n = item4n // nch
         ch4 = item4n - col4n * nch
         st4n = tl.load(chunk_start_ptr + ch4, mask=ok4, other=0)
         en4n = tl.load(chunk_end_ptr + ch4, mask=ok4, other=0)
         # ---- stage 3 (unit v - 1): destination, the step's sends' row ranges, tokens and slots
-        w3 = v - 1
-        ok3 = (w3 >= 0) & (w3 < n_units)
         offs_s3 = st3 + k3 * SEND_BLOCK + arange_s
         mask_s3 = offs_s3 < tl.where(ok3, en3, -1)  # offs_s3 >= 0
         d3n = tl.load(send_dest_ptr + st3, mask=ok3, other=0)  # one destination per chunk
@@ -230,8 +253,6 @@ def comm_pipelined(
         tok3n = tl.load(send_token_ptr + offs_s3, mask=mask_s3, other=0)
         slot3n = tl.load(send_slot_ptr + offs_s3, mask=mask_s3, other=0)
         # ---- stage 2 (unit v - 2): the sends' rows (all issued before any is used), the owner's pointers
-        w2 = v - 2
-        ok2 = (w2 >= 0) & (w2 < n_units)
         offs_s2 = st2 + k2 * SEND_BLOCK + arange_s
         mask_s2 = offs_s2 < tl.where(ok2, en2, -1)
         nv2n = tl.where(mask_s2, r1_2 - r0_2, 0).to(tl.int32)
@@ -244,8 +265,6 @@ def comm_pipelined(
         crow2n = ((tok2 - first_tok2) * slots + slot2).to(tl.int32)  # < tokens per owner * slots
         # ---- stage 1 (unit v - 3): the column block's GEMM tiles are done; weights and y rows (used next
         # iteration)
-        w1 = v - 3
-        ok1 = (w1 >= 0) & (w1 < n_units)
         if ok1 & (col1 >= ready_cols):
             wait_flag(flags_ptr + l1_col_off + col1, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN,
                       col1, rank, False, "gpu")
@@ -260,8 +279,6 @@ def comm_pipelined(
             y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
                                  mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
         # ---- stage 0 (unit v - 4): weighted sum, remote store, signal
-        w0u = v - 4
-        ok0 = w0u >= 0
         if INSTRUMENT:
             if ok0 & (k0 == 0):
                 t_item = global_timer_ns()
@@ -285,6 +302,11 @@ def comm_pipelined(
                             _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)
                 n_rec += 1
         # ---- advance the pipeline
+        live = ok4 | ok3 | ok2 | ok1  # the next iteration's stages 3..0 (stage 4 stays empty once ok4 is not)
+        ok0 = ok1
+        ok1 = ok2
+        ok2 = ok3
+        ok3 = ok4
         k0 = k1
         col0 = col1
         item0 = item1

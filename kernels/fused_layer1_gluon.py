@@ -50,30 +50,32 @@ def _layer1_comm_kernel(
     y_ptr, comb_ptr, flags_ptr, status_ptr, comb_peers_ptr, sflag_peers_ptr, tiles_per_col_ptr,
     send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
     row_weight_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr,
-    rank, world, M, max_chunks, num_comm, D_OUT, col_blocks, slots, col_max, max_spin, l1_col_off, done_off,
-    comb_flag_off, steps, stride_ym,
+    rank, world, M, max_chunks, num_total, D_OUT, col_blocks, slots, col_max, max_spin, l1_col_off, claim_off,
+    done_off, comb_flag_off, steps, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, PIPELINED: tl.constexpr,
 ):
-    """n_c communication programs of layer1 (module docstring); program pid is communication program pid."""
+    """Communication programs of layer1 (module docstring): the n_c beside the GEMM or the tail's after it;
+    num_total counts the programs of both launches."""
     pid = tl.program_id(0)
     comm_program(
-        pid, pid, pid, num_comm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M,
-        D_OUT, slots, col_max, max_spin, l1_col_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
+        pid, pid, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M,
+        D_OUT, slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
         comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
         send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, None, None, stride_ym,
         BLOCK_N, TOPK_LOCAL, SEND_BLOCK, False, PIPELINED)
-    if finish_program(flags_ptr + done_off, num_comm):
+    if finish_program(flags_ptr + done_off, num_total):
         # the GEMM kernel may still be counting column blocks no item waited on: wait for all, then reset
         tiles_per_col = tl.load(tiles_per_col_ptr)
         for c in range(0, col_blocks):
             wait_flag(flags_ptr + l1_col_off + c, tiles_per_col, max_spin, status_ptr, _WAIT_L1_COLUMN, c, rank,
                       False, "gpu")
             tl.atomic_xchg(flags_ptr + l1_col_off + c, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(flags_ptr + claim_off, 0, sem="relaxed", scope="gpu")
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
 def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.Tensor, *, num_programs: int,
-           comm: CommConfig, send_block: int, max_spin: int) -> None:
+           tail_programs: int, comm: CommConfig, send_block: int, max_spin: int) -> None:
     """Both kernels of the module docstring for `rank` (kernels.fused_layer1.fused_layer1 has checked the
     operands and that the Gluon kernel supports them). The GEMM runs without its split tail, so that y does
     not depend on the program count (bitwise reproducible whatever n_c), and with its loader partition (as the
@@ -95,26 +97,35 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
         grouped_gemm_hopper(h, w1_EKN, tiles, y, block_m=pol.block_m, block_n=pol.block_n1, activation="none",
                             num_programs=min(num_programs, max_tiles),
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
+    nc = plan.policy.nc_layer1
+    total = nc + tail_programs
+    # the tail: once the GEMM has ended (stream order), its programs take every item still unclaimed
+    if tail_programs:
+        launch_comm(ws, plan, rank, y, programs=tail_programs, total_programs=total, comm=comm,
+                    send_block=send_block, max_spin=max_spin)
     side.wait_event(fork)  # (not on the GEMM: the two run side by side)
     with torch.cuda.stream(side):
-        launch_comm(ws, plan, rank, y, comm=comm, send_block=send_block, max_spin=max_spin)
+        launch_comm(ws, plan, rank, y, programs=nc, total_programs=total, comm=comm, send_block=send_block,
+                    max_spin=max_spin)
     here.wait_stream(side)
 
 
-def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, comm: CommConfig, send_block: int, max_spin: int) -> None:
-    """The communication kernel alone, on the current stream: it waits until every tile of a column block of
-    y is counted in the rank's l1 column counts (the Gluon GEMM's, or set by a test)."""
+def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, programs: int, total_programs: int, comm: CommConfig,
+                send_block: int, max_spin: int) -> None:
+    """One communication kernel of `programs` programs on the current stream, one of the launches that
+    together have `total_programs` (the last of them resets the counts): it waits until every tile of a
+    column block of y is counted in the rank's l1 column counts (the Gluon GEMM's, or set by a test)."""
     pol = plan.policy
     rp = plan.rank(rank)
     buf = ws.buffers(rank)
     lay = ws.layout
-    nc = pol.nc_layer1
-    _layer1_comm_kernel[(nc,)](
+    _layer1_comm_kernel[(programs,)](
         y, buf.combine_MLN, buf.flags_F, buf.status, buf.combine_ptrs_W, buf.sflag_ptrs_W, rp.l1_tiles_per_col,
         rp.send_token_S, rp.send_dest_S, rp.send_slot_S, rp.send_row_start_S, rp.send_row_end_S,
         rp.rows_by_send_R, rp.row_weight_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks,
-        rank, plan.world_size, plan.num_tokens, rp.l1_chunk_start_C.numel(), nc, plan.model.hidden_N,
-        plan.l1_col_blocks, ws.sizes.slots, lay.col_max, max_spin, lay.l1_col, lay.done_l1, lay.combine,
+        rank, plan.world_size, plan.num_tokens, rp.l1_chunk_start_C.numel(), total_programs, plan.model.hidden_N,
+        plan.l1_col_blocks, ws.sizes.slots, lay.col_max, max_spin, lay.l1_col, lay.l1_claim, lay.done_l1,
+        lay.combine,
         triton.cdiv(pol.comm_rows, send_block), y.stride(0),
         BLOCK_N=pol.block_n1, TOPK_LOCAL=min(plan.model.topk, plan.experts_per_rank), SEND_BLOCK=send_block,
         PIPELINED=comm.pipelined, num_warps=comm.num_warps)

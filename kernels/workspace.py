@@ -12,7 +12,8 @@ Per rank:
     combine_MLN  (M_own, L, N)   symmetric  partial sums arriving at the owner, slot = Plan.send_slot_S
     sflags_F     int32           symmetric  [combine flags W x col_max | barrier flags W]: written by peers
     flags_F      int32           local      [layer0 arrival W | layer0 copy-engine W | layer1 column counts
-                                            col_max | done counters 3 | reduce done per column col_max]
+                                            col_max | done counters 2, layer1 claim counter | reduce done per column
+                                            col_max]
     status       int32 (8,)      local      timeout record (kernels/signals.py)
     h_RK         (R_max, K/TP)   local      layer0 output = layer1 input
     y_RN         (R_max, N)      local      layer1 GEMM output before the top-k reduction
@@ -76,6 +77,11 @@ class FlagLayout:
     @property
     def done_l1(self) -> int:
         return self.done_l0 + 1
+
+    @property
+    def l1_claim(self) -> int:
+        """layer1's item claim counter (kernels/fused_layer1_comm.py `claim_item`)."""
+        return self.done_l0 + 2
 
     @property
     def red_done(self) -> int:

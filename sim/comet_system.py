@@ -21,9 +21,11 @@ layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0
 
 layer1 (grouped GEMM + top-k reduce + combine):
   compute blocks (sms - nc_layer1) walk the column-block-major tiles; each finished tile counts towards
-  its column block, whose event fires at the Plan's `l1_tiles_per_col`. Communication block j takes items
-  j, j + nc, ... (item = column block x send chunk, column-block-major), waits for the column block, then
-  reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
+  its column block, whose event fires at the Plan's `l1_tiles_per_col`. Communication blocks claim items
+  one at a time, in column-block-major order (item = column block x send chunk), from a claim counter
+  shared with the tail (Policy.l1_tail: once the GEMM has ended, a launch later, its sms - nc_layer1 SMs
+  claim the items still left, as kernels/fused_layer1_gluon.py's tail kernel). Each waits for the column
+  block, then reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
   the owner: over the link at `per_block_link_gbps` (reads and the remote store overlap: the item takes
   max of the two), or into local memory when this rank owns the tokens, each item after a fixed
   `l1_item_overhead_us` (its chain of index loads). A push lands a link latency after its last byte.
@@ -56,12 +58,13 @@ class _Rank:
     """Mutable state of one rank during a simulation (flags, counters, arrivals at this owner)."""
 
     __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "col_ev", "col_cnt", "l1_next",
-                 "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
+                 "l1_item_next", "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
 
     def __init__(self, r: int, w: RankWork):
         self.r, self.w = r, w
         self.l0_next = 0
         self.l1_next = 0
+        self.l1_item_next = 0  # layer1's claim counter: items are claimed in column-block-major order
         ncol = w.incoming_items_WN1.shape[1]
         # per column block of this owner: partial sums still to land, and the last landing (time, record)
         self.pending_in = w.incoming_items_WN1.sum(0).tolist()
@@ -88,6 +91,7 @@ class CometSim(SystemSim):
         self.mode = pol.layer0_comm
         self.nc0 = pol.nc_layer0 if self.mode == "blocks" else 0
         self.nc1 = pol.nc_layer1
+        self.l1_tail = pol.l1_tail
         self.dynamic = options.tile_schedule == "dynamic"
         self.block_cap_gbps = hw.per_block_link_gbps
         self.direct_cap_gbps = hw.direct_read_gbps or hw.per_block_link_gbps
@@ -186,8 +190,13 @@ class CometSim(SystemSim):
             cause = yield from self.launch(r, 1, cause)
             n_comp = self.sms - self.nc1
             procs = [env.process(self._l1_compute_block(st, b, n_comp, cause)) for b in range(n_comp)]
-            procs += [env.process(self._l1_comm_block(st, j, n_comp + j, cause)) for j in range(self.nc1)]
-            vals = yield env.all_of(procs)
+            comm = [env.process(self._l1_comm_block(st, n_comp + j, cause)) for j in range(self.nc1)]
+            if self.l1_tail:  # once the GEMM has ended, its SMs take the items still unclaimed
+                vals = yield env.all_of(procs)
+                gemm_end = self.last_of(vals.values(), cause)
+                gemm_end = yield from self.launch(r, 1, gemm_end)
+                procs = [env.process(self._l1_comm_block(st, b, gemm_end)) for b in range(n_comp)]
+            vals = yield env.all_of(procs + comm)
             cause = self.last_of(vals.values(), cause)
             self.tile_events += len(st.dur1)
             cause = yield from self.launch(r, 1, cause)
@@ -326,7 +335,8 @@ class CometSim(SystemSim):
             if not dynamic:
                 t += blocks
 
-    def _l1_comm_block(self, st: _Rank, j: int, track: int, cause: int):
+    def _l1_comm_block(self, st: _Rank, track: int, cause: int):
+        """A communication block on SM `track`: it claims the rank's next unclaimed item until none is left."""
         env, net, rec = self.env, self.net, self.records
         timeout, append = env.timeout, rec.append
         r, owners = st.r, self.ranks
@@ -334,7 +344,10 @@ class CometSim(SystemSim):
         rd, wr = st.listed("l1_item_read_bytes_I"), st.listed("l1_item_write_bytes_I")
         col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps
         overhead = self.hw.l1_item_overhead_us
-        for i in range(j, len(col), self.nc1):
+        n = len(col)
+        while st.l1_item_next < n:
+            i = st.l1_item_next
+            st.l1_item_next = i + 1
             ev = col_ev[col[i]]
             if ev.callbacks is not None:
                 yield ev

@@ -36,7 +36,7 @@ EVENT_BYTES, FLOW_BYTES, EVENTS_PER_S = 300, 250, 50_000
 RATE_ENTRY_BYTES = 300  # a rate-log entry: a tuple and two small numpy arrays
 
 # Policy fields the Plan's tables do not depend on (the simulator reads them at run time).
-RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm")
+RUNTIME_POLICY_FIELDS = ("nc_layer0", "nc_layer1", "layer0_comm", "l1_tail")
 
 
 def available_memory_bytes() -> int | None:
@@ -105,7 +105,7 @@ def make_case(model: str | ModelConfig = "mixtral-8x7b", ep: int = 8, tp: int = 
 
 
 def with_policy(plan: Plan, **changes) -> Plan:
-    """The same Plan with run-time Policy fields changed (nc_layer0, nc_layer1, layer0_comm)."""
+    """The same Plan with run-time Policy fields changed (nc_layer0, nc_layer1, layer0_comm, l1_tail)."""
     bad = [k for k in changes if k not in RUNTIME_POLICY_FIELDS]
     if bad:
         raise ValueError(f"{bad} change the Plan's tables: build a new plan with make_plan (or make_case); "

@@ -124,13 +124,9 @@ def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, s
                 f"pipelined={pipelined}: rank {r}'s combine buffer differs from item by item"
 
 
-@pytest.mark.parametrize("pipelined,num_warps", [(True, 4), (False, 2)])
-def test_layer1_comm_kernel_alone_matches_the_one_launch_kernel(pipelined, num_warps):
-    """kernels/fused_layer1_gluon.py's communication kernel (the Gluon path's second launch), given the
-    one-launch kernel's y and the column counts the Gluon GEMM leaves (every column block complete), writes
-    bitwise the same combine buffers, and its last program resets the counts and its done counter."""
-    from kernels import fused_layer1_gluon
-
+def _layer1_comm_setup(pipelined, num_warps):
+    """A world after the one-launch layer1 (its combine buffers kept, then cleared to NaN) and the column
+    counts the Gluon GEMM leaves (every column block complete): what the communication kernels start from."""
     model = _model("swiglu", E=4, topk=2)
     par = ParallelConfig(ep=2, tp=2)
     world = _world(model, par, dtype=torch.float16)
@@ -154,16 +150,62 @@ def test_layer1_comm_kernel_alone_matches_the_one_launch_kernel(pipelined, num_w
     for r in world.ranks:
         buf = world.buffers(r)
         buf.flags_F[lay.l1_col: lay.l1_col + plan.l1_col_blocks] = plan.rank(r).l1_tiles_per_col.to(torch.int32)
-        fused_layer1_gluon.launch_comm(world, plan, r, buf.y_RN[: plan.rank(r).row_token_R.numel()], comm=comm,
-                                       send_block=comm.send_block_for(DEVICE), max_spin=world.max_spin)
+    return world, plan, comm, one_launch
+
+
+def _launch_comm(world, plan, r, comm, programs, total):
+    from kernels import fused_layer1_gluon
+
+    buf = world.buffers(r)
+    fused_layer1_gluon.launch_comm(world, plan, r, buf.y_RN[: plan.rank(r).row_token_R.numel()], programs=programs,
+                                   total_programs=total, comm=comm, send_block=comm.send_block_for(DEVICE),
+                                   max_spin=world.max_spin)
+
+
+@pytest.mark.parametrize("pipelined,num_warps", [(True, 4), (False, 2)])
+def test_layer1_comm_kernels_alone_match_the_one_launch_kernel(pipelined, num_warps):
+    """kernels/fused_layer1_gluon.py's communication kernels (the Gluon path's n_c programs beside the GEMM
+    and the tail after it, two launches sharing one claim counter), given the one-launch kernel's y and the
+    column counts of a finished GEMM, write bitwise the same combine buffers, and the last program of the two
+    launches resets the counts, the claim counter and the done counter."""
+    world, plan, comm, one_launch = _layer1_comm_setup(pipelined, num_warps)
+    lay = world.layout
+    for r in world.ranks:
+        _launch_comm(world, plan, r, comm, programs=2, total=2 + 3)
+        f = world.buffers(r).flags_F.cpu()
+        assert int(f[lay.done_l1]) == 2, f"rank {r}: the first launch's programs are not all counted: {f.tolist()}"
+        assert int(f[lay.l1_claim]) >= int(plan.rank(r).num_l1_chunks) * plan.l1_col_blocks, \
+            f"rank {r}: claim counter {int(f[lay.l1_claim])} below the item count"
+        _launch_comm(world, plan, r, comm, programs=3, total=2 + 3)
     for r in world.ranks:
         buf = world.buffers(r)
         assert torch.equal(buf.combine_MLN.view(torch.uint8), one_launch[r].view(torch.uint8)), \
-            f"rank {r}: the communication kernel's combine buffer differs from the one-launch kernel's"
+            f"rank {r}: the communication kernels' combine buffer differs from the one-launch kernel's"
         f = buf.flags_F.cpu()
-        assert f[lay.l1_col:].eq(0).all(), f"rank {r}: counts / done counters not reset: {f.tolist()}"
+        assert f[lay.l1_col:].eq(0).all(), f"rank {r}: counts / claims / done counters not reset: {f.tolist()}"
         combine_reduce(world, plan, r, plan.rank(r).combine_expected_W)
     world.check()
+
+
+def test_layer1_comm_programs_take_only_unclaimed_items():
+    """Items are claimed in column-block-major order from the claim counter: with the items of the first c
+    column blocks already claimed (by programs elsewhere), a launch writes exactly the later column blocks'
+    partial sums, as the one-launch kernel did, and leaves the earlier ones untouched."""
+    world, plan, comm, one_launch = _layer1_comm_setup(True, 4)
+    lay, bn = world.layout, plan.policy.block_n1
+    c = plan.l1_col_blocks // 2
+    assert 0 < c < plan.l1_col_blocks
+    for r in world.ranks:
+        buf = world.buffers(r)
+        buf.flags_F[lay.l1_claim] = c * int(plan.rank(r).num_l1_chunks)
+        _launch_comm(world, plan, r, comm, programs=2, total=2)
+    for r in world.ranks:
+        got = world.buffers(r).combine_MLN
+        assert got[..., : c * bn].isnan().all(), f"rank {r}: an item of the first {c} column blocks was redone"
+        assert torch.equal(got[..., c * bn:].view(torch.uint8), one_launch[r][..., c * bn:].view(torch.uint8)), \
+            f"rank {r}: the later column blocks differ from the one-launch kernel's"
+        assert world.buffers(r).flags_F[lay.l1_col:].eq(0).all(), f"rank {r}: flags not reset"
+    world.reset()
 
 
 def test_layer0_pull_kernel_alone_fills_the_rows_and_counts_the_sources():

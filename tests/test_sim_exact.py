@@ -78,6 +78,7 @@ def test_comet_exact_trace():
         ("SM 000", "gemm1", l1, red),
         ("SM 001", "gemm1", l1, red),
         ("SM 003", "reduce_local", red, red + 0.512),  # (256 read + 256 written) at 1000 B/us
+        ("stream", "launch", red, red + 1),  # the tail (Policy.l1_tail): it finds no item left
         ("SM 003", "reduce_send", red + 0.512, red + 1.024),  # 256 B at 500 B/us
         ("stream", "launch", red + 1.024, red + 2.024),  # the combine launch; rank 1's push lands meanwhile
         ("stream", "combine_reduce", red + 2.024, red + 2.024 + 0.256),  # 2 slots + 2 rows, 4000 B/us
@@ -87,6 +88,24 @@ def test_comet_exact_trace():
     assert trace(res, 1) == expected  # the case is symmetric
     assert res.latency_us == pytest.approx(red + 2.280)
     assert res.layer0_us == pytest.approx(pull_end + TAU)
+
+
+def test_comet_tail_takes_the_items_left_after_the_gemm():
+    """Policy.l1_tail: once layer1's GEMM has ended (and a launch later), its SMs claim the items the one
+    communication block has not claimed yet, so the items run side by side; without it the one block runs
+    them all in turn."""
+    plan = toy_plan()
+    slow = plan.hardware.replace(l1_item_overhead_us=4.0)  # an item outlasts the tail's 1 us launch
+    tail = dataclasses.replace(plan, hardware=slow)
+    no_tail = dataclasses.replace(tail, policy=tail.policy.replace(l1_tail=False))
+    res, res_no = (simulate(p, system="comet", options=TOY) for p in (tail, no_tail))
+    for r in (0, 1):
+        items = [(t, s) for t, k, s, _ in trace(res, r) if k in ("reduce_local", "reduce_send")]
+        items_no = [(t, s) for t, k, s, _ in trace(res_no, r) if k in ("reduce_local", "reduce_send")]
+        assert [t for t, _ in items_no] == ["SM 003", "SM 003"]
+        assert items[0][0] == "SM 003" and items[1][0] != "SM 003", items  # the second one on a GEMM SM
+        assert items[1][1] == pytest.approx(items[0][1] + 1.0)  # claimed as the tail started
+    assert res.latency_us < res_no.latency_us - 3.0
 
 
 def test_comet_combine_waits_for_the_last_push():

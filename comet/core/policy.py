@@ -48,6 +48,10 @@ class Policy:
     the simulator, a power of two >= 16 for the GPU kernels (`kernel_tile_problem`). group_m: row blocks
     swizzled together for L2 reuse. comm_rows: rows per communication chunk. copy_engine_reserved_sms: SMs
     the layer0 GEMM leaves free under "copy-engine", so that a copy or flag write that needs an SM can run.
+    l1_tail: once layer1's GEMM has ended, its SMs take the (column block, send chunk) items that the n_c
+    communication programs have not claimed yet (a launch of as many programs as the GEMM's, after it:
+    kernels/fused_layer1_gluon.py); False: the n_c programs do all of them, as the paper's kernel and the
+    one-launch tl kernel (kernels/fused_layer1.py, where the GEMM programs end with the launch) do.
     """
 
     order: str = "comet"
@@ -61,6 +65,7 @@ class Policy:
     group_m: int = 4
     comm_rows: int = 64
     copy_engine_reserved_sms: int = 8
+    l1_tail: bool = True
 
     def __post_init__(self):
         for name, value, allowed in (("order", self.order, ORDERS), ("dispatch", self.dispatch, DISPATCHES),
@@ -72,6 +77,9 @@ class Policy:
                 raise ValueError(f"policy {f} must be >= 1, got {getattr(self, f)}")
         if self.nc_layer0 < 0 or self.nc_layer1 < 0:
             raise ValueError("nc_layer0 and nc_layer1 must be >= 0")
+        if not isinstance(self.l1_tail, bool):
+            raise ValueError(f"policy l1_tail={self.l1_tail!r}: use True (the GEMM's SMs take the items left after "
+                             f"it) or False (the n_c programs do all)")
         if self.copy_engine_reserved_sms < 0:
             raise ValueError(f"copy_engine_reserved_sms must be >= 0, got {self.copy_engine_reserved_sms}")
 
