@@ -32,8 +32,8 @@ def first_owned_token(s, M, W):
 @triton.jit
 def comm_program(
     pid, sm, num_chunks_ptr, max_chunks, tiles_per_col_ptr, col_blocks, steps, rank, world, M, D_OUT,
-    slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
-    sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
+    slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
+    comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
     PIPELINED: tl.constexpr,
@@ -53,10 +53,10 @@ def comm_program(
     if PIPELINED:
         n_pipe = comm_pipelined(
             pid, sm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots,
-            col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
-            sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
-            rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
-            BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
+            col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
+            comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
+            send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr,
+            trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
         if INSTRUMENT:
             n_rec = n_pipe
     else:
@@ -136,9 +136,9 @@ def _zeros(ptr, N: tl.constexpr):
 @triton.jit
 def comm_pipelined(
     pid, sm, num_chunks, col_blocks, steps, tiles_per_col, rank, world, M, D_OUT, slots, col_max,
-    max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr, sflag_peers_ptr,
-    send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr,
-    row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
+    max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr, comb_peers_ptr,
+    sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
+    rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
 ):
     """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
