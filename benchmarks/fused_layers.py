@@ -242,7 +242,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
          note="single-shot events, median of 7")
 
 
-BOOL_FIELDS = ("pipelined", "l1_tail")
+BOOL_FIELDS = ("pipelined", "l1_tail", "pull_to_rows")
 
 
 def parse_comm_changes(text: str) -> dict:

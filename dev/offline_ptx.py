@@ -144,6 +144,11 @@ def fused_variants(out: Path) -> None:
                             block_n=plan.policy.block_n0, activation="swiglu", num_programs=116,
                             a_rows_R=rp.row_token_R, options=GemmOptions(impl="gluon", split_tail=False),
                             wait_sources=waits)
+        # ... with tokens pulled into their shared rows (CommConfig.pull_to_rows): A in place through TMA
+        fused_layer0_gluon.launch_pull_rows(world, plan, 0, buf.y_RN[:R_max], comm=GPU_COMM, done_total=132)
+        grouped_gemm_hopper(buf.y_RN[:R_max], shard.w0_ENK, _tiles(rp, "l0"), buf.h_RK[:R_max], block_m=128,
+                            block_n=plan.policy.block_n0, activation="swiglu", num_programs=116,
+                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), wait_sources=waits)
     finally:
         JITFunction.run = run
     for i, (name, kernel) in enumerate(compiled):

@@ -241,6 +241,9 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     why = _gluon_unsupported(recv, w0_ENK, out_RK, act, pol, variant, tile, b_tma, timeline, impl)
     if impl == "gluon" and why is not None:
         raise ValueError(f"fused_layer0 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
+    if comm is not None and comm.pull_to_rows and why is not None:
+        raise ValueError(f"CommConfig pull_to_rows=True runs in layer0's Gluon form only, which cannot run this call: "
+                         f"{why}; use pull_to_rows=False")
     tile = default_tile(dev) if tile is None else tile
     comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)

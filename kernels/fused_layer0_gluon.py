@@ -30,9 +30,10 @@ import torch
 import triton.language as tl
 
 from comet.core.jit import jit
-from kernels.fused_layer0_comm import pull_chunks
+from kernels.fused_layer0_comm import pull_chunks, pull_sends
 from kernels.grouped_gemm import _tiles
 from kernels.options import CommConfig, GemmOptions
+from kernels.row_gather import gather_rows
 from kernels.signals import finish_program
 
 
@@ -48,6 +49,25 @@ def _layer0_pull_kernel(
     pull_chunks(pid, num_comm, recv_ptr, recv_peers_ptr, flags_ptr, recv_token_ptr, chunk_src_ptr, chunk_start_ptr,
                 chunk_end_ptr, num_chunks_ptr, max_chunks, D_IN, arrive_off, None, None, pid, stride_rm, COMM_ROWS,
                 COMM_COLS, False)
+    if finish_program(flags_ptr + done_off, done_total):
+        for s in range(0, world):
+            tl.atomic_xchg(flags_ptr + arrive_off + s, 0, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
+
+
+@jit(specialise=("y_ptr", "D_IN", "stride_ym", "stride_rm"))
+def _layer0_pull_rows_kernel(
+    y_ptr, recv_peers_ptr, flags_ptr, send_token_ptr, send_dest_ptr, send_row_start_ptr, send_row_end_ptr,
+    rows_by_send_ptr, chunk_start_ptr, chunk_end_ptr, num_chunks_ptr, max_chunks, num_comm, D_IN, arrive_off,
+    done_off, done_total, world, rank, stride_ym, stride_rm,
+    COMM_ROWS: tl.constexpr, COMM_COLS: tl.constexpr, TOPK_LOCAL: tl.constexpr,
+):
+    """n_c pull programs of layer0 into shared-row order (CommConfig.pull_to_rows; module docstring); the last
+    of done_total programs of this kernel and the GEMM beside it resets the arrival flags."""
+    pid = tl.program_id(0)
+    pull_sends(pid, num_comm, y_ptr, stride_ym, recv_peers_ptr, stride_rm, flags_ptr, arrive_off, rank, send_token_ptr,
+               send_dest_ptr, send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr, chunk_start_ptr, chunk_end_ptr,
+               num_chunks_ptr, max_chunks, D_IN, COMM_ROWS, COMM_COLS, TOPK_LOCAL)
     if finish_program(flags_ptr + done_off, done_total):
         for s in range(0, world):
             tl.atomic_xchg(flags_ptr + arrive_off + s, 0, sem="relaxed", scope="gpu")
@@ -70,19 +90,45 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
     buf = ws.buffers(rank)
     lay = ws.layout
     programs = gemm_programs(plan, rank, num_programs)
+    done_total = pol.nc_layer0 + programs
     here = torch.cuda.current_stream(buf.recv_MN.device)
+    if comm.pull_to_rows:
+        a, a_rows, targets = _rows_in_place(buf, rp, rank, plan.world_size)
+    else:
+        a, a_rows, targets = buf.recv_MN, rp.row_token_R, rp.l0_chunks_per_src_W
     side = ws.side_stream(rank)
     side.wait_stream(here)
     with torch.cuda.stream(side):
-        launch_pull(ws, plan, rank, comm=comm, done_total=pol.nc_layer0 + programs)
+        if comm.pull_to_rows:
+            launch_pull_rows(ws, plan, rank, a, comm=comm, done_total=done_total)
+        else:
+            launch_pull(ws, plan, rank, comm=comm, done_total=done_total)
     if programs:
-        waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:],
-                            targets=rp.l0_chunks_per_src_W, status=buf.status, done=buf.flags_F[lay.done_l0:],
-                            rank=rank, world=plan.world_size, max_spin=max_spin, done_total=pol.nc_layer0 + programs)
-        grouped_gemm_hopper(buf.recv_MN, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
-                            activation=activation, num_programs=programs, a_rows_R=rp.row_token_R,
-                            options=GemmOptions(impl="gluon", split_tail=False), wait_sources=waits)
+        waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:], targets=targets,
+                            status=buf.status, done=buf.flags_F[lay.done_l0:], rank=rank, world=plan.world_size,
+                            max_spin=max_spin, done_total=done_total)
+        grouped_gemm_hopper(a, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
+                            activation=activation, num_programs=programs, a_rows_R=a_rows,
+                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=comm.pull_to_rows),
+                            wait_sources=waits)
     here.wait_stream(side)
+
+
+def _rows_in_place(buf, rp, rank: int, world: int):
+    """CommConfig.pull_to_rows: A is the shared tensor in shared-row order, in the layer1 GEMM's output buffer
+    y_RN (free until layer1 runs, after this layer on the same stream); this rank's own tokens are copied into
+    their rows here, on the caller's stream (a full-GPU copy at memory speed, before the pulls begin). Returns
+    A, no gather table, and what each source's arrival flag reaches: its send chunks (0 for this rank)."""
+    R_max = rp.row_token_R.numel()
+    a = buf.y_RN[:R_max]
+    gather_rows(buf.recv_MN, torch.where(rp.row_src_R == rank, rp.row_token_R, -1), out=a)
+    starts = rp.l1_chunk_start_C
+    live = torch.arange(starts.numel(), device=starts.device) < rp.num_l1_chunks
+    dest = rp.send_dest_S[starts.clamp(0, rp.send_dest_S.numel() - 1)]
+    dest = torch.where(live & (dest != rank), dest, world)  # own chunks: copied above, never counted
+    targets = torch.zeros(world + 1, dtype=torch.int64, device=starts.device)
+    targets.scatter_add_(0, dest, torch.ones_like(dest))
+    return a, None, targets[:world]
 
 
 def launch_pull(ws, plan, rank: int, *, comm: CommConfig, done_total: int) -> None:
@@ -97,3 +143,17 @@ def launch_pull(ws, plan, rank: int, *, comm: CommConfig, done_total: int) -> No
         rp.l0_chunk_end_C, rp.num_l0_chunks, rp.l0_chunk_src_C.numel(), plan.policy.nc_layer0, plan.model.hidden_N,
         lay.arrive, lay.done_l0, done_total, plan.world_size, recv.stride(0),
         COMM_ROWS=comm.pull_rows, COMM_COLS=comm.pull_cols, num_warps=comm.num_warps)
+
+
+def launch_pull_rows(ws, plan, rank: int, a_RN: torch.Tensor, *, comm: CommConfig, done_total: int) -> None:
+    """The pull kernel into shared-row order (CommConfig.pull_to_rows) alone, on the current stream: other
+    ranks' tokens into their rows of a_RN."""
+    rp = plan.rank(rank)
+    buf = ws.buffers(rank)
+    lay = ws.layout
+    _layer0_pull_rows_kernel[(plan.policy.nc_layer0,)](
+        a_RN, buf.recv_ptrs_W, buf.flags_F, rp.send_token_S, rp.send_dest_S, rp.send_row_start_S, rp.send_row_end_S,
+        rp.rows_by_send_R, rp.l1_chunk_start_C, rp.l1_chunk_end_C, rp.num_l1_chunks, rp.l1_chunk_start_C.numel(),
+        plan.policy.nc_layer0, plan.model.hidden_N, lay.arrive, lay.done_l0, done_total, plan.world_size, rank,
+        a_RN.stride(0), buf.recv_MN.stride(0), COMM_ROWS=comm.pull_rows, COMM_COLS=comm.pull_cols,
+        TOPK_LOCAL=min(plan.model.topk, plan.experts_per_rank), num_warps=comm.num_warps)

@@ -425,9 +425,20 @@ def _wait_at_least(flag_ptr, target, max_spin, status_ptr, wait_id: gl.constexpr
 
 
 @gluon.jit
-def _wait_tile_sources(t, ready, tile_src_ptr, flag_ptr, flag_target_ptr, world, max_spin, status_ptr, rank):
+def _fence_generic_to_async(WARPS: gl.constexpr):
+    """fence.proxy.async.global: rows another SM wrote by plain stores (generic proxy), seen through an
+    acquire, are then read by this thread's TMA loads (async proxy); the fence orders the two proxies."""
+    one = gl.full([1], 0, gl.int32, layout=gl.BlockedLayout([1], [32], [WARPS], [0]))
+    gl.inline_asm_elementwise("fence.proxy.async.global; mov.b32 $0, $1;", "=r,r", [one], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _wait_tile_sources(t, ready, tile_src_ptr, flag_ptr, flag_target_ptr, world, max_spin, status_ptr, rank,
+                       GATHER: gl.constexpr, WARPS: gl.constexpr):
     """Tile t's rows come from the ranks in its source mask: wait for each one not yet known complete
-    (flag[s] >= flag_target[s]); returns the sources known complete."""
+    (flag[s] >= flag_target[s]); returns the sources known complete. Without GATHER, A is then read by TMA
+    (rows pulled into shared-row order), which needs a proxy fence after the waits."""
     need = gl.load(tile_src_ptr + t) & ~ready
     if need != 0:
         for s in range(0, world):
@@ -435,6 +446,8 @@ def _wait_tile_sources(t, ready, tile_src_ptr, flag_ptr, flag_target_ptr, world,
                 _wait_at_least(flag_ptr + s, gl.load(flag_target_ptr + s), max_spin, status_ptr, _WAIT_L0_ARRIVAL,
                                s, rank)
         ready = ready | need
+        if not GATHER:
+            _fence_generic_to_async(WARPS)
     return ready
 
 
@@ -477,7 +490,7 @@ def _ws_loader(a_bufs, b_bufs, ready, empty, a_desc, b_desc, a_ptr, a_row_ptr, t
         t, k0, k1 = _work_item(it, n_dp, my_dp, parts, k_steps)
         if WAIT_SOURCES:
             known = _wait_tile_sources(t, known, tile_src_ptr, flag_ptr, flag_target_ptr, world, max_spin, status_ptr,
-                                       rank)
+                                       rank, GATHER, LOADER_WARPS)
         row0, b_row0, col0 = _tile_coords(t, tile_expert_ptr, tile_row_start_ptr, tile_col_ptr, D_IN, BLOCK_N)
         if GATHER:
             offs = _gather_offsets(t, a_row_ptr, tile_row_start_ptr, tile_row_end_ptr, stride_am, BLOCK_M,

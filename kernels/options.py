@@ -80,7 +80,10 @@ class CommConfig:
     loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both; measured:
     results/fused_layers/README.md). num_warps: warps of a layer1 communication program where they have a
     launch of their own (kernels/fused_layer1_gluon.py); in the one-launch tl kernel they have the GEMM
-    programs' TileConfig.num_warps.
+    programs' TileConfig.num_warps. pull_to_rows: layer0's Gluon form (kernels/fused_layer0_gluon.py) pulls each
+    token into its rows of the shared tensor (the Plan's shared-row order) instead of into the receive buffer by
+    token id, so that the GEMM reads A in place through TMA instead of gathering it by cp.async; the same
+    products, so the same result. Runs in the Gluon form only.
     """
 
     pull_rows: int = 32
@@ -88,6 +91,7 @@ class CommConfig:
     send_block: int | None = None
     pipelined: bool = True
     num_warps: int = 8
+    pull_to_rows: bool = False
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -102,6 +106,9 @@ class CommConfig:
         if not _is_int(self.num_warps) or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
                              f"8 or 16")
+        if not isinstance(self.pull_to_rows, bool):
+            raise ValueError(f"CommConfig pull_to_rows={self.pull_to_rows!r}: use True (tokens pulled into their "
+                             f"shared rows, A read in place) or False (into the receive buffer, A gathered)")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

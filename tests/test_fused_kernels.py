@@ -237,6 +237,54 @@ def test_layer0_pull_kernel_alone_fills_the_rows_and_counts_the_sources():
     world.reset()
 
 
+def test_layer0_pull_into_shared_rows_fills_every_row_and_counts_the_sources():
+    """CommConfig.pull_to_rows (kernels/fused_layer0_gluon.py): the own tokens copied into their shared rows,
+    then the pull kernel writes every other token into each of its rows (a token on two of the rank's experts
+    lands twice); each source's arrival flag reaches the target the Gluon GEMM's loader waits for, and the done
+    counter counts the pull programs (the GEMM, which would reset both, is not run here)."""
+    from kernels import fused_layer0_gluon
+
+    model = _model("gelu", E=8, topk=4)
+    par = ParallelConfig(ep=4)
+    world = _world(model, par, dtype=torch.float16)
+    M = 50
+    routing = imbalanced(M=M, E=8, topk=4, std=0.05, seed=7)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(nc_layer0=3))
+    x = random_tokens(M, 32, seed=7).to(DEVICE, torch.float16)
+    stage_tokens(world, x, M)
+    lay = world.layout
+    comm = SMALL_COMM.replace(pull_to_rows=True)
+    doubled = 0  # rows of tokens that have two of a rank's experts
+    for r in world.ranks:
+        rp = plan.rank(r)
+        buf = world.buffers(r)
+        a, a_rows, targets = fused_layer0_gluon._rows_in_place(buf, rp, r, par.world_size)
+        assert a_rows is None and a.data_ptr() == buf.y_RN.data_ptr()
+        fused_layer0_gluon.launch_pull_rows(world, plan, r, a, comm=comm, done_total=1000)
+        n = int(rp.num_rows)
+        tok = rp.row_token_R[:n].long()
+        assert torch.equal(a[:n], x[tok]), f"rank {r}: shared rows differ from their tokens"
+        doubled += n - tok.unique().numel()
+        src = rp.row_src_R[:n].long()
+        f = buf.flags_F.cpu()
+        flags = f[lay.arrive: lay.arrive + par.world_size].long()
+        assert torch.equal(flags, targets.cpu()), f"rank {r}: arrival flags {flags.tolist()}, targets {targets}"
+        assert int(flags[r]) == 0 and all(int(flags[s]) > 0 for s in src.unique().tolist() if s != r), flags
+        assert int(f[lay.done_l0]) == 3, f"rank {r}: done counter {int(f[lay.done_l0])}, expected 3 programs"
+    assert doubled > 0, "the case should put some token on two of a rank's experts"
+    world.reset()
+
+
+def test_pull_to_rows_outside_the_gluon_form_says_so():
+    model = _model("gelu")
+    par = ParallelConfig(ep=2)
+    world = _world(model, par)
+    plan = make_plan(uniform(M=8, E=4, topk=2, seed=0).to(DEVICE), model, par, HW, SMALL)
+    w0 = shard_weights(random_weights(model, seed=0).to(torch.float32, DEVICE), par, 0).w0_ENK
+    with pytest.raises(ValueError, match="pull_to_rows=True runs in layer0's Gluon form only.*use pull_to_rows=False"):
+        fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(pull_to_rows=True))
+
+
 def test_fused_layer1_impl_errors():
     model = _model("swiglu")
     par = ParallelConfig(ep=2)
@@ -669,3 +717,36 @@ def test_gpu_timeout_and_reproducibility():
         world.check()
     world.reset()
     _gpu_forward(model, par, routing, GPU_POLICY, "after reset", world=world)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("ep,tp", [(4, 1), (2, 2)])
+def test_gpu_pull_to_rows_bitwise_equal_to_the_gathered_form(act, ep, tp):
+    """Layer0's Gluon form with tokens pulled into their shared rows (A read in place by TMA) against the same
+    form gathering A by token id: the same products, so bitwise the same output, at two n_c; and the flags
+    reset for the next call (a second call gives the same)."""
+    from kernels.options import GPU_COMM
+
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=4, layers=1, activation=act)
+    par = ParallelConfig(ep=ep, tp=tp)
+    M = 2000
+    routing = imbalanced(M=M, E=8, topk=4, std=0.032, seed=ep + tp).to("cuda")
+    world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda", max_spin=1 << 20)
+    w = _gpu_weights(model)
+    stage_tokens(world, random_tokens(M, 512, seed=2, dtype=torch.bfloat16, device="cuda"), M)
+    for nc in (4, 16):
+        plan = make_plan(routing, model, par, HW, GPU_POLICY.replace(nc_layer0=nc, block_n0=64 if act == "swiglu"
+                                                                      else 128))
+        for r in world.ranks:
+            w0 = shard_weights(w, par, r).w0_ENK
+            gathered = fused_layer0(world, plan, r, w0, comm=GPU_COMM, impl="gluon").clone()
+            for call in range(2):
+                in_place = fused_layer0(world, plan, r, w0, comm=GPU_COMM.replace(pull_to_rows=True), impl="gluon")
+                n = int(plan.rank(r).num_rows)
+                assert torch.equal(in_place[:n].view(torch.int16), gathered[:n].view(torch.int16)), \
+                    f"{act} EP={ep} TP={tp} n_c={nc} rank {r} call {call}: differs from the gathered form"
+        world.check()
+        lay = world.layout
+        for r in world.ranks:
+            assert world.buffers(r).flags_F[lay.arrive: lay.arrive + par.world_size].eq(0).all()
