@@ -31,7 +31,8 @@ torchrun) check.
 Compared configurations (CUDA-graph device times of rank 0):
     layer0  fused_blocks[n_c]  <->  comet, layer0 alone, layer0_comm="blocks", nc_layer0 = n_c
             fused_direct       <->  comet, layer0 alone, layer0_comm="direct"
-    layer1  fused[n_c]         <->  comet, layer1 alone, nc_layer1 = n_c
+    layer1  fused[n_c]         <->  comet, layer1 alone, nc_layer1 = n_c, no tail (the one-launch tl kernel
+                                    has none: Policy.l1_tail=False)
 Predicted = the span of the simulated fused kernel's events on rank 0 (launch gap excluded, as in a graph
 replay). The owner's separate reduce is not compared: benchmarks.fused_layers times it with single-shot
 eager events, which measure launch and flag latency more than the reduce (they vary ~2x run to run;
@@ -162,7 +163,7 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
             elif r.layer == "l0" and r.impl == "fused_direct":
                 meas, pred = r.time_us, predict("layer0", layer0_comm="direct")
             elif r.layer == "l1" and r.impl == "fused":
-                meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc))
+                meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc), l1_tail=False)
             else:
                 continue
             rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "routing": routing,

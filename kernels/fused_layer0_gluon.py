@@ -12,6 +12,14 @@ wait on nothing, and the GEMM grid leaves them n_c SMs (a GEMM program fills an 
 kernel is launched first, so that a first call's compile of the GEMM (at its launch) happens while the rows
 are already moving, and no waiting program exists before its producer was launched.
 
+Where layer0's weights are wide (CommConfig.pull_to_rows; by default >= 4096 columns: Mixtral, Phi-3.5), the
+tokens go straight into the shared tensor instead, in the Plan's shared-row order (the layer1 GEMM's output
+buffer y_RN, free until layer1): this rank's own tokens by one full-GPU row copy on the caller's stream first,
+then the pull programs (`pull_sends`, over the Plan's (token, owner) send chunks) write each other token into
+every row of it. The GEMM then reads A in place through TMA (a proxy fence after the loader's waits, since
+the rows were written by plain stores) where the gathered form pays 4-9 % for its cp.async copies; narrow
+GEMMs (Qwen2-MoE) lost more to the extra copies than they gained (results/fused_layers/README.md).
+
 The Plan orders each tile's rows local rows first and the chunks by source in arrival order; a tile waits
 only for the sources in its mask that it has not yet seen complete. The arrival flags and the done counter
 are the one-launch kernel's (kernels/workspace.py); the last program of either kernel to finish resets them,
@@ -31,7 +39,7 @@ import triton.language as tl
 
 from comet.core.jit import jit
 from kernels.fused_layer0_comm import pull_chunks, pull_sends
-from kernels.grouped_gemm import _tiles
+from kernels.grouped_gemm import PREGATHER_MIN_COLS, _tiles
 from kernels.options import CommConfig, GemmOptions
 from kernels.row_gather import gather_rows
 from kernels.signals import finish_program
@@ -92,14 +100,15 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
     programs = gemm_programs(plan, rank, num_programs)
     done_total = pol.nc_layer0 + programs
     here = torch.cuda.current_stream(buf.recv_MN.device)
-    if comm.pull_to_rows:
+    to_rows = comm.pull_to_rows if comm.pull_to_rows is not None else w0_ENK.shape[2] >= PREGATHER_MIN_COLS
+    if to_rows:
         a, a_rows, targets = _rows_in_place(buf, rp, rank, plan.world_size)
     else:
         a, a_rows, targets = buf.recv_MN, rp.row_token_R, rp.l0_chunks_per_src_W
     side = ws.side_stream(rank)
     side.wait_stream(here)
     with torch.cuda.stream(side):
-        if comm.pull_to_rows:
+        if to_rows:
             launch_pull_rows(ws, plan, rank, a, comm=comm, done_total=done_total)
         else:
             launch_pull(ws, plan, rank, comm=comm, done_total=done_total)
@@ -109,7 +118,7 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
                             max_spin=max_spin, done_total=done_total)
         grouped_gemm_hopper(a, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
                             activation=activation, num_programs=programs, a_rows_R=a_rows,
-                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=comm.pull_to_rows),
+                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=to_rows),
                             wait_sources=waits)
     here.wait_stream(side)
 

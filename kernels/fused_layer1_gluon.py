@@ -12,15 +12,25 @@ memory and registers), and its grid leaves n_c SMs to the communication kernel, 
 the GEMM's counts (bounded waits: kernels/signals.py). Whichever kernel the GPU starts first, neither can take
 the SMs the other needs to finish.
 
+Items are claimed, not dealt: each communication program takes the next (column block, send chunk) item from
+a counter (column-block-major order) until none is left. With Policy.l1_tail (the default) the same kernel is
+launched a second time on the caller's stream right after the GEMM, one program per SM: the tail. Its
+programs take whatever the n_c programs have not reached when the GEMM ends, so the work left then is spread
+over every SM instead of n_c of them, and n_c can stay small (n_c 4 was the best measured for Mixtral and
+Phi-3.5 on one H200, against 8-28 without the tail: results/fused_layers/README.md). Why a launch of its own,
+not the GEMM's programs turning to communication: the GEMM is a Gluon kernel (it cannot call this tl code).
+A tail program never waits on an unfinished column block (the GEMM before it on the stream has ended), so its
+residency does not matter; the last of all programs of both communication launches does the reset below.
+
 Ordering: a counted tile's rows go out by plain stores, then the GEMM program's threads meet at a barrier and
 one release adds 1 to the column block's count (kernels/gluon_gemm.py `_store_tile`); a communication program
 acquires the count (`wait_flag`) before it reads the rows. The last communication program to finish waits
-until every column block is complete (so that no GEMM program still adds to a count) and resets the counts
-for the next call. The communication kernel runs on the rank's side stream (Workspace.side_stream), which
-forks from the caller's stream before the GEMM and joins it again after, so the call is one step of the
-caller's stream and CUDA-graph capture records both kernels as parallel branches. The GEMM is launched
-first: a first call compiles each kernel as it is launched, and communication programs already spinning
-would count that compile time against their bounded waits (a first call timed out so on the H200). Launched
+until every column block is complete (so that no GEMM program still adds to a count) and resets the counts and
+the claim counter for the next call. The communication kernel runs on the rank's side stream
+(Workspace.side_stream), which forks from the caller's stream before the GEMM and joins it again after, so the
+call is one step of the caller's stream and CUDA-graph capture records both kernels as parallel branches. The
+GEMM is launched first: a first call compiles each kernel as it is launched, and communication programs already
+spinning would count that compile time against their bounded waits (a first call timed out so on the H200). Launched
 the other way round, the replays ran at the same speed (results/fused_layers/README.md).
 
 Results are bitwise reproducible run to run and whatever n_c or the program count: the GEMM runs without its

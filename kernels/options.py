@@ -83,7 +83,9 @@ class CommConfig:
     programs' TileConfig.num_warps. pull_to_rows: layer0's Gluon form (kernels/fused_layer0_gluon.py) pulls each
     token into its rows of the shared tensor (the Plan's shared-row order) instead of into the receive buffer by
     token id, so that the GEMM reads A in place through TMA instead of gathering it by cp.async; the same
-    products, so the same result. Runs in the Gluon form only.
+    products, so the same result. None: where layer0's weights have >= `kernels.grouped_gemm.PREGATHER_MIN_COLS`
+    columns (Mixtral and Phi-3.5 yes, Qwen2 no: measured, results/fused_layers/README.md); True runs in the
+    Gluon form only.
     """
 
     pull_rows: int = 32
@@ -91,7 +93,7 @@ class CommConfig:
     send_block: int | None = None
     pipelined: bool = True
     num_warps: int = 8
-    pull_to_rows: bool = False
+    pull_to_rows: bool | None = None
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -106,9 +108,7 @@ class CommConfig:
         if not _is_int(self.num_warps) or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
                              f"8 or 16")
-        if not isinstance(self.pull_to_rows, bool):
-            raise ValueError(f"CommConfig pull_to_rows={self.pull_to_rows!r}: use True (tokens pulled into their "
-                             f"shared rows, A read in place) or False (into the receive buffer, A gathered)")
+        _check_tristate("CommConfig", "pull_to_rows", self.pull_to_rows, "where layer0's weights are wide")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

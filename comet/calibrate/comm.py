@@ -125,7 +125,8 @@ def measure_l1_comm_programs(ctx: Context) -> None:
     t = plan.rank(0).trimmed()
     sends_per_chunk = (t["l1_chunk_end_C"] - t["l1_chunk_start_C"]).tolist()
     col_bytes = plan.policy.block_n1 * 2
-    # item i = (column block i // chunks, chunk i % chunks) belongs to program i % nc
+    # item i = (column block i // chunks, chunk i % chunks); programs claim items in order from a counter, so at
+    # equal speed program j takes items j, j + nc, ...: the busiest share below is that estimate
     item_bytes = [n * col_bytes for _ in range(plan.l1_col_blocks) for n in sends_per_chunk]
     total = sum(item_bytes)
     short_items = int(short.rank(0).num_l1_chunks) * short.l1_col_blocks

@@ -20,8 +20,10 @@ block c's tiles, every expert, before column block c+1's, so the top-k reduce an
 Communication work: layer0 chunks (source rank, range of U) in arrival order, never spanning two sources;
 chunk i belongs to communication block i % nc_layer0; flag[s] reaches `l0_chunks_per_src_W[s]` when all of
 source s's rows have arrived. Layer1 work items are (column block, send chunk) in column-block-major order;
-item i belongs to communication block i % nc_layer1; a send chunk covers consecutive sends to one
-destination. Each send (token t, destination owner) reduces its rows (weights from the routing) over the
+the communication blocks claim them in that order from a counter (with Policy.l1_tail, the SMs of the finished
+GEMM take the items left); a send chunk covers consecutive sends to one destination. Layer0's pull into
+shared-row order (kernels.options.CommConfig.pull_to_rows) reuses the send chunks of other owners: chunk i to
+block i % nc_layer0. Each send (token t, destination owner) reduces its rows (weights from the routing) over the
 column block and stores the partial sum into slot `send_slot_S` of the owner's combine buffer.
 """
 
