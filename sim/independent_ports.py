@@ -99,10 +99,12 @@ class IndependentPortsNetwork(LinkNetwork):
         self._log_built = []
 
     # ------------------------------------------------------------------------------------ events
-    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF) -> simpy.Event:
-        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`."""
+    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
+        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`. Returns `event` (default: a
+        new SimPy event), succeeded with the time when the last byte is through (anything with SimPy's
+        `succeed(value)` will do: sim.engine.Stepper)."""
         now = self.env.now
-        ev = self.env.event()
+        ev = self.env.event() if event is None else event
         fid = len(self.flows)
         self.flows.append([fid, src, dst, float(nbytes), now, math.nan])
         if nbytes <= 0:
