@@ -42,6 +42,8 @@ import simpy
 from comet.core.config import HardwareProfile, ParallelConfig
 from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
 
+NORMAL = simpy.events.NORMAL
+
 
 class _Group:
     """The transfers through one port with one cap: one rate. `served` is the bytes each member has moved
@@ -59,6 +61,21 @@ class _Group:
         self.t = now
 
 
+class _Wake:
+    """A wake-up of the network on SimPy's queue: what the run loop reads of a Timeout (callbacks, `_ok`), and
+    `_value`, the wake-up's number (a later one supersedes it)."""
+
+    __slots__ = ("callbacks", "_value")
+    _ok = True
+
+    def __init__(self, callbacks: list, value: int):
+        self.callbacks, self._value = callbacks, value
+
+
+def _by_transfer_then_port(item: tuple) -> tuple:
+    return item[0], item[1].port
+
+
 class IndependentPortsNetwork(LinkNetwork):
     """The ports of LinkNetwork as independent processor-sharing servers (module docstring); same interface
     and counters."""
@@ -70,8 +87,11 @@ class IndependentPortsNetwork(LinkNetwork):
         self._groups: list[dict[float, _Group]] = [{} for _ in range(P)]  # per port: cap -> group, by cap
         self._rate_p = [0.0] * P  # bytes/us through each port now
         self._t_p = [0.0] * P  # when the port's bytes and busy time were last brought up to date
-        self._sides_left: dict[int, int] = {}  # transfer id -> ports still serving it
-        self._events: dict[int, simpy.Event] = {}
+        self._sole: list[_Group | None] = [None] * P  # a port's group while it has only one (the usual case)
+        self._sides_left: list[int] = []  # per transfer id: ports still serving it
+        self._waiting: list = []  # per transfer id: its event until it is through, then None
+        self._queue, self._eid = env._queue, env._eid  # the wake-ups go straight onto SimPy's queue
+        self._wake_cbs = [self._on_wake]
         self._due: list[tuple] = []  # (due time, sequence, group, version)
         self._seq = 0
         self._wake_at = INF
@@ -103,70 +123,93 @@ class IndependentPortsNetwork(LinkNetwork):
         """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`. Returns `event` (default: a
         new SimPy event), succeeded with the time when the last byte is through (anything with SimPy's
         `succeed(value)` will do: sim.engine.Stepper)."""
-        now = self.env.now
+        now = self.env._now
         ev = self.env.event() if event is None else event
-        fid = len(self.flows)
-        self.flows.append([fid, src, dst, float(nbytes), now, math.nan])
+        flows = self.flows
+        fid = len(flows)
+        nbytes = float(nbytes)
+        flows.append([fid, src, dst, nbytes, now, math.nan])
         if nbytes <= 0:
-            self.flows[fid][5] = now
+            flows[fid][5] = now
+            self._waiting.append(None)
+            self._sides_left.append(0)
             ev.succeed(now)
             return ev
         cap = cap_gbps * GBPS
-        self._log_instant(now)
-        self._events[fid] = ev
-        self._sides_left[fid] = 2
+        logging = self._log_flat is not None
+        if logging:
+            self._log_instant(now)
+        self._waiting.append(ev)
+        self._sides_left.append(2)
         self._n_in_flight += 1
-        ports = self.ports(src, dst)
-        for p in ports:
-            g = self._groups[p].get(cap)
-            if g is None:
-                g = self._groups[p][cap] = _Group(p, cap)
-                self._groups[p] = dict(sorted(self._groups[p].items()))
-            g.settle(now)
-            heapq.heappush(g.heap, (g.served + float(nbytes), fid))
+        pa, pb = self.ports(src, dst)
+        n_port, sole = self._n_port, self._sole
+        for p in (pa, pb):
+            g = sole[p]
+            if g is None or g.cap != cap:
+                g = self._group(p, cap)
+            g.served += g.rate * (now - g.t)  # _Group.settle, inlined: two calls per transfer and port
+            g.t = now
+            heapq.heappush(g.heap, (g.served + nbytes, fid))
             g.n += 1
-            self._n_port[p] += 1
+            n_port[p] += 1
             self._level(p, now)
-        self._log(now, ports)
+        if logging:
+            pending = self._log_pending
+            pending[pa] = pending[pb] = None
         self._arm(now)
         return ev
+
+    def _group(self, p: int, cap: float) -> _Group:
+        """Port p's group of cap `cap` (created on first use; a port's groups are kept in cap order)."""
+        groups = self._groups[p]
+        g = groups.get(cap)
+        if g is None:
+            g = groups[cap] = _Group(p, cap)
+            self._groups[p] = dict(sorted(groups.items()))
+            self._sole[p] = g if len(groups) == 1 else None
+        return g
 
     def _level(self, p: int, now: float) -> None:
         """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
         self.updates += 1
-        dt = now - self._t_p[p]
+        t_p = self._t_p
+        dt = now - t_p[p]
         if dt > 0:
             rate = self._rate_p[p]
             self._port_bytes[p] += rate * dt
             if rate > 0:
                 self._port_busy[p] += dt
-        self._t_p[p] = now
-        groups = self._groups[p]
-        if len(groups) == 1:  # one cap through the port (the usual case): keep what has not changed
-            g = next(iter(groups.values()))
-            if g.n:
-                share = self.port_cap[p] / g.n
-                rate = g.cap if g.cap <= share else share
-                if rate != g.rate:
-                    g.settle(now)
-                    g.rate, g.front = rate, None
-                    g.version += 1
-                front = g.heap[0][0]
-                if front != g.front:
-                    g.front = front
-                    self._seq += 1
-                    left = front - g.served - rate * (now - g.t)
-                    heapq.heappush(self._due, (now + max(left, 0.0) / rate, self._seq, g, g.version))
-                self._rate_p[p] = rate * g.n
-            else:
-                g.settle(now)
-                g.rate, g.front = 0.0, None
+        t_p[p] = now
+        g = self._sole[p]
+        if g is None:
+            self._level_groups(p, now)
+        elif g.n:  # one cap through the port (the usual case): keep what has not changed
+            share = self.port_cap[p] / g.n
+            rate = g.cap if g.cap <= share else share
+            if rate != g.rate:
+                g.served += g.rate * (now - g.t)
+                g.t = now
+                g.rate, g.front = rate, None
                 g.version += 1
-                self._rate_p[p] = 0.0
-            return
+            front = g.heap[0][0]
+            if front != g.front:
+                g.front = front
+                self._seq += 1
+                left = front - g.served - rate * (now - g.t)
+                heapq.heappush(self._due, (now + max(left, 0.0) / rate, self._seq, g, g.version))
+            self._rate_p[p] = rate * g.n
+        else:
+            g.settle(now)
+            g.rate, g.front = 0.0, None
+            g.version += 1
+            self._rate_p[p] = 0.0
+
+    def _level_groups(self, p: int, now: float) -> None:
+        """_level for a port with groups of several caps: the water-filling over them."""
         left, count, total = self.port_cap[p], self._n_port[p], 0.0
         due = self._due
-        for g in groups.values():
+        for g in self._groups[p].values():
             g.settle(now)
             g.version += 1
             g.front = None
@@ -191,21 +234,25 @@ class IndependentPortsNetwork(LinkNetwork):
         if due and due[0][0] < self._wake_at:
             self._wake_at = t = due[0][0]
             self._wake_id += 1
-            self.env.timeout(max(t - now, 0.0), value=self._wake_id).callbacks.append(self._on_wake)
+            # what env.timeout(max(t - now, 0.0), value=self._wake_id) would queue, without a Timeout object
+            heapq.heappush(self._queue, (now + max(t - now, 0.0), NORMAL, next(self._eid),
+                                         _Wake(self._wake_cbs, self._wake_id)))
 
     def _on_wake(self, event) -> None:
         """Groups are due: every member a port has served leaves it; a transfer both ports have served is done."""
-        if event.value != self._wake_id:
+        if event._value != self._wake_id:
             return
-        now = self.env.now
+        now = self.env._now
         self._wake_at = INF
         due, out = self._due, []
-        while due and due[0][0] <= now + 1e-9:
+        limit = now + 1e-9
+        while due and due[0][0] <= limit:
             _, _, g, version = heapq.heappop(due)
             if version != g.version:
                 continue
-            served = g.served + g.rate * (now - g.t)
-            h, tol, found = g.heap, _DONE_BYTES + g.rate * 1e-9, False
+            rate = g.rate
+            served = g.served + rate * (now - g.t)
+            h, tol, found = g.heap, _DONE_BYTES + rate * 1e-9, False
             while h and h[0][0] - served <= tol:
                 out.append((heapq.heappop(h)[1], g))
                 found = True
@@ -214,29 +261,33 @@ class IndependentPortsNetwork(LinkNetwork):
             if not found:  # float residue kept the front just short of done
                 self._seq += 1
                 g.front = h[0][0]
-                heapq.heappush(due, (now + (h[0][0] - served) / g.rate, self._seq, g, g.version))
-        out.sort(key=lambda x: (x[0], x[1].port))  # deterministic: by transfer id, then port
-        self._log_instant(now)
+                heapq.heappush(due, (now + (h[0][0] - served) / rate, self._seq, g, g.version))
+        if len(out) > 1:
+            out.sort(key=_by_transfer_then_port)  # deterministic
+        logging = self._log_flat is not None
+        if logging:
+            self._log_instant(now)
         touched: dict[int, None] = {}
         done = []
+        n_port, sides = self._n_port, self._sides_left
         for fid, g in out:
             g.n -= 1
-            self._n_port[g.port] -= 1
+            n_port[g.port] -= 1
             touched[g.port] = None
-            left = self._sides_left[fid] - 1
-            if left:
-                self._sides_left[fid] = left
-            else:
-                del self._sides_left[fid]
+            left = sides[fid] = sides[fid] - 1
+            if not left:
                 done.append(fid)
         for p in touched:
             self._level(p, now)
-        self._log(now, touched)
+        if logging:
+            self._log_pending.update(touched)
         self._n_in_flight -= len(done)
-        flows, events = self.flows, self._events
+        flows, waiting = self.flows, self._waiting
         for fid in done:
             flows[fid][5] = now
-            events.pop(fid).succeed(now)
+            ev = waiting[fid]
+            waiting[fid] = None
+            ev.succeed(now)
         self._arm(now)
 
     # ------------------------------------------------------------------------------------ rate log
@@ -245,12 +296,6 @@ class IndependentPortsNetwork(LinkNetwork):
         if self._log_flat is not None and now != self._log_t:
             self._flush_log()
             self._log_t = now
-
-    def _log(self, now: float, ports) -> None:
-        """Mark ports whose rate may have changed at `now` (one log entry per instant, written when time moves on)."""
-        if self._log_flat is not None:
-            for p in ports:
-                self._log_pending[p] = None
 
     def _flush_log(self) -> None:
         """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
