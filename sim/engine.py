@@ -61,6 +61,21 @@ class Stepper:
         heapq.heappush(self._queue, (self.env._now, NORMAL, next(self._eid), self))
 
 
+def run_until_empty(env: simpy.Environment) -> None:
+    """`env.run()` (no `until`): SimPy's step loop, event for event, without a method call and an exception
+    handler per event (millions of events at 256 GPUs)."""
+    queue, pop = env._queue, heapq.heappop
+    while queue:
+        env._now, _, _, event = pop(queue)
+        callbacks, event.callbacks = event.callbacks, None
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):  # a failed event nobody handled: raise, as SimPy
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+
 class SystemSim:
     """Base of the simulated systems. Milestones per rank (us): `l0_end` (its layer0 work done),
     `end` (its whole simulated part done). `records` is the shared event list (see comet/core/events.py)."""
@@ -103,7 +118,7 @@ class SystemSim:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self.env.run()
+            run_until_empty(self.env)
         finally:
             if was_enabled:
                 gc.enable()

@@ -137,8 +137,9 @@ class IndependentPortsNetwork(LinkNetwork):
             return ev
         cap = cap_gbps * GBPS
         logging = self._log_flat is not None
-        if logging:
-            self._log_instant(now)
+        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
+            self._flush_log()
+            self._log_t = now
         self._waiting.append(ev)
         self._sides_left.append(2)
         self._n_in_flight += 1
@@ -265,8 +266,9 @@ class IndependentPortsNetwork(LinkNetwork):
         if len(out) > 1:
             out.sort(key=_by_transfer_then_port)  # deterministic
         logging = self._log_flat is not None
-        if logging:
-            self._log_instant(now)
+        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
+            self._flush_log()
+            self._log_t = now
         touched: dict[int, None] = {}
         done = []
         n_port, sides = self._n_port, self._sides_left
@@ -291,12 +293,6 @@ class IndependentPortsNetwork(LinkNetwork):
         self._arm(now)
 
     # ------------------------------------------------------------------------------------ rate log
-    def _log_instant(self, now: float) -> None:
-        """Before rates change at `now`: write the previous instant's entry if time has moved on."""
-        if self._log_flat is not None and now != self._log_t:
-            self._flush_log()
-            self._log_t = now
-
     def _flush_log(self) -> None:
         """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
         the first entry)."""
