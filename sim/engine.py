@@ -61,19 +61,36 @@ class Stepper:
         heapq.heappush(self._queue, (self.env._now, NORMAL, next(self._eid), self))
 
 
-def run_until_empty(env: simpy.Environment) -> None:
+def run_until_empty(env: simpy.Environment, net=None) -> None:
     """`env.run()` (no `until`): SimPy's step loop, event for event, without a method call and an exception
-    handler per event (millions of events at 256 GPUs)."""
+    handler per event (millions of events at 256 GPUs). With a network that keeps its next wake-up beside the
+    queue (sim.independent_ports), that wake-up runs where its queue entry would have come."""
     queue, pop = env._queue, heapq.heappop
-    while queue:
-        env._now, _, _, event = pop(queue)
-        callbacks, event.callbacks = event.callbacks, None
-        for callback in callbacks:
-            callback(event)
-        if not event._ok and not hasattr(event, "_defused"):  # a failed event nobody handled: raise, as SimPy
-            exc = type(event._value)(*event._value.args)
-            exc.__cause__ = event._value
-            raise exc
+    beside = net is not None and getattr(net, "wake_beside_queue", None) is False
+    if beside:
+        net.wake_beside_queue = True
+    try:
+        while True:
+            if beside:
+                key = net.wake_key
+                if key is not None and (not queue or key < queue[0]):  # (time, priority, sequence): never a tie
+                    net.wake_key = None
+                    env._now = key[0]
+                    net.wake()
+                    continue
+            if not queue:
+                return
+            env._now, _, _, event = pop(queue)
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):  # a failed event nobody handled: raise, as SimPy
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
+    finally:
+        if beside:
+            net.wake_beside_queue = False
 
 
 class SystemSim:
@@ -118,7 +135,7 @@ class SystemSim:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            run_until_empty(self.env)
+            run_until_empty(self.env, self.net)
         finally:
             if was_enabled:
                 gc.enable()

@@ -92,6 +92,10 @@ class IndependentPortsNetwork(LinkNetwork):
         self._waiting: list = []  # per transfer id: its event until it is through, then None
         self._queue, self._eid = env._queue, env._eid  # the wake-ups go straight onto SimPy's queue
         self._wake_cbs = [self._on_wake]
+        # Set by a run loop that drives the wake-ups itself (sim.engine.run_until_empty): the next one is then
+        # `wake_key`, kept beside SimPy's queue instead of an entry in it (a plain env.run() needs the entries).
+        self.wake_beside_queue = False
+        self.wake_key: tuple | None = None
         self._due: list[tuple] = []  # (due time, sequence, group, version)
         self._seq = 0
         self._wake_at = INF
@@ -234,15 +238,21 @@ class IndependentPortsNetwork(LinkNetwork):
             heapq.heappop(due)
         if due and due[0][0] < self._wake_at:
             self._wake_at = t = due[0][0]
-            self._wake_id += 1
-            # what env.timeout(max(t - now, 0.0), value=self._wake_id) would queue, without a Timeout object
-            heapq.heappush(self._queue, (now + max(t - now, 0.0), NORMAL, next(self._eid),
-                                         _Wake(self._wake_cbs, self._wake_id)))
+            # the queue key env.timeout(max(t - now, 0.0)) would get (time, priority, sequence number)
+            key = (now + max(t - now, 0.0), NORMAL, next(self._eid))
+            if self.wake_beside_queue:  # the run loop compares it with the queue's front (and drops a superseded one)
+                self.wake_key = key
+            else:
+                self._wake_id += 1
+                heapq.heappush(self._queue, (*key, _Wake(self._wake_cbs, self._wake_id)))
 
     def _on_wake(self, event) -> None:
+        """A wake-up from SimPy's queue: `wake` unless a later one superseded it."""
+        if event._value == self._wake_id:
+            self.wake()
+
+    def wake(self) -> None:
         """Groups are due: every member a port has served leaves it; a transfer both ports have served is done."""
-        if event._value != self._wake_id:
-            return
         now = self.env._now
         self._wake_at = INF
         due, out = self._due, []
