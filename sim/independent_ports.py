@@ -279,6 +279,31 @@ class IndependentPortsNetwork(LinkNetwork):
         if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
             self._flush_log()
             self._log_t = now
+        if len(out) == 1:  # the usual case: one transfer leaves one port
+            self._leave_one(now, *out[0], logging)
+        else:
+            self._leave(now, out, logging)
+        self._arm(now)
+
+    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool) -> None:
+        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists."""
+        p = g.port
+        g.n -= 1
+        self._n_port[p] -= 1
+        left = self._sides_left[fid] = self._sides_left[fid] - 1
+        self._level(p, now)
+        if logging:
+            self._log_pending[p] = None
+        if not left:
+            self._n_in_flight -= 1
+            self.flows[fid][5] = now
+            ev = self._waiting[fid]
+            self._waiting[fid] = None
+            ev.succeed(now)
+
+    def _leave(self, now: float, out: list, logging: bool) -> None:
+        """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
+        both ports have served are through (their events succeed, by transfer id)."""
         touched: dict[int, None] = {}
         done = []
         n_port, sides = self._n_port, self._sides_left
@@ -300,7 +325,6 @@ class IndependentPortsNetwork(LinkNetwork):
             ev = waiting[fid]
             waiting[fid] = None
             ev.succeed(now)
-        self._arm(now)
 
     # ------------------------------------------------------------------------------------ rate log
     def _flush_log(self) -> None:
