@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import simpy
@@ -72,6 +73,38 @@ class _Wake:
         self.callbacks, self._value = callbacks, value
 
 
+class RateLog(Sequence):
+    """The rate log as a sequence of (time_us, ports, GB/s) entries, LinkNetwork.rate_log's form, held as flat
+    arrays: an entry's two arrays are made when it is read (millions of entries at 256 GPUs, seconds to build,
+    and most results are never asked for them)."""
+
+    def __init__(self, times: list, counts: list, ports: list, rates: list):
+        self.times = list(times)
+        self.ends = np.cumsum(np.array(counts, dtype=np.int64)).tolist()
+        self.ports = np.array(ports, dtype=np.int64)
+        self.rates = np.array(rates, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("rate log index out of range")
+        start = self.ends[i - 1] if i else 0
+        end = self.ends[i]
+        return self.times[i], self.ports[start:end], self.rates[start:end]
+
+    def __iter__(self):
+        p_all, v_all, start = self.ports, self.rates, 0
+        for t, end in zip(self.times, self.ends, strict=True):
+            yield t, p_all[start:end], v_all[start:end]
+            start = end
+
+
 def _by_transfer_then_port(item: tuple) -> tuple:
     return item[0], item[1].port
 
@@ -105,22 +138,19 @@ class IndependentPortsNetwork(LinkNetwork):
 
     @property
     def rate_log(self):
-        """(time_us, ports, GB/s) as LinkNetwork's, built from the flat lists the run appends to."""
+        """(time_us, ports, GB/s) as LinkNetwork's, over the flat lists the run appends to (RateLog)."""
         if self._log_flat is None:
             return None
         self._flush_log()
         times, counts, ports, rates = self._log_flat
-        if len(self._log_built) != len(times):
-            ends = np.cumsum(counts)
-            p_all, v_all = np.array(ports, dtype=np.int64), np.array(rates)
-            self._log_built = [(t, p_all[e - n:e], v_all[e - n:e])
-                               for t, n, e in zip(times, counts, ends.tolist(), strict=True)]
+        if self._log_built is None or len(self._log_built) != len(times):
+            self._log_built = RateLog(times, counts, ports, rates)
         return self._log_built
 
     @rate_log.setter
     def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
         self._log_flat = None if value is None else ([], [], [], [])
-        self._log_built = []
+        self._log_built = None
 
     # ------------------------------------------------------------------------------------ events
     def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
