@@ -232,7 +232,8 @@ class IndependentPortsNetwork(LinkNetwork):
                 g.front = front
                 self._seq += 1
                 left = front - g.served - rate * (now - g.t)
-                heapq.heappush(self._due, (now + max(left, 0.0) / rate, self._seq, g, g.version))
+                left = 0.0 if left < 0.0 else left  # max(left, 0.0) without the call (same value, -0.0 and nan too)
+                heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
             self._rate_p[p] = rate * g.n
         else:
             g.settle(now)
@@ -269,7 +270,8 @@ class IndependentPortsNetwork(LinkNetwork):
         if due and due[0][0] < self._wake_at:
             self._wake_at = t = due[0][0]
             # the queue key env.timeout(max(t - now, 0.0)) would get (time, priority, sequence number)
-            key = (now + max(t - now, 0.0), NORMAL, next(self._eid))
+            delay = t - now
+            key = (now + (0.0 if delay < 0.0 else delay), NORMAL, next(self._eid))
             if self.wake_beside_queue:  # the run loop compares it with the queue's front (and drops a superseded one)
                 self.wake_key = key
             else:
