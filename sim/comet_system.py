@@ -42,10 +42,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import simpy
 
 from comet.core.events import TRACK_COPY, TRACK_STREAM, K
 from comet.core.plan import Plan
-from sim.engine import SystemSim, block_hbm_bytes_per_us
+from sim.engine import Stepper, SystemSim, block_hbm_bytes_per_us
 from sim.hardware_model import GBPS, copy_engine_gbps
 from sim.options import SimOptions
 from sim.workload import RankWork, plan_work, tile_memory_floor_us, tile_us
@@ -190,12 +191,12 @@ class CometSim(SystemSim):
             cause = yield from self.launch(r, 1, cause)
             n_comp = self.sms - self.nc1
             procs = [env.process(self._l1_compute_block(st, b, n_comp, cause)) for b in range(n_comp)]
-            comm = [env.process(self._l1_comm_block(st, n_comp + j, cause)) for j in range(self.nc1)]
+            comm = [self._l1_comm_block(st, n_comp + j, cause) for j in range(self.nc1)]
             if self.l1_tail:  # once the GEMM has ended, its SMs take the items still unclaimed
                 vals = yield env.all_of(procs)
                 gemm_end = self.last_of(vals.values(), cause)
                 gemm_end = yield from self.launch(r, 1, gemm_end)
-                procs = [env.process(self._l1_comm_block(st, b, gemm_end)) for b in range(n_comp)]
+                procs = [self._l1_comm_block(st, b, gemm_end) for b in range(n_comp)]
             vals = yield env.all_of(procs + comm)
             cause = self.last_of(vals.values(), cause)
             self.tile_events += len(st.dur1)
@@ -335,47 +336,98 @@ class CometSim(SystemSim):
             if not dynamic:
                 t += blocks
 
-    def _l1_comm_block(self, st: _Rank, track: int, cause: int):
-        """A communication block on SM `track`: it claims the rank's next unclaimed item until none is left."""
-        env, net, rec = self.env, self.net, self.records
-        timeout, append = env.timeout, rec.append
-        r, owners = st.r, self.ranks
-        col, dest = st.listed("l1_item_col_I"), st.listed("l1_item_dest_I")
-        rd, wr = st.listed("l1_item_read_bytes_I"), st.listed("l1_item_write_bytes_I")
-        col_ev, hbm, cap = st.col_ev, self.block_hbm, self.block_cap_gbps
-        overhead = self.hw.l1_item_overhead_us
-        n = len(col)
-        while st.l1_item_next < n:
-            i = st.l1_item_next
-            st.l1_item_next = i + 1
-            ev = col_ev[col[i]]
-            if ev.callbacks is not None:
-                yield ev
-                cause = ev.value
-            start = env.now
-            if overhead:  # the item's dependent index loads and signal, before its bytes move
-                yield timeout(overhead)
-            d = dest[i]
-            if d == r:
-                yield timeout((rd[i] + wr[i]) / hbm)
-                idx = len(rec)
-                append((r, track, _K_LOCAL, 1, start, env.now, wr[i], r, cause))
-            else:
-                yield net.transfer(r, d, wr[i], cap)
-                arrival = env.now + net.latency_us(r, d)
-                t_read = start + rd[i] / hbm
-                if t_read > env.now:
-                    yield timeout(t_read - env.now)
-                idx = len(rec)
-                append((r, track, _K_SEND, 1, start, env.now, wr[i], d, cause))
-                o, c = owners[d], col[i]
-                if arrival > o.last_arrival[c]:
-                    o.last_arrival[c], o.last_arrival_idx[c] = arrival, idx
-                o.pending_in[c] -= 1
-                if o.pending_in[c] == 0:
-                    o.arrived_ev[c].succeed()
-            cause = idx
-        return cause
+    def _l1_comm_block(self, st: _Rank, track: int, cause: int) -> simpy.Event:
+        """A communication block on SM `track`: it claims the rank's next unclaimed item until none is left.
+        Returns the event that succeeds, with the block's last record, when it ends (as a process would)."""
+        return _L1CommBlock(self, st, track, cause).done
+
+
+class _L1CommBlock(Stepper):
+    """One layer1 communication block (the module docstring's items), as callbacks: every wait is the wait a
+    generator process would make at the same point (the same queue entries in the same order), without the
+    generator, its Process and a Timeout per wait. Waits: the item's column block, its overhead, a local
+    reduce, or the push over the link and then the rest of the read."""
+
+    __slots__ = ("sim", "st", "track", "cause", "done", "i", "start_us", "arrival", "_claim", "_move", "_local_done",
+                 "_read_done", "col", "dest", "rd", "wr")
+
+    def __init__(self, sim: CometSim, st: _Rank, track: int, cause: int):
+        super().__init__(sim.env, self._sent)
+        self.sim, self.st, self.track, self.cause = sim, st, track, cause
+        self.done = sim.env.event()
+        self.col, self.dest = st.listed("l1_item_col_I"), st.listed("l1_item_dest_I")
+        self.rd, self.wr = st.listed("l1_item_read_bytes_I"), st.listed("l1_item_write_bytes_I")
+        self._claim, self._move = [self._claim_next], [self._move_bytes]
+        self._local_done, self._read_done = [self._reduced_locally], [self._read_through]
+        self.start(self._claim)
+
+    def _claim_next(self, _event=None) -> None:
+        """Claim the next item; wait for its column block if the GEMM has not finished it."""
+        st = self.st
+        i = st.l1_item_next
+        if i >= len(self.col):
+            self.done.succeed(self.cause)
+            return
+        st.l1_item_next = i + 1
+        self.i = i
+        ev = st.col_ev[self.col[i]]
+        if ev.callbacks is not None:  # not yet processed: the column block's tiles are not all done
+            ev.callbacks.append(self._column_ready)
+        else:
+            self._begin()
+
+    def _column_ready(self, ev) -> None:
+        self.cause = ev._value
+        self._begin()
+
+    def _begin(self) -> None:
+        self.start_us = self.env._now
+        overhead = self.sim.hw.l1_item_overhead_us
+        if overhead:  # the item's dependent index loads and signal, before its bytes move
+            self.wait(overhead, self._move)
+        else:
+            self._move_bytes()
+
+    def _move_bytes(self, _event=None) -> None:
+        i, r = self.i, self.st.r
+        d = self.dest[i]
+        if d == r:
+            self.wait((self.rd[i] + self.wr[i]) / self.sim.block_hbm, self._local_done)
+        else:
+            self.sim.net.transfer(r, d, self.wr[i], self.sim.block_cap_gbps, self)  # then _sent
+
+    def _reduced_locally(self, _event) -> None:
+        r = self.st.r
+        rec = self.sim.records
+        idx = len(rec)
+        rec.append((r, self.track, _K_LOCAL, 1, self.start_us, self.env._now, self.wr[self.i], r, self.cause))
+        self.cause = idx
+        self._claim_next()
+
+    def _sent(self, _event) -> None:
+        """The push's last byte has left: it lands a link latency later; the block is done once its read is."""
+        now = self.env._now
+        i = self.i
+        self.arrival = now + self.sim.net.latency_us(self.st.r, self.dest[i])
+        t_read = self.start_us + self.rd[i] / self.sim.block_hbm
+        if t_read > now:
+            self.wait(t_read - now, self._read_done)
+        else:
+            self._read_through()
+
+    def _read_through(self, _event=None) -> None:
+        i, r, d = self.i, self.st.r, self.dest[self.i]
+        rec = self.sim.records
+        idx = len(rec)
+        rec.append((r, self.track, _K_SEND, 1, self.start_us, self.env._now, self.wr[i], d, self.cause))
+        o, c, arrival = self.sim.ranks[d], self.col[i], self.arrival
+        if arrival > o.last_arrival[c]:
+            o.last_arrival[c], o.last_arrival_idx[c] = arrival, idx
+        o.pending_in[c] -= 1
+        if o.pending_in[c] == 0:
+            o.arrived_ev[c].succeed()
+        self.cause = idx
+        self._claim_next()
 
 
 __all__ = ["CometSim", "GBPS"]

@@ -9,6 +9,7 @@ and checks that every rank finished: a schedule that cannot make progress raises
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 
 import numpy as np
@@ -20,6 +21,76 @@ from sim.hardware_model import GBPS, LinkNetwork, hbm_us
 from sim.independent_ports import IndependentPortsNetwork
 from sim.options import SimOptions
 from sim.workload import tile_memory_floor_us, tile_us
+
+NORMAL, URGENT = simpy.events.NORMAL, simpy.events.URGENT
+
+
+class Stepper:
+    """A process written as callbacks instead of a generator: what is left of a SimPy process once the
+    generator, its Process and one Timeout per wait are gone (a few microseconds per wait, and layer1's
+    communication blocks wait millions of times at 256 GPUs).
+
+    The object is its own queue entry: `wait(delay, then)` puts it on the environment's queue exactly as
+    `env.timeout(delay)` would (same time, priority and sequence number, so the run is the same event for
+    event), and the run calls `then` when it comes due. `succeed(value)` does the same at the current time
+    with `then_ready`, so the object can stand for the event of a network transfer. A subclass waits for
+    one thing at a time (it is on the queue at most once)."""
+
+    __slots__ = ("env", "callbacks", "_value", "_queue", "_eid", "_ready")
+    _ok = True  # what the SimPy run loop checks after the callbacks: never a failed event
+
+    def __init__(self, env: simpy.Environment, then_ready):
+        self.env, self.callbacks, self._value = env, None, None
+        self._queue, self._eid = env._queue, env._eid
+        self._ready = [then_ready]
+
+    def start(self, then: list) -> None:
+        """Begin at this instant, before this instant's ordinary events: as env.process(...) does."""
+        self.callbacks = then
+        heapq.heappush(self._queue, (self.env._now, URGENT, next(self._eid), self))
+
+    def wait(self, delay: float, then: list) -> None:
+        """Call then[0](self) `delay` from now (as `yield env.timeout(delay)`)."""
+        self.callbacks = then
+        heapq.heappush(self._queue, (self.env._now + delay, NORMAL, next(self._eid), self))
+
+    def succeed(self, value=None) -> None:
+        """As Event.succeed: call the `then_ready` callback once the run reaches this point of the instant."""
+        self._value = value
+        self.callbacks = self._ready
+        heapq.heappush(self._queue, (self.env._now, NORMAL, next(self._eid), self))
+
+
+def run_until_empty(env: simpy.Environment, net=None) -> None:
+    """`env.run()` (no `until`): SimPy's step loop, event for event, without a method call and an exception
+    handler per event (millions of events at 256 GPUs). With a network that keeps its next wake-up beside the
+    queue (sim.independent_ports), that wake-up runs where its queue entry would have come."""
+    queue, pop = env._queue, heapq.heappop
+    beside = net is not None and getattr(net, "wake_beside_queue", None) is False
+    if beside:
+        net.wake_beside_queue = True
+    try:
+        while True:
+            if beside:
+                key = net.wake_key
+                if key is not None and (not queue or key < queue[0]):  # (time, priority, sequence): never a tie
+                    net.wake_key = None
+                    env._now = key[0]
+                    net.wake()
+                    continue
+            if not queue:
+                return
+            env._now, _, _, event = pop(queue)
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):  # a failed event nobody handled: raise, as SimPy
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
+    finally:
+        if beside:
+            net.wake_beside_queue = False
 
 
 class SystemSim:
@@ -64,7 +135,7 @@ class SystemSim:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self.env.run()
+            run_until_empty(self.env, self.net)
         finally:
             if was_enabled:
                 gc.enable()

@@ -155,10 +155,12 @@ class LinkNetwork:
         return p % self.W, PORT_KINDS[p // self.W]
 
     # ------------------------------------------------------------------------------------ transfers
-    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF) -> simpy.Event:
-        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`."""
+    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
+        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`. Returns `event` (default: a
+        new SimPy event), succeeded with the time when the last byte is through (anything with SimPy's
+        `succeed(value)` will do: sim.engine.Stepper)."""
         env = self.env
-        ev = env.event()
+        ev = env.event() if event is None else event
         fid = len(self.flows)
         self.flows.append([fid, src, dst, float(nbytes), env.now, math.nan])
         if nbytes <= 0:

@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import simpy
 
 from comet.core.config import HardwareProfile, ParallelConfig
 from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
+
+NORMAL = simpy.events.NORMAL
 
 
 class _Group:
@@ -59,6 +62,53 @@ class _Group:
         self.t = now
 
 
+class _Wake:
+    """A wake-up of the network on SimPy's queue: what the run loop reads of a Timeout (callbacks, `_ok`), and
+    `_value`, the wake-up's number (a later one supersedes it)."""
+
+    __slots__ = ("callbacks", "_value")
+    _ok = True
+
+    def __init__(self, callbacks: list, value: int):
+        self.callbacks, self._value = callbacks, value
+
+
+class RateLog(Sequence):
+    """The rate log as a sequence of (time_us, ports, GB/s) entries, LinkNetwork.rate_log's form, held as flat
+    arrays: an entry's two arrays are made when it is read (millions of entries at 256 GPUs, seconds to build,
+    and most results are never asked for them)."""
+
+    def __init__(self, times: list, counts: list, ports: list, rates: list):
+        self.times = list(times)
+        self.ends = np.cumsum(np.array(counts, dtype=np.int64)).tolist()
+        self.ports = np.array(ports, dtype=np.int64)
+        self.rates = np.array(rates, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("rate log index out of range")
+        start = self.ends[i - 1] if i else 0
+        end = self.ends[i]
+        return self.times[i], self.ports[start:end], self.rates[start:end]
+
+    def __iter__(self):
+        p_all, v_all, start = self.ports, self.rates, 0
+        for t, end in zip(self.times, self.ends, strict=True):
+            yield t, p_all[start:end], v_all[start:end]
+            start = end
+
+
+def _by_transfer_then_port(item: tuple) -> tuple:
+    return item[0], item[1].port
+
+
 class IndependentPortsNetwork(LinkNetwork):
     """The ports of LinkNetwork as independent processor-sharing servers (module docstring); same interface
     and counters."""
@@ -70,8 +120,15 @@ class IndependentPortsNetwork(LinkNetwork):
         self._groups: list[dict[float, _Group]] = [{} for _ in range(P)]  # per port: cap -> group, by cap
         self._rate_p = [0.0] * P  # bytes/us through each port now
         self._t_p = [0.0] * P  # when the port's bytes and busy time were last brought up to date
-        self._sides_left: dict[int, int] = {}  # transfer id -> ports still serving it
-        self._events: dict[int, simpy.Event] = {}
+        self._sole: list[_Group | None] = [None] * P  # a port's group while it has only one (the usual case)
+        self._sides_left: list[int] = []  # per transfer id: ports still serving it
+        self._waiting: list = []  # per transfer id: its event until it is through, then None
+        self._queue, self._eid = env._queue, env._eid  # the wake-ups go straight onto SimPy's queue
+        self._wake_cbs = [self._on_wake]
+        # Set by a run loop that drives the wake-ups itself (sim.engine.run_until_empty): the next one is then
+        # `wake_key`, kept beside SimPy's queue instead of an entry in it (a plain env.run() needs the entries).
+        self.wake_beside_queue = False
+        self.wake_key: tuple | None = None
         self._due: list[tuple] = []  # (due time, sequence, group, version)
         self._seq = 0
         self._wake_at = INF
@@ -81,90 +138,114 @@ class IndependentPortsNetwork(LinkNetwork):
 
     @property
     def rate_log(self):
-        """(time_us, ports, GB/s) as LinkNetwork's, built from the flat lists the run appends to."""
+        """(time_us, ports, GB/s) as LinkNetwork's, over the flat lists the run appends to (RateLog)."""
         if self._log_flat is None:
             return None
         self._flush_log()
         times, counts, ports, rates = self._log_flat
-        if len(self._log_built) != len(times):
-            ends = np.cumsum(counts)
-            p_all, v_all = np.array(ports, dtype=np.int64), np.array(rates)
-            self._log_built = [(t, p_all[e - n:e], v_all[e - n:e])
-                               for t, n, e in zip(times, counts, ends.tolist(), strict=True)]
+        if self._log_built is None or len(self._log_built) != len(times):
+            self._log_built = RateLog(times, counts, ports, rates)
         return self._log_built
 
     @rate_log.setter
     def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
         self._log_flat = None if value is None else ([], [], [], [])
-        self._log_built = []
+        self._log_built = None
 
     # ------------------------------------------------------------------------------------ events
-    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF) -> simpy.Event:
-        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`."""
-        now = self.env.now
-        ev = self.env.event()
-        fid = len(self.flows)
-        self.flows.append([fid, src, dst, float(nbytes), now, math.nan])
+    def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
+        """Move `nbytes` from rank src to rank dst (src != dst) at most at `cap_gbps`. Returns `event` (default: a
+        new SimPy event), succeeded with the time when the last byte is through (anything with SimPy's
+        `succeed(value)` will do: sim.engine.Stepper)."""
+        now = self.env._now
+        ev = self.env.event() if event is None else event
+        flows = self.flows
+        fid = len(flows)
+        nbytes = float(nbytes)
+        flows.append([fid, src, dst, nbytes, now, math.nan])
         if nbytes <= 0:
-            self.flows[fid][5] = now
+            flows[fid][5] = now
+            self._waiting.append(None)
+            self._sides_left.append(0)
             ev.succeed(now)
             return ev
         cap = cap_gbps * GBPS
-        self._log_instant(now)
-        self._events[fid] = ev
-        self._sides_left[fid] = 2
+        logging = self._log_flat is not None
+        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
+            self._flush_log()
+            self._log_t = now
+        self._waiting.append(ev)
+        self._sides_left.append(2)
         self._n_in_flight += 1
-        ports = self.ports(src, dst)
-        for p in ports:
-            g = self._groups[p].get(cap)
-            if g is None:
-                g = self._groups[p][cap] = _Group(p, cap)
-                self._groups[p] = dict(sorted(self._groups[p].items()))
-            g.settle(now)
-            heapq.heappush(g.heap, (g.served + float(nbytes), fid))
+        pa, pb = self.ports(src, dst)
+        n_port, sole = self._n_port, self._sole
+        for p in (pa, pb):
+            g = sole[p]
+            if g is None or g.cap != cap:
+                g = self._group(p, cap)
+            g.served += g.rate * (now - g.t)  # _Group.settle, inlined: two calls per transfer and port
+            g.t = now
+            heapq.heappush(g.heap, (g.served + nbytes, fid))
             g.n += 1
-            self._n_port[p] += 1
+            n_port[p] += 1
             self._level(p, now)
-        self._log(now, ports)
+        if logging:
+            pending = self._log_pending
+            pending[pa] = pending[pb] = None
         self._arm(now)
         return ev
+
+    def _group(self, p: int, cap: float) -> _Group:
+        """Port p's group of cap `cap` (created on first use; a port's groups are kept in cap order)."""
+        groups = self._groups[p]
+        g = groups.get(cap)
+        if g is None:
+            g = groups[cap] = _Group(p, cap)
+            self._groups[p] = dict(sorted(groups.items()))
+            self._sole[p] = g if len(groups) == 1 else None
+        return g
 
     def _level(self, p: int, now: float) -> None:
         """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
         self.updates += 1
-        dt = now - self._t_p[p]
+        t_p = self._t_p
+        dt = now - t_p[p]
         if dt > 0:
             rate = self._rate_p[p]
             self._port_bytes[p] += rate * dt
             if rate > 0:
                 self._port_busy[p] += dt
-        self._t_p[p] = now
-        groups = self._groups[p]
-        if len(groups) == 1:  # one cap through the port (the usual case): keep what has not changed
-            g = next(iter(groups.values()))
-            if g.n:
-                share = self.port_cap[p] / g.n
-                rate = g.cap if g.cap <= share else share
-                if rate != g.rate:
-                    g.settle(now)
-                    g.rate, g.front = rate, None
-                    g.version += 1
-                front = g.heap[0][0]
-                if front != g.front:
-                    g.front = front
-                    self._seq += 1
-                    left = front - g.served - rate * (now - g.t)
-                    heapq.heappush(self._due, (now + max(left, 0.0) / rate, self._seq, g, g.version))
-                self._rate_p[p] = rate * g.n
-            else:
-                g.settle(now)
-                g.rate, g.front = 0.0, None
+        t_p[p] = now
+        g = self._sole[p]
+        if g is None:
+            self._level_groups(p, now)
+        elif g.n:  # one cap through the port (the usual case): keep what has not changed
+            share = self.port_cap[p] / g.n
+            rate = g.cap if g.cap <= share else share
+            if rate != g.rate:
+                g.served += g.rate * (now - g.t)
+                g.t = now
+                g.rate, g.front = rate, None
                 g.version += 1
-                self._rate_p[p] = 0.0
-            return
+            front = g.heap[0][0]
+            if front != g.front:
+                g.front = front
+                self._seq += 1
+                left = front - g.served - rate * (now - g.t)
+                left = 0.0 if left < 0.0 else left  # max(left, 0.0) without the call (same value, -0.0 and nan too)
+                heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
+            self._rate_p[p] = rate * g.n
+        else:
+            g.settle(now)
+            g.rate, g.front = 0.0, None
+            g.version += 1
+            self._rate_p[p] = 0.0
+
+    def _level_groups(self, p: int, now: float) -> None:
+        """_level for a port with groups of several caps: the water-filling over them."""
         left, count, total = self.port_cap[p], self._n_port[p], 0.0
         due = self._due
-        for g in groups.values():
+        for g in self._groups[p].values():
             g.settle(now)
             g.version += 1
             g.front = None
@@ -188,22 +269,33 @@ class IndependentPortsNetwork(LinkNetwork):
             heapq.heappop(due)
         if due and due[0][0] < self._wake_at:
             self._wake_at = t = due[0][0]
-            self._wake_id += 1
-            self.env.timeout(max(t - now, 0.0), value=self._wake_id).callbacks.append(self._on_wake)
+            # the queue key env.timeout(max(t - now, 0.0)) would get (time, priority, sequence number)
+            delay = t - now
+            key = (now + (0.0 if delay < 0.0 else delay), NORMAL, next(self._eid))
+            if self.wake_beside_queue:  # the run loop compares it with the queue's front (and drops a superseded one)
+                self.wake_key = key
+            else:
+                self._wake_id += 1
+                heapq.heappush(self._queue, (*key, _Wake(self._wake_cbs, self._wake_id)))
 
     def _on_wake(self, event) -> None:
+        """A wake-up from SimPy's queue: `wake` unless a later one superseded it."""
+        if event._value == self._wake_id:
+            self.wake()
+
+    def wake(self) -> None:
         """Groups are due: every member a port has served leaves it; a transfer both ports have served is done."""
-        if event.value != self._wake_id:
-            return
-        now = self.env.now
+        now = self.env._now
         self._wake_at = INF
         due, out = self._due, []
-        while due and due[0][0] <= now + 1e-9:
+        limit = now + 1e-9
+        while due and due[0][0] <= limit:
             _, _, g, version = heapq.heappop(due)
             if version != g.version:
                 continue
-            served = g.served + g.rate * (now - g.t)
-            h, tol, found = g.heap, _DONE_BYTES + g.rate * 1e-9, False
+            rate = g.rate
+            served = g.served + rate * (now - g.t)
+            h, tol, found = g.heap, _DONE_BYTES + rate * 1e-9, False
             while h and h[0][0] - served <= tol:
                 out.append((heapq.heappop(h)[1], g))
                 found = True
@@ -212,44 +304,61 @@ class IndependentPortsNetwork(LinkNetwork):
             if not found:  # float residue kept the front just short of done
                 self._seq += 1
                 g.front = h[0][0]
-                heapq.heappush(due, (now + (h[0][0] - served) / g.rate, self._seq, g, g.version))
-        out.sort(key=lambda x: (x[0], x[1].port))  # deterministic: by transfer id, then port
-        self._log_instant(now)
+                heapq.heappush(due, (now + (h[0][0] - served) / rate, self._seq, g, g.version))
+        if len(out) > 1:
+            out.sort(key=_by_transfer_then_port)  # deterministic
+        logging = self._log_flat is not None
+        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
+            self._flush_log()
+            self._log_t = now
+        if len(out) == 1:  # the usual case: one transfer leaves one port
+            self._leave_one(now, *out[0], logging)
+        else:
+            self._leave(now, out, logging)
+        self._arm(now)
+
+    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool) -> None:
+        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists."""
+        p = g.port
+        g.n -= 1
+        self._n_port[p] -= 1
+        left = self._sides_left[fid] = self._sides_left[fid] - 1
+        self._level(p, now)
+        if logging:
+            self._log_pending[p] = None
+        if not left:
+            self._n_in_flight -= 1
+            self.flows[fid][5] = now
+            ev = self._waiting[fid]
+            self._waiting[fid] = None
+            ev.succeed(now)
+
+    def _leave(self, now: float, out: list, logging: bool) -> None:
+        """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
+        both ports have served are through (their events succeed, by transfer id)."""
         touched: dict[int, None] = {}
         done = []
+        n_port, sides = self._n_port, self._sides_left
         for fid, g in out:
             g.n -= 1
-            self._n_port[g.port] -= 1
+            n_port[g.port] -= 1
             touched[g.port] = None
-            left = self._sides_left[fid] - 1
-            if left:
-                self._sides_left[fid] = left
-            else:
-                del self._sides_left[fid]
+            left = sides[fid] = sides[fid] - 1
+            if not left:
                 done.append(fid)
         for p in touched:
             self._level(p, now)
-        self._log(now, touched)
+        if logging:
+            self._log_pending.update(touched)
         self._n_in_flight -= len(done)
-        flows, events = self.flows, self._events
+        flows, waiting = self.flows, self._waiting
         for fid in done:
             flows[fid][5] = now
-            events.pop(fid).succeed(now)
-        self._arm(now)
+            ev = waiting[fid]
+            waiting[fid] = None
+            ev.succeed(now)
 
     # ------------------------------------------------------------------------------------ rate log
-    def _log_instant(self, now: float) -> None:
-        """Before rates change at `now`: write the previous instant's entry if time has moved on."""
-        if self._log_flat is not None and now != self._log_t:
-            self._flush_log()
-            self._log_t = now
-
-    def _log(self, now: float, ports) -> None:
-        """Mark ports whose rate may have changed at `now` (one log entry per instant, written when time moves on)."""
-        if self._log_flat is not None:
-            for p in ports:
-                self._log_pending[p] = None
-
     def _flush_log(self) -> None:
         """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
         the first entry)."""
