@@ -149,6 +149,12 @@ def fused_variants(out: Path) -> None:
         grouped_gemm_hopper(buf.y_RN[:R_max], shard.w0_ENK, _tiles(rp, "l0"), buf.h_RK[:R_max], block_m=128,
                             block_n=plan.policy.block_n0, activation="swiglu", num_programs=116,
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), wait_sources=waits)
+        # ... as two launches over the head and the tail of the tile table (CommConfig.l0_tail_pct)
+        for part in (1, 2):
+            grouped_gemm_hopper(buf.y_RN[:R_max], shard.w0_ENK, _tiles(rp, "l0"), buf.h_RK[:R_max], block_m=128,
+                                block_n=plan.policy.block_n0, activation="swiglu", num_programs=116,
+                                options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), wait_sources=waits,
+                                tile_part=(part, 8 * 75, 100 * 124))
     finally:
         JITFunction.run = run
     for i, (name, kernel) in enumerate(compiled):

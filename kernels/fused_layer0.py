@@ -244,6 +244,9 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     if comm is not None and comm.pull_to_rows and why is not None:
         raise ValueError(f"CommConfig pull_to_rows=True runs in layer0's Gluon form only, which cannot run this call: "
                          f"{why}; use pull_to_rows=False")
+    if comm is not None and comm.l0_tail_pct and why is not None:
+        raise ValueError(f"CommConfig l0_tail_pct={comm.l0_tail_pct} runs in layer0's Gluon form only, which cannot "
+                         f"run this call: {why}; use l0_tail_pct=0 or None")
     tile = default_tile(dev) if tile is None else tile
     comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)

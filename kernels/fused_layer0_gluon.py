@@ -27,6 +27,13 @@ so no host-side clearing is needed. The communication kernel runs on the rank's 
 the caller's stream and joined again after the GEMM (one step of the caller's stream; CUDA-graph capture
 records two parallel branches).
 
+With CommConfig.l0_tail_pct the pull programs' SMs do not idle once the rows are in: a second launch of the
+GEMM follows the pulls on the side stream, n_c programs over the last tiles of the same tile table (the
+GEMM beside it stops short of them; both compute the split from the tile count on the device). Its tiles'
+rows have all arrived when it starts, so it waits on nothing; the GEMM beside it has SMs - n_c programs as
+before. The share is static (a percent of an even per-SM share), so too large a share makes the tail end
+last; results/fused_layers/README.md has the sweep.
+
 Results: the Gluon GEMM of the grouped GEMM alone on the same rows, without its split tail, so bitwise
 independent of the program count and of n_c; equal to the unfused path's GEMM (kernels.grouped_gemm with the
 Gluon kernel) wherever that one does not split its tail either.
@@ -40,7 +47,7 @@ import triton.language as tl
 from comet.core.jit import jit
 from kernels.fused_layer0_comm import pull_chunks, pull_sends
 from kernels.grouped_gemm import PREGATHER_MIN_COLS, _tiles
-from kernels.options import CommConfig, GemmOptions
+from kernels.options import L0_TAIL_PCT, CommConfig, GemmOptions
 from kernels.row_gather import gather_rows
 from kernels.signals import finish_program
 
@@ -98,13 +105,27 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
     buf = ws.buffers(rank)
     lay = ws.layout
     programs = gemm_programs(plan, rank, num_programs)
-    done_total = pol.nc_layer0 + programs
+    tail_pct = L0_TAIL_PCT if comm.l0_tail_pct is None else comm.l0_tail_pct
+    tail_programs = min(pol.nc_layer0, programs) if tail_pct else 0
+    done_total = pol.nc_layer0 + programs + tail_programs
     here = torch.cuda.current_stream(buf.recv_MN.device)
     to_rows = comm.pull_to_rows if comm.pull_to_rows is not None else w0_ENK.shape[2] >= PREGATHER_MIN_COLS
     if to_rows:
         a, a_rows, targets = _rows_in_place(buf, rp, rank, plan.world_size)
     else:
         a, a_rows, targets = buf.recv_MN, rp.row_token_R, rp.l0_chunks_per_src_W
+    waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:], targets=targets,
+                        status=buf.status, done=buf.flags_F[lay.done_l0:], rank=rank, world=plan.world_size,
+                        max_spin=max_spin, done_total=done_total)
+
+    def gemm(n_programs, part):
+        grouped_gemm_hopper(a, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
+                            activation=activation, num_programs=n_programs, a_rows_R=a_rows,
+                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=to_rows),
+                            wait_sources=waits, tile_part=part)
+
+    # the tail's share of the tiles: l0_tail_pct of tail_programs' even share among all GEMM programs
+    share = (tail_pct * tail_programs, 100 * (programs + tail_programs))
     side = ws.side_stream(rank)
     side.wait_stream(here)
     with torch.cuda.stream(side):
@@ -112,14 +133,10 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
             launch_pull_rows(ws, plan, rank, a, comm=comm, done_total=done_total)
         else:
             launch_pull(ws, plan, rank, comm=comm, done_total=done_total)
+        if tail_programs:  # after the pulls, on their SMs: every row has arrived, so its waits pass at once
+            gemm(tail_programs, (2, *share))
     if programs:
-        waits = SourceWaits(tile_src=rp.l0_tile_src_mask_T, flags=buf.flags_F[lay.arrive:], targets=targets,
-                            status=buf.status, done=buf.flags_F[lay.done_l0:], rank=rank, world=plan.world_size,
-                            max_spin=max_spin, done_total=done_total)
-        grouped_gemm_hopper(a, w0_ENK, _tiles(rp, "l0"), out_RK, block_m=pol.block_m, block_n=pol.block_n0,
-                            activation=activation, num_programs=programs, a_rows_R=a_rows,
-                            options=GemmOptions(impl="gluon", split_tail=False, ws_tma=to_rows),
-                            wait_sources=waits)
+        gemm(programs, (1, *share) if tail_programs else (0, 0, 1))
     here.wait_stream(side)
 
 

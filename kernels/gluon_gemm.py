@@ -224,14 +224,31 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 
 
 @gluon.jit
-def _schedule(num_tiles_ptr, max_tiles, k_steps, SPLIT_TAIL: gl.constexpr):
-    """This program's work items (kernels.gluon_host.split_schedule, the same arithmetic on the host; G here
-    is the program count): whole tiles t = pid, pid + G, ... below n_dp, then with SPLIT_TAIL at most one K
-    chunk of a tail tile. Returns (items, n_dp, my_dp, parts): the last T - n_dp tiles are each split into
-    `parts` K chunks (parts = 1: no split)."""
+def _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, TILE_PART: gl.constexpr):
+    """The tiles of this launch as (first, count): all of them (TILE_PART 0); or of the table's T tiles the
+    last `tail` = T * part_num // part_den go to a second launch (TILE_PART 2: tiles [T - tail, T)) and the
+    rest stay here (TILE_PART 1: tiles [0, T - tail)). Computed from the device's tile count in both launches,
+    so neither needs the host to know it."""
+    T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
+    first = 0 * T
+    if TILE_PART != 0:
+        tail = ((T.to(gl.int64) * part_num) // part_den).to(gl.int32)
+        if TILE_PART == 1:
+            T = T - tail
+        else:
+            first = T - tail
+            T = tail
+    return first, T
+
+
+@gluon.jit
+def _schedule(T, k_steps, SPLIT_TAIL: gl.constexpr):
+    """This program's work items over T tiles (kernels.gluon_host.split_schedule, the same arithmetic on the
+    host; G here is the program count): whole tiles t = pid, pid + G, ... below n_dp, then with SPLIT_TAIL at
+    most one K chunk of a tail tile. Returns (items, n_dp, my_dp, parts): the last T - n_dp tiles are each
+    split into `parts` K chunks (parts = 1: no split)."""
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
     n_dp = T
     parts = 1 + 0 * T
     if SPLIT_TAIL:
@@ -644,10 +661,10 @@ def _grouped_gemm_hopper_kernel(
     a_desc, b_desc, c_desc, c_ptr, a_ptr, a_row_ptr,
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr, count_ptr,
     tile_src_ptr, flag_ptr, flag_target_ptr, status_ptr, done_ptr,
-    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm, rank, world, max_spin, done_total,
+    max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm, rank, world, max_spin, done_total, part_num, part_den,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
     LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
-    WAIT_SOURCES: gl.constexpr, num_warps: gl.constexpr,
+    WAIT_SOURCES: gl.constexpr, TILE_PART: gl.constexpr, num_warps: gl.constexpr,
 ):
     """LOADER_WARPS = 0: the multiplying warps issue the loads themselves; else a loader partition of that
     many warps (LOADER_REGS registers each) does. SPLIT_TAIL (with a loader partition only): each tile of a
@@ -657,13 +674,24 @@ def _grouped_gemm_hopper_kernel(
     stored (release), for a kernel beside this one that waits on whole column blocks. WAIT_SOURCES (with a
     loader partition): before a tile's loads the loader waits until flag[s] >= flag_target[s] for every source
     rank s in tile_src[t] (rows pulled by a kernel beside this one); the last of done_total programs of both
-    kernels to finish resets flag[0:world] and *done_ptr."""
+    kernels to finish resets flag[0:world] and *done_ptr. TILE_PART (`_tile_part`): this launch runs the head
+    (1) or the tail (2) of the tile table, split at a point both compute from the tile count; the table
+    pointers are moved to the part's first tile, so all below indexes the part alone."""
     BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
     N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
-    items, n_dp, my_dp, parts = _schedule(num_tiles_ptr, max_tiles, gl.cdiv(D_IN, BLOCK_K), SPLIT_TAIL)
+    first, T = _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, TILE_PART)
+    if TILE_PART != 0:
+        tile_expert_ptr += first
+        tile_row_start_ptr += first
+        tile_row_end_ptr += first
+        tile_col_ptr += first
+        if WAIT_SOURCES:
+            tile_src_ptr += first
+        max_tiles -= first
+    items, n_dp, my_dp, parts = _schedule(T, gl.cdiv(D_IN, BLOCK_K), SPLIT_TAIL)
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUFFERS, BLOCK_M, BLOCK_K], a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [N_B * NUM_BUFFERS, BLOCK_K, BLOCK_N], b_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], c_desc.layout)
@@ -702,7 +730,8 @@ def _grouped_gemm_hopper_kernel(
 
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
-                        block_k: int = 64, col_counts=None, wait_sources=None) -> torch.Tensor:
+                        block_k: int = 64, col_counts=None, wait_sources=None,
+                        tile_part: tuple[int, int, int] = (0, 0, 1)) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `kernels.gluon_host.supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) =
     a_rows_R[r] if given (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up
@@ -712,7 +741,13 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     output column block: each finished tile adds 1 to its column block's count once its rows are stored
     (release at GPU scope; stored by plain stores, not TMA: see `_store_tile`). wait_sources: a `SourceWaits`:
     each tile's loads wait until the source ranks of its rows have arrived (needs the loader partition: a
-    gathered A with ws_gather, or an A in place with ws_tma or a split). Returns out."""
+    gathered A with ws_gather, or an A in place with ws_tma or a split). tile_part (part, num, den): part 0
+    runs every tile; of T tiles, part 1 runs the first T - T * num // den and part 2 the rest (two launches
+    that share one tile table: `_tile_part`). Returns out."""
+    part, part_num, part_den = tile_part
+    if part not in (0, 1, 2) or not 0 <= part_num <= part_den or part_den < 1:
+        raise ValueError(f"tile_part={tile_part!r}: use (0, 0, 1) for all tiles, or (1 or 2, num, den) with "
+                         f"0 <= num <= den for the head or the tail num/den of them")
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -727,6 +762,8 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
                   else triton.cdiv(D_IN, block_k) >= SPLIT_MIN_K_STEPS)
     loader = (gather and options.ws_gather) or (not gather and (options.ws_tma or want_split))
     split = want_split and loader
+    if part and split:  # two launches at once would share one split workspace
+        raise ValueError("tile_part needs split_tail=False: GemmOptions(split_tail=False)")
     if wait_sources is not None and not loader:
         raise ValueError("wait_sources needs the loader partition: use ws_gather=True (gathered A) or ws_tma=True")
     w = wait_sources
@@ -740,11 +777,12 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
         cnt if col_counts is None else col_counts,
         *((cnt,) * 5 if w is None else (w.tile_src, w.flags, w.targets, w.status, w.done)),
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
-        *((0, 0, 0, 0) if w is None else (w.rank, w.world, w.max_spin, w.done_total)),
+        *((0, 0, 0, 0) if w is None else (w.rank, w.world, w.max_spin, w.done_total)), part_num, part_den,
         ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
         FAST_GELU=2 if fast_gelu == "packed" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
-        COUNT_COLS=col_counts is not None, WAIT_SOURCES=w is not None, num_warps=block_m // 16, **launch)
+        COUNT_COLS=col_counts is not None, WAIT_SOURCES=w is not None, TILE_PART=part, num_warps=block_m // 16,
+        **launch)
     return out
 
 

@@ -68,6 +68,10 @@ GPU_TILE = TileConfig()
 SMALL_TILE = TileConfig(block_k=16, num_warps=4, num_stages=1)
 
 
+# CommConfig.l0_tail_pct's default in layer0's Gluon form (results/fused_layers/README.md)
+L0_TAIL_PCT = 0
+
+
 @dataclass(frozen=True)
 class CommConfig:
     """The fused kernels' communication programs.
@@ -85,7 +89,11 @@ class CommConfig:
     token id, so that the GEMM reads A in place through TMA instead of gathering it by cp.async; the same
     products, so the same result. None: where layer0's weights have >= `kernels.grouped_gemm.PREGATHER_MIN_COLS`
     columns (Mixtral and Phi-3.5 yes, Qwen2 no: measured, results/fused_layers/README.md); True runs in the
-    Gluon form only.
+    Gluon form only. l0_tail_pct: in layer0's Gluon form the n_c communication programs' SMs, once the pulls
+    are done, run the last tiles of the GEMM: this percent of an even per-SM share of the tiles (a second
+    GEMM launch on the communication stream over the tail of the same tile table); 0: none, the SMs idle
+    after the pulls; None: `L0_TAIL_PCT` in the Gluon form, none elsewhere; a share > 0 runs in the Gluon form
+    only. Each tile is computed as without it, so the result is the same.
     """
 
     pull_rows: int = 32
@@ -94,6 +102,7 @@ class CommConfig:
     pipelined: bool = True
     num_warps: int = 8
     pull_to_rows: bool | None = None
+    l0_tail_pct: int | None = None
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -109,6 +118,10 @@ class CommConfig:
             raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
                              f"8 or 16")
         _check_tristate("CommConfig", "pull_to_rows", self.pull_to_rows, "where layer0's weights are wide")
+        t = self.l0_tail_pct
+        if t is not None and (not _is_int(t) or not 0 <= t <= 100):
+            raise ValueError(f"CommConfig l0_tail_pct={t!r}: a percent of an even share of layer0's tiles, an int "
+                             f"from 0 (none) to 100, or None for the default")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

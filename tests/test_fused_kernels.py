@@ -285,6 +285,17 @@ def test_pull_to_rows_outside_the_gluon_form_says_so():
         fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(pull_to_rows=True))
 
 
+def test_layer0_tail_outside_the_gluon_form_says_so():
+    model = _model("gelu")
+    par = ParallelConfig(ep=2)
+    world = _world(model, par)
+    plan = make_plan(uniform(M=8, E=4, topk=2, seed=0).to(DEVICE), model, par, HW, SMALL)
+    w0 = shard_weights(random_weights(model, seed=0).to(torch.float32, DEVICE), par, 0).w0_ENK
+    with pytest.raises(ValueError, match="l0_tail_pct=50 runs in layer0's Gluon form only.*use l0_tail_pct=0"):
+        fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(l0_tail_pct=50))
+    fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(l0_tail_pct=0))  # none asked: runs
+
+
 def test_fused_layer1_impl_errors():
     model = _model("swiglu")
     par = ParallelConfig(ep=2)
@@ -746,6 +757,41 @@ def test_gpu_pull_to_rows_bitwise_equal_to_the_gathered_form(act, ep, tp):
                 n = int(plan.rank(r).num_rows)
                 assert torch.equal(in_place[:n].view(torch.int16), gathered[:n].view(torch.int16)), \
                     f"{act} EP={ep} TP={tp} n_c={nc} rank {r} call {call}: differs from the gathered form"
+        world.check()
+        lay = world.layout
+        for r in world.ranks:
+            assert world.buffers(r).flags_F[lay.arrive: lay.arrive + par.world_size].eq(0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("to_rows", [False, True])
+def test_gpu_layer0_tail_bitwise_equal_to_none(act, to_rows):
+    """Layer0's Gluon form with the GEMM's last tiles run on the pull programs' SMs after the pulls
+    (CommConfig.l0_tail_pct) against no such tail: every tile written (the output is poisoned before each
+    call), bitwise the same, at shares from a few tiles to all of an even share, and the flags reset."""
+    from kernels.options import GPU_COMM
+
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=4, layers=1, activation=act)
+    par = ParallelConfig(ep=4)
+    M = 2000
+    routing = imbalanced(M=M, E=8, topk=4, std=0.032, seed=5).to("cuda")
+    world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda", max_spin=1 << 20)
+    w = _gpu_weights(model)
+    stage_tokens(world, random_tokens(M, 512, seed=3, dtype=torch.bfloat16, device="cuda"), M)
+    comm = GPU_COMM.replace(pull_to_rows=to_rows)
+    for nc in (4, 16):
+        plan = make_plan(routing, model, par, HW, GPU_POLICY.replace(nc_layer0=nc, block_n0=64 if act == "swiglu"
+                                                                      else 128))
+        for r in world.ranks:
+            w0 = shard_weights(w, par, r).w0_ENK
+            n = int(plan.rank(r).num_rows)
+            none = fused_layer0(world, plan, r, w0, comm=comm.replace(l0_tail_pct=0), impl="gluon")[:n].clone()
+            for pct in (10, 75, 100):
+                world.buffers(r).h_RK.fill_(float("nan"))
+                tail = fused_layer0(world, plan, r, w0, comm=comm.replace(l0_tail_pct=pct), impl="gluon")
+                assert torch.equal(tail[:n].view(torch.int16), none.view(torch.int16)), \
+                    f"{act} pull_to_rows={to_rows} n_c={nc} rank {r} l0_tail_pct={pct}: differs from no tail"
         world.check()
         lay = world.layout
         for r in world.ranks:

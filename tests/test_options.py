@@ -60,6 +60,8 @@ def test_frozen_and_replace_checks():
     (lambda: CommConfig(pull_cols=100), "CommConfig pull_cols=100: a tl.arange size, so a power of two"),
     (lambda: CommConfig(send_block=0), "CommConfig send_block=0"),
     (lambda: CommConfig(pipelined=1), "CommConfig pipelined=1: use True .* or False"),
+    (lambda: CommConfig(l0_tail_pct=101), "CommConfig l0_tail_pct=101: a percent of an even share"),
+    (lambda: CommConfig(l0_tail_pct=0.5), "CommConfig l0_tail_pct=0.5: a percent"),
     (lambda: GemmOptions(impl="cuda"), "GemmOptions impl='cuda': use one of auto, triton, gluon"),
     (lambda: GemmOptions(tile={"BLOCK_K": 16}), "GemmOptions tile=.*: use a kernels.options.TileConfig"),
     (lambda: GemmOptions(b_tma=1), r"GemmOptions b_tma=1: use None \(where tma_ok allows\), True or False"),
