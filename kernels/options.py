@@ -69,7 +69,7 @@ SMALL_TILE = TileConfig(block_k=16, num_warps=4, num_stages=1)
 
 
 # CommConfig.l0_tail_pct's default in layer0's Gluon form (results/fused_layers/README.md)
-L0_TAIL_PCT = 0
+L0_TAIL_PCT = 50
 
 
 @dataclass(frozen=True)
