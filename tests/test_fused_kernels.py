@@ -208,6 +208,20 @@ def test_layer1_comm_programs_take_only_unclaimed_items():
     world.reset()
 
 
+def _staged_pull_case(E: int, topk: int, seed: int):
+    """An EP=4 fp16 world with 50 imbalanced tokens staged and a Plan of 3 pull programs, for the pull kernels'
+    tests: (par, world, plan, tokens)."""
+    model = _model("gelu", E=E, topk=topk)
+    par = ParallelConfig(ep=4)
+    world = _world(model, par, dtype=torch.float16)
+    M = 50
+    routing = imbalanced(M=M, E=E, topk=topk, std=0.05, seed=seed)
+    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(nc_layer0=3))
+    x = random_tokens(M, 32, seed=seed).to(DEVICE, torch.float16)
+    stage_tokens(world, x, M)
+    return par, world, plan, x
+
+
 def test_layer0_pull_kernel_alone_fills_the_rows_and_counts_the_sources():
     """kernels/fused_layer0_gluon.py's pull kernel (the Gluon path's second launch): every row a rank's tiles
     read arrives in its receive buffer as the owner holds it, each source's arrival flag reaches the value
@@ -215,14 +229,7 @@ def test_layer0_pull_kernel_alone_fills_the_rows_and_counts_the_sources():
     would reset both, are not run here)."""
     from kernels import fused_layer0_gluon
 
-    model = _model("gelu")
-    par = ParallelConfig(ep=4)
-    world = _world(model, par, dtype=torch.float16)
-    M = 50
-    routing = imbalanced(M=M, E=4, topk=2, std=0.05, seed=6)
-    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(nc_layer0=3))
-    x = random_tokens(M, 32, seed=6).to(DEVICE, torch.float16)
-    stage_tokens(world, x, M)
+    par, world, plan, x = _staged_pull_case(E=4, topk=2, seed=6)
     lay = world.layout
     for r in world.ranks:
         rp = plan.rank(r)
@@ -244,14 +251,7 @@ def test_layer0_pull_into_shared_rows_fills_every_row_and_counts_the_sources():
     counter counts the pull programs (the GEMM, which would reset both, is not run here)."""
     from kernels import fused_layer0_gluon
 
-    model = _model("gelu", E=8, topk=4)
-    par = ParallelConfig(ep=4)
-    world = _world(model, par, dtype=torch.float16)
-    M = 50
-    routing = imbalanced(M=M, E=8, topk=4, std=0.05, seed=7)
-    plan = make_plan(routing.to(DEVICE), model, par, HW, SMALL.replace(nc_layer0=3))
-    x = random_tokens(M, 32, seed=7).to(DEVICE, torch.float16)
-    stage_tokens(world, x, M)
+    par, world, plan, x = _staged_pull_case(E=8, topk=4, seed=7)
     lay = world.layout
     comm = SMALL_COMM.replace(pull_to_rows=True)
     doubled = 0  # rows of tokens that have two of a rank's experts
