@@ -114,7 +114,7 @@ def _fused_layer1_kernel(
             status_ptr, y_ptr,
             comb_ptr, comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr,
             send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr,
-            trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED)
+            trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED, "sys")
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
 
@@ -201,8 +201,8 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         raise ValueError(f"fused_layer1 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     if why is None:
         fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs,
-                                  tail_programs=num_programs if pol.l1_tail else 0, comm=comm,
-                                  send_block=comm.send_block_for(dev),
+                                  tail_programs=num_programs * comm.tail_per_sm if pol.l1_tail else 0, comm=comm,
+                                  send_block=comm.send_block_for(dev, own_launch=True),
                                   max_spin=ws.max_spin if max_spin is None else max_spin)
         return y
     if a_tma is None:

@@ -36,7 +36,7 @@ def comm_program(
     comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
-    PIPELINED: tl.constexpr,
+    PIPELINED: tl.constexpr, SIGNAL_SCOPE: tl.constexpr,
 ):
     """A communication program (pid: its slot in the timeline, sm: its SM there): it claims (column block,
     send chunk) items one at a time from the launch's claim counter (flag claim_off: item i = column block
@@ -56,7 +56,7 @@ def comm_program(
             col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
             comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
             send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr,
-            trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT)
+            trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, SIGNAL_SCOPE)
         if INSTRUMENT:
             n_rec = n_pipe
     else:
@@ -89,23 +89,24 @@ def comm_program(
                 mask_s = offs_s < end
                 r0 = tl.load(send_row_start_ptr + offs_s, mask=mask_s, other=0)
                 r1 = tl.load(send_row_end_ptr + offs_s, mask=mask_s, other=0)
+                nv = tl.where(mask_s, r1 - r0, 0).to(tl.int32)  # the sends' row counts (0: no send)
+                top = tl.max(nv, axis=0)
+                row_first = tl.load(rows_by_send_ptr + r0, mask=nv > 0, other=0)
                 acc = tl.zeros((SEND_BLOCK, BLOCK_N), dtype=tl.float32)
                 for j in tl.static_range(TOPK_LOCAL):  # a send's rows, in the Plan's (slot) order
-                    valid = mask_s & (r0 + j < r1)
-                    row = tl.load(rows_by_send_ptr + r0 + j, mask=valid, other=0)
+                    valid = j < nv
+                    row = row_first if j == 0 else _row_or_first(rows_by_send_ptr + r0 + j, valid, row_first)
                     w = tl.load(row_weight_ptr + row, mask=valid, other=0.0)
-                    # invalid entries read row 0 and are dropped by the where: a row mask on this gather
-                    # crashes Triton 3.6's layout pass on sm_90 when stride_ym is specialised as a multiple
-                    # of 16
                     y = tl.load(y_ptr + row[:, None] * stride_ym + offs_n[None, :],
-                                mask=mask_n[None, :], other=0.0, cache_modifier=".cg")
+                                mask=(offs_n < tl.where(j < top, D_OUT, 0))[None, :], other=0.0,
+                                cache_modifier=".cg")
                     acc += tl.where(valid[:, None], w[:, None] * y.to(tl.float32), 0.0)
                 tok = tl.load(send_token_ptr + offs_s, mask=mask_s, other=0)
                 slot = tl.load(send_slot_ptr + offs_s, mask=mask_s, other=0)
                 dst = comb_base + ((tok - first_tok) * slots + slot)[:, None] * D_OUT + offs_n[None, :]
                 tl.store(dst, acc.to(comb_elem), mask=mask_s[:, None] & mask_n[None, :])
             peer_flags = tl.load(sflag_peers_ptr + dest).to(tl.pointer_type(tl.int32))
-            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), "sys")
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col, (end - start).to(tl.int32), SIGNAL_SCOPE)
             if INSTRUMENT:
                 t_end = global_timer_ns()
                 trace_write(trace_ptr, trace_slots, pid, n_rec, t_begin, t_ready, t_end, sm, _REC_REDUCE_SEND, i,
@@ -113,6 +114,21 @@ def comm_program(
                 n_rec += 1
             i = claim_item(flags_ptr + claim_off)
     return n_rec
+
+
+@triton.jit
+def _row_or_first(row_ptr, valid, row_first):
+    """A send's j-th row where it has one, else its first row (or row 0 for no send).
+
+    The y gather then needs no row mask (a row mask on it crashes Triton 3.6's layout pass on sm_90 when
+    stride_ym is specialised as a multiple of 16); the entries it reads for invalid rows are dropped by the
+    sum's where. They read the send's own first row, already on its way, not one shared row: every program
+    reading row 0 for its invalid entries made that row's lines a hot spot in L2 (half to three quarters of
+    all gathers with one row per send). Rows j that no send of the step has are not read at all: the gather's
+    column mask is empty for j at or past the step's largest row count (one bound for the whole block; as a
+    column bound, not a scalar and-ed onto the mask, which Triton's interpreter rejects)."""
+    row = tl.load(row_ptr, mask=valid, other=0)
+    return tl.where(valid, row, row_first)
 
 
 @triton.jit
@@ -140,6 +156,7 @@ def comm_pipelined(
     sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
+    SIGNAL_SCOPE: tl.constexpr,
 ):
     """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
 
@@ -256,9 +273,10 @@ def comm_pipelined(
         offs_s2 = st2 + k2 * SEND_BLOCK + arange_s
         mask_s2 = offs_s2 < tl.where(ok2, en2, -1)
         nv2n = tl.where(mask_s2, r1_2 - r0_2, 0).to(tl.int32)
-        rows2n = ()
-        for j in tl.static_range(TOPK_LOCAL):
-            rows2n = rows2n + (tl.load(rows_by_send_ptr + r0_2 + j, mask=j < nv2n, other=0),)
+        row_first2 = tl.load(rows_by_send_ptr + r0_2, mask=nv2n > 0, other=0)
+        rows2n = (row_first2,)
+        for j in tl.static_range(1, TOPK_LOCAL):
+            rows2n = rows2n + (_row_or_first(rows_by_send_ptr + r0_2 + j, j < nv2n, row_first2),)
         cb2n = tl.load(comb_peers_ptr + d2, mask=ok2, other=0)
         pf2n = tl.load(sflag_peers_ptr + d2, mask=ok2, other=0)
         first_tok2 = first_owned_token(d2, M, world)
@@ -270,14 +288,16 @@ def comm_pipelined(
                       col1, rank, False, "gpu")
             ready_cols = col1 + 1
         offs_n1 = col1 * BLOCK_N + arange_n
-        mask_n1 = offs_n1 < D_OUT
+        top1 = tl.max(nv1, axis=0)
         w1n = ()
         y1n = ()
         for j in tl.static_range(TOPK_LOCAL):
             w1n = w1n + (tl.load(row_weight_ptr + rows1[j], mask=j < nv1, other=0.0),)
-            # as item by item: no row mask on the gather (invalid entries read row 0; dropped in stage 0)
+            # as item by item: rows j past every send's count are not read; other invalid entries read the
+            # send's first row (dropped in stage 0)
             y1n = y1n + (tl.load(y_ptr + rows1[j][:, None] * stride_ym + offs_n1[None, :],
-                                 mask=mask_n1[None, :], other=0.0, cache_modifier=".cg"),)
+                                 mask=(offs_n1 < tl.where(j < top1, D_OUT, 0))[None, :], other=0.0,
+                                 cache_modifier=".cg"),)
         # ---- stage 0 (unit v - 4): weighted sum, remote store, signal
         if INSTRUMENT:
             if ok0 & (k0 == 0):
@@ -296,7 +316,7 @@ def comm_pipelined(
         if ok0 & (k0 == steps - 1):  # the item's last unit
             sent = en0 - st0
             peer_flags = pf0.to(tl.pointer_type(tl.int32))
-            signal_add(peer_flags + comb_flag_off + rank * col_max + col0, sent.to(tl.int32), "sys")
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col0, sent.to(tl.int32), SIGNAL_SCOPE)
             if INSTRUMENT:
                 trace_write(trace_ptr, trace_slots, pid, n_rec, t_item, t_item, global_timer_ns(), sm,
                             _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)

@@ -14,7 +14,8 @@ the SMs the other needs to finish.
 
 Items are claimed, not dealt: each communication program takes the next (column block, send chunk) item from
 a counter (column-block-major order) until none is left. With Policy.l1_tail (the default) the same kernel is
-launched a second time on the caller's stream right after the GEMM, one program per SM: the tail. Its
+launched a second time on the caller's stream right after the GEMM, CommConfig.tail_per_sm programs per GEMM
+SM, of a shape of their own (smaller steps and fewer warps, so that two fit on an SM): the tail. Its
 programs take whatever the n_c programs have not reached when the GEMM ends, so the work left then is spread
 over every SM instead of n_c of them, and n_c can stay small (n_c 4 was the best measured for Mixtral and
 Phi-3.5 on one H200, against 8-28 without the tail: results/fused_layers/README.md). Why a launch of its own,
@@ -63,6 +64,7 @@ def _layer1_comm_kernel(
     rank, world, M, max_chunks, num_total, D_OUT, col_blocks, slots, col_max, max_spin, l1_col_off, claim_off,
     done_off, comb_flag_off, steps, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, PIPELINED: tl.constexpr,
+    SIGNAL_SCOPE: tl.constexpr,
 ):
     """Communication programs of layer1 (module docstring): the n_c beside the GEMM or the tail's after it;
     num_total counts the programs of both launches."""
@@ -72,7 +74,7 @@ def _layer1_comm_kernel(
         D_OUT, slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
         comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
         send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, None, None, stride_ym,
-        BLOCK_N, TOPK_LOCAL, SEND_BLOCK, False, PIPELINED)
+        BLOCK_N, TOPK_LOCAL, SEND_BLOCK, False, PIPELINED, SIGNAL_SCOPE)
     if finish_program(flags_ptr + done_off, num_total):
         # the GEMM kernel may still be counting column blocks no item waited on: wait for all, then reset
         tiles_per_col = tl.load(tiles_per_col_ptr)
@@ -109,10 +111,12 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
     nc = plan.policy.nc_layer1
     total = nc + tail_programs
-    # the tail: once the GEMM has ended (stream order), its programs take every item still unclaimed
+    # the tail: once the GEMM has ended (stream order), its programs take every item still unclaimed; they
+    # have a shape of their own (CommConfig.tail_*), which changes no sum
     if tail_programs:
-        launch_comm(ws, plan, rank, y, programs=tail_programs, total_programs=total, comm=comm,
-                    send_block=send_block, max_spin=max_spin)
+        launch_comm(ws, plan, rank, y, programs=tail_programs, total_programs=total,
+                    comm=comm.replace(num_warps=comm.tail_num_warps),
+                    send_block=comm.tail_send_block_for(y.device), max_spin=max_spin)
     side.wait_event(fork)  # (not on the GEMM: the two run side by side)
     with torch.cuda.stream(side):
         launch_comm(ws, plan, rank, y, programs=nc, total_programs=total, comm=comm, send_block=send_block,
@@ -121,10 +125,14 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
 
 
 def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, programs: int, total_programs: int, comm: CommConfig,
-                send_block: int, max_spin: int) -> None:
+                send_block: int, max_spin: int, signal_scope: str = "sys") -> None:
     """One communication kernel of `programs` programs on the current stream, one of the launches that
     together have `total_programs` (the last of them resets the counts): it waits until every tile of a
-    column block of y is counted in the rank's l1 column counts (the Gluon GEMM's, or set by a test)."""
+    column block of y is counted in the rank's l1 column counts (the Gluon GEMM's, or set by a test or a
+    benchmark). signal_scope: of the release onto the owners' flags; "sys" (peers on other GPUs) in every
+    layer; "gpu" only where every owner is on this GPU (benchmarks.l1_comm measures what the fence costs)."""
+    if signal_scope not in ("sys", "gpu"):
+        raise ValueError(f"signal_scope={signal_scope!r}: use 'sys' (owners on other GPUs) or 'gpu' (all on this one)")
     pol = plan.policy
     rp = plan.rank(rank)
     buf = ws.buffers(rank)
@@ -138,4 +146,4 @@ def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, programs: int, total_pr
         lay.combine,
         triton.cdiv(pol.comm_rows, send_block), y.stride(0),
         BLOCK_N=pol.block_n1, TOPK_LOCAL=min(plan.model.topk, plan.experts_per_rank), SEND_BLOCK=send_block,
-        PIPELINED=comm.pipelined, num_warps=comm.num_warps)
+        PIPELINED=comm.pipelined, SIGNAL_SCOPE=signal_scope, num_warps=comm.num_warps)

@@ -78,11 +78,12 @@ class CommConfig:
 
     pull_rows x pull_cols: the block one layer0 communication program copies per step (token rows x
     columns of a chunk; kernels/fused_layer0.py). send_block: sends (token, owner partial sums) one layer1
-    communication program reduces per step; None: 32 pipelined, 16 item by item on a GPU (each loop's
-    measured best), 16 in the interpreter. pipelined: layer1's communication programs run as a software
-    pipeline over (item, step) units (kernels/fused_layer1_comm.py's `comm_pipelined`); False: the item-by-item
-    loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both; measured:
-    results/fused_layers/README.md). num_warps: warps of a layer1 communication program where they have a
+    communication program reduces per step; None on a GPU: 64 pipelined in a launch of their own (the Gluon
+    form's n_c programs: benchmarks.l1_comm at 4 programs), 32 pipelined in the one-launch tl kernel, 16 item
+    by item (each loop's measured best); 16 in the interpreter. pipelined: layer1's communication programs run
+    as a software pipeline over (item, step) units (kernels/fused_layer1_comm.py's `comm_pipelined`); False:
+    the item-by-item loop, bitwise the same result, kept as a benchmark variant (comet.calibrate measures both;
+    measured: results/fused_layers/README.md). num_warps: warps of a layer1 communication program where they have a
     launch of their own (kernels/fused_layer1_gluon.py); in the one-launch tl kernel they have the GEMM
     programs' TileConfig.num_warps. pull_to_rows: layer0's Gluon form (kernels/fused_layer0_gluon.py) pulls each
     token into its rows of the shared tensor (the Plan's shared-row order) instead of into the receive buffer by
@@ -93,7 +94,13 @@ class CommConfig:
     are done, run the last tiles of the GEMM: this percent of an even per-SM share of the tiles (a second
     GEMM launch on the communication stream over the tail of the same tile table); 0: none, the SMs idle
     after the pulls; None: `L0_TAIL_PCT` in the Gluon form, none elsewhere; a share > 0 runs in the Gluon form
-    only. Each tile is computed as without it, so the result is the same.
+    only. Each tile is computed as without it, so the result is the same. tail_per_sm, tail_num_warps,
+    tail_send_block: layer1's tail launch (Policy.l1_tail; kernels/fused_layer1_gluon.py) has programs of its own
+    shape: tail_per_sm programs per GEMM SM of tail_num_warps warps, each reducing tail_send_block sends a step
+    (None: 32). Its programs never wait, so what bounds them is the loads each SM has in flight: two small
+    programs per SM moved the most (benchmarks.l1_comm, results/l1_comm/README.md); the n_c programs beside the
+    GEMM, few and long, move the most with larger steps. The items and their sums are the same whatever the
+    shapes, so the result is too.
     """
 
     pull_rows: int = 32
@@ -103,6 +110,9 @@ class CommConfig:
     num_warps: int = 8
     pull_to_rows: bool | None = None
     l0_tail_pct: int | None = None
+    tail_per_sm: int = 2
+    tail_num_warps: int = 4
+    tail_send_block: int | None = None
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -110,29 +120,43 @@ class CommConfig:
             if not _is_int(v) or v < 1 or v & (v - 1):
                 raise ValueError(f"CommConfig {name}={v!r}: a tl.arange size, so a power of two >= 1; use 16, 32, "
                                  f"64, 128 or 256")
-        sb = self.send_block
-        if sb is not None and (not _is_int(sb) or sb < 1 or sb & (sb - 1)):
-            raise ValueError(f"CommConfig send_block={sb!r}: a tl.arange size, so a power of two >= 1 (16 or 32 "
-                             f"measured best), or None for the device's default")
-        if not _is_int(self.num_warps) or self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"CommConfig num_warps={self.num_warps!r}: Triton takes a power of two up to 16; use 4, "
-                             f"8 or 16")
+        for name in ("send_block", "tail_send_block"):
+            sb = getattr(self, name)
+            if sb is not None and (not _is_int(sb) or sb < 1 or sb & (sb - 1)):
+                raise ValueError(f"CommConfig {name}={sb!r}: a tl.arange size, so a power of two >= 1 (32 or 64 "
+                                 f"measured best), or None for the device's default")
+        for name in ("num_warps", "tail_num_warps"):
+            v = getattr(self, name)
+            if not _is_int(v) or v not in (1, 2, 4, 8, 16):
+                raise ValueError(f"CommConfig {name}={v!r}: Triton takes a power of two up to 16; use 4, 8 or 16")
         _check_tristate("CommConfig", "pull_to_rows", self.pull_to_rows, "where layer0's weights are wide")
         t = self.l0_tail_pct
         if t is not None and (not _is_int(t) or not 0 <= t <= 100):
             raise ValueError(f"CommConfig l0_tail_pct={t!r}: a percent of an even share of layer0's tiles, an int "
                              f"from 0 (none) to 100, or None for the default")
+        if not _is_int(self.tail_per_sm) or not 1 <= self.tail_per_sm <= 8:
+            raise ValueError(f"CommConfig tail_per_sm={self.tail_per_sm!r}: programs per SM of layer1's tail, an int "
+                             f"from 1 to 8")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")
 
-    def send_block_for(self, device) -> int:
-        """send_block, or its default on `device` (see the class docstring)."""
+    def send_block_for(self, device, own_launch: bool = False) -> int:
+        """send_block, or its default on `device` (see the class docstring; own_launch: for programs with a
+        launch of their own, not beside a GEMM in one kernel)."""
         if self.send_block is not None:
             return self.send_block
         if torch.device(device).type != "cuda":
             return 16
-        return 32 if self.pipelined else 16
+        if not self.pipelined:
+            return 16
+        return 64 if own_launch else 32
+
+    def tail_send_block_for(self, device) -> int:
+        """tail_send_block, or its default on `device` (32; 16 in the interpreter)."""
+        if self.tail_send_block is not None:
+            return self.tail_send_block
+        return 32 if torch.device(device).type == "cuda" else 16
 
     def replace(self, **changes) -> CommConfig:
         return dataclasses.replace(self, **changes)

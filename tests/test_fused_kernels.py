@@ -796,3 +796,47 @@ def test_gpu_layer0_tail_bitwise_equal_to_none(act, to_rows):
         lay = world.layout
         for r in world.ranks:
             assert world.buffers(r).flags_F[lay.arrive: lay.arrive + par.world_size].eq(0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("topk", [2, 4])
+def test_gpu_layer1_tail_shapes_bitwise_equal(topk):
+    """Layer1's Gluon form with its tail launch in other shapes (programs per SM, warps, sends a step; the n_c
+    programs' step too) and without a tail: the owners' combine buffers (poisoned before each call) bitwise
+    the same, at two n_c, and the counts, claims and done counters reset for the next call."""
+    from kernels.options import GPU_COMM
+
+    model = ModelConfig("mid", hidden_N=512, ffn_K=768, experts_E=8, topk=topk, layers=1)
+    par = ParallelConfig(ep=4)
+    M = 2000
+    routing = imbalanced(M=M, E=8, topk=topk, std=0.032, seed=topk).to("cuda")
+    world = EmulatedWorld(model, par, M, dtype=torch.bfloat16, device="cuda", max_spin=1 << 20)
+    w = _gpu_weights(model)
+    stage_tokens(world, random_tokens(M, 512, seed=4, dtype=torch.bfloat16, device="cuda"), M)
+    shapes = [GPU_COMM, GPU_COMM.replace(tail_per_sm=1, tail_num_warps=8, tail_send_block=64),
+              GPU_COMM.replace(tail_per_sm=3, tail_send_block=16, send_block=32)]
+    lay = world.layout
+    for nc in (4, 16):
+        plan = make_plan(routing, model, par, HW, GPU_POLICY.replace(nc_layer1=nc))
+        for r in world.ranks:
+            fused_layer0(world, plan, r, shard_weights(w, par, r).w0_ENK)
+        got = []
+        for pol, comm in [(plan.policy.replace(l1_tail=False), GPU_COMM)] + [(plan.policy, c) for c in shapes]:
+            p = dataclasses.replace(plan, policy=pol)
+            for d in world.ranks:
+                world.buffers(d).combine_MLN.fill_(float("nan"))
+            for r in world.ranks:
+                fused_layer1(world, p, r, shard_weights(w, par, r).w1_EKN, comm=comm, impl="gluon")
+            got.append([world.buffers(d).combine_MLN.clone() for d in world.ranks])
+            world.check()
+            for r in world.ranks:
+                assert world.buffers(r).flags_F[lay.l1_col: lay.l1_col + plan.l1_col_blocks].eq(0).all()
+                assert int(world.buffers(r).flags_F[lay.l1_claim]) == 0
+                assert int(world.buffers(r).flags_F[lay.done_l1]) == 0
+            for r in world.ranks:
+                combine_reduce(world, p, r, p.rank(r).combine_expected_W)
+            world.check()
+        for i, other in enumerate(got[1:], 1):
+            for d in world.ranks:
+                assert torch.equal(other[d].view(torch.int16), got[0][d].view(torch.int16)), \
+                    f"topk={topk} n_c={nc} shape {i}: owner {d}'s combine buffer differs from the run without a tail"

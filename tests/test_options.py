@@ -32,7 +32,10 @@ def test_documented_defaults():
     assert (SMALL_TILE.block_k, SMALL_TILE.num_warps, SMALL_TILE.num_stages) == (16, 4, 1)
     assert (GPU_COMM.pull_rows, GPU_COMM.pull_cols, GPU_COMM.pipelined) == (32, 256, True)
     assert (SMALL_COMM.pull_rows, SMALL_COMM.pull_cols, SMALL_COMM.send_block) == (16, 16, 16)
-    assert GPU_COMM.send_block_for("cuda") == 32
+    assert GPU_COMM.send_block_for("cuda") == 32 and GPU_COMM.send_block_for("cuda", own_launch=True) == 64
+    assert (GPU_COMM.tail_per_sm, GPU_COMM.tail_num_warps, GPU_COMM.tail_send_block_for("cuda")) == (2, 4, 32)
+    assert GPU_COMM.tail_send_block_for("cpu") == 16
+    assert GPU_COMM.replace(tail_send_block=8).tail_send_block_for("cuda") == 8
     assert GPU_COMM.replace(pipelined=False).send_block_for("cuda") == 16
     assert GPU_COMM.send_block_for("cpu") == 16 and SMALL_COMM.replace(pipelined=False).send_block_for("cpu") == 16
     assert default_tile("cpu") is SMALL_TILE and default_comm("cpu") is SMALL_COMM
@@ -62,6 +65,9 @@ def test_frozen_and_replace_checks():
     (lambda: CommConfig(pipelined=1), "CommConfig pipelined=1: use True .* or False"),
     (lambda: CommConfig(l0_tail_pct=101), "CommConfig l0_tail_pct=101: a percent of an even share"),
     (lambda: CommConfig(l0_tail_pct=0.5), "CommConfig l0_tail_pct=0.5: a percent"),
+    (lambda: CommConfig(tail_per_sm=0), "CommConfig tail_per_sm=0: programs per SM of layer1's tail"),
+    (lambda: CommConfig(tail_num_warps=3), "CommConfig tail_num_warps=3: Triton takes a power of two"),
+    (lambda: CommConfig(tail_send_block=24), "CommConfig tail_send_block=24: a tl.arange size"),
     (lambda: GemmOptions(impl="cuda"), "GemmOptions impl='cuda': use one of auto, triton, gluon"),
     (lambda: GemmOptions(tile={"BLOCK_K": 16}), "GemmOptions tile=.*: use a kernels.options.TileConfig"),
     (lambda: GemmOptions(b_tma=1), r"GemmOptions b_tma=1: use None \(where tma_ok allows\), True or False"),
