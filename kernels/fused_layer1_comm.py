@@ -122,11 +122,12 @@ def _row_or_first(row_ptr, valid, row_first):
 
     The y gather then needs no row mask (a row mask on it crashes Triton 3.6's layout pass on sm_90 when
     stride_ym is specialised as a multiple of 16); the entries it reads for invalid rows are dropped by the
-    sum's where. They read the send's own first row, already on its way, not one shared row: every program
-    reading row 0 for its invalid entries made that row's lines a hot spot in L2 (half to three quarters of
-    all gathers with one row per send). Rows j that no send of the step has are not read at all: the gather's
-    column mask is empty for j at or past the step's largest row count (one bound for the whole block; as a
-    column bound, not a scalar and-ed onto the mask, which Triton's interpreter rejects)."""
+    sum's where. They read the send's own first row, already on its way, not one row shared by every program
+    (row 0: its few L2 lines took half to three quarters of all gathers where sends have one row each). Rows j
+    that no send of the step has are not read at all: the gather's column mask is empty for j at or past the
+    step's largest row count (one bound for the whole block; as a column bound, not a scalar and-ed onto the
+    mask, which Triton's interpreter rejects). Both together, measured on one H200 (results/l1_comm): Qwen2-MoE's
+    items on 132 programs 124 -> 94 us, unchanged on 4-32 programs; Mixtral and Phi-3.5 within 3 %."""
     row = tl.load(row_ptr, mask=valid, other=0)
     return tl.where(valid, row, row_first)
 
