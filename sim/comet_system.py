@@ -17,14 +17,16 @@ layer0 (dispatch + grouped GEMM + activation in the epilogue), by `Policy.layer0
                 block's link cap; inf: the rows are local memory and cost only the compute). No flags.
   A compute block takes the next tile (atomic counter, or round-robin), waits on the flag events of the
   remote sources in its `l0_tile_src_mask_T` (rows of this rank are in place from the start), then holds
-  its SM for the tile's time.
+  its SM for the tile's time. With SimOptions.l0_tail_pct ("blocks"), the last tiles of the order go to a
+  second GEMM launched once the pull kernel has ended, on the pull blocks' SMs (kernels/fused_layer0_gluon.py).
 
 layer1 (grouped GEMM + top-k reduce + combine):
   compute blocks (sms - nc_layer1) walk the column-block-major tiles; each finished tile counts towards
   its column block, whose event fires at the Plan's `l1_tiles_per_col`. Communication blocks claim items
   one at a time, in column-block-major order (item = column block x send chunk), from a claim counter
   shared with the tail (Policy.l1_tail: once the GEMM has ended, a launch later, its sms - nc_layer1 SMs
-  claim the items still left, as kernels/fused_layer1_gluon.py's tail kernel). Each waits for the column
+  claim the items still left, as kernels/fused_layer1_gluon.py's tail kernel; the kernel runs two smaller
+  programs per SM there, priced here as one block per SM at the profile's rates). Each waits for the column
   block, then reduces the chunk's rows (reading them at the block's share of `hbm_gbps`) and stores the partial sums to
   the owner: over the link at `per_block_link_gbps` (reads and the remote store overlap: the item takes
   max of the two), or into local memory when this rank owns the tokens, each item after a fixed
@@ -58,12 +60,14 @@ _K_SEND, _K_LOCAL, _K_DIRECT = K["reduce_send"], K["reduce_local"], K["gemm0_dir
 class _Rank:
     """Mutable state of one rank during a simulation (flags, counters, arrivals at this owner)."""
 
-    __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "col_ev", "col_cnt", "l1_next",
+    __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "l0_tail_next", "col_ev", "col_cnt",
+                 "l1_next",
                  "l1_item_next", "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
 
     def __init__(self, r: int, w: RankWork):
         self.r, self.w = r, w
         self.l0_next = 0
+        self.l0_tail_next = 0  # layer0's tail GEMM's tile counter (SimOptions.l0_tail_pct)
         self.l1_next = 0
         self.l1_item_next = 0  # layer1's claim counter: items are claimed in column-block-major order
         ncol = w.incoming_items_WN1.shape[1]
@@ -172,12 +176,19 @@ class CometSim(SystemSim):
             n_comp = self.sms - self.nc0
             if self.mode == "copy-engine":
                 n_comp = max(1, self.sms - self.plan.policy.copy_engine_reserved_sms)
+            n_tiles = len(st.dur0)
+            tail_blocks, tail_tiles = self._l0_tail_split(n_tiles, n_comp)
             if self.mode == "direct":
                 procs = [env.process(self._l0_direct_block(st, b, n_comp, cause)) for b in range(n_comp)]
             else:
-                procs = [env.process(self._l0_compute_block(st, b, n_comp, cause)) for b in range(n_comp)]
+                procs = [env.process(self._l0_compute_block(st, b, n_comp, cause, 0, n_tiles - tail_tiles))
+                         for b in range(n_comp)]
             if self.mode == "blocks":
-                procs += [env.process(self._l0_comm_block(st, j, cause)) for j in range(self.nc0)]
+                comm = [env.process(self._l0_comm_block(st, j, cause)) for j in range(self.nc0)]
+                if tail_blocks:
+                    procs.append(env.process(self._l0_tail(st, comm, tail_blocks, n_tiles - tail_tiles, cause)))
+                else:
+                    procs += comm
             elif self.mode == "copy-engine":
                 procs.append(env.process(self._l0_copy_stream(st, cause)))
             vals = yield env.all_of(procs)
@@ -216,16 +227,46 @@ class CometSim(SystemSim):
         self.end[r] = env.now
 
     # ------------------------------------------------------------------------------------ layer0
-    def _l0_compute_block(self, st: _Rank, b: int, blocks: int, cause: int):
+    def _l0_tail_split(self, n_tiles: int, n_comp: int) -> tuple[int, int]:
+        """(blocks, tiles) of layer0's tail (SimOptions.l0_tail_pct, "blocks" only): min(nc_layer0, n_comp) blocks
+        on the communication SMs, once every pull has ended, run the last n_tiles * pct * blocks // (100 *
+        (n_comp + blocks)) tiles: pct of an even per-SM share (kernels/fused_layer0_gluon.py)."""
+        pct = self.options.l0_tail_pct
+        if self.mode != "blocks" or not pct or self.nc0 < 1:
+            return 0, 0
+        blocks = min(self.nc0, n_comp)
+        return blocks, n_tiles * pct * blocks // (100 * (n_comp + blocks))
+
+    def _l0_tail(self, st: _Rank, comm: list, blocks: int, first: int, cause: int):
+        """Layer0's tail: a GEMM launched on the communication stream after the pull kernel (all its blocks)
+        has ended, its `blocks` blocks on the communication SMs taking tiles [first, T)."""
+        vals = yield self.env.all_of(comm)
+        cause = self.last_of(vals.values(), cause)
+        cause = yield from self.launch(st.r, 0, cause)
+        st.l0_tail_next = first
+        procs = [self.env.process(self._l0_compute_block(st, j, blocks, cause, first, len(st.dur0), tail=True,
+                                                         track=self.sms - self.nc0 + j)) for j in range(blocks)]
+        vals = yield self.env.all_of(procs)
+        return self.last_of(vals.values(), cause)
+
+    def _l0_compute_block(self, st: _Rank, b: int, blocks: int, cause: int, first: int, n: int, tail: bool = False,
+                          track: int | None = None):
+        """Compute block b of `blocks` on SM `track` (default b): tiles [first, n) of the Plan's order, by the
+        rank's counter (the main GEMM's, or the tail's) or round-robin."""
         env, rec = self.env, self.records
         timeout, append = env.timeout, rec.append
         srcs, dur, flags, r = st.w.l0_tile_srcs, st.dur0, st.flag_ev, st.r
-        n, dynamic = len(dur), self.dynamic
-        t = b
+        dynamic = self.dynamic
+        sm = b if track is None else track
+        t = first + b
         while True:
             if dynamic:
-                t = st.l0_next
-                st.l0_next = t + 1
+                if tail:
+                    t = st.l0_tail_next
+                    st.l0_tail_next = t + 1
+                else:
+                    t = st.l0_next
+                    st.l0_next = t + 1
             if t >= n:
                 return cause
             for s in srcs[t]:
@@ -236,7 +277,7 @@ class CometSim(SystemSim):
             start = env.now
             yield timeout(dur[t])
             idx = len(rec)
-            append((r, b, _K_GEMM0, 0, start, env.now, 0.0, -1, cause))
+            append((r, sm, _K_GEMM0, 0, start, env.now, 0.0, -1, cause))
             cause = idx
             if not dynamic:
                 t += blocks

@@ -53,6 +53,10 @@ class SimOptions:
     memory_floor: every GEMM tile takes at least its share of the kernel's HBM traffic at hbm_gbps (the
         weights read once per expert and column block: weight-bound when experts have few rows;
         sim.workload.tile_memory_floor_us). Every system's GEMMs get it.
+    l0_tail_pct: comet's layer0 "blocks" (kernels.options.CommConfig.l0_tail_pct, its default in the kernels'
+        Gluon form): once every pull has ended and a launch later, min(nc_layer0, compute blocks) blocks on the
+        communication SMs run the last tiles of the Plan's order, this percent of an even per-SM share; 0: none
+        (the communication SMs idle after their pulls, as the one-launch tl kernel and the paper's kernel).
     link_model: how transfers share the link and NIC ports: "max-min" (sim.hardware_model.LinkNetwork: exact
         max-min fairness, every rate recomputed by progressive filling whenever a transfer starts or ends),
         "independent-ports" (sim.independent_ports: each port a processor-sharing server of its own, a transfer
@@ -74,6 +78,7 @@ class SimOptions:
     dispatcher: str = "allgather"
     memory_floor: bool = True
     link_model: str = "auto"
+    l0_tail_pct: int = 50
 
     def __post_init__(self):
         for name, value, allowed in (("layers", self.layers, LAYERS), ("dispatcher", self.dispatcher, DISPATCHERS),
@@ -84,6 +89,10 @@ class SimOptions:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.chunks < 1:
             raise ValueError(f"chunks must be >= 1 (1 = no pipelining), got {self.chunks}")
+        pct = self.l0_tail_pct
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise ValueError(f"l0_tail_pct={self.l0_tail_pct!r}: a percent of an even share of layer0's tiles, an int "
+                             f"from 0 (none) to 100")
         if self.copy_engine_gbps is not None and self.copy_engine_gbps <= 0:
             raise ValueError(f"copy_engine_gbps must be > 0, got {self.copy_engine_gbps}")
 

@@ -91,3 +91,10 @@ def test_fused_layers_benchmark_parses_comm_changes():
     for bad in ("PIPELINE=2", "gather_3d=1", "send_block=x", "send_block=24"):
         with pytest.raises((SystemExit, ValueError)):
             parse_comm_changes(bad)
+
+
+def test_the_simulator_models_layer0s_tail_at_the_kernels_default():
+    from kernels.options import L0_TAIL_PCT
+    from sim.options import SimOptions
+
+    assert SimOptions().l0_tail_pct == L0_TAIL_PCT

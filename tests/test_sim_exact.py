@@ -21,8 +21,10 @@ from sim.options import SimOptions
 from sim.run import simulate
 
 TAU = 0.131072
-# the toy's 4 GB/s of HBM would make every tile weight-bound: these traces check the schedule, not the tile model
-TOY = SimOptions(memory_floor=False)
+TAU64 = 0.098304  # a 1 x 64 x 128 tile: efficiency 64 / (64 + 128) * 128 / (128 + 128) = 1/6
+# the toy's 4 GB/s of HBM would make every tile weight-bound: these traces check the schedule, not the tile
+# model; and layer0's tail (tested on its own below) is off: the toy's two tiles give it none, only a launch
+TOY = SimOptions(memory_floor=False, l0_tail_pct=0)
 
 
 def trace(res, rank):
@@ -88,6 +90,35 @@ def test_comet_exact_trace():
     assert trace(res, 1) == expected  # the case is symmetric
     assert res.latency_us == pytest.approx(red + 2.280)
     assert res.layer0_us == pytest.approx(pull_end + TAU)
+
+
+def test_comet_layer0_tail_runs_the_last_tiles_on_the_pull_sms():
+    """SimOptions.l0_tail_pct: with 64-column tiles each rank has 4 layer0 tiles (local row: 0, 1; remote row:
+    2, 3) on 3 compute blocks and one pull block; at 100 % the tail's one block takes 4 * 100 * 1 // (100 * 4)
+    = 1 tile, the last, on the pull SM after the pull kernel has ended and a launch; at 50 % none (the empty
+    tail GEMM still costs its launch); at 0 nothing is launched."""
+    plan = toy_plan(block_n0=64)
+    pull_end = 1 + 1 + 0.512
+    layer0 = {}
+    for pct in (0, 50, 100):
+        res = simulate(plan, system="comet", options=TOY.replace(l0_tail_pct=pct))
+        ev = res.events
+        ev = ev[(ev["rank"] == 0) & (ev["layer"] == 0)]
+        layer0[pct] = sorted((t, str(k), round(s, 6), round(e, 6)) for t, k, s, e in
+                             zip(ev["track"], ev["kind"], ev["start_us"], ev["end_us"], strict=True))
+        assert res.layer0_us == pytest.approx({0: pull_end + TAU64, 50: pull_end + 1,
+                                               100: pull_end + 1 + TAU64}[pct])
+    def rounded(rows):
+        return sorted((t, k, round(s, 6), round(e, 6)) for t, k, s, e in rows)
+
+    common = [("stream", "launch", 0, 1), ("SM 000", "gemm0", 1, 1 + TAU64), ("SM 001", "gemm0", 1, 1 + TAU64),
+              ("SM 003", "pull", 1, pull_end), ("SM 002", "gemm0", pull_end, pull_end + TAU64)]  # tile 2: remote
+    tail_launch = ("stream", "launch", pull_end, pull_end + 1)
+    assert layer0[0] == rounded(common + [("SM 000", "gemm0", pull_end, pull_end + TAU64)])  # tile 3 on SM 0
+    assert layer0[50] == rounded(common + [("SM 000", "gemm0", pull_end, pull_end + TAU64), tail_launch])
+    assert layer0[100] == rounded(common + [tail_launch, ("SM 003", "gemm0", pull_end + 1, pull_end + 1 + TAU64)])
+    with pytest.raises(ValueError, match="l0_tail_pct=101: a percent"):
+        SimOptions(l0_tail_pct=101)
 
 
 def test_comet_tail_takes_the_items_left_after_the_gemm():
