@@ -241,12 +241,12 @@ def fused_layer0(ws, plan, rank: int, w0_ENK: torch.Tensor, *, variant: str | No
     why = _gluon_unsupported(recv, w0_ENK, out_RK, act, pol, variant, tile, b_tma, timeline, impl)
     if impl == "gluon" and why is not None:
         raise ValueError(f"fused_layer0 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
-    if comm is not None and comm.pull_to_rows and why is not None:
-        raise ValueError(f"CommConfig pull_to_rows=True runs in layer0's Gluon form only, which cannot run this call: "
-                         f"{why}; use pull_to_rows=False")
-    if comm is not None and comm.l0_tail_pct and why is not None:
-        raise ValueError(f"CommConfig l0_tail_pct={comm.l0_tail_pct} runs in layer0's Gluon form only, which cannot "
-                         f"run this call: {why}; use l0_tail_pct=0 or None")
+    if comm is not None and why is not None:  # the Gluon form's own options, asked for where it cannot run
+        for on, asked, instead in ((comm.pull_to_rows, "pull_to_rows=True", "pull_to_rows=False"),
+                                   (comm.l0_tail_pct, f"l0_tail_pct={comm.l0_tail_pct}", "l0_tail_pct=0 or None")):
+            if on:
+                raise ValueError(f"CommConfig {asked} runs in layer0's Gluon form only, which cannot run this call: "
+                                 f"{why}; use {instead}")
     tile = default_tile(dev) if tile is None else tile
     comm = default_comm(dev) if comm is None else comm
     sms = sm_count(dev)

@@ -275,25 +275,22 @@ def test_layer0_pull_into_shared_rows_fills_every_row_and_counts_the_sources():
     world.reset()
 
 
-def test_pull_to_rows_outside_the_gluon_form_says_so():
+@pytest.mark.parametrize("asked,message,instead", [
+    ({"pull_to_rows": True}, "pull_to_rows=True runs in layer0's Gluon form only.*use pull_to_rows=False",
+     {"pull_to_rows": False}),
+    ({"l0_tail_pct": 50}, "l0_tail_pct=50 runs in layer0's Gluon form only.*use l0_tail_pct=0", {"l0_tail_pct": 0}),
+])
+def test_gluon_only_layer0_options_outside_the_gluon_form_say_so(asked, message, instead):
+    """Options of layer0's Gluon form, asked for where it cannot run (here: the interpreter), raise one line
+    naming the option and what to use instead; the option's off value runs."""
     model = _model("gelu")
     par = ParallelConfig(ep=2)
     world = _world(model, par)
     plan = make_plan(uniform(M=8, E=4, topk=2, seed=0).to(DEVICE), model, par, HW, SMALL)
     w0 = shard_weights(random_weights(model, seed=0).to(torch.float32, DEVICE), par, 0).w0_ENK
-    with pytest.raises(ValueError, match="pull_to_rows=True runs in layer0's Gluon form only.*use pull_to_rows=False"):
-        fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(pull_to_rows=True))
-
-
-def test_layer0_tail_outside_the_gluon_form_says_so():
-    model = _model("gelu")
-    par = ParallelConfig(ep=2)
-    world = _world(model, par)
-    plan = make_plan(uniform(M=8, E=4, topk=2, seed=0).to(DEVICE), model, par, HW, SMALL)
-    w0 = shard_weights(random_weights(model, seed=0).to(torch.float32, DEVICE), par, 0).w0_ENK
-    with pytest.raises(ValueError, match="l0_tail_pct=50 runs in layer0's Gluon form only.*use l0_tail_pct=0"):
-        fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(l0_tail_pct=50))
-    fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(l0_tail_pct=0))  # none asked: runs
+    with pytest.raises(ValueError, match=message):
+        fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(**asked))
+    fused_layer0(world, plan, 0, w0, comm=SMALL_COMM.replace(**instead))  # the off value: runs
 
 
 def test_fused_layer1_impl_errors():
