@@ -4,8 +4,8 @@ What a communication program moves per second, without the GEMM beside it: for e
 balanced or imbalanced routing, bf16) rank 0's layer1 runs once (the intermediate y and every column block's
 tile count are then real), and the communication kernel of kernels/fused_layer1_gluon.py is timed alone with
 every column block counted, over variants of one knob at a time against the default (CommConfig send_block,
-num_warps, pipelined, release_every; the Plan's comm_rows, i.e. sends per item; the release's scope; programs
-from 4 to two per SM). Each variant's combine buffers are checked bitwise against the fused layer's.
+num_warps, pipelined; the Plan's comm_rows, i.e. sends per item; the release's scope; programs from 4 to two per
+SM). Each variant's combine buffers are checked bitwise against the fused layer's.
 
 Bytes per call: y rows read (rows x N x 2) plus partial sums stored (sends x N x 2). Reported: time, GB/s in all
 and per program, the fraction of the HBM copy rate measured here (a device-to-device copy of the same bytes),
@@ -44,10 +44,9 @@ from kernels.timing import device_line, graph_us
 from kernels.workspace import EmulatedWorld
 
 CASES = (("qwen2-moe-2.7b", 8192, 4), ("mixtral-8x7b", 4096, 4), ("phi-3.5-moe", 8192, 4))
-BASE = {"programs": 132, "send_block": 32, "num_warps": 8, "pipelined": 1, "comm_rows": 64, "scope": "sys",
-        "release_every": 1}
+BASE = {"programs": 132, "send_block": 32, "num_warps": 8, "pipelined": 1, "comm_rows": 64, "scope": "sys"}
 SWEEP = {"programs": (4, 16, 32, 66, 264), "send_block": (16, 64), "num_warps": (4, 16), "pipelined": (0,),
-         "comm_rows": (128, 256), "scope": ("gpu",), "release_every": (4, 8)}
+         "comm_rows": (128, 256), "scope": ("gpu",)}
 FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rows", "sends", "items", *BASE, "varied", "time_us",
           "moved_bytes", "gbps", "gbps_per_program", "frac_copy", "over_torch", "bitwise_equal"]
 
@@ -165,8 +164,7 @@ def _measure(world, p, y, v, reference, moved, copy_gbps, torch_us) -> dict:
     W = p.world_size
     counts = p.rank(0).l1_tiles_per_col.to(device=flags.device, dtype=torch.int32).reshape(-1)[:1]
     counts = counts.expand(p.l1_col_blocks).contiguous()
-    comm = GPU_COMM.replace(send_block=v["send_block"], num_warps=v["num_warps"], pipelined=bool(v["pipelined"]),
-                            release_every=v["release_every"])
+    comm = GPU_COMM.replace(send_block=v["send_block"], num_warps=v["num_warps"], pipelined=bool(v["pipelined"]))
 
     def set_counts(p=p, counts=counts):
         flags[lay.l1_col: lay.l1_col + p.l1_col_blocks].copy_(counts)

@@ -68,7 +68,7 @@ def _fused_layer1_kernel(
     # meta
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     A_TMA: tl.constexpr, B_TMA: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr,
-    INSTRUMENT: tl.constexpr = False, PIPELINED: tl.constexpr = False, RELEASE_EVERY: tl.constexpr = 1,
+    INSTRUMENT: tl.constexpr = False, PIPELINED: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     arange_n = tl.arange(0, BLOCK_N)
@@ -114,8 +114,7 @@ def _fused_layer1_kernel(
             status_ptr, y_ptr,
             comb_ptr, comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr,
             send_row_start_ptr, send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr,
-            trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED, "sys",
-            RELEASE_EVERY)
+            trace_ptr, trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, PIPELINED, "sys")
         if INSTRUMENT:
             tl.store(trace_count_ptr + pid, n_rec)
 
@@ -240,6 +239,5 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=tile.block_k, EVEN_K=K % tile.block_k == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block, INSTRUMENT=timeline is not None,
-        PIPELINED=comm.pipelined, RELEASE_EVERY=comm.release_every, num_warps=tile.num_warps,
-        num_stages=tile.num_stages)
+        PIPELINED=comm.pipelined, num_warps=tile.num_warps, num_stages=tile.num_stages)
     return y

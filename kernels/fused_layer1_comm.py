@@ -36,7 +36,7 @@ def comm_program(
     comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
-    PIPELINED: tl.constexpr, SIGNAL_SCOPE: tl.constexpr, RELEASE_EVERY: tl.constexpr,
+    PIPELINED: tl.constexpr, SIGNAL_SCOPE: tl.constexpr,
 ):
     """A communication program (pid: its slot in the timeline, sm: its SM there): it claims (column block,
     send chunk) items one at a time from the launch's claim counter (flag claim_off: item i = column block
@@ -56,7 +56,7 @@ def comm_program(
             col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
             comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
             send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr,
-            trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, SIGNAL_SCOPE, RELEASE_EVERY)
+            trace_slots, stride_ym, BLOCK_N, TOPK_LOCAL, SEND_BLOCK, INSTRUMENT, SIGNAL_SCOPE)
         if INSTRUMENT:
             n_rec = n_pipe
     else:
@@ -157,7 +157,7 @@ def comm_pipelined(
     sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr, send_row_end_ptr,
     rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, trace_ptr, trace_slots, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, INSTRUMENT: tl.constexpr,
-    SIGNAL_SCOPE: tl.constexpr, RELEASE_EVERY: tl.constexpr,
+    SIGNAL_SCOPE: tl.constexpr,
 ):
     """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
 
@@ -175,10 +175,6 @@ def comm_pipelined(
         stage 0, unit v - 4: fp32 weighted sum (same rows, order and ops as the item-by-item loop: bitwise
                              equal), remote store; after the item's last step, signal the owner with the
                              item's send count.
-    RELEASE_EVERY: an item's signal to its owner waits until RELEASE_EVERY items' signals are pending (or the
-    loop ends), then all are released together: a release waits for every memory operation the program has
-    in flight, the next units' loads too, so one per item would drain the pipeline at every item's end. The
-    owners see the same counts, a few items later.
     INSTRUMENT: one record per item, begin = ready = its first unit's stage 0, end = after its last unit's.
     Machine code (Triton 3.6, sm_90): ptxas copies the loop-carried registers at the loop's back edge, so
     each iteration waits for the loads it issued: a unit costs about one memory latency (all its stages'
@@ -250,13 +246,6 @@ def comm_pipelined(
     for _j in tl.static_range(TOPK_LOCAL):
         w0 = w0 + (_zeros(row_weight_ptr, SEND_BLOCK),)
         y0 = y0 + (tl.zeros((SEND_BLOCK, BLOCK_N), y_ptr.dtype.element_ty),)
-    # signals not yet released: the owner flag's address and the item's send count, RELEASE_EVERY slots
-    pend_a = ()
-    pend_c = ()
-    for _j in tl.static_range(RELEASE_EVERY):
-        pend_a = pend_a + (tl.full((), 0, tl.int64),)
-        pend_c = pend_c + (tl.full((), 0, tl.int32),)
-    n_pend = tl.full((), 0, tl.int32)
     t_item = tl.full((), 0, tl.int64)
     live = tl.full((), 1, tl.int1)
     while live:
@@ -325,21 +314,10 @@ def comm_pipelined(
         comb_base = tl.multiple_of(cb0.to(tl.pointer_type(comb_elem)), 16)
         dst = comb_base + crow0.to(tl.int64)[:, None] * D_OUT + offs_n0[None, :]
         tl.store(dst, acc.to(comb_elem), mask=mask_s0[:, None] & mask_n0[None, :])
-        last_unit = ok0 & (k0 == steps - 1)  # the item's last unit: its signal is due
-        flag_addr = pf0.to(tl.int64) + 4 * (comb_flag_off + rank * col_max + col0).to(tl.int64)
-        new_a = ()
-        new_c = ()
-        for j in tl.static_range(RELEASE_EVERY):
-            take = last_unit & (n_pend == j)
-            new_a = new_a + (tl.where(take, flag_addr, pend_a[j]),)
-            new_c = new_c + (tl.where(take, (en0 - st0).to(tl.int32), pend_c[j]),)
-        pend_a = new_a
-        pend_c = new_c
-        n_pend = n_pend + last_unit.to(tl.int32)
-        if n_pend == RELEASE_EVERY:
-            _release(pend_a, pend_c, n_pend, RELEASE_EVERY, SIGNAL_SCOPE)
-        n_pend = tl.where(n_pend == RELEASE_EVERY, 0, n_pend)
-        if last_unit:
+        if ok0 & (k0 == steps - 1):  # the item's last unit
+            sent = en0 - st0
+            peer_flags = pf0.to(tl.pointer_type(tl.int32))
+            signal_add(peer_flags + comb_flag_off + rank * col_max + col0, sent.to(tl.int32), SIGNAL_SCOPE)
             if INSTRUMENT:
                 trace_write(trace_ptr, trace_slots, pid, n_rec, t_item, t_item, global_timer_ns(), sm,
                             _REC_REDUCE_SEND, item0, d0, en0 - st0, col0)
@@ -388,16 +366,4 @@ def comm_pipelined(
         slot2 = slot3n
         st3 = st4n
         en3 = en4n
-    if n_pend > 0:
-        _release(pend_a, pend_c, n_pend, RELEASE_EVERY, SIGNAL_SCOPE)
     return n_rec
-
-
-@triton.jit
-def _release(pend_a, pend_c, n_pend, RELEASE_EVERY: tl.constexpr, SCOPE: tl.constexpr):
-    """Release the first n_pend pending signals (flag address, count) after every thread's stores: the first
-    release drains what the program has in flight, the others find little left to wait for."""
-    tl.debug_barrier()
-    for j in tl.static_range(RELEASE_EVERY):
-        if j < n_pend:
-            tl.atomic_add(pend_a[j].to(tl.pointer_type(tl.int32)), pend_c[j], sem="release", scope=SCOPE)

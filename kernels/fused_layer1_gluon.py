@@ -64,7 +64,7 @@ def _layer1_comm_kernel(
     rank, world, M, max_chunks, num_total, D_OUT, col_blocks, slots, col_max, max_spin, l1_col_off, claim_off,
     done_off, comb_flag_off, steps, stride_ym,
     BLOCK_N: tl.constexpr, TOPK_LOCAL: tl.constexpr, SEND_BLOCK: tl.constexpr, PIPELINED: tl.constexpr,
-    SIGNAL_SCOPE: tl.constexpr, RELEASE_EVERY: tl.constexpr,
+    SIGNAL_SCOPE: tl.constexpr,
 ):
     """Communication programs of layer1 (module docstring): the n_c beside the GEMM or the tail's after it;
     num_total counts the programs of both launches."""
@@ -74,7 +74,7 @@ def _layer1_comm_kernel(
         D_OUT, slots, col_max, max_spin, l1_col_off, claim_off, comb_flag_off, flags_ptr, status_ptr, y_ptr, comb_ptr,
         comb_peers_ptr, sflag_peers_ptr, send_token_ptr, send_dest_ptr, send_slot_ptr, send_row_start_ptr,
         send_row_end_ptr, rows_by_send_ptr, row_weight_ptr, chunk_start_ptr, chunk_end_ptr, None, None, stride_ym,
-        BLOCK_N, TOPK_LOCAL, SEND_BLOCK, False, PIPELINED, SIGNAL_SCOPE, RELEASE_EVERY)
+        BLOCK_N, TOPK_LOCAL, SEND_BLOCK, False, PIPELINED, SIGNAL_SCOPE)
     if finish_program(flags_ptr + done_off, num_total):
         # the GEMM kernel may still be counting column blocks no item waited on: wait for all, then reset
         tiles_per_col = tl.load(tiles_per_col_ptr)
@@ -146,5 +146,4 @@ def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, programs: int, total_pr
         lay.combine,
         triton.cdiv(pol.comm_rows, send_block), y.stride(0),
         BLOCK_N=pol.block_n1, TOPK_LOCAL=min(plan.model.topk, plan.experts_per_rank), SEND_BLOCK=send_block,
-        PIPELINED=comm.pipelined, SIGNAL_SCOPE=signal_scope, RELEASE_EVERY=comm.release_every,
-        num_warps=comm.num_warps)
+        PIPELINED=comm.pipelined, SIGNAL_SCOPE=signal_scope, num_warps=comm.num_warps)

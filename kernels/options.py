@@ -100,10 +100,7 @@ class CommConfig:
     (None: 32). Its programs never wait, so what bounds them is the loads each SM has in flight: two small
     programs per SM moved the most (benchmarks.l1_comm, results/l1_comm/README.md); the n_c programs beside the
     GEMM, few and long, move the most with larger steps. The items and their sums are the same whatever the
-    shapes, so the result is too. release_every: a layer1 communication program (pipelined) releases its items'
-    signals to the owners this many at a time (kernels/fused_layer1_comm.py's `comm_pipelined`): a release waits
-    for all the program has in flight, so one per item drains its pipeline; the owners see the same counts, a
-    few items later.
+    shapes, so the result is too.
     """
 
     pull_rows: int = 32
@@ -116,7 +113,6 @@ class CommConfig:
     tail_per_sm: int = 2
     tail_num_warps: int = 4
     tail_send_block: int | None = None
-    release_every: int = 1
 
     def __post_init__(self):
         for name in ("pull_rows", "pull_cols"):
@@ -141,9 +137,6 @@ class CommConfig:
         if not _is_int(self.tail_per_sm) or not 1 <= self.tail_per_sm <= 8:
             raise ValueError(f"CommConfig tail_per_sm={self.tail_per_sm!r}: programs per SM of layer1's tail, an int "
                              f"from 1 to 8")
-        if not _is_int(self.release_every) or not 1 <= self.release_every <= 16:
-            raise ValueError(f"CommConfig release_every={self.release_every!r}: items whose signals are released "
-                             f"together, an int from 1 to 16")
         if not isinstance(self.pipelined, bool):
             raise ValueError(f"CommConfig pipelined={self.pipelined!r}: use True (the software pipeline) or False "
                              f"(item by item)")

@@ -104,29 +104,24 @@ PIPELINE_CASES = [  # (ep, tp, topk, E, dtype, send_block, comm_rows, nc_layer1)
 def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, send_block, comm_rows, nc):
     """CommConfig(pipelined=True) (software-pipelined communication programs, the default): the owners'
     combine buffers and combine_reduce outputs are bitwise those of the item-by-item loop (pipelined=False),
-    and match the reference, with signals released per item or three items at a time (release_every; the
-    owners' combine_reduce waits for every count); the calls share one workspace (the combine flags return to
-    0 after every call)."""
+    and match the reference; the calls share one workspace (the combine flags return to 0 after every call)."""
     model = _model("swiglu", E=E, topk=topk)
     par = ParallelConfig(ep=ep, tp=tp)
     world = _world(model, par, dtype=dtype)
     routing = imbalanced(M=44, E=E, topk=topk, std=0.05, seed=ep * 7 + topk)
     policy = SMALL.replace(comm_rows=comm_rows, nc_layer1=nc)
     outs, combs = [], []
-    runs = ((False, 1), (True, 1), (False, 1), (True, 3))
-    for pipelined, release_every in runs:
-        comm = SMALL_COMM.replace(pipelined=pipelined, send_block=send_block, release_every=release_every)
+    for pipelined in (False, True, False):
+        comm = SMALL_COMM.replace(pipelined=pipelined, send_block=send_block)
         outs.append(_check_forward(world, model, par, routing, policy, dtype, layer1_kwargs={"comm": comm},
-                                   what=f"pipelined={pipelined} release_every={release_every} send_block="
-                                        f"{send_block} EP={ep} TP={tp}"))
+                                   what=f"pipelined={pipelined} send_block={send_block} EP={ep} TP={tp}"))
         combs.append([world.buffers(r).combine_MLN.clone() for r in world.ranks])
-    for i, (pipelined, release_every) in enumerate(runs[1:], start=1):
-        what = f"pipelined={pipelined} release_every={release_every}"
-        assert torch.equal(outs[i], outs[0]), f"{what}: output differs bitwise from item by item"
+    for i, pipelined in enumerate((True, False), start=1):
+        assert torch.equal(outs[i], outs[0]), f"pipelined={pipelined}: output differs bitwise from item by item"
         for r, (a, b) in enumerate(zip(combs[i], combs[0], strict=True)):
             # bytes: slots no send writes hold the workspace's NaN fill
             assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
-                f"{what}: rank {r}'s combine buffer differs from item by item"
+                f"pipelined={pipelined}: rank {r}'s combine buffer differs from item by item"
 
 
 def _layer1_comm_setup(pipelined, num_warps):
@@ -167,14 +162,13 @@ def _launch_comm(world, plan, r, comm, programs, total):
                                    max_spin=world.max_spin)
 
 
-@pytest.mark.parametrize("pipelined,num_warps,release_every", [(True, 4, 1), (True, 4, 4), (False, 2, 1)])
-def test_layer1_comm_kernels_alone_match_the_one_launch_kernel(pipelined, num_warps, release_every):
+@pytest.mark.parametrize("pipelined,num_warps", [(True, 4), (False, 2)])
+def test_layer1_comm_kernels_alone_match_the_one_launch_kernel(pipelined, num_warps):
     """kernels/fused_layer1_gluon.py's communication kernels (the Gluon path's n_c programs beside the GEMM
     and the tail after it, two launches sharing one claim counter), given the one-launch kernel's y and the
     column counts of a finished GEMM, write bitwise the same combine buffers, and the last program of the two
     launches resets the counts, the claim counter and the done counter."""
     world, plan, comm, one_launch = _layer1_comm_setup(pipelined, num_warps)
-    comm = comm.replace(release_every=release_every)
     lay = world.layout
     for r in world.ranks:
         _launch_comm(world, plan, r, comm, programs=2, total=2 + 3)

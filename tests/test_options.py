@@ -66,7 +66,6 @@ def test_frozen_and_replace_checks():
     (lambda: CommConfig(l0_tail_pct=101), "CommConfig l0_tail_pct=101: a percent of an even share"),
     (lambda: CommConfig(l0_tail_pct=0.5), "CommConfig l0_tail_pct=0.5: a percent"),
     (lambda: CommConfig(tail_per_sm=0), "CommConfig tail_per_sm=0: programs per SM of layer1's tail"),
-    (lambda: CommConfig(release_every=0), "CommConfig release_every=0: items whose signals are released"),
     (lambda: CommConfig(tail_num_warps=3), "CommConfig tail_num_warps=3: Triton takes a power of two"),
     (lambda: CommConfig(tail_send_block=24), "CommConfig tail_send_block=24: a tl.arange size"),
     (lambda: GemmOptions(impl="cuda"), "GemmOptions impl='cuda': use one of auto, triton, gluon"),
