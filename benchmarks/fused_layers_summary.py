@@ -15,7 +15,10 @@ Per case (model, M) and layer, graph-replay times of one rank:
   of_floor           floor_us / fused_us (1: at the floor)
   prog_gbps_low_nc   bytes moved / (time x n_c) at the smallest n_c swept: the per-program communication
                      rate where communication bounds the kernel (a lower bound: it assumes the programs
-                     move data for the whole kernel; low_nc_over_gemm well above 1 says it is comm-bound)
+                     move data for the whole kernel; low_nc_over_gemm well above 1 says it is comm-bound).
+                     Not a rate for layer1's Gluon form with its tail (Policy.l1_tail, the default): the
+                     tail's programs after the GEMM move most of the bytes; benchmarks.l1_comm measures
+                     the programs' own rate
 Writes <csv stem>_summary.csv and <csv stem>_l1_nc.png (layer1 time over its GEMM alone against n_c, the
 kernel's own Fig. 8 curve on one GPU) beside the CSV.
 """

@@ -356,6 +356,21 @@ def test_gpu_three_systems_bf16(ep, tp, act):
     layer.check()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("ep", [4, 8])
+def test_gpu_a_shape_never_tuned_on(ep):
+    """CometMoE on a shape no default was measured on (E=128, topk=8, N=2048, K=768, swiglu, M=4096, bf16) in an
+    emulated EP world on one GPU: the output matches the float64 reference of the same routing."""
+    model = ModelConfig("unseen", hidden_N=2048, ffn_K=768, experts_E=128, topk=8, layers=1, activation="swiglu")
+    layer, w = _gpu_layer(model, ParallelConfig(ep=ep), cap=4096)
+    x = random_tokens(4096, 2048, seed=ep, dtype=torch.bfloat16, device="cuda")
+    ref = _gpu_reference(layer, w, x)
+    with torch.no_grad():
+        out = layer(x)
+    assert_close(out, ref, torch.bfloat16, f"E=128 topk=8 N=2048 K=768 EP={ep}")
+    layer.check()
+
+
 def _compiled_variants() -> dict[str, int]:
     """Compiled variants of every Triton / Gluon kernel the layer launches, by name (the JIT caches)."""
     import importlib
