@@ -15,6 +15,7 @@ few candidates, as Comet picks n_c by offline profiling); the paper's baselines 
 "megatron-te" (all-gather dispatcher, as the paper ran them), "fastermoe" (TP = 1 only) and "tutel" (TP = 1
 only; its adaptive pipeline degree: the fastest of TUTEL_DEGREES); and two bounds, "sequential" (ideal
 kernels, no overlap) and "chunked" (an ideal token-chunk pipeline; Q the fastest of a small sweep).
+Every system also runs its fastest of TILE_CHOICES, tile shapes picked per case (`tile_plans`).
 Every time is in microseconds.
 """
 
@@ -31,6 +32,7 @@ import pandas as pd
 
 from comet.core import defaults
 from comet.core.plan import Plan
+from comet.core.policy import Policy
 from comet.tuning.sweep import best_nc
 from experiments import pool
 from sim.options import SimOptions
@@ -48,10 +50,14 @@ QUICK_CHUNK_SWEEP = (2, 4)
 TUTEL_DEGREES = (1, 2, 4, 8)  # Tutel's adaptive pipeline degree picks among these at run time
 QUICK_TUTEL_DEGREES = (1, 2)
 QUICK_NC_SWEEP = (16, 28)
+# Tile shapes every system picks from per case, the fastest winning: the paper's Comet compiles kernel variants
+# and picks one per shape, and a GEMM library's heuristics pick per shape too. Label -> Policy fields: 128- or
+# 64-wide layer1 tiles (Comet's communication chunks with them: 64 or 16 rows). A quick run keeps the first.
+TILE_CHOICES = {"128": {}, "64": {"block_n1": 64, "comm_rows": 16}}
 
 # Columns of a system-comparison row (after the experiment's own case columns).
 SYSTEM_COLUMNS = ["system", "latency_us", "layer0_us", "layer1_us", "hidden_comm_fraction", "exposed_comm_us",
-                  "chunks", "nc_layer1", "comet_speedup", "sim_wall_s"]
+                  "chunks", "nc_layer1", "tiles", "comet_speedup", "sim_wall_s"]
 _OPTIONS = SimOptions(record=False)
 
 
@@ -63,41 +69,60 @@ def fastest(plan: Plan, system: str, degrees: tuple[int, ...], opts: SimOptions)
     return q, runs[q]
 
 
-def compare_systems(plan: Plan, quick: bool = False, options: SimOptions | None = None,
-                    ncs: tuple[int, ...] | None = None) -> list[dict]:
-    """One row per system on `plan` (comet, the bounds, the paper's baselines that run it): SYSTEM_COLUMNS.
+def tile_plans(model, ep: int, tp: int, tokens: int, hw: str, quick: bool = False, **overrides) -> dict[str, Plan]:
+    """make_case(model, ep, tp, tokens, hw, **overrides) once per TILE_CHOICES entry (quick: the first), by label."""
+    choices = list(TILE_CHOICES.items())[:1] if quick else TILE_CHOICES.items()
+    return {label: make_case(model, ep=ep, tp=tp, tokens=tokens, hw=hw, policy=Policy(**fields), **overrides)
+            for label, fields in choices}
 
-    comet: nc_layer1 from comet.tuning.best_nc over `ncs` (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1
-    alone; nc_layer0 as the Policy says. chunked: the fastest Q of CHUNK_SWEEP, tutel the fastest of
-    TUTEL_DEGREES; `chunks` records Q. fastermoe and tutel only at TP = 1 (expert parallelism only).
-    comet_speedup = latency / comet's latency (how much faster Comet is; 1 for comet itself)."""
+
+def compare_systems(plans: Plan | dict[str, Plan], quick: bool = False, options: SimOptions | None = None,
+                    ncs: tuple[int, ...] | None = None) -> list[dict]:
+    """One row per system (comet, the bounds, the paper's baselines that run it): SYSTEM_COLUMNS.
+
+    plans: one Plan, or the same case's plans by tile choice (`tile_plans`): each system's row is its fastest
+    over them (`tiles` names the winner; ties: the first). comet: nc_layer1 from comet.tuning.best_nc over `ncs`
+    (default NC_SWEEP, or QUICK_NC_SWEEP) on layer1 alone, per plan; nc_layer0 as the Policy says. chunked: the
+    fastest Q of CHUNK_SWEEP, tutel the fastest of TUTEL_DEGREES; `chunks` records Q. fastermoe and tutel only
+    at TP = 1 (expert parallelism only). comet_speedup = latency / comet's latency (how much faster Comet is; 1
+    for comet itself)."""
+    if isinstance(plans, Plan):
+        plans = {"": plans}
     opts = (options or _OPTIONS).replace(record=False)
     ncs = ncs or (QUICK_NC_SWEEP if quick else NC_SWEEP)
-    nc = best_nc(plan, 1, ncs, opts)[0] if len(ncs) > 1 else ncs[0]
-    runs = [(simulate(with_policy(plan, nc_layer1=nc), "comet", opts), math.nan, nc),
-            (simulate(plan, "sequential", opts), 1, math.nan)]
-    best_c, chunked = fastest(plan, "chunked", QUICK_CHUNK_SWEEP if quick else CHUNK_SWEEP, opts)
-    runs.append((chunked, best_c, math.nan))
-    runs += [(simulate(plan, s, opts), 1, math.nan) for s in ("megatron-cutlass", "megatron-te")]
-    if plan.parallel.tp == 1:
-        runs.append((simulate(plan, "fastermoe", opts), FASTERMOE_DEGREE, math.nan))
-        q, tutel = fastest(plan, "tutel", QUICK_TUTEL_DEGREES if quick else TUTEL_DEGREES, opts)
-        runs.append((tutel, q, math.nan))
-    comet = runs[0][0]
+    best: dict[str, tuple] = {}  # system -> (result, chunks, nc, tiles) of its fastest plan
+
+    def keep(res, chunks, nc, label):
+        if res.system not in best or res.latency_us < best[res.system][0].latency_us:
+            best[res.system] = (res, chunks, nc, label)
+
+    for label, plan in plans.items():
+        nc = best_nc(plan, 1, ncs, opts)[0] if len(ncs) > 1 else ncs[0]
+        keep(simulate(with_policy(plan, nc_layer1=nc), "comet", opts), math.nan, nc, label)
+        keep(simulate(plan, "sequential", opts), 1, math.nan, label)
+        best_c, chunked = fastest(plan, "chunked", QUICK_CHUNK_SWEEP if quick else CHUNK_SWEEP, opts)
+        keep(chunked, best_c, math.nan, label)
+        for s in ("megatron-cutlass", "megatron-te"):
+            keep(simulate(plan, s, opts), 1, math.nan, label)
+        if plan.parallel.tp == 1:
+            keep(simulate(plan, "fastermoe", opts), FASTERMOE_DEGREE, math.nan, label)
+            q, tutel = fastest(plan, "tutel", QUICK_TUTEL_DEGREES if quick else TUTEL_DEGREES, opts)
+            keep(tutel, q, math.nan, label)
+    comet = best["comet"][0]
     rows = []
-    for res, chunks, nc_ in runs:
+    for res, chunks, nc_, label in best.values():
         rows.append({"system": res.system, "latency_us": res.latency_us, "layer0_us": res.layer0_us,
                      "layer1_us": res.layer1_us, "hidden_comm_fraction": res.hidden_comm_fraction,
-                     "exposed_comm_us": res.exposed_comm_us, "chunks": chunks, "nc_layer1": nc_,
+                     "exposed_comm_us": res.exposed_comm_us, "chunks": chunks, "nc_layer1": nc_, "tiles": label,
                      "comet_speedup": res.latency_us / comet.latency_us, "sim_wall_s": res.wall_s})
     return rows
 
 
 def compare_case(case: dict, hw: str, quick: bool, **overrides) -> list[dict]:
-    """compare_systems on make_case(case's model, ep, tp, tokens; hw; **overrides), each row led by `case`:
-    the `run_case` of an experiment whose grid points are plain cases."""
-    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw, **overrides)
-    return [{**case, **row} for row in compare_systems(plan, quick)]
+    """compare_systems on the case's plans by tile choice (tile_plans of the case's model, ep, tp, tokens; hw;
+    **overrides), each row led by `case`: the `run_case` of an experiment whose grid points are plain cases."""
+    plans = tile_plans(case["model"], case["ep"], case["tp"], case["tokens"], hw, quick, **overrides)
+    return [{**case, **row} for row in compare_systems(plans, quick)]
 
 
 # ------------------------------------------------------------------------------------------ backends

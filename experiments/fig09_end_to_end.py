@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
 from experiments import common
-from sim.run import make_case
 
 NAME = "fig09_end_to_end"
 COLUMNS = ["model", "layers", "ep", "tp", "tokens", "system", "moe_layer_us", "non_moe_layer_us", "forward_us",
-           "exposed_comm_us", "comm_share_of_forward", "chunks", "nc_layer1", "comet_speedup", "sim_wall_s"]
+           "exposed_comm_us", "comm_share_of_forward", "chunks", "nc_layer1", "tiles", "comet_speedup", "sim_wall_s"]
 MODELS = ("mixtral-8x7b", "qwen2-moe-2.7b", "phi-3.5-moe")
 PARALLEL = ((8, 1), (4, 2), (2, 4), (1, 8))  # (EP, TP), EP x TP = 8
 TOKENS = (4096, 8192, 16384)
@@ -60,10 +59,11 @@ def cases(quick: bool) -> list[dict]:
 
 
 def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
-    plan = make_case(case["model"], ep=case["ep"], tp=case["tp"], tokens=case["tokens"], hw=hw)
+    plans = common.tile_plans(case["model"], case["ep"], case["tp"], case["tokens"], hw, quick)
+    plan = next(iter(plans.values()))
     other_us = non_moe_layer_us(plan.model, plan.parallel, plan.hardware, case["tokens"])
     layers = plan.model.layers
-    rows = common.compare_systems(plan, quick)
+    rows = common.compare_systems(plans, quick)
     comet_fwd = layers * (rows[0]["latency_us"] + other_us)
     out = []
     for r in rows:
@@ -71,7 +71,8 @@ def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
         out.append({**case, "layers": layers, "system": r["system"], "moe_layer_us": r["latency_us"],
                     "non_moe_layer_us": other_us, "forward_us": fwd, "exposed_comm_us": r["exposed_comm_us"],
                     "comm_share_of_forward": layers * r["exposed_comm_us"] / fwd, "chunks": r["chunks"],
-                    "nc_layer1": r["nc_layer1"], "comet_speedup": fwd / comet_fwd, "sim_wall_s": r["sim_wall_s"]})
+                    "nc_layer1": r["nc_layer1"], "tiles": r["tiles"], "comet_speedup": fwd / comet_fwd,
+                    "sim_wall_s": r["sim_wall_s"]})
     return out
 
 

@@ -1,8 +1,8 @@
 """Reproduce the paper's evaluation on the simulator: every experiment, then every figure.
 
     python -m experiments.reproduce            # full grids: results/<experiment>/<hw>-sim_<date>.csv,
-                                               # figures in paper_figures/out/ (about 4 minutes on 2
-                                               # CPU cores)
+                                               # figures in paper_figures/out/ (about 18 minutes on
+                                               # 2 CPU cores)
     python -m experiments.reproduce --quick    # small grids under out/quick/ (70 s)
 
 The cases of each experiment run in `--jobs` worker processes (default: every core; results do not depend on

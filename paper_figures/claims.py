@@ -43,17 +43,16 @@ NOTES = {
     "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass (transfer phases only; the 55 us "
                   "fixed costs count as overhead) over a modelled forward. NCCL is given the full link rate (160 GB/s "
                   "per direction); a slower all-gather on the H800 would raise the share.",
-    "fig10": "Trend reproduced over FasterMoE only (1.48x at M=2048 to 1.15x: its per-chunk collectives' fixed cost "
-             "weighs most at small M). Over Megatron it grows with M: the all-gather bytes grow with M, while its "
-             "fixed costs are a third of its time at M=2048, and Comet's own small-M time is high: layer1's 128 "
-             "tiles of 128 x 128 (92 us each at K=14336) take two waves once n_c SMs are taken. The paper's Comet "
-             "picks pre-compiled tile shapes per case, ours does not: with 64-wide layer1 tiles and 16-row chunks "
-             "(a what-if, dev/LOG.md) Comet takes 317 us at M=2048, 2.14x over Megatron-Cutlass, the largest of the "
-             "sweep.",
+    "fig10": "Agrees: with its tile shape picked per case (experiments/common.py TILE_CHOICES: 64-wide layer1 tiles "
+             "at small M, as the paper's Comet picks pre-compiled variants) Comet's layer1 no longer takes a second "
+             "wave at M=2048 once n_c SMs are taken, so its gain is largest at the smallest M over every baseline: "
+             "over Megatron its fixed costs (four NCCL collectives, a host sync) weigh most at small M, over "
+             "FasterMoE its per-chunk collectives' fixed costs. With one tile shape for all M (the 128-wide one) "
+             "the gain over Megatron grew with M instead (1.72x at M=2048 to 2.04x).",
     "headline": "Within 20% of 1.96x: the paper's Megatron configuration (all-gather dispatch, reduce-scatter combine, "
                 "collectives on the compute stream) exposes about 4x the bytes Comet moves, which Comet mostly hides. "
-                "Over Tutel, whose all-to-all moves what Comet moves, only 1.16x: the overlap alone. The bounds "
-                "(ideal kernels) sit at 1.2x.",
+                "Over Tutel, whose all-to-all moves what Comet moves, only 1.23x: the overlap alone. The bounds "
+                "(ideal kernels) sit at 1.27-1.28x.",
     "fig11_comet": "Within 20% but higher: communication blocks take HBM from the GEMM's memory floor, which binds "
                    "only for small row counts; L2 contention between the two is not modelled.",
     "fig11_tutel": "Tutel's adaptive degree picks 1 (no pipelining) here: each extra chunk adds two NCCL fixed costs "
@@ -71,12 +70,12 @@ NOTES = {
              "K/TP columns) and Megatron's collectives keep their size, so its time grows with TP; Comet's grows "
              "less, as it streams its partial sums (more rows per GPU at higher TP) under the GEMM.",
     "fig13": "In the paper's range over Megatron and FasterMoE; the speedup falls with topk (the GEMM work grows with "
-             "topk, the all-gather does not) and barely moves with E. Over Tutel, 1.12-1.22x.",
+             "topk, the all-gather does not) and barely moves with E. Over Tutel, 1.18-1.26x.",
     "fig14_imb": "Agrees: Comet ahead of every baseline at every imbalance; the imbalanced ranks' extra rows slow "
                  "every system alike.",
     "fig14_pcie": "Agrees in the mean and in the order: on 25 GB/s PCIe the L20's GEMMs are 8x slower than the H800's, "
-                  "so communication is a smaller share and the gain over Megatron (1.24-1.45x) is below NVLink's; over "
-                  "FasterMoE and Tutel at EP=8 only 1.02x. The l20 profile's NCCL figures are assumptions (not "
+                  "so communication is a smaller share and the gain over Megatron (1.29-1.52x) is below NVLink's; over "
+                  "FasterMoE and Tutel at EP=8 only 1.06-1.07x. The l20 profile's NCCL figures are assumptions (not "
                   "measured on PCIe).",
     "table3": "Ours is larger by design: besides the M x N receive buffer (= the paper's 2MN bytes) our kernels keep a "
               "combine buffer of partial sums (M/W tokens x slots x N), so layer1 can push instead of pull.",

@@ -83,6 +83,20 @@ def test_system_comparison_rows_are_consistent(quick):
                 assert g[g["system"] == "tutel"]["chunks"].iloc[0] in common.QUICK_TUTEL_DEGREES
 
 
+def test_every_system_runs_its_fastest_tile_choice():
+    """compare_systems over a case's plans by tile choice: each system's row is its run on the plan where it was
+    fastest, and `tiles` names that plan."""
+    plans = common.tile_plans("mixtral-8x7b", 8, 1, 1024, "h800")
+    assert list(plans) == list(common.TILE_CHOICES) and plans["64"].policy.block_n1 == 64
+    both = {r["system"]: r for r in common.compare_systems(plans, quick=True)}
+    alone = {label: {r["system"]: r for r in common.compare_systems(p, quick=True)} for label, p in plans.items()}
+    for system, row in both.items():
+        fastest = min(plans, key=lambda lb: alone[lb][system]["latency_us"])
+        assert row["tiles"] == fastest, (system, row, alone)
+        assert row["latency_us"] == alone[fastest][system]["latency_us"]
+    assert {r["tiles"] for r in alone["128"].values()} == {""}  # one plan: no choice to name
+
+
 def test_fig08_marks_the_fastest_nc(quick):
     df = quick[0]["fig08_comm_blocks"]
     for _, g in df.groupby(["tokens", "tp"]):
