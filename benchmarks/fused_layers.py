@@ -181,29 +181,15 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     h0 = world.buffers(r0).h_RK[: rp.row_token_R.numel()]
     flops1 = 2 * R * plan.ffn_local * N
     y_ref = torch.empty(rp.row_token_R.numel(), N, device="cuda", dtype=torch.bfloat16)
-    n_send = int(rp.num_sends)
-    rows_by_send = t["rows_by_send_R"].cuda()
-    send_of_row = torch.repeat_interleave(torch.arange(n_send), (t["send_row_end_S"] - t["send_row_start_S"])).cuda()
-    wts = rp.row_weight_R[rows_by_send]
-    slots = world.sizes.slots
-    dests = []
-    for d in range(W):
-        sel = (t["send_dest_S"] == d).nonzero().flatten()
-        if sel.numel():
-            lo = owned_range(M, W, d)[0]
-            dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
-            dests.append((world.buffers(d).combine_MLN.view(-1, N), sel.cuda(), dst.cuda()))
-    moved1 = sum(int(s.numel()) for _, s, _ in dests) * N * 2
+    reduce1, n_sent = torch_reduce_and_send(world, plan, r0, y_ref)
+    moved1 = n_sent * N * 2
 
     def gemm1():
         gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y_ref)
 
     def seq1():
         gemm1()
-        part = torch.zeros(n_send, N, device="cuda", dtype=torch.float32)
-        part.index_add_(0, send_of_row, y_ref[rows_by_send].float() * wts[:, None])
-        for comb, sel, dst in dests:
-            comb.index_copy_(0, dst, part[sel].bfloat16())
+        reduce1()
 
     for impl, fn, moved in (("gemm_alone", gemm1, 0), ("sequential", seq1, moved1)):
         emit("l1", impl, _graph_us(fn), "graph", flops1, moved, block="128x128")
@@ -238,8 +224,36 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         times.append(a.elapsed_time(b) * 1e3)
     world.check()
     n_own = owned_range(M, W, r0)[1] - owned_range(M, W, r0)[0]
-    emit("l1", "owner_reduce", sorted(times)[len(times) // 2], "event", 0, n_own * slots * N * 2,
+    emit("l1", "owner_reduce", sorted(times)[len(times) // 2], "event", 0, n_own * world.sizes.slots * N * 2,
          note="single-shot events, median of 7")
+
+
+def torch_reduce_and_send(world, plan, rank: int, y: torch.Tensor):
+    """The sequential path's layer1 after its GEMM, in torch: each send's rows of y weighted and summed in fp32
+    (index_add), then copied into the owners' combine buffers. Returns (the call, the sends it stores)."""
+    rp = plan.rank(rank)
+    t = rp.trimmed()
+    M, W, N = plan.num_tokens, plan.world_size, plan.model.hidden_N
+    n_send = int(rp.num_sends)
+    rows_by_send = t["rows_by_send_R"].cuda()
+    send_of_row = torch.repeat_interleave(torch.arange(n_send), (t["send_row_end_S"] - t["send_row_start_S"])).cuda()
+    wts = rp.row_weight_R[rows_by_send]
+    slots = world.sizes.slots
+    dests = []
+    for d in range(W):
+        sel = (t["send_dest_S"] == d).nonzero().flatten()
+        if sel.numel():
+            lo = owned_range(M, W, d)[0]
+            dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
+            dests.append((world.buffers(d).combine_MLN.view(-1, N), sel.cuda(), dst.cuda()))
+
+    def call():
+        part = torch.zeros(n_send, N, device="cuda", dtype=torch.float32)
+        part.index_add_(0, send_of_row, y[rows_by_send].float() * wts[:, None])
+        for comb, sel, dst in dests:
+            comb.index_copy_(0, dst, part[sel].bfloat16())
+
+    return call, sum(int(sel.numel()) for _, sel, _ in dests)
 
 
 BOOL_FIELDS = ("pipelined", "l1_tail", "pull_to_rows")

@@ -3,7 +3,8 @@
 What a communication program moves per second, without the GEMM beside it: for each case (model, M, EP;
 balanced or imbalanced routing, bf16) rank 0's layer1 runs once (the intermediate y and every column block's
 tile count are then real), and the communication kernel of kernels/fused_layer1_gluon.py is timed alone with
-every column block counted, over variants of one knob at a time against the default (CommConfig send_block,
+every column block counted, over variants of one knob at a time against a base shape (BASE: 32 sends a step,
+8 warps, one program per SM: the only shape before 2026-12-04; knobs: CommConfig send_block,
 num_warps, pipelined; the Plan's comm_rows, i.e. sends per item; the release's scope; programs from 4 to two per
 SM). Each variant's combine buffers are checked bitwise against the fused layer's.
 
@@ -28,9 +29,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.fused_layers import HW, _weights
+from benchmarks.fused_layers import HW, _weights, torch_reduce_and_send
 from comet.core.config import ModelConfig, ParallelConfig
-from comet.core.ownership import owned_range
 from comet.core.planner import make_plan
 from comet.core.policy import benchmark_policy
 from comet.core.routing import make_routing
@@ -120,26 +120,7 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, log, knobs=t
     moved = (R + S) * N * 2
     copy_gbps = _copy_gbps(moved)
 
-    # torch's reduce of the same rows (the sequential path after its GEMM)
-    t = rp.trimmed()
-    rows_by_send = t["rows_by_send_R"].cuda()
-    send_of_row = torch.repeat_interleave(torch.arange(S), (t["send_row_end_S"] - t["send_row_start_S"])).cuda()
-    wts = rp.row_weight_R[rows_by_send]
-    slots = world.sizes.slots
-    dests = []
-    for d in range(W):
-        sel = (t["send_dest_S"] == d).nonzero().flatten()
-        if sel.numel():
-            lo = owned_range(M, W, d)[0]
-            dst = (t["send_token_S"][sel] - lo) * slots + t["send_slot_S"][sel]
-            dests.append((world.buffers(d).combine_MLN.view(-1, N), sel.cuda(), dst.cuda()))
-
-    def torch_reduce():
-        part = torch.zeros(S, N, device="cuda", dtype=torch.float32)
-        part.index_add_(0, send_of_row, y[rows_by_send].float() * wts[:, None])
-        for comb, sel, dst in dests:
-            comb.index_copy_(0, dst, part[sel].bfloat16())
-
+    torch_reduce, _ = torch_reduce_and_send(world, plan, 0, y)  # the sequential path after its GEMM
     torch_us = graph_us(torch_reduce)
     base = {"gpu": torch.cuda.get_device_name(0), "model": name, "tokens_M": M, "ep": ep, "routing": routing_kind,
             "rows": R, "sends": S}

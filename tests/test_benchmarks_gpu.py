@@ -19,3 +19,14 @@ def test_gpu_fused_layers_benchmark_runs(tmp_path):
     assert {r["routing"] for r in rows} == {"balanced", "imbalanced"}
     errs = [float(r["rel_err"]) for r in rows if r["rel_err"]]
     assert errs and max(errs) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_l1_comm_benchmark_runs(tmp_path):
+    from benchmarks import l1_comm
+    l1_comm.main(["--cases", "qwen2-moe-2.7b:1024:2", "--routing", "balanced", "--vary", "send_block,scope",
+                  "--out", str(tmp_path), "--tag", "smoke"])
+    with open(tmp_path / "smoke.csv") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert [r["varied"] for r in rows] == ["base", "send_block", "send_block", "scope"], rows
+    assert all(r["bitwise_equal"] == "1" and float(r["time_us"]) > 0 for r in rows), rows
