@@ -61,8 +61,7 @@ class _Rank:
     """Mutable state of one rank during a simulation (flags, counters, arrivals at this owner)."""
 
     __slots__ = ("r", "w", "dur0", "dur1", "flag_ev", "flag_cnt", "l0_next", "l0_tail_next", "col_ev", "col_cnt",
-                 "l1_next",
-                 "l1_item_next", "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
+                 "l1_next", "l1_item_next", "pending_in", "arrived_ev", "last_arrival", "last_arrival_idx", "_lists")
 
     def __init__(self, r: int, w: RankWork):
         self.r, self.w = r, w
