@@ -12,8 +12,8 @@ Sweeps (`sweep` column; `value` is the swept figure):
   nodes      16 GPUs (Qwen2-MoE, EP=16) spread over 1, 2, 4, 8, 16 nodes: traffic between nodes goes
              through each GPU's InfiniBand NIC (nic_gbps 45 GB/s, nic_latency_us 5) instead of NVLink.
   gpus       EP = 8, 16, 32, 64 GPUs at 8 per node (Qwen2-MoE has 64 experts: one per GPU at 64), M fixed.
-Multi-node cases are slow to simulate (the fair-share link model recomputes every transfer class's rate
-at each instant: ~1 min per simulation at 32 GPUs, several at 64), so the full grid takes ~15 minutes.
+Multi-node cases run the independent-ports link model (SimOptions.link_model "auto"); the full grid takes
+about 41 s on 2 cores.
 CSV: sweep, value, model, ep, tp, tokens, ranks_per_node, nodes, link_gbps, sms, then one row per system
 (experiments.common.SYSTEM_COLUMNS).
 """
