@@ -4,9 +4,10 @@ What a communication program moves per second, without the GEMM beside it: for e
 balanced or imbalanced routing, bf16) rank 0's layer1 runs once (the intermediate y and every column block's
 tile count are then real), and the communication kernel of kernels/fused_layer1_gluon.py is timed alone with
 every column block counted, over variants of one knob at a time against a base shape (BASE: 32 sends a step,
-8 warps, one program per SM: the only shape before 2026-12-04; knobs: CommConfig send_block,
-num_warps, pipelined; the Plan's comm_rows, i.e. sends per item; the release's scope; programs from 4 to two per
-SM). Each variant's combine buffers are checked bitwise against the fused layer's.
+8 warps, one program per SM: the only shape before 2026-12-04; knobs: CommConfig send_block, num_warps,
+pipelined; the Plan's layer1 chunk size, column comm_rows: Policy.l1_comm_rows, sends per item; the release's
+scope; programs from 4 to two per SM). Each variant's combine buffers are checked bitwise against the fused
+layer's.
 
 Bytes per call: y rows read (rows x N x 2) plus partial sums stored (sends x N x 2). Reported: time, GB/s in all
 and per program, the fraction of the HBM copy rate measured here (a device-to-device copy of the same bytes),
@@ -103,7 +104,7 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, log, knobs=t
 
     def plan_for(comm_rows):
         if comm_rows not in plans:
-            plans[comm_rows] = make_plan(routing, model, par, HW, policy.replace(comm_rows=comm_rows))
+            plans[comm_rows] = make_plan(routing, model, par, HW, policy.replace(l1_comm_rows=comm_rows))
         return plans[comm_rows]
 
     plan = plan_for(BASE["comm_rows"])

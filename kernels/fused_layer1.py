@@ -235,7 +235,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
         rank, plan.world_size, plan.num_tokens, rp.l1_tile_expert_T.numel(), rp.l1_chunk_start_C.numel(),
         num_programs, nc, K, N, col_blocks, ws.sizes.slots, lay.col_max,
         ws.max_spin if max_spin is None else max_spin, lay.l1_col, lay.l1_claim, lay.done_l1, lay.combine,
-        triton.cdiv(pol.comm_rows, send_block), *trace,
+        triton.cdiv(pol.l1_chunk_rows, send_block), *trace,
         h.stride(0), w1_EKN.stride(0), w1_EKN.stride(1), w1_EKN.stride(2), y.stride(0),
         BLOCK_M=pol.block_m, BLOCK_N=pol.block_n1, BLOCK_K=tile.block_k, EVEN_K=K % tile.block_k == 0,
         A_TMA=a_tma, B_TMA=b_tma, TOPK_LOCAL=topk_local, SEND_BLOCK=send_block, INSTRUMENT=timeline is not None,

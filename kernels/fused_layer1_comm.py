@@ -162,7 +162,7 @@ def comm_pipelined(
     """The communication program's work as a software pipeline over units (item, step) (CommConfig.pipelined).
 
     Unit w of this program: step w % steps of the (w // steps)-th item it claimed (sends start + step *
-    SEND_BLOCK .. of the item's chunk; steps = cdiv(comm_rows, SEND_BLOCK) bounds every chunk, so trailing
+    SEND_BLOCK .. of the item's chunk; steps = cdiv(Policy.l1_chunk_rows, SEND_BLOCK) bounds every chunk, so trailing
     units of a short chunk are empty and masked). Items are claimed one ahead (the claim's latency is not on
     the path of the item's first loads) and the loop runs until its last claimed unit has left stage 0.
     Iteration v runs five stages, one unit each, so the dependent loads of one unit's chain are issued an

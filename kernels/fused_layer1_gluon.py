@@ -144,6 +144,6 @@ def launch_comm(ws, plan, rank: int, y: torch.Tensor, *, programs: int, total_pr
         rank, plan.world_size, plan.num_tokens, rp.l1_chunk_start_C.numel(), total_programs, plan.model.hidden_N,
         plan.l1_col_blocks, ws.sizes.slots, lay.col_max, max_spin, lay.l1_col, lay.l1_claim, lay.done_l1,
         lay.combine,
-        triton.cdiv(pol.comm_rows, send_block), y.stride(0),
+        triton.cdiv(pol.l1_chunk_rows, send_block), y.stride(0),
         BLOCK_N=pol.block_n1, TOPK_LOCAL=min(plan.model.topk, plan.experts_per_rank), SEND_BLOCK=send_block,
         PIPELINED=comm.pipelined, SIGNAL_SCOPE=signal_scope, num_warps=comm.num_warps)

@@ -124,6 +124,22 @@ def test_layer1_pipeline_bitwise_equal_to_item_by_item(ep, tp, topk, E, dtype, s
                 f"pipelined={pipelined}: rank {r}'s combine buffer differs from item by item"
 
 
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_layer1_chunks_of_their_own_size(pipelined):
+    """Policy.l1_comm_rows larger than comm_rows (layer1 items of 12 sends, layer0 chunks of 4 rows): the
+    forward matches the reference, and equals bitwise the forward with layer1 chunks of comm_rows (the same sums
+    in the same order, only grouped into other items)."""
+    model = _model("swiglu", E=4, topk=2)
+    par = ParallelConfig(ep=2, tp=2)
+    world = _world(model, par, dtype=torch.float16)
+    routing = imbalanced(M=44, E=4, topk=2, std=0.05, seed=9)
+    comm = SMALL_COMM.replace(pipelined=pipelined, send_block=4)
+    outs = [_check_forward(world, model, par, routing, SMALL.replace(comm_rows=4, l1_comm_rows=l1, nc_layer1=2),
+                           torch.float16, layer1_kwargs={"comm": comm}, what=f"l1_comm_rows={l1}")
+            for l1 in (0, 12)]
+    assert torch.equal(outs[0], outs[1]), "layer1 chunks of 12 sends change the output"
+
+
 def _layer1_comm_setup(pipelined, num_warps):
     """A world after the one-launch layer1 (its combine buffers kept, then cleared to NaN) and the column
     counts the Gluon GEMM leaves (every column block complete): what the communication kernels start from."""

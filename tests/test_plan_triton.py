@@ -77,7 +77,7 @@ def cases(draw, max_M=80):
     policy = Policy(order=draw(st.sampled_from(ORDERS)), dispatch=draw(st.sampled_from(["all-to-all", "all-gather"])),
                     block_m=draw(st.sampled_from([1, 4, 8, 16])), block_n0=draw(st.sampled_from([4, 8])),
                     block_n1=draw(st.sampled_from([4, 16])), group_m=draw(st.sampled_from([1, 2, 4])),
-                    comm_rows=draw(st.sampled_from([1, 3, 16])))
+                    comm_rows=draw(st.sampled_from([1, 3, 16])), l1_comm_rows=draw(st.sampled_from([0, 2, 7])))
     kind = draw(st.sampled_from(["random", "one-expert-set", "skewed", "one-rank"]))
     routing = _routing(M, E, topk, draw(st.integers(0, 10_000)), kind, ep)
     ranks = draw(st.lists(st.integers(0, W - 1), min_size=1, max_size=2, unique=True))
@@ -95,6 +95,24 @@ def test_backends_agree(case):
 @given(cases(max_M=300))
 def test_backends_agree_many(case):
     compare(*case)
+
+
+def test_layer1_chunks_have_their_own_size():
+    """Policy.l1_comm_rows: layer1's send chunks hold at most that many sends, layer0's chunks comm_rows rows,
+    in both backends; 0 is comm_rows for both."""
+    model = ModelConfig("t", hidden_N=32, ffn_K=48, experts_E=16, topk=3, layers=1)
+    routing = _routing(77, 16, 3, seed=4, kind="skewed")
+    par = ParallelConfig(ep=4)
+    for l1_rows, expect in ((0, 5), (11, 11)):
+        plan = compare(routing, model, par, Policy(block_m=4, block_n0=8, block_n1=16, comm_rows=5,
+                                                   l1_comm_rows=l1_rows))
+        assert plan.policy.l1_chunk_rows == expect
+        l0 = torch.cat([(rp.l0_chunk_end_C - rp.l0_chunk_start_C)[: int(rp.num_l0_chunks)] for rp in plan.ranks])
+        l1 = torch.cat([(rp.l1_chunk_end_C - rp.l1_chunk_start_C)[: int(rp.num_l1_chunks)] for rp in plan.ranks])
+        assert l0.numel() and l1.numel()
+        assert int(l0.max()) <= 5 and int(l1.max()) == expect, (l0, l1)  # the larger chunks used where sends allow
+    with pytest.raises(ValueError, match="l1_comm_rows must be >= 0"):
+        Policy(l1_comm_rows=-1)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -146,21 +146,21 @@ def measure_l1_comm_programs(ctx: Context) -> None:
             us = us_by_nc[nc] = time_us(l1_comm_only_plan(plan, 0, nc), cfg)
             busiest = max(sum(item_bytes[j::nc]) for j in range(nc))
             how = dict(nc=nc, send_block=send_block, pipeline=pipeline, bytes=total, busiest_program_bytes=busiest,
-                       items=len(item_bytes), sends_per_chunk=plan.policy.comm_rows, topk_local=2,
+                       items=len(item_bytes), sends_per_chunk=plan.policy.l1_chunk_rows, topk_local=2,
                        world="emulated_ep4_one_gpu", memory="local_hbm_not_nvlink")
             rec.add("l1_comm_program_local_gbps", busiest / us / 1e3, "GB/s", **how)
             rec.add("l1_comm_programs_local_total_gbps", total / us / 1e3, "GB/s", **how)
         # fixed and per-byte cost of one item, from one program: the sweep's n_c = 1 and the short chunks
         one_program_us = us_by_nc[1] if 1 in us_by_nc else time_us(l1_comm_only_plan(plan, 0, 1), cfg)
-        per_item = {plan.policy.comm_rows: (one_program_us, len(item_bytes)),
+        per_item = {plan.policy.l1_chunk_rows: (one_program_us, len(item_bytes)),
                     L1_ITEM_ROWS_SHORT: (time_us(l1_comm_only_plan(short, 0, 1), cfg), short_items)}
         for rows, (us, items) in per_item.items():
             rec.add("l1_comm_item_us", us / items, "us", send_block=send_block, pipeline=pipeline,
                     sends_per_chunk=rows, items=items, item_bytes=round(total / items), nc=1)
-        (us_s, n_s), (us_l, n_l) = per_item[L1_ITEM_ROWS_SHORT], per_item[plan.policy.comm_rows]
+        (us_s, n_s), (us_l, n_l) = per_item[L1_ITEM_ROWS_SHORT], per_item[plan.policy.l1_chunk_rows]
         fixed, gbps = item_cost_fit(us_s / n_s, total / n_s, us_l / n_l, total / n_l)
         how = dict(send_block=send_block, pipeline=pipeline, method="two_chunk_sizes",
-                   sends_per_chunk=f"{L1_ITEM_ROWS_SHORT}_and_{plan.policy.comm_rows}")
+                   sends_per_chunk=f"{L1_ITEM_ROWS_SHORT}_and_{plan.policy.l1_chunk_rows}")
         rec.add("l1_item_fixed_us", fixed, "us", **how)
         rec.add("l1_item_marginal_gbps", gbps, "GB/s", **how)
         if (pipeline, send_block) == L1_DEFAULT_CONFIG:  # the kernel's default: the profile's figure

@@ -201,7 +201,7 @@ def plan_bounds(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy) ->
     U = M  # all-gather receives every token (own rows excluded, but keep the bound simple)
     S = min(M, R)
     return {"R": max(R, 1), "B": B, "U": U, "S": max(S, 1),
-            "C0": max(1, math.ceil(U / pol.comm_rows) + W), "C1": max(1, math.ceil(S / pol.comm_rows) + W)}
+            "C0": max(1, math.ceil(U / pol.comm_rows) + W), "C1": max(1, math.ceil(S / pol.l1_chunk_rows) + W)}
 
 
 def plan_table_bytes(M: int, model: ModelConfig, par: ParallelConfig, pol: Policy, ranks: int | None = None) -> int:

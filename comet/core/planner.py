@@ -236,7 +236,7 @@ def _plan_rank(r: int, ids_MJ, w_MJ, owner_M, groups_MG, expected_W, model: Mode
     before_M = groups_MG[:, :g].sum(1)
     send_slot = torch.where(s_ok, before_M[send_token.clamp(min=0)] * par.tp + par.tp_rank(r), neg_S)
     send_pos = torch.where(s_ok, (send_dest - r) % W, W)
-    _, l1_cs, l1_ce, n_c1, _ = _chunks(send_pos, n_send, W, pol.comm_rows, bounds["C1"])
+    _, l1_cs, l1_ce, n_c1, _ = _chunks(send_pos, n_send, W, pol.l1_chunk_rows, bounds["C1"])
 
     return RankPlan(
         rank=r, ep_rank=g, tp_rank=par.tp_rank(r),

@@ -295,7 +295,7 @@ def _chunk_table(a_ptr, n, cb, r, M, W, rows, C_max, src_ptr, start_ptr, end_ptr
 def _blocks(cumnb_ptr, off_ptr, scal_ptr, row_src_ptr, rb_ptr, B_max,
             l1e_ptr, l1s_ptr, l1end_ptr, l1c_ptr, C1,
             recv_ptr, c0src_ptr, c0s_ptr, c0e_ptr, per_src_ptr, C0_max, send_dest_ptr, c1s_ptr, c1e_ptr, C1_max,
-            E_loc, BM, r, M, W, rows, n_stat, n_l1, e_steps, u_steps,
+            E_loc, BM, r, M, W, rows, rows1, n_stat, n_l1, e_steps, u_steps,
             BB: tl.constexpr, BMP: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
     n_rb = tl.load(scal_ptr + SC_PERCOL)
@@ -332,7 +332,7 @@ def _blocks(cumnb_ptr, off_ptr, scal_ptr, row_src_ptr, rb_ptr, B_max,
             _chunk_table(recv_ptr, tl.load(scal_ptr + SC_RECV), cb, r, M, W, rows, C0_max, c0src_ptr, c0s_ptr,
                          c0e_ptr, per_src_ptr, scal_ptr + SC_L0C, u_steps, True, WB, BC)
         else:
-            _chunk_table(send_dest_ptr, tl.load(scal_ptr + SC_SENDS), cb - n0, r, M, W, rows, C1_max, c0src_ptr,
+            _chunk_table(send_dest_ptr, tl.load(scal_ptr + SC_SENDS), cb - n0, r, M, W, rows1, C1_max, c0src_ptr,
                          c1s_ptr, c1e_ptr, per_src_ptr, scal_ptr + SC_L1C, u_steps, False, WB, BC)
 
 

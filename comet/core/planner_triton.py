@@ -134,7 +134,7 @@ def plan_ranks(routing: Routing, model: ModelConfig, par: ParallelConfig, pol: P
                 t["l1_tile_expert_T"], t["l1_tile_row_start_T"], t["l1_tile_row_end_T"], t["l1_tile_col_T"], C1,
                 t["recv_token_U"], t["l0_chunk_src_C"], t["l0_chunk_start_C"], t["l0_chunk_end_C"],
                 t["l0_chunks_per_src_W"], CC0, t["send_dest_S"], t["l1_chunk_start_C"], t["l1_chunk_end_C"], CC1,
-                E_loc, pol.block_m, r, M, W, pol.comm_rows, n_stat, n_l1, e_steps, u_steps,
+                E_loc, pol.block_m, r, M, W, pol.comm_rows, pol.l1_chunk_rows, n_stat, n_l1, e_steps, u_steps,
                 BB=BB, BMP=BMP, BL=BL, BC=BC, WB=WB)
         _launch(_l0_tiles, (_cdiv(B, 32),), t["rb"], t["scalars"], B, t["l0_tile_expert_T"],
                 t["l0_tile_row_start_T"], t["l0_tile_row_end_T"], t["l0_tile_col_T"], t["l0_tile_src_mask_T"],

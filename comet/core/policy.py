@@ -46,7 +46,8 @@ class Policy:
     rows themselves; nc_layer0 is ignored). nc_layer0 / nc_layer1: communication programs (SMs) of each
     fused kernel. block_m, block_n0, block_n1: tile rows and layer0 / layer1 tile columns; any size >= 1 for
     the simulator, a power of two >= 16 for the GPU kernels (`kernel_tile_problem`). group_m: row blocks
-    swizzled together for L2 reuse. comm_rows: rows per communication chunk. copy_engine_reserved_sms: SMs
+    swizzled together for L2 reuse. comm_rows: rows per communication chunk; l1_comm_rows: sends per layer1
+    chunk (the sends of one layer1 communication item), 0: comm_rows (`l1_chunk_rows`). copy_engine_reserved_sms: SMs
     the layer0 GEMM leaves free under "copy-engine", so that a copy or flag write that needs an SM can run.
     l1_tail: once layer1's GEMM has ended, its SMs take the (column block, send chunk) items that the n_c
     communication programs have not claimed yet (a launch of as many programs as the GEMM's, after it:
@@ -64,6 +65,7 @@ class Policy:
     block_n1: int = 128
     group_m: int = 4
     comm_rows: int = 64
+    l1_comm_rows: int = 0
     copy_engine_reserved_sms: int = 8
     l1_tail: bool = True
 
@@ -75,6 +77,8 @@ class Policy:
         for f in ("block_m", "block_n0", "block_n1", "group_m", "comm_rows"):
             if getattr(self, f) < 1:
                 raise ValueError(f"policy {f} must be >= 1, got {getattr(self, f)}")
+        if self.l1_comm_rows < 0:
+            raise ValueError(f"policy l1_comm_rows must be >= 0 (0: comm_rows), got {self.l1_comm_rows}")
         if self.nc_layer0 < 0 or self.nc_layer1 < 0:
             raise ValueError("nc_layer0 and nc_layer1 must be >= 0")
         if not isinstance(self.l1_tail, bool):
@@ -82,6 +86,11 @@ class Policy:
                              f"it) or False (the n_c programs do all)")
         if self.copy_engine_reserved_sms < 0:
             raise ValueError(f"copy_engine_reserved_sms must be >= 0, got {self.copy_engine_reserved_sms}")
+
+    @property
+    def l1_chunk_rows(self) -> int:
+        """Sends per layer1 communication chunk: l1_comm_rows, or comm_rows where it is 0."""
+        return self.l1_comm_rows or self.comm_rows
 
     def replace(self, **changes) -> Policy:
         return dataclasses.replace(self, **changes)
