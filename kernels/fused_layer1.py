@@ -200,9 +200,7 @@ def fused_layer1(ws, plan, rank: int, w1_EKN: torch.Tensor, *, h_RK: torch.Tenso
     if impl == "gluon" and why is not None:
         raise ValueError(f"fused_layer1 impl='gluon' cannot run this call: {why}; use impl='auto' or 'triton'")
     if why is None:
-        fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs,
-                                  tail_programs=num_programs * comm.tail_per_sm if pol.l1_tail else 0, comm=comm,
-                                  send_block=comm.send_block_for(dev, own_launch=True),
+        fused_layer1_gluon.launch(ws, plan, rank, h, w1_EKN, y, num_programs=num_programs, comm=comm,
                                   max_spin=ws.max_spin if max_spin is None else max_spin)
         return y
     if a_tma is None:

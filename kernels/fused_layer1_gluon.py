@@ -87,11 +87,12 @@ def _layer1_comm_kernel(
 
 
 def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.Tensor, *, num_programs: int,
-           tail_programs: int, comm: CommConfig, send_block: int, max_spin: int) -> None:
+           comm: CommConfig, max_spin: int) -> None:
     """Both kernels of the module docstring for `rank` (kernels.fused_layer1.fused_layer1 has checked the
-    operands and that the Gluon kernel supports them). The GEMM runs without its split tail, so that y does
-    not depend on the program count (bitwise reproducible whatever n_c), and with its loader partition (as the
-    GEMM alone runs where it splits: ws_tma)."""
+    operands and that the Gluon kernel supports them), and with Policy.l1_tail the tail: comm.tail_per_sm
+    programs per GEMM program. The GEMM runs without its split tail, so that y does not depend on the program
+    count (bitwise reproducible whatever n_c), and with its loader partition (as the GEMM alone runs where it
+    splits: ws_tma)."""
     from kernels.gluon_gemm import grouped_gemm_hopper  # Gluon's Hopper API: only where supported
 
     pol = plan.policy
@@ -109,7 +110,8 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
         grouped_gemm_hopper(h, w1_EKN, tiles, y, block_m=pol.block_m, block_n=pol.block_n1, activation="none",
                             num_programs=min(num_programs, max_tiles),
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=True), col_counts=counts)
-    nc = plan.policy.nc_layer1
+    nc = pol.nc_layer1
+    tail_programs = num_programs * comm.tail_per_sm if pol.l1_tail else 0
     total = nc + tail_programs
     # the tail: once the GEMM has ended (stream order), its programs take every item still unclaimed; they
     # have a shape of their own (CommConfig.tail_*), which changes no sum
@@ -119,8 +121,8 @@ def launch(ws, plan, rank: int, h: torch.Tensor, w1_EKN: torch.Tensor, y: torch.
                     send_block=comm.tail_send_block_for(y.device), max_spin=max_spin)
     side.wait_event(fork)  # (not on the GEMM: the two run side by side)
     with torch.cuda.stream(side):
-        launch_comm(ws, plan, rank, y, programs=nc, total_programs=total, comm=comm, send_block=send_block,
-                    max_spin=max_spin)
+        launch_comm(ws, plan, rank, y, programs=nc, total_programs=total, comm=comm,
+                    send_block=comm.send_block_for(y.device, own_launch=True), max_spin=max_spin)
     here.wait_stream(side)
 
 
