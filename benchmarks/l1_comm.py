@@ -151,12 +151,11 @@ def _measure(world, p, y, v, reference, moved, copy_gbps, torch_us) -> dict:
     def set_counts(p=p, counts=counts):
         flags[lay.l1_col: lay.l1_col + p.l1_col_blocks].copy_(counts)
 
-    scope = {} if v["scope"] == "sys" else {"signal_scope": v["scope"]}  # (the default: any kernel version)
-
     def call(p=p, comm=comm, v=v, set_counts=set_counts):
         set_counts()
         fused_layer1_gluon.launch_comm(world, p, 0, y, programs=v["programs"], total_programs=v["programs"],
-                                       comm=comm, send_block=v["send_block"], max_spin=world.max_spin, **scope)
+                                       comm=comm, send_block=v["send_block"], max_spin=world.max_spin,
+                                       signal_scope=v["scope"])
 
     for d in range(W):
         world.buffers(d).combine_MLN.fill_(float("nan"))
