@@ -195,12 +195,18 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         emit("l1", impl, _graph_us(fn), "graph", flops1, moved, block="128x128")
         emit("l1", impl, _eager_us(fn), "eager", flops1, moved, block="128x128")
     yref = y_ref[:R].clone()
+    plans1 = {}  # Policy.l1_comm_rows -> its Plan (layer1's chunks are the Plan's)
     for nc in NC1:
         for name, impl in L1_IMPLS:
             for cfg in l1_configs if nc in sweep_nc else ({},):
                 changes = dict(cfg)
-                p = dataclasses.replace(plan, policy=policy.replace(nc_layer1=nc,
-                                                                    l1_tail=changes.pop("l1_tail", True)))
+                rows1 = changes.pop("l1_comm_rows", 0)
+                if rows1 not in plans1:
+                    plans1[rows1] = plan if rows1 == 0 else make_plan(routing, model, par, HW,
+                                                                      policy.replace(l1_comm_rows=rows1))
+                p1 = plans1[rows1]
+                p = dataclasses.replace(p1, policy=p1.policy.replace(nc_layer1=nc,
+                                                                     l1_tail=changes.pop("l1_tail", True)))
                 comm = GPU_COMM.replace(**changes)
                 fn = lambda p=p, comm=comm, impl=impl: fused_layer1(world, p, r0, w1, comm=comm, impl=impl)
                 fn()
@@ -257,12 +263,14 @@ def torch_reduce_and_send(world, plan, rank: int, y: torch.Tensor):
 
 
 BOOL_FIELDS = ("pipelined", "l1_tail", "pull_to_rows")
+POLICY_FIELDS = ("l1_tail", "l1_comm_rows")  # the Policy's, not CommConfig's
 
 
 def parse_comm_changes(text: str) -> dict:
     """'pipelined=0,send_block=16' -> {"pipelined": False, "send_block": 16}, checked by CommConfig; 'default' -> {}.
-    l1_tail=0|1 is the Policy's field of that name (the tail of communication programs after the GEMM)."""
-    fields = [f.name for f in dataclasses.fields(CommConfig)] + ["l1_tail"]
+    l1_tail=0|1 and l1_comm_rows=SENDS are the Policy's fields of those names (the tail of communication programs
+    after the GEMM; sends per layer1 chunk, 0: comm_rows)."""
+    fields = [f.name for f in dataclasses.fields(CommConfig)] + list(POLICY_FIELDS)
     out = {}
     if text == "default":
         return out
@@ -271,7 +279,9 @@ def parse_comm_changes(text: str) -> dict:
         if key not in fields or not value.lstrip("-").isdigit():
             raise SystemExit(f"--l1-configs item {kv!r}: use FIELD=INT with FIELD one of {', '.join(fields)}")
         out[key] = bool(int(value)) if key in BOOL_FIELDS else int(value)
-    GPU_COMM.replace(**{k: v for k, v in out.items() if k != "l1_tail"})  # a bad value says what is wrong here
+    GPU_COMM.replace(**{k: v for k, v in out.items() if k not in POLICY_FIELDS})  # a bad value says what is wrong
+    if out.get("l1_comm_rows", 0) < 0:
+        raise SystemExit(f"--l1-configs l1_comm_rows={out['l1_comm_rows']}: use a count of sends >= 0 (0: comm_rows)")
     return out
 
 
@@ -283,8 +293,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
     ap.add_argument("--l1-configs", default="",
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
-                         f"comma list of kernels.options.CommConfig fields FIELD=INT (or the Policy's l1_tail), or "
-                         f"'default' (e.g. 'default;send_block=16;pipelined=0,send_block=16;l1_tail=0'); default: "
+                         f"comma list of kernels.options.CommConfig fields FIELD=INT (or the Policy's l1_tail, "
+                         f"l1_comm_rows), or 'default' (e.g. 'default;send_block=16;l1_comm_rows=256;l1_tail=0'); "
+                         f"default: "
                          f"the default alone")
     ap.add_argument("--l0-configs", default="",
                     help="layer0 communication configs of the Gluon form (pull_rows, pull_cols, num_warps), swept at "
@@ -297,8 +308,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     l1_configs = [parse_comm_changes(c) for c in a.l1_configs.split(";") if c] or [{}]
     l0_configs = [parse_comm_changes(c) for c in a.l0_configs.split(";") if c] or [{}]
-    if any("l1_tail" in c for c in l0_configs):
-        raise SystemExit("--l0-configs: l1_tail is a layer1 field; give it in --l1-configs")
+    if any(k in c for c in l0_configs for k in POLICY_FIELDS):
+        raise SystemExit(f"--l0-configs: {' and '.join(POLICY_FIELDS)} are layer1 fields; give them in --l1-configs")
     try:
         sweep_nc = tuple(int(v) for v in a.l1_sweep_nc.split(","))
     except ValueError:

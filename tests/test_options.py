@@ -88,7 +88,8 @@ def test_fused_layers_benchmark_parses_comm_changes():
     from benchmarks.fused_layers import parse_comm_changes
 
     assert parse_comm_changes("pipelined=0,send_block=16") == {"pipelined": False, "send_block": 16}
-    for bad in ("PIPELINE=2", "gather_3d=1", "send_block=x", "send_block=24"):
+    assert parse_comm_changes("l1_comm_rows=256,l1_tail=0") == {"l1_comm_rows": 256, "l1_tail": False}
+    for bad in ("PIPELINE=2", "gather_3d=1", "send_block=x", "send_block=24", "l1_comm_rows=-4"):
         with pytest.raises((SystemExit, ValueError)):
             parse_comm_changes(bad)
 
