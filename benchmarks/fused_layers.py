@@ -152,7 +152,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         emit("l0", impl, _graph_us(fn), "graph", flops0, moved, block=f"128x{policy.block_n0}")
         emit("l0", impl, _eager_us(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
     href = h_ref[:R].clone()
-    for nc, (name, impl) in itertools.product(NC0, L0_IMPLS):
+    for nc, (impl_name, impl) in itertools.product(NC0, L0_IMPLS):
         for cfg in l0_configs if impl == "gluon" else ({},):
             p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
             comm = GPU_COMM.replace(**cfg)
@@ -161,8 +161,8 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
             fn()
             err = _rel_err(world.buffers(r0).h_RK[:R], href)
             note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
-            emit("l0", name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
-            emit("l0", name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
+            emit("l0", impl_name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
+            emit("l0", impl_name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
     fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
     fn()
     err = _rel_err(world.buffers(r0).h_RK[:R], href)
@@ -197,7 +197,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     yref = y_ref[:R].clone()
     plans1 = {}  # Policy.l1_comm_rows -> its Plan (layer1's chunks are the Plan's)
     for nc in NC1:
-        for name, impl in L1_IMPLS:
+        for impl_name, impl in L1_IMPLS:
             for cfg in l1_configs if nc in sweep_nc else ({},):
                 changes = dict(cfg)
                 rows1 = changes.pop("l1_comm_rows", 0)
@@ -212,8 +212,8 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
                 fn()
                 err = _rel_err(world.buffers(r0).y_RN[:R], yref)
                 note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
-                emit("l1", name, _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
-                emit("l1", name, _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
+                emit("l1", impl_name, _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
+                emit("l1", impl_name, _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
     world.reset()
 
     # --- owner's reduce: every rank's layer1 once, then rank 0's reduce timed once per round

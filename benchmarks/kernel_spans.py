@@ -1,12 +1,13 @@
 """Where a fused layer's time goes, kernel by kernel: the start and duration of every kernel one call launches
 (both streams), from the CUDA profiler (torch.profiler / CUPTI), for the Gluon forms of both fused layers and
-their GEMM alone, in the emulated world of benchmarks.fused_layers (one GPU, rank 0, bf16).
+their GEMM alone, in the emulated world of benchmarks.fused_layers (one GPU, rank 0, bf16). Per call (after
+a warm-up call; CUDA-graph replays by default, as benchmarks.fused_layers times them), a CSV row per kernel:
+start_us (from the call's first kernel start), dur_us, stream; and one Chrome trace per case and layer at the
+last n_c (opens in Perfetto: ui.perfetto.dev).
 
 The fused kernels' own tile timeline (kernels/timeline.py) instruments the one-launch tl kernels; this one
 needs no instrumentation, so it sees the Gluon forms as they run: layer0's pull kernel, its tail GEMM and the
-GEMM beside them, layer1's communication kernel, GEMM and tail, and any copy before them. Per call (after a
-warm-up call), a CSV row per kernel: start_us (from the call's first kernel start), dur_us, stream; and one
-Chrome trace per case and layer at the last n_c (opens in Perfetto: ui.perfetto.dev).
+GEMM beside them, layer1's communication kernel, GEMM and tail, and any copy before them.
 
     python -m benchmarks.kernel_spans --out results/kernel_spans --tag h200_<date>
 """
@@ -37,19 +38,31 @@ from kernels.moe import stage_tokens
 from kernels.timing import device_line
 from kernels.workspace import EmulatedWorld
 
-FIELDS = ["model", "tokens_M", "ep", "routing", "layer", "impl", "nc", "l1_comm_rows", "call", "kernel", "stream",
-          "start_us", "dur_us", "end_us"]
+FIELDS = ["model", "tokens_M", "ep", "routing", "timing", "layer", "impl", "nc", "l1_comm_rows", "call", "kernel",
+          "stream", "start_us", "dur_us", "end_us"]
 
 
-def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None) -> list[list[dict]]:
+def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool = True) -> list[list[dict]]:
     """fn's kernels in each of `calls` profiled calls (after one unprofiled call): per call a list of
-    {kernel, stream, start_us, dur_us, end_us}, times from the call's first kernel start."""
+    {kernel, stream, start_us, dur_us, end_us}, times from the call's first kernel start. graph: each call a
+    replay of fn captured in a CUDA graph (as benchmarks.fused_layers times it: no host gaps between the
+    launches); else eager calls (the host's launch gaps show)."""
     fn()
     torch.cuda.synchronize()
+    call = fn
+    if graph:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+        torch.cuda.synchronize()
+        call = g.replay
+        call()
+        torch.cuda.synchronize()
     out = []
     for i in range(calls):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            fn()
+            call()
             torch.cuda.synchronize()
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             prof.export_chrome_trace(f.name)
@@ -64,7 +77,8 @@ def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None) -> list[lis
     return out
 
 
-def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, l1_rows, trace_dir: Path, log):
+def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, l1_rows, trace_dir: Path, log,
+             graph: bool = True):
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
@@ -75,8 +89,11 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
     x = torch.randn(M, model.hidden_N, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     stage_tokens(world, x.bfloat16(), M)
     r0 = 0
-    base = {"model": name, "tokens_M": M, "ep": ep, "routing": routing_kind}
+    base = {"model": name, "tokens_M": M, "ep": ep, "routing": routing_kind, "timing": "graph" if graph else "eager"}
     stem = f"{name}_{M}_ep{ep}_{routing_kind}"
+
+    def spans(fn, trace=None):
+        return kernel_spans(fn, trace_path=trace, graph=graph)
 
     def emit(layer, impl, nc, rows, spans_by_call):
         for call, spans in enumerate(spans_by_call):
@@ -91,26 +108,25 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
     rp = plan.rank(r0)
     w0, w1 = shards[r0].w0_ENK, shards[r0].w1_EKN
     h_ref = torch.empty(rp.row_token_R.numel(), plan.ffn_local, device="cuda", dtype=torch.bfloat16)
-    emit("l0", "gemm_alone", "", "", kernel_spans(
+    emit("l0", "gemm_alone", "", "", spans(
         lambda: gg.grouped_gemm_layer0(plan, r0, world.buffers(r0).recv_MN, w0, out_RK=h_ref)))
     for i, nc in enumerate(nc0s):
         p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
         trace = trace_dir / f"{stem}_l0_nc{nc}.json" if i == len(nc0s) - 1 else None
-        emit("l0", "gluon", nc, "", kernel_spans(
-            lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks", impl="gluon"), trace_path=trace))
+        emit("l0", "gluon", nc, "", spans(lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks", impl="gluon"),
+                                          trace))
     world.check()
     for r in range(par.world_size):  # every rank's layer0 output: layer1's real inputs
         fused_layer0(world, plan, r, shards[r].w0_ENK, variant="direct")
     h0 = world.buffers(r0).h_RK[: rp.row_token_R.numel()]
     y = torch.empty(rp.row_token_R.numel(), model.hidden_N, device="cuda", dtype=torch.bfloat16)
-    emit("l1", "gemm_alone", "", "", kernel_spans(lambda: gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y)))
+    emit("l1", "gemm_alone", "", "", spans(lambda: gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y)))
     for rows in l1_rows:
         p1 = plan if rows == 0 else make_plan(routing, model, par, HW, policy.replace(l1_comm_rows=rows))
         for i, nc in enumerate(nc1s):
             p = dataclasses.replace(p1, policy=p1.policy.replace(nc_layer1=nc))
             trace = trace_dir / f"{stem}_l1_nc{nc}_rows{rows}.json" if i == len(nc1s) - 1 else None
-            emit("l1", "gluon", nc, rows, kernel_spans(lambda p=p: fused_layer1(world, p, r0, w1, impl="gluon"),
-                                                      trace_path=trace))
+            emit("l1", "gluon", nc, rows, spans(lambda p=p: fused_layer1(world, p, r0, w1, impl="gluon"), trace))
     world.reset()
 
 
@@ -132,6 +148,7 @@ def main(argv=None) -> None:
     ap.add_argument("--nc1", default="4,8,16", help="layer1 n_c values (default %(default)s)")
     ap.add_argument("--l1-comm-rows", default="0", help="Policy.l1_comm_rows values, sends per layer1 chunk "
                                                         "(0: comm_rows; default %(default)s)")
+    ap.add_argument("--eager", action="store_true", help="eager calls instead of CUDA-graph replays")
     a = ap.parse_args(argv)
     try:
         cases = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in a.cases.split(",")]
@@ -157,7 +174,7 @@ def main(argv=None) -> None:
         writer.writeheader()
         for name, M, ep in cases:
             try:
-                run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log)
+                run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager)
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
             f.flush()

@@ -42,13 +42,13 @@ Gluon kernel) wherever that one does not split its tail either.
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from comet.core.jit import jit
 from kernels.fused_layer0_comm import pull_chunks, pull_sends
 from kernels.grouped_gemm import PREGATHER_MIN_COLS, _tiles
 from kernels.options import L0_TAIL_PCT, CommConfig, GemmOptions
-from kernels.row_gather import gather_rows
 from kernels.signals import finish_program
 
 
@@ -89,6 +89,39 @@ def _layer0_pull_rows_kernel(
         tl.atomic_xchg(flags_ptr + done_off, 0, sem="relaxed", scope="gpu")
 
 
+_OWN_BLOCK_R = 16
+
+
+@jit(specialise=("x_ptr", "out_ptr", "D", "stride_x", "stride_out"))
+def _own_rows_kernel(x_ptr, out_ptr, row_token_ptr, row_src_ptr, n_rows, D, stride_x, stride_out, rank, world,
+                     chunk_start_ptr, num_chunks_ptr, max_chunks, send_dest_ptr, n_sends, targets_ptr,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, W_POW2: tl.constexpr):
+    """pull_to_rows's start (`_rows_in_place`): out[r] = x[row_token[r]] for the rows whose token this rank
+    owns (row_src[r] == rank); and, in program (0, 0), targets[s] = the send chunks whose owner s is another
+    rank (live chunks: the first num_chunks), the value flag[s] reaches once s's rows have all been pulled."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    live = r < n_rows
+    tok = tl.load(row_token_ptr + r, mask=live, other=0)
+    own = tl.load(row_src_ptr + r, mask=live, other=-1) == rank
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = own[:, None] & (d < D)[None, :]
+    v = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_x + d[None, :], mask=mask)
+    tl.store(out_ptr + r.to(tl.int64)[:, None] * stride_out + d[None, :], v, mask=mask)
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        num = tl.minimum(tl.load(num_chunks_ptr), max_chunks)
+        w = tl.arange(0, W_POW2)
+        count = tl.zeros([W_POW2], dtype=tl.int64)
+        for c0 in range(0, num, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            cm = c < num  # (no sends: no live chunks either)
+            start = tl.load(chunk_start_ptr + c, mask=cm, other=0)
+            start = tl.minimum(tl.maximum(start, 0), tl.maximum(n_sends - 1, 0))
+            dest = tl.load(send_dest_ptr + start, mask=cm, other=-1)
+            hit = (dest[:, None] == w[None, :]) & (cm & (dest != rank))[:, None]
+            count += tl.sum(hit.to(tl.int64), axis=0)
+        tl.store(targets_ptr + w, count, mask=w < world)
+
+
 def gemm_programs(plan, rank: int, num_programs: int) -> int:
     """The GEMM programs the Gluon form launches (none without tiles: then the pull programs count alone)."""
     return min(num_programs, plan.rank(rank).l0_tile_expert_T.numel())
@@ -124,8 +157,9 @@ def launch(ws, plan, rank: int, w0_ENK: torch.Tensor, out_RK: torch.Tensor, *, a
                             options=GemmOptions(impl="gluon", split_tail=False, ws_tma=to_rows),
                             wait_sources=waits, tile_part=part)
 
-    # the tail's share of the tiles: l0_tail_pct of tail_programs' even share among all GEMM programs
-    share = (tail_pct * tail_programs, 100 * (programs + tail_programs))
+    # the tail's share of the tiles: l0_tail_pct of tail_programs' even share among all GEMM programs, and the
+    # head's last few tiles where they fit the tail's waves (comet.core.tile_split.tail_tiles)
+    share = (tail_pct * tail_programs, 100 * (programs + tail_programs), programs, tail_programs)
     side = ws.side_stream(rank)
     side.wait_stream(here)
     with torch.cuda.stream(side):
@@ -144,17 +178,19 @@ def _rows_in_place(buf, rp, rank: int, world: int):
     """CommConfig.pull_to_rows: A is the shared tensor in shared-row order, in the layer1 GEMM's output buffer
     y_RN (free until layer1 runs, after this layer on the same stream); this rank's own tokens are copied into
     their rows here, on the caller's stream (a full-GPU copy at memory speed, before the pulls begin). Returns
-    A, no gather table, and what each source's arrival flag reaches: its send chunks (0 for this rank)."""
-    R_max = rp.row_token_R.numel()
+    A, no gather table, and what each source's arrival flag reaches: its send chunks (0 for this rank). One
+    launch (`_own_rows_kernel`): in a graph every small launch costs a node's latency."""
+    R_max, D = rp.row_token_R.numel(), buf.recv_MN.shape[1]
     a = buf.y_RN[:R_max]
-    gather_rows(buf.recv_MN, torch.where(rp.row_src_R == rank, rp.row_token_R, -1), out=a)
-    starts = rp.l1_chunk_start_C
-    live = torch.arange(starts.numel(), device=starts.device) < rp.num_l1_chunks
-    dest = rp.send_dest_S[starts.clamp(0, rp.send_dest_S.numel() - 1)]
-    dest = torch.where(live & (dest != rank), dest, world)  # own chunks: copied above, never counted
-    targets = torch.zeros(world + 1, dtype=torch.int64, device=starts.device)
-    targets.scatter_add_(0, dest, torch.ones_like(dest))
-    return a, None, targets[:world]
+    targets = torch.empty(world, dtype=torch.int64, device=a.device)
+    block_d = min(triton.next_power_of_2(D), 2048 // a.element_size())  # up to 2 KB of each row per program
+    grid = (max(triton.cdiv(R_max, _OWN_BLOCK_R), 1), triton.cdiv(D, block_d))
+    _own_rows_kernel[grid](
+        buf.recv_MN, a, rp.row_token_R, rp.row_src_R, R_max, D, buf.recv_MN.stride(0), a.stride(0), rank, world,
+        rp.l1_chunk_start_C, rp.num_l1_chunks, rp.l1_chunk_start_C.numel(), rp.send_dest_S, rp.send_dest_S.numel(),
+        targets, BLOCK_R=_OWN_BLOCK_R, BLOCK_D=block_d, BLOCK_C=128, W_POW2=triton.next_power_of_2(world),
+        num_warps=4)
+    return a, None, targets
 
 
 def launch_pull(ws, plan, rank: int, *, comm: CommConfig, done_total: int) -> None:

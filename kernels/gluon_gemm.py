@@ -224,15 +224,23 @@ def _store_last_tile(c_desc, c_smem, c_ptr, p_row0, p_row_end, p_col0, D_OUT, st
 
 
 @gluon.jit
-def _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, TILE_PART: gl.constexpr):
+def _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, part_head, part_tail, TILE_PART: gl.constexpr):
     """The tiles of this launch as (first, count): all of them (TILE_PART 0); or of the table's T tiles the
-    last `tail` = T * part_num // part_den go to a second launch (TILE_PART 2: tiles [T - tail, T)) and the
-    rest stay here (TILE_PART 1: tiles [0, T - tail)). Computed from the device's tile count in both launches,
-    so neither needs the host to know it."""
+    last `tail` go to a second launch (TILE_PART 2: tiles [T - tail, T)) and the rest stay here (TILE_PART 1:
+    tiles [0, T - tail)): tail = T * part_num // part_den, plus the head's last few tiles where the tail's
+    part_tail programs take them without another wave (comet.core.tile_split.tail_tiles, the same arithmetic;
+    part_head: the head launch's programs). Computed from the device's tile count in both launches, so neither
+    needs the host to know it."""
     T = gl.minimum(gl.load(num_tiles_ptr).to(gl.int32), max_tiles)
     first = 0 * T
     if TILE_PART != 0:
         tail = ((T.to(gl.int64) * part_num) // part_den).to(gl.int32)
+        if (part_head > 0) & (part_tail > 0):
+            extra = (T - tail) % gl.maximum(part_head, 1)
+            waves = (tail + part_tail - 1) // gl.maximum(part_tail, 1)
+            if (extra > 0) & (extra <= part_tail) & ((tail + extra + part_tail - 1) // gl.maximum(part_tail, 1)
+                                                      == waves):
+                tail = tail + extra
         if TILE_PART == 1:
             T = T - tail
         else:
@@ -662,6 +670,7 @@ def _grouped_gemm_hopper_kernel(
     tile_expert_ptr, tile_row_start_ptr, tile_row_end_ptr, tile_col_ptr, num_tiles_ptr, ws_ptr, cnt_ptr, count_ptr,
     tile_src_ptr, flag_ptr, flag_target_ptr, status_ptr, done_ptr,
     max_tiles, D_IN, D_OUT, up_col, stride_am, stride_cm, rank, world, max_spin, done_total, part_num, part_den,
+    part_head, part_tail,
     ACTIVATION: gl.constexpr, GATHER: gl.constexpr, NUM_BUFFERS: gl.constexpr, FAST_GELU: gl.constexpr,
     LOADER_WARPS: gl.constexpr, LOADER_REGS: gl.constexpr, SPLIT_TAIL: gl.constexpr, COUNT_COLS: gl.constexpr,
     WAIT_SOURCES: gl.constexpr, TILE_PART: gl.constexpr, num_warps: gl.constexpr,
@@ -682,7 +691,7 @@ def _grouped_gemm_hopper_kernel(
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
     N_B: gl.constexpr = 2 if ACTIVATION == 2 else 1  # swiglu: gate and up columns
-    first, T = _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, TILE_PART)
+    first, T = _tile_part(num_tiles_ptr, max_tiles, part_num, part_den, part_head, part_tail, TILE_PART)
     if TILE_PART != 0:
         tile_expert_ptr += first
         tile_row_start_ptr += first
@@ -731,7 +740,7 @@ def _grouped_gemm_hopper_kernel(
 def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_m: int, block_n: int,
                         activation: str, num_programs: int, a_rows_R=None, options: GemmOptions,
                         block_k: int = 64, col_counts=None, wait_sources=None,
-                        tile_part: tuple[int, int, int] = (0, 0, 1)) -> torch.Tensor:
+                        tile_part: tuple[int, ...] = (0, 0, 1)) -> torch.Tensor:
     """Launch the kernel; the caller (kernels.grouped_gemm.grouped_gemm) has checked the operands and
     `kernels.gluon_host.supports`. out[r] = act(a[row(r)] @ b_EIO[e(r)]) for the tiles' rows, row(r) =
     a_rows_R[r] if given (gathered by cp.async) else r (TMA); swiglu reads gate columns [0, D_OUT) and up
@@ -741,13 +750,15 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
     output column block: each finished tile adds 1 to its column block's count once its rows are stored
     (release at GPU scope; stored by plain stores, not TMA: see `_store_tile`). wait_sources: a `SourceWaits`:
     each tile's loads wait until the source ranks of its rows have arrived (needs the loader partition: a
-    gathered A with ws_gather, or an A in place with ws_tma or a split). tile_part (part, num, den): part 0
-    runs every tile; of T tiles, part 1 runs the first T - T * num // den and part 2 the rest (two launches
-    that share one tile table: `_tile_part`). Returns out."""
-    part, part_num, part_den = tile_part
-    if part not in (0, 1, 2) or not 0 <= part_num <= part_den or part_den < 1:
-        raise ValueError(f"tile_part={tile_part!r}: use (0, 0, 1) for all tiles, or (1 or 2, num, den) with "
-                         f"0 <= num <= den for the head or the tail num/den of them")
+    gathered A with ws_gather, or an A in place with ws_tma or a split). tile_part (part, num, den[, head,
+    tail]): part 0 runs every tile; of T tiles, part 1 runs the first T - tail and part 2 the last tail =
+    T * num // den, plus the head's last few where the tail's `tail` programs take them without another wave
+    when head and tail (the two launches' program counts) are given (two launches that share one tile table:
+    `_tile_part`). Returns out."""
+    part, part_num, part_den, part_head, part_tail = (*tile_part, 0, 0) if len(tile_part) == 3 else tile_part
+    if part not in (0, 1, 2) or not 0 <= part_num <= part_den or part_den < 1 or min(part_head, part_tail) < 0:
+        raise ValueError(f"tile_part={tile_part!r}: use (0, 0, 1) for all tiles, or (1 or 2, num, den[, head, "
+                         f"tail]) with 0 <= num <= den for the head or the tail num/den of them")
     E, D_IN, D_OUT_B = b_EIO.shape
     D_OUT = out.shape[1]
     gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[a.dtype]
@@ -778,7 +789,7 @@ def grouped_gemm_hopper(a, b_EIO, tiles: dict[str, torch.Tensor], out, *, block_
         *((cnt,) * 5 if w is None else (w.tile_src, w.flags, w.targets, w.status, w.done)),
         tiles["expert"].numel(), D_IN, D_OUT, D_OUT if n_b == 2 else 0, a.stride(0), out.stride(0),
         *((0, 0, 0, 0) if w is None else (w.rank, w.world, w.max_spin, w.done_total)), part_num, part_den,
-        ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
+        part_head, part_tail, ACTIVATION=ACTIVATIONS[activation], GATHER=gather, NUM_BUFFERS=nb,
         FAST_GELU=2 if fast_gelu == "packed" else int(fast_gelu),
         LOADER_WARPS=_LOADER_WARPS if loader else 0, LOADER_REGS=_LOADER_REGS, SPLIT_TAIL=split,
         COUNT_COLS=col_counts is not None, WAIT_SOURCES=w is not None, TILE_PART=part, num_warps=block_m // 16,

@@ -48,6 +48,7 @@ import simpy
 
 from comet.core.events import TRACK_COPY, TRACK_STREAM, K
 from comet.core.plan import Plan
+from comet.core.tile_split import tail_tiles
 from sim.engine import Stepper, SystemSim, block_hbm_bytes_per_us
 from sim.hardware_model import GBPS, copy_engine_gbps
 from sim.options import SimOptions
@@ -228,13 +229,14 @@ class CometSim(SystemSim):
     # ------------------------------------------------------------------------------------ layer0
     def _l0_tail_split(self, n_tiles: int, n_comp: int) -> tuple[int, int]:
         """(blocks, tiles) of layer0's tail (SimOptions.l0_tail_pct, "blocks" only): min(nc_layer0, n_comp) blocks
-        on the communication SMs, once every pull has ended, run the last n_tiles * pct * blocks // (100 *
-        (n_comp + blocks)) tiles: pct of an even per-SM share (kernels/fused_layer0_gluon.py)."""
+        on the communication SMs, once every pull has ended, run the last tiles: pct of an even per-SM share,
+        and the head's last few where they fit the tail's waves (comet.core.tile_split.tail_tiles, the kernel's
+        arithmetic: kernels/fused_layer0_gluon.py)."""
         pct = self.options.l0_tail_pct
         if self.mode != "blocks" or not pct or self.nc0 < 1:
             return 0, 0
         blocks = min(self.nc0, n_comp)
-        return blocks, n_tiles * pct * blocks // (100 * (n_comp + blocks))
+        return blocks, tail_tiles(n_tiles, pct, n_comp, blocks)
 
     def _l0_tail(self, st: _Rank, comm: list, blocks: int, first: int, cause: int):
         """Layer0's tail: a GEMM launched on the communication stream after the pull kernel (all its blocks)
