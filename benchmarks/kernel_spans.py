@@ -42,19 +42,24 @@ FIELDS = ["model", "tokens_M", "ep", "routing", "timing", "layer", "impl", "nc",
           "stream", "start_us", "dur_us", "end_us"]
 
 
-def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool = True) -> list[list[dict]]:
+def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool = True,
+                 graph_calls: int = 1) -> list[list[dict]]:
     """fn's kernels in each of `calls` profiled calls (after one unprofiled call): per call a list of
     {kernel, stream, start_us, dur_us, end_us}, times from the call's first kernel start. graph: each call a
     replay of fn captured in a CUDA graph (as benchmarks.fused_layers times it: no host gaps between the
-    launches); else eager calls (the host's launch gaps show)."""
+    launches); else eager calls (the host's launch gaps show). graph_calls: fn captured that many times
+    back to back in the graph (as benchmarks.fused_layers' replays run it), each a call of its own here."""
     fn()
     torch.cuda.synchronize()
     call = fn
+    n_per = 1
     if graph:
+        n_per = graph_calls
         with torch.cuda.stream(torch.cuda.Stream()):
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                fn()
+                for _ in range(graph_calls):
+                    fn()
         torch.cuda.synchronize()
         call = g.replay
         call()
@@ -70,15 +75,18 @@ def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool
         kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
         if trace_path is not None and i == calls - 1:
             trace_path.write_text(json.dumps({"traceEvents": events}))
-        t0 = kernels[0]["ts"] if kernels else 0.0
-        out.append([{"kernel": e["name"][:60], "stream": e.get("args", {}).get("stream", e.get("tid")),
-                     "start_us": e["ts"] - t0, "dur_us": e["dur"], "end_us": e["ts"] - t0 + e["dur"]}
-                    for e in kernels])
+        per = len(kernels) // n_per  # the calls in one replay do not overlap (each ends joining its streams)
+        for j in range(n_per):
+            part = kernels[j * per:(j + 1) * per]
+            t0 = part[0]["ts"] if part else 0.0
+            out.append([{"kernel": e["name"][:60], "stream": e.get("args", {}).get("stream", e.get("tid")),
+                         "start_us": e["ts"] - t0, "dur_us": e["dur"], "end_us": e["ts"] - t0 + e["dur"]}
+                        for e in part])
     return out
 
 
 def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, l1_rows, trace_dir: Path, log,
-             graph: bool = True):
+             graph: bool = True, graph_calls: int = 1):
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
@@ -93,7 +101,7 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
     stem = f"{name}_{M}_ep{ep}_{routing_kind}"
 
     def spans(fn, trace=None):
-        return kernel_spans(fn, trace_path=trace, graph=graph)
+        return kernel_spans(fn, trace_path=trace, graph=graph, graph_calls=graph_calls)
 
     def emit(layer, impl, nc, rows, spans_by_call):
         for call, spans in enumerate(spans_by_call):
@@ -149,6 +157,8 @@ def main(argv=None) -> None:
     ap.add_argument("--l1-comm-rows", default="0", help="Policy.l1_comm_rows values, sends per layer1 chunk "
                                                         "(0: comm_rows; default %(default)s)")
     ap.add_argument("--eager", action="store_true", help="eager calls instead of CUDA-graph replays")
+    ap.add_argument("--graph-calls", type=int, default=1, help="calls captured back to back in one graph, each "
+                                                               "reported (default %(default)s)")
     a = ap.parse_args(argv)
     try:
         cases = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in a.cases.split(",")]
@@ -174,7 +184,8 @@ def main(argv=None) -> None:
         writer.writeheader()
         for name, M, ep in cases:
             try:
-                run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager)
+                run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager,
+                         max(a.graph_calls, 1))
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
             f.flush()

@@ -44,6 +44,7 @@ def test_gpu_kernel_spans_benchmark_runs(tmp_path):
     assert {(r["layer"], r["impl"]) for r in rows} == {("l0", "gemm_alone"), ("l0", "gluon"), ("l1", "gemm_alone"),
                                                        ("l1", "gluon")}
     fused1 = [r for r in rows if r["layer"] == "l1" and r["impl"] == "gluon" and r["call"] == "0"]
-    assert len({r["stream"] for r in fused1}) == 2, fused1  # the GEMM and the communication kernel side by side
+    # the GEMM beside the communication kernel (the tail may come on a stream of its own in a graph)
+    assert len({r["stream"] for r in fused1}) >= 2, fused1
     assert all(float(r["dur_us"]) > 0 and float(r["start_us"]) >= 0 for r in rows)
     assert list((tmp_path / "traces").glob("*.json"))
