@@ -182,7 +182,7 @@ def _rows_in_place(buf, rp, rank: int, world: int):
     launch (`_own_rows_kernel`): in a graph every small launch costs a node's latency."""
     R_max, D = rp.row_token_R.numel(), buf.recv_MN.shape[1]
     a = buf.y_RN[:R_max]
-    targets = torch.empty(world, dtype=torch.int64, device=a.device)
+    targets = buf.l0_targets_W
     block_d = min(triton.next_power_of_2(D), 2048 // a.element_size())  # up to 2 KB of each row per program
     grid = (max(triton.cdiv(R_max, _OWN_BLOCK_R), 1), triton.cdiv(D, block_d))
     _own_rows_kernel[grid](

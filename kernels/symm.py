@@ -110,7 +110,8 @@ class SymmetricWorkspace(Workspace):
             h_RK=torch.full((sz.rows, sz.ffn_local), float("nan"), dtype=dtype, device=device),
             y_RN=torch.full((sz.rows, sz.hidden), float("nan"), dtype=dtype, device=device),
             recv_ptrs_W=table(self._off_recv), combine_ptrs_W=table(self._off_comb),
-            sflag_ptrs_W=table(self._off_flags))
+            sflag_ptrs_W=table(self._off_flags),
+            l0_targets_W=torch.zeros(world, dtype=torch.int64, device=device))
         self._barrier_count = torch.zeros(1, dtype=torch.int32, device=device)  # see _barrier_kernel
         torch.cuda.synchronize(device)
         dist.barrier(group=self.group)

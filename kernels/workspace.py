@@ -149,6 +149,10 @@ class RankBuffers:
     recv_ptrs_W: torch.Tensor
     combine_ptrs_W: torch.Tensor
     sflag_ptrs_W: torch.Tensor
+    # int64 (W,): what each source's arrival flag reaches in layer0's pull_to_rows form, written by each call
+    # (kernels/fused_layer0_gluon.py); here, not allocated per call, so that no launch of a CUDA graph's next call
+    # can be handed its memory while this call's GEMM still reads it
+    l0_targets_W: torch.Tensor
 
 
 class Workspace:
@@ -317,7 +321,8 @@ class EmulatedWorld(Workspace):
                 flags_F=torch.zeros(lay.local_len, dtype=torch.int32, device=dev),
                 status=torch.zeros(STATUS_LEN, dtype=torch.int32, device=dev),
                 h_RK=_poisoned((sz.rows, sz.ffn_local), dtype, dev), y_RN=_poisoned((sz.rows, sz.hidden), dtype, dev),
-                recv_ptrs_W=recv_ptrs, combine_ptrs_W=comb_ptrs, sflag_ptrs_W=sflag_ptrs)
+                recv_ptrs_W=recv_ptrs, combine_ptrs_W=comb_ptrs, sflag_ptrs_W=sflag_ptrs,
+                l0_targets_W=torch.zeros(W, dtype=torch.int64, device=dev))
 
     def peer_recv(self, rank: int, peer: int) -> torch.Tensor:
         return self._bufs[peer].recv_MN
