@@ -38,8 +38,11 @@ NOTES = {
                      "wave tail per local expert: up to 6.3x for Qwen2-MoE at EP=1 (64 experts per GPU). Tutel moves "
                      "about Comet's bytes, so over it Comet gains its overlap only. The non-MoE part is modelled.",
     "fig09_cut": "Megatron-TE and FasterMoE within 20%; Megatron-Cutlass cut more (its loop over Qwen2-MoE's 8-64 "
-                 "local experts), Tutel less (its all-to-all and batched GEMM are near Comet's kernels, and its "
-                 "adaptive degree mostly picks no pipelining, see Fig. 11).",
+                 "local experts), Tutel far less: its all-to-all moves what Comet moves, its batched GEMM is near "
+                 "Comet's, and with NCCL's device latency at ~11 us (nccl-tests) its capacity chunks pipeline well "
+                 "(68.6% hidden at M=16384, Fig. 11), so the model leaves Comet little to gain over it. Not modelled "
+                 "and against Tutel: HBM contention slowing NCCL beside its GEMMs, cuBLAS's own per-shape "
+                 "efficiency on its chunk GEMMs.",
     "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass over a modelled forward, counting "
                   "the transfer and NCCL's device latency (~11 us per collective) as communication and torch's "
                   "call path after the host sync (the rest of the 55 us measured per torch collective) as overhead. "
