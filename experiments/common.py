@@ -36,7 +36,7 @@ from comet.core.policy import Policy
 from comet.tuning.sweep import best_nc
 from experiments import pool
 from sim.options import SimOptions
-from sim.pipelined_moe import FASTERMOE_DEGREE
+from sim.pipelined_moe import fastermoe_degree
 from sim.run import make_case, simulate, with_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def compare_systems(plans: Plan | dict[str, Plan], quick: bool = False, options:
         for s in ("megatron-cutlass", "megatron-te"):
             keep(simulate(plan, s, opts), 1, math.nan, label)
         if plan.parallel.tp == 1:
-            keep(simulate(plan, "fastermoe", opts), FASTERMOE_DEGREE, math.nan, label)
+            keep(simulate(plan, "fastermoe", opts), fastermoe_degree(plan.world_size), math.nan, label)
             q, tutel = fastest(plan, "tutel", QUICK_TUTEL_DEGREES if quick else TUTEL_DEGREES, opts)
             keep(tutel, q, math.nan, label)
     comet = best["comet"][0]

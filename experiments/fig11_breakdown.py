@@ -20,7 +20,7 @@ import numpy as np
 from comet.tuning.sweep import best_nc
 from experiments import common
 from sim.options import SimOptions
-from sim.pipelined_moe import FASTERMOE_DEGREE
+from sim.pipelined_moe import fastermoe_degree
 from sim.result import SimResult, union_length
 from sim.run import make_case, simulate, with_policy
 
@@ -57,7 +57,7 @@ def run_case(case: dict, hw: str, quick: bool) -> list[dict]:
     runs += [("chunked", c, math.nan, simulate(plan, "chunked", opts.replace(chunks=c)))
              for c in (common.QUICK_CHUNK_SWEEP if quick else common.CHUNK_SWEEP)]
     runs += [(s, 1, math.nan, simulate(plan, s, opts)) for s in ("megatron-cutlass", "megatron-te")]
-    runs.append(("fastermoe", FASTERMOE_DEGREE, math.nan, simulate(plan, "fastermoe", opts)))
+    runs.append(("fastermoe", fastermoe_degree(plan.world_size), math.nan, simulate(plan, "fastermoe", opts)))
     runs += [("tutel", c, math.nan, simulate(plan, "tutel", opts.replace(chunks=c)))
              for c in (common.QUICK_TUTEL_DEGREES if quick else common.TUTEL_DEGREES)]
     best = {}

@@ -38,11 +38,16 @@ NOTES = {
                      "wave tail per local expert: up to 6.3x for Qwen2-MoE at EP=1 (64 experts per GPU). Tutel moves "
                      "about Comet's bytes, so over it Comet gains its overlap only. The non-MoE part is modelled.",
     "fig09_cut": "Megatron-TE and FasterMoE within 20%; Megatron-Cutlass cut more (its loop over Qwen2-MoE's 8-64 "
-                 "local experts), Tutel less (its all-to-all and batched GEMM are near Comet's kernels, and its "
-                 "adaptive degree mostly picks no pipelining, see Fig. 11).",
-    "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass (transfer phases only; the 55 us "
-                  "fixed costs count as overhead) over a modelled forward. NCCL is given the full link rate (160 GB/s "
-                  "per direction); a slower all-gather on the H800 would raise the share.",
+                 "local experts), Tutel far less: its all-to-all moves what Comet moves, its batched GEMM is near "
+                 "Comet's, and with NCCL's device latency at ~11 us (nccl-tests) its capacity chunks pipeline well "
+                 "(68.6% hidden at M=16384, Fig. 11), so the model leaves Comet little to gain over it. Not modelled "
+                 "and against Tutel: HBM contention slowing NCCL beside its GEMMs, cuBLAS's own per-shape "
+                 "efficiency on its chunk GEMMs.",
+    "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass over a modelled forward, counting "
+                  "the transfer and NCCL's device latency (~11 us per collective) as communication and torch's "
+                  "call path after the host sync (the rest of the 55 us measured per torch collective) as overhead. "
+                  "NCCL is given the full link rate (160 GB/s per direction); a slower all-gather on the H800, or "
+                  "the paper's profile counting whole NCCL kernels (peers' waits included), would raise the share.",
     "fig10": "Agrees: with its tile shape picked per case (experiments/common.py TILE_CHOICES: 64-wide layer1 tiles "
              "at small M, as the paper's Comet picks pre-compiled variants) Comet's layer1 no longer takes a second "
              "wave at M=2048 once n_c SMs are taken, so its gain is largest at the smallest M over every baseline: "
@@ -55,17 +60,21 @@ NOTES = {
                 "(ideal kernels) sit at 1.27-1.28x.",
     "fig11_comet": "Within 20% but higher: communication blocks take HBM from the GEMM's memory floor, which binds "
                    "only for small row counts; L2 contention between the two is not modelled.",
-    "fig11_tutel": "Tutel's adaptive degree picks 1 (no pipelining) here: each extra chunk adds two NCCL fixed costs "
-                   "(55 us), smaller GEMM waves and NCCL's 20 SMs taken from the GEMM, more than the overlap saves "
-                   "when communication is about 17% of the layer. At degree 4 it hides 72.4% (the paper's 68.6%) "
-                   "but is 10% slower. A real all-to-all slower than the link rate would make pipelining pay.",
-    "fig11_fastermoe": "Degree 2 overlaps the second half's dispatch and the first half's combine with expert work, "
-                       "so half the bytes hide when the GEMMs are longer than the transfers (they are, 4x here); the "
-                       "paper's 29.2% implies transfers longer than the GEMMs beside them, which the model's NCCL at "
-                       "the link rate does not give.",
+    "fig11_tutel": "Agrees. Tutel pads every (source, expert) pair to a fixed capacity (its default factor 1.0) and "
+                   "splits the capacity dimension into equal chunks, so no chunk has a ragged row block; it issues "
+                   "NCCL from C++ on one default-priority side stream ahead of the GPU, so a chunk's collective pays "
+                   "NCCL's device latency (~11 us, nccl-tests on 8 Hopper GPUs), not torch's call path, and gets SMs "
+                   "in the running GEMM's last wave. Its adaptive degree then picks 4, which hides the middle chunks' "
+                   "transfers; the first dispatch and the last combine stay exposed.",
+    "fig11_fastermoe": "Higher than the paper's: FasterMoE's group-wise exchange (groups of 4, so 2 steps at W = 8) "
+                       "exposes the first step's dispatch and the last step's combine, about half the bytes, and the "
+                       "model's per-step expert GEMMs (~800 us) are far longer than a step's transfer (~100 us), so "
+                       "the middle two hide whole. 29.2% would need them partly exposed: not modelled are HBM "
+                       "contention slowing NCCL beside a GEMM (NVIDIA/nccl issue 1433) and the host time of its "
+                       "per-expert Python callbacks inside the C++ schedule.",
     "fig11_megatron": "Agrees: Megatron-core runs its collectives on the compute stream, so nothing overlaps.",
-    "fig11_order": "Comet first and Megatron at zero agree; Tutel falls below FasterMoE because its adaptive degree "
-                   "chooses no pipelining (Tutel row).",
+    "fig11_order": "Agrees: Comet, then Tutel (equal capacity chunks, its degree 4), then FasterMoE (2 steps, "
+                   "half exposed), then Megatron at zero.",
     "fig12": "Agrees. Every system's GEMMs lose efficiency with TP (layer1's reduction is K/TP long, layer0 has "
              "K/TP columns) and Megatron's collectives keep their size, so its time grows with TP; Comet's grows "
              "less, as it streams its partial sums (more rows per GPU at higher TP) under the GEMM.",

@@ -49,11 +49,12 @@ class StagedSim(SystemSim):
         self.tiles0 = [[grouped_gemm_tiles(plan, 0, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
         self.tiles1 = [[grouped_gemm_tiles(plan, 1, cw.rows_E, padded, floor) for cw in ch] for ch in self.chunks]
         ranks = list(range(W))  # every rank, NCCL holding no SM (a bound)
+        # ideal collectives: issued ahead of the GPU, so NCCL's device latency only (no host call path)
         self.dispatch = [GroupCollective(self, "dispatch", 0, ranks, {(s, d): self.chunks[d][q].recv_bytes_W[s]
-                                                                      for s in ranks for d in ranks})
+                                                                      for s in ranks for d in ranks}, host_path=False)
                          for q in range(Q)]
         self.combine = [GroupCollective(self, "combine", 1, ranks, {(s, d): self.chunks[s][q].send_bytes_W[d]
-                                                                    for s in ranks for d in ranks})
+                                                                    for s in ranks for d in ranks}, host_path=False)
                         for q in range(Q)]
         owner, slots = plan.token_owner_M.numpy(), plan.token_num_slots_M.numpy()
         # the owner reads every partial-sum slot of its tokens and writes one row per token

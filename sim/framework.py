@@ -10,7 +10,9 @@ on a rank's stream, as an eager PyTorch framework issues them.
   Transformer Engine / Tutel's batched matmul) or one GEMM per expert ("loop": a launch and a wave tail per
   expert, as a per-expert loop of CUTLASS / cuBLAS GEMMs runs them);
 - collectives are sim.collectives.GroupCollective (NCCL: fixed cost, then the link rate; its SMs held);
-  a pipelined system's GEMMs (Q > 1) run beside them and have link_gbps less HBM bandwidth for their floor.
+  a pipelined system's GEMMs (Q > 1) run beside them and have link_gbps less HBM bandwidth for their floor;
+  an NCCL kernel launched beside a GEMM gets its SMs once the GEMM has handed out its last tile (streams of
+  equal priority; sim.collectives.NcclSMs, SimOptions.nccl_priority).
 
 Rows here are (token, expert) pairs, as these frameworks move them: a token routed to two experts of one rank
 is sent twice (the Plan's all-to-all sends it once; comet reads it once).
@@ -39,15 +41,17 @@ class FrameworkSim(SystemSim):
     def __init__(self, plan: Plan, options: SimOptions, chunks: int = 1):
         super().__init__(plan, options)
         hw, W = self.hw, self.W
-        self.nccl = NcclSMs(self.env, W, min(hw.nccl_sms, self.sms - 1), self.sms) if hw.nccl_sms else None
+        self.nccl = (NcclSMs(self.env, W, min(hw.nccl_sms, self.sms - 1), self.sms, options.nccl_priority)
+                     if hw.nccl_sms else None)
         self.Q = chunks
         self.padded = options.tile_rows == "padded"
         E = plan.experts_per_rank
         owner = plan.token_owner_M.numpy()
         chunk_M = ownership.token_chunk(plan.num_tokens, W, chunks).numpy()
         self.owned_tokens_W = np.bincount(owner, minlength=W)
-        # pair rows of each rank's shared tensor: [rank] (Q, W) rows per chunk and owner, (Q, E) per chunk and expert
-        self.rows_QW, self.rows_QE = [], []
+        # pair rows of each rank's shared tensor: [rank] (Q, W) rows per chunk and owner, (Q, E) per chunk and expert,
+        # (W, E) per owner and expert
+        self.rows_QW, self.rows_QE, self.rows_WE = [], [], []
         for r in range(W):
             t = {k: v.numpy() for k, v in plan.rank(r).trimmed().items()}
             tok = t["row_token_R"]
@@ -55,6 +59,7 @@ class FrameworkSim(SystemSim):
             q_R = chunk_M[tok]
             self.rows_QW.append(np.bincount(q_R * W + owner[tok], minlength=chunks * W).reshape(chunks, W))
             self.rows_QE.append(np.bincount(q_R * E + expert_R, minlength=chunks * E).reshape(chunks, E))
+            self.rows_WE.append(np.bincount(owner[tok] * E + expert_R, minlength=W * E).reshape(W, E))
         # pair rows each owner sends out (all chunks): what its permute gathers and its decode reads
         self.own_pairs_W = np.zeros(W, dtype=np.int64)
         for g in self._ep_group_heads():
@@ -87,6 +92,8 @@ class FrameworkSim(SystemSim):
                                        self.hw.link_gbps if self.Q > 1 else 0.0)
             if tiles:
                 cause = yield from self.launch(r, layer, cause)
+                if self.nccl is not None:
+                    tiles = self.nccl.feed(r, tiles)  # a collective launched beside it waits for its last tile
                 cause = yield from self.gemm_kernel(r, layer, tiles, cause, nccl=self.nccl)
         return cause
 

@@ -57,6 +57,11 @@ class SimOptions:
         Gluon form): once every pull has ended and a launch later, min(nc_layer0, compute blocks) blocks on the
         communication SMs run the last tiles of the Plan's order, this percent of an even per-SM share; 0: none
         (the communication SMs idle after their pulls, as the one-launch tl kernel and the paper's kernel).
+    nccl_priority: the paper's framework baselines' NCCL kernels come from a high-priority stream, whose CTAs take
+        SMs as a concurrent GEMM's running tiles end (the GEMM's later tiles waiting); False (default, as Tutel's,
+        FasterMoE's and torch.distributed's NCCL streams are created): the GPU hands out CTAs of equal-priority
+        streams in launch order, so an NCCL kernel launched beside a GEMM starts once the GEMM has handed out its
+        last tile (sim.collectives.NcclSMs).
     link_model: how transfers share the link and NIC ports: "max-min" (sim.hardware_model.LinkNetwork: exact
         max-min fairness, every rate recomputed by progressive filling whenever a transfer starts or ends),
         "independent-ports" (sim.independent_ports: each port a processor-sharing server of its own, a transfer
@@ -79,6 +84,7 @@ class SimOptions:
     memory_floor: bool = True
     link_model: str = "auto"
     l0_tail_pct: int = 50
+    nccl_priority: bool = False
 
     def __post_init__(self):
         for name, value, allowed in (("layers", self.layers, LAYERS), ("dispatcher", self.dispatcher, DISPATCHERS),

@@ -1,8 +1,8 @@
 """The paper's pipelined baselines: FasterMoE and Tutel. Expert parallelism only (TP = 1): FasterMoE supports
 nothing else, and Tutel's expert sharding is not modelled.
 
-Both split every owner's (token, expert) rows into Q chunks and overlap the all-to-all of one chunk with the
-experts of another, on two streams of each rank:
+Both split the (token, expert) rows into Q chunks (each its own way, below) and overlap the all-to-all of one
+chunk with the experts of another, on two streams of each rank:
     compute stream: [FasterMoE: all-to-all of the counts (metadata) and the host sync that sizes its buffers]
                     permute (encode: the rows this rank sends, gathered; memory)
                     for each chunk q: wait dispatch(q) | GEMM0(q) | activation(q) | GEMM1(q)
@@ -11,14 +11,26 @@ experts of another, on two streams of each rank:
 The NCCL kernels of the comm stream hold `nccl_sms` SMs while they run, so a GEMM beside them has fewer
 (sim/collectives.py).
 
-"fastermoe": Q = 2 (its pipeline degree), flat all-to-all, experts as a per-expert GEMM loop.
+"fastermoe": its group-wise exchange (smart scheduling): W / 4 steps (fastermoe_degree; 2 at W = 8), step q
+    receiving the rows of the worker group q groups away (step 0 its own group, its own rows included), flat
+    all-to-all, experts as a per-expert GEMM loop.
 "tutel": Q = SimOptions.chunks (Tutel picks its pipeline degree adaptively; the experiments take the fastest
-    of 1, 2, 4, 8), experts as one batched GEMM (grouped), no host sync (fixed capacity), and across nodes its
-    2-D hierarchical all-to-all: first among the ranks of a node (each row to the rank with the destination's
-    local index), then among the ranks of one local index across nodes.
+    of 1, 2, 4, 8), experts as one batched GEMM (grouped), no host sync: a fixed capacity per (source, expert)
+    (TUTEL_CAPACITY_FACTOR, Tutel's default), its slots split into Q equal chunks along the capacity dimension,
+    padding moved and computed, rows past it dropped; and across nodes its 2-D hierarchical all-to-all: first
+    among the ranks of a node (each row to the rank with the destination's local index), then among the ranks of
+    one local index across nodes.
+Both issue NCCL from C++ on one side stream of default priority (tutel/custom/custom_kernel.cpp
+nccl_all_to_all_scatter_async / _gather_async: one ncclGroupStart/Send/Recv/End per chunk, in order; fastmoe
+cuda/fastermoe/smart_schedule.h), so a chunk's collectives run one after another, never two at once, and the
+chunks' expert kernels run one after another on the compute stream; a collective pays NCCL's device latency
+(no host call path: the host runs ahead) and gets its SMs once the GEMM beside it has handed out its last tile
+(sim.collectives).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from comet.core.plan import Plan
 from sim.collectives import GroupCollective
@@ -26,8 +38,38 @@ from sim.framework import FrameworkSim
 from sim.options import SimOptions
 
 PIPELINED_SYSTEMS = ("fastermoe", "tutel")
-FASTERMOE_DEGREE = 2  # FasterMoE's pipeline degree (its smart schedule's default)
+# FasterMoE's group-wise exchange: workers in groups of FMOE_FASTER_GROUP_SIZE, default 4 (fastmoe
+# cuda/fastermoe/smart_schedule.cpp; at most W); step q exchanges with the group q away, so the pipeline degree is
+# W / group size: 2 at W = 8
+FASTERMOE_GROUP_SIZE = 4
+FASTERMOE_DEGREE = 2  # at W = 8 (fastermoe_degree)
+# Tutel's capacity factor: its default (CAP_FACTOR, 1.0; tutel/impls/moe_layer.py). capacity = topk x
+# int(factor x tokens per rank / experts) slots per (source rank, expert), rounded up to a multiple of the
+# pipeline degree (tutel/impls/fast_dispatch.py extract_critical); rows past it are dropped, empty slots padded
+TUTEL_CAPACITY_FACTOR = 1.0
 _COUNT_BYTES = 8
+
+
+def fastermoe_degree(world: int, group_size: int = FASTERMOE_GROUP_SIZE) -> int:
+    """FasterMoE's pipeline degree over `world` ranks: its number of worker groups.
+
+        >>> fastermoe_degree(8), fastermoe_degree(4), fastermoe_degree(16)
+        (2, 1, 4)
+    """
+    g = min(group_size, world)
+    return max(1, world // g)
+
+
+def tutel_capacity(plan: Plan, degree: int, factor: float = TUTEL_CAPACITY_FACTOR) -> int:
+    """Tutel's capacity: slots per (source rank, global expert), a multiple of the pipeline degree.
+
+        >>> from sim.run import make_case
+        >>> tutel_capacity(make_case("mixtral-8x7b", ep=8, tokens=16384, hw="h800"), 4)
+        512
+    """
+    m = plan.model
+    c = m.topk * int(factor * (plan.num_tokens // plan.world_size) / m.experts_E)
+    return -(-max(c, 1) // degree) * degree
 
 
 class PipelinedSim(FrameworkSim):
@@ -41,15 +83,21 @@ class PipelinedSim(FrameworkSim):
             raise ValueError(f"{name} simulates the whole MoE layer only; use SimOptions(layers='both')")
         self.name = name
         self.gemm_form = "loop" if name == "fastermoe" else "grouped"
-        Q = FASTERMOE_DEGREE if name == "fastermoe" else options.chunks
+        Q = fastermoe_degree(plan.world_size) if name == "fastermoe" else options.chunks
         super().__init__(plan, options, chunks=Q)
         W, rb, E = self.W, self.row_bytes, plan.experts_per_rank
+        self.capacity = None
+        if name == "tutel":
+            self._fixed_capacity(tutel_capacity(plan, Q))
+        else:
+            self._group_exchange()
         everyone = list(range(W))
         hierarchical = name == "tutel" and self.hw.nodes(W) > 1
         self.meta = None
         if name == "fastermoe":
             self.meta = GroupCollective(self, "metadata", 0, everyone,
-                                        {(s, d): E * _COUNT_BYTES for s in everyone for d in everyone}, self.nccl)
+                                        {(s, d): E * _COUNT_BYTES for s in everyone for d in everyone}, self.nccl,
+                                        host_path=False)
         # bytes[q][(s, d)]: rows of chunk q that owner s sends to expert rank d
         pair = [{(s, d): float(self.rows_QW[d][q][s]) * rb for d in everyone for s in everyone}
                 for q in range(Q)]
@@ -60,11 +108,35 @@ class PipelinedSim(FrameworkSim):
         self.permuted = [env.event() for _ in range(W)]
         self.computed = [[env.event() for _ in range(Q)] for _ in range(W)]
 
+    def _fixed_capacity(self, capacity: int) -> None:
+        """Tutel's dispatch: every source sends every global expert `capacity` slots (its rows, dropped past the
+        capacity, or zero padding), and the pipeline splits the capacity dimension into Q equal parts
+        (tutel/impls/overlap.py, split_dim = 1): chunk q of a local expert is W x capacity / Q rows, capacity / Q
+        from each source. So every chunk is the same size, and padded slots are moved and computed too."""
+        W, Q, E = self.W, self.Q, self.plan.experts_per_rank
+        self.capacity = capacity
+        per = capacity // Q
+        self.rows_QW = [np.full((Q, W), E * per, dtype=np.int64) for _ in range(W)]
+        self.rows_QE = [np.full((Q, E), W * per, dtype=np.int64) for _ in range(W)]
+        self.own_pairs_W = np.full(W, W * E * capacity, dtype=np.int64)
+
+    def _group_exchange(self) -> None:
+        """FasterMoE's chunks: step q of rank r receives every row of the sources in the worker group q groups
+        before r's (fastmoe smart_schedule.h, GEN_BASE), step 0 being r's own group (its own rows included)."""
+        W, Q = self.W, self.Q
+        g = W // Q  # group size
+        group = np.arange(W) // g
+        for r in range(W):
+            step = (group[r] - group) % Q  # the step in which r receives from each source
+            we = self.rows_WE[r]
+            self.rows_QW[r] = np.stack([np.where(step == q, we.sum(1), 0) for q in range(Q)])
+            self.rows_QE[r] = np.stack([we[step == q].sum(0) for q in range(Q)])
+
     def _all_to_all(self, kind: str, layer: int, pair: dict, hierarchical: bool) -> list[dict[int, GroupCollective]]:
         """The collectives of one all-to-all, in the order a rank joins them: [{rank: its collective}, ...]."""
         W = self.W
         if not hierarchical:
-            c = GroupCollective(self, kind, layer, list(range(W)), pair, self.nccl)
+            c = GroupCollective(self, kind, layer, list(range(W)), pair, self.nccl, host_path=False)
             return [dict.fromkeys(range(W), c)]
         hw = self.hw
         node, local = [hw.node_of(r) for r in range(W)], [r % hw.ranks_per_node for r in range(W)]
@@ -81,7 +153,7 @@ class PipelinedSim(FrameworkSim):
             for g in sorted(set(group_of)):
                 members = [r for r in range(W) if group_of[r] == g]
                 sub = {sd: b for sd, b in pairs.items() if group_of[sd[0]] == g}
-                c = GroupCollective(self, kind, layer, members, sub, self.nccl)
+                c = GroupCollective(self, kind, layer, members, sub, self.nccl, host_path=False)
                 by_group.update(dict.fromkeys(members, c))
             steps.append(by_group)
         return steps
@@ -145,4 +217,5 @@ class PipelinedSim(FrameworkSim):
                 cause = yield from self.collective_step(step[r], r, cause)
 
 
-__all__ = ["PipelinedSim", "PIPELINED_SYSTEMS", "FASTERMOE_DEGREE"]
+__all__ = ["PipelinedSim", "PIPELINED_SYSTEMS", "FASTERMOE_DEGREE", "FASTERMOE_GROUP_SIZE", "fastermoe_degree",
+           "TUTEL_CAPACITY_FACTOR", "tutel_capacity"]

@@ -159,8 +159,7 @@ def test_sequential_exact_trace():
     expected = [
         ("stream", "launch", 0, 1),
         ("stream", "permute", 1, 1.128),
-        ("nccl stream", "collective_fixed", 1.128, 4.128),
-        ("nccl stream", "dispatch", 4.128, 5.384),
+        ("nccl stream", "dispatch", 1.128, 5.384),  # NCCL's device latency (the toy's 3 us) is communication
         ("stream", "launch", 5.384, g0),
         ("SM 000", "gemm0", g0, g0 + TAU),
         ("SM 001", "gemm0", g0, g0 + TAU),
@@ -171,8 +170,7 @@ def test_sequential_exact_trace():
         ("SM 001", "gemm1", g1, g1 + TAU),
         ("stream", "launch", g1 + TAU, r),
         ("stream", "topk_reduce", r, r + 0.256),  # 2 rows read + 2 sums written
-        ("nccl stream", "collective_fixed", r + 0.256, c),
-        ("nccl stream", "combine", c, c + 1.256),
+        ("nccl stream", "combine", r + 0.256, c + 1.256),
         ("stream", "launch", c + 1.256, c + 2.256),
         ("stream", "combine_reduce", c + 2.256, c + 2.512),
     ]

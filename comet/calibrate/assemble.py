@@ -29,6 +29,8 @@ NEVER_MEASURED = {
     "nic_latency_us": "one node: no traffic between nodes measured",
     "ranks_per_node": "a property of the node, not measured",
     "direct_read_gbps": "no probe of a GEMM tile reading a peer's rows yet (unset: per_block_link_gbps)",
+    "nccl_latency_us": "no graph-captured or C++-issued NCCL probe yet (collective_overhead_us is torch's call "
+                       "path and NCCL's latency together)",
 }
 
 

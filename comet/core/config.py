@@ -199,7 +199,9 @@ class HardwareProfile:
     nic_latency_us: float
     ranks_per_node: int
     launch_overhead_us: float  # one kernel launch as a framework pays it
-    collective_overhead_us: float  # fixed cost of one NCCL collective (sync + protocol)
+    # fixed cost of one collective as a framework's torch.distributed call costs a stream that waits on the host
+    # (the host's call path and NCCL's own latency together; measured back to back)
+    collective_overhead_us: float
     # a layer0 tile's time over a plain tile's of the same shape: the gathered A rows and the activation
     # epilogue (comet.calibrate measures it; the tile model above is fitted on plain tiles)
     gemm0_slowdown: float = 1.0
@@ -215,12 +217,16 @@ class HardwareProfile:
     # one SM's link rate; inf: the rows are this GPU's memory, read by the tile's own loads, which its compute
     # time already includes, as in the emulated world)
     direct_read_gbps: float | None = None
+    # the device-side fixed time of one NCCL collective kernel among the ranks of a node (handshakes and protocol,
+    # before its bytes move at the link rate), what a collective costs when the host issues it ahead of the GPU
+    # (Tutel and FasterMoE call NCCL from C++ on a side stream). None: all of collective_overhead_us
+    nccl_latency_us: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
         numeric = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "link", "sources")]
         for f in numeric:
-            if getattr(self, f) is None:  # optional figures (direct_read_gbps): a documented fallback
+            if getattr(self, f) is None:  # optional figures (direct_read_gbps, nccl_latency_us): a documented fallback
                 continue
             if getattr(self, f) < 0 or (getattr(self, f) == 0 and f not in _MAY_BE_ZERO):
                 bound = ">= 0" if f in _MAY_BE_ZERO else "> 0"
@@ -234,6 +240,13 @@ class HardwareProfile:
             raise ValueError(f"hardware {self.name}: no source given for {missing}")
         if self.link not in ("nvlink", "pcie"):
             raise ValueError(f"hardware {self.name}: link must be 'nvlink' or 'pcie', got {self.link!r}")
+
+    @property
+    def nccl_device_us(self) -> float:
+        """NCCL's device-side fixed time per collective: nccl_latency_us, or all of collective_overhead_us when
+        the profile does not split it."""
+        lat = self.collective_overhead_us if self.nccl_latency_us is None else self.nccl_latency_us
+        return min(lat, self.collective_overhead_us)
 
     @property
     def per_sm_tflops(self) -> float:
@@ -336,9 +349,15 @@ _NCCL_SMS = ("public report: one NCCL kernel alone keeps ~15% of the SMs active,
              "(https://github.com/NVIDIA/nccl/issues/1432; NCCL runs one CTA per channel, 16-32 channels on "
              "8-GPU NVSwitch hosts). Not measured in this repository")
 _MEASURED_NCCL_FIXED = ("measured on H200 (Hopper + NVSwitch + NCCL, the H800's stack; the H800 itself not measured): "
-                        "NCCL all_to_all_single fixed cost ~50-60 us on 4 x H200 (docs/GPU_FACTS.md; 77 us on 2, "
-                        "results/calibration/h200_x2_2026-11-24.csv); a fixed + bytes / link_gbps fit of the 4-rank "
-                        "sizes 1-256 MiB gives 58 us")
+                        "torch.distributed all_to_all_single back to back, ~50-60 us per call on 4 x H200 "
+                        "(docs/GPU_FACTS.md; 77 us on 2, results/calibration/h200_x2_2026-11-24.csv); a fixed + "
+                        "bytes / link_gbps fit of the 4-rank sizes 1-256 MiB gives 58 us. Flat from 1 to 4 MiB per "
+                        "rank, so mostly the host's call path: nccl-tests, whose calls are thin, time NCCL's "
+                        "all-to-all at ~11 us on 8 Hopper GPUs (nccl_latency_us)")
+_NCCL_LATENCY = ("public measurement: nccl-tests alltoall_perf on 8 x H20 in one node (Hopper, NVLink 4 through "
+                 "NVSwitch, the H800's generation), 10.3-11.1 us from 128 B to 4 KiB per rank "
+                 "(https://github.com/deepseek-ai/DeepEP/issues/303); 10.5 us taken. Not measured in this repository "
+                 "(needs several GPUs and a graph-captured or C++-issued collective)")
 _COMMON_SOURCES = {
     "gemm_k_half": _ASSUMED_EFF,
     "tile_area_half": _ASSUMED_EFF,
@@ -352,6 +371,7 @@ _COMMON_SOURCES = {
     "l1_item_overhead_us": _MEASURED_L1_ITEM,
     "host_sync_us": _HOST_SYNC,
     "nccl_sms": _NCCL_SMS,
+    "nccl_latency_us": _NCCL_LATENCY,
 }
 
 HARDWARE: dict[str, HardwareProfile] = {
@@ -362,7 +382,7 @@ HARDWARE: dict[str, HardwareProfile] = {
             tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=160.0, link_latency_us=2.0,
             per_block_link_gbps=7.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
             launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71,
-            host_sync_us=6.0, nccl_sms=20,
+            host_sync_us=6.0, nccl_sms=20, nccl_latency_us=10.5,
             sources={
                 **_COMMON_SOURCES,
                 "sms": "H800 SXM = H100 SXM die: 132 SMs",
@@ -379,7 +399,7 @@ HARDWARE: dict[str, HardwareProfile] = {
             tile_area_half=2048.0, hbm_gbps=3000.0, link="nvlink", link_gbps=360.0, link_latency_us=2.0,
             per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
             launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71,
-            host_sync_us=6.0, nccl_sms=20,
+            host_sync_us=6.0, nccl_sms=20, nccl_latency_us=10.5,
             sources={
                 **_COMMON_SOURCES,
                 "sms": _DS_H100, "peak_tflops": _DS_H100,
@@ -395,7 +415,7 @@ HARDWARE: dict[str, HardwareProfile] = {
             tile_area_half=2048.0, hbm_gbps=4300.0, link="nvlink", link_gbps=320.0, link_latency_us=2.0,
             per_block_link_gbps=10.0, nic_gbps=45.0, nic_latency_us=5.0, ranks_per_node=8,
             launch_overhead_us=5.0, collective_overhead_us=55.0, l1_item_overhead_us=0.71, host_sync_us=6.0,
-            nccl_sms=20,
+            nccl_sms=20, nccl_latency_us=10.5,
             sources={
                 **_COMMON_SOURCES,
                 "sms": "measured: torch reports 132 multiprocessors on H200 "
@@ -408,8 +428,9 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "link_gbps": "measured: Triton kernel peer load 311-315 GB/s, store 334-340 GB/s on 2-4 x H200 "
                              "(results/calibration/h200_x2_2026-11-24.csv; docs/GPU_FACTS.md)",
                 "per_block_link_gbps": _ASSUMED_BLOCK,
-                "collective_overhead_us": "measured: NCCL all_to_all_single fixed cost ~50-60 us on "
-                                          "4 x H200, 77 us on 2 (docs/GPU_FACTS.md)",
+                "collective_overhead_us": "measured: torch.distributed all_to_all_single back to back, ~50-60 "
+                                          "us per call on 4 x H200, 77 us on 2 (docs/GPU_FACTS.md); mostly the "
+                                          "host's call path (nccl_latency_us)",
                 "ranks_per_node": "8 GPUs per HGX H200 node",
             },
         ),
@@ -432,6 +453,8 @@ HARDWARE: dict[str, HardwareProfile] = {
                 "collective_overhead_us": "assumption: NCCL over PCIe fixed cost ~40 us (not measured)",
                 "l1_item_overhead_us": "not measured on Ada: none, bytes only",
                 "nccl_sms": _NCCL_SMS + "; on PCIe NCCL may use fewer channels (not measured)",
+                "nccl_latency_us": "not given: no public figure for NCCL over PCIe found; all of "
+                                   "collective_overhead_us counts as device time",
             },
         ),
     )
