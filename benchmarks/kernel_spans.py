@@ -35,7 +35,7 @@ from kernels import grouped_gemm as gg
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
 from kernels.moe import stage_tokens
-from kernels.timing import device_line
+from kernels.timing import device_line, graph_replay_times_us
 from kernels.workspace import EmulatedWorld
 
 FIELDS = ["model", "tokens_M", "ep", "routing", "timing", "layer", "impl", "nc", "l1_comm_rows", "call", "kernel",
@@ -85,8 +85,13 @@ def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool
     return out
 
 
+REPLAY_FIELDS = ["model", "tokens_M", "ep", "routing", "layer", "impl", "nc", "l1_comm_rows", "calls_per_replay",
+                 "replay", "per_call_us"]
+REPLAY_BATCHES = (1, 50)  # calls per graph replay: one (gaps between calls), many back to back (as graph_us runs)
+
+
 def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, l1_rows, trace_dir: Path, log,
-             graph: bool = True, graph_calls: int = 1):
+             graph: bool = True, graph_calls: int = 1, replay_writer=None):
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
@@ -103,7 +108,20 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
     def spans(fn, trace=None):
         return kernel_spans(fn, trace_path=trace, graph=graph, graph_calls=graph_calls)
 
-    def emit(layer, impl, nc, rows, spans_by_call):
+    def replays(layer, impl, nc, rows, fn):
+        """--replay-times: each replay's per-call time at REPLAY_BATCHES calls a replay."""
+        for per in REPLAY_BATCHES:
+            times = graph_replay_times_us(fn, calls_per_replay=per)
+            for i, t in enumerate(times):
+                replay_writer.writerow({**{k: base[k] for k in ("model", "tokens_M", "ep", "routing")}, "layer": layer,
+                                        "impl": impl, "nc": nc, "l1_comm_rows": rows, "calls_per_replay": per,
+                                        "replay": i, "per_call_us": f"{t:.2f}"})
+            log(f"{name:15s} M={M:6d} {layer} {impl:10s} nc={nc!s:>3s} {per:3d} calls a replay: per call "
+                f"min {min(times):.1f} median {sorted(times)[len(times) // 2]:.1f} max {max(times):.1f} us")
+
+    def emit(layer, impl, nc, rows, spans_by_call, fn=None):
+        if replay_writer is not None and fn is not None:
+            replays(layer, impl, nc, rows, fn)
         for call, spans in enumerate(spans_by_call):
             for s in spans:
                 writer.writerow({**base, "layer": layer, "impl": impl, "nc": nc, "l1_comm_rows": rows, "call": call,
@@ -116,25 +134,27 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
     rp = plan.rank(r0)
     w0, w1 = shards[r0].w0_ENK, shards[r0].w1_EKN
     h_ref = torch.empty(rp.row_token_R.numel(), plan.ffn_local, device="cuda", dtype=torch.bfloat16)
-    emit("l0", "gemm_alone", "", "", spans(
-        lambda: gg.grouped_gemm_layer0(plan, r0, world.buffers(r0).recv_MN, w0, out_RK=h_ref)))
+    fn0 = lambda: gg.grouped_gemm_layer0(plan, r0, world.buffers(r0).recv_MN, w0, out_RK=h_ref)  # noqa: E731
+    emit("l0", "gemm_alone", "", "", spans(fn0), fn0)
     for i, nc in enumerate(nc0s):
         p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
         trace = trace_dir / f"{stem}_l0_nc{nc}.json" if i == len(nc0s) - 1 else None
-        emit("l0", "gluon", nc, "", spans(lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks", impl="gluon"),
-                                          trace))
+        fn = lambda p=p: fused_layer0(world, p, r0, w0, variant="blocks", impl="gluon")  # noqa: E731
+        emit("l0", "gluon", nc, "", spans(fn, trace), fn)
     world.check()
     for r in range(par.world_size):  # every rank's layer0 output: layer1's real inputs
         fused_layer0(world, plan, r, shards[r].w0_ENK, variant="direct")
     h0 = world.buffers(r0).h_RK[: rp.row_token_R.numel()]
     y = torch.empty(rp.row_token_R.numel(), model.hidden_N, device="cuda", dtype=torch.bfloat16)
-    emit("l1", "gemm_alone", "", "", spans(lambda: gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y)))
+    fn1 = lambda: gg.grouped_gemm_layer1(plan, r0, h0, w1, out_RN=y)  # noqa: E731
+    emit("l1", "gemm_alone", "", "", spans(fn1), fn1)
     for rows in l1_rows:
         p1 = plan if rows == 0 else make_plan(routing, model, par, HW, policy.replace(l1_comm_rows=rows))
         for i, nc in enumerate(nc1s):
             p = dataclasses.replace(p1, policy=p1.policy.replace(nc_layer1=nc))
             trace = trace_dir / f"{stem}_l1_nc{nc}_rows{rows}.json" if i == len(nc1s) - 1 else None
-            emit("l1", "gluon", nc, rows, spans(lambda p=p: fused_layer1(world, p, r0, w1, impl="gluon"), trace))
+            fn = lambda p=p: fused_layer1(world, p, r0, w1, impl="gluon")  # noqa: E731
+            emit("l1", "gluon", nc, rows, spans(fn, trace), fn)
     world.reset()
 
 
@@ -157,6 +177,9 @@ def main(argv=None) -> None:
     ap.add_argument("--l1-comm-rows", default="0", help="Policy.l1_comm_rows values, sends per layer1 chunk "
                                                         "(0: comm_rows; default %(default)s)")
     ap.add_argument("--eager", action="store_true", help="eager calls instead of CUDA-graph replays")
+    ap.add_argument("--replay-times", action="store_true",
+                    help=f"also time each of 20 graph replays of every configuration, at {REPLAY_BATCHES} calls a "
+                         f"replay (<tag>_replays.csv)")
     ap.add_argument("--graph-calls", type=int, default=1, help="calls captured back to back in one graph, each "
                                                                "reported (default %(default)s)")
     a = ap.parse_args(argv)
@@ -177,19 +200,29 @@ def main(argv=None) -> None:
 
     print(dev, flush=True)
     path = out / f"{stem}.csv"
+    command = f"python -m benchmarks.kernel_spans {' '.join(sys.argv[1:] if argv is None else argv)}"
+    replay_file = (out / f"{stem}_replays.csv").open("w", newline="") if a.replay_times else None
+    replay_writer = None
+    if replay_file is not None:
+        replay_file.write(f"# {dev}\n# command: {command}\n")
+        replay_writer = csv.DictWriter(replay_file, fieldnames=REPLAY_FIELDS)
+        replay_writer.writeheader()
     with path.open("w", newline="") as f:
-        f.write(f"# {dev}\n# single-GPU emulated world, rank 0, bf16; command: python -m benchmarks.kernel_spans "
-                f"{' '.join(sys.argv[1:] if argv is None else argv)}\n")
+        f.write(f"# {dev}\n# single-GPU emulated world, rank 0, bf16; command: {command}\n")
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for name, M, ep in cases:
             try:
                 run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager,
-                         max(a.graph_calls, 1))
+                         max(a.graph_calls, 1), replay_writer)
             except Exception as e:  # keep the other cases' rows; the log says what failed
                 log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
             f.flush()
+            if replay_file is not None:
+                replay_file.flush()
             torch.cuda.empty_cache()
+    if replay_file is not None:
+        replay_file.close()
     (out / f"{stem}.log").write_text("\n".join(lines) + "\n")
     log(f"wrote {path}")
 

@@ -38,7 +38,7 @@ def test_gpu_l1_comm_benchmark_runs(tmp_path):
 def test_gpu_kernel_spans_benchmark_runs(tmp_path):
     from benchmarks import kernel_spans
     kernel_spans.main(["--cases", "qwen2-moe-2.7b:1024:2", "--nc0", "8", "--nc1", "4", "--l1-comm-rows", "0,16",
-                       "--out", str(tmp_path), "--tag", "smoke"])
+                       "--out", str(tmp_path), "--tag", "smoke", "--replay-times"])
     with open(tmp_path / "smoke.csv") as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
     assert {(r["layer"], r["impl"]) for r in rows} == {("l0", "gemm_alone"), ("l0", "gluon"), ("l1", "gemm_alone"),
@@ -48,3 +48,7 @@ def test_gpu_kernel_spans_benchmark_runs(tmp_path):
     assert len({r["stream"] for r in fused1}) >= 2, fused1
     assert all(float(r["dur_us"]) > 0 and float(r["start_us"]) >= 0 for r in rows)
     assert list((tmp_path / "traces").glob("*.json"))
+    with open(tmp_path / "smoke_replays.csv") as f:
+        replays = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert {r["calls_per_replay"] for r in replays} == {str(n) for n in kernel_spans.REPLAY_BATCHES}
+    assert all(float(r["per_call_us"]) > 0 for r in replays)
