@@ -31,8 +31,11 @@ torchrun) check.
 Compared configurations (CUDA-graph device times of rank 0):
     layer0  fused_blocks[n_c]  <->  comet, layer0 alone, layer0_comm="blocks", nc_layer0 = n_c
             fused_direct       <->  comet, layer0 alone, layer0_comm="direct"
+            fused_blocks_gluon[n_c] <-> the same with layer0's tail (SimOptions.l0_tail_pct, the kernels'
+                                    default); the one-launch fused_blocks has no tail (l0_tail_pct 0)
     layer1  fused[n_c]         <->  comet, layer1 alone, nc_layer1 = n_c, no tail (the one-launch tl kernel
                                     has none: Policy.l1_tail=False)
+            fused_gluon[n_c]   <->  the same with the tail after the GEMM (Policy.l1_tail=True)
 Predicted = the span of the simulated fused kernel's events on rank 0 (launch gap excluded, as in a graph
 replay). The owner's separate reduce is not compared: benchmarks.fused_layers times it with single-shot
 eager events, which measure launch and flag latency more than the reduce (they vary ~2x run to run;
@@ -152,18 +155,23 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
         # the tables do not depend on the hardware
         plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"], routing)
 
-        def predict(layer: str, plan=plan, **policy) -> float:
+        def predict(layer: str, plan=plan, l0_tail_pct: int = 0, **policy) -> float:
             hw = hw_by_layer["l0" if layer == "layer0" else "l1"]
             res = simulate(with_policy(dataclasses.replace(plan, hardware=hw), **policy), "comet",
-                           SimOptions(layers=layer))
+                           SimOptions(layers=layer, l0_tail_pct=l0_tail_pct))
             return kernel_span_us(res.events, rank=0)
         for r in g.itertuples():
-            if r.layer == "l0" and r.impl == "fused_blocks":
+            if r.layer == "l0" and r.impl == "fused_blocks":  # the one-launch tl kernel: no tail
                 meas, pred = r.time_us, predict("layer0", layer0_comm="blocks", nc_layer0=int(r.nc))
+            elif r.layer == "l0" and r.impl == "fused_blocks_gluon":  # pulls beside the GEMM, then its tail
+                meas, pred = r.time_us, predict("layer0", l0_tail_pct=SimOptions().l0_tail_pct,
+                                                layer0_comm="blocks", nc_layer0=int(r.nc))
             elif r.layer == "l0" and r.impl == "fused_direct":
                 meas, pred = r.time_us, predict("layer0", layer0_comm="direct")
             elif r.layer == "l1" and r.impl == "fused":
                 meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc), l1_tail=False)
+            elif r.layer == "l1" and r.impl == "fused_gluon":  # the GEMM beside n_c programs, then the tail
+                meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc), l1_tail=True)
             else:
                 continue
             rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "routing": routing,
@@ -229,7 +237,7 @@ def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
                     "worst_pct": round(err.max(), 2)})
     for k, g, rho, pick, best in _sweeps(cmp):
         err = g["error_pct"].abs()
-        scope = (f"{k['layer']} {k['model']} M={k['tokens_M']}"
+        scope = (f"{k['layer']} {k['impl']} {k['model']} M={k['tokens_M']}"
                  + ("" if k["routing"] == "balanced" else f" {k['routing']}") + " n_c sweep")
         out.append({"scope": scope, "n": len(g),
                     "mape_pct": round(err.mean(), 2), "worst_pct": round(err.max(), 2),

@@ -56,7 +56,7 @@ def test_summary_rank_correlation_and_nc_pick():
                         "error_pct": [-25.0, -10.0, -6.67, -37.5]})
     s = validate.summarize(cmp).set_index("scope")
     assert s.loc["l1 all", "mape_pct"] == pytest.approx(19.79, abs=0.01)
-    sweep = s.loc["l1 m M=1 n_c sweep"]
+    sweep = s.loc["l1 fused m M=1 n_c sweep"]
     assert sweep["spearman"] == pytest.approx(0.8)  # ranks 4,3,1,2 vs 4,3,2,1
     assert (sweep["sim_nc"], sweep["best_nc"]) == (32, 16)
     assert sweep["pick_cost_pct"] == pytest.approx(100 * (160 / 150 - 1), abs=0.01)
@@ -144,3 +144,16 @@ def test_split_summary_per_layer_and_half():
     assert held["nc_within_3pct_frac"] == 0.0  # picks 16 (120 us) where 8 (100 us) is best: 20 % over
     assert held["max_ape_pct"] == pytest.approx(100 * 40 / 120, abs=0.01)
     assert held["mape_pct"] == pytest.approx((10 + 10 + 100 * 40 / 120) / 3, abs=0.01)
+
+
+def test_the_gluon_forms_are_predicted_with_their_tails(hw_by_layer):
+    """fused_blocks_gluon is layer0 with its tail launch (the one-launch fused_blocks has none), fused_gluon
+    layer1 with the tail after the GEMM (fused has none): same n_c, different predictions."""
+    rows = [("qwen2-moe-2.7b", 1024, 4, 0, layer, impl, 4, 100.0, "graph", "default config")
+            for layer, impl in (("l0", "fused_blocks"), ("l0", "fused_blocks_gluon"), ("l1", "fused"),
+                                ("l1", "fused_gluon"))]
+    cmp = validate.compare(pd.DataFrame(rows, columns=FIELDS), hw_by_layer, progress=False).set_index("impl")
+    assert set(cmp.index) == {"fused_blocks", "fused_blocks_gluon", "fused", "fused_gluon"}
+    assert cmp.loc["fused_blocks_gluon", "predicted_us"] != cmp.loc["fused_blocks", "predicted_us"]
+    # at 4 programs layer1's sends are its bottleneck: the tail's whole-GPU programs finish them sooner
+    assert cmp.loc["fused_gluon", "predicted_us"] < cmp.loc["fused", "predicted_us"]
