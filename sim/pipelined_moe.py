@@ -15,9 +15,10 @@ The NCCL kernels of the comm stream hold `nccl_sms` SMs while they run, so a GEM
     receiving the rows of the worker group q groups away (step 0 its own group, its own rows included), flat
     all-to-all, experts as a per-expert GEMM loop.
 "tutel": Q = SimOptions.chunks (Tutel picks its pipeline degree adaptively; the experiments take the fastest
-    of 1, 2, 4, 8), experts as one batched GEMM (grouped), no host sync: a fixed capacity per (source, expert)
-    (TUTEL_CAPACITY_FACTOR, Tutel's default), its slots split into Q equal chunks along the capacity dimension,
-    padding moved and computed, rows past it dropped; and across nodes its 2-D hierarchical all-to-all: first
+    of 1, 2, 4, 8), experts as one batched GEMM (grouped): one capacity for every (source, expert)
+    (TUTEL_CAPACITY_FACTOR: static, Tutel's default; where that would drop rows, dynamic, the largest pair's rows,
+    found by an all-reduce the host reads: TUTEL_DROP_ROWS), its slots split into Q equal chunks along the capacity
+    dimension, padding moved and computed; and across nodes its 2-D hierarchical all-to-all: first
     among the ranks of a node (each row to the rank with the destination's local index), then among the ranks of
     one local index across nodes.
 Both issue NCCL from C++ on one side stream of default priority (tutel/custom/custom_kernel.cpp
@@ -43,10 +44,17 @@ PIPELINED_SYSTEMS = ("fastermoe", "tutel")
 # W / group size: 2 at W = 8
 FASTERMOE_GROUP_SIZE = 4
 FASTERMOE_DEGREE = 2  # at W = 8 (fastermoe_degree)
-# Tutel's capacity factor: its default (CAP_FACTOR, 1.0; tutel/impls/moe_layer.py). capacity = topk x
-# int(factor x tokens per rank / experts) slots per (source rank, expert), rounded up to a multiple of the
-# pipeline degree (tutel/impls/fast_dispatch.py extract_critical); rows past it are dropped, empty slots padded
+# Tutel's capacity factor (tutel/impls/fast_dispatch.py extract_critical): > 0 a static capacity, topk x
+# int(factor x tokens per rank / experts) slots per (source rank, expert), rows past it dropped (1.0 is Tutel's
+# default, CAP_FACTOR); 0 the dynamic one, the largest (source, expert) count all-reduced over the ranks, so no row is
+# dropped (< 0: that, at most -factor's static capacity). Here Tutel's default, 1.0 (the paper does not say which
+# its runs used), which drops no row of a balanced routing; where it would (TUTEL_DROP_ROWS), the dynamic one, at an
+# all-reduce the host reads, and a capacity above the mean whose ragged row tiles per chunk can make pipelining cost
+# a wave. Either way rounded up to a multiple of the pipeline degree, empty slots padded.
 TUTEL_CAPACITY_FACTOR = 1.0
+# where the static capacity would drop rows (imbalanced routing), Tutel runs its dynamic capacity instead, so that
+# every system computes every row, as a latency comparison needs; True: it drops them, as Tutel at factor 1.0 would
+TUTEL_DROP_ROWS = False
 _COUNT_BYTES = 8
 
 
@@ -60,15 +68,24 @@ def fastermoe_degree(world: int, group_size: int = FASTERMOE_GROUP_SIZE) -> int:
     return max(1, world // g)
 
 
-def tutel_capacity(plan: Plan, degree: int, factor: float = TUTEL_CAPACITY_FACTOR) -> int:
-    """Tutel's capacity: slots per (source rank, global expert), a multiple of the pipeline degree.
+def tutel_capacity(plan: Plan, degree: int, factor: float = TUTEL_CAPACITY_FACTOR,
+                   max_pair_rows: int | None = None) -> int:
+    """Tutel's capacity: slots per (source rank, global expert), a multiple of the pipeline degree. factor <= 0
+    (dynamic) needs max_pair_rows, the largest number of rows any source sends any expert.
 
         >>> from sim.run import make_case
-        >>> tutel_capacity(make_case("mixtral-8x7b", ep=8, tokens=16384, hw="h800"), 4)
-        512
+        >>> plan = make_case("mixtral-8x7b", ep=8, tokens=16384, hw="h800")
+        >>> tutel_capacity(plan, 4, factor=1.0), tutel_capacity(plan, 4, factor=0.0, max_pair_rows=530)
+        (512, 532)
     """
     m = plan.model
-    c = m.topk * int(factor * (plan.num_tokens // plan.world_size) / m.experts_E)
+    static = m.topk * int(abs(factor) * (plan.num_tokens // plan.world_size) / m.experts_E)
+    if factor > 0:
+        c = static
+    elif max_pair_rows is None:
+        raise ValueError("tutel_capacity: a dynamic capacity (factor <= 0) needs max_pair_rows")
+    else:
+        c = max_pair_rows if factor == 0 else min(max_pair_rows, static)
     return -(-max(c, 1) // degree) * degree
 
 
@@ -87,8 +104,14 @@ class PipelinedSim(FrameworkSim):
         super().__init__(plan, options, chunks=Q)
         W, rb, E = self.W, self.row_bytes, plan.experts_per_rank
         self.capacity = None
+        self.tutel_dynamic = False
         if name == "tutel":
-            self._fixed_capacity(tutel_capacity(plan, Q))
+            most = max(int(w.max()) for w in self.rows_WE)
+            factor = TUTEL_CAPACITY_FACTOR
+            if factor > 0 and not TUTEL_DROP_ROWS and most > tutel_capacity(plan, Q, factor):
+                factor = 0.0  # the static capacity would drop rows
+            self.tutel_dynamic = factor <= 0
+            self._fixed_capacity(tutel_capacity(plan, Q, factor, max_pair_rows=most))
         else:
             self._group_exchange()
         everyone = list(range(W))
@@ -98,6 +121,10 @@ class PipelinedSim(FrameworkSim):
             self.meta = GroupCollective(self, "metadata", 0, everyone,
                                         {(s, d): E * _COUNT_BYTES for s in everyone for d in everyone}, self.nccl,
                                         host_path=False)
+        elif self.tutel_dynamic:  # the dynamic capacity: an all-reduce (torch.distributed) read on the host
+            self.meta = GroupCollective(self, "metadata", 0, everyone,
+                                        {(s, d): _COUNT_BYTES for s in everyone for d in everyone}, self.nccl,
+                                        host_path=True)
         # bytes[q][(s, d)]: rows of chunk q that owner s sends to expert rank d
         pair = [{(s, d): float(self.rows_QW[d][q][s]) * rb for d in everyone for s in everyone}
                 for q in range(Q)]
@@ -218,4 +245,4 @@ class PipelinedSim(FrameworkSim):
 
 
 __all__ = ["PipelinedSim", "PIPELINED_SYSTEMS", "FASTERMOE_DEGREE", "FASTERMOE_GROUP_SIZE", "fastermoe_degree",
-           "TUTEL_CAPACITY_FACTOR", "tutel_capacity"]
+           "TUTEL_CAPACITY_FACTOR", "TUTEL_DROP_ROWS", "tutel_capacity"]

@@ -104,20 +104,30 @@ def test_pipelined_systems_overlap_and_nccl_takes_sms():
     assert int((fm.events["kind"] == "host_sync").sum()) == 8  # one per rank: its buffers sized on the host
 
 
-def test_tutel_hierarchical_all_to_all_keeps_the_bytes_between_nodes():
-    # 2 nodes of 4: Tutel's 2-D all-to-all moves the same bytes between nodes as a flat one, in 2 steps
+def test_tutel_hierarchical_all_to_all_keeps_the_bytes_between_nodes(monkeypatch):
+    # 2 nodes of 4: Tutel's 2-D all-to-all moves the same bytes between nodes as a flat one, in 2 steps (at its
+    # static capacity, dropping what exceeds it: then it moves as many rows as FasterMoE)
+    import sim.pipelined_moe as pm
+
     plan = make_case("mixtral-8x7b", ep=8, tokens=1024, hw="h800", ranks_per_node=4)
     opts = SimOptions(chunks=2)
+    dynamic = simulate(plan, system="tutel", options=opts)  # by default every row kept: the dynamic capacity
+    monkeypatch.setattr(pm, "TUTEL_DROP_ROWS", True)
     tutel, fm = (simulate(plan, system=s, options=opts) for s in ("tutel", "fastermoe"))
     counts = 8 * 4 * 8 * plan.experts_per_rank  # FasterMoE's counts: 8 ranks x 4 remote peers x 8-byte counts
     np.testing.assert_allclose(tutel.link_bytes[2:].sum(), fm.link_bytes[2:].sum() - 2 * counts, rtol=1e-12)
     comm = ["dispatch", "combine", "metadata"]
     per_rank = lambda r: int((r.events["kind"].isin(comm) & (r.events["rank"] == 0)).sum())  # noqa: E731
     assert per_rank(tutel) == 2 * 2 * 2  # dispatch and combine, 2 chunks, 2 stages
+    assert per_rank(dynamic) == 1 + 2 * 2 * 2  # the dynamic capacity's all-reduce first
+    ev = dynamic.events
+    assert ((ev["kind"] == "host_sync") & (ev["rank"] == 0)).sum() == 1  # which the host reads
     assert per_rank(fm) == 1 + 2 * 2  # the counts, then dispatch and combine of 2 chunks
-    # issued from C++ ahead of the GPU: NCCL's device latency only, no host call path (collective_fixed)
+    # issued from C++ ahead of the GPU: NCCL's device latency only, no host call path (collective_fixed); the
+    # dynamic capacity's all-reduce is a torch.distributed call
     for res in (tutel, fm):
         assert not (res.events["kind"] == "collective_fixed").any()
+    assert (dynamic.events["kind"] == "collective_fixed").any()
 
 
 def test_baselines_are_slower_than_their_bound():
@@ -175,21 +185,44 @@ def test_nccl_kernel_waits_for_the_gemms_last_tile(system):
     assert any(((kernels[:, 0] < t) & (t < kernels[:, 1])).any() for t in nccl)  # priority: they start inside
 
 
-def test_tutel_chunks_split_its_capacity_evenly():
+def test_tutel_chunks_split_its_capacity_evenly(monkeypatch):
     # Tutel pads every (source, expert) pair to its capacity and splits the capacity dimension into equal chunks:
     # every chunk's GEMM has W x capacity / Q rows per local expert, whatever the routing's raggedness
+    import sim.pipelined_moe as pm
     from sim.pipelined_moe import PipelinedSim, tutel_capacity
 
     plan = make_case("mixtral-8x7b", ep=8, tokens=4096, hw="h800", routing="imbalanced", std=0.03)
+    monkeypatch.setattr(pm, "TUTEL_DROP_ROWS", True)  # Tutel at its static capacity, dropping what exceeds it
     for q in (1, 2, 4):
         sim = PipelinedSim(plan, SimOptions(chunks=q), "tutel")
-        cap = tutel_capacity(plan, q)
-        assert cap % q == 0 and cap == 2 * (4096 // 8) // 8  # topk x tokens per rank / experts
+        cap = tutel_capacity(plan, q, factor=1.0)
+        assert cap % q == 0 and cap == 2 * (4096 // 8) // 8 == sim.capacity  # topk x tokens per rank / experts
         for r in range(8):
             assert (sim.rows_QE[r] == 8 * cap // q).all()
         sent = sum(b for c in sim.dispatch for step in c for b in step[0].pair.values()) if q == 1 else None
         if sent is not None:
             assert sent == pytest.approx(8 * 7 * cap * sim.row_bytes)  # every pair its capacity, padded
+    # by default no row is dropped: the static capacity would drop some here, so the dynamic one (the largest pair)
+    monkeypatch.setattr(pm, "TUTEL_DROP_ROWS", False)
+    sim = PipelinedSim(plan, SimOptions(chunks=4), "tutel")
+    most = max(int(w.max()) for w in sim.rows_WE)
+    assert sim.tutel_dynamic and most > 2 * (4096 // 8) // 8
+    assert most <= sim.capacity < most + 4 and sim.capacity % 4 == 0
+    # a balanced routing balances each expert's rows, not each (source, expert) pair's: some pairs exceed the static
+    # capacity there too
+    assert PipelinedSim(make_case("mixtral-8x7b", ep=8, tokens=4096, hw="h800"), SimOptions(chunks=4),
+                        "tutel").tutel_dynamic
+
+
+def test_tutels_static_capacity_drops_and_the_dynamic_one_keeps_every_row():
+    from sim.pipelined_moe import tutel_capacity
+
+    plan = make_case("mixtral-8x7b", ep=8, tokens=4096, hw="h800")
+    assert tutel_capacity(plan, 4, factor=1.0) == 2 * (4096 // 8) // 8
+    assert tutel_capacity(plan, 4, factor=0.0, max_pair_rows=301) == 304
+    assert tutel_capacity(plan, 4, factor=-1.0, max_pair_rows=301) == 128  # bounded by the static one
+    with pytest.raises(ValueError, match="max_pair_rows"):
+        tutel_capacity(plan, 4, factor=0.0)
 
 
 def test_fastermoe_steps_exchange_with_worker_groups():
