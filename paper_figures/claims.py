@@ -38,11 +38,10 @@ NOTES = {
                      "wave tail per local expert: up to 6.3x for Qwen2-MoE at EP=1 (64 experts per GPU). Tutel moves "
                      "about Comet's bytes, so over it Comet gains its overlap only. The non-MoE part is modelled.",
     "fig09_cut": "Megatron-TE and FasterMoE within 20%; Megatron-Cutlass cut more (its loop over Qwen2-MoE's 8-64 "
-                 "local experts), Tutel far less: its all-to-all moves what Comet moves, its batched GEMM is near "
-                 "Comet's, and with NCCL's device latency at ~11 us (nccl-tests) its capacity chunks pipeline well "
-                 "(68.6% hidden at M=16384, Fig. 11), so the model leaves Comet little to gain over it. Not modelled "
-                 "and against Tutel: HBM contention slowing NCCL beside its GEMMs, cuBLAS's own per-shape "
-                 "efficiency on its chunk GEMMs.",
+                 "local experts), Tutel less: its all-to-all moves what Comet moves (plus the padding of its "
+                 "capacity), its batched GEMM is near Comet's, and NCCL's device latency is ~11 us (nccl-tests), so "
+                 "the model leaves Comet mostly its overlap to gain. Not modelled and against Tutel: HBM contention "
+                 "slowing NCCL beside its GEMMs, cuBLAS's own per-shape efficiency on its chunk GEMMs.",
     "fig09_comm": "Lower than 47%: the exposed communication of Megatron-Cutlass over a modelled forward, counting "
                   "the transfer and NCCL's device latency (~11 us per collective) as communication and torch's "
                   "call path after the host sync (the rest of the 55 us measured per torch collective) as overhead. "
@@ -56,16 +55,18 @@ NOTES = {
              "the gain over Megatron grew with M instead (1.72x at M=2048 to 2.04x).",
     "headline": "Within 20% of 1.96x: the paper's Megatron configuration (all-gather dispatch, reduce-scatter combine, "
                 "collectives on the compute stream) exposes about 4x the bytes Comet moves, which Comet mostly hides. "
-                "Over Tutel, whose all-to-all moves what Comet moves, only 1.23x: the overlap alone. The bounds "
-                "(ideal kernels) sit at 1.27-1.28x.",
+                "Over Tutel, whose all-to-all moves about what Comet moves, less: the overlap, and its capacity's "
+                "padding. The bounds (ideal kernels) sit near 1.2-1.3x.",
     "fig11_comet": "Within 20% but higher: communication blocks take HBM from the GEMM's memory floor, which binds "
                    "only for small row counts; L2 contention between the two is not modelled.",
-    "fig11_tutel": "Agrees. Tutel pads every (source, expert) pair to a fixed capacity (its default factor 1.0) and "
-                   "splits the capacity dimension into equal chunks, so no chunk has a ragged row block; it issues "
-                   "NCCL from C++ on one default-priority side stream ahead of the GPU, so a chunk's collective pays "
-                   "NCCL's device latency (~11 us, nccl-tests on 8 Hopper GPUs), not torch's call path, and gets SMs "
-                   "in the running GEMM's last wave. Its adaptive degree then picks 4, which hides the middle chunks' "
-                   "transfers; the first dispatch and the last combine stay exposed.",
+    "fig11_tutel": "Lower than the paper's. Tutel pads every (source, expert) pair to one capacity and splits the "
+                   "capacity dimension into equal chunks; it issues NCCL from C++ on a side stream ahead of the GPU "
+                   "(NCCL's device latency, ~11 us, not torch's call path). Here it keeps every row (its dynamic "
+                   "capacity: our balanced routing balances experts, not (source, expert) pairs, so its static "
+                   "capacity, factor 1.0, would drop some rows): a capacity a few rows above the mean leaves each "
+                   "chunk's GEMM a ragged row tile per expert, a wave more, so its adaptive degree picks 2. At the "
+                   "static capacity, dropping those rows (sim/pipelined_moe.py TUTEL_DROP_ROWS), degree 4 wins and "
+                   "it hides 68.6%: the agreement rests on the few rows it drops.",
     "fig11_fastermoe": "Higher than the paper's: FasterMoE's group-wise exchange (groups of 4, so 2 steps at W = 8) "
                        "exposes the first step's dispatch and the last step's combine, about half the bytes, and the "
                        "model's per-step expert GEMMs (~800 us) are far longer than a step's transfer (~100 us), so "
@@ -73,18 +74,22 @@ NOTES = {
                        "contention slowing NCCL beside a GEMM (NVIDIA/nccl issue 1433) and the host time of its "
                        "per-expert Python callbacks inside the C++ schedule.",
     "fig11_megatron": "Agrees: Megatron-core runs its collectives on the compute stream, so nothing overlaps.",
-    "fig11_order": "Agrees: Comet, then Tutel (equal capacity chunks, its degree 4), then FasterMoE (2 steps, "
-                   "half exposed), then Megatron at zero.",
+    "fig11_order": "Comet first and Megatron at zero agree; Tutel (degree 2, keeping every row) and FasterMoE (2 "
+                   "steps) each expose about half their bytes, so they come out level; with Tutel dropping rows past "
+                   "its static capacity the paper's order holds (Tutel row).",
     "fig12": "Agrees. Every system's GEMMs lose efficiency with TP (layer1's reduction is K/TP long, layer0 has "
              "K/TP columns) and Megatron's collectives keep their size, so its time grows with TP; Comet's grows "
              "less, as it streams its partial sums (more rows per GPU at higher TP) under the GEMM.",
     "fig13": "In the paper's range over Megatron and FasterMoE; the speedup falls with topk (the GEMM work grows with "
-             "topk, the all-gather does not) and barely moves with E. Over Tutel, 1.18-1.26x.",
-    "fig14_imb": "Agrees: Comet ahead of every baseline at every imbalance; the imbalanced ranks' extra rows slow "
-                 "every system alike.",
+             "topk, the all-gather does not) and barely moves with E.",
+    "fig14_imb": "Comet stays ahead of every baseline at every imbalance when every system computes every row: Tutel "
+                 "then sizes its capacity to the largest (source, expert) pair, padding every other pair to it, so "
+                 "its time grows with the imbalance faster than Comet's. At its static capacity (factor 1.0) Tutel "
+                 "would drop the excess rows and stay at its balanced time, ahead of Comet from std 0.02 on, having "
+                 "done less work.",
     "fig14_pcie": "Agrees in the mean and in the order: on 25 GB/s PCIe the L20's GEMMs are 8x slower than the H800's, "
-                  "so communication is a smaller share and the gain over Megatron (1.29-1.52x) is below NVLink's; over "
-                  "FasterMoE and Tutel at EP=8 only 1.06-1.07x. The l20 profile's NCCL figures are assumptions (not "
+                  "so communication is a smaller share and the gain over Megatron is below NVLink's, and smaller still "
+                  "over FasterMoE and Tutel at EP=8. The l20 profile's NCCL figures are assumptions (not "
                   "measured on PCIe).",
     "table3": "Ours is larger by design: besides the M x N receive buffer (= the paper's 2MN bytes) our kernels keep a "
               "combine buffer of partial sums (M/W tokens x slots x N), so layer1 can push instead of pull.",
