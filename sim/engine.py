@@ -60,6 +60,14 @@ class Stepper:
         self.callbacks = self._ready
         heapq.heappush(self._queue, (self.env._now, NORMAL, next(self._eid), self))
 
+    def fire(self, value=None) -> None:
+        """succeed(value) and its processing at once: what the run does next when the queue has nothing
+        else at this instant (sim.independent_ports.fire_now)."""
+        self._value = value
+        self.callbacks = None
+        for callback in self._ready:
+            callback(self)
+
 
 def run_until_empty(env: simpy.Environment, net=None) -> None:
     """`env.run()` (no `until`): SimPy's step loop, event for event, without a method call and an exception

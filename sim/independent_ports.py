@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,7 +44,24 @@ import simpy
 from comet.core.config import HardwareProfile, ParallelConfig
 from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
 
-NORMAL = simpy.events.NORMAL
+NORMAL, PENDING, Event = simpy.events.NORMAL, simpy.events.PENDING, simpy.events.Event
+
+
+def fire_now(ev, value) -> None:
+    """`ev.succeed(value)` and the event's processing at once, which is what the run would do next when SimPy's
+    queue holds nothing else at this instant (the caller checks): a SimPy Event, or anything with `fire`
+    (sim.engine.Stepper); anything else is succeeded onto the queue."""
+    if type(ev) is Event:
+        if ev._value is not PENDING:
+            raise RuntimeError(f"{ev} has already been triggered")
+        ev._ok, ev._value = True, value
+        callbacks, ev.callbacks = ev.callbacks, None
+        for callback in callbacks:
+            callback(ev)
+    elif hasattr(ev, "fire"):
+        ev.fire(value)
+    else:
+        ev.succeed(value)
 
 
 class _Group:
@@ -78,11 +96,11 @@ class RateLog(Sequence):
     arrays: an entry's two arrays are made when it is read (millions of entries at 256 GPUs, seconds to build,
     and most results are never asked for them)."""
 
-    def __init__(self, times: list, counts: list, ports: list, rates: list):
+    def __init__(self, times, counts, ports, rates):
         self.times = list(times)
-        self.ends = np.cumsum(np.array(counts, dtype=np.int64)).tolist()
-        self.ports = np.array(ports, dtype=np.int64)
-        self.rates = np.array(rates, dtype=np.float64)
+        self.ends = np.cumsum(np.asarray(counts, dtype=np.int64)).tolist()
+        self.ports = np.asarray(ports, dtype=np.int64)
+        self.rates = np.asarray(rates, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -103,6 +121,55 @@ class RateLog(Sequence):
         for t, end in zip(self.times, self.ends, strict=True):
             yield t, p_all[start:end], v_all[start:end]
             start = end
+
+
+class RateTrace:
+    """Every rate the network gives a port, in order (instants, and per instant (port, bytes/us) pairs): two
+    appends per change during the run, where writing the log's entry at each instant (which ports changed, in
+    port order) cost a few microseconds per event. `rate_log()` derives the entries afterwards, in numpy."""
+
+    __slots__ = ("times", "starts", "ports", "rates", "P")
+
+    def __init__(self, P: int):
+        self.P = P
+        self.times, self.starts = array("d"), array("q")  # each instant, and its first pair's index
+        self.ports, self.rates = array("q"), array("d")
+
+    def rate_log(self) -> RateLog:
+        """The entries LinkNetwork's log would hold: per instant, the ports whose rate at its end differs from
+        the last logged one, in port order (the first entry, at time 0, every port)."""
+        P = self.P
+        ports, rates = np.array(self.ports, dtype=np.int64), np.array(self.rates, dtype=np.float64)
+        times, starts = np.array(self.times, dtype=np.float64), np.array(self.starts, dtype=np.int64)
+        instant = np.zeros(ports.size, dtype=np.int64)  # the instant of each pair
+        if starts.size:
+            np.add.at(instant, starts[1:], 1)
+            instant = np.cumsum(instant)
+        if not times.size or times[0] != 0.0:  # an entry at time 0 of every port at rest comes first
+            times = np.concatenate([[0.0], times])
+            instant += 1
+        ports = np.concatenate([np.arange(P, dtype=np.int64), ports])
+        rates = np.concatenate([np.zeros(P), rates])
+        instant = np.concatenate([np.zeros(P, dtype=np.int64), instant])
+        # the last pair of each (instant, port), in (instant, port) order
+        key = instant * P + ports
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        last = np.ones(key.size, dtype=bool)
+        last[:-1] = key[1:] != key[:-1]
+        sel = order[last]
+        ports, gbps, instant = ports[sel], rates[sel] / GBPS, instant[sel]
+        # a pair is logged when its rate differs from the same port's previous one (none: logged)
+        by_port = np.argsort(ports, kind="stable")
+        p_sorted, v_sorted = ports[by_port], gbps[by_port]
+        changed_sorted = np.ones(p_sorted.size, dtype=bool)
+        same_port = p_sorted[1:] == p_sorted[:-1]
+        changed_sorted[1:] = ~same_port | (v_sorted[1:] != v_sorted[:-1])
+        changed = np.empty_like(changed_sorted)
+        changed[by_port] = changed_sorted
+        counts = np.bincount(instant[changed], minlength=times.size)
+        kept = counts > 0
+        return RateLog(times[kept].tolist(), counts[kept], ports[changed], gbps[changed])
 
 
 def _by_transfer_then_port(item: tuple) -> tuple:
@@ -133,24 +200,32 @@ class IndependentPortsNetwork(LinkNetwork):
         self._seq = 0
         self._wake_at = INF
         self._wake_id = 0
-        self._log_pending: dict[int, None] = {}  # ports touched at `_log_t`, not yet logged
-        self._log_t = 0.0
+        self._log_t = -INF  # the instant of the rate trace's last pair
 
     @property
     def rate_log(self):
         """(time_us, ports, GB/s) as LinkNetwork's, over the flat lists the run appends to (RateLog)."""
-        if self._log_flat is None:
+        trace = self._trace
+        if trace is None:
             return None
-        self._flush_log()
-        times, counts, ports, rates = self._log_flat
-        if self._log_built is None or len(self._log_built) != len(times):
-            self._log_built = RateLog(times, counts, ports, rates)
-        return self._log_built
+        if self._log_built is None or self._log_built[0] != len(trace.ports):
+            self._log_built = (len(trace.ports), trace.rate_log())
+        return self._log_built[1]
 
     @rate_log.setter
     def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
-        self._log_flat = None if value is None else ([], [], [], [])
+        self._trace = None if value is None else RateTrace(self.P)
         self._log_built = None
+
+    def _log(self, now: float, p: int) -> None:
+        """Port p's rate now, into the rate trace."""
+        trace = self._trace
+        if now != self._log_t:
+            self._log_t = now
+            trace.times.append(now)
+            trace.starts.append(len(trace.ports))
+        trace.ports.append(p)
+        trace.rates.append(self._rate_p[p])
 
     # ------------------------------------------------------------------------------------ events
     def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
@@ -170,30 +245,65 @@ class IndependentPortsNetwork(LinkNetwork):
             ev.succeed(now)
             return ev
         cap = cap_gbps * GBPS
-        logging = self._log_flat is not None
-        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
-            self._flush_log()
-            self._log_t = now
         self._waiting.append(ev)
         self._sides_left.append(2)
         self._n_in_flight += 1
         pa, pb = self.ports(src, dst)
-        n_port, sole = self._n_port, self._sole
+        sole = self._sole
         for p in (pa, pb):
             g = sole[p]
-            if g is None or g.cap != cap:
-                g = self._group(p, cap)
-            g.served += g.rate * (now - g.t)  # _Group.settle, inlined: two calls per transfer and port
-            g.t = now
-            heapq.heappush(g.heap, (g.served + nbytes, fid))
-            g.n += 1
-            n_port[p] += 1
-            self._level(p, now)
-        if logging:
-            pending = self._log_pending
-            pending[pa] = pending[pb] = None
+            if g is not None and g.cap == cap:
+                self._join_sole(g, p, now, nbytes, fid)
+            else:
+                self._join(p, cap, now, nbytes, fid)
+        if self._trace is not None:
+            self._log(now, pa)
+            self._log(now, pb)
         self._arm(now)
         return ev
+
+    def _join(self, p: int, cap: float, now: float, nbytes: float, fid: int) -> None:
+        """Transfer fid joins port p's group of cap `cap` (created if new), then the port's new levels."""
+        g = self._group(p, cap)
+        g.settle(now)
+        heapq.heappush(g.heap, (g.served + nbytes, fid))
+        g.n += 1
+        self._n_port[p] += 1
+        self._level(p, now)
+
+    def _join_sole(self, g: _Group, p: int, now: float, nbytes: float, fid: int) -> None:
+        """_join where g is the port's only group, _level's one-group case inline. g is settled to now first, so
+        the settle and the elapsed-time term that _level would repeat add exactly 0.0 and are left out."""
+        served = g.served = g.served + g.rate * (now - g.t)
+        g.t = now
+        heapq.heappush(g.heap, (served + nbytes, fid))
+        n = g.n = g.n + 1
+        self._n_port[p] += 1
+        self.updates += 1
+        self._settle_port(p, now)
+        share = self.port_cap[p] / n
+        rate = g.cap if g.cap <= share else share
+        if rate != g.rate:
+            g.rate, g.front = rate, None
+            g.version += 1
+        front = g.heap[0][0]
+        if front != g.front:
+            g.front = front
+            self._seq += 1
+            left = front - served
+            left = 0.0 if left < 0.0 else left
+            heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
+        self._rate_p[p] = rate * n
+
+    def _settle_port(self, p: int, now: float) -> None:
+        """Port p's bytes and busy time brought up to now at its rate so far."""
+        dt = now - self._t_p[p]
+        if dt > 0:
+            rate = self._rate_p[p]
+            self._port_bytes[p] += rate * dt
+            if rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
 
     def _group(self, p: int, cap: float) -> _Group:
         """Port p's group of cap `cap` (created on first use; a port's groups are kept in cap order)."""
@@ -208,14 +318,7 @@ class IndependentPortsNetwork(LinkNetwork):
     def _level(self, p: int, now: float) -> None:
         """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
         self.updates += 1
-        t_p = self._t_p
-        dt = now - t_p[p]
-        if dt > 0:
-            rate = self._rate_p[p]
-            self._port_bytes[p] += rate * dt
-            if rate > 0:
-                self._port_busy[p] += dt
-        t_p[p] = now
+        self._settle_port(p, now)
         g = self._sole[p]
         if g is None:
             self._level_groups(p, now)
@@ -307,31 +410,37 @@ class IndependentPortsNetwork(LinkNetwork):
                 heapq.heappush(due, (now + (h[0][0] - served) / rate, self._seq, g, g.version))
         if len(out) > 1:
             out.sort(key=_by_transfer_then_port)  # deterministic
-        logging = self._log_flat is not None
-        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
-            self._flush_log()
-            self._log_t = now
+        logging = self._trace is not None
+        through = None
         if len(out) == 1:  # the usual case: one transfer leaves one port
-            self._leave_one(now, *out[0], logging)
+            through = self._leave_one(now, *out[0], logging)
         else:
             self._leave(now, out, logging)
         self._arm(now)
+        if through is not None:
+            queue = self._queue
+            if queue and queue[0][0] <= now:  # something else is due at this instant first: queue it behind
+                through.succeed(now)
+            else:  # its queue entry would be the next event: process it now (one queue entry less a transfer)
+                fire_now(through, now)
 
-    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool) -> None:
-        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists."""
+    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool):
+        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists; returns
+        the transfer's event if it is through (not yet succeeded: the caller does it), else None."""
         p = g.port
         g.n -= 1
         self._n_port[p] -= 1
         left = self._sides_left[fid] = self._sides_left[fid] - 1
         self._level(p, now)
         if logging:
-            self._log_pending[p] = None
+            self._log(now, p)
         if not left:
             self._n_in_flight -= 1
             self.flows[fid][5] = now
             ev = self._waiting[fid]
             self._waiting[fid] = None
-            ev.succeed(now)
+            return ev
+        return None
 
     def _leave(self, now: float, out: list, logging: bool) -> None:
         """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
@@ -349,7 +458,8 @@ class IndependentPortsNetwork(LinkNetwork):
         for p in touched:
             self._level(p, now)
         if logging:
-            self._log_pending.update(touched)
+            for p in touched:
+                self._log(now, p)
         self._n_in_flight -= len(done)
         flows, waiting = self.flows, self._waiting
         for fid in done:
@@ -357,27 +467,6 @@ class IndependentPortsNetwork(LinkNetwork):
             ev = waiting[fid]
             waiting[fid] = None
             ev.succeed(now)
-
-    # ------------------------------------------------------------------------------------ rate log
-    def _flush_log(self) -> None:
-        """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
-        the first entry)."""
-        times, counts, ports, rates = self._log_flat
-        if not self._log_pending and times:
-            return
-        logged, rate_p = self._logged, self._rate_p
-        n = 0
-        for p in (sorted(self._log_pending) if times else range(self.P)):
-            v = rate_p[p] / GBPS
-            if logged[p] != v:
-                logged[p] = v
-                ports.append(p)
-                rates.append(v)
-                n += 1
-        self._log_pending = {}
-        if n:
-            times.append(self._log_t)
-            counts.append(n)
 
 
 __all__ = ["IndependentPortsNetwork"]
