@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,18 +67,48 @@ def fire_now(ev, value) -> None:
 
 class _Group:
     """The transfers through one port with one cap: one rate. `served` is the bytes each member has moved
-    here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b."""
+    here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b.
 
-    __slots__ = ("port", "cap", "n", "rate", "served", "t", "heap", "version", "front")
+    Members are kept in (target, transfer id) order as one FIFO per byte count: `served` never decreases, so
+    members of equal bytes reach their targets in the order they joined. `heads` is a heap of each non-empty
+    FIFO's first member (target, id, FIFO); its front is the group's front. Against one heap of all members, a
+    join is an append and a leave a pop from a heap of a few entries (a port's heap of ~130 members was ~15 %
+    of a 256-GPU run); members come out in the same order."""
+
+    __slots__ = ("port", "cap", "n", "rate", "served", "t", "fifos", "heads", "version", "front")
 
     def __init__(self, port: int, cap: float):
         self.port, self.cap = port, cap
-        self.n, self.rate, self.served, self.t, self.heap, self.version = 0, 0.0, 0.0, 0.0, [], 0
+        self.n, self.rate, self.served, self.t, self.version = 0, 0.0, 0.0, 0.0, 0
+        self.fifos: dict[float, deque] = {}  # bytes -> members of that size, (target, id), in joining order
+        self.heads: list[tuple] = []
         self.front = None  # the target a valid due entry of this version is for (None: none)
 
     def settle(self, now: float) -> None:
         self.served += self.rate * (now - self.t)
         self.t = now
+
+    def add(self, nbytes: float, fid: int) -> None:
+        """Member fid joins with `nbytes` to move (served is up to date)."""
+        target = self.served + nbytes
+        fifo = self.fifos.get(nbytes)
+        if fifo is None:
+            fifo = self.fifos[nbytes] = deque()
+        if not fifo:
+            heapq.heappush(self.heads, (target, fid, fifo))
+        fifo.append((target, fid))
+
+    def pop_front(self) -> int:
+        """Remove the member with the smallest (target, id); returns its id."""
+        heads = self.heads
+        _, fid, fifo = heads[0]
+        fifo.popleft()
+        if fifo:
+            target, nxt = fifo[0]
+            heapq.heapreplace(heads, (target, nxt, fifo))
+        else:
+            heapq.heappop(heads)
+        return fid
 
 
 class _Wake:
@@ -266,7 +297,7 @@ class IndependentPortsNetwork(LinkNetwork):
         """Transfer fid joins port p's group of cap `cap` (created if new), then the port's new levels."""
         g = self._group(p, cap)
         g.settle(now)
-        heapq.heappush(g.heap, (g.served + nbytes, fid))
+        g.add(nbytes, fid)
         g.n += 1
         self._n_port[p] += 1
         self._level(p, now)
@@ -276,7 +307,7 @@ class IndependentPortsNetwork(LinkNetwork):
         the settle and the elapsed-time term that _level would repeat add exactly 0.0 and are left out."""
         served = g.served = g.served + g.rate * (now - g.t)
         g.t = now
-        heapq.heappush(g.heap, (served + nbytes, fid))
+        g.add(nbytes, fid)
         n = g.n = g.n + 1
         self._n_port[p] += 1
         self.updates += 1
@@ -286,7 +317,7 @@ class IndependentPortsNetwork(LinkNetwork):
         if rate != g.rate:
             g.rate, g.front = rate, None
             g.version += 1
-        front = g.heap[0][0]
+        front = g.heads[0][0]
         if front != g.front:
             g.front = front
             self._seq += 1
@@ -330,7 +361,7 @@ class IndependentPortsNetwork(LinkNetwork):
                 g.t = now
                 g.rate, g.front = rate, None
                 g.version += 1
-            front = g.heap[0][0]
+            front = g.heads[0][0]
             if front != g.front:
                 g.front = front
                 self._seq += 1
@@ -361,7 +392,7 @@ class IndependentPortsNetwork(LinkNetwork):
             count -= g.n
             total += rate * g.n
             self._seq += 1
-            g.front = g.heap[0][0]
+            g.front = g.heads[0][0]
             heapq.heappush(due, (now + max(g.front - g.served, 0.0) / rate, self._seq, g, g.version))
         self._rate_p[p] = total if self._n_port[p] else 0.0
 
@@ -398,9 +429,9 @@ class IndependentPortsNetwork(LinkNetwork):
                 continue
             rate = g.rate
             served = g.served + rate * (now - g.t)
-            h, tol, found = g.heap, _DONE_BYTES + rate * 1e-9, False
+            h, tol, found = g.heads, _DONE_BYTES + rate * 1e-9, False
             while h and h[0][0] - served <= tol:
-                out.append((heapq.heappop(h)[1], g))
+                out.append((g.pop_front(), g))
                 found = True
             g.version += 1
             g.front = None
@@ -428,10 +459,13 @@ class IndependentPortsNetwork(LinkNetwork):
         """_leave for one transfer: the same steps in the same order, without the batch's dict and lists; returns
         the transfer's event if it is through (not yet succeeded: the caller does it), else None."""
         p = g.port
-        g.n -= 1
+        n = g.n = g.n - 1
         self._n_port[p] -= 1
         left = self._sides_left[fid] = self._sides_left[fid] - 1
-        self._level(p, now)
+        if n and self._sole[p] is g:
+            self._relevel_sole(g, p, now, n)
+        else:
+            self._level(p, now)
         if logging:
             self._log(now, p)
         if not left:
@@ -441,6 +475,26 @@ class IndependentPortsNetwork(LinkNetwork):
             self._waiting[fid] = None
             return ev
         return None
+
+    def _relevel_sole(self, g: _Group, p: int, now: float, n: int) -> None:
+        """_level for a port whose only group g has n > 0 members (the same steps, inline)."""
+        self.updates += 1
+        self._settle_port(p, now)
+        share = self.port_cap[p] / n
+        rate = g.cap if g.cap <= share else share
+        if rate != g.rate:
+            g.served += g.rate * (now - g.t)
+            g.t = now
+            g.rate, g.front = rate, None
+            g.version += 1
+        front = g.heads[0][0]
+        if front != g.front:
+            g.front = front
+            self._seq += 1
+            left = front - g.served - rate * (now - g.t)
+            left = 0.0 if left < 0.0 else left
+            heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
+        self._rate_p[p] = rate * n
 
     def _leave(self, now: float, out: list, logging: bool) -> None:
         """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
