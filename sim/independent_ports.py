@@ -46,6 +46,7 @@ from comet.core.config import HardwareProfile, ParallelConfig
 from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
 
 NORMAL, PENDING, Event = simpy.events.NORMAL, simpy.events.PENDING, simpy.events.Event
+NAN = math.nan
 
 
 def fire_now(ev, value) -> None:
@@ -88,27 +89,28 @@ class _Group:
         self.served += self.rate * (now - self.t)
         self.t = now
 
-    def add(self, nbytes: float, fid: int) -> None:
-        """Member fid joins with `nbytes` to move (served is up to date)."""
+    def add(self, nbytes: float, fid: int, ticket: list) -> None:
+        """Member fid (its ticket: IndependentPortsNetwork.transfer) joins with `nbytes` to move (served is up to
+        date)."""
         target = self.served + nbytes
         fifo = self.fifos.get(nbytes)
         if fifo is None:
             fifo = self.fifos[nbytes] = deque()
         if not fifo:
             heapq.heappush(self.heads, (target, fid, fifo))
-        fifo.append((target, fid))
+        fifo.append((target, fid, ticket))
 
-    def pop_front(self) -> int:
-        """Remove the member with the smallest (target, id); returns its id."""
+    def pop_front(self) -> tuple:
+        """Remove the member with the smallest (target, id); returns (id, ticket)."""
         heads = self.heads
-        _, fid, fifo = heads[0]
-        fifo.popleft()
+        _, fid, ticket = heads[0][2].popleft()
+        fifo = heads[0][2]
         if fifo:
-            target, nxt = fifo[0]
+            target, nxt, _ = fifo[0]
             heapq.heapreplace(heads, (target, nxt, fifo))
         else:
             heapq.heappop(heads)
-        return fid
+        return fid, ticket
 
 
 class _Wake:
@@ -219,8 +221,6 @@ class IndependentPortsNetwork(LinkNetwork):
         self._rate_p = [0.0] * P  # bytes/us through each port now
         self._t_p = [0.0] * P  # when the port's bytes and busy time were last brought up to date
         self._sole: list[_Group | None] = [None] * P  # a port's group while it has only one (the usual case)
-        self._sides_left: list[int] = []  # per transfer id: ports still serving it
-        self._waiting: list = []  # per transfer id: its event until it is through, then None
         self._queue, self._eid = env._queue, env._eid  # the wake-ups go straight onto SimPy's queue
         self._wake_cbs = [self._on_wake]
         # Set by a run loop that drives the wake-ups itself (sim.engine.run_until_empty): the next one is then
@@ -248,15 +248,12 @@ class IndependentPortsNetwork(LinkNetwork):
         self._trace = None if value is None else RateTrace(self.P)
         self._log_built = None
 
-    def _log(self, now: float, p: int) -> None:
-        """Port p's rate now, into the rate trace."""
+    def _new_instant(self, now: float) -> None:
+        """The rate trace's pairs from here on are at `now`."""
+        self._log_t = now
         trace = self._trace
-        if now != self._log_t:
-            self._log_t = now
-            trace.times.append(now)
-            trace.starts.append(len(trace.ports))
-        trace.ports.append(p)
-        trace.rates.append(self._rate_p[p])
+        trace.times.append(now)
+        trace.starts.append(len(trace.ports))
 
     # ------------------------------------------------------------------------------------ events
     def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
@@ -268,46 +265,52 @@ class IndependentPortsNetwork(LinkNetwork):
         flows = self.flows
         fid = len(flows)
         nbytes = float(nbytes)
-        flows.append([fid, src, dst, nbytes, now, math.nan])
+        flow = [fid, src, dst, nbytes, now, NAN]
+        flows.append(flow)
         if nbytes <= 0:
-            flows[fid][5] = now
-            self._waiting.append(None)
-            self._sides_left.append(0)
+            flow[5] = now
             ev.succeed(now)
             return ev
         cap = cap_gbps * GBPS
-        self._waiting.append(ev)
-        self._sides_left.append(2)
+        # what a leave needs of the transfer, in one place that both ports' member entries hold (three lists
+        # indexed by transfer id cost three cache misses a leave at 256 GPUs): ports still serving it, its
+        # event, its flow record
+        ticket = [2, ev, flow]
         self._n_in_flight += 1
-        pa, pb = self.ports(src, dst)
+        W = self.W
+        pa, pb = (src, W + dst) if self._node[src] == self._node[dst] else (2 * W + src, 3 * W + dst)  # ports()
         sole = self._sole
         for p in (pa, pb):
             g = sole[p]
             if g is not None and g.cap == cap:
-                self._join_sole(g, p, now, nbytes, fid)
+                self._join_sole(g, p, now, nbytes, fid, ticket)
             else:
-                self._join(p, cap, now, nbytes, fid)
-        if self._trace is not None:
-            self._log(now, pa)
-            self._log(now, pb)
+                self._join(p, cap, now, nbytes, fid, ticket)
+        trace = self._trace
+        if trace is not None:
+            if now != self._log_t:
+                self._new_instant(now)
+            rate_p = self._rate_p
+            trace.ports.extend((pa, pb))
+            trace.rates.extend((rate_p[pa], rate_p[pb]))
         self._arm(now)
         return ev
 
-    def _join(self, p: int, cap: float, now: float, nbytes: float, fid: int) -> None:
+    def _join(self, p: int, cap: float, now: float, nbytes: float, fid: int, ticket: list) -> None:
         """Transfer fid joins port p's group of cap `cap` (created if new), then the port's new levels."""
         g = self._group(p, cap)
         g.settle(now)
-        g.add(nbytes, fid)
+        g.add(nbytes, fid, ticket)
         g.n += 1
         self._n_port[p] += 1
         self._level(p, now)
 
-    def _join_sole(self, g: _Group, p: int, now: float, nbytes: float, fid: int) -> None:
+    def _join_sole(self, g: _Group, p: int, now: float, nbytes: float, fid: int, ticket: list) -> None:
         """_join where g is the port's only group, _level's one-group case inline. g is settled to now first, so
         the settle and the elapsed-time term that _level would repeat add exactly 0.0 and are left out."""
         served = g.served = g.served + g.rate * (now - g.t)
         g.t = now
-        g.add(nbytes, fid)
+        g.add(nbytes, fid, ticket)
         n = g.n = g.n + 1
         self._n_port[p] += 1
         self.updates += 1
@@ -431,7 +434,8 @@ class IndependentPortsNetwork(LinkNetwork):
             served = g.served + rate * (now - g.t)
             h, tol, found = g.heads, _DONE_BYTES + rate * 1e-9, False
             while h and h[0][0] - served <= tol:
-                out.append((g.pop_front(), g))
+                fid, ticket = g.pop_front()
+                out.append((fid, g, ticket))
                 found = True
             g.version += 1
             g.front = None
@@ -439,14 +443,13 @@ class IndependentPortsNetwork(LinkNetwork):
                 self._seq += 1
                 g.front = h[0][0]
                 heapq.heappush(due, (now + (h[0][0] - served) / rate, self._seq, g, g.version))
-        if len(out) > 1:
-            out.sort(key=_by_transfer_then_port)  # deterministic
-        logging = self._trace is not None
-        through = None
         if len(out) == 1:  # the usual case: one transfer leaves one port
-            through = self._leave_one(now, *out[0], logging)
+            _, g, ticket = out[0]
+            through = self._leave_one(now, g, ticket)
         else:
-            self._leave(now, out, logging)
+            out.sort(key=_by_transfer_then_port)  # deterministic
+            self._leave(now, out)
+            through = None
         self._arm(now)
         if through is not None:
             queue = self._queue
@@ -455,26 +458,30 @@ class IndependentPortsNetwork(LinkNetwork):
             else:  # its queue entry would be the next event: process it now (one queue entry less a transfer)
                 fire_now(through, now)
 
-    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool):
+    def _leave_one(self, now: float, g: _Group, ticket: list):
         """_leave for one transfer: the same steps in the same order, without the batch's dict and lists; returns
         the transfer's event if it is through (not yet succeeded: the caller does it), else None."""
         p = g.port
         n = g.n = g.n - 1
         self._n_port[p] -= 1
-        left = self._sides_left[fid] = self._sides_left[fid] - 1
         if n and self._sole[p] is g:
             self._relevel_sole(g, p, now, n)
         else:
             self._level(p, now)
-        if logging:
-            self._log(now, p)
-        if not left:
-            self._n_in_flight -= 1
-            self.flows[fid][5] = now
-            ev = self._waiting[fid]
-            self._waiting[fid] = None
-            return ev
-        return None
+        trace = self._trace
+        if trace is not None:
+            if now != self._log_t:
+                self._new_instant(now)
+            trace.ports.append(p)
+            trace.rates.append(self._rate_p[p])
+        left = ticket[0] = ticket[0] - 1
+        if left:
+            return None
+        self._n_in_flight -= 1
+        ticket[2][5] = now
+        ev = ticket[1]
+        ticket[1] = None
+        return ev
 
     def _relevel_sole(self, g: _Group, p: int, now: float, n: int) -> None:
         """_level for a port whose only group g has n > 0 members (the same steps, inline)."""
@@ -496,30 +503,33 @@ class IndependentPortsNetwork(LinkNetwork):
             heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
         self._rate_p[p] = rate * n
 
-    def _leave(self, now: float, out: list, logging: bool) -> None:
-        """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
-        both ports have served are through (their events succeed, by transfer id)."""
+    def _leave(self, now: float, out: list) -> None:
+        """The transfers in `out` (id, group, ticket) leave their groups' ports: new levels there, and the
+        transfers both ports have served are through (their events succeed, by transfer id)."""
         touched: dict[int, None] = {}
         done = []
-        n_port, sides = self._n_port, self._sides_left
-        for fid, g in out:
+        n_port = self._n_port
+        for _, g, ticket in out:
             g.n -= 1
             n_port[g.port] -= 1
             touched[g.port] = None
-            left = sides[fid] = sides[fid] - 1
+            left = ticket[0] = ticket[0] - 1
             if not left:
-                done.append(fid)
+                done.append(ticket)
         for p in touched:
             self._level(p, now)
-        if logging:
+        trace = self._trace
+        if trace is not None and touched:
+            if now != self._log_t:
+                self._new_instant(now)
             for p in touched:
-                self._log(now, p)
+                trace.ports.append(p)
+                trace.rates.append(self._rate_p[p])
         self._n_in_flight -= len(done)
-        flows, waiting = self.flows, self._waiting
-        for fid in done:
-            flows[fid][5] = now
-            ev = waiting[fid]
-            waiting[fid] = None
+        for ticket in done:
+            ticket[2][5] = now
+            ev = ticket[1]
+            ticket[1] = None
             ev.succeed(now)
 
 
