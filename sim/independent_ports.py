@@ -81,7 +81,7 @@ class _Group:
     def __init__(self, port: int, cap: float):
         self.port, self.cap = port, cap
         self.n, self.rate, self.served, self.t, self.version = 0, 0.0, 0.0, 0.0, 0
-        self.targets: list[float] = []
+        self.targets = array("d")  # C doubles: contiguous, so a bisection reads no scattered float objects
         self.tickets: list[list] = []
         self.front = None  # the target a valid due entry of this version is for (None: none)
 
@@ -190,7 +190,8 @@ class RateTrace:
 
 
 def _by_transfer_then_port(item: tuple) -> tuple:
-    return item[0], item[1].port
+    g, ticket = item
+    return ticket[3], g.port
 
 
 class IndependentPortsNetwork(LinkNetwork):
@@ -258,8 +259,8 @@ class IndependentPortsNetwork(LinkNetwork):
         cap = cap_gbps * GBPS
         # what a leave needs of the transfer, in one place that both ports' member entries hold (three lists
         # indexed by transfer id cost three cache misses a leave at 256 GPUs): ports still serving it, its
-        # event, its flow record
-        ticket = [2, ev, flow]
+        # event, its flow record, its id
+        ticket = [2, ev, flow, fid]
         self._n_in_flight += 1
         W = self.W
         pa, pb = (src, W + dst) if self._node[src] == self._node[dst] else (2 * W + src, 3 * W + dst)  # ports()
@@ -275,8 +276,11 @@ class IndependentPortsNetwork(LinkNetwork):
             if now != self._log_t:
                 self._new_instant(now)
             rate_p = self._rate_p
-            trace.ports.extend((pa, pb))
-            trace.rates.extend((rate_p[pa], rate_p[pb]))
+            ports, rates = trace.ports, trace.rates
+            ports.append(pa)
+            rates.append(rate_p[pa])
+            ports.append(pb)
+            rates.append(rate_p[pb])
         self._arm(now)
         return ev
 
@@ -420,7 +424,7 @@ class IndependentPortsNetwork(LinkNetwork):
             while targets and targets[0] - served <= tol:
                 del targets[0]
                 ticket = g.tickets.pop(0)
-                out.append((ticket[2][0], g, ticket))
+                out.append((g, ticket))
                 found = True
             g.version += 1
             g.front = None
@@ -429,7 +433,7 @@ class IndependentPortsNetwork(LinkNetwork):
                 g.front = targets[0]
                 heapq.heappush(due, (now + (targets[0] - served) / rate, self._seq, g, g.version))
         if len(out) == 1:  # the usual case: one transfer leaves one port
-            _, g, ticket = out[0]
+            g, ticket = out[0]
             through = self._leave_one(now, g, ticket)
         else:
             out.sort(key=_by_transfer_then_port)  # deterministic
@@ -489,12 +493,12 @@ class IndependentPortsNetwork(LinkNetwork):
         self._rate_p[p] = rate * n
 
     def _leave(self, now: float, out: list) -> None:
-        """The transfers in `out` (id, group, ticket) leave their groups' ports: new levels there, and the
+        """The transfers in `out` (group, ticket) leave their groups' ports: new levels there, and the
         transfers both ports have served are through (their events succeed, by transfer id)."""
         touched: dict[int, None] = {}
         done = []
         n_port = self._n_port
-        for _, g, ticket in out:
+        for g, ticket in out:
             g.n -= 1
             n_port[g.port] -= 1
             touched[g.port] = None
