@@ -77,6 +77,7 @@ def run_until_empty(env: simpy.Environment, net=None) -> None:
     beside = net is not None and getattr(net, "wake_beside_queue", None) is False
     if beside:
         net.wake_beside_queue = True
+        wake = net.wake
     try:
         while True:
             if beside:
@@ -84,7 +85,7 @@ def run_until_empty(env: simpy.Environment, net=None) -> None:
                 if key is not None and (not queue or key < queue[0]):  # (time, priority, sequence): never a tie
                     net.wake_key = None
                     env._now = key[0]
-                    net.wake()
+                    wake()
                     continue
             if not queue:
                 return

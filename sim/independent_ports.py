@@ -53,15 +53,16 @@ def fire_now(ev, value) -> None:
     """`ev.succeed(value)` and the event's processing at once, which is what the run would do next when SimPy's
     queue holds nothing else at this instant (the caller checks): a SimPy Event, or anything with `fire`
     (sim.engine.Stepper); anything else is succeeded onto the queue."""
-    if type(ev) is Event:
+    fire = getattr(ev, "fire", None)
+    if fire is not None:
+        fire(value)
+    elif type(ev) is Event:
         if ev._value is not PENDING:
             raise RuntimeError(f"{ev} has already been triggered")
         ev._ok, ev._value = True, value
         callbacks, ev.callbacks = ev.callbacks, None
         for callback in callbacks:
             callback(ev)
-    elif hasattr(ev, "fire"):
-        ev.fire(value)
     else:
         ev.succeed(value)
 
@@ -302,7 +303,13 @@ class IndependentPortsNetwork(LinkNetwork):
         n = g.n = g.n + 1
         self._n_port[p] += 1
         self.updates += 1
-        self._settle_port(p, now)
+        dt = now - self._t_p[p]  # _settle_port, inline
+        if dt > 0:
+            port_rate = self._rate_p[p]
+            self._port_bytes[p] += port_rate * dt
+            if port_rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
         share = self.port_cap[p] / n
         rate = g.cap if g.cap <= share else share
         if rate != g.rate:
@@ -475,7 +482,13 @@ class IndependentPortsNetwork(LinkNetwork):
     def _relevel_sole(self, g: _Group, p: int, now: float, n: int) -> None:
         """_level for a port whose only group g has n > 0 members (the same steps, inline)."""
         self.updates += 1
-        self._settle_port(p, now)
+        dt = now - self._t_p[p]  # _settle_port, inline
+        if dt > 0:
+            port_rate = self._rate_p[p]
+            self._port_bytes[p] += port_rate * dt
+            if port_rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
         share = self.port_cap[p] / n
         rate = g.cap if g.cap <= share else share
         if rate != g.rate:
