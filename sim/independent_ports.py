@@ -142,52 +142,64 @@ class RateLog(Sequence):
 
 
 class RateTrace:
-    """Every rate the network gives a port, in order (instants, and per instant (port, bytes/us) pairs): two
-    appends per change during the run, where writing the log's entry at each instant (which ports changed, in
-    port order) cost a few microseconds per event. `rate_log()` derives the entries afterwards, in numpy."""
+    """The rates the network gives its ports, in order: per instant, (port, bytes/us) pairs, a pair only where
+    the rate differs from the port's last pair (three of four touches leave a port's rate as it was). Writing
+    the log's entry at every instant (which ports changed, in port order) cost a few microseconds per event;
+    here a change is two appends, and `rate_log()` derives the entries in numpy."""
 
-    __slots__ = ("times", "starts", "ports", "rates", "P")
+    __slots__ = ("times", "starts", "ports", "rates", "last", "t", "P")
 
     def __init__(self, P: int):
         self.P = P
-        self.times, self.starts = array("d"), array("q")  # each instant, and its first pair's index
+        self.times, self.starts = array("d"), array("q")  # each instant with a pair, and its first pair's index
         self.ports, self.rates = array("q"), array("d")
+        self.last = [0.0] * P  # each port's rate in its last pair (at rest before any)
+        self.t = -INF  # the last instant with a pair
 
     def rate_log(self) -> RateLog:
-        """The entries LinkNetwork's log would hold: per instant, the ports whose rate at its end differs from
-        the last logged one, in port order (the first entry, at time 0, every port)."""
-        P = self.P
-        ports, rates = np.array(self.ports, dtype=np.int64), np.array(self.rates, dtype=np.float64)
+        """The entries LinkNetwork's log would hold: the first at time 0 with every port (its rate at the end of
+        that instant), then per instant the ports whose rate at its end differs from their previous one, in
+        port order."""
+        P, n = self.P, len(self.ports)
+        ports, gbps = np.array(self.ports, dtype=np.int64), np.array(self.rates, dtype=np.float64) / GBPS
         times, starts = np.array(self.times, dtype=np.float64), np.array(self.starts, dtype=np.int64)
-        instant = np.zeros(ports.size, dtype=np.int64)  # the instant of each pair
-        if starts.size:
-            np.add.at(instant, starts[1:], 1)
-            instant = np.cumsum(instant)
-        if not times.size or times[0] != 0.0:  # an entry at time 0 of every port at rest comes first
-            times = np.concatenate([[0.0], times])
-            instant += 1
-        ports = np.concatenate([np.arange(P, dtype=np.int64), ports])
-        rates = np.concatenate([np.zeros(P), rates])
-        instant = np.concatenate([np.zeros(P, dtype=np.int64), instant])
+        instant = np.repeat(np.arange(times.size), np.diff(np.append(starts, n)))
         # the last pair of each (instant, port), in (instant, port) order
-        key = instant * P + ports
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        last = np.ones(key.size, dtype=bool)
-        last[:-1] = key[1:] != key[:-1]
-        sel = order[last]
-        ports, gbps, instant = ports[sel], rates[sel] / GBPS, instant[sel]
-        # a pair is logged when its rate differs from the same port's previous one (none: logged)
+        order = np.argsort(instant * P + ports, kind="stable")
+        ports, gbps, instant = ports[order], gbps[order], instant[order]
+        last = np.ones(n, dtype=bool)
+        last[:-1] = (instant[1:] != instant[:-1]) | (ports[1:] != ports[:-1])
+        ports, gbps, instant = ports[last], gbps[last], instant[last]
+        first = np.zeros(P)
+        if times.size and times[0] == 0.0:  # pairs at time 0 belong to the first entry
+            k = int(np.searchsorted(instant, 1))
+            first[ports[:k]] = gbps[:k]
+            ports, gbps, instant = ports[k:], gbps[k:], instant[k:]
+        # a pair is logged when its rate differs from the port's previous one (the first entry's before any)
         by_port = np.argsort(ports, kind="stable")
         p_sorted, v_sorted = ports[by_port], gbps[by_port]
-        changed_sorted = np.ones(p_sorted.size, dtype=bool)
-        same_port = p_sorted[1:] == p_sorted[:-1]
-        changed_sorted[1:] = ~same_port | (v_sorted[1:] != v_sorted[:-1])
-        changed = np.empty_like(changed_sorted)
-        changed[by_port] = changed_sorted
+        previous = np.empty_like(v_sorted)
+        previous[1:] = v_sorted[:-1]
+        first_of_port = np.ones(p_sorted.size, dtype=bool)
+        first_of_port[1:] = p_sorted[1:] != p_sorted[:-1]
+        previous[first_of_port] = first[p_sorted[first_of_port]]
+        changed = np.empty(p_sorted.size, dtype=bool)
+        changed[by_port] = v_sorted != previous
         counts = np.bincount(instant[changed], minlength=times.size)
         kept = counts > 0
-        return RateLog(times[kept].tolist(), counts[kept], ports[changed], gbps[changed])
+        return RateLog([0.0, *times[kept].tolist()], np.concatenate([[P], counts[kept]]),
+                       np.concatenate([np.arange(P), ports[changed]]), np.concatenate([first, gbps[changed]]))
+
+    def add(self, now: float, p: int, rate: float) -> None:
+        """Port p's rate is `rate` (bytes/us) from `now` on."""
+        if rate != self.last[p]:
+            self.last[p] = rate
+            if now != self.t:
+                self.t = now
+                self.times.append(now)
+                self.starts.append(len(self.ports))
+            self.ports.append(p)
+            self.rates.append(rate)
 
 
 def _by_transfer_then_port(item: tuple) -> tuple:
@@ -217,7 +229,6 @@ class IndependentPortsNetwork(LinkNetwork):
         self._seq = 0
         self._wake_at = INF
         self._wake_id = 0
-        self._log_t = -INF  # the instant of the rate trace's last pair
 
     @property
     def rate_log(self):
@@ -233,13 +244,6 @@ class IndependentPortsNetwork(LinkNetwork):
     def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
         self._trace = None if value is None else RateTrace(self.P)
         self._log_built = None
-
-    def _new_instant(self, now: float) -> None:
-        """The rate trace's pairs from here on are at `now`."""
-        self._log_t = now
-        trace = self._trace
-        trace.times.append(now)
-        trace.starts.append(len(trace.ports))
 
     # ------------------------------------------------------------------------------------ events
     def transfer(self, src: int, dst: int, nbytes: float, cap_gbps: float = INF, event=None) -> simpy.Event:
@@ -274,14 +278,9 @@ class IndependentPortsNetwork(LinkNetwork):
                 self._join(p, cap, now, nbytes, ticket)
         trace = self._trace
         if trace is not None:
-            if now != self._log_t:
-                self._new_instant(now)
             rate_p = self._rate_p
-            ports, rates = trace.ports, trace.rates
-            ports.append(pa)
-            rates.append(rate_p[pa])
-            ports.append(pb)
-            rates.append(rate_p[pb])
+            trace.add(now, pa, rate_p[pa])
+            trace.add(now, pb, rate_p[pb])
         self._arm(now)
         return ev
 
@@ -466,10 +465,7 @@ class IndependentPortsNetwork(LinkNetwork):
             self._level(p, now)
         trace = self._trace
         if trace is not None:
-            if now != self._log_t:
-                self._new_instant(now)
-            trace.ports.append(p)
-            trace.rates.append(self._rate_p[p])
+            trace.add(now, p, self._rate_p[p])
         left = ticket[0] = ticket[0] - 1
         if left:
             return None
@@ -521,12 +517,9 @@ class IndependentPortsNetwork(LinkNetwork):
         for p in touched:
             self._level(p, now)
         trace = self._trace
-        if trace is not None and touched:
-            if now != self._log_t:
-                self._new_instant(now)
+        if trace is not None:
             for p in touched:
-                trace.ports.append(p)
-                trace.rates.append(self._rate_p[p])
+                trace.add(now, p, self._rate_p[p])
         self._n_in_flight -= len(done)
         for ticket in done:
             ticket[2][5] = now
