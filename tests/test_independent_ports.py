@@ -15,6 +15,7 @@ from helpers.sim_cases import toy_hardware
 from sim.hardware_model import GBPS
 from sim.independent_ports import IndependentPortsNetwork
 from sim.options import SimOptions
+from sim.rate_trace import RateTrace
 from sim.run import make_case, simulate
 
 
@@ -141,8 +142,6 @@ def test_rate_trace_gives_the_log_written_per_instant(seed):
     """RateTrace keeps only the touches that change a port's rate and derives the entries afterwards: the same
     entries as writing them at every instant (rates set and set back within an instant, repeated values, several
     touches of one port, a first instant at time 0 or later)."""
-    from sim.independent_ports import RateTrace
-
     rng = random.Random(seed)
     P = rng.choice([1, 3, 8])
     values = [0.0, 1e3, 2.5e3, 4e3]
