@@ -60,6 +60,14 @@ class Stepper:
         self.callbacks = self._ready
         heapq.heappush(self._queue, (self.env._now, NORMAL, next(self._eid), self))
 
+    def fire(self, value=None) -> None:
+        """succeed(value) and its processing at once: what the run does next when the queue has nothing
+        else at this instant (sim.independent_ports.fire_now)."""
+        self._value = value
+        self.callbacks = None
+        for callback in self._ready:
+            callback(self)
+
 
 def run_until_empty(env: simpy.Environment, net=None) -> None:
     """`env.run()` (no `until`): SimPy's step loop, event for event, without a method call and an exception
@@ -69,6 +77,7 @@ def run_until_empty(env: simpy.Environment, net=None) -> None:
     beside = net is not None and getattr(net, "wake_beside_queue", None) is False
     if beside:
         net.wake_beside_queue = True
+        wake = net.wake
     try:
         while True:
             if beside:
@@ -76,7 +85,7 @@ def run_until_empty(env: simpy.Environment, net=None) -> None:
                 if key is not None and (not queue or key < queue[0]):  # (time, priority, sequence): never a tie
                     net.wake_key = None
                     env._now = key[0]
-                    net.wake()
+                    wake()
                     continue
             if not queue:
                 return

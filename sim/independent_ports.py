@@ -17,9 +17,16 @@ few heap operations however many transfers share a port (the max-min model refil
 group at every event: dev/LOG.md, 2026-12-03). Choose it with `SimOptions(link_model="independent-ports")`.
 
 Per (port, cap) group: every member moves at one rate, so a group keeps one clock of bytes served per member
-(`served`, as of `t`) and a heap of its members' targets; one heap of due times over the groups (stale
+(`served`, as of `t`) and its members' targets in order; one heap of due times over the groups (stale
 entries skipped by a version) wakes the network. Deterministic: every order is by transfer id, group
 creation or a sequence number.
+
+Speed (256 GPUs: ~3 M transfers, each a join and two leaves): an event's cost is mostly cache misses on
+what the transfer touched at its join, so a transfer's state is one ticket that its two member entries
+hold, a group's targets are C doubles in a sorted array (not a heap of tuples), a transfer through at an
+instant where SimPy's queue holds nothing else is processed at once (`fire_now`, no queue entry), and the
+rate log is a trace of changes turned into entries afterwards (sim.rate_trace). Each of these keeps every event,
+its order and every float as they were (results/sim_speed/README.md, 2026-12-04c).
 
     >>> import simpy
     >>> from comet.core.config import HardwareProfile, ParallelConfig
@@ -35,31 +42,66 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from array import array
+from bisect import bisect_right
 
-import numpy as np
 import simpy
 
 from comet.core.config import HardwareProfile, ParallelConfig
 from sim.hardware_model import _DONE_BYTES, GBPS, INF, LinkNetwork
+from sim.rate_trace import RateTrace
 
-NORMAL = simpy.events.NORMAL
+NORMAL, PENDING, Event = simpy.events.NORMAL, simpy.events.PENDING, simpy.events.Event
+NAN = math.nan
+
+
+def fire_now(ev, value) -> None:
+    """`ev.succeed(value)` and the event's processing at once, which is what the run would do next when SimPy's
+    queue holds nothing else at this instant (the caller checks): a SimPy Event, or anything with `fire`
+    (sim.engine.Stepper); anything else is succeeded onto the queue."""
+    fire = getattr(ev, "fire", None)
+    if fire is not None:
+        fire(value)
+    elif type(ev) is Event:
+        if ev._value is not PENDING:
+            raise RuntimeError(f"{ev} has already been triggered")
+        ev._ok, ev._value = True, value
+        callbacks, ev.callbacks = ev.callbacks, None
+        for callback in callbacks:
+            callback(ev)
+    else:
+        ev.succeed(value)
 
 
 class _Group:
     """The transfers through one port with one cap: one rate. `served` is the bytes each member has moved
-    here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b."""
+    here since the group was created, as of time `t`; a member that joined at x with b bytes is done at x + b.
 
-    __slots__ = ("port", "cap", "n", "rate", "served", "t", "heap", "version", "front")
+    The members are two parallel lists in target order (`targets` ascending, `tickets`: what a leave needs of
+    each, IndependentPortsNetwork.transfer): a join is a bisection and an insert, a leave takes the first.
+    Measured against a heap of (target, id) tuples: a heap's pop walks a root-to-leaf path of tuples allocated
+    at their joins, scattered in memory, a cache miss a level (~2 us a pop at 128 GPUs, ~130 members a port);
+    the lists touch a few contiguous pointers. Members of equal targets leave at once whatever their order."""
+
+    __slots__ = ("port", "cap", "n", "rate", "served", "t", "targets", "tickets", "version", "front")
 
     def __init__(self, port: int, cap: float):
         self.port, self.cap = port, cap
-        self.n, self.rate, self.served, self.t, self.heap, self.version = 0, 0.0, 0.0, 0.0, [], 0
+        self.n, self.rate, self.served, self.t, self.version = 0, 0.0, 0.0, 0.0, 0
+        self.targets = array("d")  # C doubles: contiguous, so a bisection reads no scattered float objects
+        self.tickets: list[list] = []
         self.front = None  # the target a valid due entry of this version is for (None: none)
 
     def settle(self, now: float) -> None:
         self.served += self.rate * (now - self.t)
         self.t = now
+
+    def add(self, nbytes: float, ticket: list) -> None:
+        """A member with `nbytes` to move joins (served is up to date)."""
+        target = self.served + nbytes
+        i = bisect_right(self.targets, target)
+        self.targets.insert(i, target)
+        self.tickets.insert(i, ticket)
 
 
 class _Wake:
@@ -73,40 +115,9 @@ class _Wake:
         self.callbacks, self._value = callbacks, value
 
 
-class RateLog(Sequence):
-    """The rate log as a sequence of (time_us, ports, GB/s) entries, LinkNetwork.rate_log's form, held as flat
-    arrays: an entry's two arrays are made when it is read (millions of entries at 256 GPUs, seconds to build,
-    and most results are never asked for them)."""
-
-    def __init__(self, times: list, counts: list, ports: list, rates: list):
-        self.times = list(times)
-        self.ends = np.cumsum(np.array(counts, dtype=np.int64)).tolist()
-        self.ports = np.array(ports, dtype=np.int64)
-        self.rates = np.array(rates, dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.times)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("rate log index out of range")
-        start = self.ends[i - 1] if i else 0
-        end = self.ends[i]
-        return self.times[i], self.ports[start:end], self.rates[start:end]
-
-    def __iter__(self):
-        p_all, v_all, start = self.ports, self.rates, 0
-        for t, end in zip(self.times, self.ends, strict=True):
-            yield t, p_all[start:end], v_all[start:end]
-            start = end
-
-
 def _by_transfer_then_port(item: tuple) -> tuple:
-    return item[0], item[1].port
+    g, ticket = item
+    return ticket[3], g.port
 
 
 class IndependentPortsNetwork(LinkNetwork):
@@ -121,8 +132,6 @@ class IndependentPortsNetwork(LinkNetwork):
         self._rate_p = [0.0] * P  # bytes/us through each port now
         self._t_p = [0.0] * P  # when the port's bytes and busy time were last brought up to date
         self._sole: list[_Group | None] = [None] * P  # a port's group while it has only one (the usual case)
-        self._sides_left: list[int] = []  # per transfer id: ports still serving it
-        self._waiting: list = []  # per transfer id: its event until it is through, then None
         self._queue, self._eid = env._queue, env._eid  # the wake-ups go straight onto SimPy's queue
         self._wake_cbs = [self._on_wake]
         # Set by a run loop that drives the wake-ups itself (sim.engine.run_until_empty): the next one is then
@@ -133,23 +142,20 @@ class IndependentPortsNetwork(LinkNetwork):
         self._seq = 0
         self._wake_at = INF
         self._wake_id = 0
-        self._log_pending: dict[int, None] = {}  # ports touched at `_log_t`, not yet logged
-        self._log_t = 0.0
 
     @property
     def rate_log(self):
         """(time_us, ports, GB/s) as LinkNetwork's, over the flat lists the run appends to (RateLog)."""
-        if self._log_flat is None:
+        trace = self._trace
+        if trace is None:
             return None
-        self._flush_log()
-        times, counts, ports, rates = self._log_flat
-        if self._log_built is None or len(self._log_built) != len(times):
-            self._log_built = RateLog(times, counts, ports, rates)
-        return self._log_built
+        if self._log_built is None or self._log_built[0] != len(trace.ports):
+            self._log_built = (len(trace.ports), trace.rate_log())
+        return self._log_built[1]
 
     @rate_log.setter
     def rate_log(self, value):  # LinkNetwork.__init__ sets [] (record) or None
-        self._log_flat = None if value is None else ([], [], [], [])
+        self._trace = None if value is None else RateTrace(self.P)
         self._log_built = None
 
     # ------------------------------------------------------------------------------------ events
@@ -162,38 +168,83 @@ class IndependentPortsNetwork(LinkNetwork):
         flows = self.flows
         fid = len(flows)
         nbytes = float(nbytes)
-        flows.append([fid, src, dst, nbytes, now, math.nan])
+        flow = [fid, src, dst, nbytes, now, NAN]
+        flows.append(flow)
         if nbytes <= 0:
-            flows[fid][5] = now
-            self._waiting.append(None)
-            self._sides_left.append(0)
+            flow[5] = now
             ev.succeed(now)
             return ev
         cap = cap_gbps * GBPS
-        logging = self._log_flat is not None
-        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
-            self._flush_log()
-            self._log_t = now
-        self._waiting.append(ev)
-        self._sides_left.append(2)
+        # what a leave needs of the transfer, in one place that both ports' member entries hold (three lists
+        # indexed by transfer id cost three cache misses a leave at 256 GPUs): ports still serving it, its
+        # event, its flow record, its id
+        ticket = [2, ev, flow, fid]
         self._n_in_flight += 1
-        pa, pb = self.ports(src, dst)
-        n_port, sole = self._n_port, self._sole
+        W = self.W
+        pa, pb = (src, W + dst) if self._node[src] == self._node[dst] else (2 * W + src, 3 * W + dst)  # ports()
+        sole = self._sole
         for p in (pa, pb):
             g = sole[p]
-            if g is None or g.cap != cap:
-                g = self._group(p, cap)
-            g.served += g.rate * (now - g.t)  # _Group.settle, inlined: two calls per transfer and port
-            g.t = now
-            heapq.heappush(g.heap, (g.served + nbytes, fid))
-            g.n += 1
-            n_port[p] += 1
-            self._level(p, now)
-        if logging:
-            pending = self._log_pending
-            pending[pa] = pending[pb] = None
+            if g is not None and g.cap == cap:
+                self._join_sole(g, p, now, nbytes, ticket)
+            else:
+                self._join(p, cap, now, nbytes, ticket)
+        trace = self._trace
+        if trace is not None:
+            rate_p = self._rate_p
+            trace.add(now, pa, rate_p[pa])
+            trace.add(now, pb, rate_p[pb])
         self._arm(now)
         return ev
+
+    def _join(self, p: int, cap: float, now: float, nbytes: float, ticket: list) -> None:
+        """A transfer joins port p's group of cap `cap` (created if new), then the port's new levels."""
+        g = self._group(p, cap)
+        g.settle(now)
+        g.add(nbytes, ticket)
+        g.n += 1
+        self._n_port[p] += 1
+        self._level(p, now)
+
+    def _join_sole(self, g: _Group, p: int, now: float, nbytes: float, ticket: list) -> None:
+        """_join where g is the port's only group, _level's one-group case inline. g is settled to now first, so
+        the settle and the elapsed-time term that _level would repeat add exactly 0.0 and are left out."""
+        served = g.served = g.served + g.rate * (now - g.t)
+        g.t = now
+        g.add(nbytes, ticket)
+        n = g.n = g.n + 1
+        self._n_port[p] += 1
+        self.updates += 1
+        dt = now - self._t_p[p]  # _settle_port, inline
+        if dt > 0:
+            port_rate = self._rate_p[p]
+            self._port_bytes[p] += port_rate * dt
+            if port_rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
+        share = self.port_cap[p] / n
+        rate = g.cap if g.cap <= share else share
+        if rate != g.rate:
+            g.rate, g.front = rate, None
+            g.version += 1
+        front = g.targets[0]
+        if front != g.front:
+            g.front = front
+            self._seq += 1
+            left = front - served
+            left = 0.0 if left < 0.0 else left
+            heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
+        self._rate_p[p] = rate * n
+
+    def _settle_port(self, p: int, now: float) -> None:
+        """Port p's bytes and busy time brought up to now at its rate so far."""
+        dt = now - self._t_p[p]
+        if dt > 0:
+            rate = self._rate_p[p]
+            self._port_bytes[p] += rate * dt
+            if rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
 
     def _group(self, p: int, cap: float) -> _Group:
         """Port p's group of cap `cap` (created on first use; a port's groups are kept in cap order)."""
@@ -208,14 +259,7 @@ class IndependentPortsNetwork(LinkNetwork):
     def _level(self, p: int, now: float) -> None:
         """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
         self.updates += 1
-        t_p = self._t_p
-        dt = now - t_p[p]
-        if dt > 0:
-            rate = self._rate_p[p]
-            self._port_bytes[p] += rate * dt
-            if rate > 0:
-                self._port_busy[p] += dt
-        t_p[p] = now
+        self._settle_port(p, now)
         g = self._sole[p]
         if g is None:
             self._level_groups(p, now)
@@ -227,7 +271,7 @@ class IndependentPortsNetwork(LinkNetwork):
                 g.t = now
                 g.rate, g.front = rate, None
                 g.version += 1
-            front = g.heap[0][0]
+            front = g.targets[0]
             if front != g.front:
                 g.front = front
                 self._seq += 1
@@ -258,7 +302,7 @@ class IndependentPortsNetwork(LinkNetwork):
             count -= g.n
             total += rate * g.n
             self._seq += 1
-            g.front = g.heap[0][0]
+            g.front = g.targets[0]
             heapq.heappush(due, (now + max(g.front - g.served, 0.0) / rate, self._seq, g, g.version))
         self._rate_p[p] = total if self._n_port[p] else 0.0
 
@@ -295,89 +339,106 @@ class IndependentPortsNetwork(LinkNetwork):
                 continue
             rate = g.rate
             served = g.served + rate * (now - g.t)
-            h, tol, found = g.heap, _DONE_BYTES + rate * 1e-9, False
-            while h and h[0][0] - served <= tol:
-                out.append((heapq.heappop(h)[1], g))
+            targets, tol, found = g.targets, _DONE_BYTES + rate * 1e-9, False
+            while targets and targets[0] - served <= tol:
+                del targets[0]
+                ticket = g.tickets.pop(0)
+                out.append((g, ticket))
                 found = True
             g.version += 1
             g.front = None
             if not found:  # float residue kept the front just short of done
                 self._seq += 1
-                g.front = h[0][0]
-                heapq.heappush(due, (now + (h[0][0] - served) / rate, self._seq, g, g.version))
-        if len(out) > 1:
-            out.sort(key=_by_transfer_then_port)  # deterministic
-        logging = self._log_flat is not None
-        if logging and now != self._log_t:  # time moved on: the previous instant's log entry is complete
-            self._flush_log()
-            self._log_t = now
+                g.front = targets[0]
+                heapq.heappush(due, (now + (targets[0] - served) / rate, self._seq, g, g.version))
         if len(out) == 1:  # the usual case: one transfer leaves one port
-            self._leave_one(now, *out[0], logging)
+            g, ticket = out[0]
+            through = self._leave_one(now, g, ticket)
         else:
-            self._leave(now, out, logging)
+            out.sort(key=_by_transfer_then_port)  # deterministic
+            self._leave(now, out)
+            through = None
         self._arm(now)
+        if through is not None:
+            queue = self._queue
+            if queue and queue[0][0] <= now:  # something else is due at this instant first: queue it behind
+                through.succeed(now)
+            else:  # its queue entry would be the next event: process it now (one queue entry less a transfer)
+                fire_now(through, now)
 
-    def _leave_one(self, now: float, fid: int, g: _Group, logging: bool) -> None:
-        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists."""
+    def _leave_one(self, now: float, g: _Group, ticket: list):
+        """_leave for one transfer: the same steps in the same order, without the batch's dict and lists; returns
+        the transfer's event if it is through (not yet succeeded: the caller does it), else None."""
         p = g.port
-        g.n -= 1
+        n = g.n = g.n - 1
         self._n_port[p] -= 1
-        left = self._sides_left[fid] = self._sides_left[fid] - 1
-        self._level(p, now)
-        if logging:
-            self._log_pending[p] = None
-        if not left:
-            self._n_in_flight -= 1
-            self.flows[fid][5] = now
-            ev = self._waiting[fid]
-            self._waiting[fid] = None
-            ev.succeed(now)
+        if n and self._sole[p] is g:
+            self._relevel_sole(g, p, now, n)
+        else:
+            self._level(p, now)
+        trace = self._trace
+        if trace is not None:
+            trace.add(now, p, self._rate_p[p])
+        left = ticket[0] = ticket[0] - 1
+        if left:
+            return None
+        self._n_in_flight -= 1
+        ticket[2][5] = now
+        ev = ticket[1]
+        ticket[1] = None
+        return ev
 
-    def _leave(self, now: float, out: list, logging: bool) -> None:
-        """The transfers in `out` (id, group) leave their groups' ports: new levels there, and the transfers
-        both ports have served are through (their events succeed, by transfer id)."""
+    def _relevel_sole(self, g: _Group, p: int, now: float, n: int) -> None:
+        """_level for a port whose only group g has n > 0 members (the same steps, inline)."""
+        self.updates += 1
+        dt = now - self._t_p[p]  # _settle_port, inline
+        if dt > 0:
+            port_rate = self._rate_p[p]
+            self._port_bytes[p] += port_rate * dt
+            if port_rate > 0:
+                self._port_busy[p] += dt
+        self._t_p[p] = now
+        share = self.port_cap[p] / n
+        rate = g.cap if g.cap <= share else share
+        if rate != g.rate:
+            g.served += g.rate * (now - g.t)
+            g.t = now
+            g.rate, g.front = rate, None
+            g.version += 1
+        front = g.targets[0]
+        if front != g.front:
+            g.front = front
+            self._seq += 1
+            left = front - g.served - rate * (now - g.t)
+            left = 0.0 if left < 0.0 else left
+            heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
+        self._rate_p[p] = rate * n
+
+    def _leave(self, now: float, out: list) -> None:
+        """The transfers in `out` (group, ticket) leave their groups' ports: new levels there, and the
+        transfers both ports have served are through (their events succeed, by transfer id)."""
         touched: dict[int, None] = {}
         done = []
-        n_port, sides = self._n_port, self._sides_left
-        for fid, g in out:
+        n_port = self._n_port
+        for g, ticket in out:
             g.n -= 1
             n_port[g.port] -= 1
             touched[g.port] = None
-            left = sides[fid] = sides[fid] - 1
+            left = ticket[0] = ticket[0] - 1
             if not left:
-                done.append(fid)
+                done.append(ticket)
         for p in touched:
             self._level(p, now)
-        if logging:
-            self._log_pending.update(touched)
+        trace = self._trace
+        if trace is not None:
+            for p in touched:
+                trace.add(now, p, self._rate_p[p])
         self._n_in_flight -= len(done)
-        flows, waiting = self.flows, self._waiting
-        for fid in done:
-            flows[fid][5] = now
-            ev = waiting[fid]
-            waiting[fid] = None
+        for ticket in done:
+            ticket[2][5] = now
+            ev = ticket[1]
+            ticket[1] = None
             ev.succeed(now)
-
-    # ------------------------------------------------------------------------------------ rate log
-    def _flush_log(self) -> None:
-        """One entry for `_log_t`: the pending ports whose rate differs from the last logged one (every port in
-        the first entry)."""
-        times, counts, ports, rates = self._log_flat
-        if not self._log_pending and times:
-            return
-        logged, rate_p = self._logged, self._rate_p
-        n = 0
-        for p in (sorted(self._log_pending) if times else range(self.P)):
-            v = rate_p[p] / GBPS
-            if logged[p] != v:
-                logged[p] = v
-                ports.append(p)
-                rates.append(v)
-                n += 1
-        self._log_pending = {}
-        if n:
-            times.append(self._log_t)
-            counts.append(n)
 
 
 __all__ = ["IndependentPortsNetwork"]

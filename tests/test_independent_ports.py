@@ -15,6 +15,7 @@ from helpers.sim_cases import toy_hardware
 from sim.hardware_model import GBPS
 from sim.independent_ports import IndependentPortsNetwork
 from sim.options import SimOptions
+from sim.rate_trace import RateTrace
 from sim.run import make_case, simulate
 
 
@@ -107,3 +108,51 @@ def test_a_layer_within_a_percent_of_max_min(system, ranks_per_node):
 def test_unknown_link_model_is_a_one_line_error():
     with pytest.raises(ValueError, match="unknown link_model 'fair'; choose one of"):
         SimOptions(link_model="fair")
+
+
+def _log_written_per_instant(P: int, touches: list[tuple[float, int, float]]) -> list[tuple]:
+    """The rate log as the network used to write it during the run: at each new instant, an entry for the last one
+    with the touched ports whose rate (bytes/us) differs from the last logged one, in port order (every port in
+    the first entry, at time 0)."""
+    logged, rate, pending, log = [math.nan] * P, [0.0] * P, {}, []
+    t_log = 0.0
+
+    def flush():
+        if not pending and log:
+            return
+        entry = [(p, rate[p] / GBPS) for p in (sorted(pending) if log else range(P)) if logged[p] != rate[p] / GBPS]
+        for p, v in entry:
+            logged[p] = v
+        pending.clear()
+        if entry:
+            log.append((t_log, [p for p, _ in entry], [v for _, v in entry]))
+
+    for t, p, v in touches:
+        if t != t_log:
+            flush()
+            t_log = t
+        rate[p] = v
+        pending[p] = None
+    flush()
+    return log
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rate_trace_gives_the_log_written_per_instant(seed):
+    """RateTrace keeps only the touches that change a port's rate and derives the entries afterwards: the same
+    entries as writing them at every instant (rates set and set back within an instant, repeated values, several
+    touches of one port, a first instant at time 0 or later)."""
+    rng = random.Random(seed)
+    P = rng.choice([1, 3, 8])
+    values = [0.0, 1e3, 2.5e3, 4e3]
+    t = 0.0 if seed % 2 else rng.uniform(0.1, 2.0)
+    touches = []
+    for _ in range(rng.randint(0, 80)):
+        if rng.random() < 0.6:
+            t += rng.choice([0.5, 1.0, 1e-3])
+        touches.append((t, rng.randrange(P), rng.choice(values)))
+    trace = RateTrace(P)
+    for now, p, v in touches:
+        trace.add(now, p, v)
+    got = [(t, ports.tolist(), rates.tolist()) for t, ports, rates in trace.rate_log()]
+    assert got == _log_written_per_instant(P, touches)
