@@ -178,7 +178,9 @@ def build_result(sim, wall_s: float, config: dict) -> SimResult:
             c_len = union_length(s_r[cm], e_r[cm])
             p_len = union_length(s_r[cp], e_r[cp])
             both = union_length(s_r[cm | cp], e_r[cm | cp])
-            overlap = max(0.0, c_len + p_len - both)
+            overlap = c_len + p_len - both
+            # inclusion-exclusion in floats leaves ~1e-13 us where nothing overlaps: that is no overlap
+            overlap = overlap if overlap > 1e-9 * max(both, 1.0) else 0.0
             hidden_sum += overlap
             comm_sum += c_len
             exposed += c_len - overlap
