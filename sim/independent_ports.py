@@ -207,34 +207,14 @@ class IndependentPortsNetwork(LinkNetwork):
         self._level(p, now)
 
     def _join_sole(self, g: _Group, p: int, now: float, nbytes: float, ticket: list) -> None:
-        """_join where g is the port's only group, _level's one-group case inline. g is settled to now first, so
-        the settle and the elapsed-time term that _level would repeat add exactly 0.0 and are left out."""
-        served = g.served = g.served + g.rate * (now - g.t)
+        """_join where g is the port's only group: g settled to now, the transfer added, then _relevel_sole
+        (whose elapsed-time terms are exactly 0.0 once g is settled, so the floats are _level's)."""
+        g.served = g.served + g.rate * (now - g.t)
         g.t = now
         g.add(nbytes, ticket)
         n = g.n = g.n + 1
         self._n_port[p] += 1
-        self.updates += 1
-        dt = now - self._t_p[p]  # _settle_port, inline
-        if dt > 0:
-            port_rate = self._rate_p[p]
-            self._port_bytes[p] += port_rate * dt
-            if port_rate > 0:
-                self._port_busy[p] += dt
-        self._t_p[p] = now
-        share = self.port_cap[p] / n
-        rate = g.cap if g.cap <= share else share
-        if rate != g.rate:
-            g.rate, g.front = rate, None
-            g.version += 1
-        front = g.targets[0]
-        if front != g.front:
-            g.front = front
-            self._seq += 1
-            left = front - served
-            left = 0.0 if left < 0.0 else left
-            heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
-        self._rate_p[p] = rate * n
+        self._relevel_sole(g, p, now, n)
 
     def _settle_port(self, p: int, now: float) -> None:
         """Port p's bytes and busy time brought up to now at its rate so far."""
