@@ -35,7 +35,7 @@ from kernels import grouped_gemm as gg
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
 from kernels.moe import stage_tokens
-from kernels.timing import device_line, graph_replay_times_us
+from kernels.timing import capture_graph, device_line, graph_replay_times_us
 from kernels.workspace import EmulatedWorld
 
 FIELDS = ["model", "tokens_M", "ep", "routing", "timing", "layer", "impl", "nc", "l1_comm_rows", "call", "kernel",
@@ -49,21 +49,12 @@ def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool
     replay of fn captured in a CUDA graph (as benchmarks.fused_layers times it: no host gaps between the
     launches); else eager calls (the host's launch gaps show). graph_calls: fn captured that many times
     back to back in the graph (as benchmarks.fused_layers' replays run it), each a call of its own here."""
-    fn()
-    torch.cuda.synchronize()
-    call = fn
-    n_per = 1
     if graph:
-        n_per = graph_calls
-        with torch.cuda.stream(torch.cuda.Stream()):
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for _ in range(graph_calls):
-                    fn()
+        call, n_per = capture_graph(fn, graph_calls).replay, graph_calls
+    else:
+        fn()
         torch.cuda.synchronize()
-        call = g.replay
-        call()
-        torch.cuda.synchronize()
+        call, n_per = fn, 1
     out = []
     for i in range(calls):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -18,28 +18,35 @@ def graph_us(fn, rep_ms: int = 100) -> float:
     return do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e3
 
 
-def graph_replay_times_us(fn, calls_per_replay: int = 1, replays: int = 20) -> list[float]:
-    """Per-call device time of each of `replays` replays of fn captured `calls_per_replay` times back to back in
-    one CUDA graph (CUDA events around each replay): the spread that graph_us's median hides, e.g. a slow call
-    now and then, or back-to-back calls slower than calls with gaps between them (calls_per_replay 1)."""
+def capture_graph(fn, calls: int = 1) -> torch.cuda.CUDAGraph:
+    """fn captured `calls` times back to back in one CUDA graph, after one call outside it (compiles and
+    autotuning happen there), and replayed once (first-replay costs stay out of what the caller measures)."""
     fn()
     torch.cuda.synchronize()
     with torch.cuda.stream(torch.cuda.Stream()):
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            for _ in range(calls_per_replay):
+            for _ in range(calls):
                 fn()
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    g.replay()
+    torch.cuda.synchronize()
+    return g
+
+
+def graph_replay_times_us(fn, calls_per_replay: int = 1, replays: int = 20) -> list[float]:
+    """Per-call device time of each of `replays` replays of fn captured `calls_per_replay` times back to back in
+    one CUDA graph (CUDA events around each replay): the spread that graph_us's median hides, e.g. a slow call
+    now and then, or back-to-back calls slower than calls with gaps between them (calls_per_replay 1)."""
+    g = capture_graph(fn, calls_per_replay)
+    out = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
         g.replay()
+        b.record()
         torch.cuda.synchronize()
-        out = []
-        for _ in range(replays):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            torch.cuda.synchronize()
-            out.append(a.elapsed_time(b) * 1e3 / calls_per_replay)
+        out.append(a.elapsed_time(b) * 1e3 / calls_per_replay)
     return out
 
 
