@@ -55,6 +55,7 @@ from kernels import grouped_gemm as gg
 from kernels.combine import combine_reduce
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
+from kernels.gpu_clock import ClockSampler
 from kernels.moe import stage_tokens
 from kernels.options import GPU_COMM, CommConfig
 from kernels.timing import device_line as _device_line
@@ -71,7 +72,8 @@ NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
 L0_IMPLS = (("fused_blocks", "triton"), ("fused_blocks_gluon", "gluon"))
 L1_IMPLS = (("fused", "triton"), ("fused_gluon", "gluon"))
 FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rank", "layer", "activation", "rows", "impl", "nc", "block",
-          "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note"]
+          "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note", "sm_clock_mhz", "power_w",
+          "clock_samples"]
 HW = HardwareProfile.from_name("h200")
 
 
@@ -98,9 +100,11 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
 
 
 def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},),
-             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP, l0_configs=({},)) -> None:
+             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP, l0_configs=({},), clocks=None) -> None:
     """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
-    n_c in sweep_nc; l0_configs: the same for layer0's Gluon form at every n_c; {} is the default."""
+    n_c in sweep_nc; l0_configs: the same for layer0's Gluon form at every n_c; {} is the default. clocks: a
+    kernels.gpu_clock.ClockSampler; each row gets the mean SM clock and power since the row before it (its
+    measurement and check)."""
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     W, N = par.world_size, model.hidden_N
@@ -122,12 +126,22 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "routing": routing_kind, "rank": r0,
             "activation": act, "rows": R}
 
+    since = [time.time()]
+
     def emit(layer, impl, us, timing, flops, moved=0, nc="", block="", err="", note=""):
         tf = flops / us / 1e6 if us > 0 else 0.0
+        now = time.time()
+        clock = clocks.window(since[0], now) if clocks is not None else {"clock_samples": 0}
+        since[0] = now
+        mhz, watts = clock.get("sm_clock_mhz", math.nan), clock.get("power_w", math.nan)
         writer.writerow({**base, "layer": layer, "impl": impl, "nc": nc, "block": block, "time_us": f"{us:.2f}",
                          "timing": timing, "tflops": f"{tf:.1f}", "frac_ceiling": f"{tf / ceiling:.3f}",
-                         "moved_bytes": moved, "rel_err": err, "note": note})
-        log(f"{name:15s} M={M:6d} {layer} {impl:18s} nc={nc!s:>3s} {timing:5s} {us:9.1f} us {tf:6.1f} TFLOP/s")
+                         "moved_bytes": moved, "rel_err": err, "note": note,
+                         "sm_clock_mhz": "" if math.isnan(mhz) else f"{mhz:.0f}",
+                         "power_w": "" if math.isnan(watts) else f"{watts:.0f}",
+                         "clock_samples": clock["clock_samples"]})
+        at = "" if math.isnan(mhz) else f" {mhz:5.0f} MHz {watts:4.0f} W"
+        log(f"{name:15s} M={M:6d} {layer} {impl:18s} nc={nc!s:>3s} {timing:5s} {us:9.1f} us {tf:6.1f} TFLOP/s{at}")
 
     # ---------------------------------------------------------------------------- layer0
     w0, w1 = shards[r0].w0_ENK, shards[r0].w1_EKN
@@ -337,13 +351,14 @@ def main(argv=None) -> None:
                 f"local HBM); command: python -m benchmarks.fused_layers {' '.join(sys.argv[1:])}\n")
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        for (name, M, ep), kind in itertools.product(cases, a.routing):
-            try:
-                run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc, l0_configs)
-            except Exception as e:  # keep the other cases' rows; the log says what failed
-                log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
-            f.flush()
-            torch.cuda.empty_cache()
+        with ClockSampler() as clocks:
+            for (name, M, ep), kind in itertools.product(cases, a.routing):
+                try:
+                    run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc, l0_configs, clocks)
+                except Exception as e:  # keep the other cases' rows; the log says what failed
+                    log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
+                f.flush()
+                torch.cuda.empty_cache()
     log(f"wrote {path} in {time.time() - t0:.0f} s")
 
 

@@ -19,8 +19,10 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ from comet.core.weights import shard_weights
 from kernels import grouped_gemm as gg
 from kernels.fused_layer0 import fused_layer0
 from kernels.fused_layer1 import fused_layer1
+from kernels.gpu_clock import ClockSampler
 from kernels.moe import stage_tokens
 from kernels.timing import capture_graph, device_line, graph_replay_times_us
 from kernels.workspace import EmulatedWorld
@@ -77,12 +80,12 @@ def kernel_spans(fn, calls: int = 3, trace_path: Path | None = None, graph: bool
 
 
 REPLAY_FIELDS = ["model", "tokens_M", "ep", "routing", "layer", "impl", "nc", "l1_comm_rows", "calls_per_replay",
-                 "replay", "per_call_us"]
+                 "replay", "per_call_us", "sm_clock_mhz", "power_w", "clock_samples"]
 REPLAY_BATCHES = (1, 50)  # calls per graph replay: one (gaps between calls), many back to back (as graph_us runs)
 
 
 def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, l1_rows, trace_dir: Path, log,
-             graph: bool = True, graph_calls: int = 1, replay_writer=None):
+             graph: bool = True, graph_calls: int = 1, replay_writer=None, clocks=None):
     model = ModelConfig.from_name(name)
     par = ParallelConfig(ep=ep)
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
@@ -100,13 +103,17 @@ def run_case(writer, name: str, M: int, ep: int, routing_kind: str, nc0s, nc1s, 
         return kernel_spans(fn, trace_path=trace, graph=graph, graph_calls=graph_calls)
 
     def replays(layer, impl, nc, rows, fn):
-        """--replay-times: each replay's per-call time at REPLAY_BATCHES calls a replay."""
+        """--replay-times: each replay's per-call time at REPLAY_BATCHES calls a replay, with the mean SM clock
+        and power over the batch's replays (kernels.gpu_clock: the power limit lowers the clock under load)."""
         for per in REPLAY_BATCHES:
+            t0 = time.time()
             times = graph_replay_times_us(fn, calls_per_replay=per)
+            clock = clocks.window(t0, time.time()) if clocks is not None else {"clock_samples": 0}
+            at = {k: ("" if isinstance(v, float) and math.isnan(v) else f"{v:.0f}") for k, v in clock.items()}
             for i, t in enumerate(times):
                 replay_writer.writerow({**{k: base[k] for k in ("model", "tokens_M", "ep", "routing")}, "layer": layer,
                                         "impl": impl, "nc": nc, "l1_comm_rows": rows, "calls_per_replay": per,
-                                        "replay": i, "per_call_us": f"{t:.2f}"})
+                                        "replay": i, "per_call_us": f"{t:.2f}", **at})
             log(f"{name:15s} M={M:6d} {layer} {impl:10s} nc={nc!s:>3s} {per:3d} calls a replay: per call "
                 f"min {min(times):.1f} median {sorted(times)[len(times) // 2]:.1f} max {max(times):.1f} us")
 
@@ -202,16 +209,17 @@ def main(argv=None) -> None:
         f.write(f"# {dev}\n# single-GPU emulated world, rank 0, bf16; command: {command}\n")
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        for name, M, ep in cases:
-            try:
-                run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager,
-                         max(a.graph_calls, 1), replay_writer)
-            except Exception as e:  # keep the other cases' rows; the log says what failed
-                log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
-            f.flush()
-            if replay_file is not None:
-                replay_file.flush()
-            torch.cuda.empty_cache()
+        with ClockSampler() as clocks:
+            for name, M, ep in cases:
+                try:
+                    run_case(writer, name, M, ep, a.routing, nc0s, nc1s, l1_rows, out / "traces", log, not a.eager,
+                             max(a.graph_calls, 1), replay_writer, clocks)
+                except Exception as e:  # keep the other cases' rows; the log says what failed
+                    log(f"FAILED {name} M={M} EP={ep}: {type(e).__name__}: {e}")
+                f.flush()
+                if replay_file is not None:
+                    replay_file.flush()
+                torch.cuda.empty_cache()
     if replay_file is not None:
         replay_file.close()
     (out / f"{stem}.log").write_text("\n".join(lines) + "\n")

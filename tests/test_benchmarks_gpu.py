@@ -21,6 +21,8 @@ def test_gpu_fused_layers_benchmark_runs(tmp_path):
     errs = [float(r["rel_err"]) for r in rows if r["rel_err"]]
     assert errs and max(errs) < 1e-2
     assert any(r["note"] == "l1_comm_rows=16" and r["rel_err"] for r in rows)  # a Policy field swept, and checked
+    sampled = [r for r in rows if int(r["clock_samples"]) > 0]  # nvidia-smi's SM clock beside the times
+    assert sampled and all(300 < float(r["sm_clock_mhz"]) < 3000 and float(r["power_w"]) > 0 for r in sampled)
 
 
 @pytest.mark.gpu
@@ -52,3 +54,4 @@ def test_gpu_kernel_spans_benchmark_runs(tmp_path):
         replays = list(csv.DictReader(line for line in f if not line.startswith("#")))
     assert {r["calls_per_replay"] for r in replays} == {str(n) for n in kernel_spans.REPLAY_BATCHES}
     assert all(float(r["per_call_us"]) > 0 for r in replays)
+    assert all(r["clock_samples"].isdigit() for r in replays)
