@@ -71,9 +71,9 @@ NC1_SEND_SWEEP = (16, 28, 64)  # n_c at which --l1-configs are swept
 # each layer's two forms (the fused kernels' impl): one tl launch; the Gluon GEMM beside a communication kernel
 L0_IMPLS = (("fused_blocks", "triton"), ("fused_blocks_gluon", "gluon"))
 L1_IMPLS = (("fused", "triton"), ("fused_gluon", "gluon"))
-FIELDS = ["gpu", "model", "tokens_M", "ep", "routing", "rank", "layer", "activation", "rows", "impl", "nc", "block",
-          "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note", "sm_clock_mhz", "power_w",
-          "clock_samples"]
+FIELDS = ["gpu", "model", "tokens_M", "ep", "tp", "routing", "rank", "layer", "activation", "rows", "impl", "nc",
+          "block", "time_us", "timing", "tflops", "frac_ceiling", "moved_bytes", "rel_err", "note", "sm_clock_mhz",
+          "power_w", "clock_samples"]
 HW = HardwareProfile.from_name("h200")
 
 
@@ -100,13 +100,16 @@ def _weights(model: ModelConfig, seed: int) -> ExpertWeights:
 
 
 def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs=({},),
-             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP, l0_configs=({},), clocks=None) -> None:
+             routing_kind: str = "balanced", sweep_nc=NC1_SEND_SWEEP, l0_configs=({},), clocks=None, tp: int = 1,
+             nc0s=NC0, nc1s=NC1, impls=None, with_eager: bool = True) -> None:
     """One case's rows. l1_configs: changes of the GPU's kernels.options.CommConfig (field -> value) swept at
     n_c in sweep_nc; l0_configs: the same for layer0's Gluon form at every n_c; {} is the default. clocks: a
     kernels.gpu_clock.ClockSampler; each row gets the mean SM clock and power since the row before it (its
-    measurement and check)."""
+    measurement and check). tp: tensor parallelism inside the emulated world (W = ep x tp ranks); nc0s, nc1s:
+    the n_c of the fused forms; impls: the impl names to time (None: all), e.g. {"gemm_alone",
+    "fused_blocks_gluon", "fused_gluon"} for a validation grid; with_eager False: graph replays only."""
     model = ModelConfig.from_name(name)
-    par = ParallelConfig(ep=ep)
+    par = ParallelConfig(ep=ep, tp=tp)
     W, N = par.world_size, model.hidden_N
     act = model.activation
     routing = make_routing(routing_kind, M, model.experts_E, model.topk, seed=0).to("cuda")
@@ -123,12 +126,18 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
     R = int(rp.num_rows)
     owner = plan.token_owner_M.cpu()
     gpu = torch.cuda.get_device_name(0)
-    base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "routing": routing_kind, "rank": r0,
+    base = {"gpu": gpu, "model": name, "tokens_M": M, "ep": ep, "tp": tp, "routing": routing_kind, "rank": r0,
             "activation": act, "rows": R}
 
     since = [time.time()]
+    label = f"{name:15s} M={M:6d}" + (f" EP={ep} TP={tp}" if tp > 1 else f" EP={ep}")
+
+    def eager(fn):
+        return _eager_us(fn) if with_eager else None
 
     def emit(layer, impl, us, timing, flops, moved=0, nc="", block="", err="", note=""):
+        if us is None:  # not measured (eager timings off)
+            return
         tf = flops / us / 1e6 if us > 0 else 0.0
         now = time.time()
         clock = clocks.window(since[0], now) if clocks is not None else {"clock_samples": 0}
@@ -141,7 +150,7 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
                          "power_w": "" if math.isnan(watts) else f"{watts:.0f}",
                          "clock_samples": clock["clock_samples"]})
         at = "" if math.isnan(mhz) else f" {mhz:5.0f} MHz {watts:4.0f} W"
-        log(f"{name:15s} M={M:6d} {layer} {impl:18s} nc={nc!s:>3s} {timing:5s} {us:9.1f} us {tf:6.1f} TFLOP/s{at}")
+        log(f"{label} {layer} {impl:18s} nc={nc!s:>3s} {timing:5s} {us:9.1f} us {tf:6.1f} TFLOP/s{at}")
 
     # ---------------------------------------------------------------------------- layer0
     w0, w1 = shards[r0].w0_ENK, shards[r0].w1_EKN
@@ -162,12 +171,18 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
             recv0.index_copy_(0, idx, world.buffers(s).recv_MN.index_select(0, idx))
         gemm0()
 
+    def want(impl):
+        return impls is None or impl in impls
+
+    gemm0()  # the reference rows
     for impl, fn, moved in (("gemm_alone", gemm0, 0), ("sequential", seq0, moved_blocks)):
-        emit("l0", impl, _graph_us(fn), "graph", flops0, moved, block=f"128x{policy.block_n0}")
-        emit("l0", impl, _eager_us(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
+        if want(impl):
+            emit("l0", impl, _graph_us(fn), "graph", flops0, moved, block=f"128x{policy.block_n0}")
+            emit("l0", impl, eager(fn), "eager", flops0, moved, block=f"128x{policy.block_n0}")
+    torch.cuda.synchronize()
     href = h_ref[:R].clone()
-    for nc, (impl_name, impl) in itertools.product(NC0, L0_IMPLS):
-        for cfg in l0_configs if impl == "gluon" else ({},):
+    for nc, (impl_name, impl) in itertools.product(nc0s, L0_IMPLS):
+        for cfg in (l0_configs if impl == "gluon" else ({},)) if want(impl_name) else ():
             p = dataclasses.replace(plan, policy=policy.replace(nc_layer0=nc))
             comm = GPU_COMM.replace(**cfg)
             fn = lambda p=p, impl=impl, comm=comm: fused_layer0(world, p, r0, w0, variant="blocks", impl=impl,
@@ -176,17 +191,19 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
             err = _rel_err(world.buffers(r0).h_RK[:R], href)
             note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
             emit("l0", impl_name, _graph_us(fn), "graph", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
-            emit("l0", impl_name, _eager_us(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
-    fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
-    fn()
-    err = _rel_err(world.buffers(r0).h_RK[:R], href)
-    emit("l0", "fused_direct", _graph_us(fn), "graph", flops0, moved_blocks, err=f"{err:.2e}")
-    emit("l0", "fused_direct", _eager_us(fn), "eager", flops0, moved_blocks, err=f"{err:.2e}")
-    fn = lambda: fused_layer0(world, plan, r0, w0, variant="copy-engine")
-    fn()
-    err = _rel_err(world.buffers(r0).h_RK[:R], href)
-    emit("l0", "fused_copy_engine", _eager_us(fn), "eager", flops0, moved_ce, err=f"{err:.2e}",
-         note="whole source shards")
+            emit("l0", impl_name, eager(fn), "eager", flops0, moved_blocks, nc, err=f"{err:.2e}", note=note)
+    if want("fused_direct"):
+        fn = lambda: fused_layer0(world, plan, r0, w0, variant="direct")
+        fn()
+        err = _rel_err(world.buffers(r0).h_RK[:R], href)
+        emit("l0", "fused_direct", _graph_us(fn), "graph", flops0, moved_blocks, err=f"{err:.2e}")
+        emit("l0", "fused_direct", eager(fn), "eager", flops0, moved_blocks, err=f"{err:.2e}")
+    if want("fused_copy_engine"):
+        fn = lambda: fused_layer0(world, plan, r0, w0, variant="copy-engine")
+        fn()
+        err = _rel_err(world.buffers(r0).h_RK[:R], href)
+        emit("l0", "fused_copy_engine", eager(fn), "eager", flops0, moved_ce, err=f"{err:.2e}",
+             note="whole source shards")
     world.check()
 
     # ---------------------------------------------------------------------------- layer1
@@ -205,14 +222,17 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
         gemm1()
         reduce1()
 
+    gemm1()  # the reference rows
     for impl, fn, moved in (("gemm_alone", gemm1, 0), ("sequential", seq1, moved1)):
-        emit("l1", impl, _graph_us(fn), "graph", flops1, moved, block="128x128")
-        emit("l1", impl, _eager_us(fn), "eager", flops1, moved, block="128x128")
+        if want(impl):
+            emit("l1", impl, _graph_us(fn), "graph", flops1, moved, block="128x128")
+            emit("l1", impl, eager(fn), "eager", flops1, moved, block="128x128")
+    torch.cuda.synchronize()
     yref = y_ref[:R].clone()
     plans1 = {}  # Policy.l1_comm_rows -> its Plan (layer1's chunks are the Plan's)
-    for nc in NC1:
+    for nc in nc1s:
         for impl_name, impl in L1_IMPLS:
-            for cfg in l1_configs if nc in sweep_nc else ({},):
+            for cfg in (l1_configs if nc in sweep_nc else ({},)) if want(impl_name) else ():
                 changes = dict(cfg)
                 rows1 = changes.pop("l1_comm_rows", 0)
                 if rows1 not in plans1:
@@ -227,9 +247,11 @@ def run_case(writer, name: str, M: int, ep: int, ceiling: float, log, l1_configs
                 err = _rel_err(world.buffers(r0).y_RN[:R], yref)
                 note = " ".join(f"{k}={v}" for k, v in cfg.items()) or "default config"
                 emit("l1", impl_name, _graph_us(fn), "graph", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
-                emit("l1", impl_name, _eager_us(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
+                emit("l1", impl_name, eager(fn), "eager", flops1, moved1, nc, "128x128", f"{err:.2e}", note)
     world.reset()
 
+    if not want("owner_reduce"):
+        return
     # --- owner's reduce: every rank's layer1 once, then rank 0's reduce timed once per round
     times = []
     for _ in range(7):
@@ -299,11 +321,49 @@ def parse_comm_changes(text: str) -> dict:
     return out
 
 
+def parse_cases(text: str) -> list[tuple[str, int, int, int]]:
+    """'mixtral-8x7b:4096:4,qwen2-moe-2.7b:8192:2:2' -> [(model, M, EP, TP)], TP 1 unless given; a bad item
+    raises SystemExit naming it.
+
+        >>> parse_cases("mixtral-8x7b:4096:4,phi-3.5-moe:8192:2:2")
+        [('mixtral-8x7b', 4096, 4, 1), ('phi-3.5-moe', 8192, 2, 2)]
+    """
+    out = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts[1:]):
+            raise SystemExit(f"--cases item {item!r}: use model:M:EP or model:M:EP:TP with positive integers, "
+                             f"e.g. mixtral-8x7b:4096:4 or mixtral-8x7b:8192:2:2")
+        try:
+            ModelConfig.from_name(parts[0])
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"--cases item {item!r}: {e}") from None
+        out.append((parts[0], int(parts[1]), int(parts[2]), int(parts[3]) if len(parts) == 4 else 1))
+    return out
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r}: use a comma list of ints, e.g. 4,8,16") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"{flag} {text!r}: every value must be >= 1")
+    return values
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fused_layers", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/fused_layers", help="output folder")
     default_cases = ",".join(f"{m}:{n}:{e}" for m, n, e in CASES)
-    ap.add_argument("--cases", default=None, help=f"comma list model:M:ep (default: {default_cases})")
+    ap.add_argument("--cases", default=None,
+                    help=f"comma list model:M:EP or model:M:EP:TP (default: {default_cases})")
+    ap.add_argument("--nc0", default=",".join(map(str, NC0)), help="layer0 n_c of the fused forms (%(default)s)")
+    ap.add_argument("--nc1", default=",".join(map(str, NC1)), help="layer1 n_c of the fused forms (%(default)s)")
+    ap.add_argument("--impls", default=None,
+                    help="comma list of the impl names to time (default all), e.g. "
+                         "gemm_alone,fused_blocks_gluon,fused_gluon for a validation grid")
+    ap.add_argument("--no-eager", action="store_true", help="graph replays only (no eager timings)")
     ap.add_argument("--tag", default=None, help="file name stem (default h200_<date>)")
     ap.add_argument("--l1-configs", default="",
                     help=f"layer1 communication configs swept at n_c in {NC1_SEND_SWEEP}, ';'-separated, each a "
@@ -324,12 +384,14 @@ def main(argv=None) -> None:
     l0_configs = [parse_comm_changes(c) for c in a.l0_configs.split(";") if c] or [{}]
     if any(k in c for c in l0_configs for k in POLICY_FIELDS):
         raise SystemExit(f"--l0-configs: {' and '.join(POLICY_FIELDS)} are layer1 fields; give them in --l1-configs")
-    try:
-        sweep_nc = tuple(int(v) for v in a.l1_sweep_nc.split(","))
-    except ValueError:
-        raise SystemExit(f"--l1-sweep-nc {a.l1_sweep_nc!r}: use a comma list of ints, e.g. 4,8,16") from None
-    cases = CASES if a.cases is None else [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2]))
-                                           for c in a.cases.split(",")]
+    sweep_nc = _int_list("--l1-sweep-nc", a.l1_sweep_nc)
+    nc0s, nc1s = _int_list("--nc0", a.nc0), _int_list("--nc1", a.nc1)
+    known = {"gemm_alone", "sequential", "fused_direct", "fused_copy_engine", "owner_reduce",
+             *(n for n, _ in L0_IMPLS), *(n for n, _ in L1_IMPLS)}
+    impls = None if a.impls is None else set(a.impls.split(","))
+    if impls is not None and not impls <= known:
+        raise SystemExit(f"--impls: unknown {', '.join(sorted(impls - known))}; known: {', '.join(sorted(known))}")
+    cases = [(*c, 1) for c in CASES] if a.cases is None else parse_cases(a.cases)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = a.tag or f"h200_{datetime.date.today().isoformat()}"
@@ -352,11 +414,12 @@ def main(argv=None) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         with ClockSampler() as clocks:
-            for (name, M, ep), kind in itertools.product(cases, a.routing):
+            for (name, M, ep, tp), kind in itertools.product(cases, a.routing):
                 try:
-                    run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc, l0_configs, clocks)
+                    run_case(writer, name, M, ep, ceiling, log, l1_configs, kind, sweep_nc, l0_configs, clocks, tp,
+                             nc0s, nc1s, impls, not a.no_eager)
                 except Exception as e:  # keep the other cases' rows; the log says what failed
-                    log(f"FAILED {name} M={M} EP={ep} {kind}: {type(e).__name__}: {e}")
+                    log(f"FAILED {name} M={M} EP={ep} TP={tp} {kind}: {type(e).__name__}: {e}")
                 f.flush()
                 torch.cuda.empty_cache()
     log(f"wrote {path} in {time.time() - t0:.0f} s")

@@ -48,27 +48,29 @@ def measured_hbm_gbps(profile: Path = REPO / "profiles" / "h200_x1.json") -> flo
     return float(json.loads(profile.read_text())["hbm_gbps"])
 
 
-def _gemm_bytes(model: ModelConfig, ep: int, layer: str, rows: int) -> float:
-    """HBM bytes of one rank's grouped GEMM read and written once: A, the local experts' weights, C (bf16)."""
-    N, k0, K, E_loc = model.hidden_N, model.layer0_cols, model.ffn_K, model.experts_E // ep
+def _gemm_bytes(model: ModelConfig, ep: int, layer: str, rows: int, tp: int = 1) -> float:
+    """HBM bytes of one rank's grouped GEMM read and written once: A, the local experts' weights (their 1/TP
+    shard of the FFN dimension), C (bf16)."""
+    N, k0, K, E_loc = model.hidden_N, model.layer0_cols // tp, model.ffn_K // tp, model.experts_E // ep
     d_in, d_w, d_out = (N, k0, k0 // (2 if model.activation == "swiglu" else 1)) if layer == "l0" else (K, N, N)
     return 2.0 * (rows * d_in + E_loc * d_in * d_w + rows * d_out)
 
 
 def graph_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The graph-replay rows in the kernels' default configuration (not --l1-configs' variants), with a routing
-    column (CSVs from before benchmarks.fused_layers' --routing: balanced)."""
+    """The graph-replay rows in the kernels' default configuration (not --l1-configs' variants), with routing
+    and tp columns (CSVs from before benchmarks.fused_layers' --routing: balanced; before its TP cases: 1)."""
     g = df[(df["timing"] == "graph") & (df["note"].fillna("default config") == "default config")]
-    return g if "routing" in g else g.assign(routing="balanced")
+    g = g if "routing" in g else g.assign(routing="balanced")
+    return g if "tp" in g else g.assign(tp=1)
 
 
 def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
     out = []
-    for (model, M, ep, routing, layer), case in graph_rows(df).groupby(
-            ["model", "tokens_M", "ep", "routing", "layer"], sort=False):
+    for (model, M, ep, tp, routing, layer), case in graph_rows(df).groupby(
+            ["model", "tokens_M", "ep", "tp", "routing", "layer"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
         for kernel in FUSED[layer]:
-            row = _summary_row(case, kernel, gemm, model, M, ep, routing, layer, hbm_gbps)
+            row = _summary_row(case, kernel, gemm, model, M, ep, routing, layer, hbm_gbps, int(tp))
             if row is not None:
                 out.append(row)
     res = pd.DataFrame(out)
@@ -77,18 +79,18 @@ def summarise(df: pd.DataFrame, hbm_gbps: float) -> pd.DataFrame:
 
 
 def _summary_row(case: pd.DataFrame, kernel: str, gemm: float, model, M, ep, routing, layer,
-                 hbm_gbps: float) -> dict | None:
+                 hbm_gbps: float, tp: int = 1) -> dict | None:
     """One case's summary for one fused kernel (None: the CSV has no rows of it)."""
     fused = case[case["impl"] == kernel].sort_values("nc")
     if fused.empty or pd.isna(gemm):
         return None
     best = fused.loc[fused["time_us"].idxmin()]
     rows, moved = int(best["rows"]), float(best["moved_bytes"])
-    floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows) + 2 * moved)
+    floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows, tp) + 2 * moved)
                 / (hbm_gbps * 1e3))
     low = fused.iloc[0]
     direct = case[case["impl"] == "fused_direct"]["time_us"]
-    return {"model": model, "tokens_M": M, "ep": ep, "routing": routing, "layer": layer, "kernel": kernel,
+    return {"model": model, "tokens_M": M, "ep": ep, "tp": tp, "routing": routing, "layer": layer, "kernel": kernel,
             "rows": rows, "gemm_us": gemm, "fused_us": best["time_us"], "best_nc": int(best["nc"]),
             "direct_us": float(direct.min()) if len(direct) else float("nan"),
             "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
@@ -104,7 +106,7 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
     g = graph_rows(df)
     g = g[g["layer"] == "l1"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for (model, M, routing), case in g.groupby(["model", "tokens_M", "routing"], sort=False):
+    for (model, M, ep, tp, routing), case in g.groupby(["model", "tokens_M", "ep", "tp", "routing"], sort=False):
         gemm = case[case["impl"] == "gemm_alone"]["time_us"].min()
         color = None
         for kernel in reversed(FUSED["l1"]):  # the Gluon form first, in full colour
@@ -113,7 +115,8 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
                 continue
             line, = ax.plot(f["nc"], f["time_us"] / gemm, marker="o" if color is None else ".",
                             ls="-" if routing == "balanced" else "--", color=color, alpha=1 if color is None else 0.4,
-                            label=f"{model} M={M}" + ("" if routing == "balanced" else f" ({routing})")
+                            label=f"{model} M={M}" + ("" if ep == 4 else f" EP={ep}") + ("" if tp == 1 else f" TP={tp}")
+                            + ("" if routing == "balanced" else f" ({routing})")
                             + (", one tl launch" if kernel == "fused" else ""))
             color = line.get_color()  # a case's other kernel in the same colour, paler
     ax.axhline(1.0, color="k", lw=0.8)
@@ -125,7 +128,8 @@ def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(sorted(g["nc"].dropna().unique()), [f"{int(v)}" for v in sorted(g["nc"].dropna().unique())])
     ax.set_xlabel("n_c (communication programs of layer1)")
     ax.set_ylabel("fused layer1 time / its GEMM alone")
-    ax.set_title("Fused layer1 against n_c (one H200, emulated EP=4, graph replay; pale: one tl launch)", fontsize=9)
+    ax.set_title("Fused layer1 against n_c (one H200, emulated EP=4 unless named, graph replay; pale: one tl "
+                 "launch)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -62,17 +62,19 @@ from sim.options import SimOptions
 from sim.run import make_case, simulate, with_policy
 
 GOALS = {"mape_pct": 10.0, "nc_pick_pct": 3.0, "spearman": 0.9}
-COLUMNS = ["model", "tokens_M", "ep", "routing", "split", "layer", "impl", "nc", "measured_us", "predicted_us",
+COLUMNS = ["model", "tokens_M", "ep", "tp", "routing", "split", "layer", "impl", "nc", "measured_us", "predicted_us",
            "error_pct"]
 SPLITS = ("fit", "held-out")
 SPLIT_COLUMNS = ["layer", "system", "split", "n_configs", "mape_pct", "max_ape_pct", "spearman_min",
                  "nc_within_3pct_frac"]
 
 
-def split_of(model: str, tokens_M: int, ep: int, routing: str = "balanced") -> str:
+def split_of(model: str, tokens_M: int, ep: int, routing: str = "balanced", tp: int = 1) -> str:
     """The half a case belongs to: a stable hash of the case (not Python's salted hash), so a case keeps its
-    half across runs and when other cases are added."""
-    key = f"{model}|{int(tokens_M)}|{int(ep)}|{routing}".encode()
+    half across runs and when other cases are added (TP enters the key only above 1, so the EP-only cases keep
+    the halves they had before TP cases were measured)."""
+    key = f"{model}|{int(tokens_M)}|{int(ep)}|{routing}" + (f"|tp={int(tp)}" if int(tp) > 1 else "")
+    key = key.encode()
     return SPLITS[hashlib.sha256(key).digest()[0] & 1]
 
 
@@ -121,13 +123,13 @@ def l1_item_cost(calibration_csv: str | Path, l1_pipeline: int = 0, l1_send_bloc
     return found["l1_item_fixed_us"], found["l1_item_marginal_gbps"]
 
 
-def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile, routing: str = "balanced"):
+def _plan(model: str, tokens: int, ep: int, hw: HardwareProfile, routing: str = "balanced", tp: int = 1):
     """The Plan benchmarks.fused_layers times: its routing (balanced, or imbalanced at its default std), seed 0,
     the benchmarks' Policy."""
     from comet.core.config import ModelConfig
 
     policy = benchmark_policy(ModelConfig.from_name(model).activation)
-    return make_case(model, ep=ep, tokens=tokens, hw=hw, routing=routing, seed=0, policy=policy)
+    return make_case(model, ep=ep, tp=tp, tokens=tokens, hw=hw, routing=routing, seed=0, policy=policy)
 
 
 # the fused kernels' own work in the simulator's events: not the launch gap, not the owner's separate reduce
@@ -149,11 +151,13 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
     m = m[(m["note"].fillna("default config") == "default config") | (m["layer"] == "l0")]
     if "routing" not in m:  # CSVs from before benchmarks.fused_layers' --routing: balanced
         m = m.assign(routing="balanced")
+    if "tp" not in m:  # CSVs from before its TP cases: TP 1
+        m = m.assign(tp=1)
     rows = []
-    cases = list(m.groupby(["model", "tokens_M", "ep", "routing"], sort=False))
-    for (model, tokens, ep, routing), g in tqdm(cases, desc="validate", unit="case", disable=not progress):
+    cases = list(m.groupby(["model", "tokens_M", "ep", "tp", "routing"], sort=False))
+    for (model, tokens, ep, tp, routing), g in tqdm(cases, desc="validate", unit="case", disable=not progress):
         # the tables do not depend on the hardware
-        plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"], routing)
+        plan = _plan(model, int(tokens), int(ep), hw_by_layer["l0"], routing, int(tp))
 
         def predict(layer: str, plan=plan, l0_tail_pct: int = 0, **policy) -> float:
             hw = hw_by_layer["l0" if layer == "layer0" else "l1"]
@@ -174,8 +178,8 @@ def compare(measured: pd.DataFrame, hw_by_layer: dict[str, HardwareProfile], pro
                 meas, pred = r.time_us, predict("layer1", nc_layer1=int(r.nc), l1_tail=True)
             else:
                 continue
-            rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "routing": routing,
-                         "split": split_of(model, tokens, ep, routing), "layer": r.layer, "impl": r.impl,
+            rows.append({"model": model, "tokens_M": int(tokens), "ep": int(ep), "tp": int(tp), "routing": routing,
+                         "split": split_of(model, tokens, ep, routing, tp), "layer": r.layer, "impl": r.impl,
                          "nc": "" if pd.isna(r.nc) else int(r.nc), "measured_us": round(float(meas), 2),
                          "predicted_us": round(pred, 2), "error_pct": round(100 * (pred - meas) / meas, 2)})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -205,7 +209,8 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
                 continue
             chunks = int(r.chunked_best_C) if system == "chunked" else 1
             pred = simulate(plan, system, SimOptions(chunks=chunks, record=False)).latency_us
-            rows.append({"model": r.model, "tokens_M": int(r.tokens_M), "ep": int(r.ep), "routing": r.routing,
+            rows.append({"model": r.model, "tokens_M": int(r.tokens_M), "ep": int(r.ep), "tp": int(r.tp),
+                         "routing": r.routing,
                          "split": split_of(r.model, r.tokens_M, r.ep, f"{r.routing} tp={int(r.tp)}"), "layer": system,
                          "impl": f"moe layer tp={int(r.tp)} {r.routing}", "nc": "",
                          "measured_us": round(float(meas), 2), "predicted_us": round(pred, 2),
@@ -213,12 +218,14 @@ def compare_layer_bench(measured: pd.DataFrame, hw: HardwareProfile, progress: b
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-SWEEP_KEYS = ["model", "tokens_M", "ep", "routing", "layer", "impl"]
+SWEEP_KEYS = ["model", "tokens_M", "ep", "tp", "routing", "layer", "impl"]
 
 
 def _sweeps(cmp: pd.DataFrame):
     """The n_c sweeps of >= 3 points: (their key as a dict, their rows, Spearman rho of measured against
     predicted, the row the simulator picks, the best measured row)."""
+    if "tp" not in cmp:  # comparisons from before TP cases
+        cmp = cmp.assign(tp=1)
     for key, g in cmp[cmp["nc"] != ""].groupby(SWEEP_KEYS, sort=False):
         if len(g) >= 3:
             rho = float(spearmanr(g["measured_us"], g["predicted_us"]).statistic)
@@ -230,6 +237,8 @@ def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     """Per layer: MAPE and worst |error|; per n_c sweep: Spearman rho, the simulator's pick and its cost."""
     if "routing" not in cmp:
         cmp = cmp.assign(routing="balanced")
+    if "tp" not in cmp:
+        cmp = cmp.assign(tp=1)
     out = []
     for layer, g in cmp.groupby("layer"):
         err = g["error_pct"].abs()
@@ -238,6 +247,7 @@ def summarize(cmp: pd.DataFrame) -> pd.DataFrame:
     for k, g, rho, pick, best in _sweeps(cmp):
         err = g["error_pct"].abs()
         scope = (f"{k['layer']} {k['impl']} {k['model']} M={k['tokens_M']}"
+                 + (f" EP={k['ep']} TP={k['tp']}" if int(k["tp"]) > 1 else "")
                  + ("" if k["routing"] == "balanced" else f" {k['routing']}") + " n_c sweep")
         out.append({"scope": scope, "n": len(g),
                     "mape_pct": round(err.mean(), 2), "worst_pct": round(err.max(), 2),

@@ -157,3 +157,22 @@ def test_the_gluon_forms_are_predicted_with_their_tails(hw_by_layer):
     assert cmp.loc["fused_blocks_gluon", "predicted_us"] != cmp.loc["fused_blocks", "predicted_us"]
     # at 4 programs layer1's sends are its bottleneck: the tail's whole-GPU programs finish them sooner
     assert cmp.loc["fused_gluon", "predicted_us"] < cmp.loc["fused", "predicted_us"]
+
+
+def test_tp_cases_are_simulated_at_their_tp_and_keep_ep_halves(hw_by_layer):
+    """A `tp` column (benchmarks.fused_layers' model:M:EP:TP cases) gives the Plan its TP; CSVs without it are
+    TP 1, and TP enters a case's half only above 1."""
+    rows = [("qwen2-moe-2.7b", 1024, 2, tp, 0, "l1", "fused", nc, 100.0 + nc, "graph", "default config")
+            for tp in (1, 2) for nc in (4, 8, 16)]
+    cmp = validate.compare(pd.DataFrame(rows, columns=FIELDS[:3] + ["tp"] + FIELDS[3:]), hw_by_layer,
+                           progress=False)
+    by_tp = {tp: g.set_index("nc")["predicted_us"] for tp, g in cmp.groupby("tp")}
+    assert set(by_tp) == {1, 2} and (by_tp[1] != by_tp[2]).all()  # another Plan: the TP shards' work
+    untagged = validate.compare(pd.DataFrame([r[:3] + r[4:] for r in rows if r[3] == 1], columns=FIELDS),
+                                hw_by_layer, progress=False)
+    assert (untagged["tp"] == 1).all()
+    assert list(untagged["predicted_us"]) == list(cmp[cmp.tp == 1]["predicted_us"])
+    assert validate.split_of("m", 1024, 2, "balanced", tp=1) == validate.split_of("m", 1024, 2, "balanced")
+    scopes = set(validate.summarize(cmp)["scope"])
+    assert "l1 fused qwen2-moe-2.7b M=1024 EP=2 TP=2 n_c sweep" in scopes
+    assert "l1 fused qwen2-moe-2.7b M=1024 n_c sweep" in scopes
