@@ -29,6 +29,7 @@ import numpy
 import simpy
 import torch
 
+from comet.core.case_args import hardware_arg
 from sim.options import LINK_MODELS, SYSTEMS, SimOptions
 from sim.run import make_case, simulate
 
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
                                    f"--model/--ep/--tp")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (for large cases)")
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--hw", default="h800")
+    ap.add_argument("--hw", default="h800", type=hardware_arg)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per system (median reported)")
     ap.add_argument("--no-record", action="store_true", help="skip the event list (what sweeps can do)")

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from comet.core import defaults
+from comet.core.case_args import hardware_arg
 from comet.core.plan import Plan
 from comet.core.policy import Policy
 from comet.tuning.sweep import best_nc
@@ -196,7 +197,7 @@ def parser(module) -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--backend", choices=BACKENDS, default="sim",
                     help="sim: the tile-level simulator on this CPU; gpu: real kernels under torchrun (not yet)")
-    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", defaults.SIM_HARDWARE),
+    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", defaults.SIM_HARDWARE), type=hardware_arg,
                     help="hardware profile for --backend sim (a registered name or a .json file)")
     ap.add_argument("--quick", action="store_true", help="a few small points (for tests and a first look)")
     ap.add_argument("--out", type=Path, help="CSV to write (default results/<experiment>/<hw>-<backend>_<date>.csv; "

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from comet.core import defaults
+from comet.core.case_args import hardware_arg
 from comet.core.config import HardwareProfile, ModelConfig, ParallelConfig
 from comet.core.plan import Plan
 from comet.core.planner import make_plan
@@ -78,7 +79,7 @@ def parse_args(argv=None):
                    help="layer0's communication (Policy.layer0_comm)")
     p.add_argument("--routing", default="balanced", choices=("balanced", "uniform", "imbalanced"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hw", default=None,
+    p.add_argument("--hw", default=None, type=hardware_arg,
                    help="hardware profile the simulator starts from (default h200; with --sim-only: the GPU "
                         "step's, or this one, e.g. the calibrated h200_x1)")
     p.add_argument("--rank", type=int, default=0, help="the rank drawn and summarised")

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from comet.calibrate import parse_params
 from comet.core import defaults
+from comet.core.case_args import hardware_arg
 from comet.core.config import HardwareProfile
 from comet.core.policy import benchmark_policy
 from sim.options import SimOptions
@@ -295,7 +296,7 @@ def emulated_profiles(ap: argparse.ArgumentParser, a: argparse.Namespace, hw: Ha
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.split("\n")[0])
     ap.add_argument("--measured", required=True, help="CSV of benchmarks.fused_layers (emulated world, one GPU)")
-    ap.add_argument("--hw", default=defaults.GPU_HARDWARE,
+    ap.add_argument("--hw", default=defaults.GPU_HARDWARE, type=hardware_arg,
                     help="hardware profile: name or JSON (e.g. profiles/h200_x1.json)")
     ap.add_argument("--calibration", default=None,
                     help="comet.calibrate CSV with comm_program_local_gbps rows (the emulated link's rates)")
@@ -313,7 +314,14 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default=None, help="file stem (default <hw>-emulated_<date>)")
     a = ap.parse_args(argv)
     hw = HardwareProfile.from_name(a.hw)
-    measured = pd.read_csv(a.measured, comment="#")
+    if not Path(a.measured).is_file():
+        raise SystemExit(f"--measured {a.measured}: no such file; give a CSV of benchmarks.fused_layers or "
+                         f"experiments.layer_bench (results/fused_layers/, results/layer_bench/)")
+    try:
+        measured = pd.read_csv(a.measured, comment="#")
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SystemExit(f"--measured {a.measured}: not a CSV this script reads ({str(e).splitlines()[0]}); give "
+                         f"one of benchmarks.fused_layers or experiments.layer_bench") from None
     if "comet_us" in measured.columns:  # experiments.layer_bench: real multi-GPU runs, the link as profiled
         cmp = compare_layer_bench(measured, hw)
         header, default_stem = f"# measured: {a.measured}; profile: {a.hw}\n", f"{Path(a.hw).stem}-layer_bench"

@@ -85,6 +85,12 @@ def test_module_entry_point():
     ["comet.core.planner", "--model", "no-such-model"],
     ["comet.core.planner", "--tokens", "0"],
     ["comet.core.planner", "--hw", "no-such-gpu"],
+    ["experiments.fig10_tokens", "--hw", "no-such-gpu"],  # every --hw is checked as it is parsed
+    ["experiments.validate", "--measured", "x.csv", "--hw", "no-such-gpu"],
+    ["experiments.validate", "--measured", "/no/such/file.csv"],
+    ["experiments.validate", "--measured", "README.md"],
+    ["benchmarks.sim_speed", "--hw", "no-such-gpu"],
+    ["comet.calibrate", "--name", "x", "--from-csv", "/no/such/file.csv"],
 ])
 def test_cli_user_errors_are_one_line(cmd):
     r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=120)

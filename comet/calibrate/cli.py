@@ -39,6 +39,7 @@ import torch.distributed as dist
 from comet.calibrate import comm, gpu
 from comet.calibrate.assemble import PART_FIELDS, assemble_profile, profile_from_csv, profile_table
 from comet.calibrate.measurements import Context, Recorder, write_line
+from comet.core.case_args import hardware_arg
 from comet.core.config import HardwareProfile
 from kernels.symm import NVLS_ENV
 from kernels.timing import device_line
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", required=True, help="profile name: writes <out>/<name>.json (e.g. h200_x1)")
     ap.add_argument("--out", default="profiles", help="folder of the profile JSON")
     ap.add_argument("--results", default="results/calibration", help="folder of the CSV and the log")
-    ap.add_argument("--base", default="h200", help="profile whose values and sources the unmeasured fields keep")
+    ap.add_argument("--base", default="h200", type=hardware_arg,
+                    help="profile whose values and sources the unmeasured fields keep")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--quick", action="store_true", help="fewer points (tests, smoke runs)")
     ap.add_argument("--from-csv", metavar="CSV",
@@ -85,6 +87,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--parts: unknown {bad}; choose from {', '.join(PARTS)}")
     base = HardwareProfile.from_name(a.base)
     if a.from_csv:
+        if not Path(a.from_csv).is_file():
+            raise SystemExit(f"--from-csv {a.from_csv}: no such file; give a CSV written by a calibration run "
+                             f"(results/calibration/<name>_<date>.csv)")
         profile = profile_from_csv(a.from_csv, base, a.name)
         path = Path(a.out) / f"{a.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

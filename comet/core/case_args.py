@@ -7,8 +7,19 @@ from __future__ import annotations
 import argparse
 
 from comet.core import defaults
-from comet.core.config import HARDWARE, MODELS, ModelConfig, profile_files
+from comet.core.config import HARDWARE, MODELS, HardwareProfile, ModelConfig, profile_files
 from comet.core.routing import ROUTINGS, Routing, make_routing
+
+
+def hardware_arg(text: str) -> str:
+    """argparse type of every --hw: the name (or .json path) as given, once HardwareProfile.from_name loads it,
+    so a wrong one stops the command line at once with the known names instead of a traceback later (in a worker
+    process, for the sweeps). SystemExit, not ArgumentTypeError: one line, without argparse's usage block."""
+    try:
+        HardwareProfile.from_name(text)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return text
 
 
 def add_case_arguments(group, tokens: int) -> None:
@@ -27,7 +38,7 @@ def add_case_arguments(group, tokens: int) -> None:
                        help="seeded synthetic routing: equal loads, uniform picks, or load shares with std --std")
     group.add_argument("--std", type=float, default=0.032, help="expert load-share std for --routing imbalanced")
     group.add_argument("--seed", type=int, default=0, help="routing seed")
-    group.add_argument("--hw", default=defaults.SIM_HARDWARE,
+    group.add_argument("--hw", default=defaults.SIM_HARDWARE, type=hardware_arg,
                        help=f"hardware profile: one of {', '.join(HARDWARE)}, a measured one of profiles/ "
                             f"({', '.join(profile_files()) or 'none'}) or a .json file")
 
