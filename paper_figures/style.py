@@ -16,8 +16,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from comet.core.case_args import hardware_arg
-
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 OUT = Path(__file__).resolve().parent / "out"
@@ -113,8 +111,7 @@ def main(module, argv=None) -> list[Path]:
     ap = argparse.ArgumentParser(prog=f"python -m paper_figures.{module.NAME}",
                                  description=(module.__doc__ or "").strip().split("\n\n")[0])
     ap.add_argument("--csv", type=Path, help="CSV to draw (default: the newest results/<experiment>/<hw>-sim_*.csv)")
-    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"), type=hardware_arg,
-                    help="profile of the default CSV")
+    ap.add_argument("--hw", default=getattr(module, "DEFAULT_HW", "h800"), help="profile of the default CSV")
     ap.add_argument("--out", type=Path, default=OUT, help="directory for <name>.png and <name>.pdf")
     a = ap.parse_args(argv)
     plt.switch_backend("Agg")  # files only (importing this module leaves a notebook's backend alone)
