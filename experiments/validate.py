@@ -10,8 +10,8 @@ correlation, the n_c the simulator picks and its measured cost against the best 
 both. The targets (GOALS): MAPE <= 10% per layer, the simulator's n_c within 3% of the best measured, rank
 correlation >= 0.9.
 
-Every configuration belongs to one half, "fit" or "held-out", by a hash of its case (model, M, EP, routing):
-a case's n_c sweeps stay together, and a case keeps its half when others are added. Calibrate on the fit half
+Every configuration belongs to one half, "fit" or "held-out", by a hash of its case (model, M, EP, routing; TP
+above 1): a case's n_c sweeps stay together, and a case keeps its half when others are added. Calibrate on the fit half
 only, report on the held-out half; <tag>_splits.csv has, per layer (or system) and half: n_configs, mape_pct,
 max_ape_pct, spearman_min (over the half's n_c sweeps) and nc_within_3pct_frac (sweeps where the simulator's
 n_c costs at most 3 % over the best measured).
