@@ -19,6 +19,12 @@ Per case (model, M) and layer, graph-replay times of one rank:
                      Not a rate for layer1's Gluon form with its tail (Policy.l1_tail, the default): the
                      tail's programs after the GEMM move most of the bytes; benchmarks.l1_comm measures
                      the programs' own rate
+  gemm_clock_mhz, fused_clock_mhz, over_gemm_cycles
+                     where the CSV has benchmarks.fused_layers' clock columns: the mean SM clock sampled
+                     while the GEMM alone (its fastest row) and the best fused row were measured, and
+                     over_gemm in clock cycles (fused_us x fused clock / (gemm_us x gemm clock)): at the
+                     700 W limit the clock moves by up to 1.4x with what ran before, which a time ratio of
+                     rows measured apart carries and a cycle ratio does not
 Writes <csv stem>_summary.csv and <csv stem>_l1_nc.png (layer1 time over its GEMM alone against n_c, the
 kernel's own Fig. 8 curve on one GPU) beside the CSV.
 """
@@ -85,6 +91,7 @@ def _summary_row(case: pd.DataFrame, kernel: str, gemm: float, model, M, ep, rou
     if fused.empty or pd.isna(gemm):
         return None
     best = fused.loc[fused["time_us"].idxmin()]
+    gemm_row = case[case["impl"] == "gemm_alone"].sort_values("time_us").iloc[0]
     rows, moved = int(best["rows"]), float(best["moved_bytes"])
     floor = max(gemm, (_gemm_bytes(ModelConfig.from_name(model), int(ep), layer, rows, tp) + 2 * moved)
                 / (hbm_gbps * 1e3))
@@ -96,7 +103,16 @@ def _summary_row(case: pd.DataFrame, kernel: str, gemm: float, model, M, ep, rou
             "over_gemm": round(best["time_us"] / gemm, 3), "goal": GOALS.get((layer, model)),
             "floor_us": round(floor, 1), "of_floor": round(floor / best["time_us"], 3),
             "low_nc": int(low["nc"]), "low_nc_over_gemm": round(low["time_us"] / gemm, 3),
-            "prog_gbps_low_nc": round(moved / (low["time_us"] * low["nc"]) / 1e3, 2)}
+            "prog_gbps_low_nc": round(moved / (low["time_us"] * low["nc"]) / 1e3, 2),
+            **_clocks(gemm_row, best)}
+
+
+def _clocks(gemm_row: pd.Series, best: pd.Series) -> dict:
+    """The clocks of the two rows over_gemm divides, and that ratio in cycles (NaN where either row has no
+    clock sample: CSVs from before the clock columns, or nvidia-smi absent)."""
+    g, f = (float(r.get("sm_clock_mhz", float("nan"))) for r in (gemm_row, best))
+    cycles = best["time_us"] * f / (gemm_row["time_us"] * g)
+    return {"gemm_clock_mhz": g, "fused_clock_mhz": f, "over_gemm_cycles": round(cycles, 3)}
 
 
 def plot_l1_nc(df: pd.DataFrame, path: Path) -> None:

@@ -29,3 +29,14 @@ def test_summary_of_one_case():
 def test_a_missing_csv_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         fs.main([str(tmp_path / "none.csv")])
+
+
+def test_clock_columns_give_the_ratio_in_cycles():
+    rows = _rows().assign(sm_clock_mhz=1980.0)
+    rows.loc[(rows["impl"] == "fused") & (rows["nc"] == 8), "sm_clock_mhz"] = 1485.0  # measured in a hot spell
+    row = fs.summarise(rows, hbm_gbps=2762.0).iloc[0]
+    assert (row["gemm_clock_mhz"], row["fused_clock_mhz"]) == (1980.0, 1485.0)
+    assert row["over_gemm"] == pytest.approx(1.05)
+    assert row["over_gemm_cycles"] == pytest.approx(1.05 * 1485 / 1980, abs=1e-3)
+    old = fs.summarise(_rows(), hbm_gbps=2762.0).iloc[0]  # CSVs without the clock columns
+    assert pd.isna(old["over_gemm_cycles"]) and pd.isna(old["gemm_clock_mhz"])
