@@ -6,7 +6,8 @@ numbers say what the fusion costs or saves on the compute side (and how layer1 t
 communication is nearly free); they are NOT multi-GPU measurements (experiments.layer_bench under torchrun
 measures those).
 
-Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and for rank 0:
+Per case (model, M, EP and optionally TP: --cases model:M:EP[:TP]; balanced routing, or --routing imbalanced too;
+bf16) and for rank 0 (--impls and --nc0 / --nc1 narrow what is timed, e.g. to a validation grid):
   layer0  fused_blocks[nc0]     dispatch by nc0 communication programs + GEMM in one tl kernel
           fused_blocks_gluon[nc0]  the same as nc0 pull programs beside the Gluon GEMM, whose loader waits
                                 for the tiles' source ranks (kernels/fused_layer0_gluon.py)
@@ -26,7 +27,9 @@ Per case (model, M, EP; balanced routing, or --routing imbalanced too; bf16) and
           owner_reduce          rank 0's final reduction of its tokens' slots (single-shot events, median)
 Times: median of CUDA-graph replays (`graph`, device time) and of eager calls (`eager`, triton do_bench,
 L2 flushed between calls); copy-engine only eager (its flag values change every call, which a graph
-replay would freeze). TFLOP/s count real rows; the ceiling is a bf16 torch.matmul measured here.
+replay would freeze). TFLOP/s count real rows; the ceiling is a bf16 torch.matmul measured here. Every row also
+carries the mean SM clock and board power nvidia-smi sampled while it was measured (sm_clock_mhz, power_w,
+clock_samples; kernels/gpu_clock.py): at the 700 W limit the clock moves with what ran just before.
 
     python -m benchmarks.fused_layers --out results/fused_layers
 """
