@@ -238,27 +238,14 @@ class IndependentPortsNetwork(LinkNetwork):
 
     def _level(self, p: int, now: float) -> None:
         """Water-fill port p's capacity over its groups (caps ascending), then new rates and due times."""
+        g = self._sole[p]
+        if g is not None and g.n:  # one cap through the port (the usual case): keep what has not changed
+            self._relevel_sole(g, p, now, g.n)
+            return
         self.updates += 1
         self._settle_port(p, now)
-        g = self._sole[p]
         if g is None:
             self._level_groups(p, now)
-        elif g.n:  # one cap through the port (the usual case): keep what has not changed
-            share = self.port_cap[p] / g.n
-            rate = g.cap if g.cap <= share else share
-            if rate != g.rate:
-                g.served += g.rate * (now - g.t)
-                g.t = now
-                g.rate, g.front = rate, None
-                g.version += 1
-            front = g.targets[0]
-            if front != g.front:
-                g.front = front
-                self._seq += 1
-                left = front - g.served - rate * (now - g.t)
-                left = 0.0 if left < 0.0 else left  # max(left, 0.0) without the call (same value, -0.0 and nan too)
-                heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
-            self._rate_p[p] = rate * g.n
         else:
             g.settle(now)
             g.rate, g.front = 0.0, None
@@ -390,7 +377,7 @@ class IndependentPortsNetwork(LinkNetwork):
             g.front = front
             self._seq += 1
             left = front - g.served - rate * (now - g.t)
-            left = 0.0 if left < 0.0 else left
+            left = 0.0 if left < 0.0 else left  # max(left, 0.0) without the call (same value, -0.0 and nan too)
             heapq.heappush(self._due, (now + left / rate, self._seq, g, g.version))
         self._rate_p[p] = rate * n
 
